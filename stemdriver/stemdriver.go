@@ -1,0 +1,187 @@
+// Package stemdriver is the seam between stem's core and its backends: the
+// Broker, ResultBackend, RevokeStore and ControlTransport interfaces, and the
+// contract each implementation keeps, written in the doc comments below.
+//
+// Drivers are thin. Each method does one atomic thing and never retries:
+// retries, backoff, lease renewal, revoke checks and error classification live
+// once in the core (package stem). No backend type ever appears in these
+// interfaces; a backend's own handles travel as opaque strings.
+//
+// Every implementation runs the conformance suite in package stemdrivertest
+// against itself.
+package stemdriver
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"time"
+
+	"github.com/stem-go/stem/stemtype"
+)
+
+// ErrNotFound is returned when a looked-up task result does not exist (or has
+// expired).
+var ErrNotFound = errors.New("stem: not found")
+
+// ErrLeaseLost is returned by lease operations on a delivery the caller no
+// longer holds: its lease expired and another consumer re-claimed it, or it
+// was already acknowledged.
+var ErrLeaseLost = errors.New("stem: lease lost")
+
+// ErrClosed is returned by operations on a closed driver.
+var ErrClosed = errors.New("stem: driver closed")
+
+// Options are the settings every driver is opened with.
+type Options struct {
+	// Namespace isolates one stem deployment on shared infrastructure. A
+	// broker, result backend or control transport opened with namespace A
+	// never sees the data of namespace B.
+	Namespace string
+	// Logger receives the driver's own diagnostics. Nil means slog.Default.
+	Logger *slog.Logger
+}
+
+// Delivery is one claimed message together with the handle needed to
+// acknowledge it.
+type Delivery struct {
+	// Envelope is the decoded task. It is nil when the stored message could
+	// not be decoded; DecodeErr then says why and Raw holds the bytes.
+	Envelope *stemtype.Envelope
+	// DecodeErr is set when the message could not be decoded.
+	DecodeErr error
+	// Raw is the message as stored.
+	Raw []byte
+	// Queue is the queue the message was claimed from.
+	Queue string
+	// Receipt is the driver's opaque handle for this claim (a stream entry
+	// id, a row id). It is only meaningful to the driver that issued it.
+	Receipt string
+}
+
+// ClaimRequest asks a broker for ready messages.
+type ClaimRequest struct {
+	// Queues are read in the order given; a broker may serve later queues
+	// when earlier ones are empty.
+	Queues []string
+	// Consumer identifies the claiming worker (its id).
+	Consumer string
+	// Max is the most messages to return; at least 1.
+	Max int
+	// Lease is how long the claimed messages stay invisible to other
+	// consumers unless extended. After it passes, any consumer may re-claim
+	// them.
+	Lease time.Duration
+	// Wait is how long Claim may block when nothing is ready. Zero means
+	// return at once.
+	Wait time.Duration
+}
+
+// Broker moves task envelopes from producers to workers with at-least-once
+// delivery.
+//
+// Contract:
+//   - Publish stores every envelope or none is acknowledged as stored (a
+//     failure may leave some stored; producers retry with the same ids).
+//     An envelope whose NotBefore is in the future is not claimable before
+//     that time.
+//   - Claim returns between 0 and Max ready messages leased to the consumer,
+//     blocking up to Wait (or until ctx ends) when none is ready; returning
+//     fewer than Max, or none, is normal. Messages whose lease expired are
+//     ready again and are re-claimed with their envelope unchanged.
+//   - A message leaves the broker only by Ack, Retry or DeadLetter.
+//   - ExtendLease pushes the lease deadline to now+lease; it returns
+//     ErrLeaseLost when the caller no longer holds the message.
+//   - Retry atomically replaces the delivered message with next (same id,
+//     usually a higher attempt and a later NotBefore).
+//   - Release makes held messages ready again at once, unchanged (shutdown).
+//   - DeadLetter removes the message from the queue and keeps its raw bytes
+//     with the reason, where the broker can, so nothing is silently lost.
+//   - Depth counts ready plus delayed messages of a queue, excluding leased
+//     ones.
+type Broker interface {
+	Publish(ctx context.Context, envs ...*stemtype.Envelope) error
+	Claim(ctx context.Context, req ClaimRequest) ([]Delivery, error)
+	ExtendLease(ctx context.Context, d Delivery, lease time.Duration) error
+	Ack(ctx context.Context, ds ...Delivery) error
+	Retry(ctx context.Context, d Delivery, next *stemtype.Envelope) error
+	Release(ctx context.Context, ds ...Delivery) error
+	DeadLetter(ctx context.Context, d Delivery, reason string) error
+	Depth(ctx context.Context, queue string) (int64, error)
+	Close() error
+}
+
+// ResultBackend stores task states, results, errors, progress and metadata.
+//
+// Contract:
+//   - Put upserts every result by id, replacing the whole stored record;
+//     results given in one call for the same id are applied in order.
+//   - Get returns the stored result or an error matching ErrNotFound.
+//   - Stored results may expire after a retention period set when the
+//     backend is opened.
+type ResultBackend interface {
+	Put(ctx context.Context, results ...*stemtype.TaskResult) error
+	Get(ctx context.Context, id string) (*stemtype.TaskResult, error)
+	Close() error
+}
+
+// RevokeStore keeps revoke records durably.
+//
+// Contract:
+//   - Upsert applies each record atomically: it replaces the stored record
+//     of the same namespace and task only when its Version is higher, and
+//     returns, in input order, the record stored afterwards (the input
+//     itself when applied, the newer stored one when not). Concurrent
+//     writers, from one process or many hosts, converge on the highest
+//     version.
+//   - List returns every stored record of the namespace, expired ones
+//     included until pruned, in no particular order.
+//   - Prune deletes the namespace's records that expired at or before now
+//     and returns how many it deleted.
+//   - Namespaces never mix.
+type RevokeStore interface {
+	Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error)
+	List(ctx context.Context, namespace string) ([]stemtype.RevokeRecord, error)
+	Prune(ctx context.Context, namespace string, now time.Time) (int, error)
+	Close() error
+}
+
+// ControlTransport carries control commands from controllers to the workers
+// of one namespace, and their replies back.
+//
+// Contract:
+//   - Publish with no targets, or with stemtype.BroadcastTarget among them,
+//     reaches every subscription of the namespace open at that time; with
+//     worker ids it reaches exactly the subscriptions of those ids. A
+//     broadcast is never load-balanced between subscribers.
+//   - Messages are opaque bytes: the transport neither decodes nor
+//     validates them, so a malformed message reaches the worker, which
+//     answers it with an error.
+//   - Delivery to subscribers is best effort (a subscriber that is
+//     disconnected misses messages); the core compensates by re-syncing
+//     revokes from the revoke store.
+//   - Reply stores a reply under its request id for a short time (at least
+//     a minute); Replies delivers, in order, every reply stored for the
+//     request id, including those stored before Replies was called, until fn
+//     returns false or ctx ends (then it returns ctx.Err()).
+//   - Announce records a worker as live until ttl passes without another
+//     Announce; Withdraw removes it; Workers lists the live ones.
+type ControlTransport interface {
+	Publish(ctx context.Context, targets []string, msg []byte) error
+	Subscribe(ctx context.Context, workerID string) (ControlSubscription, error)
+	Reply(ctx context.Context, requestID string, msg []byte) error
+	Replies(ctx context.Context, requestID string, fn func(msg []byte) bool) error
+	Announce(ctx context.Context, info stemtype.WorkerInfo, ttl time.Duration) error
+	Withdraw(ctx context.Context, workerID string) error
+	Workers(ctx context.Context) ([]stemtype.WorkerInfo, error)
+	Close() error
+}
+
+// ControlSubscription is one worker's stream of control messages.
+type ControlSubscription interface {
+	// C delivers messages addressed to the worker, broadcasts included. It
+	// is closed when the subscription is closed.
+	C() <-chan []byte
+	// Close ends the subscription. It is safe to call more than once.
+	Close() error
+}

@@ -1,0 +1,134 @@
+package stemtype
+
+import (
+	"encoding/json"
+	"time"
+)
+
+// ControlVersion is the version of the control protocol spoken by this code.
+const ControlVersion = 1
+
+// BroadcastTarget is the target that addresses every worker of a namespace.
+const BroadcastTarget = "*"
+
+// Control command types.
+const (
+	CommandPing    = "ping"
+	CommandInspect = "inspect"
+	CommandStats   = "stats"
+	CommandRevoke  = "revoke"
+)
+
+// Reply statuses.
+const (
+	ReplyOK    = "ok"
+	ReplyError = "error"
+)
+
+// ControlCommand is a message from a controller (the CLI) to workers.
+type ControlCommand struct {
+	RequestID string `json:"requestId"`
+	Type      string `json:"type"`
+	// Targets holds worker ids, or BroadcastTarget alone for every worker.
+	Targets   []string        `json:"targets"`
+	Payload   json.RawMessage `json:"payload,omitempty"`
+	TimeoutMs int64           `json:"timeoutMs,omitempty"`
+	// Version is the protocol version of the sender.
+	Version int `json:"version,omitempty"`
+}
+
+// Broadcast reports whether c addresses every worker.
+func (c *ControlCommand) Broadcast() bool {
+	if len(c.Targets) == 0 {
+		return true
+	}
+	for _, t := range c.Targets {
+		if t == BroadcastTarget {
+			return true
+		}
+	}
+	return false
+}
+
+// ControlReply is one worker's answer to a ControlCommand.
+type ControlReply struct {
+	RequestID string          `json:"requestId"`
+	WorkerID  string          `json:"workerId"`
+	Status    string          `json:"status"`
+	Payload   json.RawMessage `json:"payload,omitempty"`
+	Error     *ControlError   `json:"error,omitempty"`
+}
+
+// ControlError is the error of a reply whose status is "error".
+type ControlError struct {
+	Message string `json:"message"`
+}
+
+// PingReply is the payload of a ping reply.
+type PingReply struct {
+	Timestamp time.Time `json:"timestamp"`
+}
+
+// InspectRequest is the payload of an inspect command.
+type InspectRequest struct {
+	IncludeRevoked bool `json:"includeRevoked"`
+}
+
+// ActiveTask is one in-flight task in an inspect reply.
+type ActiveTask struct {
+	ID              string    `json:"id"`
+	Task            string    `json:"task"`
+	Queue           string    `json:"queue"`
+	Attempt         int       `json:"attempt"`
+	StartedAt       time.Time `json:"startedAt"`
+	RuntimeMs       int64     `json:"runtimeMs"`
+	Isolated        bool      `json:"isolated"`
+	Progress        *Progress `json:"progress"`
+	LastHeartbeatAt time.Time `json:"lastHeartbeatAt,omitzero"`
+	// Terminating is true once a terminate revoke reached the task and it
+	// has not stopped yet.
+	Terminating bool `json:"terminating"`
+}
+
+// InspectReply is the payload of an inspect reply.
+type InspectReply struct {
+	Inflight int            `json:"inflight"`
+	Active   []ActiveTask   `json:"active"`
+	Revoked  []RevokeRecord `json:"revoked,omitempty"`
+}
+
+// StatsReply is the payload of a stats reply.
+type StatsReply struct {
+	Namespace   string           `json:"namespace"`
+	Host        string           `json:"host"`
+	PID         int              `json:"pid"`
+	Concurrency int              `json:"concurrency"`
+	Prefetch    int              `json:"prefetch"`
+	Inflight    int              `json:"inflight"`
+	Processed   int64            `json:"processed"`
+	Succeeded   int64            `json:"succeeded"`
+	Failed      int64            `json:"failed"`
+	Retried     int64            `json:"retried"`
+	Cancelled   int64            `json:"cancelled"`
+	Queues      map[string]int64 `json:"queues"`
+	UptimeMs    int64            `json:"uptimeMs"`
+	Timestamp   time.Time        `json:"timestamp"`
+}
+
+// RevokeRequest is the payload of a revoke command: the records the
+// controller has already written to the revoke store.
+type RevokeRequest struct {
+	Records []RevokeRecord `json:"records"`
+}
+
+// RevokeReply is the payload of a revoke reply.
+type RevokeReply struct {
+	// Tasks are the ids whose records were applied.
+	Tasks []string `json:"tasks"`
+	// Inflight are the applied ids running on this worker, now signalled.
+	Inflight []string `json:"inflight"`
+	// Ignored are ids whose record was older than the one already held.
+	Ignored []string `json:"ignored"`
+	// Expired are ids whose record had already expired.
+	Expired []string `json:"expired"`
+}

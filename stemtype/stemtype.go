@@ -1,0 +1,196 @@
+// Package stemtype holds the value types that every part of stem shares: the
+// task envelope carried by brokers, task states and results kept by result
+// backends, revoke records kept by revoke stores, and the control protocol's
+// commands and replies.
+//
+// It is a leaf package: it imports nothing of stem's, so drivers, the core and
+// the CLI can all depend on it without import cycles. The JSON field names of
+// these types are part of stem's wire format and CLI contract; change them
+// only with a protocol version bump.
+package stemtype
+
+import (
+	"encoding/json"
+	"fmt"
+	"time"
+)
+
+// DefaultNamespace is the namespace used when none is configured.
+const DefaultNamespace = "stem"
+
+// DefaultQueue is the queue a task goes to when neither its options nor the
+// enqueue call name one.
+const DefaultQueue = "default"
+
+// State is the lifecycle state of a task as recorded in a result backend.
+type State string
+
+// The task states. A task moves pending -> started -> (retry -> started)* and
+// ends in one of the final states succeeded, failed or cancelled.
+const (
+	StatePending   State = "pending"
+	StateStarted   State = "started"
+	StateRetry     State = "retry"
+	StateSucceeded State = "succeeded"
+	StateFailed    State = "failed"
+	StateCancelled State = "cancelled"
+)
+
+// Final reports whether s is a state a task never leaves.
+func (s State) Final() bool {
+	return s == StateSucceeded || s == StateFailed || s == StateCancelled
+}
+
+// Valid reports whether s is one of the defined states.
+func (s State) Valid() bool {
+	switch s {
+	case StatePending, StateStarted, StateRetry, StateSucceeded, StateFailed, StateCancelled:
+		return true
+	}
+	return false
+}
+
+// Envelope is a task message as brokers carry it.
+type Envelope struct {
+	// ID identifies the task across retries and redeliveries.
+	ID string `json:"id"`
+	// Task is the registered task name.
+	Task string `json:"task"`
+	// Args are the task's arguments as a JSON document.
+	Args json.RawMessage `json:"args,omitempty"`
+	// Queue is the queue the task was published to.
+	Queue string `json:"queue"`
+	// Attempt counts previous runs that ended in a retry: 0 on the first run.
+	Attempt int `json:"attempt"`
+	// MaxRetries, when set, overrides the task's registered option.
+	MaxRetries *int `json:"maxRetries,omitempty"`
+	// Priority orders tasks within a queue where the broker supports it
+	// (higher first); brokers without priorities ignore it.
+	Priority int `json:"priority,omitempty"`
+	// Headers carry free-form metadata (tracing, the producer's identity).
+	Headers map[string]string `json:"headers,omitempty"`
+	// NotBefore delays the task until that time (ETA, countdown, retry
+	// backoff). The zero time means now.
+	NotBefore time.Time `json:"notBefore,omitzero"`
+	// CreatedAt is when the producer first enqueued the task.
+	CreatedAt time.Time `json:"createdAt"`
+}
+
+// Validate reports the first missing required field of e.
+func (e *Envelope) Validate() error {
+	switch {
+	case e == nil:
+		return fmt.Errorf("stem: envelope is nil")
+	case e.ID == "":
+		return fmt.Errorf("stem: envelope has no id")
+	case e.Task == "":
+		return fmt.Errorf("stem: envelope %s has no task name", e.ID)
+	case e.Queue == "":
+		return fmt.Errorf("stem: envelope %s has no queue", e.ID)
+	case e.Attempt < 0:
+		return fmt.Errorf("stem: envelope %s has negative attempt %d", e.ID, e.Attempt)
+	}
+	return nil
+}
+
+// TaskError describes why a task failed or was cancelled.
+type TaskError struct {
+	// Message is the error's text.
+	Message string `json:"message"`
+	// Kind classifies the failure: "handler", "panic", "unknown_task",
+	// "decode", "time_limit", "revoked", "shutdown" or "crashed".
+	Kind string `json:"kind,omitempty"`
+}
+
+// Progress is the last progress a task reported.
+type Progress struct {
+	// Percent is the completion between 0 and 100.
+	Percent float64 `json:"percent"`
+	// Data is optional task-defined detail as JSON.
+	Data json.RawMessage `json:"data,omitempty"`
+	// At is when the progress was reported.
+	At time.Time `json:"at,omitzero"`
+}
+
+// Result metadata keys set on revoked tasks.
+const (
+	MetaRevokedReason = "revokedReason"
+	MetaRevokedBy     = "revokedBy"
+	MetaRevokedAt     = "revokedAt"
+)
+
+// TaskResult is a task's state as a result backend stores it.
+type TaskResult struct {
+	ID       string          `json:"id"`
+	Task     string          `json:"task"`
+	Queue    string          `json:"queue,omitempty"`
+	State    State           `json:"state"`
+	Attempt  int             `json:"attempt"`
+	Result   json.RawMessage `json:"result,omitempty"`
+	Error    *TaskError      `json:"error,omitempty"`
+	Progress *Progress       `json:"progress,omitempty"`
+	// Meta holds string metadata, such as revokedReason, revokedBy and
+	// revokedAt for a revoked task.
+	Meta map[string]string `json:"meta,omitempty"`
+	// WorkerID is the worker that last ran the task.
+	WorkerID   string    `json:"workerId,omitempty"`
+	StartedAt  time.Time `json:"startedAt,omitzero"`
+	FinishedAt time.Time `json:"finishedAt,omitzero"`
+	UpdatedAt  time.Time `json:"updatedAt"`
+}
+
+// RevokeRecord is a durable revoke of one task, as revoke stores keep it and
+// as one line of the file store holds it.
+type RevokeRecord struct {
+	Namespace string `json:"namespace"`
+	TaskID    string `json:"taskId"`
+	// Version orders records of one task: a record replaces a stored one
+	// only when its version is higher. It is microseconds since the Unix
+	// epoch at issue time, plus i for the i-th task of one call.
+	Version  int64     `json:"version"`
+	IssuedAt time.Time `json:"issuedAt"`
+	// Terminate asks a running task to stop at its next checkpoint.
+	Terminate bool `json:"terminate"`
+	// KillAfterMs, when positive with Terminate, makes the worker kill an
+	// isolated task's child process that has not stopped within that many
+	// milliseconds.
+	KillAfterMs int64  `json:"killAfterMs,omitempty"`
+	Reason      string `json:"reason,omitempty"`
+	RequestedBy string `json:"requestedBy,omitempty"`
+	// ExpiresAt is when the record stops applying and may be pruned. The
+	// zero time means it never expires.
+	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+}
+
+// Expired reports whether r no longer applies at now.
+func (r *RevokeRecord) Expired(now time.Time) bool {
+	return !r.ExpiresAt.IsZero() && !now.Before(r.ExpiresAt)
+}
+
+// Validate reports the first missing or invalid field of r.
+func (r *RevokeRecord) Validate() error {
+	switch {
+	case r.Namespace == "":
+		return fmt.Errorf("stem: revoke record for task %q has no namespace", r.TaskID)
+	case r.TaskID == "":
+		return fmt.Errorf("stem: revoke record has no taskId")
+	case r.Version <= 0:
+		return fmt.Errorf("stem: revoke record for task %q has non-positive version %d", r.TaskID, r.Version)
+	case r.KillAfterMs < 0:
+		return fmt.Errorf("stem: revoke record for task %q has negative killAfterMs", r.TaskID)
+	}
+	return nil
+}
+
+// WorkerInfo describes a live worker, as announced through the control
+// transport's presence and listed by Workers.
+type WorkerInfo struct {
+	ID          string    `json:"id"`
+	Namespace   string    `json:"namespace"`
+	Host        string    `json:"host"`
+	PID         int       `json:"pid"`
+	Queues      []string  `json:"queues"`
+	Concurrency int       `json:"concurrency"`
+	StartedAt   time.Time `json:"startedAt"`
+	LastSeen    time.Time `json:"lastSeen"`
+}
