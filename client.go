@@ -1,0 +1,234 @@
+package stem
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// ClientConfig configures a Client.
+type ClientConfig struct {
+	// Broker receives enqueued tasks. Required.
+	Broker stemdriver.Broker
+	// Results, when set, records each task as pending before it is
+	// published and serves Status and Wait.
+	Results stemdriver.ResultBackend
+	// Registry, when set, supplies each task's default options (queue,
+	// max retries, priority) by name.
+	Registry *Registry
+	// Logger defaults to slog.Default.
+	Logger *slog.Logger
+}
+
+// Client enqueues tasks and reads their state. It is safe for concurrent
+// use.
+type Client struct {
+	broker  stemdriver.Broker
+	results stemdriver.ResultBackend
+	reg     *Registry
+	logger  *slog.Logger
+}
+
+// NewClient returns a Client; it fails when cfg.Broker is nil.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if cfg.Broker == nil {
+		return nil, errors.New("stem: ClientConfig.Broker is nil")
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Client{broker: cfg.Broker, results: cfg.Results, reg: cfg.Registry, logger: logger}, nil
+}
+
+// EnqueueOptions override a task's registered options for one enqueue.
+// The zero value keeps them all.
+type EnqueueOptions struct {
+	// ID sets the task id; empty means a new random id.
+	ID string
+	// Queue overrides the task's queue.
+	Queue string
+	// Countdown delays the task by this long.
+	Countdown time.Duration
+	// ETA delays the task until this time; it wins over Countdown.
+	ETA time.Time
+	// MaxRetries, when non-nil, overrides the task's MaxRetries.
+	MaxRetries *int
+	// Priority overrides the task's priority when non-zero.
+	Priority int
+	// Headers are carried in the envelope.
+	Headers map[string]string
+}
+
+// EnqueueRequest is one task of an EnqueueBatch call.
+type EnqueueRequest struct {
+	Task    string
+	Args    any
+	Options EnqueueOptions
+}
+
+// Enqueue publishes one task and returns its id. args are encoded as JSON
+// (a json.RawMessage or Args is used as is).
+func (c *Client) Enqueue(ctx context.Context, task string, args any, opts EnqueueOptions) (string, error) {
+	ids, err := c.EnqueueBatch(ctx, []EnqueueRequest{{Task: task, Args: args, Options: opts}})
+	if err != nil {
+		return "", err
+	}
+	return ids[0], nil
+}
+
+// EnqueueBatch publishes several tasks in as few round trips as the broker
+// allows and returns their ids in order.
+func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]string, error) {
+	if len(reqs) == 0 {
+		return nil, nil
+	}
+	now := time.Now().UTC()
+	envs := make([]*stemtype.Envelope, len(reqs))
+	ids := make([]string, len(reqs))
+	for i, r := range reqs {
+		env, err := c.envelope(r, now)
+		if err != nil {
+			return nil, err
+		}
+		envs[i], ids[i] = env, env.ID
+	}
+	if c.results != nil {
+		// Pending is written before publishing so that a fast worker's
+		// "started" can never be overwritten by it.
+		pend := make([]*stemtype.TaskResult, len(envs))
+		for i, e := range envs {
+			pend[i] = &stemtype.TaskResult{ID: e.ID, Task: e.Task, Queue: e.Queue, State: stemtype.StatePending, UpdatedAt: now}
+		}
+		if err := c.results.Put(ctx, pend...); err != nil {
+			return nil, fmt.Errorf("stem: enqueue: record pending state: %w", err)
+		}
+	}
+	if err := c.broker.Publish(ctx, envs...); err != nil {
+		return nil, fmt.Errorf("stem: enqueue: publish: %w", err)
+	}
+	return ids, nil
+}
+
+func (c *Client) envelope(r EnqueueRequest, now time.Time) (*stemtype.Envelope, error) {
+	if r.Task == "" {
+		return nil, errors.New("stem: enqueue: empty task name")
+	}
+	args, err := encodeArgs(r.Args)
+	if err != nil {
+		return nil, fmt.Errorf("stem: enqueue %s: %w", r.Task, err)
+	}
+	var topts TaskOptions
+	if c.reg != nil {
+		if t, ok := c.reg.Lookup(r.Task); ok {
+			topts = t.Options
+		}
+	}
+	o := r.Options
+	env := &stemtype.Envelope{
+		ID:        o.ID,
+		Task:      r.Task,
+		Args:      args,
+		Queue:     firstNonEmpty(o.Queue, topts.Queue, stemtype.DefaultQueue),
+		Priority:  topts.Priority,
+		Headers:   o.Headers,
+		CreatedAt: now,
+	}
+	if env.ID == "" {
+		env.ID = NewTaskID()
+	}
+	if o.Priority != 0 {
+		env.Priority = o.Priority
+	}
+	if o.MaxRetries != nil {
+		if *o.MaxRetries < 0 {
+			return nil, fmt.Errorf("stem: enqueue %s: negative MaxRetries", r.Task)
+		}
+		n := *o.MaxRetries
+		env.MaxRetries = &n
+	}
+	switch {
+	case !o.ETA.IsZero():
+		env.NotBefore = o.ETA.UTC()
+	case o.Countdown > 0:
+		env.NotBefore = now.Add(o.Countdown)
+	}
+	return env, nil
+}
+
+func encodeArgs(v any) (json.RawMessage, error) {
+	switch a := v.(type) {
+	case nil:
+		return nil, nil
+	case json.RawMessage:
+		if !json.Valid(a) {
+			return nil, errors.New("arguments are not valid JSON")
+		}
+		return a, nil
+	case Args:
+		if !json.Valid(a) {
+			return nil, errors.New("arguments are not valid JSON")
+		}
+		return json.RawMessage(a), nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("encode arguments: %w", err)
+	}
+	return b, nil
+}
+
+// Status returns the task's recorded state, or an error matching ErrNotFound.
+func (c *Client) Status(ctx context.Context, id string) (*stemtype.TaskResult, error) {
+	if c.results == nil {
+		return nil, errors.New("stem: task status needs a result backend")
+	}
+	return c.results.Get(ctx, id)
+}
+
+// Wait polls the task's state until it is final or ctx ends.
+func (c *Client) Wait(ctx context.Context, id string) (*stemtype.TaskResult, error) {
+	delay := 5 * time.Millisecond
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("stem: wait for task %s: %w", id, context.Cause(ctx))
+		case <-t.C:
+		}
+		res, err := c.Status(ctx, id)
+		switch {
+		case err == nil && res.State.Final():
+			return res, nil
+		case err != nil && !errors.Is(err, ErrNotFound):
+			return nil, err
+		}
+		t.Reset(delay)
+		delay = min(delay*2, 250*time.Millisecond)
+	}
+}
+
+// NewTaskID returns a random 128-bit id in hex.
+func NewTaskID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func firstNonEmpty(ss ...string) string {
+	for _, s := range ss {
+		if s != "" {
+			return s
+		}
+	}
+	return ""
+}

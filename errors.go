@@ -1,0 +1,92 @@
+package stem
+
+import (
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+)
+
+// ErrTaskRevoked is the cause of a task context cancelled by a terminate
+// revoke, and the error that TaskContext.Heartbeat, ExtendLease and Progress
+// return once such a revoke reached the task. Match it with errors.Is.
+var ErrTaskRevoked = errors.New("stem: task revoked")
+
+// ErrTimeLimit is the cause of a task context cancelled because the task ran
+// past its TaskOptions.TimeLimit.
+var ErrTimeLimit = errors.New("stem: task time limit exceeded")
+
+// ErrWorkerShutdown is the cause of a task context cancelled because the
+// worker is shutting down and the task outlived the shutdown grace period.
+// Such a task is released to the broker, not failed.
+var ErrWorkerShutdown = errors.New("stem: worker shutting down")
+
+// ErrLeaseLost is the cause of a task context cancelled because the worker
+// could not renew the task's lease and another worker may have claimed it.
+var ErrLeaseLost = stemdriver.ErrLeaseLost
+
+// ErrUnknownTask is recorded as the failure of a task whose name no handler
+// is registered for.
+var ErrUnknownTask = errors.New("stem: unknown task")
+
+// ErrNotFound is returned when a task has no recorded state.
+var ErrNotFound = stemdriver.ErrNotFound
+
+// RevokedError is the cause carried by a context cancelled by a terminate
+// revoke. It matches ErrTaskRevoked with errors.Is.
+type RevokedError struct {
+	TaskID      string
+	Reason      string
+	RequestedBy string
+	IssuedAt    time.Time
+}
+
+// Error describes the revoke.
+func (e *RevokedError) Error() string {
+	msg := "stem: task " + e.TaskID + " revoked"
+	if e.RequestedBy != "" {
+		msg += " by " + e.RequestedBy
+	}
+	if e.Reason != "" {
+		msg += ": " + e.Reason
+	}
+	return msg
+}
+
+// Unwrap returns ErrTaskRevoked.
+func (e *RevokedError) Unwrap() error { return ErrTaskRevoked }
+
+// noRetryError marks an error as final.
+type noRetryError struct{ err error }
+
+func (e *noRetryError) Error() string { return e.err.Error() }
+func (e *noRetryError) Unwrap() error { return e.err }
+
+// NoRetry wraps err so that the task fails at once, whatever retries remain.
+func NoRetry(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &noRetryError{err: err}
+}
+
+// retryAfterError asks for a retry after a given delay.
+type retryAfterError struct {
+	err   error
+	delay time.Duration
+}
+
+func (e *retryAfterError) Error() string {
+	return fmt.Sprintf("%v (retry in %s)", e.err, e.delay)
+}
+func (e *retryAfterError) Unwrap() error { return e.err }
+
+// RetryAfter wraps err so that, if retries remain, the task runs again after
+// delay instead of the delay its retry policy would choose.
+func RetryAfter(delay time.Duration, err error) error {
+	if err == nil {
+		err = errors.New("stem: retry requested")
+	}
+	return &retryAfterError{err: err, delay: delay}
+}

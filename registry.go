@@ -1,0 +1,185 @@
+package stem
+
+import (
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/stem-go/stem/stemtype"
+)
+
+// Args are a task's arguments as a JSON document.
+type Args json.RawMessage
+
+// Decode unmarshals the arguments into v. Empty arguments leave v unchanged.
+func (a Args) Decode(v any) error {
+	if len(a) == 0 || string(a) == "null" {
+		return nil
+	}
+	if err := json.Unmarshal(a, v); err != nil {
+		return fmt.Errorf("stem: decode task arguments: %w", err)
+	}
+	return nil
+}
+
+// MarshalJSON returns the arguments unchanged.
+func (a Args) MarshalJSON() ([]byte, error) {
+	if len(a) == 0 {
+		return []byte("null"), nil
+	}
+	return a, nil
+}
+
+// RunFunc runs one task. Its result is stored as JSON; a non-nil error fails
+// the attempt (and retries it when retries remain, unless wrapped by
+// NoRetry).
+type RunFunc func(tc *TaskContext, args Args) (any, error)
+
+// TaskOptions configure how a task is queued and run. The zero value is
+// usable: queue "default", no retries, the worker's lease, no time limit.
+type TaskOptions struct {
+	// Queue the task is published to unless the enqueue call names one.
+	Queue string
+	// MaxRetries is how many times a failed attempt is retried. Zero means
+	// the first failure is final.
+	MaxRetries int
+	// RetryPolicy chooses the delay before each retry. Nil means
+	// DefaultRetryPolicy.
+	RetryPolicy RetryPolicy
+	// Lease is how long a claimed task stays invisible to other workers
+	// between renewals. The worker renews it while the task runs; it only
+	// matters when the worker dies. Zero means the worker's Lease.
+	Lease time.Duration
+	// TimeLimit bounds one attempt: past it the task's context is
+	// cancelled with cause ErrTimeLimit and the attempt fails. Zero means
+	// no limit.
+	TimeLimit time.Duration
+	// Priority orders tasks within a queue where the broker supports it.
+	Priority int
+}
+
+// Task is a registered task: its name, options and how it runs.
+type Task struct {
+	// Name identifies the task; producers enqueue by name.
+	Name string
+	// Options are the task's defaults.
+	Options TaskOptions
+	// Run is the inline handler, run in the worker's process.
+	Run RunFunc
+	// Isolated, when set, is the entrypoint run in a child process of the
+	// worker instead of Run. It is looked up by task name in the child, so
+	// a program registers its tasks the same way in both roles.
+	Isolated RunFunc
+}
+
+// IsIsolated reports whether the task runs in a child process.
+func (t *Task) IsIsolated() bool { return t.Isolated != nil }
+
+// Registry maps task names to tasks. It is safe for concurrent use. There is
+// no global registry: programs build one and pass it to workers and clients.
+type Registry struct {
+	mu    sync.RWMutex
+	tasks map[string]*Task
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	return &Registry{tasks: make(map[string]*Task)}
+}
+
+// Add registers t. It returns an error for an empty name, a task with no
+// handler, or a name already registered.
+func (r *Registry) Add(t Task) error {
+	if t.Name == "" {
+		return fmt.Errorf("stem: register task: empty name")
+	}
+	if t.Run == nil && t.Isolated == nil {
+		return fmt.Errorf("stem: register task %q: neither Run nor Isolated is set", t.Name)
+	}
+	if t.Options.MaxRetries < 0 {
+		return fmt.Errorf("stem: register task %q: Options.MaxRetries is negative", t.Name)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.tasks[t.Name]; ok {
+		return fmt.Errorf("stem: register task %q: already registered", t.Name)
+	}
+	r.tasks[t.Name] = &t
+	return nil
+}
+
+// MustAdd is Add that panics on error, for registration at start-up.
+func (r *Registry) MustAdd(t Task) {
+	if err := r.Add(t); err != nil {
+		panic(err)
+	}
+}
+
+// Handle registers an inline task.
+func (r *Registry) Handle(name string, run RunFunc, opts TaskOptions) error {
+	return r.Add(Task{Name: name, Run: run, Options: opts})
+}
+
+// Register adds an inline task whose arguments are decoded into A before fn
+// runs. Arguments that do not decode fail the task without retries.
+func Register[A any](r *Registry, name string, fn func(tc *TaskContext, args A) (any, error), opts TaskOptions) error {
+	return r.Add(Task{Name: name, Options: opts, Run: typedRun(fn)})
+}
+
+// RegisterIsolated adds a task whose entrypoint runs in a child process of
+// the worker; see package isolated.
+func RegisterIsolated[A any](r *Registry, name string, fn func(tc *TaskContext, args A) (any, error), opts TaskOptions) error {
+	return r.Add(Task{Name: name, Options: opts, Isolated: typedRun(fn)})
+}
+
+func typedRun[A any](fn func(tc *TaskContext, args A) (any, error)) RunFunc {
+	return func(tc *TaskContext, raw Args) (any, error) {
+		var a A
+		if err := raw.Decode(&a); err != nil {
+			return nil, NoRetry(err)
+		}
+		return fn(tc, a)
+	}
+}
+
+// Lookup returns the task registered under name.
+func (r *Registry) Lookup(name string) (*Task, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	t, ok := r.tasks[name]
+	return t, ok
+}
+
+// Names returns the registered task names, sorted.
+func (r *Registry) Names() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	names := make([]string, 0, len(r.tasks))
+	for n := range r.tasks {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	return names
+}
+
+// Queues returns the distinct queues named by registered tasks' options
+// ("default" for those that name none), sorted.
+func (r *Registry) Queues() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	var qs []string
+	for _, t := range r.tasks {
+		q := t.Options.Queue
+		if q == "" {
+			q = stemtype.DefaultQueue
+		}
+		if !slices.Contains(qs, q) {
+			qs = append(qs, q)
+		}
+	}
+	sort.Strings(qs)
+	return qs
+}

@@ -1,0 +1,419 @@
+package stem
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stem-go/stem/internal/revokecache"
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// WorkerConfig configures a Worker. Zero values take the documented
+// defaults.
+type WorkerConfig struct {
+	// ID identifies the worker to the control plane. Default: host-pid-rand.
+	ID string
+	// Namespace the worker belongs to. Default: "stem". The drivers must
+	// have been opened with the same namespace.
+	Namespace string
+	// Queues the worker claims from, in priority order. Default: the
+	// queues named by the registry's tasks.
+	Queues []string
+	// Concurrency is how many tasks run at once. Default: 10.
+	Concurrency int
+	// Prefetch is how many claimed tasks may wait for a free slot beyond
+	// those running, so that claims are batched. Default: Concurrency.
+	Prefetch int
+	// Registry holds the tasks the worker runs. Required.
+	Registry *Registry
+	// Broker the worker claims from. Required.
+	Broker stemdriver.Broker
+	// Results records task states; optional.
+	Results stemdriver.ResultBackend
+	// Revokes is the durable revoke store loaded at start-up and re-synced
+	// periodically; optional.
+	Revokes stemdriver.RevokeStore
+	// Control carries control commands (ping, inspect, stats, revoke);
+	// optional.
+	Control stemdriver.ControlTransport
+	// Executor runs tasks registered with an isolated entrypoint. Without
+	// one such tasks fail with a clear error.
+	Executor Executor
+	// Lease is how long a claimed task stays invisible to other workers
+	// between renewals. The worker renews leases of every task it holds,
+	// so it only matters when the worker dies. Default: 30s.
+	Lease time.Duration
+	// ClaimWait is how long one claim blocks when no task is ready.
+	// Default: 1s.
+	ClaimWait time.Duration
+	// ShutdownTimeout is the grace period in-flight tasks get after
+	// shutdown begins; then their contexts are cancelled with cause
+	// ErrWorkerShutdown and unfinished tasks are released to the broker.
+	// Default: 10s.
+	ShutdownTimeout time.Duration
+	// RevokeSyncInterval is how often the revoke set is re-read from the
+	// store, so that a missed control message changes nothing. Default:
+	// 30s.
+	RevokeSyncInterval time.Duration
+	// PresenceInterval is how often the worker announces itself on the
+	// control transport (with a time-to-live of three intervals). Default:
+	// 5s.
+	PresenceInterval time.Duration
+	// Logger defaults to slog.Default.
+	Logger *slog.Logger
+}
+
+func (c *WorkerConfig) setDefaults() error {
+	if c.Registry == nil {
+		return errors.New("stem: WorkerConfig.Registry is nil")
+	}
+	if c.Broker == nil {
+		return errors.New("stem: WorkerConfig.Broker is nil")
+	}
+	if c.Concurrency < 0 || c.Prefetch < 0 {
+		return errors.New("stem: WorkerConfig.Concurrency and Prefetch must not be negative")
+	}
+	if c.Namespace == "" {
+		c.Namespace = stemtype.DefaultNamespace
+	}
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		c.ID = fmt.Sprintf("%s-%d-%s", host, os.Getpid(), NewTaskID()[:6])
+	}
+	if len(c.Queues) == 0 {
+		c.Queues = c.Registry.Queues()
+		if len(c.Queues) == 0 {
+			c.Queues = []string{stemtype.DefaultQueue}
+		}
+	}
+	if c.Concurrency == 0 {
+		c.Concurrency = 10
+	}
+	if c.Prefetch == 0 {
+		c.Prefetch = c.Concurrency
+	}
+	if c.Lease <= 0 {
+		c.Lease = 30 * time.Second
+	}
+	if c.ClaimWait <= 0 {
+		c.ClaimWait = time.Second
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = 10 * time.Second
+	}
+	if c.RevokeSyncInterval <= 0 {
+		c.RevokeSyncInterval = 30 * time.Second
+	}
+	if c.PresenceInterval <= 0 {
+		c.PresenceInterval = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	return nil
+}
+
+// Worker claims tasks from a broker and runs them, answering control
+// commands and honouring revokes while it runs. Build one with NewWorker and
+// call Run once.
+type Worker struct {
+	cfg     WorkerConfig
+	log     *slog.Logger
+	revokes *revokecache.Cache
+	writer  *resultWriter
+
+	mu   sync.Mutex
+	held map[string]*job // by receipt: every delivery claimed and not yet settled
+
+	outstanding atomic.Int64  // claimed deliveries whose handler has not finished
+	space       chan struct{} // signalled when outstanding drops
+	stopping    atomic.Bool
+	ran         atomic.Bool
+	started     time.Time
+
+	processed, succeeded, failed, retried, cancelled atomic.Int64
+}
+
+// NewWorker validates cfg and returns a worker.
+func NewWorker(cfg WorkerConfig) (*Worker, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	w := &Worker{
+		cfg:     cfg,
+		log:     cfg.Logger.With("worker_id", cfg.ID),
+		revokes: revokecache.New(),
+		held:    make(map[string]*job),
+		space:   make(chan struct{}, 1),
+	}
+	w.writer = newResultWriter(w)
+	return w, nil
+}
+
+// ID returns the worker's id.
+func (w *Worker) ID() string { return w.cfg.ID }
+
+// Run loads the revoke set, then claims and runs tasks until ctx is
+// cancelled, and then shuts down warmly: it stops claiming, releases claimed
+// tasks that have not started, gives running tasks ShutdownTimeout to finish,
+// cancels the rest with cause ErrWorkerShutdown and releases them to the
+// broker. It returns nil after a clean shutdown. Run may be called once.
+func (w *Worker) Run(ctx context.Context) error {
+	if !w.ran.CompareAndSwap(false, true) {
+		return errors.New("stem: Worker.Run called twice")
+	}
+	w.started = time.Now()
+	// bg outlives ctx: it carries the work that must finish during
+	// shutdown (result writes, acks, lease renewal).
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopBG()
+
+	if w.cfg.Revokes != nil {
+		if err := w.syncRevokes(ctx, true); err != nil {
+			return fmt.Errorf("stem: worker %s: load revokes: %w", w.cfg.ID, err)
+		}
+	}
+	var sub stemdriver.ControlSubscription
+	if w.cfg.Control != nil {
+		var err error
+		if sub, err = w.cfg.Control.Subscribe(ctx, w.cfg.ID); err != nil {
+			return fmt.Errorf("stem: worker %s: subscribe to control: %w", w.cfg.ID, err)
+		}
+		defer sub.Close()
+		w.announce(ctx)
+	}
+
+	var aux sync.WaitGroup // helpers that stop with bg
+	aux.Go(func() { w.writer.run(bg) })
+	aux.Go(func() { w.renewLeases(bg) })
+	if sub != nil {
+		aux.Go(func() { w.serveControl(bg, sub) })
+		aux.Go(func() { w.presence(bg) })
+	}
+	if w.cfg.Revokes != nil {
+		aux.Go(func() { w.resyncRevokes(bg) })
+	}
+
+	work, stopWork := context.WithCancelCause(bg) // parent of task contexts
+	defer stopWork(nil)
+	ready := make(chan *job, w.cfg.Concurrency+w.cfg.Prefetch)
+	var runners sync.WaitGroup
+	for range w.cfg.Concurrency {
+		runners.Go(func() {
+			for j := range ready {
+				if w.stopping.Load() {
+					w.settle(j, nil, settleRelease, nil, "")
+					w.handlerDone()
+					continue
+				}
+				w.process(work, j)
+			}
+		})
+	}
+	fetchDone := make(chan struct{})
+	go func() {
+		defer close(fetchDone)
+		w.fetch(ctx, ready)
+	}()
+	w.log.Info("worker started", "namespace", w.cfg.Namespace, "queues", w.cfg.Queues,
+		"concurrency", w.cfg.Concurrency, "prefetch", w.cfg.Prefetch)
+
+	<-ctx.Done()
+	w.log.Info("worker shutting down", "inflight", w.inflightCount())
+	w.stopping.Store(true)
+	<-fetchDone
+	close(ready)
+
+	runnersDone := make(chan struct{})
+	go func() { runners.Wait(); close(runnersDone) }()
+	grace := time.NewTimer(w.cfg.ShutdownTimeout)
+	defer grace.Stop()
+	select {
+	case <-runnersDone:
+	case <-grace.C:
+		n := w.inflightCount()
+		w.log.Warn("shutdown grace period over: cancelling tasks", "inflight", n)
+		stopWork(ErrWorkerShutdown)
+		// Handlers that ignore their context cannot be stopped; give them a
+		// moment, then release what they hold so other workers re-claim it.
+		abandon := time.NewTimer(w.cfg.ShutdownTimeout)
+		defer abandon.Stop()
+		select {
+		case <-runnersDone:
+		case <-abandon.C:
+			w.log.Error("handlers ignored cancellation: releasing their tasks", "inflight", w.inflightCount())
+			w.releaseAll()
+		}
+	}
+	w.writer.close()
+	stopBG()
+	aux.Wait()
+	if w.cfg.Control != nil {
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		if err := w.cfg.Control.Withdraw(wctx, w.cfg.ID); err != nil {
+			w.log.Warn("withdraw presence", "err", err)
+		}
+		cancel()
+	}
+	w.log.Info("worker stopped", "processed", w.processed.Load())
+	return nil
+}
+
+// fetch claims tasks while there is room for them and hands them to the
+// runners through ready.
+func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
+	limit := int64(w.cfg.Concurrency + w.cfg.Prefetch)
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		free := limit - w.outstanding.Load()
+		if free <= 0 {
+			select {
+			case <-w.space:
+				continue
+			case <-ctx.Done():
+				return
+			}
+		}
+		ds, err := w.cfg.Broker.Claim(ctx, stemdriver.ClaimRequest{
+			Queues:   w.cfg.Queues,
+			Consumer: w.cfg.ID,
+			Max:      int(free),
+			Lease:    w.cfg.Lease,
+			Wait:     w.cfg.ClaimWait,
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				// A claim cut short may have leased messages we never saw;
+				// their leases expire and other workers re-claim them.
+				return
+			}
+			w.log.Error("claim failed", "err", err, "retry_in", backoff)
+			if !sleepCtx(ctx, backoff) {
+				return
+			}
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		now := time.Now()
+		for _, d := range ds {
+			j := &job{d: d, env: d.Envelope, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
+			w.outstanding.Add(1)
+			w.mu.Lock()
+			w.held[d.Receipt] = j
+			w.mu.Unlock()
+			ready <- j // never blocks: ready holds limit jobs
+		}
+	}
+}
+
+// handlerDone frees a slot for the fetcher.
+func (w *Worker) handlerDone() {
+	w.outstanding.Add(-1)
+	select {
+	case w.space <- struct{}{}:
+	default:
+	}
+}
+
+func (w *Worker) inflightCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, j := range w.held {
+		if j.running {
+			n++
+		}
+	}
+	return n
+}
+
+// releaseAll releases every held delivery (tasks abandoned at shutdown).
+func (w *Worker) releaseAll() {
+	w.mu.Lock()
+	ds := make([]stemdriver.Delivery, 0, len(w.held))
+	for r, j := range w.held {
+		ds = append(ds, j.d)
+		delete(w.held, r)
+	}
+	w.mu.Unlock()
+	if len(ds) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := w.cfg.Broker.Release(ctx, ds...); err != nil {
+		w.log.Error("release abandoned tasks", "err", err, "count", len(ds))
+	}
+}
+
+// renewLeases extends the lease of every held delivery before it expires.
+func (w *Worker) renewLeases(ctx context.Context) {
+	for {
+		next := w.cfg.Lease / 4
+		now := time.Now()
+		var due []*job
+		w.mu.Lock()
+		for _, j := range w.held {
+			if j.lost.Load() {
+				continue
+			}
+			next = min(next, j.leaseDur/4)
+			if j.leaseUntil.Sub(now) < j.leaseDur*2/3 {
+				due = append(due, j)
+			}
+		}
+		w.mu.Unlock()
+		for _, j := range due {
+			w.extend(ctx, j, 0)
+		}
+		if !sleepCtx(ctx, max(next, 5*time.Millisecond)) {
+			return
+		}
+	}
+}
+
+// extend renews j's lease for d (its current lease duration when d is 0).
+func (w *Worker) extend(ctx context.Context, j *job, d time.Duration) error {
+	w.mu.Lock()
+	if d > 0 {
+		j.leaseDur = d
+	}
+	d = j.leaseDur
+	w.mu.Unlock()
+	err := w.cfg.Broker.ExtendLease(ctx, j.d, d)
+	switch {
+	case err == nil:
+		w.mu.Lock()
+		j.leaseUntil = time.Now().Add(d)
+		w.mu.Unlock()
+	case errors.Is(err, stemdriver.ErrLeaseLost):
+		if j.lost.CompareAndSwap(false, true) {
+			w.log.Warn("lease lost: another worker may run this task", "task_id", j.taskID())
+			if c := j.cancelFunc(); c != nil {
+				c(ErrLeaseLost)
+			}
+		}
+	case ctx.Err() == nil:
+		w.log.Warn("extend lease failed", "task_id", j.taskID(), "err", err)
+	}
+	return err
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,285 @@
+package stem
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// syncRevokes reads the namespace's revoke set from the store and applies
+// it; with prune it also deletes expired records from the store.
+func (w *Worker) syncRevokes(ctx context.Context, prune bool) error {
+	store := w.cfg.Revokes
+	now := time.Now()
+	if prune {
+		if n, err := store.Prune(ctx, w.cfg.Namespace, now); err != nil {
+			return fmt.Errorf("prune expired revokes: %w", err)
+		} else if n > 0 {
+			w.log.Info("pruned expired revokes", "count", n)
+		}
+	}
+	recs, err := store.List(ctx, w.cfg.Namespace)
+	if err != nil {
+		return fmt.Errorf("list revokes: %w", err)
+	}
+	w.applyRevokes(recs, now)
+	w.revokes.Prune(now)
+	return nil
+}
+
+// resyncRevokes re-reads the revoke store periodically, so that a worker
+// that missed a control message still honours every revoke.
+func (w *Worker) resyncRevokes(ctx context.Context) {
+	t := time.NewTicker(w.cfg.RevokeSyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := w.syncRevokes(ctx, true); err != nil && ctx.Err() == nil {
+				w.log.Error("revoke re-sync failed; keeping the cached set", "err", err)
+			}
+		}
+	}
+}
+
+// applyRevokes adds records to the cache and signals running tasks that a
+// terminate revoke names. It returns the revoke reply.
+func (w *Worker) applyRevokes(recs []stemtype.RevokeRecord, now time.Time) stemtype.RevokeReply {
+	var ours []stemtype.RevokeRecord
+	for _, r := range recs {
+		if r.Namespace == w.cfg.Namespace {
+			ours = append(ours, r)
+		}
+	}
+	applied, ignored, expired := w.revokes.Apply(now, ours...)
+	// A record whose version the cache already holds is the same record
+	// arriving again (from the store and from a control message): it is
+	// reported as applied, and a terminate in it still reaches a task.
+	var older []stemtype.RevokeRecord
+	for _, r := range ignored {
+		if cur, ok := w.revokes.Lookup(r.TaskID, now); ok && cur.Version == r.Version {
+			applied = append(applied, cur)
+		} else {
+			older = append(older, r)
+		}
+	}
+	reply := stemtype.RevokeReply{Tasks: []string{}, Inflight: []string{}, Ignored: ids(older), Expired: ids(expired)}
+	for _, r := range applied {
+		reply.Tasks = append(reply.Tasks, r.TaskID)
+		if !r.Terminate {
+			continue
+		}
+		for _, j := range w.runningJobs(r.TaskID) {
+			if j.terminating.CompareAndSwap(false, true) {
+				w.log.Info("terminating task on revoke", "task_id", r.TaskID, "requested_by", r.RequestedBy)
+				j.cancel(revokedError(r))
+			}
+			if j.kill != nil && r.KillAfterMs > 0 {
+				select {
+				case j.kill <- time.Duration(r.KillAfterMs) * time.Millisecond:
+				default:
+				}
+			}
+			reply.Inflight = append(reply.Inflight, r.TaskID)
+		}
+	}
+	return reply
+}
+
+func ids(recs []stemtype.RevokeRecord) []string {
+	out := make([]string, 0, len(recs))
+	for _, r := range recs {
+		out = append(out, r.TaskID)
+	}
+	return out
+}
+
+func (w *Worker) runningJobs(taskID string) []*job {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var js []*job
+	for _, j := range w.held {
+		if j.running && j.env != nil && j.env.ID == taskID && j.cancel != nil {
+			js = append(js, j)
+		}
+	}
+	return js
+}
+
+// serveControl answers control commands until ctx ends. A malformed command
+// is logged and, when it names a request id, answered with an error.
+func (w *Worker) serveControl(ctx context.Context, sub stemdriver.ControlSubscription) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case msg, ok := <-sub.C():
+			if !ok {
+				return
+			}
+			w.handleControl(ctx, msg)
+		}
+	}
+}
+
+func (w *Worker) handleControl(ctx context.Context, msg []byte) {
+	var cmd stemtype.ControlCommand
+	if err := json.Unmarshal(msg, &cmd); err != nil {
+		var partial struct {
+			RequestID string `json:"requestId"`
+		}
+		_ = json.Unmarshal(msg, &partial)
+		w.log.Warn("malformed control message", "err", err, "request_id", partial.RequestID, "bytes", len(msg))
+		if partial.RequestID != "" {
+			w.reply(ctx, partial.RequestID, nil, fmt.Errorf("malformed control message: %v", err))
+		}
+		return
+	}
+	if cmd.RequestID == "" {
+		w.log.Warn("control message without requestId ignored", "type", cmd.Type)
+		return
+	}
+	if !cmd.Broadcast() && !slices.Contains(cmd.Targets, w.cfg.ID) {
+		return
+	}
+	if cmd.TimeoutMs > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, time.Duration(cmd.TimeoutMs)*time.Millisecond)
+		defer cancel()
+	}
+	payload, err := w.command(ctx, &cmd)
+	if err != nil {
+		w.log.Warn("control command failed", "type", cmd.Type, "request_id", cmd.RequestID, "err", err)
+	}
+	w.reply(ctx, cmd.RequestID, payload, err)
+}
+
+func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any, error) {
+	now := time.Now().UTC()
+	switch cmd.Type {
+	case stemtype.CommandPing:
+		return stemtype.PingReply{Timestamp: now}, nil
+	case stemtype.CommandInspect:
+		req := stemtype.InspectRequest{IncludeRevoked: true}
+		if len(cmd.Payload) > 0 && string(cmd.Payload) != "null" {
+			if err := json.Unmarshal(cmd.Payload, &req); err != nil {
+				return nil, fmt.Errorf("bad inspect payload: %v", err)
+			}
+		}
+		return w.inspect(now, req.IncludeRevoked), nil
+	case stemtype.CommandStats:
+		return w.stats(ctx, now), nil
+	case stemtype.CommandRevoke:
+		var req stemtype.RevokeRequest
+		if err := json.Unmarshal(cmd.Payload, &req); err != nil {
+			return nil, fmt.Errorf("bad revoke payload: %v", err)
+		}
+		for i := range req.Records {
+			if err := req.Records[i].Validate(); err != nil {
+				return nil, err
+			}
+		}
+		return w.applyRevokes(req.Records, now), nil
+	case "":
+		return nil, fmt.Errorf("control command has no type")
+	default:
+		return nil, fmt.Errorf("unknown control command type %q", cmd.Type)
+	}
+}
+
+func (w *Worker) reply(ctx context.Context, requestID string, payload any, cmdErr error) {
+	r := stemtype.ControlReply{RequestID: requestID, WorkerID: w.cfg.ID, Status: stemtype.ReplyOK}
+	if cmdErr != nil {
+		r.Status, r.Error = stemtype.ReplyError, &stemtype.ControlError{Message: cmdErr.Error()}
+	} else if payload != nil {
+		b, err := json.Marshal(payload)
+		if err != nil {
+			r.Status, r.Error = stemtype.ReplyError, &stemtype.ControlError{Message: "encode reply: " + err.Error()}
+		} else {
+			r.Payload = b
+		}
+	}
+	b, _ := json.Marshal(r)
+	if err := w.cfg.Control.Reply(ctx, requestID, b); err != nil {
+		w.log.Warn("send control reply", "request_id", requestID, "err", err)
+	}
+}
+
+func (w *Worker) inspect(now time.Time, withRevoked bool) stemtype.InspectReply {
+	w.mu.Lock()
+	active := make([]stemtype.ActiveTask, 0, len(w.held))
+	for _, j := range w.held {
+		if !j.running || j.env == nil {
+			continue
+		}
+		a := stemtype.ActiveTask{
+			ID: j.env.ID, Task: j.env.Task, Queue: j.env.Queue, Attempt: j.env.Attempt,
+			StartedAt: j.startedAt, RuntimeMs: now.Sub(j.startedAt).Milliseconds(), Isolated: j.isolated,
+			Progress: j.progress.Load(), Terminating: j.terminating.Load(),
+		}
+		if hb := j.lastHeartbeat.Load(); hb != 0 {
+			a.LastHeartbeatAt = time.Unix(0, hb).UTC()
+		}
+		active = append(active, a)
+	}
+	w.mu.Unlock()
+	slices.SortFunc(active, func(a, b stemtype.ActiveTask) int { return a.StartedAt.Compare(b.StartedAt) })
+	r := stemtype.InspectReply{Inflight: len(active), Active: active}
+	if withRevoked {
+		r.Revoked = w.revokes.Snapshot()
+		if r.Revoked == nil {
+			r.Revoked = []stemtype.RevokeRecord{}
+		}
+	}
+	return r
+}
+
+func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
+	host, _ := os.Hostname()
+	s := stemtype.StatsReply{
+		Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
+		Concurrency: w.cfg.Concurrency, Prefetch: w.cfg.Prefetch, Inflight: w.inflightCount(),
+		Processed: w.processed.Load(), Succeeded: w.succeeded.Load(), Failed: w.failed.Load(),
+		Retried: w.retried.Load(), Cancelled: w.cancelled.Load(),
+		Queues: make(map[string]int64, len(w.cfg.Queues)), UptimeMs: now.Sub(w.started).Milliseconds(), Timestamp: now,
+	}
+	for _, q := range w.cfg.Queues {
+		n, err := w.cfg.Broker.Depth(ctx, q)
+		if err != nil {
+			w.log.Warn("queue depth for stats", "queue", q, "err", err)
+			n = -1
+		}
+		s.Queues[q] = n
+	}
+	return s
+}
+
+func (w *Worker) announce(ctx context.Context) {
+	host, _ := os.Hostname()
+	info := stemtype.WorkerInfo{ID: w.cfg.ID, Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
+		Queues: w.cfg.Queues, Concurrency: w.cfg.Concurrency, StartedAt: w.started.UTC(), LastSeen: time.Now().UTC()}
+	if err := w.cfg.Control.Announce(ctx, info, 3*w.cfg.PresenceInterval); err != nil && ctx.Err() == nil {
+		w.log.Warn("announce presence", "err", err)
+	}
+}
+
+func (w *Worker) presence(ctx context.Context) {
+	t := time.NewTicker(w.cfg.PresenceInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			w.announce(ctx)
+		}
+	}
+}

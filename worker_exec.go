@@ -1,0 +1,359 @@
+package stem
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// Executor runs tasks registered with an isolated entrypoint outside the
+// worker's process (package isolated provides one over child processes).
+//
+// Execute runs task's entrypoint for env and returns its JSON result. It
+// relays the child's checkpoints to tc (Heartbeat, ExtendLease, Progress),
+// relays tc's cancellation to the child, and must return once the task
+// ended, whatever the child does. KillAfter tells it when to stop waiting
+// for a child that ignores a terminate revoke.
+type Executor interface {
+	Execute(tc *TaskContext, task *Task, env *stemtype.Envelope, kill KillSignal) (json.RawMessage, error)
+}
+
+// KillSignal delivers the grace period after which a terminated isolated
+// task's process is killed; a later revoke may shorten it.
+type KillSignal <-chan time.Duration
+
+// job is one claimed delivery from claim to settlement.
+type job struct {
+	d   stemdriver.Delivery
+	env *stemtype.Envelope
+
+	// guarded by Worker.mu
+	leaseDur   time.Duration
+	leaseUntil time.Time
+	running    bool
+	startedAt  time.Time
+	cancel     context.CancelCauseFunc
+	isolated   bool
+	kill       chan time.Duration
+
+	lastHeartbeat atomic.Int64 // unix nanos
+	progress      atomic.Pointer[stemtype.Progress]
+	terminating   atomic.Bool
+	lost          atomic.Bool
+	base          *stemtype.TaskResult // the started record, read-only once set
+}
+
+func (j *job) taskID() string {
+	if j.env != nil {
+		return j.env.ID
+	}
+	return ""
+}
+
+func (j *job) cancelFunc() context.CancelCauseFunc { return j.cancel }
+
+// signals implements TaskSignals for an inline task.
+type signals struct {
+	w *Worker
+	j *job
+}
+
+func (s signals) Heartbeat() error {
+	s.j.lastHeartbeat.Store(time.Now().UnixNano())
+	return nil
+}
+
+func (s signals) ExtendLease(d time.Duration) error {
+	s.j.lastHeartbeat.Store(time.Now().UnixNano())
+	if err := s.w.extend(context.Background(), s.j, d); err != nil {
+		return fmt.Errorf("stem: extend lease of task %s: %w", s.j.taskID(), err)
+	}
+	return nil
+}
+
+func (s signals) Progress(pct float64, data json.RawMessage) error {
+	now := time.Now().UTC()
+	s.j.lastHeartbeat.Store(now.UnixNano())
+	p := &stemtype.Progress{Percent: pct, Data: data, At: now}
+	s.j.progress.Store(p)
+	if s.j.base != nil {
+		r := *s.j.base
+		r.Progress = p
+		r.UpdatedAt = now
+		s.w.writer.put(&r)
+	}
+	return nil
+}
+
+type settleOp int
+
+const (
+	settleNone settleOp = iota
+	settleAck
+	settleRetry
+	settleRelease
+	settleDeadLetter
+)
+
+// process runs one claimed delivery to its outcome.
+func (w *Worker) process(parent context.Context, j *job) {
+	defer w.handlerDone()
+	if j.env == nil {
+		w.deadLetter(j)
+		return
+	}
+	env := j.env
+	now := time.Now().UTC()
+	task, known := w.cfg.Registry.Lookup(env.Task)
+
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	w.mu.Lock()
+	j.running, j.startedAt, j.cancel = true, now, cancel
+	j.isolated = known && task.IsIsolated()
+	if j.isolated {
+		j.kill = make(chan time.Duration, 4)
+	}
+	w.mu.Unlock()
+	// Checked after marking the job running: a revoke applied from now on
+	// finds the job running and signals it; one applied before is seen here.
+	if rec, ok := w.revokes.Lookup(env.ID, now); ok {
+		w.finishRevoked(j, revokedError(rec))
+		return
+	}
+	if !known {
+		w.finish(j, nil, &stemtype.TaskError{Kind: "unknown_task",
+			Message: fmt.Sprintf("%v: no handler registered for %q on worker %s", ErrUnknownTask, env.Task, w.cfg.ID)}, false, 0)
+		return
+	}
+	if task.Options.TimeLimit > 0 {
+		var stop context.CancelFunc
+		ctx, stop = context.WithTimeoutCause(ctx, task.Options.TimeLimit, ErrTimeLimit)
+		defer stop()
+	}
+	j.base = &stemtype.TaskResult{
+		ID: env.ID, Task: env.Task, Queue: env.Queue, State: stemtype.StateStarted,
+		Attempt: env.Attempt, WorkerID: w.cfg.ID, StartedAt: now, UpdatedAt: now,
+	}
+	w.writer.put(j.base)
+	if task.Options.Lease > 0 && task.Options.Lease != w.cfg.Lease {
+		_ = w.extend(ctx, j, task.Options.Lease)
+	}
+
+	tc := NewTaskContext(ctx, TaskInfo{ID: env.ID, Task: env.Task, Queue: env.Queue, Attempt: env.Attempt},
+		signals{w: w, j: j}, w.log)
+	result, err := w.invoke(tc, task, env, j)
+	cause := context.Cause(ctx)
+
+	var rev *RevokedError
+	switch {
+	case j.lost.Load():
+		// Another worker holds the task now; it records the outcome.
+		w.settle(j, nil, settleNone, nil, "")
+	case errors.As(cause, &rev):
+		w.finishRevoked(j, rev)
+	case err != nil && errors.Is(cause, ErrWorkerShutdown):
+		w.log.Info("task interrupted by shutdown: released", "task_id", env.ID)
+		w.settle(j, nil, settleRelease, nil, "")
+	case err == nil:
+		raw, encErr := encodeResult(result)
+		if encErr != nil {
+			w.finish(j, nil, &stemtype.TaskError{Kind: "handler", Message: encErr.Error()}, false, 0)
+			return
+		}
+		w.finish(j, raw, nil, false, 0)
+	default:
+		kind := "handler"
+		var pe *panicError
+		switch {
+		case errors.As(err, &pe):
+			kind = "panic"
+		case errors.Is(cause, ErrTimeLimit) || errors.Is(err, ErrTimeLimit):
+			kind = "time_limit"
+			err = fmt.Errorf("%w (%s)", ErrTimeLimit, task.Options.TimeLimit)
+		}
+		var delay time.Duration
+		var ra *retryAfterError
+		if errors.As(err, &ra) {
+			delay = ra.delay
+		}
+		var nr *noRetryError
+		w.finish(j, nil, &stemtype.TaskError{Kind: kind, Message: err.Error()}, !errors.As(err, &nr), delay)
+	}
+}
+
+// panicError is a recovered handler panic.
+type panicError struct {
+	value any
+	stack []byte
+}
+
+func (e *panicError) Error() string { return fmt.Sprintf("stem: task panicked: %v", e.value) }
+
+// invoke runs the handler, turning a panic into an error.
+func (w *Worker) invoke(tc *TaskContext, task *Task, env *stemtype.Envelope, j *job) (result any, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			pe := &panicError{value: v, stack: debug.Stack()}
+			tc.Logger().Error("task panicked", "panic", fmt.Sprint(v), "stack", string(pe.stack))
+			result, err = nil, pe
+		}
+	}()
+	if task.IsIsolated() {
+		if w.cfg.Executor == nil {
+			return nil, NoRetry(fmt.Errorf("stem: task %q is isolated but worker %s has no Executor", task.Name, w.cfg.ID))
+		}
+		raw, err := w.cfg.Executor.Execute(tc, task, env, j.kill)
+		if err != nil {
+			return nil, err
+		}
+		return raw, nil
+	}
+	return task.Run(tc, Args(env.Args))
+}
+
+func encodeResult(v any) (json.RawMessage, error) {
+	switch r := v.(type) {
+	case nil:
+		return nil, nil
+	case json.RawMessage:
+		if !json.Valid(r) {
+			return nil, errors.New("stem: task returned a json.RawMessage that is not valid JSON")
+		}
+		return r, nil
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, fmt.Errorf("stem: encode task result: %w", err)
+	}
+	return b, nil
+}
+
+// finish records a handler's outcome: success, a retry, or a final failure.
+func (w *Worker) finish(j *job, result json.RawMessage, terr *stemtype.TaskError, retryable bool, delay time.Duration) {
+	env := j.env
+	now := time.Now().UTC()
+	res := w.resultFor(j, now)
+	if terr == nil {
+		res.State, res.Result = stemtype.StateSucceeded, result
+		w.succeeded.Add(1)
+		w.processed.Add(1)
+		w.settle(j, res, settleAck, nil, "")
+		return
+	}
+	res.Error = terr
+	maxRetries := 0
+	if t, ok := w.cfg.Registry.Lookup(env.Task); ok {
+		maxRetries = t.Options.MaxRetries
+	}
+	if env.MaxRetries != nil {
+		maxRetries = *env.MaxRetries
+	}
+	if retryable && env.Attempt < maxRetries {
+		if delay <= 0 {
+			policy := DefaultRetryPolicy
+			if t, ok := w.cfg.Registry.Lookup(env.Task); ok && t.Options.RetryPolicy != nil {
+				policy = t.Options.RetryPolicy
+			}
+			delay = policy.NextRetry(env.Attempt + 1)
+		}
+		next := *env
+		next.Attempt++
+		next.NotBefore = now.Add(delay)
+		res.State = stemtype.StateRetry
+		res.FinishedAt = time.Time{}
+		w.retried.Add(1)
+		w.log.Info("task failed: retrying", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt,
+			"retry_in", delay, "err", terr.Message)
+		w.settle(j, res, settleRetry, &next, "")
+		return
+	}
+	res.State = stemtype.StateFailed
+	w.failed.Add(1)
+	w.processed.Add(1)
+	w.log.Warn("task failed", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt, "kind", terr.Kind, "err", terr.Message)
+	w.settle(j, res, settleAck, nil, "")
+}
+
+// finishRevoked records a revoked task as cancelled, with the revoke's
+// reason, requester and time in its metadata, and acknowledges it.
+func (w *Worker) finishRevoked(j *job, rev *RevokedError) {
+	res := w.resultFor(j, time.Now().UTC())
+	res.State = stemtype.StateCancelled
+	res.Error = &stemtype.TaskError{Kind: "revoked", Message: rev.Error()}
+	res.Meta = RevokedMeta(rev.Reason, rev.RequestedBy, rev.IssuedAt)
+	w.cancelled.Add(1)
+	w.processed.Add(1)
+	w.log.Info("task cancelled by revoke", "task_id", j.env.ID, "task", j.env.Task, "requested_by", rev.RequestedBy)
+	w.settle(j, res, settleAck, nil, "")
+}
+
+// RevokedMeta returns the result metadata recorded for a revoked task.
+func RevokedMeta(reason, by string, at time.Time) map[string]string {
+	return map[string]string{
+		stemtype.MetaRevokedReason: reason,
+		stemtype.MetaRevokedBy:     by,
+		stemtype.MetaRevokedAt:     at.UTC().Format(time.RFC3339Nano),
+	}
+}
+
+func revokedError(rec stemtype.RevokeRecord) *RevokedError {
+	return &RevokedError{TaskID: rec.TaskID, Reason: rec.Reason, RequestedBy: rec.RequestedBy, IssuedAt: rec.IssuedAt}
+}
+
+func (w *Worker) resultFor(j *job, now time.Time) *stemtype.TaskResult {
+	env := j.env
+	r := &stemtype.TaskResult{ID: env.ID, Task: env.Task, Queue: env.Queue, Attempt: env.Attempt,
+		WorkerID: w.cfg.ID, StartedAt: now, FinishedAt: now, UpdatedAt: now}
+	if j.base != nil {
+		r.StartedAt = j.base.StartedAt
+	}
+	r.Progress = j.progress.Load()
+	return r
+}
+
+// deadLetter handles a delivery whose message could not be decoded: it is
+// moved to the dead letters with the reason, and a failure is recorded when
+// the message still names its id.
+func (w *Worker) deadLetter(j *job) {
+	reason := fmt.Sprintf("undecodable message on queue %s: %v", j.d.Queue, j.d.DecodeErr)
+	w.log.Error("dead-lettering undecodable message", "queue", j.d.Queue, "receipt", j.d.Receipt, "err", j.d.DecodeErr)
+	var partial struct {
+		ID   string `json:"id"`
+		Task string `json:"task"`
+	}
+	var res *stemtype.TaskResult
+	if json.Unmarshal(j.d.Raw, &partial) == nil && partial.ID != "" {
+		now := time.Now().UTC()
+		res = &stemtype.TaskResult{ID: partial.ID, Task: partial.Task, Queue: j.d.Queue, State: stemtype.StateFailed,
+			Error: &stemtype.TaskError{Kind: "decode", Message: reason}, WorkerID: w.cfg.ID, FinishedAt: now, UpdatedAt: now}
+	}
+	w.failed.Add(1)
+	w.processed.Add(1)
+	w.settle(j, res, settleDeadLetter, nil, reason)
+}
+
+// settle hands the outcome to the result writer, which records the result
+// and then acknowledges, retries, releases or dead-letters the delivery.
+func (w *Worker) settle(j *job, res *stemtype.TaskResult, op settleOp, next *stemtype.Envelope, reason string) {
+	w.mu.Lock()
+	j.running = false
+	w.mu.Unlock()
+	w.writer.settle(settlement{job: j, res: res, op: op, next: next, reason: reason})
+}
+
+// forget drops a settled job from the held set.
+func (w *Worker) forget(j *job) {
+	w.mu.Lock()
+	if w.held[j.d.Receipt] == j {
+		delete(w.held, j.d.Receipt)
+	}
+	w.mu.Unlock()
+}

@@ -1,0 +1,192 @@
+package stem
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// settlement is one delivery's outcome, or (job nil) a bare result write
+// such as a progress update.
+type settlement struct {
+	job    *job
+	res    *stemtype.TaskResult
+	op     settleOp
+	next   *stemtype.Envelope
+	reason string
+}
+
+// resultWriter batches result writes and broker acknowledgements: a task's
+// result is always written before its delivery is acknowledged, so a crash
+// in between re-runs the task rather than losing its outcome. Batching turns
+// the per-task round trips of a busy worker into a few per batch.
+type resultWriter struct {
+	w       *Worker
+	in      chan settlement
+	closing chan struct{}
+	done    chan struct{}
+	once    sync.Once
+}
+
+const (
+	writerBatch    = 256
+	writerInterval = time.Millisecond
+)
+
+func newResultWriter(w *Worker) *resultWriter {
+	return &resultWriter{w: w, in: make(chan settlement, 4*writerBatch), closing: make(chan struct{}), done: make(chan struct{})}
+}
+
+// put queues a result write with no broker action.
+func (rw *resultWriter) put(r *stemtype.TaskResult) {
+	if rw.w.cfg.Results == nil {
+		return
+	}
+	rw.settle(settlement{res: r})
+}
+
+func (rw *resultWriter) settle(s settlement) { rw.in <- s }
+
+func (rw *resultWriter) isClosing() bool {
+	select {
+	case <-rw.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// close flushes what is queued and stops run. Callers must not put after.
+func (rw *resultWriter) close() {
+	rw.once.Do(func() { close(rw.closing) })
+	<-rw.done
+}
+
+// run flushes batches until close; ctx only bounds the retries of a
+// failing backend during shutdown.
+func (rw *resultWriter) run(ctx context.Context) {
+	defer close(rw.done)
+	batch := make([]settlement, 0, writerBatch)
+	for {
+		select {
+		case s := <-rw.in:
+			batch = append(batch[:0], s)
+		case <-rw.closing:
+			for {
+				select {
+				case s := <-rw.in:
+					batch = append(batch[:0], s)
+					rw.collect(&batch)
+					rw.flush(ctx, batch, true)
+				default:
+					return
+				}
+			}
+		}
+		rw.collect(&batch)
+		rw.flush(ctx, batch, false)
+	}
+}
+
+// collect adds whatever arrives within writerInterval, up to writerBatch.
+func (rw *resultWriter) collect(batch *[]settlement) {
+	t := time.NewTimer(writerInterval)
+	defer t.Stop()
+	for len(*batch) < writerBatch {
+		select {
+		case s := <-rw.in:
+			*batch = append(*batch, s)
+		case <-t.C:
+			return
+		}
+	}
+}
+
+func (rw *resultWriter) flush(ctx context.Context, batch []settlement, final bool) {
+	w := rw.w
+	if w.cfg.Results != nil {
+		results := make([]*stemtype.TaskResult, 0, len(batch))
+		last := make(map[string]int, len(batch))
+		for _, s := range batch {
+			if s.res == nil {
+				continue
+			}
+			// Later writes of one task supersede earlier ones in the batch.
+			if i, ok := last[s.res.ID]; ok {
+				results[i] = s.res
+				continue
+			}
+			last[s.res.ID] = len(results)
+			results = append(results, s.res)
+		}
+		if len(results) > 0 {
+			rw.retry(ctx, final, "write results", func(ctx context.Context) error {
+				return w.cfg.Results.Put(ctx, results...)
+			})
+		}
+	}
+	var acks, releases []stemdriver.Delivery
+	for _, s := range batch {
+		if s.job == nil {
+			continue
+		}
+		d := s.job.d
+		switch s.op {
+		case settleAck:
+			acks = append(acks, d)
+		case settleRelease:
+			releases = append(releases, d)
+		case settleRetry:
+			rw.retry(ctx, final, "retry task", func(ctx context.Context) error {
+				return w.cfg.Broker.Retry(ctx, d, s.next)
+			})
+		case settleDeadLetter:
+			rw.retry(ctx, final, "dead-letter message", func(ctx context.Context) error {
+				return w.cfg.Broker.DeadLetter(ctx, d, s.reason)
+			})
+		}
+	}
+	if len(acks) > 0 {
+		rw.retry(ctx, final, "ack tasks", func(ctx context.Context) error { return w.cfg.Broker.Ack(ctx, acks...) })
+	}
+	if len(releases) > 0 {
+		rw.retry(ctx, final, "release tasks", func(ctx context.Context) error { return w.cfg.Broker.Release(ctx, releases...) })
+	}
+	for _, s := range batch {
+		if s.job != nil {
+			w.forget(s.job)
+		}
+	}
+}
+
+// retry runs op until it succeeds, the lease is gone (another worker owns
+// the task then), or ctx ends; during the final flush it tries a few times
+// only. The held delivery keeps its lease renewed meanwhile.
+func (rw *resultWriter) retry(ctx context.Context, final bool, what string, op func(context.Context) error) {
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := op(octx)
+		cancel()
+		if err == nil {
+			return
+		}
+		if errors.Is(err, stemdriver.ErrLeaseLost) {
+			rw.w.log.Warn(what+": lease lost, another worker owns the task now", "err", err)
+			return
+		}
+		if ctx.Err() != nil || ((final || rw.isClosing()) && attempt >= 3) {
+			rw.w.log.Error(what+": giving up; the lease will expire and the task run again", "err", err)
+			return
+		}
+		rw.w.log.Error(what+" failed: retrying", "err", err, "retry_in", backoff)
+		if !sleepCtx(ctx, backoff) {
+			return
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
