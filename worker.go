@@ -136,6 +136,7 @@ type Worker struct {
 	space       chan struct{} // signalled when outstanding drops
 	stopping    atomic.Bool
 	ran         atomic.Bool
+	ready       chan struct{}
 	started     time.Time
 
 	processed, succeeded, failed, retried, cancelled atomic.Int64
@@ -152,10 +153,15 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		revokes: revokecache.New(),
 		held:    make(map[string]*job),
 		space:   make(chan struct{}, 1),
+		ready:   make(chan struct{}),
 	}
 	w.writer = newResultWriter(w)
 	return w, nil
 }
+
+// Ready is closed once Run has loaded the revoke set, subscribed to control
+// commands and started claiming.
+func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // ID returns the worker's id.
 func (w *Worker) ID() string { return w.cfg.ID }
@@ -222,6 +228,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer close(fetchDone)
 		w.fetch(ctx, ready)
 	}()
+	close(w.ready)
 	w.log.Info("worker started", "namespace", w.cfg.Namespace, "queues", w.cfg.Queues,
 		"concurrency", w.cfg.Concurrency, "prefetch", w.cfg.Prefetch)
 

@@ -82,6 +82,11 @@ func (e *env) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
+	select {
+	case <-w.Ready():
+	case err := <-done:
+		e.t.Fatalf("worker %s: Run: %v", w.ID(), err)
+	}
 	var stopped atomic.Bool
 	stop := func() {
 		if stopped.Swap(true) {
