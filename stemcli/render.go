@@ -1,0 +1,154 @@
+package stemcli
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemtype"
+)
+
+func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
+
+// sorted returns the replies ordered by worker id, for stable output.
+func sorted(r *stem.Replies) []stemtype.ControlReply {
+	out := slices.Clone(r.Replies)
+	sort.Slice(out, func(i, j int) bool { return out[i].WorkerID < out[j].WorkerID })
+	return out
+}
+
+func errText(rep stemtype.ControlReply) string {
+	if rep.Error != nil {
+		return rep.Error.Message
+	}
+	return "error"
+}
+
+func renderPing(w io.Writer, r *stem.Replies, start time.Time) {
+	tw := table(w)
+	fmt.Fprintln(tw, "WORKER\tSTATUS\tTIMESTAMP")
+	for _, rep := range sorted(r) {
+		var p stemtype.PingReply
+		_ = json.Unmarshal(rep.Payload, &p)
+		ts := "-"
+		if !p.Timestamp.IsZero() {
+			ts = p.Timestamp.Format(time.RFC3339Nano)
+		}
+		if rep.Status != stemtype.ReplyOK {
+			ts = errText(rep)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\n", rep.WorkerID, rep.Status, ts)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d worker(s) replied in %s\n", len(r.Replies), time.Since(start).Round(10*time.Microsecond))
+}
+
+func renderInspect(w io.Writer, r *stem.Replies, withRevoked bool) {
+	for _, rep := range sorted(r) {
+		if rep.Status != stemtype.ReplyOK {
+			fmt.Fprintf(w, "worker %s: error: %s\n", rep.WorkerID, errText(rep))
+			continue
+		}
+		var p stemtype.InspectReply
+		_ = json.Unmarshal(rep.Payload, &p)
+		fmt.Fprintf(w, "worker %s: %d in flight", rep.WorkerID, p.Inflight)
+		if withRevoked {
+			fmt.Fprintf(w, ", %d revoked", len(p.Revoked))
+		}
+		fmt.Fprintln(w)
+		if len(p.Active) > 0 {
+			tw := table(w)
+			fmt.Fprintln(tw, "  ID\tTASK\tQUEUE\tATTEMPT\tRUNTIME\tISOLATED\tPROGRESS\tLAST HEARTBEAT\tTERMINATING")
+			for _, t := range p.Active {
+				prog, hb := "-", "-"
+				if t.Progress != nil {
+					prog = fmt.Sprintf("%.0f%%", t.Progress.Percent)
+				}
+				if !t.LastHeartbeatAt.IsZero() {
+					hb = t.LastHeartbeatAt.Format(time.RFC3339Nano)
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%t\t%s\t%s\t%t\n", t.ID, t.Task, t.Queue, t.Attempt,
+					(time.Duration(t.RuntimeMs) * time.Millisecond).String(), t.Isolated, prog, hb, t.Terminating)
+			}
+			tw.Flush()
+		}
+		if withRevoked && len(p.Revoked) > 0 {
+			tw := table(w)
+			fmt.Fprintln(tw, "  REVOKED\tTERMINATE\tREQUESTED BY\tREASON\tEXPIRES")
+			sort.Slice(p.Revoked, func(i, j int) bool { return p.Revoked[i].Version < p.Revoked[j].Version })
+			for _, rec := range p.Revoked {
+				exp := "never"
+				if !rec.ExpiresAt.IsZero() {
+					exp = rec.ExpiresAt.Format(time.RFC3339)
+				}
+				fmt.Fprintf(tw, "  %s\t%t\t%s\t%s\t%s\n", rec.TaskID, rec.Terminate, dash(rec.RequestedBy), dash(rec.Reason), exp)
+			}
+			tw.Flush()
+		}
+	}
+}
+
+func renderStats(w io.Writer, r *stem.Replies) {
+	tw := table(w)
+	fmt.Fprintln(tw, "WORKER\tHOST\tPID\tINFLIGHT\tPROCESSED\tSUCCEEDED\tFAILED\tRETRIED\tCANCELLED\tUPTIME\tQUEUES")
+	for _, rep := range sorted(r) {
+		if rep.Status != stemtype.ReplyOK {
+			fmt.Fprintf(tw, "%s\terror: %s\n", rep.WorkerID, errText(rep))
+			continue
+		}
+		var s stemtype.StatsReply
+		_ = json.Unmarshal(rep.Payload, &s)
+		qs := make([]string, 0, len(s.Queues))
+		for q, n := range s.Queues {
+			qs = append(qs, fmt.Sprintf("%s=%d", q, n))
+		}
+		sort.Strings(qs)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", rep.WorkerID, s.Host, s.PID, s.Inflight, s.Concurrency,
+			s.Processed, s.Succeeded, s.Failed, s.Retried, s.Cancelled,
+			(time.Duration(s.UptimeMs) * time.Millisecond).Round(time.Second/10).String(), strings.Join(qs, ","))
+	}
+	tw.Flush()
+}
+
+func renderRevoke(w io.Writer, recs []stemtype.RevokeRecord, r *stem.Replies) {
+	if len(recs) > 0 {
+		mode := "revoked"
+		if recs[0].Terminate {
+			mode = "revoked (terminate)"
+		}
+		ids := make([]string, len(recs))
+		for i, rec := range recs {
+			ids[i] = rec.TaskID
+		}
+		fmt.Fprintf(w, "%s %d task(s) in namespace %s until %s: %s\n", mode, len(recs), recs[0].Namespace,
+			recs[0].ExpiresAt.Format(time.RFC3339), strings.Join(ids, ", "))
+	}
+	if len(r.Replies) == 0 {
+		return
+	}
+	tw := table(w)
+	fmt.Fprintln(tw, "WORKER\tSTATUS\tAPPLIED\tSIGNALLED\tIGNORED\tEXPIRED")
+	for _, rep := range sorted(r) {
+		if rep.Status != stemtype.ReplyOK {
+			fmt.Fprintf(tw, "%s\terror: %s\n", rep.WorkerID, errText(rep))
+			continue
+		}
+		var p stemtype.RevokeReply
+		_ = json.Unmarshal(rep.Payload, &p)
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\n", rep.WorkerID, rep.Status, len(p.Tasks), dash(strings.Join(p.Inflight, ",")), len(p.Ignored), len(p.Expired))
+	}
+	tw.Flush()
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}

@@ -1,0 +1,238 @@
+// Package stemcli is the stem command tree, importable so that a Go program
+// with its own tasks embeds the same CLI: `myapp worker start` runs its
+// handlers and `myapp worker revoke` controls them.
+//
+//	func main() {
+//		reg := stem.NewRegistry()
+//		// register tasks ...
+//		os.Exit(stemcli.Main(stemcli.Config{Registry: reg}, os.Args[1:]))
+//	}
+//
+// Commands write to the configured writers, so they are tested on their
+// exact output. Exit codes: 0 success, 64 usage error, 69 the broker or
+// revoke store cannot be reached (nothing was published), 70 a worker
+// replied with an error, a targeted worker did not reply, or no worker
+// replied at all, 1 any other failure.
+package stemcli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+	"github.com/stem-go/stem/stemurl"
+)
+
+// Exit codes of the stem CLI (sysexits.h names in brackets).
+const (
+	ExitOK          = 0
+	ExitFailure     = 1
+	ExitUsage       = 64 // EX_USAGE
+	ExitUnavailable = 69 // EX_UNAVAILABLE
+	ExitSoftware    = 70 // EX_SOFTWARE: worker error, missing or no reply
+)
+
+// ExitError carries the exit code of a failed command.
+type ExitError struct {
+	Code int
+	Err  error
+}
+
+func (e *ExitError) Error() string { return e.Err.Error() }
+func (e *ExitError) Unwrap() error { return e.Err }
+
+func exitf(code int, format string, args ...any) error {
+	return &ExitError{Code: code, Err: fmt.Errorf(format, args...)}
+}
+
+// Config configures the command tree.
+type Config struct {
+	// Registry holds the tasks `worker start` runs and `enqueue` takes
+	// defaults from. Required.
+	Registry *stem.Registry
+	// Name is the binary's name in help texts. Default: "stem".
+	Name string
+	// Stdout and Stderr default to os.Stdout and os.Stderr.
+	Stdout, Stderr io.Writer
+	// Getenv defaults to os.Getenv.
+	Getenv func(string) string
+	// Resolver opens backends; default stemurl.New().
+	Resolver *stemurl.Resolver
+	// Demo, when set, adds `demo`, a self-contained tour that registers
+	// its tasks into a registry of its own with this function.
+	Demo func(*stem.Registry) error
+	// Executor, when set, builds the executor `worker start` gives its
+	// worker for isolated tasks, and the function that stops it.
+	Executor func(reg *stem.Registry) (stem.Executor, func(), error)
+}
+
+// app is the state shared by the commands of one invocation.
+type app struct {
+	cfg                             Config
+	out, errw                       io.Writer
+	broker, backend, revoke, nsFlag string
+}
+
+// New returns the root command.
+func New(cfg Config) *cobra.Command {
+	if cfg.Name == "" {
+		cfg.Name = "stem"
+	}
+	if cfg.Stdout == nil {
+		cfg.Stdout = os.Stdout
+	}
+	if cfg.Stderr == nil {
+		cfg.Stderr = os.Stderr
+	}
+	if cfg.Getenv == nil {
+		cfg.Getenv = os.Getenv
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = stemurl.New()
+	}
+	a := &app{cfg: cfg, out: cfg.Stdout, errw: cfg.Stderr}
+	root := &cobra.Command{
+		Use:           cfg.Name,
+		Short:         "Celery-style background tasks for Go, with a live worker control plane",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		Long: cfg.Name + ` enqueues tasks, runs workers and controls them live.
+
+Connections come from --broker, --backend and --revoke-store, else from
+STEM_BROKER_URL, STEM_RESULT_BACKEND_URL and STEM_REVOKE_STORE_URL (the
+revoke store falls back to the result backend's URL, then the broker's).
+With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
+	}
+	root.SetOut(cfg.Stdout)
+	root.SetErr(cfg.Stderr)
+	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
+	})
+	pf := root.PersistentFlags()
+	pf.StringVar(&a.broker, "broker", "", "broker URL (default $STEM_BROKER_URL, else "+stemurl.DefaultURL+")")
+	pf.StringVar(&a.backend, "backend", "", "result backend URL (default $STEM_RESULT_BACKEND_URL, else the broker URL)")
+	pf.StringVar(&a.revoke, "revoke-store", "", "revoke store URL (default $STEM_REVOKE_STORE_URL, $STEM_RESULT_BACKEND_URL, $STEM_BROKER_URL)")
+	pf.StringVar(&a.nsFlag, "namespace", "", "namespace (default $STEM_NAMESPACE, else "+stemtype.DefaultNamespace+")")
+
+	worker := &cobra.Command{Use: "worker", Short: "Run and control workers"}
+	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd())
+	task := &cobra.Command{Use: "task", Short: "Read task state"}
+	task.AddCommand(a.statusCmd())
+	root.AddCommand(worker, task, a.enqueueCmd())
+	if cfg.Demo != nil {
+		root.AddCommand(a.demoCmd())
+	}
+	for _, c := range append([]*cobra.Command{root, worker, task}, root.Commands()...) {
+		if c.Args == nil {
+			c.Args = cobra.NoArgs
+		}
+	}
+	root.Args = cobra.NoArgs
+	return root
+}
+
+// Main runs the command tree on args and returns the process exit code,
+// printing the error (if any) on stderr.
+func Main(cfg Config, args []string) int {
+	cmd := New(cfg)
+	cmd.SetArgs(args)
+	err := cmd.ExecuteContext(context.Background())
+	return exitCode(cmd.ErrOrStderr(), err)
+}
+
+func exitCode(w io.Writer, err error) int {
+	if err == nil {
+		return ExitOK
+	}
+	var ee *ExitError
+	code := ExitFailure
+	if errors.As(err, &ee) {
+		code = ee.Code
+	} else if isUsage(err) {
+		code = ExitUsage
+	}
+	fmt.Fprintln(w, "stem: "+strings.TrimPrefix(err.Error(), "stem: "))
+	return code
+}
+
+// isUsage recognises cobra's argument and command errors.
+func isUsage(err error) bool {
+	msg := err.Error()
+	for _, s := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "required flag", "unknown flag", "invalid argument"} {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func (a *app) namespace() string {
+	if a.nsFlag != "" {
+		return a.nsFlag
+	}
+	if ns := a.cfg.Getenv(stemurl.EnvNamespace); ns != "" {
+		return ns
+	}
+	return stemtype.DefaultNamespace
+}
+
+// urls resolves the connection URLs: flags win over the environment.
+func (a *app) urls() stemurl.URLs {
+	u := stemurl.FromEnv(a.cfg.Getenv)
+	if a.broker != "" {
+		u.Broker = a.broker
+		if a.cfg.Getenv(stemurl.EnvResults) == "" && a.backend == "" {
+			u.Results = a.broker
+		}
+		if u.RevokesFrom == stemurl.EnvBroker || u.RevokesFrom == "default" {
+			u.Revokes, u.RevokesFrom = a.broker, "--broker"
+		}
+	}
+	if a.backend != "" {
+		u.Results = a.backend
+		if u.RevokesFrom != stemurl.EnvRevokeStore {
+			u.Revokes, u.RevokesFrom = a.backend, "--backend"
+		}
+	}
+	if a.revoke != "" {
+		u.Revokes, u.RevokesFrom = a.revoke, "--revoke-store"
+	}
+	return u
+}
+
+func (a *app) driverOpts() stemdriver.Options {
+	return stemdriver.Options{Namespace: a.namespace(), Logger: a.logger("warn")}
+}
+
+// logger logs at $STEM_LOG_LEVEL, else at def, to stderr.
+func (a *app) logger(def string) *slog.Logger {
+	name := a.cfg.Getenv("STEM_LOG_LEVEL")
+	if name == "" {
+		name = def
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(name)); err != nil {
+		level = slog.LevelInfo
+	}
+	return slog.New(slog.NewTextHandler(a.errw, &slog.HandlerOptions{Level: level}))
+}
+
+// unavailable wraps an open failure as exit code 69.
+func unavailable(what, url string, err error) error {
+	return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("cannot open %s %s: %w", what, stemurl.Redact(url), err)}
+}
+
+func (a *app) warnMemory(url string) {
+	if strings.HasPrefix(url, "memory:") {
+		fmt.Fprintf(a.errw, "stem: note: %s is in-process only; set STEM_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to reach workers in other processes\n", url)
+	}
+}

@@ -1,0 +1,136 @@
+package stemcli
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemtype"
+)
+
+func (a *app) enqueueCmd() *cobra.Command {
+	var (
+		args       string
+		opts       stem.EnqueueOptions
+		maxRetries int
+		asJSON     bool
+	)
+	c := &cobra.Command{
+		Use:   "enqueue TASK",
+		Short: "Enqueue a task and print its id",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, pos []string) error {
+			if !json.Valid([]byte(args)) {
+				return exitf(ExitUsage, "enqueue: --args is not valid JSON: %q", args)
+			}
+			if cmd.Flags().Changed("max-retries") {
+				if maxRetries < 0 {
+					return exitf(ExitUsage, "enqueue: --max-retries must not be negative")
+				}
+				opts.MaxRetries = &maxRetries
+			}
+			if opts.Countdown < 0 {
+				return exitf(ExitUsage, "enqueue: --countdown must not be negative")
+			}
+			u := a.urls()
+			o := a.driverOpts()
+			ctx := cmd.Context()
+			b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, o)
+			if err != nil {
+				return unavailable("broker", u.Broker, err)
+			}
+			defer b.Close()
+			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, o)
+			if err != nil {
+				return unavailable("result backend", u.Results, err)
+			}
+			defer res.Close()
+			a.warnMemory(u.Broker)
+			client, err := stem.NewClient(stem.ClientConfig{Broker: b, Results: res, Registry: a.cfg.Registry})
+			if err != nil {
+				return err
+			}
+			task := pos[0]
+			id, err := client.Enqueue(ctx, task, json.RawMessage(args), opts)
+			if err != nil {
+				return &ExitError{Code: ExitUnavailable, Err: err}
+			}
+			if !asJSON {
+				fmt.Fprintln(a.out, id)
+				return nil
+			}
+			queue := opts.Queue
+			if queue == "" {
+				queue = stemtype.DefaultQueue
+				if t, ok := a.cfg.Registry.Lookup(task); ok && t.Options.Queue != "" {
+					queue = t.Options.Queue
+				}
+			}
+			return writeJSON(a.out, map[string]string{"id": id, "task": task, "queue": queue})
+		},
+	}
+	fl := c.Flags()
+	fl.StringVar(&args, "args", "null", "task arguments as JSON")
+	fl.StringVar(&opts.Queue, "queue", "", "queue (default: the task's queue, else default)")
+	fl.DurationVar(&opts.Countdown, "countdown", 0, "run no earlier than this long from now")
+	fl.IntVar(&maxRetries, "max-retries", 0, "override the task's max retries")
+	fl.BoolVar(&asJSON, "json", false, `print {"id","task","queue"} as JSON`)
+	return c
+}
+
+// statusJSON is the --json shape of `task status`.
+type statusJSON struct {
+	ID       string             `json:"id"`
+	Task     string             `json:"task"`
+	State    stemtype.State     `json:"state"`
+	Attempt  int                `json:"attempt"`
+	Result   json.RawMessage    `json:"result"`
+	Error    *string            `json:"error"`
+	Progress *stemtype.Progress `json:"progress"`
+	Meta     map[string]string  `json:"meta"`
+}
+
+func (a *app) statusCmd() *cobra.Command {
+	var asJSON bool
+	c := &cobra.Command{
+		Use:   "status ID",
+		Short: "Print a task's state",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, pos []string) error {
+			u := a.urls()
+			ctx := cmd.Context()
+			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, a.driverOpts())
+			if err != nil {
+				return unavailable("result backend", u.Results, err)
+			}
+			defer res.Close()
+			r, err := res.Get(ctx, pos[0])
+			if errors.Is(err, stem.ErrNotFound) {
+				return fmt.Errorf("task %s: no state recorded in %s (never enqueued here, or expired)", pos[0], u.Results)
+			} else if err != nil {
+				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("task %s: %w", pos[0], err)}
+			}
+			if !asJSON {
+				fmt.Fprintln(a.out, r.State)
+				return nil
+			}
+			out := statusJSON{ID: r.ID, Task: r.Task, State: r.State, Attempt: r.Attempt, Result: r.Result,
+				Progress: r.Progress, Meta: r.Meta}
+			if out.Meta == nil {
+				out.Meta = map[string]string{}
+			}
+			if len(out.Result) == 0 {
+				out.Result = json.RawMessage("null")
+			}
+			if r.Error != nil {
+				out.Error = &r.Error.Message
+			}
+			return writeJSON(a.out, out)
+		},
+	}
+	c.Flags().BoolVar(&asJSON, "json", false, `print {"id","task","state","attempt","result","error","progress","meta"}`)
+	return c
+}

@@ -1,0 +1,580 @@
+package stemdrivertest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// Leases and waits of the broker tests. Short leases are the ones the tests
+// let expire; long ones must not expire during a test.
+const (
+	shortLease = 200 * time.Millisecond
+	longLease  = time.Minute
+	delay      = 300 * time.Millisecond
+	claimPoll  = 250 * time.Millisecond
+)
+
+// RunBroker runs the broker conformance suite. open must return a new
+// connection on every call; calls with the same namespace share data.
+func RunBroker(t *testing.T, open func(t *testing.T, namespace string) stemdriver.Broker) {
+	t.Helper()
+	run := func(name string, fn func(t *testing.T, ns string)) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			fn(t, newNamespace(t))
+		})
+	}
+
+	run("PublishClaimAckRoundTrip", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		env := fullEnvelope("rt-1", "q")
+		want := cloneEnvelope(t, env)
+		mustPublish(ctx, t, b, env)
+		// The stored message is a copy: changing the caller's envelope
+		// after Publish must not change what is delivered.
+		env.Headers["trace"] = "changed"
+		env.Args[2] = 'X'
+		env.Attempt = 99
+
+		ds := claimN(ctx, t, b, 1, req("c1", longLease, "q"))
+		d := ds[0]
+		if d.DecodeErr != nil {
+			t.Fatalf("DecodeErr = %v, want nil", d.DecodeErr)
+		}
+		if d.Queue != "q" {
+			t.Errorf("Delivery.Queue = %q, want %q", d.Queue, "q")
+		}
+		if d.Receipt == "" {
+			t.Error("Delivery.Receipt is empty")
+		}
+		assertEqual(t, "delivered envelope", normEnvelope(d.Envelope), normEnvelope(want))
+		var fromRaw stemtype.Envelope
+		if err := json.Unmarshal(d.Raw, &fromRaw); err != nil {
+			t.Fatalf("Delivery.Raw %q does not decode as an envelope: %v", d.Raw, err)
+		}
+		assertEqual(t, "envelope decoded from Delivery.Raw", normEnvelope(&fromRaw), normEnvelope(want))
+
+		mustDepth(ctx, t, b, "q", 0)
+		if err := b.Ack(ctx, d); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 0)
+		mustClaimNone(ctx, t, b, req("c1", longLease, "q"), 0)
+	})
+
+	run("MaxRespected", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		mustPublish(ctx, t, b, envelopes("max", "q", 10)...)
+		seen := map[string]bool{}
+		for len(seen) < 10 {
+			r := req("c1", longLease, "q")
+			r.Max, r.Wait = 3, claimPoll
+			ds := mustClaim(ctx, t, b, r)
+			if len(ds) > 3 {
+				t.Fatalf("Claim with Max 3 returned %d messages", len(ds))
+			}
+			for _, d := range ds {
+				if seen[d.Envelope.ID] {
+					t.Fatalf("message %s claimed twice while leased", d.Envelope.ID)
+				}
+				seen[d.Envelope.ID] = true
+			}
+		}
+	})
+
+	run("BatchDeliveredExactlyOnceToConcurrentClaimers", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		const total, claimers = 500, 4
+		mustPublish(ctx, t, open(t, ns), envelopes("batch", "q", total)...)
+
+		var (
+			mu    sync.Mutex
+			seen  = map[string]int{}
+			acked atomic.Int64
+			wg    sync.WaitGroup
+		)
+		for i := range claimers {
+			b := open(t, ns)
+			consumer := fmt.Sprintf("c%d", i)
+			wg.Go(func() {
+				for acked.Load() < total && ctx.Err() == nil {
+					r := req(consumer, longLease, "q")
+					r.Max, r.Wait = 25, claimPoll
+					ds, err := b.Claim(ctx, r)
+					if err != nil {
+						if ctx.Err() == nil {
+							t.Errorf("%s: Claim: %v", consumer, err)
+						}
+						return
+					}
+					mu.Lock()
+					for _, d := range ds {
+						seen[d.Envelope.ID]++
+					}
+					mu.Unlock()
+					if len(ds) == 0 {
+						continue
+					}
+					if err := b.Ack(ctx, ds...); err != nil {
+						t.Errorf("%s: Ack of %d: %v", consumer, len(ds), err)
+						return
+					}
+					acked.Add(int64(len(ds)))
+				}
+			})
+		}
+		wg.Wait()
+		if t.Failed() {
+			return
+		}
+		if len(seen) != total {
+			t.Fatalf("%d distinct messages delivered, want %d", len(seen), total)
+		}
+		for id, n := range seen {
+			if n != 1 {
+				t.Errorf("message %s delivered %d times", id, n)
+			}
+		}
+		b := open(t, ns)
+		mustDepth(ctx, t, b, "q", 0)
+		mustClaimNone(ctx, t, b, req("late", longLease, "q"), 0)
+	})
+
+	run("AckedNeverRedelivered", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		mustPublish(ctx, t, b, envelopes("ack", "q", 3)...)
+		mustDepth(ctx, t, b, "q", 3)
+		ds := claimN(ctx, t, b, 2, req("c1", shortLease, "q"))
+		mustDepth(ctx, t, b, "q", 1) // leased messages are not counted
+		if err := b.Ack(ctx, ds[0]); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+		// After the short lease passes, the unacked claimed message comes
+		// back, the acked one never does.
+		other := open(t, ns)
+		got := claimN(ctx, t, other, 2, req("c2", longLease, "q"))
+		ids := sortedCopy([]string{got[0].Envelope.ID, got[1].Envelope.ID})
+		if slices.Contains(ids, ds[0].Envelope.ID) {
+			t.Fatalf("acked message %s was delivered again", ds[0].Envelope.ID)
+		}
+		if !slices.Contains(ids, ds[1].Envelope.ID) {
+			t.Fatalf("re-claimed %v, want the expired %s among them", ids, ds[1].Envelope.ID)
+		}
+		if err := other.Ack(ctx, got...); err != nil {
+			t.Fatalf("Ack of two: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 0)
+		mustClaimNone(ctx, t, other, req("c2", longLease, "q"), 2*shortLease)
+	})
+
+	run("ClaimWaitWakesOnPublish", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		consumer, producer := open(t, ns), open(t, ns)
+		type result struct {
+			ds  []stemdriver.Delivery
+			err error
+		}
+		// The Claim may wait longer than its context lives: only waking up
+		// for the publish makes it return the message.
+		cctx, cancel := context.WithTimeout(ctx, guard/2)
+		defer cancel()
+		started := make(chan struct{})
+		done := make(chan result, 1)
+		go func() {
+			close(started)
+			r := req("c1", longLease, "q")
+			r.Wait = guard
+			ds, err := consumer.Claim(cctx, r)
+			done <- result{ds, err}
+		}()
+		<-started
+		mustPublish(ctx, t, producer, envelopes("wake", "q", 1)...)
+		res := <-done
+		if res.err != nil {
+			t.Fatalf("blocking Claim: %v", res.err)
+		}
+		if len(res.ds) != 1 || res.ds[0].Envelope.ID != "wake-0" {
+			t.Fatalf("blocking Claim returned %d messages, want wake-0 published while it waited", len(res.ds))
+		}
+	})
+
+	run("ContextCancelEndsBlockingClaim", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		started := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			close(started)
+			r := req("c1", longLease, "q")
+			r.Wait = guard / 2
+			ds, err := b.Claim(cctx, r)
+			if len(ds) != 0 {
+				err = fmt.Errorf("claimed %d messages from an empty queue", len(ds))
+			}
+			done <- err
+		}()
+		<-started
+		cancel()
+		if err := <-done; !errors.Is(err, context.Canceled) {
+			t.Fatalf("Claim after cancel returned %v, want an error matching context.Canceled", err)
+		}
+	})
+
+	run("NotBeforeDelays", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		env := envelopes("eta", "q", 1)[0]
+		env.NotBefore = now().Add(delay)
+		mustPublish(ctx, t, b, env)
+		mustDepth(ctx, t, b, "q", 1) // delayed messages are counted
+		ds := mustClaim(ctx, t, b, req("c1", longLease, "q"))
+		checkNotEarly(t, ds, env.NotBefore)
+		if len(ds) == 0 {
+			ds = claimN(ctx, t, b, 1, req("c1", longLease, "q"))
+			checkNotEarly(t, ds, env.NotBefore)
+		}
+		if ds[0].Envelope.ID != env.ID {
+			t.Fatalf("claimed %s, want %s", ds[0].Envelope.ID, env.ID)
+		}
+	})
+
+	run("RetryReplacesWithDelayedNext", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		env := fullEnvelope("retry-1", "q")
+		mustPublish(ctx, t, b, env)
+		d := claimN(ctx, t, b, 1, req("c1", longLease, "q"))[0]
+
+		next := cloneEnvelope(t, d.Envelope)
+		next.Attempt = d.Envelope.Attempt + 1
+		next.NotBefore = now().Add(delay)
+		next.Headers["retry_reason"] = "boom"
+		if err := b.Retry(ctx, d, next); err != nil {
+			t.Fatalf("Retry: %v", err)
+		}
+		if err := b.ExtendLease(ctx, d, longLease); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Errorf("ExtendLease of the retried delivery = %v, want ErrLeaseLost", err)
+		}
+		mustDepth(ctx, t, b, "q", 1)
+		ds := mustClaim(ctx, t, b, req("c1", longLease, "q"))
+		checkNotEarly(t, ds, next.NotBefore)
+		if len(ds) == 0 {
+			ds = claimN(ctx, t, b, 1, req("c1", longLease, "q"))
+			checkNotEarly(t, ds, next.NotBefore)
+		}
+		assertEqual(t, "envelope after Retry", normEnvelope(ds[0].Envelope), normEnvelope(next))
+		if err := b.Ack(ctx, ds[0]); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 0)
+	})
+
+	run("ReleaseMakesReadyAtOnce", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		env := fullEnvelope("rel-1", "q")
+		mustPublish(ctx, t, b, env)
+		ds := claimN(ctx, t, b, 1, req("c1", longLease, "q"))
+		if err := b.Release(ctx, ds...); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 1)
+		// The lease was a minute long, so only Release explains a claim now.
+		got := claimN(ctx, t, open(t, ns), 1, req("c2", longLease, "q"))
+		assertEqual(t, "envelope after Release", normEnvelope(got[0].Envelope), normEnvelope(env))
+	})
+
+	run("ExpiredLeaseReclaimedAndOldHolderLosesIt", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		a, b := open(t, ns), open(t, ns)
+		env := fullEnvelope("lease-1", "q")
+		mustPublish(ctx, t, a, env)
+		da := claimN(ctx, t, a, 1, req("a", shortLease, "q"))[0]
+		db := claimN(ctx, t, b, 1, req("b", longLease, "q"))[0]
+		assertEqual(t, "re-claimed envelope", normEnvelope(db.Envelope), normEnvelope(env))
+
+		if err := a.ExtendLease(ctx, da, longLease); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Errorf("old holder's ExtendLease = %v, want ErrLeaseLost", err)
+		}
+		if err := a.Ack(ctx, da); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Errorf("old holder's Ack = %v, want ErrLeaseLost", err)
+		}
+		next := cloneEnvelope(t, env)
+		next.ID, next.Attempt = "lease-1-retry", env.Attempt+1
+		if err := a.Retry(ctx, da, next); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Errorf("old holder's Retry = %v, want ErrLeaseLost", err)
+		}
+		if err := b.ExtendLease(ctx, db, longLease); err != nil {
+			t.Fatalf("new holder's ExtendLease: %v", err)
+		}
+		if err := b.Ack(ctx, db); err != nil {
+			t.Fatalf("new holder's Ack: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 0)
+		mustClaimNone(ctx, t, b, req("b", longLease, "q"), 0) // the failed Retry stored nothing
+	})
+
+	run("ExtendLeaseKeepsMessage", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		a, b := open(t, ns), open(t, ns)
+		mustPublish(ctx, t, a, envelopes("ext", "q", 1)...)
+		d := claimN(ctx, t, a, 1, req("a", 2*shortLease, "q"))[0]
+		if err := a.ExtendLease(ctx, d, longLease); err != nil {
+			t.Fatalf("ExtendLease: %v", err)
+		}
+		// Wait well past the first lease: the extended one still holds.
+		mustClaimNone(ctx, t, b, req("b", longLease, "q"), 4*shortLease)
+		if err := a.Ack(ctx, d); err != nil {
+			t.Fatalf("Ack after ExtendLease: %v", err)
+		}
+	})
+
+	run("DeadLetterRemoves", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		mustPublish(ctx, t, b, envelopes("dead", "q", 1)...)
+		d := claimN(ctx, t, b, 1, req("c1", shortLease, "q"))[0]
+		if err := b.DeadLetter(ctx, d, "stemdrivertest: poison"); err != nil {
+			t.Fatalf("DeadLetter: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 0)
+		mustClaimNone(ctx, t, b, req("c1", longLease, "q"), 2*shortLease)
+	})
+
+	run("DepthCountsReadyAndDelayed", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		envs := envelopes("depth", "q", 3)
+		envs[2].NotBefore = now().Add(time.Hour)
+		mustPublish(ctx, t, b, envs...)
+		mustDepth(ctx, t, b, "q", 3)
+		mustDepth(ctx, t, b, "empty", 0)
+		ds := claimN(ctx, t, b, 2, req("c1", longLease, "q"))
+		for _, d := range ds {
+			if d.Envelope.ID == envs[2].ID {
+				t.Fatalf("claimed %s, delayed by an hour", d.Envelope.ID)
+			}
+		}
+		mustDepth(ctx, t, b, "q", 1)
+		mustClaimNone(ctx, t, b, req("c1", longLease, "q"), 0)
+	})
+
+	run("AckAndReleaseBatches", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		mustPublish(ctx, t, b, envelopes("many", "q", 4)...)
+		ds := claimN(ctx, t, b, 4, req("c1", longLease, "q"))
+		if err := b.Ack(ctx, ds[0], ds[1]); err != nil {
+			t.Fatalf("Ack of two: %v", err)
+		}
+		if err := b.Release(ctx, ds[2], ds[3]); err != nil {
+			t.Fatalf("Release of two: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 2)
+		got := claimN(ctx, t, open(t, ns), 2, req("c2", longLease, "q"))
+		assertEqual(t, "ids released",
+			sortedCopy([]string{got[0].Envelope.ID, got[1].Envelope.ID}),
+			sortedCopy([]string{ds[2].Envelope.ID, ds[3].Envelope.ID}))
+	})
+
+	run("QueuesIsolated", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		mustPublish(ctx, t, b, envelopes("qa", "qa", 1)...)
+		mustDepth(ctx, t, b, "qb", 0)
+		mustClaimNone(ctx, t, b, req("c1", longLease, "qb"), claimPoll)
+		d := claimN(ctx, t, b, 1, req("c1", longLease, "qb", "qa"))[0]
+		if d.Queue != "qa" || d.Envelope.Queue != "qa" {
+			t.Fatalf("claimed from queue %q (envelope queue %q), want qa", d.Queue, d.Envelope.Queue)
+		}
+	})
+
+	run("NamespacesIsolated", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		ns2 := newNamespace(t)
+		b1, b2 := open(t, ns), open(t, ns2)
+		mustPublish(ctx, t, b1, envelopes("ns1", "q", 1)...)
+		mustPublish(ctx, t, b2, envelopes("ns2", "q", 2)...)
+		mustDepth(ctx, t, b1, "q", 1)
+		mustDepth(ctx, t, b2, "q", 2)
+		// Another connection on the first namespace sees its data, and
+		// only its data.
+		d := claimN(ctx, t, open(t, ns), 1, req("c1", longLease, "q"))[0]
+		if d.Envelope.ID != "ns1-0" {
+			t.Fatalf("claimed %s in the first namespace, want ns1-0", d.Envelope.ID)
+		}
+		mustClaimNone(ctx, t, b1, req("c1", longLease, "q"), claimPoll)
+		mustDepth(ctx, t, b2, "q", 2)
+	})
+
+	run("ClosedReturnsErrClosed", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b, other := open(t, ns), open(t, ns)
+		if err := b.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if err := b.Publish(ctx, envelopes("closed", "q", 1)...); !errors.Is(err, stemdriver.ErrClosed) {
+			t.Errorf("Publish after Close = %v, want ErrClosed", err)
+		}
+		if _, err := b.Claim(ctx, req("c1", longLease, "q")); !errors.Is(err, stemdriver.ErrClosed) {
+			t.Errorf("Claim after Close = %v, want ErrClosed", err)
+		}
+		if _, err := b.Depth(ctx, "q"); !errors.Is(err, stemdriver.ErrClosed) {
+			t.Errorf("Depth after Close = %v, want ErrClosed", err)
+		}
+		// Closing one connection leaves the others working.
+		mustPublish(ctx, t, other, envelopes("open", "q", 1)...)
+		mustDepth(ctx, t, other, "q", 1)
+	})
+}
+
+// req returns a claim request for one message, returning at once.
+func req(consumer string, lease time.Duration, queues ...string) stemdriver.ClaimRequest {
+	return stemdriver.ClaimRequest{Queues: queues, Consumer: consumer, Max: 1, Lease: lease}
+}
+
+// fullEnvelope returns an envelope with every field set.
+func fullEnvelope(id, queue string) *stemtype.Envelope {
+	maxRetries := 7
+	return &stemtype.Envelope{
+		ID:         id,
+		Task:       "stemdrivertest.full",
+		Args:       json.RawMessage(`{"n":1,"s":"text","list":[1,2,3],"nested":{"ok":true}}`),
+		Queue:      queue,
+		Attempt:    2,
+		MaxRetries: &maxRetries,
+		Priority:   3,
+		Headers:    map[string]string{"trace": "abc-123", "producer": "stemdrivertest"},
+		NotBefore:  now().Add(-time.Hour),
+		CreatedAt:  now().Add(-2 * time.Hour),
+	}
+}
+
+// envelopes returns n minimal envelopes with ids prefix-0 ... prefix-(n-1).
+func envelopes(prefix, queue string, n int) []*stemtype.Envelope {
+	out := make([]*stemtype.Envelope, n)
+	created := now()
+	for i := range out {
+		out[i] = &stemtype.Envelope{
+			ID:        fmt.Sprintf("%s-%d", prefix, i),
+			Task:      "stemdrivertest.noop",
+			Args:      json.RawMessage(fmt.Sprintf(`{"i":%d}`, i)),
+			Queue:     queue,
+			CreatedAt: created,
+		}
+	}
+	return out
+}
+
+// cloneEnvelope returns a deep copy of env.
+func cloneEnvelope(t *testing.T, env *stemtype.Envelope) *stemtype.Envelope {
+	t.Helper()
+	raw, err := json.Marshal(env)
+	if err != nil {
+		t.Fatalf("encode envelope: %v", err)
+	}
+	var c stemtype.Envelope
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatalf("decode envelope: %v", err)
+	}
+	return &c
+}
+
+// normEnvelope returns a copy of env that compares equal with
+// reflect.DeepEqual to any faithful round trip of it.
+func normEnvelope(env *stemtype.Envelope) *stemtype.Envelope {
+	if env == nil {
+		return nil
+	}
+	c := *env
+	c.Args = canonJSON(env.Args)
+	c.Headers = emptyNil(env.Headers)
+	c.NotBefore = normTime(env.NotBefore)
+	c.CreatedAt = normTime(env.CreatedAt)
+	return &c
+}
+
+func mustPublish(ctx context.Context, t *testing.T, b stemdriver.Broker, envs ...*stemtype.Envelope) {
+	t.Helper()
+	if err := b.Publish(ctx, envs...); err != nil {
+		t.Fatalf("Publish of %d envelopes: %v", len(envs), err)
+	}
+}
+
+func mustClaim(ctx context.Context, t *testing.T, b stemdriver.Broker, r stemdriver.ClaimRequest) []stemdriver.Delivery {
+	t.Helper()
+	ds, err := b.Claim(ctx, r)
+	if err != nil {
+		t.Fatalf("Claim %v: %v", r.Queues, err)
+	}
+	for _, d := range ds {
+		if d.Envelope == nil {
+			t.Fatalf("Claim %v returned a delivery without an envelope (decode error %v, raw %q)", r.Queues, d.DecodeErr, d.Raw)
+		}
+	}
+	return ds
+}
+
+// claimN claims until it holds exactly n messages, or fails the test when
+// the guard passes first or more than n come.
+func claimN(ctx context.Context, t *testing.T, b stemdriver.Broker, n int, r stemdriver.ClaimRequest) []stemdriver.Delivery {
+	t.Helper()
+	var got []stemdriver.Delivery
+	for len(got) < n {
+		if ctx.Err() != nil {
+			t.Fatalf("claimed %d of %d expected messages from %v before the %v guard passed", len(got), n, r.Queues, guard)
+		}
+		r.Max, r.Wait = n-len(got), claimPoll
+		ds := mustClaim(ctx, t, b, r)
+		if len(ds) > r.Max {
+			t.Fatalf("Claim with Max %d returned %d messages", r.Max, len(ds))
+		}
+		got = append(got, ds...)
+	}
+	return got
+}
+
+// mustClaimNone fails t if a claim that waits up to wait returns anything.
+func mustClaimNone(ctx context.Context, t *testing.T, b stemdriver.Broker, r stemdriver.ClaimRequest, wait time.Duration) {
+	t.Helper()
+	r.Max, r.Wait = 10, wait
+	ds := mustClaim(ctx, t, b, r)
+	if len(ds) > 0 {
+		t.Fatalf("claimed %s from %v, want nothing", ds[0].Envelope.ID, r.Queues)
+	}
+}
+
+func mustDepth(ctx context.Context, t *testing.T, b stemdriver.Broker, queue string, want int64) {
+	t.Helper()
+	got, err := b.Depth(ctx, queue)
+	if err != nil {
+		t.Fatalf("Depth %s: %v", queue, err)
+	}
+	if got != want {
+		t.Fatalf("Depth %s = %d, want %d", queue, got, want)
+	}
+}
+
+// checkNotEarly fails t when a message delayed until notBefore was
+// claimed and the claim returned before that time.
+func checkNotEarly(t *testing.T, ds []stemdriver.Delivery, notBefore time.Time) {
+	t.Helper()
+	if len(ds) > 0 && time.Now().Before(notBefore) {
+		t.Fatalf("claimed %s before its NotBefore %v", ds[0].Envelope.ID, notBefore)
+	}
+}

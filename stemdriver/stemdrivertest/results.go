@@ -1,0 +1,196 @@
+package stemdrivertest
+
+import (
+	"encoding/json"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// RunResults runs the result backend conformance suite. open must return a
+// new connection on every call; calls with the same namespace share data.
+// Results must be kept for at least a minute.
+func RunResults(t *testing.T, open func(t *testing.T, namespace string) stemdriver.ResultBackend) {
+	t.Helper()
+	run := func(name string, fn func(t *testing.T, ns string)) {
+		t.Run(name, func(t *testing.T) {
+			t.Parallel()
+			fn(t, newNamespace(t))
+		})
+	}
+
+	run("PutGetRoundTrip", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rb := open(t, ns)
+		res := fullResult("r-1")
+		want := cloneResult(t, res)
+		if err := rb.Put(ctx, res); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+		// The stored result is a copy of the caller's.
+		res.Meta["revokedBy"] = "changed"
+		res.Error.Message = "changed"
+		res.Result[1] = 'X'
+
+		got, err := open(t, ns).Get(ctx, "r-1")
+		if err != nil {
+			t.Fatalf("Get from another connection: %v", err)
+		}
+		assertEqual(t, "stored result", normResult(got), normResult(want))
+		// So is what Get returns.
+		got.Meta["revokedBy"] = "changed"
+		got.Progress.Percent = 1
+		again, err := rb.Get(ctx, "r-1")
+		if err != nil {
+			t.Fatalf("second Get: %v", err)
+		}
+		assertEqual(t, "stored result after changing a Get's", normResult(again), normResult(want))
+	})
+
+	run("MissingIsErrNotFound", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		got, err := open(t, ns).Get(ctx, "missing")
+		if !errors.Is(err, stemdriver.ErrNotFound) {
+			t.Fatalf("Get of a missing id = (%v, %v), want an error matching ErrNotFound", got, err)
+		}
+	})
+
+	run("PutReplacesWholeRecord", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rb := open(t, ns)
+		if err := rb.Put(ctx, fullResult("r-1")); err != nil {
+			t.Fatalf("first Put: %v", err)
+		}
+		second := &stemtype.TaskResult{
+			ID: "r-1", Task: "stemdrivertest.full", State: stemtype.StateRetry, Attempt: 3,
+			UpdatedAt: now(),
+		}
+		if err := rb.Put(ctx, second); err != nil {
+			t.Fatalf("second Put: %v", err)
+		}
+		got, err := rb.Get(ctx, "r-1")
+		if err != nil {
+			t.Fatalf("Get: %v", err)
+		}
+		assertEqual(t, "overwritten result", normResult(got), normResult(second))
+	})
+
+	run("BatchPutAppliesInOrder", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rb := open(t, ns)
+		at := now()
+		batch := []*stemtype.TaskResult{
+			{ID: "r-1", Task: "t", State: stemtype.StatePending, UpdatedAt: at},
+			{ID: "r-2", Task: "t", State: stemtype.StatePending, UpdatedAt: at},
+			{ID: "r-1", Task: "t", State: stemtype.StateStarted, UpdatedAt: at.Add(time.Millisecond)},
+			{ID: "r-1", Task: "t", State: stemtype.StateSucceeded, Result: json.RawMessage(`42`), UpdatedAt: at.Add(2 * time.Millisecond)},
+		}
+		if err := rb.Put(ctx, batch...); err != nil {
+			t.Fatalf("Put of %d: %v", len(batch), err)
+		}
+		for id, want := range map[string]*stemtype.TaskResult{"r-1": batch[3], "r-2": batch[1]} {
+			got, err := rb.Get(ctx, id)
+			if err != nil {
+				t.Fatalf("Get %s: %v", id, err)
+			}
+			assertEqual(t, "result "+id, normResult(got), normResult(want))
+		}
+	})
+
+	run("NamespacesIsolated", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		if err := open(t, ns).Put(ctx, fullResult("r-1")); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+		if _, err := open(t, newNamespace(t)).Get(ctx, "r-1"); !errors.Is(err, stemdriver.ErrNotFound) {
+			t.Fatalf("Get in another namespace = %v, want ErrNotFound", err)
+		}
+		if _, err := open(t, ns).Get(ctx, "r-1"); err != nil {
+			t.Fatalf("Get in the same namespace: %v", err)
+		}
+	})
+
+	run("ClosedReturnsErrClosed", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rb := open(t, ns)
+		if err := rb.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+		if err := rb.Put(ctx, fullResult("r-1")); !errors.Is(err, stemdriver.ErrClosed) {
+			t.Errorf("Put after Close = %v, want ErrClosed", err)
+		}
+		if _, err := rb.Get(ctx, "r-1"); !errors.Is(err, stemdriver.ErrClosed) {
+			t.Errorf("Get after Close = %v, want ErrClosed", err)
+		}
+	})
+}
+
+// fullResult returns a result with every field set.
+func fullResult(id string) *stemtype.TaskResult {
+	at := now()
+	return &stemtype.TaskResult{
+		ID:      id,
+		Task:    "stemdrivertest.full",
+		Queue:   "q",
+		State:   stemtype.StateCancelled,
+		Attempt: 2,
+		Result:  json.RawMessage(`{"rows":[1,2],"name":"x"}`),
+		Error:   &stemtype.TaskError{Message: "revoked by operator", Kind: "revoked"},
+		Progress: &stemtype.Progress{
+			Percent: 42.5,
+			Data:    json.RawMessage(`{"step":"copy"}`),
+			At:      at.Add(-time.Second),
+		},
+		Meta: map[string]string{
+			stemtype.MetaRevokedReason: "bad input",
+			stemtype.MetaRevokedBy:     "ops",
+			stemtype.MetaRevokedAt:     at.Format(time.RFC3339Nano),
+		},
+		WorkerID:   "w-1",
+		StartedAt:  at.Add(-time.Minute),
+		FinishedAt: at,
+		UpdatedAt:  at,
+	}
+}
+
+// cloneResult returns a deep copy of r.
+func cloneResult(t *testing.T, r *stemtype.TaskResult) *stemtype.TaskResult {
+	t.Helper()
+	raw, err := json.Marshal(r)
+	if err != nil {
+		t.Fatalf("encode result: %v", err)
+	}
+	var c stemtype.TaskResult
+	if err := json.Unmarshal(raw, &c); err != nil {
+		t.Fatalf("decode result: %v", err)
+	}
+	return &c
+}
+
+// normResult returns a copy of r that compares equal with reflect.DeepEqual
+// to any faithful round trip of it.
+func normResult(r *stemtype.TaskResult) *stemtype.TaskResult {
+	if r == nil {
+		return nil
+	}
+	c := *r
+	c.Result = canonJSON(r.Result)
+	c.Meta = emptyNil(r.Meta)
+	if r.Error != nil {
+		e := *r.Error
+		c.Error = &e
+	}
+	if r.Progress != nil {
+		p := *r.Progress
+		p.Data = canonJSON(p.Data)
+		p.At = normTime(p.At)
+		c.Progress = &p
+	}
+	c.StartedAt = normTime(r.StartedAt)
+	c.FinishedAt = normTime(r.FinishedAt)
+	c.UpdatedAt = normTime(r.UpdatedAt)
+	return &c
+}

@@ -1,0 +1,183 @@
+package stemfile
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/stem-go/stem/stemtype"
+)
+
+// compact rewrites the data file with the winning record of every task
+// except those drop selects, moving corrupt lines to PATH.corrupt first, and
+// returns how many records it dropped. The caller holds the exclusive lock
+// and has just refreshed the view, which on success describes the new file.
+// On failure the data file is unchanged.
+func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, err error) {
+	v := &r.view
+	if v.f == nil {
+		return 0, nil
+	}
+	dir := filepath.Dir(r.path)
+	tmp, err := os.CreateTemp(dir, filepath.Base(r.path)+".compact-*")
+	if err != nil {
+		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
+	renamed := false
+	defer func() {
+		if !renamed {
+			tmp.Close()
+			os.Remove(tmp.Name())
+		}
+	}()
+
+	w := bufio.NewWriterSize(tmp, 64<<10)
+	written := 0
+	var size int64
+	for _, ns := range v.index {
+		for _, rec := range ns {
+			if drop(rec) {
+				dropped++
+				continue
+			}
+			b, err := json.Marshal(rec)
+			if err != nil {
+				return 0, fmt.Errorf("stem: compact revoke file %s: encode record for task %q: %w", r.path, rec.TaskID, err)
+			}
+			w.Write(b)
+			if err := w.WriteByte('\n'); err != nil {
+				return 0, fmt.Errorf("stem: compact revoke file: write %s: %w", tmp.Name(), err)
+			}
+			written++
+			size += int64(len(b)) + 1
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return 0, fmt.Errorf("stem: compact revoke file: write %s: %w", tmp.Name(), err)
+	}
+	if v.corrupt > 0 || v.tailCorrupt {
+		if err := r.preserveCorrupt(); err != nil {
+			return 0, err
+		}
+	}
+	if err := tmp.Chmod(v.fi.Mode().Perm()); err != nil {
+		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
+	if err := tmp.Sync(); err != nil {
+		return 0, fmt.Errorf("stem: compact revoke file: fsync %s: %w", tmp.Name(), err)
+	}
+	if err := os.Rename(tmp.Name(), r.path); err != nil {
+		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
+	renamed = true
+	// The data file is replaced: from here on, report errors but keep the
+	// temporary file, now the data file, in place.
+	fi, statErr := tmp.Stat()
+	v.f.Close()
+	v.f, v.fi = tmp, fi
+	v.offset, v.lines, v.corrupt = size, written, 0
+	v.tailLen, v.tailCorrupt, v.warnedTail = 0, false, -1
+	if dropped > 0 {
+		for _, ns := range v.index {
+			for id, rec := range ns {
+				if drop(rec) {
+					delete(ns, id)
+				}
+			}
+		}
+		v.live -= dropped
+	}
+	for name, ns := range v.index {
+		if len(ns) == 0 {
+			delete(v.index, name)
+		}
+	}
+	if statErr != nil {
+		r.invalidate()
+		return dropped, fmt.Errorf("stem: compact revoke file: %w", statErr)
+	}
+	if err := syncDir(dir); err != nil {
+		return dropped, err
+	}
+	r.log.Debug("stem: compacted revoke file", "path", r.path, "records", written, "dropped", dropped)
+	return dropped, nil
+}
+
+// preserveCorrupt appends every corrupt line of the data file, its
+// unterminated last line included, to PATH.corrupt, each prefixed with its
+// line number and a tab, and fsyncs it.
+func (r *Revokes) preserveCorrupt() (err error) {
+	v := &r.view
+	out, err := os.OpenFile(r.corruptPath, os.O_WRONLY|os.O_APPEND|os.O_CREATE, v.fi.Mode().Perm())
+	if err != nil {
+		return fmt.Errorf("stem: compact revoke file: keep corrupt lines: %w", err)
+	}
+	defer func() {
+		if cerr := out.Close(); err == nil && cerr != nil {
+			err = fmt.Errorf("stem: compact revoke file: keep corrupt lines: %w", cerr)
+		}
+	}()
+	w := bufio.NewWriter(out)
+	fmt.Fprintf(w, "# stem: corrupt lines of %s, moved here by compaction at %s; each is <line number> TAB <line as found>\n",
+		r.path, time.Now().UTC().Format(time.RFC3339))
+	end := v.offset + v.tailLen
+	lr := newLineReader(io.NewSectionReader(v.f, 0, end))
+	moved := 0
+	var offset int64
+	for lineNo := 1; ; lineNo++ {
+		line, n, _, err := lr.next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("stem: compact revoke file: read %s at line %d: %w", r.path, lineNo, err)
+		}
+		if _, _, perr := decodeLine(line, n); perr != nil {
+			w.WriteString(strconv.Itoa(lineNo))
+			w.WriteByte('\t')
+			if line != nil {
+				w.Write(line)
+			} else if err := copyRange(w, v.f, offset, n); err != nil {
+				// A line too long to hold: copy it from the file.
+				return fmt.Errorf("stem: compact revoke file: copy line %d of %s: %w", lineNo, r.path, err)
+			}
+			w.WriteByte('\n')
+			moved++
+		}
+		offset += n
+	}
+	if err := w.Flush(); err != nil {
+		return fmt.Errorf("stem: compact revoke file: write %s: %w", r.corruptPath, err)
+	}
+	if err := out.Sync(); err != nil {
+		return fmt.Errorf("stem: compact revoke file: fsync %s: %w", r.corruptPath, err)
+	}
+	if err := syncDir(filepath.Dir(r.corruptPath)); err != nil {
+		return err
+	}
+	r.log.Warn("stem: moved corrupt revoke records out of the revoke file", "path", r.path, "corrupt_path", r.corruptPath, "lines", moved)
+	return nil
+}
+
+// copyRange copies the line of n bytes at offset in f to w, without its
+// newline.
+func copyRange(w io.Writer, f *os.File, offset, n int64) error {
+	buf := make([]byte, 1)
+	if _, err := f.ReadAt(buf, offset+n-1); err != nil {
+		return err
+	}
+	if buf[0] == '\n' {
+		n--
+	}
+	copied, err := io.Copy(w, io.NewSectionReader(f, offset, n))
+	if err == nil && copied != n {
+		err = errors.New("short copy")
+	}
+	return err
+}

@@ -1,0 +1,195 @@
+package stemfile
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+
+	"github.com/stem-go/stem/stemtype"
+)
+
+// refresh brings the view up to date with the file at r.path: it reads only
+// the bytes appended since the last read when the file is the one already
+// indexed, and the whole file when it is new (the first read, or a
+// compaction elsewhere replaced it) or shorter than what was read (someone
+// truncated it). The caller holds the flock.
+func (r *Revokes) refresh() error {
+	v := &r.view
+	fi, err := os.Stat(r.path)
+	if errors.Is(err, fs.ErrNotExist) {
+		if v.f != nil {
+			r.invalidate()
+		}
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("stem: revoke file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("stem: revoke file %s is not a regular file (mode %s)", r.path, fi.Mode())
+	}
+	if v.f == nil || !os.SameFile(fi, v.fi) || fi.Size() < v.offset+v.tailLen {
+		r.invalidate()
+		f, err := os.Open(r.path)
+		if err != nil {
+			return fmt.Errorf("stem: revoke file: %w", err)
+		}
+		if fi, err = f.Stat(); err != nil {
+			f.Close()
+			return fmt.Errorf("stem: revoke file: %w", err)
+		}
+		v.f, v.fi = f, fi
+	}
+	if fi.Size() == v.offset+v.tailLen {
+		return nil
+	}
+	return r.scan(fi.Size())
+}
+
+// scan reads the data file from the view's offset up to size and applies
+// every complete line, then the unterminated last line if there is one.
+func (r *Revokes) scan(size int64) error {
+	v := &r.view
+	if v.index == nil {
+		v.index = make(map[string]map[string]stemtype.RevokeRecord)
+	}
+	lr := newLineReader(io.NewSectionReader(v.f, v.offset, size-v.offset))
+	for {
+		start := v.offset
+		line, n, complete, err := lr.next()
+		if err == io.EOF {
+			v.tailLen, v.tailCorrupt = 0, false
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("stem: read revoke file %s at line %d: %w", r.path, v.lines+1, err)
+		}
+		lineNo := v.lines + 1
+		rec, blank, perr := decodeLine(line, n)
+		if !complete {
+			// Only a crashed writer (or a hand edit) leaves a last line
+			// without its newline. Apply it if it parses (it is then
+			// whole), and read it again next time: the next append
+			// completes it.
+			v.tailLen, v.tailCorrupt = n, perr != nil
+			switch {
+			case perr != nil && v.warnedTail != start:
+				v.warnedTail = start
+				r.log.Warn("stem: skipping truncated revoke record", "path", r.path, "line", lineNo, "error", perr)
+			case perr == nil && !blank:
+				v.put(rec)
+			}
+			return nil
+		}
+		v.offset += n
+		v.lines++
+		switch {
+		case perr != nil:
+			v.corrupt++
+			if v.warnedTail != start {
+				r.log.Warn("stem: skipping corrupt revoke record", "path", r.path, "line", lineNo, "error", perr)
+			}
+		case !blank:
+			v.put(rec)
+		}
+	}
+}
+
+// put stores rec when its version is higher than the one held for its task,
+// and returns the record held afterwards and whether rec won.
+func (v *view) put(rec stemtype.RevokeRecord) (stemtype.RevokeRecord, bool) {
+	if v.index == nil {
+		v.index = make(map[string]map[string]stemtype.RevokeRecord)
+	}
+	ns := v.index[rec.Namespace]
+	if ns == nil {
+		ns = make(map[string]stemtype.RevokeRecord)
+		v.index[rec.Namespace] = ns
+	}
+	cur, ok := ns[rec.TaskID]
+	if ok && rec.Version <= cur.Version {
+		return cur, false
+	}
+	ns[rec.TaskID] = rec
+	if !ok {
+		v.live++
+	}
+	return rec, true
+}
+
+// decodeLine decodes one line (without its newline; nil when it was longer
+// than maxLine, n bytes in all). It reports blank lines, which are skipped
+// and not corrupt, and returns an error for a line that is not one valid
+// record.
+func decodeLine(line []byte, n int64) (rec stemtype.RevokeRecord, blank bool, err error) {
+	if line == nil && n > 0 {
+		return rec, false, fmt.Errorf("line longer than %d bytes", maxLine)
+	}
+	line = bytes.TrimSuffix(line, []byte("\r"))
+	if len(bytes.TrimSpace(line)) == 0 {
+		return rec, true, nil
+	}
+	if err := json.Unmarshal(line, &rec); err != nil {
+		return rec, false, err
+	}
+	if err := rec.Validate(); err != nil {
+		return rec, false, err
+	}
+	return rec, false, nil
+}
+
+// lineReader splits a file into lines without holding more than maxLine
+// bytes of one line in memory.
+type lineReader struct {
+	br      *bufio.Reader
+	scratch []byte
+}
+
+func newLineReader(r io.Reader) *lineReader {
+	return &lineReader{br: bufio.NewReaderSize(r, 64<<10)}
+}
+
+// next returns the next line without its newline, the bytes it took in the
+// file (newline included), and whether it ended in a newline; io.EOF when
+// nothing is left. A line longer than maxLine comes back as nil with its
+// length. The returned slice is valid until the next call.
+func (lr *lineReader) next() (line []byte, n int64, complete bool, err error) {
+	chunk, err := lr.br.ReadSlice('\n')
+	if err == nil {
+		return chunk[:len(chunk)-1], int64(len(chunk)), true, nil
+	}
+	if errors.Is(err, bufio.ErrBufferFull) {
+		lr.scratch = append(lr.scratch[:0], chunk...)
+		n = int64(len(chunk))
+		for {
+			chunk, err = lr.br.ReadSlice('\n')
+			n += int64(len(chunk))
+			if lr.scratch != nil && len(lr.scratch)+len(chunk) <= maxLine+1 {
+				lr.scratch = append(lr.scratch, chunk...)
+			} else {
+				lr.scratch = nil // too long: count it, keep none of it
+			}
+			if !errors.Is(err, bufio.ErrBufferFull) {
+				break
+			}
+		}
+		switch {
+		case err == nil && lr.scratch != nil:
+			return lr.scratch[:len(lr.scratch)-1], n, true, nil
+		case err == nil:
+			return nil, n, true, nil
+		case err == io.EOF:
+			return lr.scratch, n, false, nil
+		}
+		return nil, 0, false, err
+	}
+	if err == io.EOF && len(chunk) > 0 {
+		return chunk, int64(len(chunk)), false, nil
+	}
+	return nil, 0, false, err
+}

@@ -1,0 +1,425 @@
+package stemfile
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// maxLine is the longest line, newline excluded, that is read as a record.
+// Longer lines are corrupt; Upsert refuses records that would make one.
+const maxLine = 1 << 20
+
+// compactSlack is how many lines beyond twice the live records an Upsert
+// tolerates before it compacts the file.
+const compactSlack = 1000
+
+// fileMode is the mode of a data file created by the first write (before the
+// umask); a compaction keeps the mode of the file it replaces.
+const fileMode = 0o644
+
+// Revokes is a stemdriver.RevokeStore kept in one newline-delimited JSON
+// file. It is safe for concurrent use by many goroutines, and by many
+// handles and processes on one host sharing the file; see the package
+// documentation for the format, locking and limits.
+type Revokes struct {
+	path        string
+	lockPath    string
+	corruptPath string
+	log         *slog.Logger
+
+	// mu serialises this handle's operations: the flock below excludes
+	// other handles, but not two goroutines sharing this handle's lock file
+	// descriptor.
+	mu     sync.Mutex
+	closed bool
+	lock   *os.File
+	view   view
+}
+
+// view is a handle's index of the data file and how much of it was read.
+type view struct {
+	// f is the data file as last read, nil when there was none. It is held
+	// open so that its inode cannot be reused by another file while the
+	// view compares identities.
+	f  *os.File
+	fi os.FileInfo
+	// offset is the end of the last complete line read.
+	offset int64
+	// lines counts the complete lines before offset, blank and corrupt
+	// ones included; corrupt counts the corrupt ones.
+	lines   int
+	corrupt int
+	// tailLen is the length of the unterminated last line after offset, if
+	// any; tailCorrupt reports whether it failed to parse.
+	tailLen     int64
+	tailCorrupt bool
+	// warnedTail is the offset of the unterminated line already reported,
+	// so it is not reported again once a writer completes it; -1 if none.
+	warnedTail int64
+	// index holds the winning record of each task, by namespace then task
+	// id; live counts them.
+	index map[string]map[string]stemtype.RevokeRecord
+	live  int
+}
+
+var _ stemdriver.RevokeStore = (*Revokes)(nil)
+
+// OpenRevokes opens the revoke store kept in the file at path, which need
+// not exist yet: a missing file is an empty store, created by the first
+// write. The directory holding it must exist. OpenRevokes creates the lock
+// file path+".lock" beside it (or opens it read-only where it exists but is
+// not writable, which still allows reading), and checks that an existing data
+// file can be read; it reads no records, so it never blocks on another
+// process. The store serves every namespace: opts.Namespace is not used, and
+// opts.Logger receives the reports of corrupt lines.
+func OpenRevokes(path string, opts stemdriver.Options) (*Revokes, error) {
+	if !lockSupported {
+		return nil, fmt.Errorf("stem: revoke file %s: the file revoke store needs flock, which %s lacks", path, runtime.GOOS)
+	}
+	if path == "" {
+		return nil, errors.New("stem: revoke file path is empty")
+	}
+	dir := filepath.Dir(path)
+	switch st, err := os.Stat(dir); {
+	case errors.Is(err, fs.ErrNotExist):
+		return nil, fmt.Errorf("stem: revoke file %s: directory %s does not exist (stem does not create it)", path, dir)
+	case err != nil:
+		return nil, fmt.Errorf("stem: revoke file %s: %w", path, err)
+	case !st.IsDir():
+		return nil, fmt.Errorf("stem: revoke file %s: %s is not a directory", path, dir)
+	}
+	switch st, err := os.Stat(path); {
+	case errors.Is(err, fs.ErrNotExist):
+	case err != nil:
+		return nil, fmt.Errorf("stem: revoke file %s: %w", path, err)
+	case !st.Mode().IsRegular():
+		return nil, fmt.Errorf("stem: revoke file %s is not a regular file (mode %s)", path, st.Mode())
+	default:
+		f, err := os.Open(path)
+		if err != nil {
+			return nil, fmt.Errorf("stem: revoke file %s cannot be read: %w", path, err)
+		}
+		f.Close()
+	}
+	lockPath := path + ".lock"
+	lock, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, fileMode)
+	if errors.Is(err, fs.ErrPermission) {
+		lock, err = os.Open(lockPath)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("stem: revoke file %s: open lock file: %w", path, err)
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.Default()
+	}
+	return &Revokes{
+		path:        path,
+		lockPath:    lockPath,
+		corruptPath: path + ".corrupt",
+		log:         logger,
+		lock:        lock,
+		view:        view{warnedTail: -1},
+	}, nil
+}
+
+// Path returns the path of the data file.
+func (r *Revokes) Path() string { return r.path }
+
+// Upsert appends each record whose Version is higher than the one stored for
+// its namespace and task, fsyncs the file, and returns in input order the
+// record stored afterwards for each: the input when it won, the stored one
+// when that was not older. Records of one call are applied in order, so a
+// later one may supersede an earlier one. An invalid record fails the whole
+// call before anything is written.
+func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	// Encode first, outside the lock: bad input fails before any write.
+	lines := make([][]byte, len(recs))
+	stored := make([]stemtype.RevokeRecord, len(recs))
+	for i, rec := range recs {
+		if err := rec.Validate(); err != nil {
+			return nil, fmt.Errorf("%w (record %d of %d; nothing written to %s)", err, i+1, len(recs), r.path)
+		}
+		rec.IssuedAt = rec.IssuedAt.UTC()
+		rec.ExpiresAt = rec.ExpiresAt.UTC()
+		b, err := json.Marshal(rec)
+		if err != nil {
+			return nil, fmt.Errorf("stem: encode revoke record for task %q: %w", rec.TaskID, err)
+		}
+		if len(b) > maxLine {
+			return nil, fmt.Errorf("stem: revoke record for task %q encodes to %d bytes, more than the %d a line of %s may hold (nothing written)", rec.TaskID, len(b), maxLine, r.path)
+		}
+		lines[i], stored[i] = b, rec
+	}
+	if len(recs) == 0 {
+		return []stemtype.RevokeRecord{}, nil
+	}
+
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, stemdriver.ErrClosed
+	}
+	if err := r.acquire(ctx, lockExclusive); err != nil {
+		return nil, err
+	}
+	defer r.unlock()
+	if err := r.refresh(); err != nil {
+		return nil, err
+	}
+
+	v := &r.view
+	var buf bytes.Buffer
+	if v.tailLen > 0 {
+		// Start after the unterminated line a crashed writer left.
+		buf.WriteByte('\n')
+	}
+	out := make([]stemtype.RevokeRecord, len(recs))
+	appended := 0
+	for i, rec := range stored {
+		if cur, ok := v.put(rec); !ok {
+			out[i] = cur
+			continue
+		}
+		out[i] = recs[i]
+		buf.Write(lines[i])
+		buf.WriteByte('\n')
+		appended++
+	}
+	if appended == 0 {
+		return out, nil
+	}
+	if err := r.append(buf.Bytes()); err != nil {
+		// The index already holds records that may not be on disk: drop
+		// it, so the next operation reads the file afresh.
+		r.invalidate()
+		return nil, err
+	}
+	if v.tailLen > 0 {
+		v.lines++
+		if v.tailCorrupt {
+			v.corrupt++
+		}
+	}
+	v.offset += v.tailLen + int64(buf.Len())
+	v.tailLen, v.tailCorrupt = 0, false
+	v.lines += appended
+
+	if v.lines > 2*v.live+compactSlack {
+		// The records are durable already: a failed compaction is worth a
+		// warning, not an error that would make the caller doubt them.
+		if _, err := r.compact(func(stemtype.RevokeRecord) bool { return false }); err != nil {
+			r.log.Warn("stem: revoke file compaction failed", "path", r.path, "error", err)
+		}
+	}
+	return out, nil
+}
+
+// List returns every record stored for namespace, expired ones included
+// until pruned, in no particular order.
+func (r *Revokes) List(ctx context.Context, namespace string) ([]stemtype.RevokeRecord, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil, stemdriver.ErrClosed
+	}
+	if err := r.acquire(ctx, lockShared); err != nil {
+		return nil, err
+	}
+	defer r.unlock()
+	if err := r.refresh(); err != nil {
+		return nil, err
+	}
+	ns := r.view.index[namespace]
+	out := make([]stemtype.RevokeRecord, 0, len(ns))
+	for _, rec := range ns {
+		out = append(out, rec)
+	}
+	return out, nil
+}
+
+// Prune deletes the records of namespace that expired at or before now and
+// returns how many it deleted. It compacts the file when it deletes any
+// record or the file holds superseded, blank or corrupt lines (corrupt lines
+// go to PATH.corrupt); otherwise it leaves the file untouched.
+func (r *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return 0, stemdriver.ErrClosed
+	}
+	if err := r.acquire(ctx, lockExclusive); err != nil {
+		return 0, err
+	}
+	defer r.unlock()
+	if err := r.refresh(); err != nil {
+		return 0, err
+	}
+	v := &r.view
+	expired := 0
+	for _, rec := range v.index[namespace] {
+		if rec.Expired(now) {
+			expired++
+		}
+	}
+	if v.f == nil || expired == 0 && v.lines == v.live && v.tailLen == 0 {
+		return 0, nil
+	}
+	return r.compact(func(rec stemtype.RevokeRecord) bool {
+		return rec.Namespace == namespace && rec.Expired(now)
+	})
+}
+
+// Close releases the handle's files. Later calls return
+// stemdriver.ErrClosed; Close itself may be called again.
+func (r *Revokes) Close() error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.closed {
+		return nil
+	}
+	r.closed = true
+	var errs []error
+	if r.view.f != nil {
+		errs = append(errs, r.view.f.Close())
+	}
+	r.view = view{warnedTail: -1}
+	errs = append(errs, r.lock.Close())
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("stem: close revoke file %s: %w", r.path, err)
+	}
+	return nil
+}
+
+// acquire takes the flock on the lock file, shared or exclusive. A lock on a
+// lock file that was since removed or replaced (by hand) excludes nobody, so
+// acquire then reopens the lock file at its path and locks that one.
+func (r *Revokes) acquire(ctx context.Context, how int) error {
+	for {
+		if err := flock(ctx, r.lock, how); err != nil {
+			return err
+		}
+		held, err1 := r.lock.Stat()
+		cur, err2 := os.Stat(r.lockPath)
+		if err1 == nil && err2 == nil && os.SameFile(held, cur) {
+			return nil
+		}
+		r.unlock()
+		if err := errors.Join(err1, err2); err != nil && !errors.Is(err2, fs.ErrNotExist) {
+			return fmt.Errorf("stem: revoke file %s: lock file: %w", r.path, err)
+		}
+		lock, err := os.OpenFile(r.lockPath, os.O_RDWR|os.O_CREATE, fileMode)
+		if errors.Is(err, fs.ErrPermission) {
+			lock, err = os.Open(r.lockPath)
+		}
+		if err != nil {
+			return fmt.Errorf("stem: revoke file %s: reopen lock file: %w", r.path, err)
+		}
+		r.log.Warn("stem: revoke lock file was removed or replaced; using the new one", "path", r.lockPath)
+		r.lock.Close()
+		r.lock = lock
+	}
+}
+
+// unlock releases the flock, logging a failure: the operation it ends has
+// already succeeded or failed on its own terms, and closing the lock file
+// would release the lock anyway.
+func (r *Revokes) unlock() {
+	if err := funlock(r.lock); err != nil {
+		r.log.Error("stem: cannot release revoke file lock", "path", r.lockPath, "error", err)
+	}
+}
+
+// invalidate forgets the view, so that the next refresh reads the whole
+// file again.
+func (r *Revokes) invalidate() {
+	if r.view.f != nil {
+		r.view.f.Close()
+	}
+	r.view = view{warnedTail: -1}
+}
+
+// append writes b at the end of the data file, creating it if needed, and
+// fsyncs it (and the directory, when it created the file). The caller holds
+// the exclusive lock and has just refreshed the view.
+func (r *Revokes) append(b []byte) error {
+	created := r.view.f == nil
+	f, err := os.OpenFile(r.path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, fileMode)
+	if err != nil {
+		return fmt.Errorf("stem: append to revoke file: %w", err)
+	}
+	if !created {
+		fi, err := f.Stat()
+		if err == nil && !os.SameFile(fi, r.view.fi) {
+			err = errors.New("the file was replaced without holding the lock")
+		}
+		if err != nil {
+			f.Close()
+			return fmt.Errorf("stem: append to revoke file %s: %w", r.path, err)
+		}
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return fmt.Errorf("stem: append to revoke file: %w", err)
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return fmt.Errorf("stem: fsync revoke file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("stem: close revoke file: %w", err)
+	}
+	if !created {
+		return nil
+	}
+	if err := syncDir(filepath.Dir(r.path)); err != nil {
+		return err
+	}
+	rf, err := os.Open(r.path)
+	if err != nil {
+		return fmt.Errorf("stem: reopen revoke file: %w", err)
+	}
+	fi, err := rf.Stat()
+	if err != nil {
+		rf.Close()
+		return fmt.Errorf("stem: revoke file: %w", err)
+	}
+	r.view.f, r.view.fi = rf, fi
+	return nil
+}
+
+// syncDir fsyncs a directory, making a file created or renamed in it
+// durable.
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("stem: fsync directory: %w", err)
+	}
+	defer d.Close()
+	if err := d.Sync(); err != nil {
+		return fmt.Errorf("stem: fsync directory %s: %w", dir, err)
+	}
+	return nil
+}

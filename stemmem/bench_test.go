@@ -1,0 +1,38 @@
+package stemmem_test
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemmem"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// BenchmarkPublishClaimAck measures one message's trip through the memory
+// broker, published and claimed in batches of 100.
+func BenchmarkPublishClaimAck(b *testing.B) {
+	const batch = 100
+	br := stemmem.New().Broker(stemdriver.Options{Namespace: "bench"})
+	envs := make([]*stemtype.Envelope, batch)
+	for i := range envs {
+		envs[i] = &stemtype.Envelope{ID: fmt.Sprint(i), Task: "noop", Args: []byte(`{}`), Queue: "q", CreatedAt: time.Now()}
+	}
+	req := stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: batch, Lease: time.Minute}
+	ctx := b.Context()
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := br.Publish(ctx, envs...); err != nil {
+			b.Fatal(err)
+		}
+		ds, err := br.Claim(ctx, req)
+		if err != nil || len(ds) != batch {
+			b.Fatalf("claimed %d, err %v", len(ds), err)
+		}
+		if err := br.Ack(ctx, ds...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.N*batch)/b.Elapsed().Seconds(), "msgs/s")
+}

@@ -1,0 +1,85 @@
+package stemmem
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// resultSpace is the result data of one namespace. Results are kept as
+// their JSON encoding, so what callers get and give are always copies.
+type resultSpace struct {
+	mu   sync.RWMutex
+	byID map[string][]byte
+}
+
+// results is one result backend value on a resultSpace.
+type results struct {
+	space     *resultSpace
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+var _ stemdriver.ResultBackend = (*results)(nil)
+
+// Put stores every result, replacing the stored record of the same id. It
+// encodes all of them before storing any.
+func (r *results) Put(ctx context.Context, rs ...*stemtype.TaskResult) error {
+	if isClosed(r.closed) {
+		return fmt.Errorf("stem: memory results put: %w", stemdriver.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	raws := make([][]byte, len(rs))
+	for i, res := range rs {
+		if res == nil || res.ID == "" {
+			return errors.New("stem: memory results put: result is nil or has no id")
+		}
+		raw, err := json.Marshal(res)
+		if err != nil {
+			return fmt.Errorf("stem: memory results put: encode result %s: %w", res.ID, err)
+		}
+		raws[i] = raw
+	}
+	r.space.mu.Lock()
+	defer r.space.mu.Unlock()
+	for i, res := range rs {
+		r.space.byID[res.ID] = raws[i]
+	}
+	return nil
+}
+
+// Get returns a copy of the stored result of id, or an error matching
+// stemdriver.ErrNotFound.
+func (r *results) Get(ctx context.Context, id string) (*stemtype.TaskResult, error) {
+	if isClosed(r.closed) {
+		return nil, fmt.Errorf("stem: memory results get: %w", stemdriver.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r.space.mu.RLock()
+	raw, ok := r.space.byID[id]
+	r.space.mu.RUnlock()
+	if !ok {
+		return nil, fmt.Errorf("stem: memory results get %s: %w", id, stemdriver.ErrNotFound)
+	}
+	var res stemtype.TaskResult
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return nil, fmt.Errorf("stem: memory results get %s: decode: %w", id, err)
+	}
+	return &res, nil
+}
+
+// Close closes r; other values of the same Hub are unaffected. Close is
+// idempotent.
+func (r *results) Close() error {
+	r.closeOnce.Do(func() { close(r.closed) })
+	return nil
+}

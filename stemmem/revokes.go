@@ -1,0 +1,114 @@
+package stemmem
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// revokeSpace holds the revoke records of every namespace of a Hub, by
+// namespace and then task id.
+type revokeSpace struct {
+	mu   sync.Mutex
+	recs map[string]map[string]stemtype.RevokeRecord
+}
+
+func newRevokeSpace() *revokeSpace {
+	return &revokeSpace{recs: make(map[string]map[string]stemtype.RevokeRecord)}
+}
+
+// revokes is one revoke store value on a revokeSpace.
+type revokes struct {
+	space     *revokeSpace
+	closed    chan struct{}
+	closeOnce sync.Once
+}
+
+var _ stemdriver.RevokeStore = (*revokes)(nil)
+
+// Upsert stores each record whose version is higher than the stored one's
+// and returns, in input order, the record stored afterwards. It validates
+// every record before applying any.
+func (r *revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
+	if isClosed(r.closed) {
+		return nil, fmt.Errorf("stem: memory revokes upsert: %w", stemdriver.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	for i := range recs {
+		if err := recs[i].Validate(); err != nil {
+			return nil, fmt.Errorf("stem: memory revokes upsert: record %d: %w", i, err)
+		}
+	}
+	out := make([]stemtype.RevokeRecord, len(recs))
+	r.space.mu.Lock()
+	defer r.space.mu.Unlock()
+	for i, rec := range recs {
+		ns := r.space.recs[rec.Namespace]
+		if ns == nil {
+			ns = make(map[string]stemtype.RevokeRecord)
+			r.space.recs[rec.Namespace] = ns
+		}
+		if stored, ok := ns[rec.TaskID]; ok && stored.Version >= rec.Version {
+			out[i] = stored
+			continue
+		}
+		ns[rec.TaskID] = rec
+		out[i] = rec
+	}
+	return out, nil
+}
+
+// List returns every stored record of namespace, sorted by task id.
+func (r *revokes) List(ctx context.Context, namespace string) ([]stemtype.RevokeRecord, error) {
+	if isClosed(r.closed) {
+		return nil, fmt.Errorf("stem: memory revokes list: %w", stemdriver.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	r.space.mu.Lock()
+	ns := r.space.recs[namespace]
+	out := make([]stemtype.RevokeRecord, 0, len(ns))
+	for _, rec := range ns {
+		out = append(out, rec)
+	}
+	r.space.mu.Unlock()
+	slices.SortFunc(out, func(a, b stemtype.RevokeRecord) int { return cmp.Compare(a.TaskID, b.TaskID) })
+	return out, nil
+}
+
+// Prune deletes the records of namespace that expired at or before now.
+func (r *revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
+	if isClosed(r.closed) {
+		return 0, fmt.Errorf("stem: memory revokes prune: %w", stemdriver.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	r.space.mu.Lock()
+	defer r.space.mu.Unlock()
+	ns := r.space.recs[namespace]
+	n := 0
+	for id, rec := range ns {
+		if rec.Expired(now) {
+			delete(ns, id)
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Close closes r; other values of the same Hub are unaffected. Close is
+// idempotent.
+func (r *revokes) Close() error {
+	r.closeOnce.Do(func() { close(r.closed) })
+	return nil
+}

@@ -1,0 +1,523 @@
+package stemredis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// Tuning of the broker. They are constants rather than options: the
+// defaults are what every deployment wants, and the few that tests change
+// are fields of Broker.
+const (
+	// publishChunk is the most commands sent in one pipeline by Publish.
+	publishChunk = 1000
+	// ackChunk is the most stream ids handed to one ack or release script.
+	ackChunk = 500
+	// upkeepEvery is how often a busy queue's claim also re-queues expired
+	// leases and moves due delayed messages. An idle or short queue gets
+	// that upkeep on every claim.
+	upkeepEvery = 100 * time.Millisecond
+	// sweepEvery is how often a claim deletes consumers of the group that
+	// hold nothing and were idle longer than consumerIdle.
+	sweepEvery   = time.Minute
+	consumerIdle = 10 * time.Minute
+	// maxBlock caps one server-side wait of a blocking Claim, so that it
+	// notices due delayed messages and expired leases on other queues'
+	// schedules, and messages released without a new stream entry.
+	maxBlock = time.Second
+)
+
+// Broker is a stemdriver.Broker on Redis Streams. It is safe for concurrent
+// use. See the package documentation for its key layout and limits.
+type Broker struct {
+	rdb    *redis.Client
+	ns     string
+	addr   string
+	log    *slog.Logger
+	blk    *blocker
+	closed atomic.Bool
+
+	// maxBlock caps one XREAD BLOCK of Claim (tests raise it).
+	maxBlock time.Duration
+
+	mu        sync.Mutex
+	lastKeep  map[string]time.Time // queue -> last upkeep asked for
+	lastSweep map[string]time.Time // queue -> last consumer sweep
+}
+
+var _ stemdriver.Broker = (*Broker)(nil)
+
+// OpenBroker connects to the Redis server at url (redis:// or rediss://, see
+// the package documentation for the query options) and returns a broker for
+// opts.Namespace. It pings the server and fails when it is unreachable.
+func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Broker, error) {
+	rdb, cfg, err := open(ctx, url, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Broker{
+		rdb:       rdb,
+		ns:        cfg.namespace,
+		addr:      cfg.addr,
+		log:       cfg.logger,
+		blk:       newBlocker(rdb),
+		maxBlock:  maxBlock,
+		lastKeep:  make(map[string]time.Time),
+		lastSweep: make(map[string]time.Time),
+	}, nil
+}
+
+// errorf wraps err with what failed, naming the server; it turns errors of
+// a closed client into stemdriver.ErrClosed.
+func (b *Broker) errorf(err error, format string, args ...any) error {
+	if b.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		err = stemdriver.ErrClosed
+	}
+	return fmt.Errorf("stem: redis broker at %s: %s: %w", b.addr, fmt.Sprintf(format, args...), err)
+}
+
+func (b *Broker) checkOpen() error {
+	if b.closed.Load() {
+		return fmt.Errorf("stem: redis broker at %s: %w", b.addr, stemdriver.ErrClosed)
+	}
+	return nil
+}
+
+// microsCeil returns t in whole microseconds since the epoch, rounded up so
+// that a message is never due before its NotBefore.
+func microsCeil(t time.Time) int64 {
+	ns := t.UnixNano()
+	us := ns / 1000
+	if ns%1000 > 0 {
+		us++
+	}
+	return us
+}
+
+// Publish stores envs: an envelope due now is appended to its queue's
+// stream, a delayed one (NotBefore in the future) goes to the queue's
+// delayed set. All go in pipelines of up to 1000 commands, one round trip
+// each. Every envelope is validated before anything is sent.
+func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if len(envs) == 0 {
+		return nil
+	}
+	raws := make([][]byte, len(envs))
+	for i, env := range envs {
+		if err := env.Validate(); err != nil {
+			return fmt.Errorf("stem: redis broker: publish: %w", err)
+		}
+		raw, err := json.Marshal(env)
+		if err != nil {
+			return fmt.Errorf("stem: redis broker: publish: encode envelope %s: %w", env.ID, err)
+		}
+		raws[i] = raw
+	}
+	now := time.Now()
+	for start := 0; start < len(envs); start += publishChunk {
+		end := min(start+publishChunk, len(envs))
+		pipe := b.rdb.Pipeline()
+		for i := start; i < end; i++ {
+			env := envs[i]
+			k := newQueueKeys(b.ns, env.Queue)
+			if env.NotBefore.After(now) {
+				pipe.ZAdd(ctx, k.delayed, redis.Z{Score: float64(microsCeil(env.NotBefore)), Member: raws[i]})
+			} else {
+				pipe.XAdd(ctx, &redis.XAddArgs{Stream: k.stream, Values: []any{msgField, raws[i]}})
+			}
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return b.errorf(err, "publish %d envelopes (first %s to queue %q)", end-start, envs[start].ID, envs[start].Queue)
+		}
+	}
+	return nil
+}
+
+// Claim leases up to req.Max messages from req.Queues, read in order. Each
+// queue costs one script run (one round trip) while it has messages. When
+// none is ready and req.Wait is positive, Claim blocks on the server with
+// XREAD BLOCK on every queue's stream, for at most a second at a time and
+// never past the next delayed message or lease deadline, and claims again
+// when woken. Cancelling ctx ends the wait at once.
+func (b *Broker) Claim(ctx context.Context, req stemdriver.ClaimRequest) ([]stemdriver.Delivery, error) {
+	if err := b.checkOpen(); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	switch {
+	case len(req.Queues) == 0:
+		return nil, errors.New("stem: redis broker: claim: no queues")
+	case req.Max < 1:
+		return nil, fmt.Errorf("stem: redis broker: claim: Max is %d, want at least 1", req.Max)
+	case req.Lease <= 0:
+		return nil, fmt.Errorf("stem: redis broker: claim: Lease is %v, want a positive duration", req.Lease)
+	case req.Consumer == "":
+		return nil, errors.New("stem: redis broker: claim: no Consumer")
+	}
+	deadline := time.Now().Add(req.Wait)
+	for {
+		ds, wait, err := b.claimOnce(ctx, req)
+		if err != nil || len(ds) > 0 || req.Wait <= 0 {
+			return ds, err
+		}
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		block := min(time.Until(deadline), b.maxBlock)
+		if wait.due >= 0 {
+			block = min(block, wait.due)
+		}
+		if time.Until(deadline) < time.Millisecond {
+			return nil, nil
+		}
+		block = max(block, time.Millisecond)
+		if err := b.waitForEntries(ctx, wait, block); err != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return nil, ctxErr
+			}
+			return nil, b.errorf(err, "claim: wait on queues %q", req.Queues)
+		}
+	}
+}
+
+// claimWait says what a Claim that found nothing waits for.
+type claimWait struct {
+	streams []string // stream keys, then the id of the last entry of each
+	due     time.Duration
+}
+
+// claimOnce runs the claim script on each queue in order until Max
+// messages are leased.
+func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]stemdriver.Delivery, claimWait, error) {
+	var (
+		out  []stemdriver.Delivery
+		wait = claimWait{due: -1}
+		ids  []string
+	)
+	leaseUS := req.Lease.Microseconds()
+	if leaseUS < 1 {
+		leaseUS = 1
+	}
+	for _, q := range req.Queues {
+		remaining := req.Max - len(out)
+		if remaining <= 0 {
+			break
+		}
+		k := newQueueKeys(b.ns, q)
+		keep, sweep := b.upkeepDue(q)
+		res, err := claimScript.run(ctx, b.rdb,
+			[]string{k.stream, k.leases, k.delayed},
+			group, req.Consumer, remaining, leaseUS, flag(keep), flag(sweep), consumerIdle.Milliseconds(),
+		).Slice()
+		if err != nil {
+			return out, wait, b.errorf(err, "claim from queue %q", q)
+		}
+		if len(res) < 2 || len(res)%2 != 0 {
+			return out, wait, b.errorf(fmt.Errorf("unexpected reply of %d elements", len(res)), "claim from queue %q", q)
+		}
+		for i := 2; i < len(res); i += 2 {
+			id, _ := res[i].(string)
+			raw, _ := res[i+1].(string)
+			out = append(out, decodeDelivery(q, id, []byte(raw)))
+		}
+		if len(res) == 2 {
+			last, _ := res[0].(string)
+			wait.streams = append(wait.streams, k.stream)
+			ids = append(ids, last)
+			if due, ok := res[1].(int64); ok && due >= 0 {
+				d := time.Duration(due) * time.Microsecond
+				if wait.due < 0 || d < wait.due {
+					wait.due = d
+				}
+			}
+		}
+	}
+	wait.streams = append(wait.streams, ids...)
+	return out, wait, nil
+}
+
+// decodeDelivery builds the delivery of one stream entry. An entry that
+// does not decode to a valid envelope is still delivered, with DecodeErr
+// set, so that the core dead-letters it rather than losing it.
+func decodeDelivery(queue, id string, raw []byte) stemdriver.Delivery {
+	d := stemdriver.Delivery{Raw: raw, Queue: queue, Receipt: id}
+	var env stemtype.Envelope
+	if err := json.Unmarshal(raw, &env); err != nil {
+		d.DecodeErr = fmt.Errorf("stem: redis broker: undecodable message %s in queue %q: %w", id, queue, err)
+		return d
+	}
+	if err := env.Validate(); err != nil {
+		d.DecodeErr = fmt.Errorf("stem: redis broker: invalid message %s in queue %q: %w", id, queue, err)
+		return d
+	}
+	d.Envelope = &env
+	return d
+}
+
+// upkeepDue reports whether this claim on queue should do the upkeep and
+// the consumer sweep, and notes that it will.
+func (b *Broker) upkeepDue(queue string) (keep, sweep bool) {
+	now := time.Now()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if now.Sub(b.lastKeep[queue]) >= upkeepEvery {
+		b.lastKeep[queue] = now
+		keep = true
+	}
+	if now.Sub(b.lastSweep[queue]) >= sweepEvery {
+		b.lastSweep[queue] = now
+		sweep = true
+	}
+	return keep, sweep
+}
+
+func flag(v bool) string {
+	if v {
+		return "1"
+	}
+	return "0"
+}
+
+// waitForEntries blocks until an entry is appended to one of the streams
+// after the ids the claim script reported, block passes, or ctx ends.
+func (b *Broker) waitForEntries(ctx context.Context, w claimWait, block time.Duration) error {
+	return b.blk.do(ctx, func(ctx context.Context, conn *redis.Conn) error {
+		err := conn.XRead(ctx, &redis.XReadArgs{Streams: w.streams, Count: 1, Block: block}).Err()
+		if errors.Is(err, redis.Nil) {
+			return nil
+		}
+		return err
+	})
+}
+
+// ExtendLease pushes d's lease deadline to now+lease (server clock). It
+// returns an error matching stemdriver.ErrLeaseLost when d's lease expired
+// and the message was re-queued, or it was finished.
+func (b *Broker) ExtendLease(ctx context.Context, d stemdriver.Delivery, lease time.Duration) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if err := checkDelivery(d); err != nil {
+		return err
+	}
+	k := newQueueKeys(b.ns, d.Queue)
+	n, err := extendScript.run(ctx, b.rdb, []string{k.leases}, d.Receipt, max(lease.Microseconds(), 1)).Int64()
+	if err != nil {
+		return b.errorf(err, "extend lease of %s in queue %q", d.Receipt, d.Queue)
+	}
+	if n == 0 {
+		return fmt.Errorf("stem: redis broker: extend lease of %s in queue %q: %w", d.Receipt, d.Queue, stemdriver.ErrLeaseLost)
+	}
+	return nil
+}
+
+func checkDelivery(d stemdriver.Delivery) error {
+	if d.Queue == "" || d.Receipt == "" {
+		return fmt.Errorf("stem: redis broker: delivery has no queue or receipt (queue %q, receipt %q)", d.Queue, d.Receipt)
+	}
+	return nil
+}
+
+// Ack finishes ds: each leaves its queue's stream together with its lease,
+// in one script run per queue and 500 messages, all in one pipeline. When
+// some were no longer held the others are still finished, and the error
+// matches stemdriver.ErrLeaseLost.
+func (b *Broker) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
+	lost, err := b.finishMany(ctx, ackScript, "ack", ds)
+	if err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		return fmt.Errorf("stem: redis broker: ack: %d of %d deliveries no longer held (first %s): %w", len(lost), len(ds), lost[0], stemdriver.ErrLeaseLost)
+	}
+	return nil
+}
+
+// Release makes ds ready again at once: each is appended to its stream
+// again, unchanged, under a new id, so that a blocked Claim wakes for it.
+// Deliveries no longer held are left alone and reported with an error
+// matching stemdriver.ErrLeaseLost.
+func (b *Broker) Release(ctx context.Context, ds ...stemdriver.Delivery) error {
+	lost, err := b.finishMany(ctx, releaseScript, "release", ds)
+	if err != nil {
+		return err
+	}
+	if len(lost) > 0 {
+		return fmt.Errorf("stem: redis broker: release: %d of %d deliveries no longer held (first %s): %w", len(lost), len(ds), lost[0], stemdriver.ErrLeaseLost)
+	}
+	return nil
+}
+
+// finishMany runs s (the ack or release script) over ds grouped by queue,
+// in one pipeline, and returns the receipts that were not held.
+func (b *Broker) finishMany(ctx context.Context, s *script, what string, ds []stemdriver.Delivery) ([]string, error) {
+	if err := b.checkOpen(); err != nil {
+		return nil, err
+	}
+	if len(ds) == 0 {
+		return nil, nil
+	}
+	byQueue := make(map[string][]any, 1)
+	var order []string
+	for _, d := range ds {
+		if err := checkDelivery(d); err != nil {
+			return nil, fmt.Errorf("stem: redis broker: %s: %w", what, err)
+		}
+		if _, ok := byQueue[d.Queue]; !ok {
+			order = append(order, d.Queue)
+		}
+		byQueue[d.Queue] = append(byQueue[d.Queue], d.Receipt)
+	}
+	var calls []scriptCall
+	for _, q := range order {
+		k := newQueueKeys(b.ns, q)
+		ids := byQueue[q]
+		for start := 0; start < len(ids); start += ackChunk {
+			end := min(start+ackChunk, len(ids))
+			args := make([]any, 0, end-start+1)
+			args = append(args, group)
+			args = append(args, ids[start:end]...)
+			calls = append(calls, scriptCall{s: s, keys: []string{k.stream, k.leases}, args: args})
+		}
+	}
+	var cmds []*redis.Cmd
+	var err error
+	if len(calls) == 1 {
+		cmds = []*redis.Cmd{s.run(ctx, b.rdb, calls[0].keys, calls[0].args...)}
+		err = cmds[0].Err()
+	} else {
+		cmds, err = runPipelined(ctx, b.rdb, calls)
+	}
+	if err != nil {
+		return nil, b.errorf(err, "%s %d deliveries", what, len(ds))
+	}
+	var lost []string
+	for _, cmd := range cmds {
+		ids, err := cmd.StringSlice()
+		if err != nil {
+			return nil, b.errorf(err, "%s %d deliveries", what, len(ds))
+		}
+		lost = append(lost, ids...)
+	}
+	return lost, nil
+}
+
+// Retry replaces d with next in one script run: d leaves the stream, and
+// next goes to the delayed set when its NotBefore is in the future (server
+// clock), or to the stream. When next names another queue, next is
+// published there first and d is acknowledged after, so a failure between
+// the two leaves a duplicate rather than nothing.
+func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtype.Envelope) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if err := checkDelivery(d); err != nil {
+		return err
+	}
+	if err := next.Validate(); err != nil {
+		return fmt.Errorf("stem: redis broker: retry: %w", err)
+	}
+	if next.Queue != d.Queue {
+		// The queues' keys may live in different cluster slots, so no one
+		// script can move the message. Check the lease first, so that a
+		// lost delivery stores nothing.
+		k := newQueueKeys(b.ns, d.Queue)
+		err := b.rdb.ZScore(ctx, k.leases, d.Receipt).Err()
+		if errors.Is(err, redis.Nil) {
+			return fmt.Errorf("stem: redis broker: retry of %s in queue %q: %w", d.Receipt, d.Queue, stemdriver.ErrLeaseLost)
+		}
+		if err != nil {
+			return b.errorf(err, "retry of %s in queue %q", d.Receipt, d.Queue)
+		}
+		if err := b.Publish(ctx, next); err != nil {
+			return err
+		}
+		return b.Ack(ctx, d)
+	}
+	raw, err := json.Marshal(next)
+	if err != nil {
+		return fmt.Errorf("stem: redis broker: retry: encode envelope %s: %w", next.ID, err)
+	}
+	var nb int64
+	if !next.NotBefore.IsZero() {
+		nb = microsCeil(next.NotBefore)
+	}
+	k := newQueueKeys(b.ns, d.Queue)
+	n, err := retryScript.run(ctx, b.rdb, []string{k.stream, k.leases, k.delayed},
+		group, d.Receipt, raw, strconv.FormatInt(nb, 10)).Int64()
+	if err != nil {
+		return b.errorf(err, "retry of %s in queue %q", d.Receipt, d.Queue)
+	}
+	if n == 0 {
+		return fmt.Errorf("stem: redis broker: retry of %s in queue %q: %w", d.Receipt, d.Queue, stemdriver.ErrLeaseLost)
+	}
+	return nil
+}
+
+// DeadLetter moves d from its queue's stream to the queue's dead-letter
+// stream (key suffix ":dead"), with fields msg (the stored bytes), reason,
+// queue, stream_id and dead_at_ms. Dead letters are kept until an operator
+// deletes them.
+func (b *Broker) DeadLetter(ctx context.Context, d stemdriver.Delivery, reason string) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if err := checkDelivery(d); err != nil {
+		return err
+	}
+	k := newQueueKeys(b.ns, d.Queue)
+	n, err := deadLetterScript.run(ctx, b.rdb, []string{k.stream, k.leases, k.dead},
+		group, d.Receipt, reason, d.Queue).Int64()
+	if err != nil {
+		return b.errorf(err, "dead-letter %s in queue %q", d.Receipt, d.Queue)
+	}
+	if n == 0 {
+		return fmt.Errorf("stem: redis broker: dead-letter %s in queue %q: %w", d.Receipt, d.Queue, stemdriver.ErrLeaseLost)
+	}
+	return nil
+}
+
+// Depth counts queue's ready messages (leased ones whose lease expired
+// included) and delayed ones.
+func (b *Broker) Depth(ctx context.Context, queue string) (int64, error) {
+	if err := b.checkOpen(); err != nil {
+		return 0, err
+	}
+	k := newQueueKeys(b.ns, queue)
+	n, err := depthScript.run(ctx, b.rdb, []string{k.stream, k.leases, k.delayed}).Int64()
+	if err != nil {
+		return 0, b.errorf(err, "depth of queue %q", queue)
+	}
+	return n, nil
+}
+
+// Close ends blocked Claims, waits for them to return and closes the
+// connections. Operations after Close return an error matching
+// stemdriver.ErrClosed. Close is safe to call more than once.
+func (b *Broker) Close() error {
+	if b.closed.Swap(true) {
+		return nil
+	}
+	b.blk.close()
+	if err := b.rdb.Close(); err != nil {
+		return fmt.Errorf("stem: redis broker at %s: close: %w", b.addr, err)
+	}
+	return nil
+}

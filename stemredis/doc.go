@@ -1,0 +1,122 @@
+// Package stemredis implements stem's backends on Redis: a broker on Redis
+// Streams (OpenBroker), a result backend (OpenResults), a revoke store
+// (OpenRevokes) and a control transport on pub/sub (OpenControl). Each
+// opener takes a redis:// or rediss:// URL, makes a client of its own and
+// pings the server.
+//
+// # URLs
+//
+//	redis://[user:password@]host[:port][/db][?option=value&...]
+//	rediss://... (TLS)
+//
+// The options are those of go-redis's redis.ParseURL (dial_timeout,
+// read_timeout, write_timeout, pool_size, max_retries, protocol,
+// client_name, skip_verify for rediss, ...) plus:
+//
+//   - result_ttl: how long a result is kept after its last write, as a Go
+//     duration (default 24h; 0 keeps results forever).
+//   - tls_ca: a PEM file of the certificate authorities to trust (rediss).
+//   - tls_cert, tls_key: PEM files of a client certificate and its key, for
+//     servers that authenticate clients (rediss).
+//   - tls_server_name: the name to verify the server's certificate against
+//     when it differs from the URL's host (rediss).
+//
+// Every opener accepts every option, so one URL can serve all roles;
+// unknown options are an error. Error messages name the server as
+// host:port and never include the password.
+//
+// # Key layout
+//
+// Every key starts with "stem:". Namespaces and queue names are escaped
+// ('%', ':', '{' and '}' are percent-encoded), so names never collide and
+// never change a key's hash tag. Keys that are updated together share a
+// hash tag, so they live in one Redis Cluster slot:
+//
+//	stem:{NS:QUEUE}:stream    stream of ready and leased messages, field "msg"
+//	                          holds the envelope JSON; consumer group "stem"
+//	stem:{NS:QUEUE}:leases    sorted set: stream id -> lease deadline (µs)
+//	stem:{NS:QUEUE}:delayed   sorted set: envelope JSON -> NotBefore (µs)
+//	stem:{NS:QUEUE}:dead      stream of dead letters: msg, reason, queue,
+//	                          stream_id, dead_at_ms
+//	stem:NS:result:TASKID     string: the result JSON, with the retention TTL
+//	stem:{NS}:revokes         hash: task id -> revoke record JSON
+//	stem:{NS}:revokes:expiry  sorted set: task id -> ExpiresAt (µs)
+//	stem:{NS}:workers         sorted set: worker id -> end of liveness (µs)
+//	stem:{NS}:workers:info    hash: worker id -> WorkerInfo JSON
+//	stem:NS:reply:REQUESTID   stream of control replies, field "m", expiring
+//	                          two minutes after the last reply
+//
+// Pub/sub channels: stem:NS:control:broadcast and
+// stem:NS:control:worker:WORKERID. Times (µs) are microseconds since the
+// Unix epoch on the server's clock, read with TIME inside the scripts, so
+// hosts with skewed clocks agree on leases; NotBefore is the producer's
+// clock.
+//
+// # Broker
+//
+// Publish appends a ready envelope to its queue's stream (XADD) and puts a
+// delayed one in the delayed set; a batch is one pipeline. Claim runs one
+// Lua script per queue that reads new entries with XREADGROUP COUNT and
+// records their lease deadlines, in one round trip. A delivery's receipt is
+// its stream id, and a message has a fresh stream id on every delivery: when
+// a lease expires, the message is appended to the stream again (same bytes,
+// new id) and the old id disappears, so the old holder's Ack, ExtendLease,
+// Retry and DeadLetter find no lease and return stemdriver.ErrLeaseLost.
+// Ack, Retry, Release and DeadLetter remove the entry (XACK and XDEL)
+// together with its lease in one script, so a message leaves Redis only
+// when its task is finished, and a worker killed with SIGKILL loses nothing:
+// its leases expire and its messages come back.
+//
+// The upkeep (re-queueing expired leases, moving due delayed messages to
+// the stream, at most 1000 of each per run) rides along with Claim: on
+// every claim that new messages alone do not fill, and every 100ms on a
+// busy queue. When nothing is ready, a Claim with Wait blocks on the server
+// (XREAD BLOCK on the streams of all its queues) for at most a second at a
+// time and never past the next delayed message or lease deadline, then
+// claims again. A cancelled context ends that wait at once (CLIENT UNBLOCK
+// on the waiting connection, which then goes back into use).
+//
+// Limits:
+//   - Delayed messages and expired leases are only moved by claims: a
+//     queue nobody claims from keeps them where they are (Depth still
+//     counts them).
+//   - A message whose lease expired goes to the end of its queue.
+//   - Priorities are ignored: a queue is first in, first out.
+//   - A message published twice with byte-identical JSON while delayed is
+//     stored once (the delayed set is keyed by the JSON).
+//   - Retry to another queue than the delivery's is two steps (publish,
+//     then ack), since the two queues' keys may live on different cluster
+//     nodes; a failure between them leaves a duplicate, never a loss.
+//   - Entries written to a stream by something else than stem are
+//     delivered with DecodeErr set (Raw is the "msg" field, or all fields
+//     as a JSON array when there is none).
+//   - A Claim over several queues blocks with one multi-key XREAD, which
+//     Redis Cluster refuses unless the queues share a slot; this package
+//     opens single-node clients only.
+//   - Consumers of the group that hold nothing and were idle ten minutes
+//     are deleted, at most once a minute per queue and broker.
+//
+// # Results
+//
+// One string key per task holding the TaskResult JSON, written with one
+// SET ... EX per result (a batch is one pipeline).
+//
+// # Revokes
+//
+// Upsert runs a Lua script per namespace that compares versions on the
+// server, so concurrent writers on any connection or host converge on the
+// highest version. List reads with HSCAN; Prune deletes from the expiry
+// set, in runs of at most 1000 records. Expiry is compared in whole
+// microseconds.
+//
+// # Control
+//
+// Publish uses PUBLISH: pub/sub is fire-and-forget, so a worker that is
+// disconnected when a command is published never sees it (the core
+// re-syncs revokes from the revoke store to make up for that), and there is
+// no acknowledgement that anybody received it. Replies go to a stream per
+// request id (XADD and PEXPIRE in one MULTI), so a collector that starts
+// reading late still sees every reply stored in the last two minutes.
+// Presence is a sorted set of liveness deadlines and a hash of worker info;
+// Workers drops the entries whose time passed.
+package stemredis

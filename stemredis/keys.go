@@ -1,0 +1,123 @@
+package stemredis
+
+import "strings"
+
+// Every Redis key and pub/sub channel stemredis uses is built in this file,
+// so the layout documented in the package comment lives in one place.
+//
+// Namespaces and queue names are escaped (see escape) before they go into a
+// key, so that "a:b" + "c" and "a" + "b:c" never collide and a name holding a
+// brace cannot change a key's Redis Cluster hash slot.
+
+// keyPrefix starts every key and channel.
+const keyPrefix = "stem:"
+
+// group is the consumer group every queue's stream is read with.
+const group = "stem"
+
+// msgField is the stream entry field holding an envelope's JSON.
+const msgField = "msg"
+
+// escape returns s with '%', ':', '{' and '}' percent-encoded.
+func escape(s string) string {
+	if !strings.ContainsAny(s, "%:{}") {
+		return s
+	}
+	var b strings.Builder
+	b.Grow(len(s) + 8)
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; c {
+		case '%':
+			b.WriteString("%25")
+		case ':':
+			b.WriteString("%3A")
+		case '{':
+			b.WriteString("%7B")
+		case '}':
+			b.WriteString("%7D")
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// queueKeys are the keys of one queue. They share the hash tag
+// {namespace:queue}, so they live in one Redis Cluster slot and one Lua
+// script may touch them all.
+type queueKeys struct {
+	// stream holds ready and leased messages (a stream read by group).
+	stream string
+	// leases maps the stream id of every leased message to its lease
+	// deadline (sorted set, microseconds since the epoch, server clock).
+	leases string
+	// delayed maps the JSON of every delayed message to its NotBefore
+	// (sorted set, microseconds since the epoch).
+	delayed string
+	// dead keeps dead-lettered messages with their reasons (a stream).
+	dead string
+}
+
+// newQueueKeys returns the keys of queue in namespace ns.
+func newQueueKeys(ns, queue string) queueKeys {
+	p := keyPrefix + "{" + escape(ns) + ":" + escape(queue) + "}:"
+	return queueKeys{
+		stream:  p + "stream",
+		leases:  p + "leases",
+		delayed: p + "delayed",
+		dead:    p + "dead",
+	}
+}
+
+// resultKey is the string key holding the JSON of task id's result.
+// Results carry no hash tag: they spread over every slot of a cluster.
+func resultKey(ns, id string) string {
+	return keyPrefix + escape(ns) + ":result:" + id
+}
+
+// revokeKeys are the revoke store's keys of one namespace, sharing the hash
+// tag {namespace}.
+type revokeKeys struct {
+	// records maps task id to the revoke record's JSON (a hash).
+	records string
+	// expiry maps task id to the record's ExpiresAt in microseconds since
+	// the epoch (a sorted set); records that never expire are absent.
+	expiry string
+}
+
+// newRevokeKeys returns the revoke keys of namespace ns.
+func newRevokeKeys(ns string) revokeKeys {
+	p := keyPrefix + "{" + escape(ns) + "}:revokes"
+	return revokeKeys{records: p, expiry: p + ":expiry"}
+}
+
+// presenceKeys are the worker presence keys of one namespace, sharing the
+// hash tag {namespace}.
+type presenceKeys struct {
+	// live maps worker id to the end of its announced liveness in
+	// microseconds since the epoch, server clock (a sorted set).
+	live string
+	// info maps worker id to its WorkerInfo JSON (a hash).
+	info string
+}
+
+// newPresenceKeys returns the presence keys of namespace ns.
+func newPresenceKeys(ns string) presenceKeys {
+	p := keyPrefix + "{" + escape(ns) + "}:workers"
+	return presenceKeys{live: p, info: p + ":info"}
+}
+
+// replyKey is the stream holding the control replies to one request.
+func replyKey(ns, requestID string) string {
+	return keyPrefix + escape(ns) + ":reply:" + requestID
+}
+
+// broadcastChannel is the pub/sub channel every worker of ns listens to.
+func broadcastChannel(ns string) string {
+	return keyPrefix + escape(ns) + ":control:broadcast"
+}
+
+// workerChannel is the pub/sub channel of one worker of ns.
+func workerChannel(ns, workerID string) string {
+	return keyPrefix + escape(ns) + ":control:worker:" + workerID
+}

@@ -1,0 +1,122 @@
+package stemredis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// resultChunk is the most results written in one pipeline.
+const resultChunk = 1000
+
+// Results is a stemdriver.ResultBackend on Redis: one string key per task
+// holding the result's JSON, written with a single SET ... EX (the key
+// expires after the retention TTL). It is safe for concurrent use.
+type Results struct {
+	rdb    *redis.Client
+	ns     string
+	addr   string
+	ttl    time.Duration
+	closed atomic.Bool
+}
+
+var _ stemdriver.ResultBackend = (*Results)(nil)
+
+// OpenResults connects to the Redis server at url and returns a result
+// backend for opts.Namespace. The URL's result_ttl option sets how long a
+// result is kept after its last write (default 24h; 0 keeps results
+// forever). It pings the server and fails when it is unreachable.
+func OpenResults(ctx context.Context, url string, opts stemdriver.Options) (*Results, error) {
+	rdb, cfg, err := open(ctx, url, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Results{rdb: rdb, ns: cfg.namespace, addr: cfg.addr, ttl: cfg.resultTTL}, nil
+}
+
+func (r *Results) errorf(err error, format string, args ...any) error {
+	if r.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		err = stemdriver.ErrClosed
+	}
+	return fmt.Errorf("stem: redis results at %s: %s: %w", r.addr, fmt.Sprintf(format, args...), err)
+}
+
+// Put writes results, replacing each stored one whole and restarting its
+// retention TTL. Results are written in order in pipelines of up to 1000,
+// one round trip each; results for one id are applied in the order given.
+func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) error {
+	if r.closed.Load() {
+		return fmt.Errorf("stem: redis results at %s: %w", r.addr, stemdriver.ErrClosed)
+	}
+	if len(results) == 0 {
+		return nil
+	}
+	raws := make([][]byte, len(results))
+	for i, res := range results {
+		if res == nil || res.ID == "" {
+			return errors.New("stem: redis results: put: result is nil or has no id")
+		}
+		raw, err := json.Marshal(res)
+		if err != nil {
+			return fmt.Errorf("stem: redis results: put: encode result %s: %w", res.ID, err)
+		}
+		raws[i] = raw
+	}
+	if len(results) == 1 {
+		if err := r.rdb.Set(ctx, resultKey(r.ns, results[0].ID), raws[0], r.ttl).Err(); err != nil {
+			return r.errorf(err, "put result %s", results[0].ID)
+		}
+		return nil
+	}
+	for start := 0; start < len(results); start += resultChunk {
+		end := min(start+resultChunk, len(results))
+		pipe := r.rdb.Pipeline()
+		for i := start; i < end; i++ {
+			pipe.Set(ctx, resultKey(r.ns, results[i].ID), raws[i], r.ttl)
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return r.errorf(err, "put %d results (first %s)", end-start, results[start].ID)
+		}
+	}
+	return nil
+}
+
+// Get returns the stored result of task id, or an error matching
+// stemdriver.ErrNotFound when there is none (or it expired).
+func (r *Results) Get(ctx context.Context, id string) (*stemtype.TaskResult, error) {
+	if r.closed.Load() {
+		return nil, fmt.Errorf("stem: redis results at %s: %w", r.addr, stemdriver.ErrClosed)
+	}
+	raw, err := r.rdb.Get(ctx, resultKey(r.ns, id)).Bytes()
+	if errors.Is(err, redis.Nil) {
+		return nil, fmt.Errorf("stem: redis results: result %s: %w", id, stemdriver.ErrNotFound)
+	}
+	if err != nil {
+		return nil, r.errorf(err, "get result %s", id)
+	}
+	var res stemtype.TaskResult
+	if err := json.Unmarshal(raw, &res); err != nil {
+		return nil, fmt.Errorf("stem: redis results: result %s: stored value does not decode: %w", id, err)
+	}
+	return &res, nil
+}
+
+// Close closes the connections. Operations after Close return an error
+// matching stemdriver.ErrClosed. Close is safe to call more than once.
+func (r *Results) Close() error {
+	if r.closed.Swap(true) {
+		return nil
+	}
+	if err := r.rdb.Close(); err != nil {
+		return fmt.Errorf("stem: redis results at %s: close: %w", r.addr, err)
+	}
+	return nil
+}

@@ -1,0 +1,229 @@
+package stemredis
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+const (
+	// revokeChunk is the most records handed to one upsert script run.
+	revokeChunk = 500
+	// pruneChunk is the most records one prune script run deletes.
+	pruneChunk = 1000
+	// listScanCount is the COUNT hint of the HSCAN that lists records.
+	listScanCount = 5000
+)
+
+// Revokes is a stemdriver.RevokeStore on Redis: per namespace a hash of
+// task id to record JSON and a sorted set of expiry times. Upsert compares
+// versions inside a Lua script, so concurrent writers on any number of
+// connections and hosts converge on the highest version. It is safe for
+// concurrent use.
+type Revokes struct {
+	rdb    *redis.Client
+	addr   string
+	log    *slog.Logger
+	closed atomic.Bool
+}
+
+var _ stemdriver.RevokeStore = (*Revokes)(nil)
+
+// OpenRevokes connects to the Redis server at url and returns a revoke
+// store. Records carry their namespace, so opts.Namespace is not used. It
+// pings the server and fails when it is unreachable.
+func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Revokes, error) {
+	rdb, cfg, err := open(ctx, url, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Revokes{rdb: rdb, addr: cfg.addr, log: cfg.logger}, nil
+}
+
+func (s *Revokes) errorf(err error, format string, args ...any) error {
+	if s.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
+		err = stemdriver.ErrClosed
+	}
+	return fmt.Errorf("stem: redis revokes at %s: %s: %w", s.addr, fmt.Sprintf(format, args...), err)
+}
+
+func (s *Revokes) checkOpen() error {
+	if s.closed.Load() {
+		return fmt.Errorf("stem: redis revokes at %s: %w", s.addr, stemdriver.ErrClosed)
+	}
+	return nil
+}
+
+// Upsert stores each record whose version is higher than the stored one's
+// and returns, in input order, the record stored afterwards. Records are
+// applied by one script run per namespace and 500 records, all in one
+// pipeline; records of one namespace are applied in input order.
+func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	if len(recs) == 0 {
+		return nil, nil
+	}
+	type call struct {
+		idx []int // input positions of the call's records
+	}
+	var (
+		calls   []scriptCall
+		callIdx []call
+		filling = map[string]int{} // namespace -> index of its call being filled
+	)
+	for i := range recs {
+		r := &recs[i]
+		if err := r.Validate(); err != nil {
+			return nil, fmt.Errorf("stem: redis revokes: upsert: %w", err)
+		}
+		raw, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("stem: redis revokes: upsert: encode record for task %q: %w", r.TaskID, err)
+		}
+		exp := ""
+		if !r.ExpiresAt.IsZero() {
+			exp = strconv.FormatInt(r.ExpiresAt.UnixMicro(), 10)
+		}
+		c, ok := filling[r.Namespace]
+		if !ok || len(callIdx[c].idx) >= revokeChunk {
+			k := newRevokeKeys(r.Namespace)
+			calls = append(calls, scriptCall{s: revokeUpsertScript, keys: []string{k.records, k.expiry}})
+			callIdx = append(callIdx, call{})
+			c = len(calls) - 1
+			filling[r.Namespace] = c
+		}
+		calls[c].args = append(calls[c].args, r.TaskID, strconv.FormatInt(r.Version, 10), raw, exp)
+		callIdx[c].idx = append(callIdx[c].idx, i)
+	}
+	var (
+		cmds []*redis.Cmd
+		err  error
+	)
+	if len(calls) == 1 {
+		cmds = []*redis.Cmd{revokeUpsertScript.run(ctx, s.rdb, calls[0].keys, calls[0].args...)}
+		err = cmds[0].Err()
+	} else {
+		cmds, err = runPipelined(ctx, s.rdb, calls)
+	}
+	if err != nil {
+		return nil, s.errorf(err, "upsert %d records", len(recs))
+	}
+	out := make([]stemtype.RevokeRecord, len(recs))
+	for c, cmd := range cmds {
+		vals, err := cmd.Slice()
+		if err != nil {
+			return nil, s.errorf(err, "upsert %d records", len(recs))
+		}
+		if len(vals) != len(callIdx[c].idx) {
+			return nil, s.errorf(fmt.Errorf("%d replies for %d records", len(vals), len(callIdx[c].idx)), "upsert")
+		}
+		for j, v := range vals {
+			i := callIdx[c].idx[j]
+			stored, ok := v.(string)
+			if !ok {
+				out[i] = recs[i]
+				continue
+			}
+			var cur stemtype.RevokeRecord
+			if err := json.Unmarshal([]byte(stored), &cur); err != nil {
+				return nil, fmt.Errorf("stem: redis revokes: stored record for task %q in namespace %q does not decode: %w", recs[i].TaskID, recs[i].Namespace, err)
+			}
+			out[i] = cur
+		}
+	}
+	return out, nil
+}
+
+// List returns every stored record of namespace, expired ones included
+// until pruned. It reads the hash with HSCAN, so a large set does not hold
+// up the server; a stored value that does not decode is logged and skipped.
+func (s *Revokes) List(ctx context.Context, namespace string) ([]stemtype.RevokeRecord, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	k := newRevokeKeys(namespace)
+	var (
+		out    []stemtype.RevokeRecord
+		seen   map[string]struct{}
+		cursor uint64
+		first  = true
+	)
+	for first || cursor != 0 {
+		kvs, next, err := s.rdb.HScan(ctx, k.records, cursor, "", listScanCount).Result()
+		if err != nil {
+			return nil, s.errorf(err, "list revokes of namespace %q", namespace)
+		}
+		// HSCAN may return an entry twice while the hash is rehashed; a
+		// scan of one reply (a small hash) cannot.
+		if !first || next != 0 {
+			if seen == nil {
+				seen = make(map[string]struct{}, len(out)+len(kvs)/2)
+				for _, r := range out {
+					seen[r.TaskID] = struct{}{}
+				}
+			}
+		}
+		first, cursor = false, next
+		for i := 0; i+1 < len(kvs); i += 2 {
+			if seen != nil {
+				if _, dup := seen[kvs[i]]; dup {
+					continue
+				}
+				seen[kvs[i]] = struct{}{}
+			}
+			var r stemtype.RevokeRecord
+			if err := json.Unmarshal([]byte(kvs[i+1]), &r); err != nil {
+				s.log.WarnContext(ctx, "stem: redis revokes: skipping undecodable record",
+					slog.String("namespace", namespace), slog.String("task_id", kvs[i]), slog.String("error", err.Error()))
+				continue
+			}
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// Prune deletes namespace's records that expired at or before now and
+// returns how many it deleted. Expiry is compared in whole microseconds.
+func (s *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
+	if err := s.checkOpen(); err != nil {
+		return 0, err
+	}
+	k := newRevokeKeys(namespace)
+	nowUS := strconv.FormatInt(now.UnixMicro(), 10)
+	total := 0
+	for {
+		n, err := revokePruneScript.run(ctx, s.rdb, []string{k.records, k.expiry}, nowUS, pruneChunk).Int()
+		if err != nil {
+			return total, s.errorf(err, "prune revokes of namespace %q", namespace)
+		}
+		total += n
+		if n < pruneChunk {
+			return total, nil
+		}
+	}
+}
+
+// Close closes the connections. Operations after Close return an error
+// matching stemdriver.ErrClosed. Close is safe to call more than once.
+func (s *Revokes) Close() error {
+	if s.closed.Swap(true) {
+		return nil
+	}
+	if err := s.rdb.Close(); err != nil {
+		return fmt.Errorf("stem: redis revokes at %s: close: %w", s.addr, err)
+	}
+	return nil
+}

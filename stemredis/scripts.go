@@ -1,0 +1,421 @@
+package stemredis
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"errors"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// Every atomic state transition is one Lua script, listed in this file with
+// its KEYS, ARGV and return value. Scripts read the clock with TIME, so that
+// leases, delays and presence are measured on the server's clock, the one
+// clock every host shares. Times are microseconds since the Unix epoch
+// (exact in a Lua number up to the year 2255) and are formatted with %.0f
+// before they are handed back to Redis, since Lua's default number format
+// would round them.
+
+// script is a Lua script with its SHA-1 digest, run with EVALSHA and loaded
+// with EVAL on a server that lacks it.
+type script struct {
+	src string
+	sha string
+}
+
+func newScript(src string) *script {
+	sum := sha1.Sum([]byte(src))
+	return &script{src: src, sha: hex.EncodeToString(sum[:])}
+}
+
+// run runs s on c in one round trip (two the first time a server sees it).
+func (s *script) run(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd {
+	cmd := c.EvalSha(ctx, s.sha, keys, args...)
+	if isNoScript(cmd.Err()) {
+		return c.Eval(ctx, s.src, keys, args...)
+	}
+	return cmd
+}
+
+// scriptCall is one script invocation of a pipeline.
+type scriptCall struct {
+	s    *script
+	keys []string
+	args []any
+}
+
+// runPipelined runs calls in one pipeline and returns their commands in
+// order. A call the server answered with NOSCRIPT did not run; such calls
+// are run again, with their source, in a second pipeline.
+func runPipelined(ctx context.Context, rdb redis.Cmdable, calls []scriptCall) ([]*redis.Cmd, error) {
+	cmds := make([]*redis.Cmd, len(calls))
+	pipe := rdb.Pipeline()
+	for i, c := range calls {
+		cmds[i] = pipe.EvalSha(ctx, c.s.sha, c.keys, c.args...)
+	}
+	_, err := pipe.Exec(ctx)
+	var again []int
+	for i, cmd := range cmds {
+		if isNoScript(cmd.Err()) {
+			again = append(again, i)
+		}
+	}
+	if len(again) == 0 {
+		return cmds, ignoreRedisErr(err)
+	}
+	pipe = rdb.Pipeline()
+	for _, i := range again {
+		c := calls[i]
+		cmds[i] = pipe.Eval(ctx, c.s.src, c.keys, c.args...)
+	}
+	_, _ = pipe.Exec(ctx)
+	for _, cmd := range cmds {
+		if err := cmd.Err(); err != nil {
+			return cmds, err
+		}
+	}
+	return cmds, nil
+}
+
+// ignoreRedisErr drops the error a pipeline's Exec reports for one of its
+// commands (each command carries its own); a transport error stays.
+func ignoreRedisErr(err error) error {
+	var rerr redis.Error
+	if err == nil || errors.As(err, &rerr) {
+		return nil
+	}
+	return err
+}
+
+func isNoScript(err error) bool {
+	return err != nil && (errors.Is(err, redis.ErrNoScript) || redis.HasErrorPrefix(err, "NOSCRIPT"))
+}
+
+// luaPrelude is shared by the scripts that read the clock.
+const luaPrelude = `
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+local function us(n)
+  return string.format('%.0f', n)
+end
+-- entry_msg returns the envelope field of a stream entry's field list, or
+-- the whole list as JSON when a foreign writer left no such field (the
+-- broker then reports it undecodable instead of losing it).
+local function entry_msg(f)
+  for i = 1, #f, 2 do
+    if f[i] == 'msg' then return f[i + 1] end
+  end
+  return cjson.encode(f)
+end
+`
+
+// claimScript leases up to max messages of one queue.
+//
+// It first does the queue's upkeep when asked to (ARGV[5]) or when new
+// messages alone do not fill the batch: messages whose lease expired are
+// put back at the end of the stream under a new id (so the old holder's
+// receipt stops matching) and delayed messages that are due are appended
+// to the stream, at most 1000 of each per call. Then it reads new entries
+// with XREADGROUP (creating the group when missing) and records a lease
+// deadline for each.
+//
+// KEYS[1] stream, KEYS[2] leases, KEYS[3] delayed
+// ARGV[1] group, ARGV[2] consumer, ARGV[3] max, ARGV[4] lease in µs,
+// ARGV[5] "1" to do the upkeep first, ARGV[6] "1" to delete consumers that
+// hold nothing and were idle more than ARGV[7] ms.
+// Returns {last_id, next_due_us, id1, msg1, id2, msg2, ...}. When nothing
+// was leased, last_id is the stream's last entry id ("0-0" when empty), to
+// wait on with XREAD, and next_due_us is how long until the next delayed
+// message or lease deadline is due (-1: nothing is scheduled); otherwise
+// they are "" and -1.
+var claimScript = newScript(luaPrelude + `
+local stream, leases, delayed = KEYS[1], KEYS[2], KEYS[3]
+local grp, consumer = ARGV[1], ARGV[2]
+local max = tonumber(ARGV[3])
+local now = now_us()
+local snow = us(now)
+local sdeadline = us(now + tonumber(ARGV[4]))
+local out = {'', -1}
+
+local function upkeep()
+  redis.pcall('XGROUP', 'CREATE', stream, grp, '0', 'MKSTREAM')
+  local moved = 0
+  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', snow, 'LIMIT', 0, 1000)
+  for _, id in ipairs(expired) do
+    local e = redis.call('XRANGE', stream, id, id)
+    redis.call('XACK', stream, grp, id)
+    if #e > 0 then
+      redis.call('XDEL', stream, id)
+      redis.call('XADD', stream, '*', unpack(e[1][2]))
+      moved = moved + 1
+    end
+  end
+  if #expired > 0 then redis.call('ZREM', leases, unpack(expired)) end
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', snow, 'LIMIT', 0, 1000)
+  for _, m in ipairs(due) do
+    redis.call('XADD', stream, '*', 'msg', m)
+  end
+  if #due > 0 then redis.call('ZREM', delayed, unpack(due)) end
+  return moved + #due
+end
+
+local function sweep()
+  local cs = redis.pcall('XINFO', 'CONSUMERS', stream, grp)
+  if type(cs) ~= 'table' or cs.err then return end
+  local limit = tonumber(ARGV[7])
+  for _, c in ipairs(cs) do
+    local name, pending, idle
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then name = c[i + 1]
+      elseif c[i] == 'pending' then pending = c[i + 1]
+      elseif c[i] == 'idle' then idle = c[i + 1] end
+    end
+    if name and pending == 0 and idle and idle > limit then
+      redis.call('XGROUP', 'DELCONSUMER', stream, grp, name)
+    end
+  end
+end
+
+local function readnew(n)
+  local r = redis.pcall('XREADGROUP', 'GROUP', grp, consumer, 'COUNT', n, 'STREAMS', stream, '>')
+  if type(r) == 'table' and r.err then
+    if string.sub(r.err, 1, 7) ~= 'NOGROUP' then error(r) end
+    redis.call('XGROUP', 'CREATE', stream, grp, '0', 'MKSTREAM')
+    r = redis.call('XREADGROUP', 'GROUP', grp, consumer, 'COUNT', n, 'STREAMS', stream, '>')
+  end
+  if not r then return 0 end
+  local entries = r[1][2]
+  local z = {}
+  for _, e in ipairs(entries) do
+    z[#z + 1] = sdeadline
+    z[#z + 1] = e[1]
+    out[#out + 1] = e[1]
+    out[#out + 1] = entry_msg(e[2])
+    if #z >= 1000 then
+      redis.call('ZADD', leases, unpack(z))
+      z = {}
+    end
+  end
+  if #z > 0 then redis.call('ZADD', leases, unpack(z)) end
+  return #entries
+end
+
+local kept = false
+if ARGV[5] == '1' then
+  upkeep()
+  kept = true
+end
+if ARGV[6] == '1' then sweep() end
+local got = readnew(max)
+if got < max and not kept then
+  if upkeep() > 0 then got = got + readnew(max - got) end
+end
+if got == 0 then
+  local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
+  if #last > 0 then out[1] = last[1][1] else out[1] = '0-0' end
+  local due
+  local l = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+  if #l > 0 then due = tonumber(l[2]) - now end
+  local d = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')
+  if #d > 0 then
+    local x = tonumber(d[2]) - now
+    if due == nil or x < due then due = x end
+  end
+  if due ~= nil then out[2] = math.max(0, due) end
+end
+return out
+`)
+
+// ackScript finishes messages: each one still leased loses its lease and
+// leaves the stream (XACK and XDEL).
+//
+// KEYS[1] stream, KEYS[2] leases
+// ARGV[1] group, ARGV[2...] stream ids
+// Returns the ids that were not leased (lease lost or already finished).
+var ackScript = newScript(`
+local held, lost = {}, {}
+for i = 2, #ARGV do
+  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
+    held[#held + 1] = ARGV[i]
+  else
+    lost[#lost + 1] = ARGV[i]
+  end
+end
+if #held > 0 then
+  redis.call('XACK', KEYS[1], ARGV[1], unpack(held))
+  redis.call('XDEL', KEYS[1], unpack(held))
+end
+return lost
+`)
+
+// releaseScript makes leased messages ready again at once: each one still
+// leased is appended to the stream again, unchanged, under a new id.
+//
+// KEYS[1] stream, KEYS[2] leases
+// ARGV[1] group, ARGV[2...] stream ids
+// Returns the ids that were not leased.
+var releaseScript = newScript(`
+local lost = {}
+for i = 2, #ARGV do
+  local id = ARGV[i]
+  if redis.call('ZREM', KEYS[2], id) == 1 then
+    local e = redis.call('XRANGE', KEYS[1], id, id)
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    if #e > 0 then
+      redis.call('XDEL', KEYS[1], id)
+      redis.call('XADD', KEYS[1], '*', unpack(e[1][2]))
+    end
+  else
+    lost[#lost + 1] = id
+  end
+end
+return lost
+`)
+
+// extendScript pushes one leased message's deadline to now plus the lease.
+//
+// KEYS[1] leases
+// ARGV[1] stream id, ARGV[2] lease in µs
+// Returns 1, or 0 when the message is not leased.
+var extendScript = newScript(luaPrelude + `
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], us(now_us() + tonumber(ARGV[2])), ARGV[1])
+return 1
+`)
+
+// retryScript replaces a leased message with its next attempt, which goes
+// to the delayed set when its NotBefore is in the future and to the stream
+// otherwise.
+//
+// KEYS[1] stream, KEYS[2] leases, KEYS[3] delayed
+// ARGV[1] group, ARGV[2] stream id, ARGV[3] next envelope JSON,
+// ARGV[4] next NotBefore in µs (0: now)
+// Returns 1, or 0 when the message is not leased (nothing is stored then).
+var retryScript = newScript(luaPrelude + `
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if tonumber(ARGV[4]) > now_us() then
+  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+else
+  redis.call('XADD', KEYS[1], '*', 'msg', ARGV[3])
+end
+return 1
+`)
+
+// deadLetterScript moves a leased message to the queue's dead-letter
+// stream, with the reason, the queue, its stream id and the time.
+//
+// KEYS[1] stream, KEYS[2] leases, KEYS[3] dead
+// ARGV[1] group, ARGV[2] stream id, ARGV[3] reason, ARGV[4] queue
+// Returns 1, or 0 when the message is not leased.
+var deadLetterScript = newScript(luaPrelude + `
+if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
+local e = redis.call('XRANGE', KEYS[1], ARGV[2], ARGV[2])
+local msg = ''
+if #e > 0 then msg = entry_msg(e[1][2]) end
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+redis.call('XADD', KEYS[3], '*', 'msg', msg, 'reason', ARGV[3], 'queue', ARGV[4],
+  'stream_id', ARGV[2], 'dead_at_ms', us(math.floor(now_us() / 1000)))
+return 1
+`)
+
+// depthScript counts a queue's ready and delayed messages: stream entries
+// not leased, plus leased ones whose lease expired, plus delayed ones.
+//
+// KEYS[1] stream, KEYS[2] leases, KEYS[3] delayed
+// Returns the count.
+var depthScript = newScript(luaPrelude + `
+local leased = redis.call('ZCARD', KEYS[2])
+local ready = redis.call('XLEN', KEYS[1]) - leased
+if ready < 0 then ready = 0 end
+local expired = redis.call('ZCOUNT', KEYS[2], '-inf', us(now_us()))
+return ready + expired + redis.call('ZCARD', KEYS[3])
+`)
+
+// revokeUpsertScript stores revoke records of one namespace whose version
+// is higher than the stored one's. Versions are compared as decimal strings
+// (longer is larger, then byte order), so every int64 compares exactly.
+//
+// KEYS[1] records, KEYS[2] expiry
+// ARGV: four per record: task id, version (decimal, no leading zeros),
+// record JSON, ExpiresAt in µs ("" when it never expires).
+// Returns per record, in order, 1 when it was stored, else the stored JSON
+// that is at least as new.
+var revokeUpsertScript = newScript(`
+local function higher(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
+local out = {}
+for i = 1, #ARGV, 4 do
+  local id, ver, js, exp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local cur = redis.call('HGET', KEYS[1], id)
+  local curv = cur and string.match(cur, '"version":(%d+)')
+  if not curv or higher(ver, curv) then
+    redis.call('HSET', KEYS[1], id, js)
+    if exp == '' then
+      redis.call('ZREM', KEYS[2], id)
+    else
+      redis.call('ZADD', KEYS[2], exp, id)
+    end
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = cur
+  end
+end
+return out
+`)
+
+// revokePruneScript deletes up to ARGV[2] records that expired at or
+// before ARGV[1].
+//
+// KEYS[1] records, KEYS[2] expiry
+// ARGV[1] now in µs, ARGV[2] limit (at most 1000)
+// Returns how many records it deleted.
+var revokePruneScript = newScript(`
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #ids > 0 then
+  redis.call('HDEL', KEYS[1], unpack(ids))
+  redis.call('ZREM', KEYS[2], unpack(ids))
+end
+return #ids
+`)
+
+// announceScript records a worker as live for ttl from now.
+//
+// KEYS[1] live, KEYS[2] info
+// ARGV[1] worker id, ARGV[2] ttl in µs, ARGV[3] WorkerInfo JSON
+// Returns 1.
+var announceScript = newScript(luaPrelude + `
+redis.call('ZADD', KEYS[1], us(now_us() + tonumber(ARGV[2])), ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+`)
+
+// workersScript forgets workers whose liveness ended (up to 1000 per call)
+// and returns the info of the live ones.
+//
+// KEYS[1] live, KEYS[2] info
+// Returns a list of WorkerInfo JSON.
+var workersScript = newScript(luaPrelude + `
+local snow = us(now_us())
+local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', snow, 'LIMIT', 0, 1000)
+if #dead > 0 then
+  redis.call('ZREM', KEYS[1], unpack(dead))
+  redis.call('HDEL', KEYS[2], unpack(dead))
+end
+local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. snow, '+inf')
+local out = {}
+for i = 1, #live, 500 do
+  local vals = redis.call('HMGET', KEYS[2], unpack(live, i, math.min(i + 499, #live)))
+  for _, v in ipairs(vals) do
+    if v then out[#out + 1] = v end
+  end
+end
+return out
+`)
