@@ -281,4 +281,3 @@ func (i *indenter) Write(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
-
