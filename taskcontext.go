@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"sync"
 	"time"
 )
 
@@ -38,9 +39,12 @@ type TaskInfo struct {
 // any of them fails or the context is done.
 type TaskContext struct {
 	context.Context
-	info   TaskInfo
-	sig    TaskSignals
-	logger *slog.Logger
+	info TaskInfo
+	sig  TaskSignals
+	base *slog.Logger
+
+	logOnce sync.Once
+	logger  *slog.Logger
 }
 
 // NewTaskContext builds a TaskContext over ctx. Workers build these; it is
@@ -49,12 +53,7 @@ func NewTaskContext(ctx context.Context, info TaskInfo, sig TaskSignals, logger 
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &TaskContext{
-		Context: ctx,
-		info:    info,
-		sig:     sig,
-		logger:  logger.With("task_id", info.ID, "task", info.Task, "attempt", info.Attempt),
-	}
+	return &TaskContext{Context: ctx, info: info, sig: sig, base: logger}
 }
 
 // TaskID returns the task's id.
@@ -71,7 +70,14 @@ func (tc *TaskContext) Queue() string { return tc.info.Queue }
 func (tc *TaskContext) Attempt() int { return tc.info.Attempt }
 
 // Logger returns a logger annotated with the task's id, name and attempt.
-func (tc *TaskContext) Logger() *slog.Logger { return tc.logger }
+func (tc *TaskContext) Logger() *slog.Logger {
+	// Built on first use: most tasks never log, and With costs an
+	// allocation-heavy handler clone per task.
+	tc.logOnce.Do(func() {
+		tc.logger = tc.base.With("task_id", tc.info.ID, "task", tc.info.Task, "attempt", tc.info.Attempt)
+	})
+	return tc.logger
+}
 
 // checkpoint returns the cancellation cause once the context is done.
 func (tc *TaskContext) checkpoint() error {

@@ -242,6 +242,12 @@ func (w *Worker) inspect(now time.Time, withRevoked bool) stemtype.InspectReply 
 	return r
 }
 
+// Stats returns the worker's counters and the depths of its queues, as the
+// stats control command reports them.
+func (w *Worker) Stats(ctx context.Context) stemtype.StatsReply {
+	return w.stats(ctx, time.Now().UTC())
+}
+
 func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
 	host, _ := os.Hostname()
 	s := stemtype.StatsReply{

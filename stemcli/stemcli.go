@@ -127,7 +127,7 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd())
 	task := &cobra.Command{Use: "task", Short: "Read task state"}
 	task.AddCommand(a.statusCmd())
-	root.AddCommand(worker, task, a.enqueueCmd())
+	root.AddCommand(worker, task, a.enqueueCmd(), a.benchCmd())
 	if cfg.Demo != nil {
 		root.AddCommand(a.demoCmd())
 	}

@@ -140,6 +140,7 @@ func decodeLine(line []byte, n int64) (rec stemtype.RevokeRecord, blank bool, er
 	if err := rec.Validate(); err != nil {
 		return rec, false, err
 	}
+	rec.IssuedAt, rec.ExpiresAt = rec.IssuedAt.UTC(), rec.ExpiresAt.UTC()
 	return rec, false, nil
 }
 

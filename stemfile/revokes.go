@@ -115,10 +115,7 @@ func OpenRevokes(path string, opts stemdriver.Options) (*Revokes, error) {
 		f.Close()
 	}
 	lockPath := path + ".lock"
-	lock, err := os.OpenFile(lockPath, os.O_RDWR|os.O_CREATE, fileMode)
-	if errors.Is(err, fs.ErrPermission) {
-		lock, err = os.Open(lockPath)
-	}
+	lock, err := openLock(lockPath)
 	if err != nil {
 		return nil, fmt.Errorf("stem: revoke file %s: open lock file: %w", path, err)
 	}
@@ -330,10 +327,7 @@ func (r *Revokes) acquire(ctx context.Context, how int) error {
 		if err := errors.Join(err1, err2); err != nil && !errors.Is(err2, fs.ErrNotExist) {
 			return fmt.Errorf("stem: revoke file %s: lock file: %w", r.path, err)
 		}
-		lock, err := os.OpenFile(r.lockPath, os.O_RDWR|os.O_CREATE, fileMode)
-		if errors.Is(err, fs.ErrPermission) {
-			lock, err = os.Open(r.lockPath)
-		}
+		lock, err := openLock(r.lockPath)
 		if err != nil {
 			return fmt.Errorf("stem: revoke file %s: reopen lock file: %w", r.path, err)
 		}
@@ -341,6 +335,18 @@ func (r *Revokes) acquire(ctx context.Context, how int) error {
 		r.lock.Close()
 		r.lock = lock
 	}
+}
+
+// openLock opens the lock file at path, creating it if needed, or read-only
+// where it exists but may not be written (flock works on either).
+func openLock(path string) (*os.File, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, fileMode)
+	if errors.Is(err, fs.ErrPermission) {
+		if ro, rerr := os.Open(path); rerr == nil {
+			return ro, nil
+		}
+	}
+	return f, err
 }
 
 // unlock releases the flock, logging a failure: the operation it ends has

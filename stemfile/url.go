@@ -8,13 +8,13 @@ import (
 
 // PathFromURL returns the file path named by a file revoke store URL:
 //
-//	file:///var/lib/stem/revokes.ndjson   /var/lib/stem/revokes.ndjson
-//	file://localhost/var/lib/stem/r.ndjson /var/lib/stem/r.ndjson
-//	file://revokes.ndjson                  revokes.ndjson (relative)
-//	file:relative/revokes.ndjson           relative/revokes.ndjson
-//	file:/abs/revokes.ndjson               /abs/revokes.ndjson
-//	/var/lib/stem/revokes.ndjson           as given
-//	relative/revokes.ndjson                as given
+//	file:///var/lib/stem/revokes.ndjson     /var/lib/stem/revokes.ndjson
+//	file://localhost/var/lib/stem/r.ndjson  /var/lib/stem/r.ndjson
+//	file://revokes.ndjson                   revokes.ndjson (relative)
+//	file:relative/revokes.ndjson            relative/revokes.ndjson
+//	file:/abs/revokes.ndjson                /abs/revokes.ndjson
+//	/var/lib/stem/revokes.ndjson            as given
+//	relative/revokes.ndjson                 as given
 //
 // Following stem's `file://PATH` form, everything after "file://" is the
 // path, so "file://revokes.ndjson" is relative to the working directory;

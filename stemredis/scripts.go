@@ -139,6 +139,7 @@ local now = now_us()
 local snow = us(now)
 local sdeadline = us(now + tonumber(ARGV[4]))
 local out = {'', -1}
+local nout = 2
 
 local function upkeep()
   redis.pcall('XGROUP', 'CREATE', stream, grp, '0', 'MKSTREAM')
@@ -188,18 +189,21 @@ local function readnew(n)
   end
   if not r then return 0 end
   local entries = r[1][2]
-  local z = {}
+  local z, nz = {}, 0
   for _, e in ipairs(entries) do
-    z[#z + 1] = sdeadline
-    z[#z + 1] = e[1]
-    out[#out + 1] = e[1]
-    out[#out + 1] = entry_msg(e[2])
-    if #z >= 1000 then
+    local id, f = e[1], e[2]
+    z[nz + 1] = sdeadline
+    z[nz + 2] = id
+    nz = nz + 2
+    out[nout + 1] = id
+    if f[1] == 'msg' then out[nout + 2] = f[2] else out[nout + 2] = entry_msg(f) end
+    nout = nout + 2
+    if nz >= 1000 then
       redis.call('ZADD', leases, unpack(z))
-      z = {}
+      z, nz = {}, 0
     end
   end
-  if #z > 0 then redis.call('ZADD', leases, unpack(z)) end
+  if nz > 0 then redis.call('ZADD', leases, unpack(z)) end
   return #entries
 end
 
@@ -236,15 +240,21 @@ return out
 // ARGV[1] group, ARGV[2...] stream ids
 // Returns the ids that were not leased (lease lost or already finished).
 var ackScript = newScript(`
-local held, lost = {}, {}
-for i = 2, #ARGV do
-  if redis.call('ZREM', KEYS[2], ARGV[i]) == 1 then
-    held[#held + 1] = ARGV[i]
+local ids = {}
+for i = 2, #ARGV do ids[i - 1] = ARGV[i] end
+local scores = redis.call('ZMSCORE', KEYS[2], unpack(ids))
+local held, lost, nh, nl = {}, {}, 0, 0
+for i, id in ipairs(ids) do
+  if scores[i] then
+    nh = nh + 1
+    held[nh] = id
   else
-    lost[#lost + 1] = ARGV[i]
+    nl = nl + 1
+    lost[nl] = id
   end
 end
-if #held > 0 then
+if nh > 0 then
+  redis.call('ZREM', KEYS[2], unpack(held))
   redis.call('XACK', KEYS[1], ARGV[1], unpack(held))
   redis.call('XDEL', KEYS[1], unpack(held))
 end

@@ -1,0 +1,163 @@
+package stemcli
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/stem-go/stem"
+)
+
+// benchFlags configure `stem bench`.
+type benchFlags struct {
+	tasks       int
+	concurrency int
+	prefetch    int
+	batch       int
+	results     bool
+	mode        string
+	cpuprofile  string
+}
+
+func (a *app) benchCmd() *cobra.Command {
+	var f benchFlags
+	c := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure no-op task throughput on the configured broker",
+		Long: `Measure no-op task throughput on the configured broker (a fresh namespace
+each run, so nothing else is disturbed):
+
+  drain  enqueue --tasks first, then run one worker until all are done
+  mixed  run the worker while enqueueing
+
+Prints enqueue and processing rates. Compare figures measured in one run on
+one machine only.`,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f.tasks <= 0 || f.concurrency <= 0 || f.batch <= 0 {
+				return exitf(ExitUsage, "bench: --tasks, --concurrency and --batch must be positive")
+			}
+			if f.mode != "drain" && f.mode != "mixed" {
+				return exitf(ExitUsage, "bench: --mode must be drain or mixed")
+			}
+			return a.bench(cmd.Context(), f)
+		},
+	}
+	fl := c.Flags()
+	fl.IntVar(&f.tasks, "tasks", 20000, "number of no-op tasks")
+	fl.IntVar(&f.concurrency, "concurrency", 10, "worker concurrency")
+	fl.IntVar(&f.prefetch, "prefetch", 0, "worker prefetch (default: concurrency)")
+	fl.IntVar(&f.batch, "batch", 500, "tasks per enqueue call")
+	fl.BoolVar(&f.results, "results", true, "record task states in the result backend")
+	fl.StringVar(&f.mode, "mode", "drain", "drain or mixed")
+	fl.StringVar(&f.cpuprofile, "cpuprofile", "", "write a CPU profile of the processing phase to this file")
+	return c
+}
+
+func (a *app) bench(ctx context.Context, f benchFlags) error {
+	u := a.urls()
+	opts := a.driverOpts()
+	opts.Namespace = "bench-" + stem.NewTaskID()[:8]
+	b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
+	if err != nil {
+		return unavailable("broker", u.Broker, err)
+	}
+	defer b.Close()
+	reg := stem.NewRegistry()
+	reg.MustAdd(stem.Task{Name: "bench.noop", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	ccfg := stem.ClientConfig{Broker: b, Registry: reg}
+	wcfg := stem.WorkerConfig{Registry: reg, Broker: b, Namespace: opts.Namespace, Concurrency: f.concurrency,
+		Prefetch: f.prefetch, Logger: opts.Logger, ClaimWait: 100 * time.Millisecond}
+	if f.results {
+		res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
+		if err != nil {
+			return unavailable("result backend", u.Results, err)
+		}
+		defer res.Close()
+		ccfg.Results, wcfg.Results = res, res
+	}
+	client, err := stem.NewClient(ccfg)
+	if err != nil {
+		return err
+	}
+	enqueue := func() (time.Duration, error) {
+		start := time.Now()
+		args := []byte(`{"n":1}`)
+		for done := 0; done < f.tasks; {
+			n := min(f.batch, f.tasks-done)
+			reqs := make([]stem.EnqueueRequest, n)
+			for i := range reqs {
+				reqs[i] = stem.EnqueueRequest{Task: "bench.noop", Args: stem.Args(args)}
+			}
+			if _, err := client.EnqueueBatch(ctx, reqs); err != nil {
+				return 0, err
+			}
+			done += n
+		}
+		return time.Since(start), nil
+	}
+	fmt.Fprintf(a.out, "bench: %d no-op tasks, mode %s, concurrency %d, results %t, broker %s, GOMAXPROCS %d\n",
+		f.tasks, f.mode, f.concurrency, f.results, redactedScheme(u.Broker), runtime.GOMAXPROCS(0))
+	var enqTook time.Duration
+	if f.mode == "drain" {
+		if enqTook, err = enqueue(); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.out, "enqueue  %8.0f tasks/s  (%s)\n", float64(f.tasks)/enqTook.Seconds(), enqTook.Round(time.Millisecond))
+	}
+	w, err := stem.NewWorker(wcfg)
+	if err != nil {
+		return err
+	}
+	wctx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- w.Run(wctx) }()
+	<-w.Ready()
+	if f.cpuprofile != "" {
+		pf, err := os.Create(f.cpuprofile)
+		if err != nil {
+			stop()
+			<-done
+			return err
+		}
+		defer pf.Close()
+		if err := pprof.StartCPUProfile(pf); err != nil {
+			stop()
+			<-done
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
+	start := time.Now()
+	if f.mode == "mixed" {
+		if enqTook, err = enqueue(); err != nil {
+			stop()
+			<-done
+			return err
+		}
+		fmt.Fprintf(a.out, "enqueue  %8.0f tasks/s  (%s, while the worker ran)\n", float64(f.tasks)/enqTook.Seconds(), enqTook.Round(time.Millisecond))
+	}
+	for w.Stats(ctx).Processed < int64(f.tasks) {
+		time.Sleep(time.Millisecond)
+	}
+	took := time.Since(start)
+	stop()
+	if err := <-done; err != nil {
+		return err
+	}
+	fmt.Fprintf(a.out, "process  %8.0f tasks/s  (%s)\n", float64(f.tasks)/took.Seconds(), took.Round(time.Millisecond))
+	return nil
+}
+
+func redactedScheme(u string) string {
+	for i := 0; i+2 < len(u); i++ {
+		if u[i:i+3] == "://" {
+			return u[:i]
+		}
+	}
+	return u
+}
