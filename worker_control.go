@@ -28,8 +28,18 @@ func (w *Worker) syncRevokes(ctx context.Context, prune bool) error {
 	if err != nil {
 		return fmt.Errorf("list revokes: %w", err)
 	}
-	w.applyRevokes(recs, now)
+	ours := recs[:0]
+	for _, r := range recs {
+		if r.Namespace == w.cfg.Namespace {
+			ours = append(ours, r)
+		}
+	}
+	applied, _, _ := w.revokes.Load(now, ours...)
+	if applied > 0 {
+		w.log.Debug("revokes loaded from store", "applied", applied, "held", w.revokes.Len())
+	}
 	w.revokes.Prune(now)
+	w.enforceTerminates(now)
 	return nil
 }
 
@@ -50,9 +60,43 @@ func (w *Worker) resyncRevokes(ctx context.Context) {
 	}
 }
 
-// applyRevokes adds records to the cache and signals running tasks that a
-// terminate revoke names. It returns the revoke reply.
-func (w *Worker) applyRevokes(recs []stemtype.RevokeRecord, now time.Time) stemtype.RevokeReply {
+// enforceTerminates cancels every running task whose cached revoke asks to
+// terminate it, and relays kill-after grace periods to isolated ones. It
+// costs one lookup per running task, whatever the size of the revoke set,
+// and returns the ids of the running tasks under a terminate revoke.
+func (w *Worker) enforceTerminates(now time.Time) []string {
+	var out []string
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, j := range w.held {
+		if !j.running || j.env == nil || j.cancel == nil {
+			continue
+		}
+		rec, ok := w.revokes.Lookup(j.env.ID, now)
+		if !ok || !rec.Terminate {
+			continue
+		}
+		out = append(out, j.env.ID)
+		if j.terminating.CompareAndSwap(false, true) {
+			w.log.Info("terminating task on revoke", "task_id", rec.TaskID, "requested_by", rec.RequestedBy)
+			j.cancel(revokedError(rec))
+		}
+		if j.kill != nil && rec.KillAfterMs > 0 && j.killAfterMs != rec.KillAfterMs {
+			j.killAfterMs = rec.KillAfterMs
+			select {
+			case j.kill <- time.Duration(rec.KillAfterMs) * time.Millisecond:
+			default:
+			}
+		}
+	}
+	return out
+}
+
+// revokeCommand applies the records of a revoke command and reports what
+// became of each. A record whose version the cache already holds is the same
+// record arriving twice (from the store and from the command): it counts as
+// applied.
+func (w *Worker) revokeCommand(recs []stemtype.RevokeRecord, now time.Time) stemtype.RevokeReply {
 	var ours []stemtype.RevokeRecord
 	for _, r := range recs {
 		if r.Namespace == w.cfg.Namespace {
@@ -60,35 +104,21 @@ func (w *Worker) applyRevokes(recs []stemtype.RevokeRecord, now time.Time) stemt
 		}
 	}
 	applied, ignored, expired := w.revokes.Apply(now, ours...)
-	// A record whose version the cache already holds is the same record
-	// arriving again (from the store and from a control message): it is
-	// reported as applied, and a terminate in it still reaches a task.
-	var older []stemtype.RevokeRecord
+	reply := stemtype.RevokeReply{Tasks: ids(applied), Inflight: []string{}, Ignored: []string{}, Expired: ids(expired)}
 	for _, r := range ignored {
 		if cur, ok := w.revokes.Lookup(r.TaskID, now); ok && cur.Version == r.Version {
-			applied = append(applied, cur)
+			reply.Tasks = append(reply.Tasks, r.TaskID)
 		} else {
-			older = append(older, r)
+			reply.Ignored = append(reply.Ignored, r.TaskID)
 		}
 	}
-	reply := stemtype.RevokeReply{Tasks: []string{}, Inflight: []string{}, Ignored: ids(older), Expired: ids(expired)}
-	for _, r := range applied {
-		reply.Tasks = append(reply.Tasks, r.TaskID)
-		if !r.Terminate {
-			continue
-		}
-		for _, j := range w.runningJobs(r.TaskID) {
-			if j.terminating.CompareAndSwap(false, true) {
-				w.log.Info("terminating task on revoke", "task_id", r.TaskID, "requested_by", r.RequestedBy)
-				j.cancel(revokedError(r))
-			}
-			if j.kill != nil && r.KillAfterMs > 0 {
-				select {
-				case j.kill <- time.Duration(r.KillAfterMs) * time.Millisecond:
-				default:
-				}
-			}
-			reply.Inflight = append(reply.Inflight, r.TaskID)
+	named := make(map[string]bool, len(ours))
+	for _, r := range ours {
+		named[r.TaskID] = true
+	}
+	for _, id := range w.enforceTerminates(now) {
+		if named[id] {
+			reply.Inflight = append(reply.Inflight, id)
 		}
 	}
 	return reply
@@ -100,18 +130,6 @@ func ids(recs []stemtype.RevokeRecord) []string {
 		out = append(out, r.TaskID)
 	}
 	return out
-}
-
-func (w *Worker) runningJobs(taskID string) []*job {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	var js []*job
-	for _, j := range w.held {
-		if j.running && j.env != nil && j.env.ID == taskID && j.cancel != nil {
-			js = append(js, j)
-		}
-	}
-	return js
 }
 
 // serveControl answers control commands until ctx ends. A malformed command
@@ -187,7 +205,7 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 				return nil, err
 			}
 		}
-		return w.applyRevokes(req.Records, now), nil
+		return w.revokeCommand(req.Records, now), nil
 	case "":
 		return nil, fmt.Errorf("control command has no type")
 	default:

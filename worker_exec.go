@@ -35,13 +35,14 @@ type job struct {
 	env *stemtype.Envelope
 
 	// guarded by Worker.mu
-	leaseDur   time.Duration
-	leaseUntil time.Time
-	running    bool
-	startedAt  time.Time
-	cancel     context.CancelCauseFunc
-	isolated   bool
-	kill       chan time.Duration
+	leaseDur    time.Duration
+	leaseUntil  time.Time
+	running     bool
+	startedAt   time.Time
+	cancel      context.CancelCauseFunc
+	isolated    bool
+	kill        chan time.Duration
+	killAfterMs int64 // the grace period last relayed on kill
 
 	lastHeartbeat atomic.Int64 // unix nanos
 	progress      atomic.Pointer[stemtype.Progress]

@@ -3,6 +3,7 @@ package stemredis
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -230,4 +231,50 @@ func BenchmarkRevokeUpsert(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "records/s")
+}
+
+// BenchmarkIdlePickup measures how long a message published to an idle
+// queue takes to reach a consumer blocked in Claim: one op is a publish
+// and the blocked Claim returning it.
+func BenchmarkIdlePickup(b *testing.B) {
+	ns := newNS(b)
+	producer, consumer := openTestBroker(b, ns), openTestBroker(b, ns)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan stemdriver.Delivery)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			ds, err := consumer.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"idle"}, Consumer: "c", Max: 1, Lease: time.Minute, Wait: time.Minute})
+			if err != nil {
+				errc <- err
+				return
+			}
+			for _, d := range ds {
+				if err := consumer.Ack(ctx, d); err != nil {
+					errc <- err
+					return
+				}
+				got <- d
+			}
+		}
+	}()
+	env := benchEnvelopes("idle", 1)[0]
+	env.Queue = "idle"
+	b.ResetTimer()
+	for range b.N {
+		if err := producer.Publish(ctx, env); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case <-got:
+		case err := <-errc:
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		b.Fatal(err)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -45,7 +44,6 @@ type Broker struct {
 	rdb    *redis.Client
 	ns     string
 	addr   string
-	log    *slog.Logger
 	blk    *blocker
 	closed atomic.Bool
 
@@ -71,7 +69,6 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 		rdb:       rdb,
 		ns:        cfg.namespace,
 		addr:      cfg.addr,
-		log:       cfg.logger,
 		blk:       newBlocker(rdb),
 		maxBlock:  maxBlock,
 		lastKeep:  make(map[string]time.Time),
