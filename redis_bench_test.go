@@ -1,0 +1,163 @@
+package stem_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemredis"
+)
+
+// redisURL returns the Redis server benchmarks use, skipping b when it is
+// unreachable (failing under STEM_TEST_REQUIRE_SERVICES=1).
+func redisURL(b testing.TB) string {
+	u := os.Getenv("STEM_TEST_REDIS_URL")
+	if u == "" {
+		u = "redis://127.0.0.1:6379/15"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	c, err := stemredis.OpenControl(ctx, u, stemdriver.Options{Namespace: "probe"})
+	if err != nil {
+		if os.Getenv("STEM_TEST_REQUIRE_SERVICES") == "1" {
+			b.Fatalf("Redis unreachable (STEM_TEST_REDIS_URL=%s): %v", u, err)
+		}
+		b.Skipf("Redis unreachable (set STEM_TEST_REDIS_URL): %v", err)
+	}
+	c.Close()
+	return u
+}
+
+// redisWorkers starts n workers on Redis in namespace ns, each with its own
+// connections, as separate processes would have.
+func redisWorkers(b *testing.B, url, ns string, n int, reg *stem.Registry) {
+	ctx := context.Background()
+	opts := stemdriver.Options{Namespace: ns, Logger: quiet()}
+	var wg sync.WaitGroup
+	wctx, cancel := context.WithCancel(ctx)
+	for i := range n {
+		br, err := stemredis.OpenBroker(ctx, url, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		ctl, err := stemredis.OpenControl(ctx, url, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		rev, err := stemredis.OpenRevokes(ctx, url, opts)
+		if err != nil {
+			b.Fatal(err)
+		}
+		w, err := stem.NewWorker(stem.WorkerConfig{ID: fmt.Sprintf("w%d", i), Namespace: ns, Registry: reg,
+			Broker: br, Control: ctl, Revokes: rev, Logger: quiet(), ClaimWait: 100 * time.Millisecond})
+		if err != nil {
+			b.Fatal(err)
+		}
+		wg.Go(func() {
+			_ = w.Run(wctx)
+			br.Close()
+			ctl.Close()
+			rev.Close()
+		})
+		<-w.Ready()
+	}
+	b.Cleanup(func() { cancel(); wg.Wait() })
+}
+
+func controller(b *testing.B, url, ns string) *stem.Controller {
+	ctx := context.Background()
+	opts := stemdriver.Options{Namespace: ns, Logger: quiet()}
+	ctl, err := stemredis.OpenControl(ctx, url, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rev, err := stemredis.OpenRevokes(ctx, url, opts)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { ctl.Close(); rev.Close() })
+	c, _ := stem.NewController(stem.ControllerConfig{Namespace: ns, Control: ctl, Revokes: rev})
+	return c
+}
+
+// BenchmarkRedisControlPing measures a broadcast ping's round trip until
+// every live worker replied, with 1 and 10 workers.
+func BenchmarkRedisControlPing(b *testing.B) {
+	url := redisURL(b)
+	for _, n := range []int{1, 10} {
+		b.Run(fmt.Sprintf("workers=%d", n), func(b *testing.B) {
+			ns := "bench-ping-" + stem.NewTaskID()[:8]
+			redisWorkers(b, url, ns, n, stem.NewRegistry())
+			c := controller(b, url, ns)
+			var lat []time.Duration
+			b.ResetTimer()
+			for b.Loop() {
+				start := time.Now()
+				r, err := c.Ping(context.Background(), stem.Target{Timeout: 5 * time.Second})
+				if err != nil || len(r.Replies) != n {
+					b.Fatalf("ping: %d replies, %v", len(r.Replies), err)
+				}
+				lat = append(lat, time.Since(start))
+			}
+			reportPercentiles(b, lat)
+		})
+	}
+}
+
+// BenchmarkRedisTerminateLatency measures the time from the start of a
+// `revoke --terminate` (store write, publish) until the running task's
+// context is cancelled.
+func BenchmarkRedisTerminateLatency(b *testing.B) {
+	url := redisURL(b)
+	ns := "bench-term-" + stem.NewTaskID()[:8]
+	reg := stem.NewRegistry()
+	started := make(chan string, 1)
+	cancelled := make(chan time.Time, 1)
+	reg.MustAdd(stem.Task{Name: "spin", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		started <- tc.TaskID()
+		<-tc.Done()
+		cancelled <- time.Now()
+		return nil, tc.Heartbeat()
+	}})
+	redisWorkers(b, url, ns, 1, reg)
+	c := controller(b, url, ns)
+	ctx := context.Background()
+	br, err := stemredis.OpenBroker(ctx, url, stemdriver.Options{Namespace: ns})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer br.Close()
+	client, _ := stem.NewClient(stem.ClientConfig{Broker: br})
+	var lat []time.Duration
+	b.ResetTimer()
+	for b.Loop() {
+		b.StopTimer()
+		if _, err := client.Enqueue(ctx, "spin", nil, stem.EnqueueOptions{}); err != nil {
+			b.Fatal(err)
+		}
+		id := <-started
+		b.StartTimer()
+		start := time.Now()
+		if _, _, err := c.Revoke(ctx, stem.Target{Workers: []string{"w0"}}, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true}); err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, (<-cancelled).Sub(start))
+	}
+	reportPercentiles(b, lat)
+}
+
+func reportPercentiles(b *testing.B, lat []time.Duration) {
+	if len(lat) == 0 {
+		return
+	}
+	slices.Sort(lat)
+	p := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) }
+	b.ReportMetric(p(0.5), "p50-µs")
+	b.ReportMetric(p(0.99), "p99-µs")
+}
