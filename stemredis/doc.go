@@ -77,6 +77,12 @@
 // on the waiting connection, which then goes back into use).
 //
 // Limits:
+//   - Durability is the server's: a Redis without an append-only file
+//     (appendonly yes) loses every message, lease and revoke on restart, and
+//     with appendfsync everysec the last second of them. Nothing a client
+//     does can make up for that; run brokers on a persistent Redis.
+//   - Each Claim blocked at the same time holds a connection of its own
+//     (counted in the pool size) for as long as the Broker lives.
 //   - Delayed messages and expired leases are only moved by claims: a
 //     queue nobody claims from keeps them where they are (Depth still
 //     counts them).

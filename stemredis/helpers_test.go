@@ -48,6 +48,7 @@ func rawClient(t testing.TB) *redis.Client {
 	if err != nil {
 		t.Fatalf("STEM_TEST_REDIS_URL: %v", err)
 	}
+	opt.DialerRetries, opt.MaxRetries = 1, -1 // an unreachable server fails fast
 	rdb := redis.NewClient(opt)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
