@@ -29,7 +29,9 @@ type WorkerConfig struct {
 	// Concurrency is how many tasks run at once. Default: 10.
 	Concurrency int
 	// Prefetch is how many claimed tasks may wait for a free slot beyond
-	// those running, so that claims are batched. Default: Concurrency.
+	// those running, so that claims are batched. Default: 4 × Concurrency
+	// (Celery's default multiplier). Set it to 1 for long tasks, so that
+	// one busy worker does not hold tasks other workers could start.
 	Prefetch int
 	// Registry holds the tasks the worker runs. Required.
 	Registry *Registry
@@ -97,7 +99,7 @@ func (c *WorkerConfig) setDefaults() error {
 		c.Concurrency = 10
 	}
 	if c.Prefetch == 0 {
-		c.Prefetch = c.Concurrency
+		c.Prefetch = 4 * c.Concurrency
 	}
 	if c.Lease <= 0 {
 		c.Lease = 30 * time.Second
@@ -277,10 +279,15 @@ func (w *Worker) Run(ctx context.Context) error {
 // runners through ready.
 func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 	limit := int64(w.cfg.Concurrency + w.cfg.Prefetch)
+	lowWater := max(1, limit/4)
 	backoff := 100 * time.Millisecond
 	for ctx.Err() == nil {
-		free := limit - w.outstanding.Load()
-		if free <= 0 {
+		// Claim at once when a runner is idle; otherwise wait until a
+		// quarter of the room is free, so that a busy worker claims in
+		// batches rather than one message per round trip.
+		out := w.outstanding.Load()
+		free := limit - out
+		if free <= 0 || (out >= int64(w.cfg.Concurrency) && free < lowWater) {
 			select {
 			case <-w.space:
 				continue

@@ -24,7 +24,70 @@ type settlement struct {
 // result is always written before its delivery is acknowledged, so a crash
 // in between re-runs the task rather than losing its outcome. Batching turns
 // the per-task round trips of a busy worker into a few per batch.
+//
+// Writes are sharded by task id over a few independent writers, so that
+// encoding and round trips of one batch overlap with the next, while the
+// writes of any one task (started, progress, final) stay in order.
 type resultWriter struct {
+	shards []*writerShard
+}
+
+const writerShards = 4
+
+func newResultWriter(w *Worker) *resultWriter {
+	rw := &resultWriter{shards: make([]*writerShard, writerShards)}
+	for i := range rw.shards {
+		rw.shards[i] = newWriterShard(w)
+	}
+	return rw
+}
+
+func (rw *resultWriter) shard(id string) *writerShard {
+	h := uint32(2166136261) // FNV-1a
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return rw.shards[h%writerShards]
+}
+
+// put queues a result write with no broker action.
+func (rw *resultWriter) put(r *stemtype.TaskResult) {
+	if r == nil {
+		return
+	}
+	rw.shard(r.ID).put(r)
+}
+
+// settle queues a delivery's outcome.
+func (rw *resultWriter) settle(s settlement) {
+	id := ""
+	switch {
+	case s.job != nil && s.job.env != nil:
+		id = s.job.env.ID
+	case s.res != nil:
+		id = s.res.ID
+	}
+	rw.shard(id).settle(s)
+}
+
+// run runs every shard until close.
+func (rw *resultWriter) run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, sh := range rw.shards {
+		wg.Go(func() { sh.run(ctx) })
+	}
+	wg.Wait()
+}
+
+// close flushes every shard and stops run.
+func (rw *resultWriter) close() {
+	for _, sh := range rw.shards {
+		sh.close()
+	}
+}
+
+// writerShard is one of the resultWriter's independent writers.
+type writerShard struct {
 	w       *Worker
 	in      chan settlement
 	closing chan struct{}
@@ -37,21 +100,21 @@ const (
 	writerInterval = time.Millisecond
 )
 
-func newResultWriter(w *Worker) *resultWriter {
-	return &resultWriter{w: w, in: make(chan settlement, 4*writerBatch), closing: make(chan struct{}), done: make(chan struct{})}
+func newWriterShard(w *Worker) *writerShard {
+	return &writerShard{w: w, in: make(chan settlement, 4*writerBatch), closing: make(chan struct{}), done: make(chan struct{})}
 }
 
 // put queues a result write with no broker action.
-func (rw *resultWriter) put(r *stemtype.TaskResult) {
+func (rw *writerShard) put(r *stemtype.TaskResult) {
 	if rw.w.cfg.Results == nil {
 		return
 	}
 	rw.settle(settlement{res: r})
 }
 
-func (rw *resultWriter) settle(s settlement) { rw.in <- s }
+func (rw *writerShard) settle(s settlement) { rw.in <- s }
 
-func (rw *resultWriter) isClosing() bool {
+func (rw *writerShard) isClosing() bool {
 	select {
 	case <-rw.closing:
 		return true
@@ -61,14 +124,14 @@ func (rw *resultWriter) isClosing() bool {
 }
 
 // close flushes what is queued and stops run. Callers must not put after.
-func (rw *resultWriter) close() {
+func (rw *writerShard) close() {
 	rw.once.Do(func() { close(rw.closing) })
 	<-rw.done
 }
 
 // run flushes batches until close; ctx only bounds the retries of a
 // failing backend during shutdown.
-func (rw *resultWriter) run(ctx context.Context) {
+func (rw *writerShard) run(ctx context.Context) {
 	defer close(rw.done)
 	batch := make([]settlement, 0, writerBatch)
 	for {
@@ -93,7 +156,7 @@ func (rw *resultWriter) run(ctx context.Context) {
 }
 
 // collect adds whatever arrives within writerInterval, up to writerBatch.
-func (rw *resultWriter) collect(batch *[]settlement) {
+func (rw *writerShard) collect(batch *[]settlement) {
 	t := time.NewTimer(writerInterval)
 	defer t.Stop()
 	for len(*batch) < writerBatch {
@@ -106,7 +169,7 @@ func (rw *resultWriter) collect(batch *[]settlement) {
 	}
 }
 
-func (rw *resultWriter) flush(ctx context.Context, batch []settlement, final bool) {
+func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool) {
 	w := rw.w
 	if w.cfg.Results != nil {
 		results := make([]*stemtype.TaskResult, 0, len(batch))
@@ -166,7 +229,7 @@ func (rw *resultWriter) flush(ctx context.Context, batch []settlement, final boo
 // retry runs op until it succeeds, the lease is gone (another worker owns
 // the task then), or ctx ends; during the final flush it tries a few times
 // only. The held delivery keeps its lease renewed meanwhile.
-func (rw *resultWriter) retry(ctx context.Context, final bool, what string, op func(context.Context) error) {
+func (rw *writerShard) retry(ctx context.Context, final bool, what string, op func(context.Context) error) {
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
