@@ -47,7 +47,10 @@ type ExitError struct {
 	Err  error
 }
 
+// Error returns the wrapped error's text.
 func (e *ExitError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the wrapped error.
 func (e *ExitError) Unwrap() error { return e.Err }
 
 func exitf(code int, format string, args ...any) error {
