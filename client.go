@@ -106,7 +106,7 @@ func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]str
 		// "started" can never be overwritten by it.
 		pend := make([]*stemtype.TaskResult, len(envs))
 		for i, e := range envs {
-			pend[i] = &stemtype.TaskResult{ID: e.ID, Task: e.Task, Queue: e.Queue, State: stemtype.StatePending, UpdatedAt: now}
+			pend[i] = &stemtype.TaskResult{ID: e.ID, Task: e.Task, Queue: e.Queue, State: stemtype.StatePending, NotBefore: e.NotBefore, UpdatedAt: now}
 		}
 		if err := c.results.Put(ctx, pend...); err != nil {
 			return nil, fmt.Errorf("stem: enqueue: record pending state: %w", err)

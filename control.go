@@ -163,14 +163,29 @@ func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]s
 	return stored, replies, err
 }
 
+// markMargin is how long a revoke must outlive a queued task's due time for
+// Revoke to mark the task cancelled before any worker met it.
+const markMargin = time.Minute
+
 // markCancelled records tasks that have not started as cancelled, so their
 // status shows the revoke before any worker meets them. Tasks already
 // running or finished keep their state: the worker records their outcome.
+// Since cancelled is final, a task is only marked when the revoke outlives
+// its due time (countdown, ETA or retry backoff) by markMargin; otherwise
+// the revoke may expire before a worker meets the task, which then runs,
+// and its status says so when it starts.
 func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRecord, now time.Time) {
 	var out []*stemtype.TaskResult
 	for _, r := range recs {
 		cur, err := c.cfg.Results.Get(ctx, r.TaskID)
 		if err != nil || (cur.State != stemtype.StatePending && cur.State != stemtype.StateRetry) {
+			continue
+		}
+		due := now
+		if cur.NotBefore.After(due) {
+			due = cur.NotBefore
+		}
+		if !r.ExpiresAt.IsZero() && r.ExpiresAt.Before(due.Add(markMargin)) {
 			continue
 		}
 		cur.State = stemtype.StateCancelled

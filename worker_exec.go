@@ -269,7 +269,7 @@ func (w *Worker) finish(j *job, result json.RawMessage, terr *stemtype.TaskError
 		next.Attempt++
 		next.NotBefore = now.Add(delay)
 		res.State = stemtype.StateRetry
-		res.FinishedAt = time.Time{}
+		res.FinishedAt, res.NotBefore = time.Time{}, next.NotBefore
 		w.retried.Add(1)
 		w.log.Info("task failed: retrying", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt,
 			"retry_in", delay, "err", terr.Message)

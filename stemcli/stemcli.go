@@ -24,6 +24,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/stem-go/stem"
@@ -134,22 +135,49 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	if cfg.Demo != nil {
 		root.AddCommand(a.demoCmd())
 	}
-	for _, c := range append([]*cobra.Command{root, worker, task}, root.Commands()...) {
+	for _, group := range []*cobra.Command{root, worker, task} {
+		group.Args = cobra.ArbitraryArgs
+		group.RunE = func(c *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return exitf(ExitUsage, "unknown command %q for %q\nSee '%s --help'.", args[0], c.CommandPath(), c.CommandPath())
+			}
+			return c.Help()
+		}
+	}
+	var strict func(*cobra.Command)
+	strict = func(c *cobra.Command) {
 		if c.Args == nil {
 			c.Args = cobra.NoArgs
 		}
+		for _, sub := range c.Commands() {
+			strict(sub)
+		}
 	}
-	root.Args = cobra.NoArgs
+	strict(root)
 	return root
 }
 
 // Main runs the command tree on args and returns the process exit code,
 // printing the error (if any) on stderr.
+//
+// Main is a program's entry point, so it also routes go-redis's own
+// package-level log lines (dial retries) to the CLI's logger at debug level:
+// the CLI reports connection failures itself, once and clearly.
 func Main(cfg Config, args []string) int {
 	cmd := New(cfg)
+	redis.SetLogger(redisLogger{a: cmd})
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(context.Background())
 	return exitCode(cmd.ErrOrStderr(), err)
+}
+
+// redisLogger shows go-redis's log lines only at STEM_LOG_LEVEL=debug.
+type redisLogger struct{ a *cobra.Command }
+
+func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
+	if strings.EqualFold(os.Getenv("STEM_LOG_LEVEL"), "debug") {
+		fmt.Fprintf(l.a.ErrOrStderr(), "go-redis: "+format+"\n", v...)
+	}
 }
 
 func exitCode(w io.Writer, err error) int {
@@ -170,7 +198,7 @@ func exitCode(w io.Writer, err error) int {
 // isUsage recognises cobra's argument and command errors.
 func isUsage(err error) bool {
 	msg := err.Error()
-	for _, s := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "required flag", "unknown flag", "invalid argument"} {
+	for _, s := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "required flag", "unknown flag", "unknown shorthand flag", "invalid argument"} {
 		if strings.Contains(msg, s) {
 			return true
 		}

@@ -28,6 +28,14 @@ func (f *controlFlags) add(c *cobra.Command) {
 	c.Flags().BoolVar(&f.json, "json", false, "print one JSON document (a list of replies) on stdout")
 }
 
+// check rejects flag values that cannot be meant.
+func (f *controlFlags) check() error {
+	if f.timeout <= 0 {
+		return exitf(ExitUsage, "--timeout must be positive, got %s", f.timeout)
+	}
+	return nil
+}
+
 func (f *controlFlags) target() stem.Target {
 	return stem.Target{Workers: f.workers, Timeout: f.timeout}
 }
@@ -122,6 +130,9 @@ func (a *app) pingCmd() *cobra.Command {
 		Use:   "ping",
 		Short: "Broadcast a control ping and print each worker's reply",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return err
+			}
 			ctl, done, err := a.controller(cmd.Context(), false)
 			if err != nil {
 				return err
@@ -146,6 +157,9 @@ func (a *app) inspectCmd() *cobra.Command {
 		Use:   "inspect",
 		Short: "Show in-flight tasks (and the revoked cache) per worker",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return err
+			}
 			ctl, done, err := a.controller(cmd.Context(), false)
 			if err != nil {
 				return err
@@ -169,6 +183,9 @@ func (a *app) statsCmd() *cobra.Command {
 		Use:   "stats",
 		Short: "Print counters such as inflight count and queue depth per worker",
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return err
+			}
 			ctl, done, err := a.controller(cmd.Context(), false)
 			if err != nil {
 				return err
@@ -199,6 +216,9 @@ cancelled. With --terminate, a running copy is asked to stop at its next
 checkpoint (Heartbeat, ExtendLease, Progress) and ends cancelled. Revokes
 expire after --expires-in (default ` + stem.DefaultRevokeExpiry.String() + `).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := f.check(); err != nil {
+				return err
+			}
 			if len(o.TaskIDs) == 0 {
 				return exitf(ExitUsage, "revoke: at least one --task is required")
 			}
@@ -245,6 +265,12 @@ func (a *app) startCmd() *cobra.Command {
 		Long: `Run a worker until SIGINT or SIGTERM, then shut down warmly: stop claiming,
 let running tasks finish within --shutdown-timeout, release the rest.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if cfg.Concurrency <= 0 || cfg.Prefetch < 0 {
+				return exitf(ExitUsage, "worker start: --concurrency must be positive and --prefetch not negative")
+			}
+			if cfg.Lease <= 0 || cfg.ShutdownTimeout <= 0 || cfg.RevokeSyncInterval <= 0 {
+				return exitf(ExitUsage, "worker start: --lease, --shutdown-timeout and --revoke-sync must be positive")
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			go func() {
@@ -305,7 +331,7 @@ let running tasks finish within --shutdown-timeout, release the rest.`,
 	fl.StringVar(&cfg.ID, "id", "", "worker id (default host-pid-random)")
 	fl.StringArrayVar(&cfg.Queues, "queue", nil, "queue to consume (repeatable; default: the registered tasks' queues)")
 	fl.IntVar(&cfg.Concurrency, "concurrency", 10, "tasks run at once")
-	fl.IntVar(&cfg.Prefetch, "prefetch", 0, "claimed tasks waiting beyond those running (default: concurrency)")
+	fl.IntVar(&cfg.Prefetch, "prefetch", 0, "claimed tasks waiting beyond those running (default: 4 x concurrency)")
 	fl.DurationVar(&cfg.Lease, "lease", 30*time.Second, "lease of claimed tasks, renewed while the worker lives")
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")

@@ -141,10 +141,17 @@ func open(ctx context.Context, rawURL string, opts stemdriver.Options) (*redis.C
 	if err != nil {
 		return nil, nil, err
 	}
-	rdb := redis.NewClient(cfg.redis)
-	if err := rdb.Ping(ctx).Err(); err != nil {
-		_ = rdb.Close()
+	// The first ping dials once and does not retry, so that an unreachable
+	// server is reported at once (the CLI's exit 69) rather than after the
+	// client's dial and command retries; the client then keeps its retries
+	// for transient failures later on.
+	probeOpts := *cfg.redis
+	probeOpts.MaxRetries, probeOpts.DialerRetries = -1, 1
+	probe := redis.NewClient(&probeOpts)
+	err = probe.Ping(ctx).Err()
+	_ = probe.Close()
+	if err != nil {
 		return nil, nil, fmt.Errorf("stem: redis: cannot reach %s (db %d): %w", cfg.addr, cfg.redis.DB, err)
 	}
-	return rdb, cfg, nil
+	return redis.NewClient(cfg.redis), cfg, nil
 }

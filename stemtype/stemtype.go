@@ -133,7 +133,10 @@ type TaskResult struct {
 	// revokedAt for a revoked task.
 	Meta map[string]string `json:"meta,omitempty"`
 	// WorkerID is the worker that last ran the task.
-	WorkerID   string    `json:"workerId,omitempty"`
+	WorkerID string `json:"workerId,omitempty"`
+	// NotBefore is when a pending or retrying task becomes due, for tasks
+	// delayed by a countdown, an ETA or a retry backoff.
+	NotBefore  time.Time `json:"notBefore,omitzero"`
 	StartedAt  time.Time `json:"startedAt,omitzero"`
 	FinishedAt time.Time `json:"finishedAt,omitzero"`
 	UpdatedAt  time.Time `json:"updatedAt"`
