@@ -14,8 +14,9 @@ import (
 
 // DefaultRevokeExpiry is how long a revoke applies when the caller sets no
 // expiry: long enough to outlive any queued copy and retry of a task, short
-// enough that the revoke set stays small. Override per call with
-// RevokeOptions.ExpiresIn.
+// enough that the revoke set stays small. Override it per controller with
+// ControllerConfig.DefaultExpiry (the CLI reads STEM_REVOKE_DEFAULT_EXPIRY)
+// and per call with RevokeOptions.ExpiresIn.
 const DefaultRevokeExpiry = 24 * time.Hour
 
 // ErrStoreUnavailable wraps the error of a revoke that could not be written
@@ -38,6 +39,9 @@ type ControllerConfig struct {
 	// Results, when set, lets Revoke mark revoked tasks that have not
 	// started as cancelled at once.
 	Results stemdriver.ResultBackend
+	// DefaultExpiry is how long a revoke without RevokeOptions.ExpiresIn
+	// applies. Default: DefaultRevokeExpiry.
+	DefaultExpiry time.Duration
 }
 
 // Controller sends control commands to workers and collects their replies:
@@ -53,6 +57,12 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	}
 	if cfg.Namespace == "" {
 		cfg.Namespace = stemtype.DefaultNamespace
+	}
+	if cfg.DefaultExpiry < 0 {
+		return nil, errors.New("stem: ControllerConfig.DefaultExpiry is negative")
+	}
+	if cfg.DefaultExpiry == 0 {
+		cfg.DefaultExpiry = DefaultRevokeExpiry
 	}
 	return &Controller{cfg: cfg}, nil
 }
@@ -111,8 +121,8 @@ type RevokeOptions struct {
 	// KillAfter, with Terminate, kills an isolated task's child process
 	// that has not stopped within this grace period.
 	KillAfter time.Duration
-	// ExpiresIn is how long the revoke applies. Default:
-	// DefaultRevokeExpiry.
+	// ExpiresIn is how long the revoke applies. Default: the controller's
+	// DefaultExpiry.
 	ExpiresIn time.Duration
 	// Reason and RequestedBy are recorded with the revoke and in the
 	// cancelled task's result metadata.
@@ -137,7 +147,7 @@ func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]s
 		return nil, nil, errors.New("stem: revoke: KillAfter needs Terminate")
 	}
 	if o.ExpiresIn == 0 {
-		o.ExpiresIn = DefaultRevokeExpiry
+		o.ExpiresIn = c.cfg.DefaultExpiry
 	}
 	now := time.Now().UTC()
 	base := now.UnixMicro()

@@ -204,3 +204,57 @@ func TestStatsCountersAfterKnownWorkload(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
+
+// A newer revoke of the same task may add --terminate to an earlier one
+// that let the running task go on.
+func TestNewerRevokeAddsTerminate(t *testing.T) {
+	e := newEnv(t)
+	started := make(chan struct{})
+	e.reg.MustAdd(stem.Task{Name: "loop", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		close(started)
+		for {
+			if err := tc.Heartbeat(); err != nil {
+				return nil, err
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}})
+	e.startWorker(stem.WorkerConfig{ID: "w1"})
+	id := e.enqueue("loop", nil, stem.EnqueueOptions{})
+	<-started
+	e.waitState(id, stemtype.StateStarted)
+	ctx := context.Background()
+	target := stem.Target{Workers: []string{"w1"}}
+	if _, r, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}, Reason: "first"}); err != nil || len(r.Replies) != 1 {
+		t.Fatalf("first revoke: %+v %v", r, err)
+	}
+	if r, _ := e.results.Get(ctx, id); r.State != stemtype.StateStarted {
+		t.Fatalf("a revoke without terminate stopped the running task: %+v", r)
+	}
+	if _, _, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, Reason: "second"}); err != nil {
+		t.Fatal(err)
+	}
+	res := e.wait(id)
+	if res.State != stemtype.StateCancelled || res.Meta[stemtype.MetaRevokedReason] != "second" {
+		t.Fatalf("got %+v", res)
+	}
+}
+
+func TestControllerDefaultExpiry(t *testing.T) {
+	e := newEnv(t)
+	c, err := stem.NewController(stem.ControllerConfig{Namespace: e.ns, Control: e.control, Revokes: e.revokes, DefaultExpiry: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	recs, _, err := c.Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond}, stem.RevokeOptions{TaskIDs: []string{"x"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d := recs[0].ExpiresAt.Sub(recs[0].IssuedAt); d != time.Hour {
+		t.Fatalf("expiry %s, want the configured 1h", d)
+	}
+	recs, _, _ = e.controller().Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond}, stem.RevokeOptions{TaskIDs: []string{"y"}})
+	if d := recs[0].ExpiresAt.Sub(recs[0].IssuedAt); d != stem.DefaultRevokeExpiry {
+		t.Fatalf("expiry %s, want DefaultRevokeExpiry", d)
+	}
+}

@@ -40,6 +40,9 @@ func (f *controlFlags) target() stem.Target {
 	return stem.Target{Workers: f.workers, Timeout: f.timeout}
 }
 
+// envRevokeExpiry overrides stem.DefaultRevokeExpiry for the CLI.
+const envRevokeExpiry = "STEM_REVOKE_DEFAULT_EXPIRY"
+
 // controller opens the control transport (and, for revoke, the revoke store
 // and result backend) and returns a Controller and a closer.
 func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controller, func(), error) {
@@ -52,6 +55,13 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 		}
 	}
 	cfg := stem.ControllerConfig{Namespace: opts.Namespace}
+	if v := a.cfg.Getenv(envRevokeExpiry); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return nil, nil, exitf(ExitUsage, "%s=%q: want a positive duration such as 24h", envRevokeExpiry, v)
+		}
+		cfg.DefaultExpiry = d
+	}
 	if withRevokes {
 		store, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
 		if err != nil {
@@ -214,7 +224,7 @@ If the store cannot be written, nothing is published and the exit code is 69.
 A revoked task that has not started never runs: it is acknowledged as
 cancelled. With --terminate, a running copy is asked to stop at its next
 checkpoint (Heartbeat, ExtendLease, Progress) and ends cancelled. Revokes
-expire after --expires-in (default ` + stem.DefaultRevokeExpiry.String() + `).`,
+expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.DefaultRevokeExpiry.String() + `).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
 				return err
@@ -251,7 +261,7 @@ expire after --expires-in (default ` + stem.DefaultRevokeExpiry.String() + `).`,
 	fl.StringArrayVar(&o.TaskIDs, "task", nil, "task id to revoke (repeatable, required)")
 	fl.BoolVar(&o.Terminate, "terminate", false, "ask running copies to stop at their next checkpoint")
 	fl.DurationVar(&o.KillAfter, "kill-after", 0, "with --terminate: kill an isolated task's child process that has not stopped after this long")
-	fl.DurationVar(&o.ExpiresIn, "expires-in", 0, "how long the revoke applies (default "+stem.DefaultRevokeExpiry.String()+")")
+	fl.DurationVar(&o.ExpiresIn, "expires-in", 0, "how long the revoke applies (default $STEM_REVOKE_DEFAULT_EXPIRY, else "+stem.DefaultRevokeExpiry.String()+")")
 	fl.StringVar(&o.Reason, "reason", "", "why, recorded with the revoke and the cancelled task")
 	fl.StringVar(&o.RequestedBy, "requester", "stem-cli", "who, recorded with the revoke and the cancelled task")
 	return c
