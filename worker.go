@@ -409,6 +409,12 @@ func (w *Worker) extend(ctx context.Context, j *job, d time.Duration) error {
 		j.leaseUntil = time.Now().Add(d)
 		w.mu.Unlock()
 	case errors.Is(err, stemdriver.ErrLeaseLost):
+		w.mu.Lock()
+		settled := w.held[j.d.Receipt] != j
+		w.mu.Unlock()
+		if settled {
+			return nil // acknowledged meanwhile: nothing was lost
+		}
 		if j.lost.CompareAndSwap(false, true) {
 			w.log.Warn("lease lost: another worker may run this task", "task_id", j.taskID())
 			if c := j.cancelFunc(); c != nil {
