@@ -134,11 +134,14 @@ func sendErr(err error) error {
 	return err
 }
 
-func (a *app) pingCmd() *cobra.Command {
-	var f controlFlags
+// queryCmd builds a control command that sends one query to workers and
+// renders their replies: ping, inspect and stats.
+func (a *app) queryCmd(use, short string, f *controlFlags,
+	send func(*stem.Controller, context.Context, stem.Target) (*stem.Replies, error),
+	render func(*stem.Replies)) *cobra.Command {
 	c := &cobra.Command{
-		Use:   "ping",
-		Short: "Broadcast a control ping and print each worker's reply",
+		Use:   use,
+		Short: short,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
 				return err
@@ -148,68 +151,42 @@ func (a *app) pingCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			start := time.Now()
-			r, err := ctl.Ping(cmd.Context(), f.target())
+			r, err := send(ctl, cmd.Context(), f.target())
 			if err != nil {
 				return sendErr(err)
 			}
-			return a.finish(&f, r, func(r *stem.Replies) { renderPing(a.out, r, start) })
+			return a.finish(f, r, render)
 		},
 	}
 	f.add(c)
 	return c
 }
 
-func (a *app) inspectCmd() *cobra.Command {
-	var f controlFlags
-	var withRevoked bool
-	c := &cobra.Command{
-		Use:   "inspect",
-		Short: "Show in-flight tasks (and the revoked cache) per worker",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			ctl, done, err := a.controller(cmd.Context(), false)
-			if err != nil {
-				return err
-			}
-			defer done()
-			r, err := ctl.Inspect(cmd.Context(), f.target(), withRevoked)
-			if err != nil {
-				return sendErr(err)
-			}
-			return a.finish(&f, r, func(r *stem.Replies) { renderInspect(a.out, r, withRevoked) })
+func (a *app) pingCmd() *cobra.Command {
+	var start time.Time
+	return a.queryCmd("ping", "Broadcast a control ping and print each worker's reply", &controlFlags{},
+		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
+			start = time.Now()
+			return ctl.Ping(ctx, t)
 		},
-	}
-	f.add(c)
+		func(r *stem.Replies) { renderPing(a.out, r, start) })
+}
+
+func (a *app) inspectCmd() *cobra.Command {
+	var withRevoked bool
+	c := a.queryCmd("inspect", "Show in-flight tasks (and the revoked cache) per worker", &controlFlags{},
+		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
+			return ctl.Inspect(ctx, t, withRevoked)
+		},
+		func(r *stem.Replies) { renderInspect(a.out, r, withRevoked) })
 	c.Flags().BoolVar(&withRevoked, "include-revoked", true, "include each worker's revoked cache")
 	return c
 }
 
 func (a *app) statsCmd() *cobra.Command {
-	var f controlFlags
-	c := &cobra.Command{
-		Use:   "stats",
-		Short: "Print counters such as inflight count and queue depth per worker",
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := f.check(); err != nil {
-				return err
-			}
-			ctl, done, err := a.controller(cmd.Context(), false)
-			if err != nil {
-				return err
-			}
-			defer done()
-			r, err := ctl.Stats(cmd.Context(), f.target())
-			if err != nil {
-				return sendErr(err)
-			}
-			return a.finish(&f, r, func(r *stem.Replies) { renderStats(a.out, r) })
-		},
-	}
-	f.add(c)
-	return c
+	return a.queryCmd("stats", "Print counters such as inflight count and queue depth per worker", &controlFlags{},
+		(*stem.Controller).Stats,
+		func(r *stem.Replies) { renderStats(a.out, r) })
 }
 
 func (a *app) revokeCmd() *cobra.Command {
