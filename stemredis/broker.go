@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"strconv"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -41,11 +40,9 @@ const (
 // Broker is a stemdriver.Broker on Redis Streams. It is safe for concurrent
 // use. See the package documentation for its key layout and limits.
 type Broker struct {
-	rdb    *redis.Client
-	ns     string
-	addr   string
-	blk    *blocker
-	closed atomic.Bool
+	conn
+	ns  string
+	blk *blocker
 
 	// maxBlock caps one XREAD BLOCK of Claim (tests raise it).
 	maxBlock time.Duration
@@ -66,30 +63,13 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 		return nil, err
 	}
 	return &Broker{
-		rdb:       rdb,
+		conn:      conn{rdb: rdb, addr: cfg.addr, role: "broker"},
 		ns:        cfg.namespace,
-		addr:      cfg.addr,
 		blk:       newBlocker(rdb),
 		maxBlock:  maxBlock,
 		lastKeep:  make(map[string]time.Time),
 		lastSweep: make(map[string]time.Time),
 	}, nil
-}
-
-// errorf wraps err with what failed, naming the server; it turns errors of
-// a closed client into stemdriver.ErrClosed.
-func (b *Broker) errorf(err error, format string, args ...any) error {
-	if b.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-		err = stemdriver.ErrClosed
-	}
-	return fmt.Errorf("stem: redis broker at %s: %s: %w", b.addr, fmt.Sprintf(format, args...), err)
-}
-
-func (b *Broker) checkOpen() error {
-	if b.closed.Load() {
-		return fmt.Errorf("stem: redis broker at %s: %w", b.addr, stemdriver.ErrClosed)
-	}
-	return nil
 }
 
 // microsCeil returns t in whole microseconds since the epoch, rounded up so

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -32,12 +31,10 @@ const (
 // sorted set of liveness deadlines beside a hash of worker info. It is safe
 // for concurrent use.
 type Control struct {
-	rdb    *redis.Client
-	ns     string
-	addr   string
-	log    *slog.Logger
-	blk    *blocker
-	closed atomic.Bool
+	conn
+	ns  string
+	log *slog.Logger
+	blk *blocker
 
 	// maxBlock caps one XREAD BLOCK of Replies (tests raise it).
 	maxBlock time.Duration
@@ -57,28 +54,13 @@ func OpenControl(ctx context.Context, url string, opts stemdriver.Options) (*Con
 		return nil, err
 	}
 	return &Control{
-		rdb:      rdb,
+		conn:     conn{rdb: rdb, addr: cfg.addr, role: "control"},
 		ns:       cfg.namespace,
-		addr:     cfg.addr,
 		log:      cfg.logger,
 		blk:      newBlocker(rdb),
 		maxBlock: maxBlock,
 		subs:     make(map[*subscription]struct{}),
 	}, nil
-}
-
-func (c *Control) errorf(err error, format string, args ...any) error {
-	if c.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-		err = stemdriver.ErrClosed
-	}
-	return fmt.Errorf("stem: redis control at %s: %s: %w", c.addr, fmt.Sprintf(format, args...), err)
-}
-
-func (c *Control) checkOpen() error {
-	if c.closed.Load() {
-		return fmt.Errorf("stem: redis control at %s: %w", c.addr, stemdriver.ErrClosed)
-	}
-	return nil
 }
 
 // Publish sends msg to every subscriber of the namespace (no targets, or

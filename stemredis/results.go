@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,11 +20,9 @@ const resultChunk = 1000
 // holding the result's JSON, written with a single SET ... EX (the key
 // expires after the retention TTL). It is safe for concurrent use.
 type Results struct {
-	rdb    *redis.Client
-	ns     string
-	addr   string
-	ttl    time.Duration
-	closed atomic.Bool
+	conn
+	ns  string
+	ttl time.Duration
 }
 
 var _ stemdriver.ResultBackend = (*Results)(nil)
@@ -39,22 +36,15 @@ func OpenResults(ctx context.Context, url string, opts stemdriver.Options) (*Res
 	if err != nil {
 		return nil, err
 	}
-	return &Results{rdb: rdb, ns: cfg.namespace, addr: cfg.addr, ttl: cfg.resultTTL}, nil
-}
-
-func (r *Results) errorf(err error, format string, args ...any) error {
-	if r.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-		err = stemdriver.ErrClosed
-	}
-	return fmt.Errorf("stem: redis results at %s: %s: %w", r.addr, fmt.Sprintf(format, args...), err)
+	return &Results{conn: conn{rdb: rdb, addr: cfg.addr, role: "results"}, ns: cfg.namespace, ttl: cfg.resultTTL}, nil
 }
 
 // Put writes results, replacing each stored one whole and restarting its
 // retention TTL. Results are written in order in pipelines of up to 1000,
 // one round trip each; results for one id are applied in the order given.
 func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) error {
-	if r.closed.Load() {
-		return fmt.Errorf("stem: redis results at %s: %w", r.addr, stemdriver.ErrClosed)
+	if err := r.checkOpen(); err != nil {
+		return err
 	}
 	if len(results) == 0 {
 		return nil
@@ -92,8 +82,8 @@ func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) erro
 // Get returns the stored result of task id, or an error matching
 // stemdriver.ErrNotFound when there is none (or it expired).
 func (r *Results) Get(ctx context.Context, id string) (*stemtype.TaskResult, error) {
-	if r.closed.Load() {
-		return nil, fmt.Errorf("stem: redis results at %s: %w", r.addr, stemdriver.ErrClosed)
+	if err := r.checkOpen(); err != nil {
+		return nil, err
 	}
 	raw, err := r.rdb.Get(ctx, resultKey(r.ns, id)).Bytes()
 	if errors.Is(err, redis.Nil) {

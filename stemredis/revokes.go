@@ -3,11 +3,9 @@ package stemredis
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"strconv"
-	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -31,10 +29,8 @@ const (
 // connections and hosts converge on the highest version. It is safe for
 // concurrent use.
 type Revokes struct {
-	rdb    *redis.Client
-	addr   string
-	log    *slog.Logger
-	closed atomic.Bool
+	conn
+	log *slog.Logger
 }
 
 var _ stemdriver.RevokeStore = (*Revokes)(nil)
@@ -47,21 +43,7 @@ func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Rev
 	if err != nil {
 		return nil, err
 	}
-	return &Revokes{rdb: rdb, addr: cfg.addr, log: cfg.logger}, nil
-}
-
-func (s *Revokes) errorf(err error, format string, args ...any) error {
-	if s.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
-		err = stemdriver.ErrClosed
-	}
-	return fmt.Errorf("stem: redis revokes at %s: %s: %w", s.addr, fmt.Sprintf(format, args...), err)
-}
-
-func (s *Revokes) checkOpen() error {
-	if s.closed.Load() {
-		return fmt.Errorf("stem: redis revokes at %s: %w", s.addr, stemdriver.ErrClosed)
-	}
-	return nil
+	return &Revokes{conn: conn{rdb: rdb, addr: cfg.addr, role: "revokes"}, log: cfg.logger}, nil
 }
 
 // Upsert stores each record whose version is higher than the stored one's
