@@ -46,16 +46,23 @@ func (w *Worker) syncRevokes(ctx context.Context, prune bool) error {
 // resyncRevokes re-reads the revoke store periodically, so that a worker
 // that missed a control message still honours every revoke.
 func (w *Worker) resyncRevokes(ctx context.Context) {
-	t := time.NewTicker(w.cfg.RevokeSyncInterval)
+	every(ctx, w.cfg.RevokeSyncInterval, func() {
+		if err := w.syncRevokes(ctx, true); err != nil && ctx.Err() == nil {
+			w.log.Error("revoke re-sync failed; keeping the cached set", "err", err)
+		}
+	})
+}
+
+// every calls fn every d until ctx ends.
+func every(ctx context.Context, d time.Duration, fn func()) {
+	t := time.NewTicker(d)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			if err := w.syncRevokes(ctx, true); err != nil && ctx.Err() == nil {
-				w.log.Error("revoke re-sync failed; keeping the cached set", "err", err)
-			}
+			fn()
 		}
 	}
 }
@@ -296,14 +303,5 @@ func (w *Worker) announce(ctx context.Context) {
 }
 
 func (w *Worker) presence(ctx context.Context) {
-	t := time.NewTicker(w.cfg.PresenceInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			w.announce(ctx)
-		}
-	}
+	every(ctx, w.cfg.PresenceInterval, func() { w.announce(ctx) })
 }
