@@ -71,6 +71,35 @@ func NoRetry(err error) error {
 	return &noRetryError{err: err}
 }
 
+// IsNoRetry reports whether err (or an error it wraps) was marked by
+// NoRetry.
+func IsNoRetry(err error) bool {
+	var nr *noRetryError
+	return errors.As(err, &nr)
+}
+
+// RetryDelay returns the delay of the RetryAfter mark in err's chain.
+func RetryDelay(err error) (time.Duration, bool) {
+	var ra *retryAfterError
+	if errors.As(err, &ra) {
+		return ra.delay, true
+	}
+	return 0, false
+}
+
+// PanicError is a handler panic recovered by the worker (or reported by an
+// isolated task's child process). The worker records it as a failed attempt
+// of kind "panic".
+type PanicError struct {
+	// Value is what the handler panicked with.
+	Value any
+	// Stack is the panicking goroutine's stack, when known.
+	Stack []byte
+}
+
+// Error describes the panic.
+func (e *PanicError) Error() string { return fmt.Sprintf("stem: task panicked: %v", e.Value) }
+
 // retryAfterError asks for a retry after a given delay.
 type retryAfterError struct {
 	err   error

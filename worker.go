@@ -45,8 +45,10 @@ type WorkerConfig struct {
 	// Control carries control commands (ping, inspect, stats, revoke);
 	// optional.
 	Control stemdriver.ControlTransport
-	// Executor runs tasks registered with an isolated entrypoint. Without
-	// one such tasks fail with a clear error.
+	// Executor runs tasks registered with an isolated entrypoint (see
+	// isolated.Pool). Without one such tasks fail with a clear error. An
+	// executor's own shutdown grace should be shorter than ShutdownTimeout,
+	// so that a task cancelled at shutdown ends before it is released.
 	Executor Executor
 	// Lease is how long a claimed task stays invisible to other workers
 	// between renewals. The worker renews leases of every task it holds,

@@ -172,7 +172,7 @@ func (w *Worker) process(parent context.Context, j *job) {
 		w.finish(j, raw, nil, false, 0)
 	default:
 		kind := "handler"
-		var pe *panicError
+		var pe *PanicError
 		switch {
 		case errors.As(err, &pe):
 			kind = "panic"
@@ -180,30 +180,17 @@ func (w *Worker) process(parent context.Context, j *job) {
 			kind = "time_limit"
 			err = fmt.Errorf("%w (%s)", ErrTimeLimit, task.Options.TimeLimit)
 		}
-		var delay time.Duration
-		var ra *retryAfterError
-		if errors.As(err, &ra) {
-			delay = ra.delay
-		}
-		var nr *noRetryError
-		w.finish(j, nil, &stemtype.TaskError{Kind: kind, Message: err.Error()}, !errors.As(err, &nr), delay)
+		delay, _ := RetryDelay(err)
+		w.finish(j, nil, &stemtype.TaskError{Kind: kind, Message: err.Error()}, !IsNoRetry(err), delay)
 	}
 }
-
-// panicError is a recovered handler panic.
-type panicError struct {
-	value any
-	stack []byte
-}
-
-func (e *panicError) Error() string { return fmt.Sprintf("stem: task panicked: %v", e.value) }
 
 // invoke runs the handler, turning a panic into an error.
 func (w *Worker) invoke(tc *TaskContext, task *Task, env *stemtype.Envelope, j *job) (result any, err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			pe := &panicError{value: v, stack: debug.Stack()}
-			tc.Logger().Error("task panicked", "panic", fmt.Sprint(v), "stack", string(pe.stack))
+			pe := &PanicError{Value: v, Stack: debug.Stack()}
+			tc.Logger().Error("task panicked", "panic", fmt.Sprint(v), "stack", string(pe.Stack))
 			result, err = nil, pe
 		}
 	}()
@@ -225,6 +212,9 @@ func encodeResult(v any) (json.RawMessage, error) {
 	case nil:
 		return nil, nil
 	case json.RawMessage:
+		if len(r) == 0 {
+			return nil, nil
+		}
 		if !json.Valid(r) {
 			return nil, errors.New("stem: task returned a json.RawMessage that is not valid JSON")
 		}

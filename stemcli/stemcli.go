@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
@@ -75,7 +76,10 @@ type Config struct {
 	// its tasks into a registry of its own with this function.
 	Demo func(*stem.Registry) error
 	// Executor, when set, builds the executor `worker start` gives its
-	// worker for isolated tasks, and the function that stops it.
+	// worker for isolated tasks, and the function that stops it. Default:
+	// when the registry has isolated tasks, an isolated.Pool of
+	// --concurrency child processes of this binary (Main serves their
+	// role).
 	Executor func(reg *stem.Registry) (stem.Executor, func(), error)
 }
 
@@ -164,6 +168,10 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 // package-level log lines (dial retries) to the CLI's logger at debug level:
 // the CLI reports connection failures itself, once and clearly.
 func Main(cfg Config, args []string) int {
+	// A child process of an isolated.Pool serves its tasks and exits here,
+	// before any command runs: the program builds cfg.Registry the same way
+	// in both roles.
+	isolated.ServeIfChild(cfg.Registry)
 	cmd := New(cfg)
 	redis.SetLogger(redisLogger{a: cmd})
 	cmd.SetArgs(args)

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -303,6 +304,16 @@ let running tasks finish within --shutdown-timeout, release the rest.`,
 				}
 				defer stopEx()
 				cfg.Executor = ex
+			} else if len(isolated.TaskNames(a.cfg.Registry)) > 0 {
+				// Tasks cancelled by the shutdown get half its grace period
+				// to return before their children are killed.
+				pool, err := isolated.NewPool(isolated.PoolConfig{Registry: a.cfg.Registry, Size: cfg.Concurrency,
+					Logger: opts.Logger, ShutdownGrace: cfg.ShutdownTimeout / 2})
+				if err != nil {
+					return err
+				}
+				defer pool.Close() // runs after w.Run returned
+				cfg.Executor = pool
 			}
 			w, err := stem.NewWorker(cfg)
 			if err != nil {

@@ -1,10 +1,13 @@
 // Command stem enqueues tasks, runs workers and controls them live. It
-// registers the demo tasks (demo.echo, demo.sleep, demo.fail, demo.flaky), so
-// everything can be tried without writing Go; programs with their own tasks
-// embed the same commands with package stemcli.
+// registers the demo tasks (demo.echo, demo.sleep, demo.fail, demo.flaky,
+// and demo.sleep-isolated, demo.spin-isolated and demo.crash-isolated,
+// which run in child processes of the worker), so everything can be tried
+// without writing Go; programs with their own tasks embed the same commands
+// with package stemcli.
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 
@@ -13,11 +16,18 @@ import (
 	"github.com/stem-go/stem/stemcli"
 )
 
+// register adds every demo task to reg. It runs in the worker and, for
+// the isolated tasks, in the worker's child processes: stemcli.Main serves
+// the child role with the same registry.
+func register(reg *stem.Registry) error {
+	return errors.Join(demotasks.Register(reg), demotasks.RegisterIsolated(reg))
+}
+
 func main() {
 	reg := stem.NewRegistry()
-	if err := demotasks.Register(reg); err != nil {
+	if err := register(reg); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	os.Exit(stemcli.Main(stemcli.Config{Registry: reg, Demo: demotasks.Register}, os.Args[1:]))
+	os.Exit(stemcli.Main(stemcli.Config{Registry: reg, Demo: register}, os.Args[1:]))
 }
