@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
@@ -26,7 +27,8 @@ func (a *app) demoCmd() *cobra.Command {
 		Long: `Run a producer, two workers and the control plane in this process on the
 embedded default (` + stemurl.DefaultURL + `, no server needed), and narrate what happens:
 tasks enqueued, run, retried, failed and succeeded; then ping, inspect and stats;
-a queued task revoked (it never runs) and a running one terminated.`,
+a queued task revoked (it never runs), a running one terminated at its next
+heartbeat, and a runaway isolated one killed with --kill-after.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return a.demo(cmd.Context())
 		},
@@ -68,9 +70,21 @@ func (a *app) demo(ctx context.Context) error {
 	var wg sync.WaitGroup
 	var runErr error
 	var errMu sync.Mutex
+	hasIsolated := len(isolated.TaskNames(reg)) > 0
 	for _, id := range []string{"demo-worker-1", "demo-worker-2"} {
+		var exec stem.Executor
+		if hasIsolated {
+			// Isolated tasks run in child processes of this binary.
+			pool, err := isolated.NewPool(isolated.PoolConfig{Registry: reg, Size: 2, Logger: opts.Logger, ShutdownGrace: time.Second})
+			if err != nil {
+				stopWorkers()
+				return err
+			}
+			defer pool.Close()
+			exec = pool
+		}
 		w, err := stem.NewWorker(stem.WorkerConfig{ID: id, Namespace: opts.Namespace, Registry: reg, Concurrency: 2,
-			Broker: broker, Results: results, Revokes: revokes, Control: control, Logger: opts.Logger,
+			Broker: broker, Results: results, Revokes: revokes, Control: control, Logger: opts.Logger, Executor: exec,
 			ClaimWait: 100 * time.Millisecond, ShutdownTimeout: 2 * time.Second})
 		if err != nil {
 			stopWorkers()
@@ -125,11 +139,19 @@ func (a *app) demo(ctx context.Context) error {
 	}
 
 	// Part 2: the control plane.
-	fmt.Fprintln(a.out, "\n2. The control plane. A long task runs, another waits in the queue:")
+	fmt.Fprintln(a.out, "\n2. The control plane. Long tasks run, another waits in the queue:")
 	longID, _ := client.Enqueue(ctx, "demo.sleep", map[string]float64{"seconds": 30, "heartbeat": 0.05}, stem.EnqueueOptions{})
 	queuedID, _ := client.Enqueue(ctx, "demo.echo", map[string]string{"never": "runs"}, stem.EnqueueOptions{Countdown: 800 * time.Millisecond})
 	fmt.Fprintf(a.out, "   %s  demo.sleep {\"seconds\":30}   (running)\n", short(longID))
 	fmt.Fprintf(a.out, "   %s  demo.echo, countdown 0.8s   (queued)\n", short(queuedID))
+	var spinID string
+	if hasIsolated {
+		spinID, _ = client.Enqueue(ctx, "demo.spin-isolated", map[string]float64{"seconds": 30}, stem.EnqueueOptions{})
+		fmt.Fprintf(a.out, "   %s  demo.spin-isolated {\"seconds\":30}: burns CPU in a child process, never checkpoints\n", short(spinID))
+		if err := d.until(ctx, spinID, func(r *stemtype.TaskResult) bool { return r.State == stemtype.StateStarted }); err != nil {
+			return err
+		}
+	}
 	if err := d.until(ctx, longID, func(r *stemtype.TaskResult) bool { return r.Progress != nil }); err != nil {
 		return err
 	}
@@ -173,6 +195,19 @@ func (a *app) demo(ctx context.Context) error {
 		return err
 	}
 	fmt.Fprintf(a.out, "   the running task stopped %s after the revoke, at its next heartbeat\n", time.Since(revokedAt).Round(time.Millisecond))
+	if spinID != "" {
+		fmt.Fprintf(a.out, "\n$ stem worker revoke --terminate --kill-after 300ms --task %s --reason \"runaway\"\n", short(spinID))
+		killAt := time.Now()
+		recs, r, err = ctl.Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{spinID}, Terminate: true, KillAfter: 300 * time.Millisecond, Reason: "runaway", RequestedBy: "demo"})
+		if err != nil {
+			return err
+		}
+		renderRevoke(indent(a.out), recs, r)
+		if err := d.until(ctx, spinID, func(r *stemtype.TaskResult) bool { return r.State.Final() }); err != nil {
+			return err
+		}
+		fmt.Fprintf(a.out, "   the spinning task ignored the request; its child process was killed %s after the revoke\n", time.Since(killAt).Round(time.Millisecond))
+	}
 	// The queued task reaches its countdown; the worker that claims it
 	// acknowledges it as cancelled without running it.
 	time.Sleep(time.Until(revokedAt.Add(900 * time.Millisecond)))
@@ -180,7 +215,11 @@ func (a *app) demo(ctx context.Context) error {
 	fmt.Fprintln(a.out, "\n3. Final states:")
 	tw = tabwriter.NewWriter(a.out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "   ID\tTASK\tSTATE\tATTEMPT\tDETAIL")
-	for _, id := range append(ids, longID, queuedID) {
+	final := append(ids, longID, queuedID)
+	if spinID != "" {
+		final = append(final, spinID)
+	}
+	for _, id := range final {
 		res, err := results.Get(ctx, id)
 		if err != nil {
 			return err
