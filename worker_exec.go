@@ -159,6 +159,11 @@ func (w *Worker) process(parent context.Context, j *job) {
 		// Another worker holds the task now; it records the outcome.
 		w.settle(j, nil, settleNone, nil, "")
 	case errors.As(cause, &rev):
+		// A later revoke of the same task (adding --kill-after, say) may
+		// carry a newer reason; the result records the latest.
+		if rec, ok := w.revokes.Lookup(env.ID, time.Now()); ok {
+			rev = revokedError(rec)
+		}
 		w.finishRevoked(j, rev)
 	case err != nil && errors.Is(cause, ErrWorkerShutdown):
 		w.log.Info("task interrupted by shutdown: released", "task_id", env.ID)

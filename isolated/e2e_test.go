@@ -363,9 +363,10 @@ func TestE2ESpinKillAfter(t *testing.T) {
 		t.Errorf("child %d died on --terminate alone", spinner)
 	}
 
-	d.stem("worker", "revoke", "--task", id, "--terminate", "--kill-after", "500ms")
-	if s := d.waitFinal(id); s.State != "cancelled" || s.Meta["revokedBy"] != "stem-cli" {
-		t.Errorf("final status = %+v, want cancelled by the revoke", s)
+	d.stem("worker", "revoke", "--task", id, "--terminate", "--kill-after", "500ms", "--reason", "runaway")
+	// The result carries the latest revoke's reason.
+	if s := d.waitFinal(id); s.State != "cancelled" || s.Meta["revokedBy"] != "stem-cli" || s.Meta["revokedReason"] != "runaway" {
+		t.Errorf("final status = %+v, want cancelled by the second revoke", s)
 	}
 	d.eventually("the killed child to be gone", func() bool { return !alive(spinner) })
 
