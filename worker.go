@@ -304,6 +304,17 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 			Lease:    w.cfg.Lease,
 			Wait:     w.cfg.ClaimWait,
 		})
+		// Deliveries returned beside an error are leased all the same: they
+		// are run (or, once stopping, released), never dropped.
+		now := time.Now()
+		for _, d := range ds {
+			j := &job{d: d, env: d.Envelope, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
+			w.outstanding.Add(1)
+			w.mu.Lock()
+			w.held[d.Receipt] = j
+			w.mu.Unlock()
+			ready <- j // never blocks: ready holds limit jobs
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				// A claim cut short may have leased messages we never saw;
@@ -318,15 +329,6 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 			continue
 		}
 		backoff = 100 * time.Millisecond
-		now := time.Now()
-		for _, d := range ds {
-			j := &job{d: d, env: d.Envelope, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
-			w.outstanding.Add(1)
-			w.mu.Lock()
-			w.held[d.Receipt] = j
-			w.mu.Unlock()
-			ready <- j // never blocks: ready holds limit jobs
-		}
 	}
 }
 

@@ -88,7 +88,10 @@ type ClaimRequest struct {
 //   - Claim returns between 0 and Max ready messages leased to the consumer,
 //     blocking up to Wait (or until ctx ends) when none is ready; returning
 //     fewer than Max, or none, is normal. Messages whose lease expired are
-//     ready again and are re-claimed with their envelope unchanged.
+//     ready again and are re-claimed with their envelope unchanged. When
+//     Claim returns deliveries together with an error (one of several
+//     queues failed), the deliveries are leased all the same and the caller
+//     handles them.
 //   - A message leaves the broker only by Ack, Retry or DeadLetter.
 //   - ExtendLease pushes the lease deadline to now+lease; it returns
 //     ErrLeaseLost when the caller no longer holds the message.

@@ -20,10 +20,12 @@ import (
 // blocker sends CLIENT UNBLOCK for that id on another connection. The
 // blocked command then returns as if it had timed out, and its connection
 // is healthy and reused: a cancelled wait neither leaks nor poisons the
-// pool. The blocker keeps the dedicated connections between calls; they
-// count against the client's pool size.
+// pool. The dedicated connections come from a client of the blocker's own
+// (same options, a pool of its own), so waiting never takes connections
+// from the role's client: scripts and CLIENT UNBLOCK always find one.
 type blocker struct {
-	rdb *redis.Client
+	rdb *redis.Client // the role's client, for CLIENT UNBLOCK
+	own *redis.Client // where the dedicated connections come from
 
 	mu     sync.Mutex
 	idle   []*blockConn
@@ -39,8 +41,14 @@ type blockConn struct {
 }
 
 func newBlocker(rdb *redis.Client) *blocker {
-	return &blocker{rdb: rdb, active: make(map[*blockConn]struct{})}
+	opts := *rdb.Options()
+	opts.PoolSize = blockerPoolSize
+	opts.MinIdleConns = 0
+	return &blocker{rdb: rdb, own: redis.NewClient(&opts), active: make(map[*blockConn]struct{})}
 }
+
+// blockerPoolSize bounds the blocking waits of one role at once.
+const blockerPoolSize = 64
 
 // errBlockerClosed is returned by do once close was called.
 var errBlockerClosed = errors.New("stem: redis: blocking reader closed")
@@ -62,7 +70,7 @@ func (b *blocker) get(ctx context.Context) (*blockConn, error) {
 	}
 	b.mu.Unlock()
 
-	conn := b.rdb.Conn()
+	conn := b.own.Conn()
 	id, err := conn.ClientID(ctx).Result()
 	if err != nil {
 		_ = conn.Close()
@@ -174,6 +182,7 @@ func (b *blocker) close() {
 		t.Reset(2 * time.Millisecond)
 		select {
 		case <-done:
+			_ = b.own.Close()
 			return
 		case <-t.C:
 		}

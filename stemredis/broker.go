@@ -63,7 +63,7 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 		return nil, err
 	}
 	return &Broker{
-		conn:      conn{rdb: rdb, addr: cfg.addr, role: "broker"},
+		conn:      conn{rdb: rdb, addr: cfg.addr, role: "broker", log: cfg.logger},
 		ns:        cfg.namespace,
 		blk:       newBlocker(rdb),
 		maxBlock:  maxBlock,
@@ -75,9 +75,8 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 // microsCeil returns t in whole microseconds since the epoch, rounded up so
 // that a message is never due before its NotBefore.
 func microsCeil(t time.Time) int64 {
-	ns := t.UnixNano()
-	us := ns / 1000
-	if ns%1000 > 0 {
+	us := t.UnixMicro() // unlike UnixNano, exact far beyond the year 2262
+	if t.Nanosecond()%1000 > 0 {
 		us++
 	}
 	return us
@@ -187,6 +186,7 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 		out  []stemdriver.Delivery
 		wait = claimWait{due: -1}
 		ids  []string
+		errs []error
 	)
 	leaseUS := req.Lease.Microseconds()
 	if leaseUS < 1 {
@@ -203,11 +203,14 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 			[]string{k.stream, k.leases, k.delayed},
 			group, req.Consumer, remaining, leaseUS, flag(keep), flag(sweep), consumerIdle.Milliseconds(),
 		).Slice()
-		if err != nil {
-			return out, wait, b.errorf(err, "claim from queue %q", q)
+		if err == nil && (len(res) < 2 || len(res)%2 != 0) {
+			err = fmt.Errorf("unexpected reply of %d elements", len(res))
 		}
-		if len(res) < 2 || len(res)%2 != 0 {
-			return out, wait, b.errorf(fmt.Errorf("unexpected reply of %d elements", len(res)), "claim from queue %q", q)
+		if err != nil {
+			// One failing queue must not hold back the others: go on, and
+			// report the failure only if nothing was leased.
+			errs = append(errs, b.errorf(err, "claim from queue %q", q))
+			continue
 		}
 		for i := 2; i < len(res); i += 2 {
 			id, _ := res[i].(string)
@@ -227,6 +230,12 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 		}
 	}
 	wait.streams = append(wait.streams, ids...)
+	if len(errs) > 0 {
+		if len(out) == 0 {
+			return nil, wait, errors.Join(errs...)
+		}
+		b.log.Warn("claim: some queues failed; returning the messages leased from the others", "err", errors.Join(errs...))
+	}
 	return out, wait, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -17,6 +18,7 @@ type conn struct {
 	rdb    *redis.Client
 	addr   string
 	role   string // "broker", "results", "revokes" or "control", for messages
+	log    *slog.Logger
 	closed atomic.Bool
 }
 

@@ -33,7 +33,6 @@ const (
 type Control struct {
 	conn
 	ns  string
-	log *slog.Logger
 	blk *blocker
 
 	// maxBlock caps one XREAD BLOCK of Replies (tests raise it).
@@ -54,9 +53,8 @@ func OpenControl(ctx context.Context, url string, opts stemdriver.Options) (*Con
 		return nil, err
 	}
 	return &Control{
-		conn:     conn{rdb: rdb, addr: cfg.addr, role: "control"},
+		conn:     conn{rdb: rdb, addr: cfg.addr, role: "control", log: cfg.logger},
 		ns:       cfg.namespace,
-		log:      cfg.logger,
 		blk:      newBlocker(rdb),
 		maxBlock: maxBlock,
 		subs:     make(map[*subscription]struct{}),

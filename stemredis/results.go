@@ -36,7 +36,7 @@ func OpenResults(ctx context.Context, url string, opts stemdriver.Options) (*Res
 	if err != nil {
 		return nil, err
 	}
-	return &Results{conn: conn{rdb: rdb, addr: cfg.addr, role: "results"}, ns: cfg.namespace, ttl: cfg.resultTTL}, nil
+	return &Results{conn: conn{rdb: rdb, addr: cfg.addr, role: "results", log: cfg.logger}, ns: cfg.namespace, ttl: cfg.resultTTL}, nil
 }
 
 // Put writes results, replacing each stored one whole and restarting its

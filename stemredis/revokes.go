@@ -30,7 +30,6 @@ const (
 // concurrent use.
 type Revokes struct {
 	conn
-	log *slog.Logger
 }
 
 var _ stemdriver.RevokeStore = (*Revokes)(nil)
@@ -43,7 +42,7 @@ func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Rev
 	if err != nil {
 		return nil, err
 	}
-	return &Revokes{conn: conn{rdb: rdb, addr: cfg.addr, role: "revokes"}, log: cfg.logger}, nil
+	return &Revokes{conn: conn{rdb: rdb, addr: cfg.addr, role: "revokes", log: cfg.logger}}, nil
 }
 
 // Upsert stores each record whose version is higher than the stored one's

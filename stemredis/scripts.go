@@ -146,13 +146,16 @@ local function upkeep()
   local moved = 0
   local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', snow, 'LIMIT', 0, 1000)
   for _, id in ipairs(expired) do
+    -- The copy is appended before the original is removed, so a failure
+    -- part way (scripts are not rolled back) can duplicate a message but
+    -- never lose one.
     local e = redis.call('XRANGE', stream, id, id)
-    redis.call('XACK', stream, grp, id)
     if #e > 0 then
+      redis.call('XADD', stream, '*', 'msg', entry_msg(e[1][2]))
       redis.call('XDEL', stream, id)
-      redis.call('XADD', stream, '*', unpack(e[1][2]))
       moved = moved + 1
     end
+    redis.call('XACK', stream, grp, id)
   end
   if #expired > 0 then redis.call('ZREM', leases, unpack(expired)) end
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', snow, 'LIMIT', 0, 1000)
@@ -267,17 +270,18 @@ return lost
 // KEYS[1] stream, KEYS[2] leases
 // ARGV[1] group, ARGV[2...] stream ids
 // Returns the ids that were not leased.
-var releaseScript = newScript(`
+var releaseScript = newScript(luaPrelude + `
 local lost = {}
 for i = 2, #ARGV do
   local id = ARGV[i]
-  if redis.call('ZREM', KEYS[2], id) == 1 then
+  if redis.call('ZSCORE', KEYS[2], id) then
     local e = redis.call('XRANGE', KEYS[1], id, id)
-    redis.call('XACK', KEYS[1], ARGV[1], id)
     if #e > 0 then
+      redis.call('XADD', KEYS[1], '*', 'msg', entry_msg(e[1][2]))
       redis.call('XDEL', KEYS[1], id)
-      redis.call('XADD', KEYS[1], '*', unpack(e[1][2]))
     end
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    redis.call('ZREM', KEYS[2], id)
   else
     lost[#lost + 1] = id
   end

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net/url"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -50,15 +51,16 @@ const (
 func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		// A *url.Error repeats the whole URL, password included: keep only
-		// the reason.
-		var ue *url.Error
-		if errors.As(err, &ue) {
-			err = ue.Err
-		}
-		return nil, fmt.Errorf("stem: redis: invalid URL: %w", err)
+		// The parser's reasons quote parts of the URL, and a password with
+		// an unencoded '/', '?' or '#' ends up in them: say nothing of it.
+		return nil, errors.New("stem: redis: invalid URL (percent-encode '/', '?', '#' and '@' in user names and passwords)")
 	}
-	shown := u.Redacted()
+	shown := shownURL(u)
+	if strings.ContainsAny(u.Path+u.RawQuery+u.Fragment, "@") {
+		// userinfo parsed into the path or query: part of a password is
+		// where Redacted does not look.
+		return nil, fmt.Errorf("stem: redis: URL %s: invalid (percent-encode '/', '?', '#' and '@' in user names and passwords)", shown)
+	}
 	if u.Scheme != "redis" && u.Scheme != "rediss" {
 		return nil, fmt.Errorf("stem: redis: URL %s: scheme must be redis or rediss", shown)
 	}
@@ -104,7 +106,12 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	u.RawQuery = q.Encode()
 	ro, err := redis.ParseURL(u.String())
 	if err != nil {
-		return nil, fmt.Errorf("stem: redis: URL %s: %w", shown, err)
+		// go-redis's reasons quote parts of the URL, which may hold a
+		// password; only its list of unknown option names is safe to show.
+		if strings.Contains(err.Error(), "unexpected option") {
+			return nil, fmt.Errorf("stem: redis: URL %s: %w", shown, err)
+		}
+		return nil, fmt.Errorf("stem: redis: URL %s: invalid database number or option value", shown)
 	}
 	cfg.redis = ro
 	cfg.addr = ro.Addr
@@ -133,6 +140,19 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 		}
 	}
 	return cfg, nil
+}
+
+// shownURL describes u for messages: scheme, host and database, never the
+// user name, password or query.
+func shownURL(u *url.URL) string {
+	host := u.Hostname()
+	if p := u.Port(); p != "" {
+		host += ":" + p
+	}
+	if strings.Contains(u.Path, "@") {
+		return u.Scheme + "://" + "(not shown)"
+	}
+	return u.Scheme + "://" + host + u.Path
 }
 
 // open parses rawURL, connects and pings the server.
