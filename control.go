@@ -132,7 +132,8 @@ type RevokeOptions struct {
 // Revoke writes one record per task to the revoke store and, only once that
 // succeeded, publishes them to workers. A store failure returns an error
 // matching ErrStoreUnavailable and publishes nothing. Tasks with a result
-// backend entry that has not started are marked cancelled at once.
+// backend entry that has not started are then marked cancelled, as soon as
+// the replies are in.
 func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]stemtype.RevokeRecord, *Replies, error) {
 	if c.cfg.Revokes == nil {
 		return nil, nil, errors.New("stem: revoke needs a revoke store")
@@ -166,10 +167,12 @@ func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]s
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	}
-	if c.cfg.Results != nil {
+	replies, err := c.Send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: stored})
+	// Marked only once the workers that answered hold the revoke, so that
+	// none of them starts the task after it reads cancelled.
+	if err == nil && c.cfg.Results != nil {
 		c.markCancelled(ctx, stored, now)
 	}
-	replies, err := c.Send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: stored})
 	return stored, replies, err
 }
 
@@ -202,6 +205,11 @@ func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRe
 		cur.Error = &stemtype.TaskError{Kind: "revoked", Message: revokedError(r).Error()}
 		cur.Meta = RevokedMeta(r.Reason, r.RequestedBy, r.IssuedAt)
 		cur.UpdatedAt, cur.FinishedAt = now, now
+		if cp, ok := c.cfg.Results.(stemdriver.ConditionalPutter); ok {
+			// Atomic: a state a worker recorded since the read wins.
+			_, _ = cp.PutIfState(ctx, cur, stemtype.StatePending, stemtype.StateRetry)
+			continue
+		}
 		out = append(out, cur)
 	}
 	if len(out) > 0 {
@@ -266,6 +274,9 @@ func (c *Controller) Send(ctx context.Context, t Target, typ string, payload any
 	})
 	if err != nil && cctx.Err() == nil {
 		return out, fmt.Errorf("%w: collect replies: %w", ErrBrokerUnavailable, err)
+	}
+	if err := ctx.Err(); err != nil {
+		return out, err // the caller gave up: not the same as a timeout
 	}
 	for _, id := range t.Workers {
 		if !seen[id] {

@@ -134,7 +134,7 @@ type Worker struct {
 	writer  *resultWriter
 
 	mu   sync.Mutex
-	held map[string]*job // by receipt: every delivery claimed and not yet settled
+	held map[string]*job // by heldKey: every delivery claimed and not yet forgotten
 
 	outstanding atomic.Int64  // claimed deliveries whose handler has not finished
 	space       chan struct{} // signalled when outstanding drops
@@ -163,8 +163,9 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 	return w, nil
 }
 
-// Ready is closed once Run has loaded the revoke set, subscribed to control
-// commands and started claiming.
+// Ready is closed once Run has subscribed to control commands, loaded the
+// revoke set and started claiming. It is never closed when Run fails before
+// that.
 func (w *Worker) Ready() <-chan struct{} { return w.ready }
 
 // ID returns the worker's id.
@@ -185,11 +186,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopBG()
 
-	if w.cfg.Revokes != nil {
-		if err := w.syncRevokes(ctx, true); err != nil {
-			return fmt.Errorf("stem: worker %s: load revokes: %w", w.cfg.ID, err)
-		}
-	}
+	// Subscribe before loading the revoke set, so that a revoke stored and
+	// published in between is not missed: it waits in the subscription
+	// until the control loop starts.
 	var sub stemdriver.ControlSubscription
 	if w.cfg.Control != nil {
 		var err error
@@ -197,11 +196,22 @@ func (w *Worker) Run(ctx context.Context) error {
 			return fmt.Errorf("stem: worker %s: subscribe to control: %w", w.cfg.ID, err)
 		}
 		defer sub.Close()
+	}
+	if w.cfg.Revokes != nil {
+		if err := w.syncRevokes(ctx, true); err != nil {
+			return fmt.Errorf("stem: worker %s: load revokes: %w", w.cfg.ID, err)
+		}
+	}
+	if sub != nil {
 		w.announce(ctx)
 	}
 
 	var aux sync.WaitGroup // helpers that stop with bg
-	aux.Go(func() { w.writer.run(bg) })
+	// The writer's own context ends when its final grace period does, so
+	// that no retry outlives the shutdown.
+	writerCtx, stopWriter := context.WithCancel(bg)
+	defer stopWriter()
+	aux.Go(func() { w.writer.run(writerCtx) })
 	aux.Go(func() { w.renewLeases(bg) })
 	if sub != nil {
 		aux.Go(func() { w.serveControl(bg, sub) })
@@ -240,6 +250,17 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker shutting down", "inflight", w.inflightCount())
 	w.stopping.Store(true)
 	<-fetchDone
+	// Claimed tasks that have not started go back at once, even while
+	// every runner is busy with a long task.
+	for drained := false; !drained; {
+		select {
+		case j := <-ready:
+			w.settle(j, nil, settleRelease, nil, "")
+			w.handlerDone()
+		default:
+			drained = true
+		}
+	}
 	close(ready)
 
 	runnersDone := make(chan struct{})
@@ -263,7 +284,12 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.releaseAll()
 		}
 	}
-	w.writer.close()
+	// The last results and acknowledgements get one more grace period;
+	// what cannot be settled by then is left to lease expiry.
+	finalCtx, cancelFinal := context.WithTimeout(writerCtx, w.cfg.ShutdownTimeout)
+	context.AfterFunc(finalCtx, stopWriter)
+	w.writer.close(finalCtx)
+	cancelFinal()
 	stopBG()
 	aux.Wait()
 	if w.cfg.Control != nil {
@@ -311,7 +337,7 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 			j := &job{d: d, env: d.Envelope, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
 			w.outstanding.Add(1)
 			w.mu.Lock()
-			w.held[d.Receipt] = j
+			w.held[heldKey(d)] = j
 			w.mu.Unlock()
 			ready <- j // never blocks: ready holds limit jobs
 		}
@@ -331,6 +357,9 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		backoff = 100 * time.Millisecond
 	}
 }
+
+// heldKey identifies a claimed delivery: receipts are unique per queue only.
+func heldKey(d stemdriver.Delivery) string { return d.Queue + "\x00" + d.Receipt }
 
 // handlerDone frees a slot for the fetcher.
 func (w *Worker) handlerDone() {
@@ -357,9 +386,12 @@ func (w *Worker) inflightCount() int {
 func (w *Worker) releaseAll() {
 	w.mu.Lock()
 	ds := make([]stemdriver.Delivery, 0, len(w.held))
-	for r, j := range w.held {
+	for k, j := range w.held {
+		if j.settling {
+			continue // finished: its outcome is in the result writer
+		}
 		ds = append(ds, j.d)
-		delete(w.held, r)
+		delete(w.held, k)
 	}
 	w.mu.Unlock()
 	if len(ds) == 0 {
@@ -414,15 +446,17 @@ func (w *Worker) extend(ctx context.Context, j *job, d time.Duration) error {
 		w.mu.Unlock()
 	case errors.Is(err, stemdriver.ErrLeaseLost):
 		w.mu.Lock()
-		settled := w.held[j.d.Receipt] != j
-		w.mu.Unlock()
-		if settled {
-			return nil // acknowledged meanwhile: nothing was lost
+		if j.settling || w.held[heldKey(j.d)] != j {
+			w.mu.Unlock()
+			return nil // settled meanwhile: nothing was lost
 		}
-		if j.lost.CompareAndSwap(false, true) {
+		first := !j.lost.Swap(true)
+		cancel := j.cancel
+		w.mu.Unlock()
+		if first {
 			w.log.Warn("lease lost: another worker may run this task", "task_id", j.taskID())
-			if c := j.cancelFunc(); c != nil {
-				c(ErrLeaseLost)
+			if cancel != nil {
+				cancel(ErrLeaseLost)
 			}
 		}
 	case ctx.Err() == nil:

@@ -89,10 +89,10 @@ func (w *Worker) enforceTerminates(now time.Time) []string {
 			j.cancel(revokedError(rec))
 		}
 		if j.kill != nil && rec.KillAfterMs > 0 && j.killAfterMs != rec.KillAfterMs {
-			j.killAfterMs = rec.KillAfterMs
 			select {
 			case j.kill <- time.Duration(rec.KillAfterMs) * time.Millisecond:
-			default:
+				j.killAfterMs = rec.KillAfterMs
+			default: // the executor is behind: the next sync or command retries
 			}
 		}
 	}

@@ -43,6 +43,7 @@ type job struct {
 	isolated    bool
 	kill        chan time.Duration
 	killAfterMs int64 // the grace period last relayed on kill
+	settling    bool  // the outcome went to the result writer
 
 	lastHeartbeat atomic.Int64 // unix nanos
 	progress      atomic.Pointer[stemtype.Progress]
@@ -58,8 +59,6 @@ func (j *job) taskID() string {
 	return ""
 }
 
-func (j *job) cancelFunc() context.CancelCauseFunc { return j.cancel }
-
 // signals implements TaskSignals for an inline task.
 type signals struct {
 	w *Worker
@@ -73,7 +72,9 @@ func (s signals) Heartbeat() error {
 
 func (s signals) ExtendLease(d time.Duration) error {
 	s.j.lastHeartbeat.Store(time.Now().UnixNano())
-	if err := s.w.extend(context.Background(), s.j, d); err != nil {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := s.w.extend(ctx, s.j, d); err != nil {
 		return fmt.Errorf("stem: extend lease of task %s: %w", s.j.taskID(), err)
 	}
 	return nil
@@ -84,7 +85,10 @@ func (s signals) Progress(pct float64, data json.RawMessage) error {
 	s.j.lastHeartbeat.Store(now.UnixNano())
 	p := &stemtype.Progress{Percent: pct, Data: data, At: now}
 	s.j.progress.Store(p)
-	if s.j.base != nil {
+	s.w.mu.Lock()
+	settled := s.j.settling
+	s.w.mu.Unlock()
+	if s.j.base != nil && !settled { // a late call must not follow the final state
 		r := *s.j.base
 		r.Progress = p
 		r.UpdatedAt = now
@@ -123,6 +127,13 @@ func (w *Worker) process(parent context.Context, j *job) {
 		j.kill = make(chan time.Duration, 4)
 	}
 	w.mu.Unlock()
+	if j.lost.Load() {
+		// The lease lapsed while the task waited in prefetch and another
+		// worker owns it now: running it would race that worker's outcome.
+		w.log.Warn("lease lost before the task started: skipped", "task_id", env.ID)
+		w.settle(j, nil, settleNone, nil, "")
+		return
+	}
 	// Checked after marking the job running: a revoke applied from now on
 	// finds the job running and signals it; one applied before is seen here.
 	if rec, ok := w.revokes.Lookup(env.ID, now); ok {
@@ -340,7 +351,7 @@ func (w *Worker) deadLetter(j *job) {
 // and then acknowledges, retries, releases or dead-letters the delivery.
 func (w *Worker) settle(j *job, res *stemtype.TaskResult, op settleOp, next *stemtype.Envelope, reason string) {
 	w.mu.Lock()
-	j.running = false
+	j.running, j.settling = false, true
 	w.mu.Unlock()
 	w.writer.settle(settlement{job: j, res: res, op: op, next: next, reason: reason})
 }
@@ -348,8 +359,8 @@ func (w *Worker) settle(j *job, res *stemtype.TaskResult, op settleOp, next *ste
 // forget drops a settled job from the held set.
 func (w *Worker) forget(j *job) {
 	w.mu.Lock()
-	if w.held[j.d.Receipt] == j {
-		delete(w.held, j.d.Receipt)
+	if k := heldKey(j.d); w.held[k] == j {
+		delete(w.held, k)
 	}
 	w.mu.Unlock()
 }

@@ -79,8 +79,11 @@ func (rw *resultWriter) run(ctx context.Context) {
 	wg.Wait()
 }
 
-// close flushes every shard and stops run.
-func (rw *resultWriter) close() {
+// close flushes every shard and stops run; ctx bounds the final flush.
+func (rw *resultWriter) close(ctx context.Context) {
+	for _, sh := range rw.shards {
+		sh.finalCtx = ctx
+	}
 	for _, sh := range rw.shards {
 		sh.close()
 	}
@@ -88,6 +91,10 @@ func (rw *resultWriter) close() {
 
 // writerShard is one of the resultWriter's independent writers.
 type writerShard struct {
+	// finalCtx bounds the flushes after close; set before closing is
+	// closed, read after.
+	finalCtx context.Context
+
 	w       *Worker
 	in      chan settlement
 	closing chan struct{}
@@ -139,12 +146,16 @@ func (rw *writerShard) run(ctx context.Context) {
 		case s := <-rw.in:
 			batch = append(batch[:0], s)
 		case <-rw.closing:
+			fctx := rw.finalCtx
+			if fctx == nil {
+				fctx = ctx
+			}
 			for {
 				select {
 				case s := <-rw.in:
 					batch = append(batch[:0], s)
 					rw.collect(&batch)
-					rw.flush(ctx, batch, true)
+					rw.flush(fctx, batch, true)
 				default:
 					return
 				}
@@ -186,10 +197,19 @@ func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool
 			last[s.res.ID] = len(results)
 			results = append(results, s.res)
 		}
-		if len(results) > 0 {
-			rw.retry(ctx, final, "write results", func(ctx context.Context) error {
-				return w.cfg.Results.Put(ctx, results...)
-			})
+		if len(results) > 0 && !rw.retry(ctx, final, "write results", func(ctx context.Context) error {
+			return w.cfg.Results.Put(ctx, results...)
+		}) {
+			// Never acknowledge an outcome that was not recorded: the
+			// deliveries are left to their leases, which lapse once they
+			// are forgotten, and the tasks run again elsewhere.
+			w.log.Error("results not written: leaving the batch's tasks to lease expiry", "tasks", len(results))
+			for _, s := range batch {
+				if s.job != nil {
+					w.forget(s.job)
+				}
+			}
+			return
 		}
 	}
 	var acks, releases []stemdriver.Delivery
@@ -228,27 +248,28 @@ func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool
 
 // retry runs op until it succeeds, the lease is gone (another worker owns
 // the task then), or ctx ends; during the final flush it tries a few times
-// only. The held delivery keeps its lease renewed meanwhile.
-func (rw *writerShard) retry(ctx context.Context, final bool, what string, op func(context.Context) error) {
+// only. The held delivery keeps its lease renewed meanwhile. It reports
+// whether op succeeded (a lost lease counts: nothing is left to do).
+func (rw *writerShard) retry(ctx context.Context, final bool, what string, op func(context.Context) error) bool {
 	backoff := 50 * time.Millisecond
 	for attempt := 1; ; attempt++ {
 		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := op(octx)
 		cancel()
 		if err == nil {
-			return
+			return true
 		}
 		if errors.Is(err, stemdriver.ErrLeaseLost) {
 			rw.w.log.Warn(what+": lease lost, another worker owns the task now", "err", err)
-			return
+			return true
 		}
 		if ctx.Err() != nil || ((final || rw.isClosing()) && attempt >= 3) {
-			rw.w.log.Error(what+": giving up; the lease will expire and the task run again", "err", err)
-			return
+			rw.w.log.Error(what+": giving up", "err", err)
+			return false
 		}
 		rw.w.log.Error(what+" failed: retrying", "err", err, "retry_in", backoff)
 		if !sleepCtx(ctx, backoff) {
-			return
+			return false
 		}
 		backoff = min(backoff*2, 5*time.Second)
 	}

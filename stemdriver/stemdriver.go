@@ -128,6 +128,18 @@ type ResultBackend interface {
 	Close() error
 }
 
+// ConditionalPutter is implemented by result backends that can replace a
+// stored result only while its state is one of a given set, atomically. The
+// controller uses it to mark a revoked task cancelled without overwriting a
+// state a worker recorded meanwhile.
+//
+// Contract: PutIfState stores r (as Put would) only when a result with r's
+// id is stored and its state is one of states, in one atomic step, and
+// reports whether it stored r.
+type ConditionalPutter interface {
+	PutIfState(ctx context.Context, r *stemtype.TaskResult, states ...stemtype.State) (bool, error)
+}
+
 // RevokeStore keeps revoke records durably.
 //
 // Contract:

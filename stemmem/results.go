@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 
 	"github.com/stem-go/stem/stemdriver"
@@ -53,6 +54,38 @@ func (r *results) Put(ctx context.Context, rs ...*stemtype.TaskResult) error {
 		r.space.byID[res.ID] = raws[i]
 	}
 	return nil
+}
+
+// PutIfState stores res only while the stored result of its id is in one
+// of states; it implements stemdriver.ConditionalPutter.
+func (r *results) PutIfState(ctx context.Context, res *stemtype.TaskResult, states ...stemtype.State) (bool, error) {
+	if isClosed(r.closed) {
+		return false, fmt.Errorf("stem: memory results put: %w", stemdriver.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if res == nil || res.ID == "" {
+		return false, errors.New("stem: memory results put: result is nil or has no id")
+	}
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return false, fmt.Errorf("stem: memory results put: encode result %s: %w", res.ID, err)
+	}
+	r.space.mu.Lock()
+	defer r.space.mu.Unlock()
+	cur, ok := r.space.byID[res.ID]
+	if !ok {
+		return false, nil
+	}
+	var stored struct {
+		State stemtype.State `json:"state"`
+	}
+	if err := json.Unmarshal(cur, &stored); err != nil || !slices.Contains(states, stored.State) {
+		return false, nil
+	}
+	r.space.byID[res.ID] = raw
+	return true, nil
 }
 
 // Get returns a copy of the stored result of id, or an error matching

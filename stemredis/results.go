@@ -79,6 +79,32 @@ func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) erro
 	return nil
 }
 
+// PutIfState stores res only while the stored result of its id is in one
+// of states, atomically (a Lua script); it implements
+// stemdriver.ConditionalPutter.
+func (r *Results) PutIfState(ctx context.Context, res *stemtype.TaskResult, states ...stemtype.State) (bool, error) {
+	if err := r.checkOpen(); err != nil {
+		return false, err
+	}
+	if res == nil || res.ID == "" {
+		return false, errors.New("stem: redis results: put: result is nil or has no id")
+	}
+	raw, err := json.Marshal(res)
+	if err != nil {
+		return false, fmt.Errorf("stem: redis results: put: encode result %s: %w", res.ID, err)
+	}
+	args := make([]any, 0, 2+len(states))
+	args = append(args, raw, r.ttl.Milliseconds())
+	for _, st := range states {
+		args = append(args, string(st))
+	}
+	n, err := putIfStateScript.run(ctx, r.rdb, []string{resultKey(r.ns, res.ID)}, args...).Int64()
+	if err != nil {
+		return false, r.errorf(err, "conditional put of result %s", res.ID)
+	}
+	return n == 1, nil
+}
+
 // Get returns the stored result of task id, or an error matching
 // stemdriver.ErrNotFound when there is none (or it expired).
 func (r *Results) Get(ctx context.Context, id string) (*stemtype.TaskResult, error) {

@@ -433,3 +433,29 @@ for i = 1, #live, 500 do
 end
 return out
 `)
+
+// putIfStateScript replaces a stored result only while its state is one of
+// the given states.
+//
+// KEYS[1] result key
+// ARGV[1] the new result JSON, ARGV[2] TTL in ms (0: none), ARGV[3...]
+// the states that may be replaced.
+// Returns 1 when it stored the result, 0 otherwise.
+var putIfStateScript = newScript(`
+local cur = redis.call('GET', KEYS[1])
+if not cur then return 0 end
+local ok, doc = pcall(cjson.decode, cur)
+if not ok or type(doc) ~= 'table' then return 0 end
+local state = doc['state']
+for i = 3, #ARGV do
+  if state == ARGV[i] then
+    if tonumber(ARGV[2]) > 0 then
+      redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    else
+      redis.call('SET', KEYS[1], ARGV[1])
+    end
+    return 1
+  end
+end
+return 0
+`)

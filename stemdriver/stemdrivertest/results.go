@@ -50,6 +50,43 @@ func RunResults(t *testing.T, open func(t *testing.T, namespace string) stemdriv
 		assertEqual(t, "stored result after changing a Get's", normResult(again), normResult(want))
 	})
 
+	run("PutIfStateIsConditional", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rb := open(t, ns)
+		cp, ok := rb.(stemdriver.ConditionalPutter)
+		if !ok {
+			t.Skip("the backend does not implement stemdriver.ConditionalPutter")
+		}
+		at := now()
+		cancelled := &stemtype.TaskResult{ID: "r-1", Task: "t", State: stemtype.StateCancelled, UpdatedAt: at}
+		if stored, err := cp.PutIfState(ctx, cancelled, stemtype.StatePending); err != nil || stored {
+			t.Fatalf("PutIfState of a missing result = (%v, %v), want (false, nil)", stored, err)
+		}
+		if _, err := rb.Get(ctx, "r-1"); !errors.Is(err, stemdriver.ErrNotFound) {
+			t.Fatalf("PutIfState stored a result that was missing: %v", err)
+		}
+		started := &stemtype.TaskResult{ID: "r-1", Task: "t", State: stemtype.StateStarted, UpdatedAt: at}
+		if err := rb.Put(ctx, started); err != nil {
+			t.Fatal(err)
+		}
+		if stored, err := cp.PutIfState(ctx, cancelled, stemtype.StatePending, stemtype.StateRetry); err != nil || stored {
+			t.Fatalf("PutIfState over a started result = (%v, %v), want (false, nil)", stored, err)
+		}
+		if got, _ := open(t, ns).Get(ctx, "r-1"); got == nil || got.State != stemtype.StateStarted {
+			t.Fatalf("a started result was replaced: %+v", got)
+		}
+		pending := &stemtype.TaskResult{ID: "r-1", Task: "t", State: stemtype.StatePending, UpdatedAt: at}
+		if err := rb.Put(ctx, pending); err != nil {
+			t.Fatal(err)
+		}
+		if stored, err := cp.PutIfState(ctx, cancelled, stemtype.StatePending, stemtype.StateRetry); err != nil || !stored {
+			t.Fatalf("PutIfState over a pending result = (%v, %v), want (true, nil)", stored, err)
+		}
+		if got, _ := open(t, ns).Get(ctx, "r-1"); got == nil || got.State != stemtype.StateCancelled {
+			t.Fatalf("after PutIfState: %+v, want cancelled", got)
+		}
+	})
+
 	run("MissingIsErrNotFound", func(t *testing.T, ns string) {
 		ctx := testContext(t)
 		got, err := open(t, ns).Get(ctx, "missing")
