@@ -81,8 +81,17 @@
 //     (appendonly yes) loses every message, lease and revoke on restart, and
 //     with appendfsync everysec the last second of them. Nothing a client
 //     does can make up for that; run brokers on a persistent Redis.
-//   - Each Claim blocked at the same time holds a connection of its own
-//     (counted in the pool size) for as long as the Broker lives.
+//   - Each Claim blocked at the same time holds a dedicated connection,
+//     from a pool of its own (up to 64 waits at once per Broker or
+//     Control), kept between waits. A server `timeout` setting closes idle
+//     ones; the next wait then fails once and the caller retries. The
+//     CLIENT ID and CLIENT UNBLOCK commands must be allowed by the user's
+//     ACL.
+//   - go-redis retries a command whose reply was lost (max_retries, 3 by
+//     default). A replayed claim script leases the next messages too, and
+//     the first batch waits for its lease to expire before another worker
+//     gets it; a replayed publish stores a message twice. Neither loses a
+//     message; set max_retries=-1 in the URL to turn replays off.
 //   - Delayed messages and expired leases are only moved by claims: a
 //     queue nobody claims from keeps them where they are (Depth still
 //     counts them).
@@ -96,9 +105,12 @@
 //   - Entries written to a stream by something else than stem are
 //     delivered with DecodeErr set (Raw is the "msg" field, or all fields
 //     as a JSON array when there is none).
-//   - A Claim over several queues blocks with one multi-key XREAD, which
-//     Redis Cluster refuses unless the queues share a slot; this package
-//     opens single-node clients only.
+//   - Redis Cluster is not supported yet: this package opens single-node
+//     clients only, although every script keeps to one hash slot. A Claim
+//     over several queues blocks with one multi-key XREAD, which Cluster
+//     refuses unless the queues share a slot.
+//   - Claiming from a queue creates its stream and group, so a mistyped
+//     queue name leaves empty keys behind.
 //   - Consumers of the group that hold nothing and were idle ten minutes
 //     are deleted, at most once a minute per queue and broker.
 //
