@@ -18,8 +18,10 @@ func (w *Worker) syncRevokes(ctx context.Context, prune bool) error {
 	store := w.cfg.Revokes
 	now := time.Now()
 	if prune {
+		// Pruning is housekeeping: a store this worker cannot write (a
+		// read-only revoke file) must not keep it from reading revokes.
 		if n, err := store.Prune(ctx, w.cfg.Namespace, now); err != nil {
-			return fmt.Errorf("prune expired revokes: %w", err)
+			w.log.Warn("prune expired revokes", "err", err)
 		} else if n > 0 {
 			w.log.Info("pruned expired revokes", "count", n)
 		}

@@ -306,3 +306,40 @@ func TestSameReceiptInTwoQueues(t *testing.T) {
 		t.Fatalf("runs a=%d b=%d, want 1 each", runs["a"].Load(), runs["b"].Load())
 	}
 }
+
+// readOnlyRevokes cannot prune (a revoke file in a directory the worker
+// cannot write) but reads fine.
+type readOnlyRevokes struct{ stemdriver.RevokeStore }
+
+func (readOnlyRevokes) Prune(context.Context, string, time.Time) (int, error) {
+	return 0, errors.New("read-only directory")
+}
+
+// A worker whose revoke store cannot be pruned still starts and honours
+// the revokes it reads.
+func TestWorkerStartsWhenRevokesCannotBePruned(t *testing.T) {
+	e := newEnv(t)
+	var ran atomic.Int32
+	e.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+		ran.Add(1)
+		return nil, nil
+	}})
+	id := e.enqueue("victim", nil, stem.EnqueueOptions{})
+	if _, _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond},
+		stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+		t.Fatal(err)
+	}
+	e.startWorker(stem.WorkerConfig{Revokes: readOnlyRevokes{e.revokes}})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		if n, _ := e.broker.Depth(context.Background(), "default"); n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the task never left the queue")
+		}
+	}
+	e.waitNotRunning(t)
+	if r := e.wait(id); ran.Load() != 0 || r.State != stemtype.StateCancelled {
+		t.Fatalf("ran %d time(s), result %+v", ran.Load(), r)
+	}
+}

@@ -25,6 +25,13 @@ func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, e
 		return 0, nil
 	}
 	dir := filepath.Dir(r.path)
+	// Under the exclusive lock no other compaction runs: temporary files
+	// left here are orphans of a process killed mid-compaction.
+	if orphans, _ := filepath.Glob(r.path + ".compact-*"); len(orphans) > 0 {
+		for _, o := range orphans {
+			os.Remove(o)
+		}
+	}
 	tmp, err := os.CreateTemp(dir, filepath.Base(r.path)+".compact-*")
 	if err != nil {
 		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
@@ -68,6 +75,17 @@ func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, e
 	}
 	if err := tmp.Chmod(v.fi.Mode().Perm()); err != nil {
 		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
+	// The new file keeps the old one's owner, so that whoever could append
+	// before still can (the CLI may run as another user than the workers).
+	cur, err := v.f.Stat() // fresh: the owner may have changed since the view's
+	if err != nil {
+		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
+	if uid, gid, ok := fileOwner(cur); ok {
+		if err := tmp.Chown(uid, gid); err != nil {
+			return 0, fmt.Errorf("stem: compact revoke file %s: cannot keep its owner %d:%d, compaction skipped: %w", r.path, uid, gid, err)
+		}
 	}
 	if err := tmp.Sync(); err != nil {
 		return 0, fmt.Errorf("stem: compact revoke file: fsync %s: %w", tmp.Name(), err)

@@ -52,3 +52,12 @@ func funlock(f *os.File) error {
 
 // lockSupported reports whether this platform has flock.
 const lockSupported = true
+
+// fileOwner returns the owner of fi's file.
+func fileOwner(fi os.FileInfo) (uid, gid int, ok bool) {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return 0, 0, false
+	}
+	return int(st.Uid), int(st.Gid), true
+}

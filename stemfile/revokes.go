@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
@@ -91,6 +92,13 @@ func OpenRevokes(path string, opts stemdriver.Options) (*Revokes, error) {
 	}
 	if path == "" {
 		return nil, errors.New("stem: revoke file path is empty")
+	}
+	// Resolve symlinks, so that every user of one file shares its lock
+	// and compaction replaces the file, not a link to it.
+	if resolved, err := filepath.EvalSymlinks(path); err == nil {
+		path = resolved
+	} else if d, derr := filepath.EvalSymlinks(filepath.Dir(path)); derr == nil {
+		path = filepath.Join(d, filepath.Base(path))
 	}
 	dir := filepath.Dir(path)
 	switch st, err := os.Stat(dir); {
@@ -284,9 +292,16 @@ func (r *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (i
 	if v.f == nil || expired == 0 && v.lines == v.live && v.tailLen == 0 {
 		return 0, nil
 	}
-	return r.compact(func(rec stemtype.RevokeRecord) bool {
+	n, err := r.compact(func(rec stemtype.RevokeRecord) bool {
 		return rec.Namespace == namespace && rec.Expired(now)
 	})
+	if err != nil && expired == 0 {
+		// Only tidying was due (superseded lines): a reader that cannot
+		// write the directory must not fail for it.
+		r.log.Warn("stem: revoke file not compacted", "path", r.path, "err", err)
+		return 0, nil
+	}
+	return n, err
 }
 
 // Close releases the handle's files. Later calls return
@@ -386,13 +401,27 @@ func (r *Revokes) append(b []byte) error {
 			return fmt.Errorf("stem: append to revoke file %s: %w", r.path, err)
 		}
 	}
-	if _, err := f.Write(b); err != nil {
+	// A failed write or fsync must leave no part of b behind: the caller
+	// reports failure and publishes nothing, so no record may apply.
+	before, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
 		f.Close()
-		return fmt.Errorf("stem: append to revoke file: %w", err)
+		return fmt.Errorf("stem: append to revoke file %s: %w", r.path, err)
+	}
+	undo := func(cause error) error {
+		if terr := f.Truncate(before); terr != nil {
+			f.Close()
+			return fmt.Errorf("%w (and undoing the partial write failed, some records may be stored: %v)", cause, terr)
+		}
+		_ = f.Sync()
+		f.Close()
+		return cause
+	}
+	if _, err := f.Write(b); err != nil {
+		return undo(fmt.Errorf("stem: append to revoke file: %w", err))
 	}
 	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("stem: fsync revoke file: %w", err)
+		return undo(fmt.Errorf("stem: fsync revoke file: %w", err))
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("stem: close revoke file: %w", err)

@@ -134,7 +134,16 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 		}
 		return stemfile.OpenRevokes(path, opts)
 	case "":
-		if raw != "" && !strings.Contains(raw, ":") {
+		switch {
+		case strings.HasPrefix(strings.ToLower(raw), "file:"):
+			path, err := stemfile.PathFromURL(raw)
+			if err != nil {
+				return nil, err
+			}
+			return stemfile.OpenRevokes(path, opts)
+		case strings.HasPrefix(raw, "/"), strings.HasPrefix(raw, "."), raw != "" && !strings.Contains(raw, ":"):
+			// A bare path; one with a colon must start with / or . so
+			// that a mistyped URL is not taken for a file name.
 			return stemfile.OpenRevokes(raw, opts)
 		}
 	}

@@ -85,3 +85,25 @@ func TestRedact(t *testing.T) {
 		t.Fatalf("Redact = %s", got)
 	}
 }
+
+func TestRevokeFileURLForms(t *testing.T) {
+	r := stemurl.New()
+	ctx := context.Background()
+	dir := t.TempDir()
+	for _, u := range []string{
+		"file://" + dir + "/a.ndjson",
+		"file:" + dir + "/b.ndjson",
+		dir + "/c:d.ndjson",
+		dir + "/e.ndjson",
+	} {
+		s, err := r.OpenRevokes(ctx, u, stemdriver.Options{})
+		if err != nil {
+			t.Errorf("OpenRevokes(%q): %v", u, err)
+			continue
+		}
+		s.Close()
+	}
+	if _, err := r.OpenRevokes(ctx, "redis:6379", stemdriver.Options{}); err == nil {
+		t.Error("a mistyped URL was taken for a file name")
+	}
+}

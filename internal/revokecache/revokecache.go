@@ -169,18 +169,9 @@ func (c *Cache) apply(now time.Time, r stemtype.RevokeRecord) outcome {
 	}
 	e := pack(r)
 	// Clone the id so that the cache does not pin whatever buffer the
-	// caller's string points into. A replaced entry keeps its key, and only
-	// needs the clone for its expiry bucket.
-	var id string
-	if ok {
-		c.entries[r.TaskID] = e
-		if e.expires() {
-			id = strings.Clone(r.TaskID)
-		}
-	} else {
-		id = strings.Clone(r.TaskID)
-		c.entries[id] = e
-	}
+	// caller's string points into (assigning to a map replaces the key too).
+	id := strings.Clone(r.TaskID)
+	c.entries[id] = e
 	if e.expires() {
 		c.file(id, e.expiresSec)
 	}

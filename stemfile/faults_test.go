@@ -1,0 +1,124 @@
+package stemfile
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestHelperPartialWrite is run in a child process by
+// TestFailedUpsertLeavesNothing: it upserts under a file size limit that
+// stops the write part way.
+func TestHelperPartialWrite(t *testing.T) {
+	path := os.Getenv("STEMFILE_PARTIAL_PATH")
+	if path == "" {
+		t.Skip("helper process")
+	}
+	limit, _ := strconv.ParseUint(os.Getenv("STEMFILE_PARTIAL_LIMIT"), 10, 64)
+	rs, _ := open(t, path)
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rs.Upsert(t.Context(), rec("ns", "b", 1), rec("ns", "c", 1)); err == nil {
+		t.Fatal("Upsert past the file size limit succeeded")
+	}
+}
+
+// An Upsert whose write fails part way (disk full, quota, size limit)
+// leaves none of its records: the caller was told it failed, so no reader
+// may apply them.
+func TestFailedUpsertLeavesNothing(t *testing.T) {
+	path := tempPath(t)
+	rs, _ := open(t, path)
+	upsert(t, rs, rec("ns", "a", 1))
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Room for all of line b and a few bytes of line c.
+	limit := 2*st.Size() + 10
+	cmd := exec.CommandContext(t.Context(), os.Args[0], "-test.run=^TestHelperPartialWrite$", "-test.count=1")
+	cmd.Env = append(os.Environ(), "STEMFILE_PARTIAL_PATH="+path, "STEMFILE_PARTIAL_LIMIT="+strconv.FormatInt(limit, 10))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("helper: %v\n%s", err, out)
+	}
+	want(t, "records after the failed Upsert", list(t, rs, "ns"), "a@1")
+	if st2, _ := os.Stat(path); st2.Size() != st.Size() {
+		t.Fatalf("file grew from %d to %d bytes after a failed Upsert", st.Size(), st2.Size())
+	}
+}
+
+// A store opened through a symlink shares the file, its lock and its
+// compactions with one opened by the real path.
+func TestSymlinkedPathSharesTheFile(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real.ndjson")
+	link := filepath.Join(dir, "link.ndjson")
+	viaReal, _ := open(t, real)
+	upsert(t, viaReal, rec("ns", "a", 1), rec("ns", "a", 2)) // a superseded line to compact
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	viaLink, _ := open(t, link)
+	if _, err := viaLink.Prune(t.Context(), "ns", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Fatalf("compaction through the link replaced the link: %v %v", fi.Mode(), err)
+	}
+	upsert(t, viaLink, rec("ns", "b", 1))
+	want(t, "records seen through the real path", list(t, viaReal, "ns"), "a@2", "b@1")
+	if _, err := os.Stat(link + ".lock"); err == nil {
+		t.Fatal("a second lock file was made beside the link")
+	}
+}
+
+// Temporary files of a compaction killed part way are removed by the next
+// compaction.
+func TestCompactionRemovesOrphanTemporaryFiles(t *testing.T) {
+	path := tempPath(t)
+	rs, _ := open(t, path)
+	upsert(t, rs, rec("ns", "a", 1), rec("ns", "a", 2))
+	orphan := path + ".compact-123456"
+	if err := os.WriteFile(orphan, []byte("left by a killed process\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rs.Prune(t.Context(), "ns", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(orphan); !os.IsNotExist(err) {
+		t.Fatalf("orphan %s still there: %v", orphan, err)
+	}
+	want(t, "records", list(t, rs, "ns"), "a@2")
+}
+
+// Compaction keeps the data file's owner, so the user that could append
+// before (a worker's service user) still can when another user (the CLI
+// under sudo) compacted it.
+func TestCompactionKeepsTheOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to give the file another owner")
+	}
+	path := tempPath(t)
+	rs, _ := open(t, path)
+	upsert(t, rs, rec("ns", "a", 1), rec("ns", "a", 2))
+	const nobody = 65534
+	if err := os.Chown(path, nobody, nobody); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rs.Prune(t.Context(), "ns", time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobody || st.Gid != nobody {
+		t.Fatalf("owner after compaction %d:%d, want %d:%d", st.Uid, st.Gid, nobody, nobody)
+	}
+	want(t, "records", list(t, rs, "ns"), "a@2")
+}
