@@ -30,7 +30,12 @@
 // registry has isolated tasks (programs that run the command tree of
 // stemcli.New themselves call ServeIfChild first). NewPool starts one child at once and
 // fails if it does not answer, or lacks an isolated entrypoint the worker's
-// registry declares, so a forgotten ServeIfChild shows at start-up.
+// registry declares, so a forgotten ServeIfChild shows at start-up: in the
+// child, NewPool itself fails with ErrInChild rather than start children
+// of its own. Later children are checked the same way: on Linux they run
+// the worker's own build through /proc/self/exe even after a deploy
+// replaced the binary, and a child of another build (a PoolConfig.Path
+// replaced) fails its task with an error that is retried.
 //
 // # Checkpoints and termination
 //
@@ -48,8 +53,16 @@
 // after the revoke reached the worker, the child's process group receives
 // SIGTERM, then SIGKILL after PoolConfig.KillGrace, and the task ends
 // cancelled. A task past its time limit, or whose lease was lost, is killed
-// at once; a task cancelled by the worker's shutdown gets
-// PoolConfig.ShutdownGrace to return first.
+// at once, even if a revoke cancelled it earlier; a task cancelled by the
+// worker's shutdown gets PoolConfig.ShutdownGrace to return first. The
+// worker applies checkpoints beside its watch for these events, so a slow
+// one (an ExtendLease waiting for the broker) delays no kill.
+//
+// Processes a task starts belong to its child's process group. When the
+// child exits, however it exits, the pool kills what is left of the group
+// before it reaps the child (on Linux, where it can wait for the exit
+// without reaping, so that the group's id cannot have been reused), and a
+// child whose worker is gone sends SIGTERM to its group before it exits.
 //
 // A child that exits or crashes mid-task, panics, or breaks the protocol
 // (a malformed, oversized or truncated frame, an unexpected message) fails

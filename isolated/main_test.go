@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -34,9 +35,16 @@ import (
 // hand instead of serving tasks (see rogue).
 const envRogue = "ISOLATED_TEST_ROGUE"
 
+// envForget makes a child of the test binary forget ServeIfChild and call
+// NewPool, recording its pid in the directory it names (see forget).
+const envForget = "ISOLATED_TEST_FORGET"
+
 func TestMain(m *testing.M) {
 	if mode := os.Getenv(envRogue); mode != "" && isolated.IsChild() {
 		os.Exit(rogue(mode))
+	}
+	if dir := os.Getenv(envForget); dir != "" && isolated.IsChild() {
+		os.Exit(forget(dir))
 	}
 	isolated.ServeIfChild(testRegistry())
 	os.Exit(runMain(m))
@@ -223,6 +231,26 @@ func testRegistry() *stem.Registry {
 			}
 			return "second time lucky", nil
 		}})
+	// test.extend-then-spin asks for a lease extension, then ignores its
+	// context and every checkpoint.
+	iso("test.extend-then-spin", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if err := tc.ExtendLease(time.Minute); err != nil {
+			return nil, err
+		}
+		x := 0
+		for {
+			x++
+		}
+	})
+	// test.grandchild starts a process that outlives the task, sleep 60,
+	// and returns its pid.
+	iso("test.grandchild", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		cmd := exec.Command("sleep", "60")
+		if err := cmd.Start(); err != nil {
+			return nil, err
+		}
+		return pidResult{PID: cmd.Process.Pid}, nil
+	})
 	iso("test.panic", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		panic("test.panic: boom")
 	})
@@ -281,6 +309,27 @@ func testRegistry() *stem.Registry {
 	return reg
 }
 
+// forget is a main that forgets to serve the child role: it builds a pool
+// of its own. It records its pid in dir, and stops a chain of such
+// processes at the fourth, should NewPool let one start.
+func forget(dir string) int {
+	if err := os.WriteFile(filepath.Join(dir, strconv.Itoa(os.Getpid())), nil, 0o600); err != nil {
+		fmt.Fprintln(os.Stderr, "forgetful child:", err)
+		return 1
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) > 3 {
+		fmt.Fprintln(os.Stderr, "forgetful child: chain cap reached")
+		return 9
+	}
+	p, err := isolated.NewPool(isolated.PoolConfig{Registry: testRegistry(), Size: 1, StartTimeout: waitTimeout})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "forgetful child: NewPool:", err)
+		return 1
+	}
+	p.Close()
+	return 0
+}
+
 // rogue speaks the protocol by hand, as a child in another language
 // would, and breaks it as mode says. It returns the exit code.
 func rogue(mode string) int {
@@ -337,6 +386,14 @@ func rogue(mode string) int {
 		return linger()
 	}
 	hello()
+	if mode == "double-result" {
+		// A buggy child: each task's outcome twice.
+		for {
+			r := readRun()
+			send(map[string]any{"type": "result", "run": r, "result": "first"})
+			send(map[string]any{"type": "result", "run": r, "result": "again"})
+		}
+	}
 	run := readRun()
 	switch mode {
 	case "oversized":

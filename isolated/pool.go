@@ -34,9 +34,13 @@ type PoolConfig struct {
 	// Logger records the pool's events and the children's stderr, with
 	// the child's pid as child_pid. Default: slog.Default().
 	Logger *slog.Logger
-	// Path is the program children run. Default: os.Executable(), the
-	// worker's own binary, whose main must serve the child role
-	// (ServeIfChild, or stemcli.Main which calls it).
+	// Path is the program children run. Default: the worker's own
+	// binary, whose main must serve the child role (ServeIfChild, or
+	// stemcli.Main which calls it): on Linux /proc/self/exe, which stays
+	// the worker's build when a deploy replaces the file; elsewhere
+	// os.Executable(). Each child's hello is checked against Registry: a
+	// child lacking one of its isolated entrypoints (another build) fails
+	// the task with a retryable error and is stopped.
 	Path string
 	// Args are the children's command-line arguments after the program
 	// name. Default: none (the child role is chosen by EnvChild, not by
@@ -87,7 +91,7 @@ func (c *PoolConfig) setDefaults() error {
 		c.Logger = slog.Default()
 	}
 	if c.Path == "" {
-		exe, err := os.Executable()
+		exe, err := selfExe()
 		if err != nil {
 			return fmt.Errorf("stem: isolated: find the worker's executable for PoolConfig.Path: %w", err)
 		}
@@ -120,8 +124,10 @@ func (c *PoolConfig) setDefaults() error {
 // worker's Run returned.
 type Pool struct {
 	cfg   PoolConfig
+	hooks hooks
 	log   *slog.Logger
 	path  string
+	name  string // the program, for messages: the file behind /proc/self/exe
 	env   []string
 	slots chan struct{} // one token per task holding a child
 
@@ -135,18 +141,51 @@ type Pool struct {
 	busy    atomic.Int64
 }
 
+// selfExePath names, on Linux, the running program's own file.
+const selfExePath = "/proc/self/exe"
+
+// hooks are the pool's seams for tests.
+type hooks struct {
+	// signal sends a signal to a child's process group.
+	signal func(p *os.Process, s sig)
+	// delivered, if set, is called by a child's reader after it delivered
+	// a frame (or the error that ended the stream) to the run loop.
+	delivered func(c *proc, in inbound)
+}
+
+// ErrInChild is returned by NewPool in a process that a Pool started as an
+// isolated child: its main did not call ServeIfChild (or stemcli.Main)
+// before anything else, and would otherwise start children of its own,
+// which would start children of their own, without end.
+var ErrInChild = errors.New("stem: isolated: NewPool called in an isolated child process (" + EnvChild + " is set): " +
+	"main must call isolated.ServeIfChild (or use stemcli.Main) before anything else")
+
 // NewPool validates cfg and starts one child, so that a binary that does
 // not serve the child role, or whose child registry lacks an isolated
 // entrypoint the worker's registry declares, fails here rather than at
 // the first task. That child stays in the pool for the first task.
+//
+// In a process started as an isolated child (EnvChild set), NewPool fails
+// at once with ErrInChild: the child exits before its hello, and the
+// parent's NewPool fails with the child's last output and a hint.
 func NewPool(cfg PoolConfig) (*Pool, error) {
+	return newPool(cfg, hooks{signal: signalGroup})
+}
+
+func newPool(cfg PoolConfig, h hooks) (*Pool, error) {
+	if IsChild() {
+		return nil, ErrInChild
+	}
 	if err := cfg.setDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Pool{cfg: cfg, log: cfg.Logger.With("component", "isolated"), path: cfg.Path,
+	p := &Pool{cfg: cfg, hooks: h, log: cfg.Logger.With("component", "isolated"), path: cfg.Path, name: cfg.Path,
 		slots: make(chan struct{}, cfg.Size), live: make(map[*proc]struct{})}
+	if exe, err := os.Executable(); err == nil && cfg.Path == selfExePath {
+		p.name = exe
+	}
 	p.env = childEnv(os.Environ(), cfg)
-	c, hello, err := p.startProc(context.Background())
+	c, _, err := p.startProc(context.Background())
 	if err != nil {
 		p.wg.Wait()
 		return nil, err
@@ -154,18 +193,19 @@ func NewPool(cfg PoolConfig) (*Pool, error) {
 	p.mu.Lock()
 	p.idle = append(p.idle, c)
 	p.mu.Unlock()
+	return p, nil
+}
+
+// missingTasks returns the isolated tasks of reg missing from a child's
+// hello.
+func missingTasks(reg *stem.Registry, tasks []string) []string {
 	var missing []string
-	for _, name := range isolatedNames(cfg.Registry) {
-		if !slices.Contains(hello.Tasks, name) {
+	for _, name := range isolatedNames(reg) {
+		if !slices.Contains(tasks, name) {
 			missing = append(missing, name)
 		}
 	}
-	if len(missing) > 0 {
-		p.Close()
-		return nil, fmt.Errorf("stem: isolated: the child process (%s) has no isolated entrypoint for %s: "+
-			"build the registry the same way in the worker and in the child", cfg.Path, strings.Join(missing, ", "))
-	}
-	return p, nil
+	return missing
 }
 
 // childEnv is the worker's environment without any protocol variable, plus
@@ -272,7 +312,7 @@ func (p *Pool) acquire(tc *stem.TaskContext) (*proc, error) {
 			return c, nil
 		}
 		c.stop(false)
-		c.log.Warn("isolated child died while idle: replacing it", "status", c.exitStatus())
+		c.log.Warn("isolated child died or broke while idle: replacing it", "status", c.exitStatus())
 	}
 	c, _, err := p.startProc(tc)
 	if err != nil {
@@ -318,11 +358,16 @@ func (p *Pool) release(c *proc, reuse bool) {
 //     the child's context is cancelled and its next checkpoint returns the
 //     revoked error; Execute waits for the child to return, or, once a
 //     grace period arrived on kill, for that long from its arrival (a later,
-//     shorter one wins), and then kills the child and returns an error;
+//     shorter one wins), or until tc's deadline (the time limit), and then
+//     kills the child and returns an error;
 //   - the time limit (stem.ErrTimeLimit) and a lost lease (stem.ErrLeaseLost)
 //     kill the child at once, and the error returned wraps the cause;
 //   - any other cause (stem.ErrWorkerShutdown) is relayed as a cancel, and
-//     the child is killed after ShutdownGrace if it has not returned.
+//     the child is killed after ShutdownGrace (or at tc's deadline, if
+//     sooner) if it has not returned.
+//
+// Checkpoints are applied one at a time, in order, beside the watch for
+// these events: a slow one delays no kill.
 //
 // A child that dies, breaks the protocol, or sends a malformed or
 // oversized frame fails the task with an error saying so; a killed or
@@ -376,9 +421,21 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 		cause  error // tc's cancellation cause, once tc is done
 
 		killAt time.Time // when the child is killed; zero while never
+		limit  time.Time // tc's deadline, when a kill was armed for it
 		killT  *time.Timer
 		killC  <-chan time.Time
 		drainC <-chan time.Time // armed once the child exited
+
+		// Checkpoints run one at a time, in order, in a goroutine of their
+		// own, so that a slow one (an ExtendLease waiting for the broker,
+		// a blocked Progress) delays no kill: ckBusy says one is under
+		// way, ckQueue holds the next ones. The goroutine delivers its
+		// answer on ckDone, which has room for it, so it ends even once
+		// the run is over; only this loop writes to the child, and only
+		// about this run.
+		ckQueue []*message
+		ckBusy  bool
+		ckDone  = make(chan ckAnswer, 1)
 	)
 	armKill := func(at time.Time) {
 		if !killAt.IsZero() && !at.Before(killAt) {
@@ -392,62 +449,155 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 			killT.Reset(time.Until(at))
 		}
 	}
+	// armLimit keeps tc's time limit once tc was cancelled for another
+	// reason: the task's deadline stays a kill however it was cancelled.
+	armLimit := func() {
+		if dl, ok := tc.Deadline(); ok {
+			limit = dl
+			armKill(dl)
+		}
+	}
 	defer func() {
 		if killT != nil {
 			killT.Stop()
 		}
 	}()
+	startCheckpoint := func(m *message) {
+		ckBusy = true
+		// Close waits for the goroutine, as for every goroutine of the pool.
+		p.mu.Lock()
+		closed := p.closed
+		if !closed {
+			p.wg.Add(1)
+		}
+		p.mu.Unlock()
+		if closed {
+			ckDone <- ckAnswer{m: m, err: ErrPoolClosed}
+			return
+		}
+		go func() {
+			defer p.wg.Done()
+			ckDone <- ckAnswer{m: m, err: checkpoint(tc, m)}
+		}()
+	}
+	reply := func(m *message, cerr error) error {
+		return c.send(&message{Type: typeReply, Run: m.Run, Seq: m.Seq, Error: encodeCause(cerr)})
+	}
+	// settle runs the checkpoints still pending once the task returned,
+	// in order, and answers them: they take effect before the outcome, and
+	// the child, reused, has no request left unanswered. It reports
+	// whether the child took the answers.
+	settle := func() bool {
+		if ckBusy {
+			a := <-ckDone
+			ckBusy = false
+			if reply(a.m, a.err) != nil {
+				return false
+			}
+		}
+		for _, m := range ckQueue {
+			if reply(m, checkpoint(tc, m)) != nil {
+				return false
+			}
+		}
+		ckQueue = nil
+		return true
+	}
+	// outcome returns the task's outcome, reusing the child unless it
+	// does not take the answers to its last checkpoints.
+	outcome := func(res json.RawMessage, err error) (bool, json.RawMessage, error, bool) {
+		if !settle() {
+			c.stop(false)
+			log().Warn("isolated child does not read its stdin: replaced")
+			return true, res, err, false
+		}
+		return true, res, err, true
+	}
+	// handle deals with one inbound of the child; end reports that the
+	// run is over, with its outcome.
+	handle := func(in inbound) (end bool, res json.RawMessage, err error, reuse bool) {
+		if in.err != nil {
+			switch {
+			case eof(in.err) && cause != nil:
+				res, err, reuse = fail(true, "stem: isolated task %s: child %d exited after its task was cancelled: %w", env.ID, c.pid, cause)
+			case eof(in.err):
+				res, err, reuse = fail(true, "stem: isolated task %s: child %d exited mid-task", env.ID, c.pid)
+			default:
+				res, err, reuse = fail(false, "stem: isolated task %s: child %d: %w", env.ID, c.pid, in.err)
+			}
+			return true, res, err, reuse
+		}
+		m := in.m
+		switch m.Type {
+		case typeHeartbeat, typeExtendLease, typeProgress:
+			switch {
+			case m.Run > run:
+				res, err, reuse = fail(false, "stem: isolated task %s: child %d: %w: %s for run %d during run %d",
+					env.ID, c.pid, ErrFrameMalformed, m.Type, m.Run, run)
+				return true, res, err, reuse
+			case m.Run < run:
+				// A goroutine a previous task left behind.
+				if rerr := reply(m, errReturned); rerr != nil {
+					res, err, reuse = fail(false, "stem: isolated task %s: %w", env.ID, rerr)
+					return true, res, err, reuse
+				}
+			case ckBusy:
+				ckQueue = append(ckQueue, m)
+			default:
+				startCheckpoint(m)
+			}
+			return false, nil, nil, false
+		case typeResult, typeError:
+			if m.Run != run {
+				res, err, reuse = fail(false, "stem: isolated task %s: child %d: %w: %s for run %d during run %d",
+					env.ID, c.pid, ErrFrameMalformed, m.Type, m.Run, run)
+				return true, res, err, reuse
+			}
+			if m.Type == typeResult {
+				if len(m.Result) == 0 {
+					return outcome(json.RawMessage("null"), nil)
+				}
+				return outcome(m.Result, nil)
+			}
+			if m.Error.Code == codePanic {
+				// The child exits after a panic: its memory may be in
+				// any state.
+				log().Error("isolated task panicked: replacing its child", "panic", m.Error.Message, "stack", m.Error.Stack)
+				c.stop(true)
+				return true, nil, taskError(m.Error), false
+			}
+			return outcome(nil, taskError(m.Error))
+		}
+		res, err, reuse = fail(false, "stem: isolated task %s: child %d: %w: %s during a run", env.ID, c.pid, ErrFrameMalformed, m.Type)
+		return true, res, err, reuse
+	}
+	// peek handles what the child sent already, before a kill: a result
+	// that arrived at the same instant as the kill wins.
+	peek := func() (end bool, res json.RawMessage, err error, reuse bool) {
+		for range len(c.msgs) {
+			if end, res, err, reuse = handle(<-c.msgs); end {
+				return end, res, err, reuse
+			}
+		}
+		return false, nil, nil, false
+	}
 
 	for {
 		select {
 		case in := <-c.msgs:
-			if in.err != nil {
-				switch {
-				case eof(in.err) && cause != nil:
-					return fail(true, "stem: isolated task %s: child %d exited after its task was cancelled: %w", env.ID, c.pid, cause)
-				case eof(in.err):
-					return fail(true, "stem: isolated task %s: child %d exited mid-task", env.ID, c.pid)
-				}
-				return fail(false, "stem: isolated task %s: child %d: %w", env.ID, c.pid, in.err)
+			if end, res, err, reuse := handle(in); end {
+				return res, err, reuse
 			}
-			m := in.m
-			switch m.Type {
-			case typeHeartbeat, typeExtendLease, typeProgress:
-				if m.Run > run {
-					return fail(false, "stem: isolated task %s: child %d: %w: %s for run %d during run %d",
-						env.ID, c.pid, ErrFrameMalformed, m.Type, m.Run, run)
-				}
-				var cerr error
-				if m.Run < run {
-					// A goroutine a previous task left behind.
-					cerr = errors.New("stem: isolated: checkpoint of a task that already returned")
-				} else {
-					cerr = checkpoint(tc, m)
-				}
-				if err := c.send(&message{Type: typeReply, Run: m.Run, Seq: m.Seq, Error: encodeCause(cerr)}); err != nil {
-					return fail(false, "stem: isolated task %s: %w", env.ID, err)
-				}
-			case typeResult, typeError:
-				if m.Run != run {
-					return fail(false, "stem: isolated task %s: child %d: %w: %s for run %d during run %d",
-						env.ID, c.pid, ErrFrameMalformed, m.Type, m.Run, run)
-				}
-				if m.Type == typeResult {
-					if len(m.Result) == 0 {
-						return json.RawMessage("null"), nil, true
-					}
-					return m.Result, nil, true
-				}
-				if m.Error.Code == codePanic {
-					// The child exits after a panic: its memory may be in
-					// any state.
-					log().Error("isolated task panicked: replacing its child", "panic", m.Error.Message, "stack", m.Error.Stack)
-					c.stop(true)
-					return nil, taskError(m.Error), false
-				}
-				return nil, taskError(m.Error), true
-			default:
-				return fail(false, "stem: isolated task %s: child %d: %w: %s during a run", env.ID, c.pid, ErrFrameMalformed, m.Type)
+
+		case a := <-ckDone:
+			ckBusy = false
+			if err := reply(a.m, a.err); err != nil {
+				return fail(false, "stem: isolated task %s: %w", env.ID, err)
+			}
+			if len(ckQueue) > 0 {
+				m := ckQueue[0]
+				ckQueue = ckQueue[1:]
+				startCheckpoint(m)
 			}
 
 		case <-done:
@@ -456,14 +606,20 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 			var rev *stem.RevokedError
 			switch {
 			case errors.Is(cause, stem.ErrTimeLimit), errors.Is(cause, stem.ErrLeaseLost):
+				if end, res, err, reuse := peek(); end {
+					return res, err, reuse
+				}
 				c.stop(false)
 				log().Info("isolated task's child killed", "cause", cause)
 				return nil, fmt.Errorf("stem: isolated task %s: child %d killed: %w", env.ID, c.pid, cause), false
 			case errors.As(cause, &rev):
 				// Cooperative: the child stops at its next checkpoint,
-				// unless a kill-after grace period ends it first.
+				// unless a kill-after grace period or the time limit ends
+				// it first.
+				armLimit()
 			default:
 				armKill(time.Now().Add(p.cfg.ShutdownGrace))
+				armLimit()
 			}
 			if err := c.send(&message{Type: typeCancel, Run: run, Cause: encodeCause(cause)}); err != nil {
 				return fail(false, "stem: isolated task %s: %w", env.ID, err)
@@ -474,7 +630,15 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 			armKill(time.Now().Add(d))
 
 		case <-killC:
+			if end, res, err, reuse := peek(); end {
+				return res, err, reuse
+			}
 			c.stop(false)
+			if !limit.IsZero() && !killAt.Before(limit) {
+				log().Info("isolated task's child killed at its time limit", "cause", cause)
+				return nil, fmt.Errorf("stem: isolated task %s: child %d killed: %w (cancelled before: %w)",
+					env.ID, c.pid, stem.ErrTimeLimit, cause), false
+			}
 			why := cause
 			if why == nil {
 				why = errors.New("stem: isolated: kill-after grace period over")
@@ -497,6 +661,16 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 	}
 }
 
+// ckAnswer is the worker's answer to one of a child's checkpoints.
+type ckAnswer struct {
+	m   *message
+	err error
+}
+
+// maxExtendLease caps what a child's extendLease asks for: a child cannot
+// make the worker keep its task leased for longer in one request.
+const maxExtendLease = 24 * time.Hour
+
 // checkpoint relays a child's checkpoint to the worker's task context and
 // returns its answer.
 func checkpoint(tc *stem.TaskContext, m *message) error {
@@ -504,7 +678,7 @@ func checkpoint(tc *stem.TaskContext, m *message) error {
 	case typeHeartbeat:
 		return tc.Heartbeat()
 	case typeExtendLease:
-		return tc.ExtendLease(time.Duration(m.Ms) * time.Millisecond)
+		return tc.ExtendLease(time.Duration(min(m.Ms, maxExtendLease.Milliseconds())) * time.Millisecond)
 	default:
 		var data any
 		if len(m.Data) > 0 {

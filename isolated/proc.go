@@ -42,6 +42,12 @@ type proc struct {
 	exited     chan struct{} // closed once the process was reaped
 	waitErr    error         // set before exited is closed
 
+	// sigMu orders signals to the child's process group before its reap:
+	// once the child is reaped its pid, the group's id, may be reused by
+	// an unrelated process, so no signal is sent after.
+	sigMu  sync.Mutex
+	reaped bool
+
 	// runs counts the runs sent to the child; only the goroutine that holds
 	// the child (Execute or the pool) touches it.
 	runs uint64
@@ -53,6 +59,14 @@ type proc struct {
 	stopOnce sync.Once
 	inOnce   sync.Once
 }
+
+// sig is a signal the pool sends to a child's process group.
+type sig int
+
+const (
+	sigTerm sig = iota // SIGTERM: asks the group to exit
+	sigKill            // SIGKILL
+)
 
 // tailLines is how many of a child's last stderr lines a failure message
 // quotes.
@@ -113,7 +127,7 @@ func (p *Pool) startProc(ctx context.Context) (*proc, *message, error) {
 		inW.Close()
 		outR.Close()
 		errR.Close()
-		return nil, nil, fmt.Errorf("stem: isolated: start child %s: %w", p.path, err)
+		return nil, nil, fmt.Errorf("stem: isolated: start child %s: %w", p.name, err)
 	}
 	c := &proc{pool: p, cmd: cmd, pid: cmd.Process.Pid, in: inW, out: outR, errp: errR,
 		msgs: make(chan inbound, 8), quit: make(chan struct{}), readDone: make(chan struct{}),
@@ -122,8 +136,7 @@ func (p *Pool) startProc(ctx context.Context) (*proc, *message, error) {
 	p.started.Add(1)
 	go func() {
 		defer p.wg.Done()
-		c.waitErr = cmd.Wait()
-		close(c.exited)
+		c.wait()
 	}()
 	go func() {
 		defer p.wg.Done()
@@ -148,6 +161,7 @@ func (p *Pool) startProc(ctx context.Context) (*proc, *message, error) {
 	defer timer.Stop()
 	var hello *message
 	hint := ""
+	graceful := false // the child is sane, just not the one wanted
 	const notServing = "does main call isolated.ServeIfChild (or stemcli.Main) before anything else?"
 	select {
 	case in := <-c.msgs:
@@ -164,6 +178,14 @@ func (p *Pool) startProc(ctx context.Context) (*proc, *message, error) {
 			err = fmt.Errorf("stem: isolated: child %d speaks protocol version %d, the worker speaks %d",
 				c.pid, in.m.Protocol, ProtocolVersion)
 		default:
+			// Every child, not only the first: a child of another build
+			// (the binary at Path was replaced) must not run tasks.
+			if missing := missingTasks(p.cfg.Registry, in.m.Tasks); len(missing) > 0 {
+				err = fmt.Errorf("stem: isolated: the child process (%s) has no isolated entrypoint for %s: "+
+					"build the registry the same way in the worker and in the child", p.name, strings.Join(missing, ", "))
+				graceful = true
+				break
+			}
 			hello = in.m
 		}
 	case <-timer.C:
@@ -173,7 +195,7 @@ func (p *Pool) startProc(ctx context.Context) (*proc, *message, error) {
 		err = fmt.Errorf("stem: isolated: child %d not started: %w", c.pid, context.Cause(ctx))
 	}
 	if err != nil {
-		c.stop(false)
+		c.stop(graceful)
 		return nil, nil, c.describe(err, hint)
 	}
 	c.log.Debug("isolated child started", "protocol", hello.Protocol)
@@ -197,6 +219,9 @@ func (c *proc) readLoop() {
 		case c.msgs <- in:
 		case <-c.quit:
 			return
+		}
+		if h := c.pool.hooks.delivered; h != nil {
+			h(c, in)
 		}
 		if in.err != nil {
 			return
@@ -285,9 +310,12 @@ func (c *proc) send(m *message) error {
 	return nil
 }
 
-// healthy reports whether an idle child can take a task. Messages it sent
-// while idle (checkpoints of a goroutine a task left behind) are dealt with
-// by the next run.
+// healthy reports whether an idle child can take a task. It answers, with
+// an error, the checkpoints the child sent while idle (from a goroutine a
+// task left behind); anything else the child sent since its last run (a
+// second result, say) means it is broken, and it must be replaced rather
+// than fail the next, unrelated task with it. A frame still on its way
+// is dealt with by the next run, which fails if it is not a checkpoint.
 func (c *proc) healthy() bool {
 	select {
 	case <-c.exited:
@@ -295,9 +323,37 @@ func (c *proc) healthy() bool {
 	case <-c.readDone:
 		return false
 	default:
-		return true
+	}
+	for {
+		var in inbound
+		select {
+		case in = <-c.msgs:
+		default:
+			return true
+		}
+		if in.err != nil {
+			c.log.Warn("isolated child's stream broke while idle", "err", in.err)
+			return false
+		}
+		switch m := in.m; m.Type {
+		case typeHeartbeat, typeExtendLease, typeProgress:
+			if m.Run > c.runs {
+				c.log.Warn("isolated child sent a checkpoint for a run never sent", "type", m.Type, "run", m.Run)
+				return false
+			}
+			if err := c.send(&message{Type: typeReply, Run: m.Run, Seq: m.Seq, Error: encodeCause(errReturned)}); err != nil {
+				c.log.Warn("isolated child does not read its stdin", "err", err)
+				return false
+			}
+		default:
+			c.log.Warn("isolated child sent a message while idle", "type", m.Type, "run", m.Run)
+			return false
+		}
 	}
 }
+
+// errReturned answers a checkpoint of a run that already ended.
+var errReturned = errors.New("stem: isolated: checkpoint of a task that already returned")
 
 // closeIn closes the child's stdin: a child that reads end of file exits.
 func (c *proc) closeIn() { c.inOnce.Do(func() { c.in.Close() }) }
@@ -305,8 +361,9 @@ func (c *proc) closeIn() { c.inOnce.Do(func() { c.in.Close() }) }
 // stop ends the child and releases everything the worker holds for it.
 // Graceful, it first closes the child's stdin and gives it KillGrace to
 // exit; then (or at once) it sends SIGTERM to the child's process group,
-// and SIGKILL after KillGrace more. It returns once the process was
-// reaped and its streams closed; concurrent calls all wait for that.
+// and SIGKILL after KillGrace more; signals stop once the child was
+// reaped (see wait). It returns once the process was reaped and its
+// streams closed; concurrent calls all wait for that.
 func (c *proc) stop(graceful bool) {
 	c.stopOnce.Do(func() {
 		grace := c.pool.cfg.KillGrace
@@ -317,17 +374,50 @@ func (c *proc) stop(graceful bool) {
 				return
 			}
 		}
-		terminate(c.cmd.Process)
+		c.signal(sigTerm)
 		if !c.waitExit(grace) {
-			kill(c.cmd.Process)
+			c.signal(sigKill)
 			if !c.waitExit(5 * time.Second) {
 				c.log.Error("isolated child survives SIGKILL; abandoning it")
 			}
 		}
-		// Processes the task started may still hold the child's streams.
-		kill(c.cmd.Process)
+		// Processes the task started may still hold the child's streams
+		// (wait killed them already where it can wait without reaping).
+		c.signal(sigKill)
 		c.cleanup()
 	})
+}
+
+// wait reaps the child and then closes exited. Where the system can wait
+// for the child's exit without reaping it, it first kills what is left of
+// the child's process group, the processes its tasks started, while the
+// unreaped child keeps the group's id from being reused: a child that
+// exits, however it exits (retired, crashed, killed), leaves nothing
+// running behind it.
+func (c *proc) wait() {
+	defer close(c.exited)
+	if awaitExit(c.pid) {
+		c.sigMu.Lock()
+		defer c.sigMu.Unlock()
+		c.pool.hooks.signal(c.cmd.Process, sigKill)
+		c.waitErr = c.cmd.Wait()
+		c.reaped = true
+		return
+	}
+	err := c.cmd.Wait()
+	c.sigMu.Lock()
+	c.waitErr, c.reaped = err, true
+	c.sigMu.Unlock()
+}
+
+// signal sends s to the child's process group, unless the child was
+// reaped: its pid may belong to another process by now.
+func (c *proc) signal(s sig) {
+	c.sigMu.Lock()
+	defer c.sigMu.Unlock()
+	if !c.reaped {
+		c.pool.hooks.signal(c.cmd.Process, s)
+	}
 }
 
 // waitExit waits up to d for the child to be reaped.

@@ -143,7 +143,10 @@ func (s *childServer) serve() int {
 		payload, err := readFrame(s.in, s.max)
 		if errors.Is(err, io.EOF) {
 			// The worker closed the pipe: it retires this child, or it is
-			// gone and nobody could receive a result.
+			// gone and nobody could receive a result. Processes the tasks
+			// started go too: a worker that is there kills them anyway
+			// once this child exited, but one killed with SIGKILL cannot.
+			endOwnGroup()
 			return exitOK
 		}
 		if err != nil {

@@ -11,11 +11,12 @@ import (
 // systems have process groups.
 func setProcAttr(cmd *exec.Cmd) {}
 
-// terminate kills the child: without unix signals there is no gentler way.
-func terminate(p *os.Process) { _ = p.Kill() }
+// signalGroup kills the child, whatever s: without unix signals there is
+// no gentler way, and without process groups no group to signal.
+func signalGroup(p *os.Process, s sig) { _ = p.Kill() }
 
-// kill kills the child.
-func kill(p *os.Process) { _ = p.Kill() }
+// endOwnGroup does nothing: only unix systems have process groups.
+func endOwnGroup() {}
 
 // protocolFiles returns the standard streams unchanged: outside unix, task
 // code must not use os.Stdin and os.Stdout in the child.

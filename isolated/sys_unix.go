@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"os/signal"
 	"syscall"
 )
 
@@ -17,18 +18,31 @@ func setProcAttr(cmd *exec.Cmd) {
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 }
 
-// signalGroup sends sig to the process group of the child pid leads.
-func signalGroup(p *os.Process, sig syscall.Signal) {
-	if err := syscall.Kill(-p.Pid, sig); err != nil {
-		_ = p.Signal(sig) // not a group leader (cannot happen with setProcAttr)
+// signalGroup sends s to the process group of the child p leads: SIGTERM
+// for sigTerm, SIGKILL for sigKill. The caller guarantees that p was not
+// reaped yet, so that its pid, which is the group's id, was not reused.
+func signalGroup(p *os.Process, s sig) {
+	n := syscall.SIGTERM
+	if s == sigKill {
+		n = syscall.SIGKILL
+	}
+	if err := syscall.Kill(-p.Pid, n); err != nil {
+		_ = p.Signal(n) // not a group leader (cannot happen with setProcAttr)
 	}
 }
 
-// terminate asks the child's process group to exit.
-func terminate(p *os.Process) { signalGroup(p, syscall.SIGTERM) }
-
-// kill kills the child's process group.
-func kill(p *os.Process) { signalGroup(p, syscall.SIGKILL) }
+// endOwnGroup sends SIGTERM to the other processes of the child's process
+// group, that is the processes its tasks started and did not move to a
+// group of their own, when the child leads that group (as a Pool starts
+// it). The child ignores SIGTERM from then on: it is about to exit.
+func endOwnGroup() {
+	pid := os.Getpid()
+	if syscall.Getpgrp() != pid {
+		return // not started by a Pool: the group is someone else's
+	}
+	signal.Ignore(syscall.SIGTERM)
+	_ = syscall.Kill(-pid, syscall.SIGTERM)
+}
 
 // protocolFiles moves the protocol streams off the standard descriptors:
 // it returns new descriptors for the pipes on 0 and 1 (closed on exec, so
