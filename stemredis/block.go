@@ -40,8 +40,8 @@ type blockConn struct {
 	id   int64
 }
 
-func newBlocker(rdb *redis.Client) *blocker {
-	opts := *rdb.Options()
+func newBlocker(rdb *redis.Client, parsed redis.Options) *blocker {
+	opts := parsed
 	opts.PoolSize = blockerPoolSize
 	opts.MinIdleConns = 0
 	return &blocker{rdb: rdb, own: redis.NewClient(&opts), active: make(map[*blockConn]struct{})}

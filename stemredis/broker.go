@@ -65,7 +65,7 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 	return &Broker{
 		conn:      conn{rdb: rdb, addr: cfg.addr, role: "broker", log: cfg.logger},
 		ns:        cfg.namespace,
-		blk:       newBlocker(rdb),
+		blk:       newBlocker(rdb, cfg.blockOpts),
 		maxBlock:  maxBlock,
 		lastKeep:  make(map[string]time.Time),
 		lastSweep: make(map[string]time.Time),

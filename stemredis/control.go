@@ -55,7 +55,7 @@ func OpenControl(ctx context.Context, url string, opts stemdriver.Options) (*Con
 	return &Control{
 		conn:     conn{rdb: rdb, addr: cfg.addr, role: "control", log: cfg.logger},
 		ns:       cfg.namespace,
-		blk:      newBlocker(rdb),
+		blk:      newBlocker(rdb, cfg.blockOpts),
 		maxBlock: maxBlock,
 		subs:     make(map[*subscription]struct{}),
 	}, nil

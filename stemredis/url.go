@@ -24,7 +24,11 @@ const DefaultResultTTL = 24 * time.Hour
 
 // config is what a URL and the driver options resolve to.
 type config struct {
-	redis     *redis.Options
+	redis *redis.Options
+	// blockOpts are the options as parsed, for the blocker's own client:
+	// a copy taken before NewClient initialised (and registered handlers
+	// on) the role's options.
+	blockOpts redis.Options
 	addr      string // host:port, safe to print
 	namespace string
 	logger    *slog.Logger
@@ -173,5 +177,6 @@ func open(ctx context.Context, rawURL string, opts stemdriver.Options) (*redis.C
 	if err != nil {
 		return nil, nil, fmt.Errorf("stem: redis: cannot reach %s (db %d): %w", cfg.addr, cfg.redis.DB, err)
 	}
+	cfg.blockOpts = *cfg.redis
 	return redis.NewClient(cfg.redis), cfg, nil
 }
