@@ -3,36 +3,16 @@ package stem_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"slices"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemredis"
 )
-
-// redisURL returns the Redis server benchmarks use, skipping b when it is
-// unreachable (failing under STEM_TEST_REQUIRE_SERVICES=1).
-func redisURL(b testing.TB) string {
-	u := os.Getenv("STEM_TEST_REDIS_URL")
-	if u == "" {
-		u = "redis://127.0.0.1:6379/15"
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	c, err := stemredis.OpenControl(ctx, u, stemdriver.Options{Namespace: "probe"})
-	if err != nil {
-		if os.Getenv("STEM_TEST_REQUIRE_SERVICES") == "1" {
-			b.Fatalf("Redis unreachable (STEM_TEST_REDIS_URL=%s): %v", u, err)
-		}
-		b.Skipf("Redis unreachable (set STEM_TEST_REDIS_URL): %v", err)
-	}
-	c.Close()
-	return u
-}
 
 // redisWorkers starts n workers on Redis in namespace ns, each with its own
 // connections, as separate processes would have.
@@ -89,7 +69,7 @@ func controller(b *testing.B, url, ns string) *stem.Controller {
 // BenchmarkRedisControlPing measures a broadcast ping's round trip until
 // every live worker replied, with 1 and 10 workers.
 func BenchmarkRedisControlPing(b *testing.B) {
-	url := redisURL(b)
+	url := testutil.NeedRedis(b)
 	for _, n := range []int{1, 10} {
 		b.Run(fmt.Sprintf("workers=%d", n), func(b *testing.B) {
 			ns := "bench-ping-" + stem.NewTaskID()[:8]
@@ -114,7 +94,7 @@ func BenchmarkRedisControlPing(b *testing.B) {
 // `revoke --terminate` (store write, publish) until the running task's
 // context is cancelled.
 func BenchmarkRedisTerminateLatency(b *testing.B) {
-	url := redisURL(b)
+	url := testutil.NeedRedis(b)
 	ns := "bench-term-" + stem.NewTaskID()[:8]
 	reg := stem.NewRegistry()
 	started := make(chan string, 1)

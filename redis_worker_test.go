@@ -9,6 +9,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemredis"
 	"github.com/stem-go/stem/stemtype"
@@ -18,7 +19,7 @@ import (
 // stream by a foreign or broken producer, is dead-lettered with the reason
 // and recorded as a failure of the task it names; the worker keeps working.
 func TestRedisUndecodableMessageIsDeadLettered(t *testing.T) {
-	url := redisURL(t)
+	url := testutil.NeedRedis(t)
 	ctx := context.Background()
 	ns := "t-undecodable-" + stem.NewTaskID()[:8]
 	opts := stemdriver.Options{Namespace: ns, Logger: quiet()}

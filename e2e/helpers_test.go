@@ -19,21 +19,16 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemtype"
 )
 
-// Variables and defaults shared with the rest of the project's tests.
 const (
-	envTestRedis       = "STEM_TEST_REDIS_URL"
-	envRequireServices = "STEM_TEST_REQUIRE_SERVICES"
-	defaultTestRedis   = "redis://127.0.0.1:6379/15"
-
 	// deadRedis is a Redis URL where nothing listens.
 	deadRedis = "redis://127.0.0.1:1/0"
 
@@ -135,61 +130,6 @@ func environ(layers ...map[string]string) []string {
 	return env
 }
 
-// syncBuffer is a bytes.Buffer safe for a process's writer goroutine and a
-// test reading it.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// redisURL returns the test Redis URL, or skips (fails, with
-// STEM_TEST_REQUIRE_SERVICES=1) when it cannot be reached.
-func redisURL(t *testing.T) string {
-	t.Helper()
-	u := os.Getenv(envTestRedis)
-	if u == "" {
-		u = defaultTestRedis
-	}
-	redisCheck.Do(func() { redisErr = pingRedis(u) })
-	if redisErr != nil {
-		msg := fmt.Sprintf("Redis at %s unreachable (set %s): %v", u, envTestRedis, redisErr)
-		if os.Getenv(envRequireServices) == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	return u
-}
-
-var (
-	redisCheck sync.Once
-	redisErr   error
-)
-
-func pingRedis(u string) error {
-	opts, err := redis.ParseURL(u)
-	if err != nil {
-		return err
-	}
-	c := redis.NewClient(opts)
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	return c.Ping(ctx).Err()
-}
-
 // otherDB returns u with another database number, for tests that need two
 // stores on one server.
 func otherDB(t *testing.T, u string) string {
@@ -258,7 +198,7 @@ const (
 // (through STEM_BROKER_URL) and whose revoke store is of kind store.
 func newCluster(t *testing.T, store storeKind) *cluster {
 	t.Helper()
-	u := redisURL(t)
+	u := testutil.NeedRedis(t)
 	ns := "e2e-" + randomHex(6)
 	c := &cluster{t: t, ns: ns, redis: u, vars: map[string]string{
 		"STEM_BROKER_URL": u,
@@ -341,7 +281,7 @@ func (c *cluster) must(args ...string) string {
 type worker struct {
 	id     string
 	cmd    *exec.Cmd
-	stderr *syncBuffer
+	stderr *testutil.SyncBuffer
 	done   chan struct{}
 	err    error // Wait's error, set before done is closed
 }
@@ -393,7 +333,7 @@ func (c *cluster) spawnWorker(vars map[string]string, id string, flags ...string
 	args := append([]string{"worker", "start", "--id", id}, flags...)
 	cmd := exec.Command(stemBin, args...)
 	cmd.Env = environ(c.vars, vars)
-	w := &worker{id: id, cmd: cmd, stderr: &syncBuffer{}, done: make(chan struct{})}
+	w := &worker{id: id, cmd: cmd, stderr: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = w.stderr, w.stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start worker %s: %v", id, err)

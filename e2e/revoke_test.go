@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"github.com/stem-go/stem/internal/testutil"
 	"os"
 	"path/filepath"
 	"slices"
@@ -262,7 +263,7 @@ func TestRevokeStoreUnreachable(t *testing.T) {
 // the store it resolved to cannot be opened.
 func TestRevokeStoreResolution(t *testing.T) {
 	t.Parallel()
-	real := redisURL(t)
+	real := testutil.NeedRedis(t)
 	for _, tc := range []struct {
 		name                    string
 		broker, revoke, results string // unset, or a value; "FILE" is the test's file, "REAL" (or "") the test Redis
@@ -539,7 +540,7 @@ func TestUnreachableServices(t *testing.T) {
 	t.Parallel()
 	const dead = "redis://admin:s3cr3t-pw@127.0.0.1:1/0"
 	missingDir := "file://" + filepath.Join(tmpDir, "no-such-dir", "revokes.ndjson")
-	real := redisURL(t)
+	real := testutil.NeedRedis(t)
 	for _, tc := range []struct {
 		name string
 		vars map[string]string

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/stem-go/stem/internal/testutil"
 	"os"
 	"os/exec"
 	"slices"
@@ -91,7 +92,7 @@ func (d *deployment) stem(args ...string) string {
 type workerProc struct {
 	id   string
 	cmd  *exec.Cmd
-	log  *syncBuffer
+	log  *testutil.SyncBuffer
 	done chan struct{}
 	err  error
 }
@@ -103,7 +104,7 @@ func (d *deployment) startWorker(id string, flags ...string) *workerProc {
 	t := d.t
 	cmd := exec.Command(stemBin, append([]string{"worker", "start", "--id", id}, flags...)...)
 	cmd.Env = d.env
-	w := &workerProc{id: id, cmd: cmd, log: &syncBuffer{}, done: make(chan struct{})}
+	w := &workerProc{id: id, cmd: cmd, log: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = w.log, w.log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start worker: %v", err)

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/stem-go/stem/internal/testutil"
 	"io"
 	"log/slog"
 	"os"
@@ -16,11 +17,9 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/stem-go/stem"
@@ -64,7 +63,7 @@ func runMain(m *testing.M) int {
 	// binary is only built when Redis answers.
 	flag.Parse()
 	fuzzWorker := flag.Lookup("test.fuzzworker") != nil && flag.Lookup("test.fuzzworker").Value.String() == "true"
-	redisErr = pingRedis(testRedisURL())
+	redisErr = testutil.PingRedis(testutil.RedisURL())
 	if redisErr == nil && !fuzzWorker {
 		stemBin = filepath.Join(dir, "stem")
 		if err := buildStem(stemBin); err != nil {
@@ -108,37 +107,15 @@ func buildStem(out string) error {
 	return nil
 }
 
-func testRedisURL() string {
-	if u := os.Getenv("STEM_TEST_REDIS_URL"); u != "" {
-		return u
-	}
-	return "redis://127.0.0.1:6379/15"
-}
-
-func pingRedis(u string) error {
-	opts, err := redis.ParseURL(u)
-	if err != nil {
-		return err
-	}
-	c := redis.NewClient(opts)
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-	defer cancel()
-	return c.Ping(ctx).Err()
-}
-
 // needRedis returns the test Redis URL, or skips t (fails it, under
-// STEM_TEST_REQUIRE_SERVICES=1) when Redis did not answer.
+// STEM_TEST_REQUIRE_SERVICES=1) when Redis did not answer TestMain's ping,
+// in which case the stem binary was not built either.
 func needRedis(t testing.TB) string {
 	t.Helper()
 	if redisErr != nil {
-		msg := fmt.Sprintf("Redis at %s unreachable (set STEM_TEST_REDIS_URL): %v", testRedisURL(), redisErr)
-		if os.Getenv("STEM_TEST_REQUIRE_SERVICES") == "1" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
+		testutil.SkipOrFail(t, "Redis unreachable (set %s): %v", testutil.EnvRedisURL, redisErr)
 	}
-	return testRedisURL()
+	return testutil.RedisURL()
 }
 
 // pidResult is what several test tasks return: the child's pid.
@@ -423,29 +400,11 @@ func rogue(mode string) int {
 	return linger()
 }
 
-// syncBuffer is a bytes.Buffer safe for concurrent writers and readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
 // testLogger returns a logger recording text records in buf; the records
 // are printed if t fails, and a data race reported by a race-enabled child
 // fails t.
-func testLogger(t testing.TB) (*slog.Logger, *syncBuffer) {
-	buf := &syncBuffer{}
+func testLogger(t testing.TB) (*slog.Logger, *testutil.SyncBuffer) {
+	buf := &testutil.SyncBuffer{}
 	t.Cleanup(func() {
 		if strings.Contains(buf.String(), "DATA RACE") {
 			t.Errorf("a child reported a data race:\n%s", buf)

@@ -5,9 +5,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/stem-go/stem/internal/testutil"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -260,7 +260,7 @@ func TestCloseEndsBlockedClaim(t *testing.T) {
 }
 
 func TestFullSubscriberDropsWithWarning(t *testing.T) {
-	var logs syncBuffer
+	var logs testutil.SyncBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	hub := stemmem.New()
 	c := hub.Control(stemdriver.Options{Namespace: "ns", Logger: logger})
@@ -405,22 +405,4 @@ func TestCanceledContext(t *testing.T) {
 	if err := hub.Control(ns).Replies(ctx, "r", func([]byte) bool { return true }); !errors.Is(err, context.Canceled) {
 		t.Errorf("Replies = %v, want context.Canceled", err)
 	}
-}
-
-// syncBuffer is a bytes.Buffer safe for concurrent writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/stem-go/stem/internal/testutil"
 	"os"
 	"os/exec"
 	"slices"
@@ -377,7 +378,7 @@ func TestSIGKILLedConsumerLosesNothing(t *testing.T) {
 	}
 
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^TestChildClaimsAndDies$", "-test.count=1")
-	cmd.Env = append(os.Environ(), "STEM_REDIS_TEST_CHILD_NS="+ns, "STEM_TEST_REDIS_URL="+testURL())
+	cmd.Env = append(os.Environ(), "STEM_REDIS_TEST_CHILD_NS="+ns, "STEM_TEST_REDIS_URL="+testutil.RedisURL())
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -424,7 +425,7 @@ func TestChildClaimsAndDies(t *testing.T) {
 	if ns == "" {
 		t.Skip("only runs as a child of TestSIGKILLedConsumerLosesNothing")
 	}
-	b, err := OpenBroker(context.Background(), testURL(), stemdriver.Options{Namespace: ns})
+	b, err := OpenBroker(context.Background(), testutil.RedisURL(), stemdriver.Options{Namespace: ns})
 	if err != nil {
 		t.Fatal(err)
 	}

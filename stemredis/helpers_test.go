@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 )
 
@@ -20,31 +20,12 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// testURL is the Redis server the tests use: STEM_TEST_REDIS_URL, by default
-// database 15 of the local server.
-func testURL() string {
-	if u := os.Getenv("STEM_TEST_REDIS_URL"); u != "" {
-		return u
-	}
-	return "redis://127.0.0.1:6379/15"
-}
-
-// skipOrFail skips t for want of a service, or fails it when the project
-// requires services (STEM_TEST_REQUIRE_SERVICES=1).
-func skipOrFail(t testing.TB, format string, args ...any) {
-	t.Helper()
-	if os.Getenv("STEM_TEST_REQUIRE_SERVICES") == "1" {
-		t.Fatalf(format, args...)
-	}
-	t.Skipf(format, args...)
-}
-
 // rawClient returns a plain go-redis client on the test server, for
 // looking at keys behind the driver's back; it skips t when the server is
 // unreachable.
 func rawClient(t testing.TB) *redis.Client {
 	t.Helper()
-	opt, err := redis.ParseURL(testURL())
+	opt, err := redis.ParseURL(testutil.RedisURL())
 	if err != nil {
 		t.Fatalf("STEM_TEST_REDIS_URL: %v", err)
 	}
@@ -54,7 +35,7 @@ func rawClient(t testing.TB) *redis.Client {
 	defer cancel()
 	if err := rdb.Ping(ctx).Err(); err != nil {
 		_ = rdb.Close()
-		skipOrFail(t, "Redis unreachable at %s (set STEM_TEST_REDIS_URL): %v", opt.Addr, err)
+		testutil.SkipOrFail(t, "Redis unreachable at %s (set STEM_TEST_REDIS_URL): %v", opt.Addr, err)
 	}
 	t.Cleanup(func() { _ = rdb.Close() })
 	return rdb
@@ -119,7 +100,7 @@ func testCtx(t testing.TB) context.Context {
 func openTestBroker(t testing.TB, ns string) *Broker {
 	t.Helper()
 	rawClient(t) // skips when the server is unreachable
-	b, err := OpenBroker(testCtx(t), testURL(), stemdriver.Options{Namespace: ns})
+	b, err := OpenBroker(testCtx(t), testutil.RedisURL(), stemdriver.Options{Namespace: ns})
 	if err != nil {
 		t.Fatalf("OpenBroker: %v", err)
 	}
@@ -130,7 +111,7 @@ func openTestBroker(t testing.TB, ns string) *Broker {
 func openTestResults(t testing.TB, ns string, query string) *Results {
 	t.Helper()
 	rawClient(t)
-	u := testURL()
+	u := testutil.RedisURL()
 	if query != "" {
 		if strings.Contains(u, "?") {
 			u += "&" + query
@@ -149,7 +130,7 @@ func openTestResults(t testing.TB, ns string, query string) *Results {
 func openTestRevokes(t testing.TB) *Revokes {
 	t.Helper()
 	rawClient(t)
-	s, err := OpenRevokes(testCtx(t), testURL(), stemdriver.Options{})
+	s, err := OpenRevokes(testCtx(t), testutil.RedisURL(), stemdriver.Options{})
 	if err != nil {
 		t.Fatalf("OpenRevokes: %v", err)
 	}
@@ -160,7 +141,7 @@ func openTestRevokes(t testing.TB) *Revokes {
 func openTestControl(t testing.TB, ns string) *Control {
 	t.Helper()
 	rawClient(t)
-	c, err := OpenControl(testCtx(t), testURL(), stemdriver.Options{Namespace: ns})
+	c, err := OpenControl(testCtx(t), testutil.RedisURL(), stemdriver.Options{Namespace: ns})
 	if err != nil {
 		t.Fatalf("OpenControl: %v", err)
 	}

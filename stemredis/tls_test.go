@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
+	"github.com/stem-go/stem/internal/testutil"
 	"math/big"
 	"net"
 	"os"
@@ -30,7 +31,7 @@ import (
 func TestRedissAllRoles(t *testing.T) {
 	server, err := exec.LookPath("redis-server")
 	if err != nil {
-		skipOrFail(t, "redis-server not on PATH (needed for the rediss:// test): %v", err)
+		testutil.SkipOrFail(t, "redis-server not on PATH (needed for the rediss:// test): %v", err)
 	}
 	dir := t.TempDir()
 	caFile, certFile, keyFile := writeTestPKI(t, dir)
