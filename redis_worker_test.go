@@ -37,12 +37,7 @@ func TestRedisUndecodableMessageIsDeadLettered(t *testing.T) {
 	rdb := redis.NewClient(ropt)
 	defer rdb.Close()
 	prefix := "stem:{" + ns + ":default}:"
-	t.Cleanup(func() {
-		keys, _ := rdb.Keys(ctx, "stem:*"+ns+"*").Result()
-		if len(keys) > 0 {
-			rdb.Del(ctx, keys...)
-		}
-	})
+	testutil.CleanupNamespace(t, url, ns)
 	// Make sure the stream and group exist before the foreign write.
 	if _, err := br.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"default"}, Consumer: "probe", Max: 1, Lease: time.Second}); err != nil {
 		t.Fatal(err)

@@ -22,8 +22,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -148,29 +146,6 @@ func otherDB(t *testing.T, u string) string {
 	return pu.String()
 }
 
-// cleanupRedis deletes the keys of namespace ns in the database of u when
-// the test ends.
-func cleanupRedis(t *testing.T, u, ns string) {
-	t.Cleanup(func() {
-		opts, err := redis.ParseURL(u)
-		if err != nil {
-			return
-		}
-		c := redis.NewClient(opts)
-		defer c.Close()
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		iter := c.Scan(ctx, 0, "stem:*"+ns+"*", 500).Iterator()
-		var keys []string
-		for iter.Next(ctx) {
-			keys = append(keys, iter.Val())
-		}
-		if len(keys) > 0 {
-			c.Del(ctx, keys...)
-		}
-	})
-}
-
 func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -207,7 +182,7 @@ func newCluster(t *testing.T, store storeKind) *cluster {
 	if store == fileStore {
 		c.vars["STEM_REVOKE_STORE_URL"] = "file://" + sharedRevokeFile
 	}
-	cleanupRedis(t, u, ns)
+	testutil.CleanupNamespace(t, u, ns)
 	return c
 }
 

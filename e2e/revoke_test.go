@@ -334,7 +334,7 @@ func TestRevokeStoreResolution(t *testing.T) {
 		other := otherDB(t, real)
 		file := "file://" + filepath.Join(t.TempDir(), "revokes.ndjson")
 		c := newCluster(t, redisStore)
-		cleanupRedis(t, other, c.ns)
+		testutil.CleanupNamespace(t, other, c.ns)
 		inFile, inOther := "f-"+randomHex(8), "o-"+randomHex(8)
 		for _, seed := range []struct{ store, task string }{{file, inFile}, {other, inOther}} {
 			r := c.runEnv(map[string]string{"STEM_REVOKE_STORE_URL": seed.store}, "worker", "revoke", "--task", seed.task, "--timeout", "200ms")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/stem-go/stem/internal/testutil"
 	"io"
 	"log/slog"
 	"slices"
@@ -201,7 +202,7 @@ func BenchmarkKillLatency(b *testing.B) {
 func BenchmarkRedisTerminateLatency(b *testing.B) {
 	url := needRedis(b)
 	ns := "bench-iso-term-" + stem.NewTaskID()[:8]
-	b.Cleanup(func() { cleanupNamespace(url, ns) })
+	testutil.CleanupNamespace(b, url, ns)
 	ctx := context.Background()
 	opts := stemdriver.Options{Namespace: ns, Logger: quietLogger()}
 	reg := testRegistry()

@@ -15,8 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemredis"
@@ -49,28 +47,8 @@ func newDeployment(t *testing.T) *deployment {
 		}
 	}
 	d.env = append(d.env, "STEM_BROKER_URL="+url, "STEM_NAMESPACE="+d.ns)
-	t.Cleanup(func() { cleanupNamespace(url, d.ns) })
+	testutil.CleanupNamespace(t, url, d.ns)
 	return d
-}
-
-// cleanupNamespace deletes the namespace's keys.
-func cleanupNamespace(url, ns string) {
-	opts, err := redis.ParseURL(url)
-	if err != nil {
-		return
-	}
-	c := redis.NewClient(opts)
-	defer c.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var keys []string
-	iter := c.Scan(ctx, 0, "stem:*"+ns+"*", 500).Iterator()
-	for iter.Next(ctx) {
-		keys = append(keys, iter.Val())
-	}
-	if len(keys) > 0 {
-		c.Del(ctx, keys...)
-	}
 }
 
 // stem runs a CLI command, which must succeed, and returns its stdout.

@@ -364,7 +364,14 @@ func (b *broker) ExtendLease(ctx context.Context, d stemdriver.Delivery, lease t
 // reported, joined, with errors matching stemdriver.ErrLeaseLost; the others
 // are still removed.
 func (b *broker) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
-	if err := b.check("ack"); err != nil {
+	return b.eachHeld(ctx, "ack", ds, func(s *brokerSpace, m *message) { s.remove(m) })
+}
+
+// eachHeld applies fn, under the space's lock, to the message of every
+// delivery of ds still held, and reports the others, joined, with errors
+// matching stemdriver.ErrLeaseLost.
+func (b *broker) eachHeld(ctx context.Context, op string, ds []stemdriver.Delivery, fn func(*brokerSpace, *message)) error {
+	if err := b.check(op); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
@@ -377,10 +384,10 @@ func (b *broker) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
 	for _, d := range ds {
 		m := s.lookup(d)
 		if m == nil {
-			errs = append(errs, leaseLost("ack", d))
+			errs = append(errs, leaseLost(op, d))
 			continue
 		}
-		s.remove(m)
+		fn(s, m)
 	}
 	return errors.Join(errs...)
 }
@@ -416,22 +423,7 @@ func (b *broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtyp
 // Release makes the messages of ds ready at once, unchanged, in their
 // original place in the queue order.
 func (b *broker) Release(ctx context.Context, ds ...stemdriver.Delivery) error {
-	if err := b.check("release"); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	s := b.space
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var errs []error
-	for _, d := range ds {
-		m := s.lookup(d)
-		if m == nil {
-			errs = append(errs, leaseLost("release", d))
-			continue
-		}
+	return b.eachHeld(ctx, "release", ds, func(s *brokerSpace, m *message) {
 		delete(s.held, m.receipt)
 		m.receipt = ""
 		if m.state == stateLeased {
@@ -440,11 +432,8 @@ func (b *broker) Release(ctx context.Context, ds ...stemdriver.Delivery) error {
 			m.state = stateReady
 			heap.Push(&q.ready, m)
 		}
-	}
-	if len(errs) < len(ds) {
-		s.signal()
-	}
-	return errors.Join(errs...)
+		s.signal() // waiting claims may take it now
+	})
 }
 
 // DeadLetter removes the message of d and keeps it, with reason, in the

@@ -111,3 +111,26 @@ func (b *SyncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// CleanupNamespace deletes, when tb ends, every stem key of namespace ns in
+// the Redis at url, so that repeated runs against one server never collide.
+func CleanupNamespace(tb testing.TB, url, ns string) {
+	tb.Cleanup(func() {
+		opts, err := redis.ParseURL(url)
+		if err != nil {
+			return
+		}
+		c := redis.NewClient(opts)
+		defer c.Close()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		var keys []string
+		iter := c.Scan(ctx, 0, "stem:*"+ns+"*", 500).Iterator()
+		for iter.Next(ctx) {
+			keys = append(keys, iter.Val())
+		}
+		if len(keys) > 0 {
+			c.Del(ctx, keys...)
+		}
+	})
+}
