@@ -120,11 +120,15 @@ type Broker interface {
 //   - Put upserts every result by id, replacing the whole stored record;
 //     results given in one call for the same id are applied in order.
 //   - Get returns the stored result or an error matching ErrNotFound.
+//   - GetMany returns, in input order, the stored result of each id, nil
+//     for an id with none, in as few round trips as the backend allows (the
+//     worker checks a claimed batch with one call).
 //   - Stored results may expire after a retention period set when the
 //     backend is opened.
 type ResultBackend interface {
 	Put(ctx context.Context, results ...*stemtype.TaskResult) error
 	Get(ctx context.Context, id string) (*stemtype.TaskResult, error)
+	GetMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error)
 	Close() error
 }
 

@@ -110,6 +110,35 @@ func (r *results) Get(ctx context.Context, id string) (*stemtype.TaskResult, err
 	return &res, nil
 }
 
+// GetMany returns copies of the stored results of ids, in order, nil for
+// an id with none.
+func (r *results) GetMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error) {
+	if isClosed(r.closed) {
+		return nil, fmt.Errorf("stem: memory results get: %w", stemdriver.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	raws := make([][]byte, len(ids))
+	r.space.mu.RLock()
+	for i, id := range ids {
+		raws[i] = r.space.byID[id]
+	}
+	r.space.mu.RUnlock()
+	out := make([]*stemtype.TaskResult, len(ids))
+	for i, raw := range raws {
+		if raw == nil {
+			continue
+		}
+		var res stemtype.TaskResult
+		if err := json.Unmarshal(raw, &res); err != nil {
+			return nil, fmt.Errorf("stem: memory results get %s: decode: %w", ids[i], err)
+		}
+		out[i] = &res
+	}
+	return out, nil
+}
+
 // Close closes r; other values of the same Hub are unaffected. Close is
 // idempotent.
 func (r *results) Close() error {

@@ -125,6 +125,38 @@ func (r *Results) Get(ctx context.Context, id string) (*stemtype.TaskResult, err
 	return &res, nil
 }
 
+// GetMany returns the stored results of ids in order, nil for an id with
+// none, with one MGET per 1000 ids.
+func (r *Results) GetMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error) {
+	if err := r.checkOpen(); err != nil {
+		return nil, err
+	}
+	out := make([]*stemtype.TaskResult, len(ids))
+	for start := 0; start < len(ids); start += resultChunk {
+		end := min(start+resultChunk, len(ids))
+		keys := make([]string, 0, end-start)
+		for _, id := range ids[start:end] {
+			keys = append(keys, resultKey(r.ns, id))
+		}
+		vals, err := r.rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, r.errorf(err, "get %d results (first %s)", end-start, ids[start])
+		}
+		for i, v := range vals {
+			s, ok := v.(string)
+			if !ok {
+				continue // nil: no result stored
+			}
+			var res stemtype.TaskResult
+			if err := json.Unmarshal([]byte(s), &res); err != nil {
+				return nil, fmt.Errorf("stem: redis results: result %s: stored value does not decode: %w", ids[start+i], err)
+			}
+			out[start+i] = &res
+		}
+	}
+	return out, nil
+}
+
 // Close closes the connections. Operations after Close return an error
 // matching stemdriver.ErrClosed. Close is safe to call more than once.
 func (r *Results) Close() error {

@@ -50,6 +50,27 @@ func RunResults(t *testing.T, open func(t *testing.T, namespace string) stemdriv
 		assertEqual(t, "stored result after changing a Get's", normResult(again), normResult(want))
 	})
 
+	run("GetManyInOrderWithGaps", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rb := open(t, ns)
+		at := now()
+		for _, id := range []string{"m-1", "m-3"} {
+			if err := rb.Put(ctx, &stemtype.TaskResult{ID: id, Task: "t", State: stemtype.StateSucceeded, UpdatedAt: at}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got, err := open(t, ns).GetMany(ctx, "m-3", "m-2", "m-1")
+		if err != nil {
+			t.Fatalf("GetMany: %v", err)
+		}
+		if len(got) != 3 || got[0] == nil || got[0].ID != "m-3" || got[1] != nil || got[2] == nil || got[2].ID != "m-1" {
+			t.Fatalf("GetMany(m-3, m-2, m-1) = %+v, want [m-3, nil, m-1]", got)
+		}
+		if got, err := rb.GetMany(ctx); err != nil || len(got) != 0 {
+			t.Fatalf("GetMany() = (%v, %v), want empty", got, err)
+		}
+	})
+
 	run("PutIfStateIsConditional", func(t *testing.T, ns string) {
 		ctx := testContext(t)
 		rb := open(t, ns)
