@@ -26,7 +26,7 @@ const (
 
 // message is one stored envelope.
 type message struct {
-	seq       uint64 // publish order within the namespace
+	seq       uint64 // queue order within the namespace: publish, or due, order
 	raw       []byte // the envelope's JSON encoding; never mutated
 	queue     string
 	priority  int
@@ -40,7 +40,7 @@ type message struct {
 
 // queue holds one queue's messages in three heaps.
 type queue struct {
-	ready   msgHeap // claimable now, by priority then publish order
+	ready   msgHeap // claimable now, by priority then queue order (seq)
 	delayed msgHeap // NotBefore in the future
 	leased  msgHeap // held by a consumer until leaseUntil
 }
@@ -110,10 +110,14 @@ func (s *brokerSpace) insert(raw []byte, env *stemtype.Envelope, now time.Time) 
 }
 
 // tick moves the messages of q that are due, and those whose lease expired,
-// to the ready heap. s.mu must be held.
+// to the ready heap. A due message joins the end of its queue (it gets a new
+// sequence number), so delayed messages are claimed in order of NotBefore,
+// however they were published, as on Redis. s.mu must be held.
 func (s *brokerSpace) tick(q *queue, now time.Time) {
 	for m := q.delayed.peek(); m != nil && !m.notBefore.After(now); m = q.delayed.peek() {
 		heap.Pop(&q.delayed)
+		s.seq++
+		m.seq = s.seq
 		m.state = stateReady
 		heap.Push(&q.ready, m)
 	}
@@ -193,8 +197,9 @@ func (b *broker) check(op string) error {
 	return nil
 }
 
-// Publish stores envs. It validates and encodes all of them before storing
-// any, so it stores all or none.
+// Publish stores envs, each as a message of its own: an envelope given
+// twice, in one call or two, is two messages. It validates and encodes all
+// of them before storing any, so it stores all or none.
 func (b *broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error {
 	if err := b.check("publish"); err != nil {
 		return err
@@ -392,7 +397,10 @@ func (b *broker) eachHeld(ctx context.Context, op string, ds []stemdriver.Delive
 	return errors.Join(errs...)
 }
 
-// Retry replaces the message of d with next, in one step.
+// Retry replaces the message of d with next, in one step, while d is
+// still held. A Retry of a delivery already retried, acked or taken over
+// returns an error matching stemdriver.ErrLeaseLost and stores nothing, so
+// a replayed Retry never duplicates next.
 func (b *broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtype.Envelope) error {
 	if err := b.check("retry"); err != nil {
 		return err

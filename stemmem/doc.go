@@ -9,7 +9,10 @@
 // nothing else.
 //
 // The broker keeps each queue ordered by Envelope.Priority (higher first),
-// then by publish order. Claim with a Wait blocks without polling: it wakes
+// then by publish order; a delayed message joins the end of its queue when
+// it falls due, so delayed messages come in order of NotBefore. Every
+// envelope given to Publish is stored as a message of its own, so one
+// published twice is delivered twice. Claim with a Wait blocks without polling: it wakes
 // when a message is published, released or retried, and at the nearest
 // NotBefore or lease deadline. A claimed message carries a receipt unique to
 // that claim; once its lease expired and another consumer re-claimed it, the

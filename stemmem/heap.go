@@ -44,8 +44,9 @@ func (h *msgHeap) peek() *message {
 	return h.ms[0]
 }
 
-// readyFirst orders ready messages: higher priority first, then publish
-// order.
+// readyFirst orders ready messages: higher priority first, then queue
+// order (publish order; a delayed message takes its place when it falls
+// due, so delayed ones follow their NotBefore order).
 func readyFirst(a, b *message) bool {
 	if a.priority != b.priority {
 		return a.priority > b.priority

@@ -406,3 +406,45 @@ func TestCanceledContext(t *testing.T) {
 		t.Errorf("Replies = %v, want context.Canceled", err)
 	}
 }
+
+func TestDelayedClaimedByDueTime(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		b := stemmem.New().Broker(ns)
+		envs := []*stemtype.Envelope{env("late", "q"), env("early", "q"), env("mid", "q")}
+		for i, d := range []time.Duration{3, 1, 2} {
+			envs[i].NotBefore = time.Now().Add(d * time.Second)
+		}
+		publish(t, b, envs...)
+		publish(t, b, env("ready", "q"))
+		time.Sleep(4 * time.Second) // all three fall due before the claim
+		if got, want := ids(claim(t, b, stemdriver.ClaimRequest{Queues: []string{"q"}})), "ready,early,mid,late"; got != want {
+			t.Fatalf("claim order %s, want %s", got, want)
+		}
+	})
+}
+
+func TestLostLeaseOperationsStoreNothing(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		hub := stemmem.New()
+		b := hub.Broker(ns)
+		publish(t, b, env("e", "q"))
+		old := claim(t, b, stemdriver.ClaimRequest{Queues: []string{"q"}, Lease: time.Second})[0]
+		time.Sleep(2 * time.Second)
+		cur := claim(t, b, stemdriver.ClaimRequest{Queues: []string{"q"}})[0]
+		if err := b.DeadLetter(t.Context(), old, "lost"); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Fatalf("DeadLetter of a lost lease = %v, want ErrLeaseLost", err)
+		}
+		if err := b.Release(t.Context(), old); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Fatalf("Release of a lost lease = %v, want ErrLeaseLost", err)
+		}
+		if n := len(hub.DeadLetters("ns", "q")); n != 0 {
+			t.Fatalf("%d dead letters after a lost-lease DeadLetter, want 0", n)
+		}
+		if got := claim(t, b, stemdriver.ClaimRequest{Queues: []string{"q"}}); len(got) != 0 {
+			t.Fatalf("claimed %s after a lost-lease Release, want nothing", ids(got))
+		}
+		if err := b.Ack(t.Context(), cur); err != nil {
+			t.Fatalf("Ack by the current holder: %v", err)
+		}
+	})
+}

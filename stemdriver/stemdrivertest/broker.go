@@ -329,6 +329,226 @@ func RunBroker(t *testing.T, open func(t *testing.T, namespace string) stemdrive
 		mustClaimNone(ctx, t, b, req("b", longLease, "q"), 0) // the failed Retry stored nothing
 	})
 
+	run("LostLeaseOperationsChangeNothing", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		a, b := open(t, ns), open(t, ns)
+		mustPublish(ctx, t, a, envelopes("lost", "q", 1)...)
+		da := claimN(ctx, t, a, 1, req("a", shortLease, "q"))[0]
+		// claimN polls until the short lease lapses and b takes it over.
+		db := claimN(ctx, t, b, 1, req("b", longLease, "q"))[0]
+		if db.Envelope.ID != da.Envelope.ID {
+			t.Fatalf("re-claimed %s, want %s", db.Envelope.ID, da.Envelope.ID)
+		}
+
+		if err := a.Release(ctx, da); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Errorf("old holder's Release = %v, want ErrLeaseLost", err)
+		}
+		if err := a.DeadLetter(ctx, da, "stemdrivertest: lost lease"); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Errorf("old holder's DeadLetter = %v, want ErrLeaseLost", err)
+		}
+		if err := a.ExtendLease(ctx, da, longLease); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Errorf("old holder's ExtendLease = %v, want ErrLeaseLost", err)
+		}
+		// None of them made the message ready again or took it away from
+		// its new holder: nobody else can claim it, and b still holds it.
+		mustDepth(ctx, t, b, "q", 0)
+		mustClaimNone(ctx, t, open(t, ns), req("c", longLease, "q"), 0)
+		if err := b.ExtendLease(ctx, db, longLease); err != nil {
+			t.Fatalf("new holder's ExtendLease: %v", err)
+		}
+		if err := b.Ack(ctx, db); err != nil {
+			t.Fatalf("new holder's Ack: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 0)
+		mustClaimNone(ctx, t, b, req("b", longLease, "q"), 0)
+	})
+
+	// Retry replaces the delivered message only while the caller holds it,
+	// so a replayed Retry (a writer that retries after an error whose
+	// outcome it cannot know) never stores a second next message.
+	for _, tc := range []struct {
+		name    string
+		queue   string // next's queue
+		delayed bool   // next has a NotBefore in the future
+	}{
+		{"SameQueue", "q", false},
+		{"SameQueueDelayed", "q", true},
+		{"OtherQueue", "q2", false},
+		{"OtherQueueDelayed", "q2", true},
+	} {
+		run("RetryTwiceStoresOneNext/"+tc.name, func(t *testing.T, ns string) {
+			ctx := testContext(t)
+			b := open(t, ns)
+			mustPublish(ctx, t, b, envelopes("twice", "q", 1)...)
+			d := claimN(ctx, t, b, 1, req("c1", longLease, "q"))[0]
+			next := cloneEnvelope(t, d.Envelope)
+			next.Queue, next.Attempt = tc.queue, d.Envelope.Attempt+1
+			if tc.delayed {
+				next.NotBefore = now().Add(delay)
+			}
+			if err := b.Retry(ctx, d, next); err != nil {
+				t.Fatalf("Retry: %v", err)
+			}
+			if err := b.Retry(ctx, d, next); !errors.Is(err, stemdriver.ErrLeaseLost) {
+				t.Fatalf("second Retry of one delivery = %v, want ErrLeaseLost", err)
+			}
+			if tc.queue != "q" {
+				mustDepth(ctx, t, b, "q", 0)
+			}
+			mustDepth(ctx, t, b, tc.queue, 1)
+			got := claimN(ctx, t, b, 1, req("c1", longLease, tc.queue))[0]
+			if tc.delayed {
+				checkNotEarly(t, []stemdriver.Delivery{got}, next.NotBefore)
+			}
+			if got.Queue != tc.queue {
+				t.Errorf("Delivery.Queue = %q, want %q", got.Queue, tc.queue)
+			}
+			assertEqual(t, "envelope after Retry", normEnvelope(got.Envelope), normEnvelope(next))
+			if err := b.Ack(ctx, got); err != nil {
+				t.Fatalf("Ack: %v", err)
+			}
+			mustDepth(ctx, t, b, tc.queue, 0)
+			mustClaimNone(ctx, t, b, req("c1", longLease, "q", tc.queue), 0)
+		})
+	}
+
+	run("ConcurrentRetriesStoreOneNext", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		const callers = 8
+		mustPublish(ctx, t, open(t, ns), envelopes("race", "q", 1)...)
+		d := claimN(ctx, t, open(t, ns), 1, req("c1", longLease, "q"))[0]
+		next := cloneEnvelope(t, d.Envelope)
+		next.Queue, next.Attempt = "q2", d.Envelope.Attempt+1
+
+		brokers := make([]stemdriver.Broker, callers)
+		for i := range brokers {
+			brokers[i] = open(t, ns)
+		}
+		var (
+			wg    sync.WaitGroup
+			start = make(chan struct{})
+			errs  = make([]error, callers)
+		)
+		for i, b := range brokers {
+			wg.Go(func() {
+				<-start
+				errs[i] = b.Retry(ctx, d, next)
+			})
+		}
+		close(start)
+		wg.Wait()
+		won := 0
+		for i, err := range errs {
+			switch {
+			case err == nil:
+				won++
+			case !errors.Is(err, stemdriver.ErrLeaseLost):
+				t.Errorf("Retry %d = %v, want nil or ErrLeaseLost", i, err)
+			}
+		}
+		if won != 1 {
+			t.Errorf("%d of %d concurrent Retries of one delivery succeeded, want exactly 1", won, callers)
+		}
+		b := open(t, ns)
+		mustDepth(ctx, t, b, "q", 0)
+		mustDepth(ctx, t, b, "q2", 1)
+		got := claimN(ctx, t, b, 1, req("c2", longLease, "q2"))[0]
+		assertEqual(t, "envelope after Retry", normEnvelope(got.Envelope), normEnvelope(next))
+		mustClaimNone(ctx, t, b, req("c2", longLease, "q", "q2"), 0)
+	})
+
+	// Publish stores every envelope it is given, once per call: the same
+	// envelope published twice is two messages, delivered twice, whether
+	// it is ready or delayed (the worker, not the broker, recognises a task
+	// that already ran).
+	for _, tc := range []struct {
+		name    string
+		delayed bool
+		oneCall bool
+	}{
+		{"ReadyTwoCalls", false, false},
+		{"DelayedTwoCalls", true, false},
+		{"ReadyOneCall", false, true},
+		{"DelayedOneCall", true, true},
+	} {
+		run("DuplicatePublishStoresTwo/"+tc.name, func(t *testing.T, ns string) {
+			ctx := testContext(t)
+			b := open(t, ns)
+			env := fullEnvelope("dup-1", "q")
+			if tc.delayed {
+				env.NotBefore = now().Add(delay)
+			}
+			if tc.oneCall {
+				mustPublish(ctx, t, b, env, env)
+			} else {
+				mustPublish(ctx, t, b, env)
+				mustPublish(ctx, t, b, env)
+			}
+			mustDepth(ctx, t, b, "q", 2)
+			ds := claimN(ctx, t, b, 2, req("c1", longLease, "q"))
+			if tc.delayed {
+				checkNotEarly(t, ds, env.NotBefore)
+			}
+			for _, d := range ds {
+				assertEqual(t, "duplicate's envelope", normEnvelope(d.Envelope), normEnvelope(env))
+			}
+			if ds[0].Receipt == ds[1].Receipt {
+				t.Fatalf("both deliveries have receipt %q", ds[0].Receipt)
+			}
+			if err := b.Ack(ctx, ds...); err != nil {
+				t.Fatalf("Ack of both deliveries: %v", err)
+			}
+			mustDepth(ctx, t, b, "q", 0)
+			mustClaimNone(ctx, t, b, req("c1", longLease, "q"), 0)
+		})
+	}
+
+	run("FIFOWithinQueue", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		// Five in one call, then five more one call each.
+		envs := envelopes("fifo", "q", 10)
+		mustPublish(ctx, t, b, envs[:5]...)
+		for _, env := range envs[5:] {
+			mustPublish(ctx, t, b, env)
+		}
+		var want []string
+		for _, env := range envs {
+			want = append(want, env.ID)
+		}
+		// One at a time, then in batches: the order is the same.
+		var got []string
+		for _, d := range claimN(ctx, t, b, 4, req("c1", longLease, "q")) {
+			got = append(got, d.Envelope.ID)
+		}
+		for range 6 {
+			got = append(got, claimN(ctx, t, b, 1, req("c1", longLease, "q"))[0].Envelope.ID)
+		}
+		assertEqual(t, "claim order of messages published in order", got, want)
+	})
+
+	run("FIFODelayedByDueTime", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		b := open(t, ns)
+		// Published in one order, due in another: once all are due they
+		// are claimed by due time.
+		envs := envelopes("due", "q", 4)
+		base := now().Add(delay)
+		offsets := []time.Duration{30, 0, 20, 10}
+		for i, env := range envs {
+			env.NotBefore = base.Add(offsets[i] * time.Millisecond)
+		}
+		mustPublish(ctx, t, b, envs[:2]...)
+		mustPublish(ctx, t, b, envs[2])
+		mustPublish(ctx, t, b, envs[3])
+		waitUntil(ctx, t, base.Add(30*time.Millisecond))
+		var got []string
+		for range 4 {
+			got = append(got, claimN(ctx, t, b, 1, req("c1", longLease, "q"))[0].Envelope.ID)
+		}
+		assertEqual(t, "claim order of delayed messages", got, []string{"due-1", "due-3", "due-2", "due-0"})
+	})
+
 	run("ExtendLeaseKeepsMessage", func(t *testing.T, ns string) {
 		ctx := testContext(t)
 		a, b := open(t, ns), open(t, ns)
@@ -576,5 +796,19 @@ func checkNotEarly(t *testing.T, ds []stemdriver.Delivery, notBefore time.Time) 
 	t.Helper()
 	if len(ds) > 0 && time.Now().Before(notBefore) {
 		t.Fatalf("claimed %s before its NotBefore %v", ds[0].Envelope.ID, notBefore)
+	}
+}
+
+// waitUntil returns once the clock passed tm. The suite waits like this
+// only where the property is about several delayed messages being due at
+// once; it asserts order, never timing.
+func waitUntil(ctx context.Context, t *testing.T, tm time.Time) {
+	t.Helper()
+	timer := time.NewTimer(time.Until(tm) + time.Millisecond)
+	defer timer.Stop()
+	select {
+	case <-ctx.Done():
+		t.Fatalf("waiting until %v: %v", tm, ctx.Err())
+	case <-timer.C:
 	}
 }
