@@ -85,6 +85,17 @@ type ClaimRequest struct {
 //     failure may leave some stored; producers retry with the same ids).
 //     An envelope whose NotBefore is in the future is not claimable before
 //     that time.
+//   - Publish stores each envelope given as a message of its own, exactly
+//     once per call: the same envelope given twice, in one call or two,
+//     ready or delayed alike, is two messages and is delivered twice.
+//     Brokers never deduplicate by id or content; the worker acknowledges
+//     a delivery of a task whose result is already final without running
+//     it.
+//   - Within one queue, messages of equal priority are claimed in the order
+//     they were published (within one call and across calls of one
+//     producer), and delayed ones in order of NotBefore once due. Order
+//     between a due delayed message and ready ones, and the place of a
+//     message whose lease expired or that was released, are the backend's.
 //   - Claim returns between 0 and Max ready messages leased to the consumer,
 //     blocking up to Wait (or until ctx ends) when none is ready; returning
 //     fewer than Max, or none, is normal. Messages whose lease expired are
@@ -93,10 +104,21 @@ type ClaimRequest struct {
 //     queues failed), the deliveries are leased all the same and the caller
 //     handles them.
 //   - A message leaves the broker only by Ack, Retry or DeadLetter.
-//   - ExtendLease pushes the lease deadline to now+lease; it returns
-//     ErrLeaseLost when the caller no longer holds the message.
-//   - Retry atomically replaces the delivered message with next (same id,
-//     usually a higher attempt and a later NotBefore).
+//   - The caller holds a delivery from its Claim until it is acked,
+//     retried, released or dead-lettered, or until its lease expired and
+//     another Claim re-claimed the message (a backend may also end it when
+//     the lease expires). ExtendLease, Ack, Retry, Release and DeadLetter of
+//     a delivery no longer held return an error matching ErrLeaseLost and
+//     change nothing: the message stays with its current holder, is not
+//     made ready, and nothing is dead-lettered. Ack and Release of several
+//     deliveries still act on the held ones.
+//   - ExtendLease pushes the lease deadline to now+lease.
+//   - Retry replaces the delivered message with next (same id, usually a
+//     higher attempt and a later NotBefore, possibly another queue) in one
+//     atomic step, only while the caller holds the delivery. So Retry is
+//     idempotent: of two Retries of one delivery (a replay after an error
+//     whose outcome was unknown), at most one stores next; the other
+//     returns ErrLeaseLost and stores nothing.
 //   - Release makes held messages ready again at once, unchanged (shutdown).
 //   - DeadLetter removes the message from the queue and keeps its raw bytes
 //     with the reason, where the broker can, so nothing is silently lost.

@@ -2,11 +2,15 @@ package stemredis
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -82,10 +86,51 @@ func microsCeil(t time.Time) int64 {
 	return us
 }
 
-// Publish stores envs: an envelope due now is appended to its queue's
-// stream, a delayed one (NotBefore in the future) goes to the queue's
-// delayed set. All go in pipelines of up to 1000 commands, one round trip
-// each. Every envelope is validated before anything is sent.
+// delayedTokenLen is the length of the token in front of every member of
+// a delayed set (see delayedMember).
+const delayedTokenLen = 32
+
+// delayedSeq and delayedNode make delayed-set tokens: the counter is seeded
+// with the clock, so tokens of one process sort in publish order and those
+// of a restarted process mostly after them, and the random node id keeps
+// tokens of different processes apart.
+var (
+	delayedSeq  atomic.Uint64
+	delayedNode [8]byte
+)
+
+func init() {
+	delayedSeq.Store(uint64(time.Now().UnixNano()))
+	_, _ = rand.Read(delayedNode[:]) // never fails (crypto/rand panics instead)
+}
+
+// appendDelayedToken appends a token unique to one publish to dst: 32
+// lowercase hex digits, 16 of a per-process counter and 16 of a random
+// per-process id.
+func appendDelayedToken(dst []byte) []byte {
+	var b [16]byte
+	binary.BigEndian.PutUint64(b[:8], delayedSeq.Add(1))
+	copy(b[8:], delayedNode[:])
+	return hex.AppendEncode(dst, b[:])
+}
+
+// delayedMember returns the delayed-set member of one publish of the
+// envelope JSON raw: a fresh token followed by raw. The token makes every
+// publish a member of its own, so that an envelope published twice while
+// delayed is stored twice, as it is when ready; among messages due at the
+// same microsecond it keeps one producer's publish order. The claim script
+// strips it (everything before the JSON's first '{').
+func delayedMember(raw []byte) []byte {
+	m := make([]byte, 0, delayedTokenLen+len(raw))
+	return append(appendDelayedToken(m), raw...)
+}
+
+// Publish stores envs, each as a message of its own (an envelope given
+// twice, in one call or two, is two messages): an envelope due now is
+// appended to its queue's stream, a delayed one (NotBefore in the future)
+// goes to the queue's delayed set under a token unique to this publish. All
+// go in pipelines of up to 1000 commands, one round trip each. Every
+// envelope is validated before anything is sent.
 func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error {
 	if err := b.checkOpen(); err != nil {
 		return err
@@ -112,7 +157,7 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 			env := envs[i]
 			k := newQueueKeys(b.ns, env.Queue)
 			if env.NotBefore.After(now) {
-				pipe.ZAdd(ctx, k.delayed, redis.Z{Score: float64(microsCeil(env.NotBefore)), Member: raws[i]})
+				pipe.ZAdd(ctx, k.delayed, redis.Z{Score: float64(microsCeil(env.NotBefore)), Member: delayedMember(raws[i])})
 			} else {
 				pipe.XAdd(ctx, &redis.XAddArgs{Stream: k.stream, Values: []any{msgField, raws[i]}})
 			}
@@ -405,11 +450,15 @@ func (b *Broker) finishMany(ctx context.Context, s *script, what string, ds []st
 	return lost, nil
 }
 
-// Retry replaces d with next in one script run: d leaves the stream, and
-// next goes to the delayed set when its NotBefore is in the future (server
-// clock), or to the stream. When next names another queue, next is
-// published there first and d is acknowledged after, so a failure between
-// the two leaves a duplicate rather than nothing.
+// Retry replaces d with next in one script run, while d is still leased:
+// d leaves the stream, and next goes to the delayed set of its queue when
+// its NotBefore is in the future (server clock), or to that queue's stream.
+// A Retry of a delivery no longer leased (already retried, acked, or its
+// lease re-queued) stores nothing and returns an error matching
+// stemdriver.ErrLeaseLost, so replaying a Retry whose outcome is unknown
+// never duplicates next. When next names another queue the script touches
+// both queues' keys, which Redis Cluster would refuse unless the two share
+// a hash slot (see the package documentation).
 func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtype.Envelope) error {
 	if err := b.checkOpen(); err != nil {
 		return err
@@ -420,23 +469,6 @@ func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtyp
 	if err := next.Validate(); err != nil {
 		return fmt.Errorf("stem: redis broker: retry: %w", err)
 	}
-	if next.Queue != d.Queue {
-		// The queues' keys may live in different cluster slots, so no one
-		// script can move the message. Check the lease first, so that a
-		// lost delivery stores nothing.
-		k := newQueueKeys(b.ns, d.Queue)
-		err := b.rdb.ZScore(ctx, k.leases, d.Receipt).Err()
-		if errors.Is(err, redis.Nil) {
-			return fmt.Errorf("stem: redis broker: retry of %s in queue %q: %w", d.Receipt, d.Queue, stemdriver.ErrLeaseLost)
-		}
-		if err != nil {
-			return b.errorf(err, "retry of %s in queue %q", d.Receipt, d.Queue)
-		}
-		if err := b.Publish(ctx, next); err != nil {
-			return err
-		}
-		return b.Ack(ctx, d)
-	}
 	raw, err := json.Marshal(next)
 	if err != nil {
 		return fmt.Errorf("stem: redis broker: retry: encode envelope %s: %w", next.ID, err)
@@ -445,9 +477,10 @@ func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtyp
 	if !next.NotBefore.IsZero() {
 		nb = microsCeil(next.NotBefore)
 	}
-	k := newQueueKeys(b.ns, d.Queue)
-	n, err := retryScript.run(ctx, b.rdb, []string{k.stream, k.leases, k.delayed},
-		group, d.Receipt, raw, strconv.FormatInt(nb, 10)).Int64()
+	k, nk := newQueueKeys(b.ns, d.Queue), newQueueKeys(b.ns, next.Queue)
+	token := appendDelayedToken(make([]byte, 0, delayedTokenLen))
+	n, err := retryScript.run(ctx, b.rdb, []string{k.stream, k.leases, nk.stream, nk.delayed},
+		group, d.Receipt, raw, strconv.FormatInt(nb, 10), token).Int64()
 	if err != nil {
 		return b.errorf(err, "retry of %s in queue %q", d.Receipt, d.Queue)
 	}

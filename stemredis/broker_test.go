@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -479,5 +480,163 @@ func TestConsumerSweepDeletesIdleConsumers(t *testing.T) {
 	names := consumers()
 	if slices.Contains(names, "old") || !slices.Contains(names, "busy") {
 		t.Fatalf("consumers after the sweep: %v, want busy (holds a message) kept and old deleted", names)
+	}
+}
+
+// errInjected is the failure scriptFault reports.
+var errInjected = errors.New("stemredis test: injected failure")
+
+// scriptFault is a go-redis hook that makes the next script call fail, as
+// a broken connection would: before the command reaches the server
+// (reached false) or after the server ran it and before its reply arrived
+// (reached true).
+type scriptFault struct {
+	armed   atomic.Bool
+	reached bool
+}
+
+func (f *scriptFault) DialHook(next redis.DialHook) redis.DialHook { return next }
+
+func (f *scriptFault) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+func (f *scriptFault) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		name := cmd.Name()
+		if (name != "evalsha" && name != "eval") || !f.armed.Load() {
+			return next(ctx, cmd)
+		}
+		if f.reached {
+			if err := next(ctx, cmd); isNoScript(err) {
+				return err // it did not run; the EVAL that follows will
+			}
+		}
+		f.armed.Store(false)
+		cmd.SetErr(errInjected)
+		return errInjected
+	}
+}
+
+// TestRetryReplayedAfterAFailureStoresOneNext replays a Retry the way the
+// worker's writer does after an error, for a failure before and after the
+// server ran it: exactly one next message is stored either way. Before
+// Retry was one script, a cross-queue Retry whose final ack failed
+// published next again on every replay.
+func TestRetryReplayedAfterAFailureStoresOneNext(t *testing.T) {
+	for _, tc := range []struct {
+		name    string
+		queue   string
+		reached bool
+	}{
+		{"OtherQueueFailedBeforeServer", "q2", false},
+		{"OtherQueueReplyLost", "q2", true},
+		{"SameQueueFailedBeforeServer", "q1", false},
+		{"SameQueueReplyLost", "q1", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ns := newNS(t)
+			b := openTestBroker(t, ns)
+			fault := &scriptFault{reached: tc.reached}
+			b.rdb.AddHook(fault)
+			ctx := testCtx(t)
+			if err := b.Publish(ctx, testEnvelopes("x", "q1", 1)...); err != nil {
+				t.Fatal(err)
+			}
+			d := claimAll(ctx, t, b, 1, time.Minute, "q1")[0]
+			next := *d.Envelope
+			next.Queue, next.Attempt = tc.queue, 1
+
+			fault.armed.Store(true)
+			if err := b.Retry(ctx, d, &next); !errors.Is(err, errInjected) {
+				t.Fatalf("Retry with a failing connection = %v, want the injected failure", err)
+			}
+			err := b.Retry(ctx, d, &next)
+			if tc.reached && !errors.Is(err, stemdriver.ErrLeaseLost) {
+				t.Fatalf("replayed Retry after it ran = %v, want ErrLeaseLost", err)
+			}
+			if !tc.reached && err != nil {
+				t.Fatalf("replayed Retry after it failed unsent = %v, want nil", err)
+			}
+			if tc.queue != "q1" {
+				if n, err := b.Depth(ctx, "q1"); err != nil || n != 0 {
+					t.Fatalf("Depth q1 = %d, %v; want 0", n, err)
+				}
+			}
+			if n, err := b.Depth(ctx, tc.queue); err != nil || n != 1 {
+				t.Fatalf("Depth %s = %d, %v; want 1 (one next message)", tc.queue, n, err)
+			}
+		})
+	}
+}
+
+// TestLostLeaseDeadLetterStoresNothing checks what the conformance suite
+// cannot see: a DeadLetter of a delivery whose lease another consumer took
+// over writes no dead letter.
+func TestLostLeaseDeadLetterStoresNothing(t *testing.T) {
+	ns := newNS(t)
+	b := openTestBroker(t, ns)
+	ctx := testCtx(t)
+	if err := b.Publish(ctx, testEnvelopes("x", "q", 1)...); err != nil {
+		t.Fatal(err)
+	}
+	old := claimAll(ctx, t, b, 1, 50*time.Millisecond, "q")[0]
+	cur := claimAll(ctx, t, b, 1, time.Minute, "q")[0] // polls until the lease lapses
+	if err := b.DeadLetter(ctx, old, "lost"); !errors.Is(err, stemdriver.ErrLeaseLost) {
+		t.Fatalf("DeadLetter of a lost lease = %v, want ErrLeaseLost", err)
+	}
+	k := newQueueKeys(ns, "q")
+	if n, err := rawClient(t).XLen(ctx, k.dead).Result(); err != nil || n != 0 {
+		t.Fatalf("dead letters after a lost-lease DeadLetter: %d, %v; want 0", n, err)
+	}
+	if err := b.Ack(ctx, cur); err != nil {
+		t.Fatalf("Ack by the current holder: %v", err)
+	}
+}
+
+// TestDelayedMembersUniqueAndLegacyOnesDelivered checks the delayed set's
+// layout: every publish is a member of its own, a token followed by the
+// envelope JSON, and a member written before tokens existed (the bare
+// JSON) is still delivered whole.
+func TestDelayedMembersUniqueAndLegacyOnesDelivered(t *testing.T) {
+	ns := newNS(t)
+	b := openTestBroker(t, ns)
+	ctx := testCtx(t)
+	rdb := rawClient(t)
+	k := newQueueKeys(ns, "q")
+	env := testEnvelopes("d", "q", 1)[0]
+	env.NotBefore = time.Now().Add(time.Hour)
+	if err := b.Publish(ctx, env, env); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := json.Marshal(env)
+	if err != nil {
+		t.Fatal(err)
+	}
+	members, err := rdb.ZRange(ctx, k.delayed, 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(members) != 2 || members[0] == members[1] {
+		t.Fatalf("delayed set holds %q, want two distinct members", members)
+	}
+	for _, m := range members {
+		if len(m) != delayedTokenLen+len(raw) || m[delayedTokenLen:] != string(raw) || strings.Contains(m[:delayedTokenLen], "{") {
+			t.Fatalf("delayed member %q, want a %d-character token and then %s", m, delayedTokenLen, raw)
+		}
+	}
+
+	legacy := testEnvelopes("legacy", "q", 1)[0]
+	lraw, err := json.Marshal(legacy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	due := float64(time.Now().Add(-time.Second).UnixMicro())
+	if err := rdb.ZAdd(ctx, k.delayed, redis.Z{Score: due, Member: lraw}).Err(); err != nil {
+		t.Fatal(err)
+	}
+	d := claimAll(ctx, t, b, 1, time.Minute, "q")[0]
+	if d.DecodeErr != nil || d.Envelope.ID != legacy.ID || string(d.Raw) != string(lraw) {
+		t.Fatalf("claimed %q (decode error %v), want the legacy member %s whole", d.Raw, d.DecodeErr, lraw)
 	}
 }

@@ -35,7 +35,9 @@
 //	stem:{NS:QUEUE}:stream    stream of ready and leased messages, field "msg"
 //	                          holds the envelope JSON; consumer group "stem"
 //	stem:{NS:QUEUE}:leases    sorted set: stream id -> lease deadline (µs)
-//	stem:{NS:QUEUE}:delayed   sorted set: envelope JSON -> NotBefore (µs)
+//	stem:{NS:QUEUE}:delayed   sorted set: token + envelope JSON -> NotBefore
+//	                          (µs); the token (32 hex digits) is unique to
+//	                          each publish
 //	stem:{NS:QUEUE}:dead      stream of dead letters: msg, reason, queue,
 //	                          stream_id, dead_at_ms
 //	stem:NS:result:TASKID     string: the result JSON, with the retention TTL
@@ -55,7 +57,11 @@
 // # Broker
 //
 // Publish appends a ready envelope to its queue's stream (XADD) and puts a
-// delayed one in the delayed set; a batch is one pipeline. Claim runs one
+// delayed one in the delayed set; a batch is one pipeline. Every envelope
+// given is stored as a message of its own: one published twice, in one
+// call or two, ready or delayed, is delivered twice (a delayed-set member
+// starts with a token unique to its publish, so identical envelopes do not
+// collapse into one member). Claim runs one
 // Lua script per queue that reads new entries with XREADGROUP COUNT and
 // records their lease deadlines, in one round trip. A delivery's receipt is
 // its stream id, and a message has a fresh stream id on every delivery: when
@@ -65,7 +71,10 @@
 // Ack, Retry, Release and DeadLetter remove the entry (XACK and XDEL)
 // together with its lease in one script, so a message leaves Redis only
 // when its task is finished, and a worker killed with SIGKILL loses nothing:
-// its leases expire and its messages come back.
+// its leases expire and its messages come back. Retry stores the next
+// attempt in that same script, in the delivery's queue or another one, so
+// it is idempotent: a second Retry of one delivery finds no lease, returns
+// stemdriver.ErrLeaseLost and stores nothing.
 //
 // The upkeep (re-queueing expired leases, moving due delayed messages to
 // the stream, at most 1000 of each per run) rides along with Claim: on
@@ -90,25 +99,29 @@
 //   - go-redis retries a command whose reply was lost (max_retries, 3 by
 //     default). A replayed claim script leases the next messages too, and
 //     the first batch waits for its lease to expire before another worker
-//     gets it; a replayed publish stores a message twice. Neither loses a
-//     message; set max_retries=-1 in the URL to turn replays off.
+//     gets it; a replayed publish stores a message twice; a replayed Retry,
+//     Ack or DeadLetter returns stemdriver.ErrLeaseLost although the first
+//     run succeeded. None loses a message; set max_retries=-1 in the URL to
+//     turn replays off.
 //   - Delayed messages and expired leases are only moved by claims: a
 //     queue nobody claims from keeps them where they are (Depth still
 //     counts them).
-//   - A message whose lease expired goes to the end of its queue.
+//   - A message whose lease expired goes to the end of its queue, and so
+//     does a delayed message when it falls due (several due at once go in
+//     order of NotBefore).
 //   - Priorities are ignored: a queue is first in, first out.
-//   - A message published twice with byte-identical JSON while delayed is
-//     stored once (the delayed set is keyed by the JSON).
-//   - Retry to another queue than the delivery's is two steps (publish,
-//     then ack), since the two queues' keys may live on different cluster
-//     nodes; a failure between them leaves a duplicate, never a loss.
+//   - Delayed-set members written by versions before the publish token
+//     (the bare envelope JSON) are still delivered; the claim script takes
+//     everything from a member's first '{' as the envelope.
 //   - Entries written to a stream by something else than stem are
 //     delivered with DecodeErr set (Raw is the "msg" field, or all fields
 //     as a JSON array when there is none).
 //   - Redis Cluster is not supported yet: this package opens single-node
-//     clients only, although every script keeps to one hash slot. A Claim
-//     over several queues blocks with one multi-key XREAD, which Cluster
-//     refuses unless the queues share a slot.
+//     clients only. Every script keeps to one hash slot except a Retry to
+//     another queue than the delivery's, which touches both queues' keys in
+//     one script so that it stays atomic; a Claim over several queues
+//     blocks with one multi-key XREAD. Cluster refuses both unless the
+//     queues share a slot.
 //   - Claiming from a queue creates its stream and group, so a mistyped
 //     queue name leaves empty keys behind.
 //   - Consumers of the group that hold nothing and were idle ten minutes

@@ -51,8 +51,9 @@ type queueKeys struct {
 	// leases maps the stream id of every leased message to its lease
 	// deadline (sorted set, microseconds since the epoch, server clock).
 	leases string
-	// delayed maps the JSON of every delayed message to its NotBefore
-	// (sorted set, microseconds since the epoch).
+	// delayed maps every delayed message, a token unique to its publish
+	// followed by its JSON (see delayedMember), to its NotBefore (sorted
+	// set, microseconds since the epoch).
 	delayed string
 	// dead keeps dead-lettered messages with their reasons (a stream).
 	dead string

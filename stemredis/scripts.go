@@ -118,7 +118,8 @@ end
 // messages alone do not fill the batch: messages whose lease expired are
 // put back at the end of the stream under a new id (so the old holder's
 // receipt stops matching) and delayed messages that are due are appended
-// to the stream, at most 1000 of each per call. Then it reads new entries
+// to the stream (without their publish token, see delayedMember), in order
+// of due time, at most 1000 of each per call. Then it reads new entries
 // with XREADGROUP (creating the group when missing) and records a lease
 // deadline for each.
 //
@@ -141,6 +142,15 @@ local sdeadline = us(now + tonumber(ARGV[4]))
 local out = {'', -1}
 local nout = 2
 
+-- delayed_msg returns the envelope of a delayed-set member: the member
+-- without the publish token in front of the JSON. A member written before
+-- tokens existed starts with the JSON's '{' and is kept whole.
+local function delayed_msg(m)
+  local i = string.find(m, '{', 1, true)
+  if i and i > 1 then return string.sub(m, i) end
+  return m
+end
+
 local function upkeep()
   redis.pcall('XGROUP', 'CREATE', stream, grp, '0', 'MKSTREAM')
   local moved = 0
@@ -160,7 +170,7 @@ local function upkeep()
   if #expired > 0 then redis.call('ZREM', leases, unpack(expired)) end
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', snow, 'LIMIT', 0, 1000)
   for _, m in ipairs(due) do
-    redis.call('XADD', stream, '*', 'msg', m)
+    redis.call('XADD', stream, '*', 'msg', delayed_msg(m))
   end
   if #due > 0 then redis.call('ZREM', delayed, unpack(due)) end
   return moved + #due
@@ -301,21 +311,26 @@ return 1
 `)
 
 // retryScript replaces a leased message with its next attempt, which goes
-// to the delayed set when its NotBefore is in the future and to the stream
-// otherwise.
+// to the delayed set of next's queue when its NotBefore is in the future
+// and to that queue's stream otherwise. Checking the lease and replacing
+// the message are one step, so of several runs for one delivery (a replay
+// after a lost reply, a writer retrying after an error) only the first
+// stores next. next's queue may be another one than the delivery's; its
+// keys are then in another hash slot (see the package documentation).
 //
-// KEYS[1] stream, KEYS[2] leases, KEYS[3] delayed
+// KEYS[1] stream, KEYS[2] leases, KEYS[3] next's stream, KEYS[4] next's
+// delayed set
 // ARGV[1] group, ARGV[2] stream id, ARGV[3] next envelope JSON,
-// ARGV[4] next NotBefore in µs (0: now)
+// ARGV[4] next NotBefore in µs (0: now), ARGV[5] the delayed-set token
 // Returns 1, or 0 when the message is not leased (nothing is stored then).
 var retryScript = newScript(luaPrelude + `
 if redis.call('ZREM', KEYS[2], ARGV[2]) == 0 then return 0 end
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if tonumber(ARGV[4]) > now_us() then
-  redis.call('ZADD', KEYS[3], ARGV[4], ARGV[3])
+  redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5] .. ARGV[3])
 else
-  redis.call('XADD', KEYS[1], '*', 'msg', ARGV[3])
+  redis.call('XADD', KEYS[3], '*', 'msg', ARGV[3])
 end
 return 1
 `)
