@@ -26,13 +26,15 @@ const (
 )
 
 // Control is a stemdriver.ControlTransport on Redis: commands travel on
-// pub/sub channels (one broadcast channel per namespace and one per worker),
+// pub/sub channels (one broadcast channel per namespace and database, and
+// one per worker),
 // replies are kept in a short-lived stream per request id, and presence is a
 // sorted set of liveness deadlines beside a hash of worker info. It is safe
 // for concurrent use.
 type Control struct {
 	conn
 	ns  string
+	db  int // the database: pub/sub ignores it, so channels name it
 	blk *blocker
 
 	// maxBlock caps one XREAD BLOCK of Replies (tests raise it).
@@ -55,16 +57,18 @@ func OpenControl(ctx context.Context, url string, opts stemdriver.Options) (*Con
 	return &Control{
 		conn:     conn{rdb: rdb, addr: cfg.addr, role: "control", log: cfg.logger},
 		ns:       cfg.namespace,
+		db:       cfg.redis.DB,
 		blk:      newBlocker(rdb, cfg.blockOpts),
 		maxBlock: maxBlock,
 		subs:     make(map[*subscription]struct{}),
 	}, nil
 }
 
-// Publish sends msg to every subscriber of the namespace (no targets, or
-// stemtype.BroadcastTarget among them) or to the named workers, one PUBLISH
-// per channel in one pipeline. Pub/sub is fire-and-forget: a subscriber
-// that is not connected at that moment never sees the message.
+// Publish sends msg to every subscriber of the namespace on this database
+// (no targets, or stemtype.BroadcastTarget among them) or to the named
+// workers, one PUBLISH per channel in one pipeline. Pub/sub is
+// fire-and-forget: a subscriber that is not connected at that moment never
+// sees the message.
 func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) error {
 	if err := c.checkOpen(); err != nil {
 		return err
@@ -76,7 +80,7 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 		}
 	}
 	if broadcast {
-		if err := c.rdb.Publish(ctx, broadcastChannel(c.ns), msg).Err(); err != nil {
+		if err := c.rdb.Publish(ctx, broadcastChannel(c.ns, c.db), msg).Err(); err != nil {
 			return c.errorf(err, "publish to namespace %q", c.ns)
 		}
 		return nil
@@ -88,7 +92,7 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 			continue
 		}
 		seen[t] = true
-		pipe.Publish(ctx, workerChannel(c.ns, t), msg)
+		pipe.Publish(ctx, workerChannel(c.ns, c.db, t), msg)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return c.errorf(err, "publish to workers %q of namespace %q", targets, c.ns)
@@ -97,7 +101,7 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 }
 
 // Subscribe starts receiving the messages for workerID and the namespace's
-// broadcasts. It returns once the server confirmed the subscription, so a
+// broadcasts, those published through a Control on the same database only. It returns once the server confirmed the subscription, so a
 // message published after Subscribe returns is delivered. A subscription
 // survives reconnects (go-redis subscribes again) but misses what was
 // published while it was disconnected; a subscriber that does not read C
@@ -109,7 +113,7 @@ func (c *Control) Subscribe(ctx context.Context, workerID string) (stemdriver.Co
 	if workerID == "" {
 		return nil, errors.New("stem: redis control: subscribe: no worker id")
 	}
-	chans := []string{broadcastChannel(c.ns), workerChannel(c.ns, workerID)}
+	chans := []string{broadcastChannel(c.ns, c.db), workerChannel(c.ns, c.db, workerID)}
 	ps := c.rdb.Subscribe(ctx, chans...)
 	var early []*redis.Message
 	for confirmed := 0; confirmed < len(chans); {

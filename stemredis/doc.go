@@ -46,8 +46,10 @@
 //	stem:NS:reply:REQUESTID   stream of control replies, field "m", expiring
 //	                          two minutes after the last reply
 //
-// Pub/sub channels: stem:NS:control:broadcast and
-// stem:NS:control:worker:WORKERID. Times (µs) are microseconds since the
+// Pub/sub channels: stem:NS:control:dbN:broadcast and
+// stem:NS:control:dbN:worker:WORKERID, where N is the database: unlike
+// keys, channels are server-wide, so they name the database to keep
+// deployments on two databases of one server apart. Times (µs) are microseconds since the
 // Unix epoch on the server's clock, read with TIME inside the scripts, so
 // hosts with skewed clocks agree on leases; NotBefore is the producer's
 // clock.

@@ -1,6 +1,9 @@
 package stemredis
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Every Redis key and pub/sub channel stemredis uses is built in this file,
 // so the layout documented in the package comment lives in one place.
@@ -112,12 +115,23 @@ func replyKey(ns, requestID string) string {
 	return keyPrefix + escape(ns) + ":reply:" + requestID
 }
 
-// broadcastChannel is the pub/sub channel every worker of ns listens to.
-func broadcastChannel(ns string) string {
-	return keyPrefix + escape(ns) + ":control:broadcast"
+// Pub/sub channels are server-wide: unlike keys, they ignore the database a
+// client selected. A channel therefore names the database as well as the
+// namespace, so that deployments with the same namespace on two databases
+// of one server never see each other's commands.
+
+// controlChannelPrefix starts the channels of namespace ns on database db.
+func controlChannelPrefix(ns string, db int) string {
+	return keyPrefix + escape(ns) + ":control:db" + strconv.Itoa(db) + ":"
 }
 
-// workerChannel is the pub/sub channel of one worker of ns.
-func workerChannel(ns, workerID string) string {
-	return keyPrefix + escape(ns) + ":control:worker:" + workerID
+// broadcastChannel is the pub/sub channel every worker of ns on database
+// db listens to.
+func broadcastChannel(ns string, db int) string {
+	return controlChannelPrefix(ns, db) + "broadcast"
+}
+
+// workerChannel is the pub/sub channel of one worker of ns on database db.
+func workerChannel(ns string, db int, workerID string) string {
+	return controlChannelPrefix(ns, db) + "worker:" + workerID
 }
