@@ -123,7 +123,8 @@ func TestWorkersForgetsExpiredAndKeepsInfo(t *testing.T) {
 	if err := c.Announce(ctx, info, time.Hour); err != nil {
 		t.Fatal(err)
 	}
-	// A worker whose liveness already ended is dropped from both keys.
+	// A worker whose liveness already ended is not listed, and its index
+	// entry is dropped.
 	if err := c.Announce(ctx, stemtype.WorkerInfo{ID: "gone"}, time.Microsecond); err != nil {
 		t.Fatal(err)
 	}
@@ -135,8 +136,48 @@ func TestWorkersForgetsExpiredAndKeepsInfo(t *testing.T) {
 		t.Fatalf("Workers = %+v, want w1 with its info, namespace and LastSeen", ws)
 	}
 	k := newPresenceKeys(ns)
-	if ok, err := rawClient(t).HExists(ctx, k.info, "gone").Result(); err != nil || ok {
-		t.Fatalf("info of the expired worker still stored (%v)", err)
+	if err := rawClient(t).ZScore(ctx, k.live, "gone").Err(); !errors.Is(err, redis.Nil) {
+		t.Fatalf("index entry of the expired worker: %v, want none", err)
+	}
+}
+
+// Every presence key expires on its own: a namespace whose workers were all
+// killed leaves nothing behind, and a dead worker's entry cannot outlive
+// its ttl however rarely Workers runs.
+func TestPresenceKeysExpire(t *testing.T) {
+	ns := newNS(t)
+	c := openTestControl(t, ns)
+	ctx := testCtx(t)
+	if err := c.Announce(ctx, stemtype.WorkerInfo{ID: "long", Instance: "a"}, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	// A shorter ttl announced later does not shorten the index's.
+	if err := c.Announce(ctx, stemtype.WorkerInfo{ID: "short:{x}", Instance: "b"}, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	rdb := rawClient(t)
+	var keys []string
+	iter := rdb.Scan(ctx, 0, "stem:{"+globEscape(escape(ns))+"}*", 100).Iterator()
+	for iter.Next(ctx) {
+		keys = append(keys, iter.Val())
+	}
+	if err := iter.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) == 0 {
+		t.Fatal("no presence keys found")
+	}
+	for _, key := range keys {
+		ttl, err := rdb.PTTL(ctx, key).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ttl <= 0 || ttl > time.Hour {
+			t.Errorf("key %s has TTL %v, want one within the announced hour", key, ttl)
+		}
+	}
+	if ttl, err := rdb.PTTL(ctx, newPresenceKeys(ns).live).Result(); err != nil || ttl <= time.Minute {
+		t.Errorf("index TTL %v (%v), want the longest announced ttl", ttl, err)
 	}
 }
 
@@ -231,7 +272,7 @@ func TestControlDatabasesIsolated(t *testing.T) {
 		if err := me.Reply(ctx, "req-1", []byte(tag+"-reply")); err != nil {
 			t.Fatal(err)
 		}
-		info := stemtype.WorkerInfo{ID: "w1", Host: tag, PID: 1}
+		info := stemtype.WorkerInfo{ID: "w1", Host: tag, PID: 1, Instance: tag}
 		if err := me.Announce(ctx, info, time.Minute); err != nil {
 			t.Fatalf("%s: Announce of w1 (the same id as on the other database): %v", tag, err)
 		}

@@ -41,8 +41,10 @@
 //	stem:NS:result:TASKID     string: the result JSON, with the retention TTL
 //	stem:{NS}:revokes         hash: task id -> revoke record JSON
 //	stem:{NS}:revokes:expiry  sorted set: task id -> ExpiresAt (µs)
-//	stem:{NS}:workers         sorted set: worker id -> end of liveness (µs)
-//	stem:{NS}:workers:info    hash: worker id -> WorkerInfo JSON
+//	stem:{NS}:workers         sorted set: worker id -> end of liveness (µs),
+//	                          expiring with the latest of them
+//	stem:{NS}:worker:ID       string: the WorkerInfo JSON, expiring with the
+//	                          worker's liveness
 //	stem:NS:reply:REQUESTID   stream of control replies, field "m", expiring
 //	                          two minutes after the last reply
 //
@@ -137,6 +139,9 @@
 // no acknowledgement that anybody received it. Replies go to a stream per
 // request id (XADD and PEXPIRE in one MULTI), so a collector that starts
 // reading late still sees every reply stored in the last two minutes.
-// Presence is a sorted set of liveness deadlines and a hash of worker info;
-// Workers drops the entries whose time passed.
+// Presence is one key per worker holding its info, written with its ttl
+// (PX) by a script that refuses, atomically, while another instance's
+// announcement of the id is live; a sorted set of liveness deadlines indexes
+// them for Workers, which drops the entries whose time passed. Every
+// presence key expires on its own.
 package stemredis

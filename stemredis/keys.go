@@ -95,19 +95,27 @@ func newRevokeKeys(ns string) revokeKeys {
 }
 
 // presenceKeys are the worker presence keys of one namespace, sharing the
-// hash tag {namespace}.
+// hash tag {namespace}. Every one of them expires on its own: a namespace
+// whose workers all died leaves nothing behind once their ttls passed.
 type presenceKeys struct {
 	// live maps worker id to the end of its announced liveness in
-	// microseconds since the epoch, server clock (a sorted set).
+	// microseconds since the epoch, server clock (a sorted set: the index
+	// Workers reads). The key expires with the latest of those ends.
 	live string
-	// info maps worker id to its WorkerInfo JSON (a hash).
-	info string
+	// prefix starts the key of each worker (see worker).
+	prefix string
 }
 
 // newPresenceKeys returns the presence keys of namespace ns.
 func newPresenceKeys(ns string) presenceKeys {
-	p := keyPrefix + "{" + escape(ns) + "}:workers"
-	return presenceKeys{live: p, info: p + ":info"}
+	p := keyPrefix + "{" + escape(ns) + "}:"
+	return presenceKeys{live: p + "workers", prefix: p + "worker:"}
+}
+
+// worker is the string key holding workerID's WorkerInfo JSON, expiring
+// with the worker's announced liveness.
+func (k presenceKeys) worker(workerID string) string {
+	return k.prefix + escape(workerID)
 }
 
 // replyKey is the stream holding the control replies to one request.
