@@ -142,6 +142,7 @@ type Worker struct {
 	ran         atomic.Bool
 	ready       chan struct{}
 	started     time.Time
+	instance    string // random per Run: this run's presence token
 
 	processed, succeeded, failed, retried, cancelled atomic.Int64
 }
@@ -176,11 +177,15 @@ func (w *Worker) ID() string { return w.cfg.ID }
 // tasks that have not started, gives running tasks ShutdownTimeout to finish,
 // cancels the rest with cause ErrWorkerShutdown and releases them to the
 // broker. It returns nil after a clean shutdown. Run may be called once.
+// With a control transport, Run refuses to start, before it claims
+// anything, while another live worker of the namespace holds the id: the
+// error matches stemdriver.ErrWorkerIDTaken and names that worker's host
+// and pid.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.ran.CompareAndSwap(false, true) {
 		return errors.New("stem: Worker.Run called twice")
 	}
-	w.started = time.Now()
+	w.started, w.instance = time.Now(), NewTaskID()
 	// bg outlives ctx: it carries the work that must finish during
 	// shutdown (result writes, acks, lease renewal).
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
@@ -203,7 +208,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	if sub != nil {
-		w.announce(ctx)
+		if err := w.announceFirst(ctx); err != nil {
+			return err // another live worker holds the id
+		}
 	}
 
 	var aux sync.WaitGroup // helpers that stop with bg
@@ -294,7 +301,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	aux.Wait()
 	if w.cfg.Control != nil {
 		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		if err := w.cfg.Control.Withdraw(wctx, w.cfg.ID); err != nil {
+		if err := w.cfg.Control.Withdraw(wctx, w.cfg.ID, w.instance); err != nil {
 			w.log.Warn("withdraw presence", "err", err)
 		}
 		cancel()

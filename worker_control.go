@@ -3,6 +3,7 @@ package stem
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"slices"
@@ -295,15 +296,51 @@ func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
 	return s
 }
 
-func (w *Worker) announce(ctx context.Context) {
+// presenceTTL is how long one announcement keeps the worker listed: three
+// announcement intervals, so that one late or lost announcement is not
+// mistaken for a dead worker.
+func (w *Worker) presenceTTL() time.Duration { return 3 * w.cfg.PresenceInterval }
+
+// announce records the worker's presence, with this run's instance token.
+// An error matching stemdriver.ErrWorkerIDTaken means another live worker
+// holds the id.
+func (w *Worker) announce(ctx context.Context) error {
 	host, _ := os.Hostname()
 	info := stemtype.WorkerInfo{ID: w.cfg.ID, Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
-		Queues: w.cfg.Queues, Concurrency: w.cfg.Concurrency, StartedAt: w.started.UTC(), LastSeen: time.Now().UTC()}
-	if err := w.cfg.Control.Announce(ctx, info, 3*w.cfg.PresenceInterval); err != nil && ctx.Err() == nil {
-		w.log.Warn("announce presence", "err", err)
-	}
+		Queues: w.cfg.Queues, Concurrency: w.cfg.Concurrency, StartedAt: w.started.UTC(), LastSeen: time.Now().UTC(),
+		Instance: w.instance}
+	return w.cfg.Control.Announce(ctx, info, w.presenceTTL())
 }
 
+// announceFirst announces the worker before it claims anything, and
+// refuses to start, returning an error matching stemdriver.ErrWorkerIDTaken
+// that names the live worker's host and pid, while another worker holds
+// the id. Other failures are logged and left to the next announcements.
+func (w *Worker) announceFirst(ctx context.Context) error {
+	err := w.announce(ctx)
+	if errors.Is(err, stemdriver.ErrWorkerIDTaken) {
+		return fmt.Errorf("%w; if that worker is gone, its id is free %v after it was last seen", err, w.presenceTTL())
+	}
+	if err != nil && ctx.Err() == nil {
+		w.log.Warn("announce presence", "err", err)
+	}
+	return nil
+}
+
+// presence announces the worker every PresenceInterval until ctx ends. An
+// announcement refused because another instance holds the id (this
+// worker's presence lapsed, as in a network partition, and another worker
+// took the id) is logged as an error at every interval: two workers then
+// answer to one id, and an operator has to stop one.
 func (w *Worker) presence(ctx context.Context) {
-	every(ctx, w.cfg.PresenceInterval, func() { w.announce(ctx) })
+	every(ctx, w.cfg.PresenceInterval, func() {
+		err := w.announce(ctx)
+		switch {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, stemdriver.ErrWorkerIDTaken):
+			w.log.Error("worker id taken by another live worker: stop one of them", "err", err)
+		default:
+			w.log.Warn("announce presence", "err", err)
+		}
+	})
 }

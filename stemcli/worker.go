@@ -13,6 +13,7 @@ import (
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/isolated"
+	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -251,7 +252,11 @@ func (a *app) startCmd() *cobra.Command {
 		Use:   "start",
 		Short: "Run a worker with this binary's registered tasks",
 		Long: `Run a worker until SIGINT or SIGTERM, then shut down warmly: stop claiming,
-let running tasks finish within --shutdown-timeout, release the rest.`,
+let running tasks finish within --shutdown-timeout, release the rest.
+
+A worker refuses to start (exit 1) while another live worker of the namespace
+holds its --id, and names that worker's host and pid. The id of a worker that
+was killed without shutting down is free 15 seconds after it was last seen.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Concurrency <= 0 || cfg.Prefetch < 0 {
 				return exitf(ExitUsage, "worker start: --concurrency must be positive and --prefetch not negative")
@@ -320,6 +325,11 @@ let running tasks finish within --shutdown-timeout, release the rest.`,
 				return &ExitError{Code: ExitUsage, Err: err}
 			}
 			if err := w.Run(ctx); err != nil {
+				if errors.Is(err, stemdriver.ErrWorkerIDTaken) {
+					// Not an outage to retry at once: another live worker
+					// holds the id (its host and pid are in the message).
+					return &ExitError{Code: ExitFailure, Err: err}
+				}
 				return &ExitError{Code: ExitUnavailable, Err: err}
 			}
 			return nil

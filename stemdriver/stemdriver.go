@@ -14,7 +14,9 @@ package stemdriver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
+	"strings"
 	"time"
 
 	"github.com/stem-go/stem/stemtype"
@@ -31,6 +33,42 @@ var ErrLeaseLost = errors.New("stem: lease lost")
 
 // ErrClosed is returned by operations on a closed driver.
 var ErrClosed = errors.New("stem: driver closed")
+
+// ErrWorkerIDTaken is matched (errors.Is) by the error ControlTransport.Announce
+// returns when another live instance of the namespace holds the worker id.
+// The error is a *WorkerIDTakenError naming that instance.
+var ErrWorkerIDTaken = errors.New("stem: worker id taken")
+
+// WorkerIDTakenError is the error of an Announce refused because Live, a
+// different instance (WorkerInfo.Instance) with the same worker id, is live
+// in the namespace. It matches ErrWorkerIDTaken. Its message names the live
+// worker's host and pid, so that an operator can find the process that holds
+// the id; a worker that was killed without withdrawing holds it until its
+// announcement's ttl passes.
+type WorkerIDTakenError struct {
+	// Live is the announcement that holds the id, as stored.
+	Live stemtype.WorkerInfo
+}
+
+// Error says which worker holds the id: "stem: worker ID: id is live on
+// host H pid P (started T, last seen T)".
+func (e *WorkerIDTakenError) Error() string {
+	msg := fmt.Sprintf("stem: worker %s: id is live on host %s pid %d", e.Live.ID, e.Live.Host, e.Live.PID)
+	var when []string
+	if !e.Live.StartedAt.IsZero() {
+		when = append(when, "started "+e.Live.StartedAt.UTC().Format(time.RFC3339))
+	}
+	if !e.Live.LastSeen.IsZero() {
+		when = append(when, "last seen "+e.Live.LastSeen.UTC().Format(time.RFC3339))
+	}
+	if len(when) > 0 {
+		msg += " (" + strings.Join(when, ", ") + ")"
+	}
+	return msg
+}
+
+// Unwrap returns ErrWorkerIDTaken, so that errors.Is matches it.
+func (e *WorkerIDTakenError) Unwrap() error { return ErrWorkerIDTaken }
 
 // Options are the settings every driver is opened with.
 type Options struct {
@@ -205,15 +243,30 @@ type RevokeStore interface {
 //     a minute); Replies delivers, in order, every reply stored for the
 //     request id, including those stored before Replies was called, until fn
 //     returns false or ctx ends (then it returns ctx.Err()).
+//   - A namespace lives in one backend scope (a Redis database, a Postgres
+//     database and schema, a SQLite file): commands, replies and presence
+//     of a namespace in one scope never reach the same namespace in
+//     another, even where the backend's own mechanism ignores the scope
+//     (Redis pub/sub is server-wide).
 //   - Announce records a worker as live until ttl passes without another
-//     Announce; Withdraw removes it; Workers lists the live ones.
+//     Announce; Workers lists the live ones (never one whose ttl passed).
+//   - One worker per id: Announce checks and writes atomically, and
+//     refuses, with a *WorkerIDTakenError matching ErrWorkerIDTaken, while
+//     a live announcement of the same id carries another Instance; it then
+//     changes nothing. Announcing again with the same Instance refreshes
+//     the ttl and replaces the info. Once the live announcement's ttl
+//     passed (its worker died without withdrawing), the id is free.
+//   - Withdraw(workerID, instance) removes the announcement of workerID
+//     only when it carries instance, so that a worker refused at start
+//     never withdraws the one that holds its id. Withdrawing what is not
+//     announced is not an error.
 type ControlTransport interface {
 	Publish(ctx context.Context, targets []string, msg []byte) error
 	Subscribe(ctx context.Context, workerID string) (ControlSubscription, error)
 	Reply(ctx context.Context, requestID string, msg []byte) error
 	Replies(ctx context.Context, requestID string, fn func(msg []byte) bool) error
 	Announce(ctx context.Context, info stemtype.WorkerInfo, ttl time.Duration) error
-	Withdraw(ctx context.Context, workerID string) error
+	Withdraw(ctx context.Context, workerID, instance string) error
 	Workers(ctx context.Context) ([]stemtype.WorkerInfo, error)
 	Close() error
 }

@@ -216,6 +216,8 @@ func (c *control) Replies(ctx context.Context, requestID string, fn func(msg []b
 }
 
 // Announce records info as live until ttl passes without another Announce.
+// While another instance's announcement of the same id is live, it changes
+// nothing and returns a *stemdriver.WorkerIDTakenError naming that one.
 func (c *control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl time.Duration) error {
 	if err := c.check("announce"); err != nil {
 		return err
@@ -231,15 +233,21 @@ func (c *control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	}
 	info.Queues = slices.Clone(info.Queues)
 	s := c.space
+	now := time.Now()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.workers[info.ID] = presence{info: info, expires: time.Now().Add(ttl)}
+	if p, ok := s.workers[info.ID]; ok && now.Before(p.expires) && p.info.Instance != info.Instance {
+		live := p.info
+		live.Queues = slices.Clone(live.Queues)
+		return &stemdriver.WorkerIDTakenError{Live: live}
+	}
+	s.workers[info.ID] = presence{info: info, expires: now.Add(ttl)}
 	return nil
 }
 
-// Withdraw forgets the worker workerID; forgetting an unknown worker is not
-// an error.
-func (c *control) Withdraw(ctx context.Context, workerID string) error {
+// Withdraw forgets the worker workerID when its announcement is instance's;
+// forgetting an unknown worker, or another instance's, does nothing.
+func (c *control) Withdraw(ctx context.Context, workerID, instance string) error {
 	if err := c.check("withdraw"); err != nil {
 		return err
 	}
@@ -249,7 +257,9 @@ func (c *control) Withdraw(ctx context.Context, workerID string) error {
 	s := c.space
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.workers, workerID)
+	if p, ok := s.workers[workerID]; ok && p.info.Instance == instance {
+		delete(s.workers, workerID)
+	}
 	return nil
 }
 

@@ -26,13 +26,14 @@ const (
 )
 
 // Control is a stemdriver.ControlTransport on Redis: commands travel on
-// pub/sub channels (one broadcast channel per namespace and one per worker),
-// replies are kept in a short-lived stream per request id, and presence is a
-// sorted set of liveness deadlines beside a hash of worker info. It is safe
-// for concurrent use.
+// pub/sub channels (one broadcast channel per namespace and database, and
+// one per worker), replies are kept in a short-lived stream per request id,
+// and presence is one expiring key per worker beside a sorted set of
+// liveness deadlines that indexes them. It is safe for concurrent use.
 type Control struct {
 	conn
 	ns  string
+	db  int // the database: pub/sub ignores it, so channels name it
 	blk *blocker
 
 	// maxBlock caps one XREAD BLOCK of Replies (tests raise it).
@@ -55,16 +56,18 @@ func OpenControl(ctx context.Context, url string, opts stemdriver.Options) (*Con
 	return &Control{
 		conn:     conn{rdb: rdb, addr: cfg.addr, role: "control", log: cfg.logger},
 		ns:       cfg.namespace,
+		db:       cfg.redis.DB,
 		blk:      newBlocker(rdb, cfg.blockOpts),
 		maxBlock: maxBlock,
 		subs:     make(map[*subscription]struct{}),
 	}, nil
 }
 
-// Publish sends msg to every subscriber of the namespace (no targets, or
-// stemtype.BroadcastTarget among them) or to the named workers, one PUBLISH
-// per channel in one pipeline. Pub/sub is fire-and-forget: a subscriber
-// that is not connected at that moment never sees the message.
+// Publish sends msg to every subscriber of the namespace on this database
+// (no targets, or stemtype.BroadcastTarget among them) or to the named
+// workers, one PUBLISH per channel in one pipeline. Pub/sub is
+// fire-and-forget: a subscriber that is not connected at that moment never
+// sees the message.
 func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) error {
 	if err := c.checkOpen(); err != nil {
 		return err
@@ -76,7 +79,7 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 		}
 	}
 	if broadcast {
-		if err := c.rdb.Publish(ctx, broadcastChannel(c.ns), msg).Err(); err != nil {
+		if err := c.rdb.Publish(ctx, broadcastChannel(c.ns, c.db), msg).Err(); err != nil {
 			return c.errorf(err, "publish to namespace %q", c.ns)
 		}
 		return nil
@@ -88,7 +91,7 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 			continue
 		}
 		seen[t] = true
-		pipe.Publish(ctx, workerChannel(c.ns, t), msg)
+		pipe.Publish(ctx, workerChannel(c.ns, c.db, t), msg)
 	}
 	if _, err := pipe.Exec(ctx); err != nil {
 		return c.errorf(err, "publish to workers %q of namespace %q", targets, c.ns)
@@ -97,7 +100,7 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 }
 
 // Subscribe starts receiving the messages for workerID and the namespace's
-// broadcasts. It returns once the server confirmed the subscription, so a
+// broadcasts, those published through a Control on the same database only. It returns once the server confirmed the subscription, so a
 // message published after Subscribe returns is delivered. A subscription
 // survives reconnects (go-redis subscribes again) but misses what was
 // published while it was disconnected; a subscriber that does not read C
@@ -109,7 +112,7 @@ func (c *Control) Subscribe(ctx context.Context, workerID string) (stemdriver.Co
 	if workerID == "" {
 		return nil, errors.New("stem: redis control: subscribe: no worker id")
 	}
-	chans := []string{broadcastChannel(c.ns), workerChannel(c.ns, workerID)}
+	chans := []string{broadcastChannel(c.ns, c.db), workerChannel(c.ns, c.db, workerID)}
 	ps := c.rdb.Subscribe(ctx, chans...)
 	var early []*redis.Message
 	for confirmed := 0; confirmed < len(chans); {
@@ -265,8 +268,11 @@ func (c *Control) Replies(ctx context.Context, requestID string, fn func(msg []b
 }
 
 // Announce records info's worker as live until ttl passes without another
-// Announce (measured on the server's clock). A zero LastSeen is set to now
-// and an empty Namespace to the transport's.
+// Announce (measured on the server's clock), in one script that refuses,
+// changing nothing, while another instance's announcement of the same id
+// is live: the error is then a *stemdriver.WorkerIDTakenError. A zero
+// LastSeen is set to now and an empty Namespace to the transport's. The
+// worker's key expires with its liveness, rounded up to a millisecond.
 func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl time.Duration) error {
 	if err := c.checkOpen(); err != nil {
 		return err
@@ -288,49 +294,76 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 		return fmt.Errorf("stem: redis control: announce worker %q: encode: %w", info.ID, err)
 	}
 	k := newPresenceKeys(c.ns)
-	if err := announceScript.run(ctx, c.rdb, []string{k.live, k.info}, info.ID, ttl.Microseconds(), raw).Err(); err != nil {
+	ms := (ttl + time.Millisecond - 1).Milliseconds()
+	live, err := announceScript.run(ctx, c.rdb, []string{k.live, k.worker(info.ID)},
+		info.ID, ttl.Microseconds(), ms, raw, info.Instance).Text()
+	switch {
+	case errors.Is(err, redis.Nil):
+		return nil
+	case err != nil:
 		return c.errorf(err, "announce worker %q", info.ID)
 	}
-	return nil
+	var holder stemtype.WorkerInfo
+	if err := json.Unmarshal([]byte(live), &holder); err != nil || holder.ID == "" {
+		holder = stemtype.WorkerInfo{ID: info.ID}
+	}
+	return &stemdriver.WorkerIDTakenError{Live: holder}
 }
 
-// Withdraw forgets workerID at once.
-func (c *Control) Withdraw(ctx context.Context, workerID string) error {
+// Withdraw forgets workerID at once when its announcement is instance's,
+// and does nothing otherwise.
+func (c *Control) Withdraw(ctx context.Context, workerID, instance string) error {
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
 	k := newPresenceKeys(c.ns)
-	_, err := c.rdb.TxPipelined(ctx, func(p redis.Pipeliner) error {
-		p.ZRem(ctx, k.live, workerID)
-		p.HDel(ctx, k.info, workerID)
-		return nil
-	})
-	if err != nil {
+	if err := withdrawScript.run(ctx, c.rdb, []string{k.live, k.worker(workerID)}, workerID, instance).Err(); err != nil {
 		return c.errorf(err, "withdraw worker %q", workerID)
 	}
 	return nil
 }
 
-// Workers lists the live workers of the namespace, forgetting those whose
-// liveness ended.
+// workersBatch is how many worker keys one MGET of Workers reads.
+const workersBatch = 500
+
+// Workers lists the live workers of the namespace, forgetting the index
+// entries of those whose liveness ended. It takes two round trips (the
+// index, then the workers' keys), so a worker that withdraws in between is
+// left out.
 func (c *Control) Workers(ctx context.Context) ([]stemtype.WorkerInfo, error) {
 	if err := c.checkOpen(); err != nil {
 		return nil, err
 	}
 	k := newPresenceKeys(c.ns)
-	raws, err := workersScript.run(ctx, c.rdb, []string{k.live, k.info}).StringSlice()
+	ids, err := workersScript.run(ctx, c.rdb, []string{k.live}).StringSlice()
 	if err != nil {
 		return nil, c.errorf(err, "list workers of namespace %q", c.ns)
 	}
-	out := make([]stemtype.WorkerInfo, 0, len(raws))
-	for _, raw := range raws {
-		var w stemtype.WorkerInfo
-		if err := json.Unmarshal([]byte(raw), &w); err != nil {
-			c.log.WarnContext(ctx, "stem: redis control: skipping undecodable worker info",
-				slog.String("namespace", c.ns), slog.String("error", err.Error()))
-			continue
+	out := make([]stemtype.WorkerInfo, 0, len(ids))
+	for len(ids) > 0 {
+		n := min(len(ids), workersBatch)
+		keys := make([]string, n)
+		for i, id := range ids[:n] {
+			keys[i] = k.worker(id)
 		}
-		out = append(out, w)
+		ids = ids[n:]
+		vals, err := c.rdb.MGet(ctx, keys...).Result()
+		if err != nil {
+			return nil, c.errorf(err, "read workers of namespace %q", c.ns)
+		}
+		for _, v := range vals {
+			raw, ok := v.(string)
+			if !ok {
+				continue // withdrawn or expired since the index was read
+			}
+			var w stemtype.WorkerInfo
+			if err := json.Unmarshal([]byte(raw), &w); err != nil {
+				c.log.WarnContext(ctx, "stem: redis control: skipping undecodable worker info",
+					slog.String("namespace", c.ns), slog.String("error", err.Error()))
+				continue
+			}
+			out = append(out, w)
+		}
 	}
 	return out, nil
 }

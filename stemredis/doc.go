@@ -43,13 +43,17 @@
 //	stem:NS:result:TASKID     string: the result JSON, with the retention TTL
 //	stem:{NS}:revokes         hash: task id -> revoke record JSON
 //	stem:{NS}:revokes:expiry  sorted set: task id -> ExpiresAt (µs)
-//	stem:{NS}:workers         sorted set: worker id -> end of liveness (µs)
-//	stem:{NS}:workers:info    hash: worker id -> WorkerInfo JSON
+//	stem:{NS}:workers         sorted set: worker id -> end of liveness (µs),
+//	                          expiring with the latest of them
+//	stem:{NS}:worker:ID       string: the WorkerInfo JSON, expiring with the
+//	                          worker's liveness
 //	stem:NS:reply:REQUESTID   stream of control replies, field "m", expiring
 //	                          two minutes after the last reply
 //
-// Pub/sub channels: stem:NS:control:broadcast and
-// stem:NS:control:worker:WORKERID. Times (µs) are microseconds since the
+// Pub/sub channels: stem:NS:control:dbN:broadcast and
+// stem:NS:control:dbN:worker:WORKERID, where N is the database: unlike
+// keys, channels are server-wide, so they name the database to keep
+// deployments on two databases of one server apart. Times (µs) are microseconds since the
 // Unix epoch on the server's clock, read with TIME inside the scripts, so
 // hosts with skewed clocks agree on leases; NotBefore is the producer's
 // clock.
@@ -148,6 +152,9 @@
 // no acknowledgement that anybody received it. Replies go to a stream per
 // request id (XADD and PEXPIRE in one MULTI), so a collector that starts
 // reading late still sees every reply stored in the last two minutes.
-// Presence is a sorted set of liveness deadlines and a hash of worker info;
-// Workers drops the entries whose time passed.
+// Presence is one key per worker holding its info, written with its ttl
+// (PX) by a script that refuses, atomically, while another instance's
+// announcement of the id is live; a sorted set of liveness deadlines indexes
+// them for Workers, which drops the entries whose time passed. Every
+// presence key expires on its own.
 package stemredis

@@ -1,6 +1,9 @@
 package stemredis
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
 // Every Redis key and pub/sub channel stemredis uses is built in this file,
 // so the layout documented in the package comment lives in one place.
@@ -93,19 +96,27 @@ func newRevokeKeys(ns string) revokeKeys {
 }
 
 // presenceKeys are the worker presence keys of one namespace, sharing the
-// hash tag {namespace}.
+// hash tag {namespace}. Every one of them expires on its own: a namespace
+// whose workers all died leaves nothing behind once their ttls passed.
 type presenceKeys struct {
 	// live maps worker id to the end of its announced liveness in
-	// microseconds since the epoch, server clock (a sorted set).
+	// microseconds since the epoch, server clock (a sorted set: the index
+	// Workers reads). The key expires with the latest of those ends.
 	live string
-	// info maps worker id to its WorkerInfo JSON (a hash).
-	info string
+	// prefix starts the key of each worker (see worker).
+	prefix string
 }
 
 // newPresenceKeys returns the presence keys of namespace ns.
 func newPresenceKeys(ns string) presenceKeys {
-	p := keyPrefix + "{" + escape(ns) + "}:workers"
-	return presenceKeys{live: p, info: p + ":info"}
+	p := keyPrefix + "{" + escape(ns) + "}:"
+	return presenceKeys{live: p + "workers", prefix: p + "worker:"}
+}
+
+// worker is the string key holding workerID's WorkerInfo JSON, expiring
+// with the worker's announced liveness.
+func (k presenceKeys) worker(workerID string) string {
+	return k.prefix + escape(workerID)
 }
 
 // replyKey is the stream holding the control replies to one request.
@@ -113,12 +124,23 @@ func replyKey(ns, requestID string) string {
 	return keyPrefix + escape(ns) + ":reply:" + requestID
 }
 
-// broadcastChannel is the pub/sub channel every worker of ns listens to.
-func broadcastChannel(ns string) string {
-	return keyPrefix + escape(ns) + ":control:broadcast"
+// Pub/sub channels are server-wide: unlike keys, they ignore the database a
+// client selected. A channel therefore names the database as well as the
+// namespace, so that deployments with the same namespace on two databases
+// of one server never see each other's commands.
+
+// controlChannelPrefix starts the channels of namespace ns on database db.
+func controlChannelPrefix(ns string, db int) string {
+	return keyPrefix + escape(ns) + ":control:db" + strconv.Itoa(db) + ":"
 }
 
-// workerChannel is the pub/sub channel of one worker of ns.
-func workerChannel(ns, workerID string) string {
-	return keyPrefix + escape(ns) + ":control:worker:" + workerID
+// broadcastChannel is the pub/sub channel every worker of ns on database
+// db listens to.
+func broadcastChannel(ns string, db int) string {
+	return controlChannelPrefix(ns, db) + "broadcast"
+}
+
+// workerChannel is the pub/sub channel of one worker of ns on database db.
+func workerChannel(ns string, db int, workerID string) string {
+	return controlChannelPrefix(ns, db) + "worker:" + workerID
 }

@@ -415,38 +415,76 @@ end
 return #ids
 `)
 
-// announceScript records a worker as live for ttl from now.
+// presencePrelude is shared by the presence scripts.
+const presencePrelude = `
+-- instance_of returns the instance of a stored WorkerInfo JSON ('' when it
+-- has none), or nil when the JSON does not decode: such an entry is
+-- nobody's, and anyone may replace or remove it.
+local function instance_of(raw)
+  local ok, doc = pcall(cjson.decode, raw)
+  if not ok or type(doc) ~= 'table' then return nil end
+  local inst = doc['instance']
+  if type(inst) ~= 'string' then return '' end
+  return inst
+end
+`
+
+// announceScript records a worker as live for ttl from now, unless another
+// instance's announcement of the same id is live. The worker's key expires
+// with its liveness (rounded up to a millisecond); the index's expiry is
+// only ever extended.
 //
-// KEYS[1] live, KEYS[2] info
-// ARGV[1] worker id, ARGV[2] ttl in µs, ARGV[3] WorkerInfo JSON
-// Returns 1.
-var announceScript = newScript(luaPrelude + `
-redis.call('ZADD', KEYS[1], us(now_us() + tonumber(ARGV[2])), ARGV[1])
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+// KEYS[1] live (index), KEYS[2] the worker's key
+// ARGV[1] worker id, ARGV[2] ttl in µs, ARGV[3] ttl in ms (at least 1),
+// ARGV[4] WorkerInfo JSON, ARGV[5] instance
+// Returns nil when it recorded the worker; otherwise, having changed
+// nothing, the JSON of the live announcement of another instance.
+var announceScript = newScript(luaPrelude + presencePrelude + `
+local now = now_us()
+local cur = redis.call('GET', KEYS[2])
+if cur then
+  local deadline = redis.call('ZSCORE', KEYS[1], ARGV[1])
+  if deadline and tonumber(deadline) > now then
+    local inst = instance_of(cur)
+    if inst ~= nil and inst ~= ARGV[5] then return cur end
+  end
+end
+redis.call('SET', KEYS[2], ARGV[4], 'PX', ARGV[3])
+redis.call('ZADD', KEYS[1], us(now + tonumber(ARGV[2])), ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[3])
+end
+return false
+`)
+
+// withdrawScript forgets a worker, only when its stored announcement is
+// the given instance's.
+//
+// KEYS[1] live (index), KEYS[2] the worker's key
+// ARGV[1] worker id, ARGV[2] instance
+// Returns 1 when it removed the worker, 0 otherwise.
+var withdrawScript = newScript(presencePrelude + `
+local cur = redis.call('GET', KEYS[2])
+if not cur then return 0 end
+local inst = instance_of(cur)
+if inst ~= nil and inst ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
 `)
 
-// workersScript forgets workers whose liveness ended (up to 1000 per call)
-// and returns the info of the live ones.
+// workersScript forgets the index entries whose liveness ended (up to 1000
+// per call) and returns the ids of the live workers.
 //
-// KEYS[1] live, KEYS[2] info
-// Returns a list of WorkerInfo JSON.
+// KEYS[1] live (index)
+// Returns a list of worker ids.
 var workersScript = newScript(luaPrelude + `
 local snow = us(now_us())
 local dead = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', snow, 'LIMIT', 0, 1000)
 if #dead > 0 then
   redis.call('ZREM', KEYS[1], unpack(dead))
-  redis.call('HDEL', KEYS[2], unpack(dead))
 end
-local live = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. snow, '+inf')
-local out = {}
-for i = 1, #live, 500 do
-  local vals = redis.call('HMGET', KEYS[2], unpack(live, i, math.min(i + 499, #live)))
-  for _, v in ipairs(vals) do
-    if v then out[#out + 1] = v end
-  end
-end
-return out
+return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. snow, '+inf')
 `)
 
 // putIfStateScript replaces a stored result only while its state is one of

@@ -196,4 +196,11 @@ type WorkerInfo struct {
 	Concurrency int       `json:"concurrency"`
 	StartedAt   time.Time `json:"startedAt"`
 	LastSeen    time.Time `json:"lastSeen"`
+	// Instance identifies one run of a worker: a random token chosen anew
+	// by every Worker.Run and kept in all of that run's announcements. Two
+	// live announcements with the same ID and different Instance are two
+	// workers claiming one id, which the control transport refuses (see
+	// stemdriver.ErrWorkerIDTaken). Empty in announcements of workers that
+	// predate it, and then compared like any other value.
+	Instance string `json:"instance,omitempty"`
 }

@@ -45,6 +45,26 @@ func RunControl(t *testing.T, open func(t *testing.T, namespace string) stemdriv
 		}
 	})
 
+	// The same property with the three subscriptions on one connection
+	// (one transport value, as several workers of one process share), and
+	// the broadcast target given twice: each still gets one copy.
+	run("BroadcastReachesEverySubscriptionOfOneConnection", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		ids := []string{"w1", "w2", "w3"}
+		c := open(t, ns)
+		subs := make([]stemdriver.ControlSubscription, len(ids))
+		for i, id := range ids {
+			subs[i] = mustSubscribe(ctx, t, c, id)
+		}
+		mustPublishControl(ctx, t, c, []string{stemtype.BroadcastTarget, stemtype.BroadcastTarget}, "all")
+		mustPublishControl(ctx, t, c, []string{"w2"}, "to-w2")
+		mustPublishControl(ctx, t, c, nil, "fence")
+		want := [][]string{{"all"}, {"all", "to-w2"}, {"all"}}
+		for i, sub := range subs {
+			assertEqual(t, "messages to "+ids[i], recvUntil(ctx, t, sub, "fence"), want[i])
+		}
+	})
+
 	run("TargetedReachesOnlyTargets", func(t *testing.T, ns string) {
 		ctx := testContext(t)
 		ids := []string{"w1", "w2", "w3"}
@@ -192,10 +212,10 @@ func RunControl(t *testing.T, open func(t *testing.T, namespace string) stemdriv
 			t.Fatalf("another namespace lists %d workers", len(got))
 		}
 
-		if err := b.Withdraw(ctx, "w1"); err != nil {
+		if err := b.Withdraw(ctx, "w1", w1.Instance); err != nil {
 			t.Fatalf("Withdraw: %v", err)
 		}
-		if err := b.Withdraw(ctx, "never-announced"); err != nil {
+		if err := b.Withdraw(ctx, "never-announced", "i-1"); err != nil {
 			t.Fatalf("Withdraw of an unknown worker: %v", err)
 		}
 		// w2's short ttl passes; there is no event to wait for, so poll.
@@ -218,6 +238,85 @@ func RunControl(t *testing.T, open func(t *testing.T, namespace string) stemdriv
 			case <-poll.C:
 			}
 		}
+	})
+
+	run("AnnounceRefusesLiveIDOfAnotherInstance", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		a, b := open(t, ns), open(t, ns)
+		first := workerInfo(ns, "dup")
+		first.Instance = "first"
+		mustAnnounce(ctx, t, a, first, time.Minute)
+		second := workerInfo(ns, "dup")
+		second.Instance, second.Host, second.PID = "second", "other-host", 99
+		err := b.Announce(ctx, second, time.Minute)
+		if !errors.Is(err, stemdriver.ErrWorkerIDTaken) {
+			t.Fatalf("Announce of a live id by another instance = %v, want ErrWorkerIDTaken", err)
+		}
+		var taken *stemdriver.WorkerIDTakenError
+		if !errors.As(err, &taken) {
+			t.Fatalf("Announce error %v (%T) is not a *WorkerIDTakenError", err, err)
+		}
+		assertEqual(t, "live worker named by the refusal", normWorkers(taken.Live), normWorkers(first))
+		// The refusal changed nothing.
+		assertEqual(t, "workers after the refusal", mustWorkers(ctx, t, b), normWorkers(first))
+		// The holder announces again (from another connection too): its
+		// info is replaced.
+		first.Concurrency, first.LastSeen = 3, now()
+		mustAnnounce(ctx, t, b, first, time.Minute)
+		assertEqual(t, "workers after the holder announced again", mustWorkers(ctx, t, a), normWorkers(first))
+		// Other ids are not affected.
+		other := workerInfo(ns, "other")
+		other.Instance = "second"
+		mustAnnounce(ctx, t, b, other, time.Minute)
+		assertEqual(t, "workers with another id", mustWorkers(ctx, t, a), normWorkers(first, other))
+	})
+
+	run("WithdrawOfAnotherInstanceLeavesEntry", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		a, b := open(t, ns), open(t, ns)
+		first := workerInfo(ns, "dup")
+		first.Instance = "first"
+		mustAnnounce(ctx, t, a, first, time.Minute)
+		if err := b.Withdraw(ctx, "dup", "second"); err != nil {
+			t.Fatalf("Withdraw by another instance: %v", err)
+		}
+		assertEqual(t, "workers after another instance withdrew", mustWorkers(ctx, t, a), normWorkers(first))
+		if err := b.Withdraw(ctx, "dup", "first"); err != nil {
+			t.Fatalf("Withdraw by the holder: %v", err)
+		}
+		if got := mustWorkers(ctx, t, a); len(got) != 0 {
+			t.Fatalf("workers after the holder withdrew: %v", got)
+		}
+		// The id is free at once.
+		second := workerInfo(ns, "dup")
+		second.Instance = "second"
+		mustAnnounce(ctx, t, b, second, time.Minute)
+		assertEqual(t, "workers after the id was taken again", mustWorkers(ctx, t, a), normWorkers(second))
+	})
+
+	run("ExpiryFreesWorkerID", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		a, b := open(t, ns), open(t, ns)
+		const short = 300 * time.Millisecond
+		dead := workerInfo(ns, "dup")
+		dead.Instance = "killed"
+		mustAnnounce(ctx, t, a, dead, short)
+		// The announcing worker dies without withdrawing: once Workers no
+		// longer lists it (there is no event to wait for, so poll), its id
+		// is free for another instance.
+		poll := time.NewTicker(20 * time.Millisecond)
+		defer poll.Stop()
+		for len(mustWorkers(ctx, t, b)) != 0 {
+			select {
+			case <-ctx.Done():
+				t.Fatalf("dup still listed %v after its %v ttl", guard, short)
+			case <-poll.C:
+			}
+		}
+		next := workerInfo(ns, "dup")
+		next.Instance = "restarted"
+		mustAnnounce(ctx, t, b, next, time.Minute)
+		assertEqual(t, "workers after the restart", mustWorkers(ctx, t, a), normWorkers(next))
 	})
 
 	run("SubscriptionCloseClosesC", func(t *testing.T, ns string) {
@@ -357,6 +456,7 @@ func workerInfo(ns, id string) stemtype.WorkerInfo {
 		Concurrency: 8,
 		StartedAt:   at.Add(-time.Minute),
 		LastSeen:    at,
+		Instance:    "instance-" + id,
 	}
 }
 
