@@ -183,7 +183,8 @@ func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]s
 type RevokeResult struct {
 	// Records are the records stored, in the order of the task ids.
 	Records []stemtype.RevokeRecord
-	// Replies are the workers' answers to the published revoke.
+	// Replies are the workers' answers to the published revoke; nil when
+	// publishing failed (RevokeTasks then returns the error too).
 	Replies *Replies
 	// Checked reports whether the result backend was asked which tasks it
 	// knows: false without a result backend, or when asking it failed
