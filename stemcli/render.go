@@ -157,7 +157,7 @@ func renderRevoke(w io.Writer, res *stem.RevokeResult) {
 		tw := table(w)
 		fmt.Fprintln(tw, "TASK\tRESULT BACKEND")
 		for _, rec := range recs {
-			known := "-" // not checked
+			known := "not checked"
 			switch {
 			case unknown[rec.TaskID]:
 				known = "unknown"
