@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
 	"time"
 
@@ -42,6 +43,10 @@ type ControllerConfig struct {
 	// DefaultExpiry is how long a revoke without RevokeOptions.ExpiresIn
 	// applies. Default: DefaultRevokeExpiry.
 	DefaultExpiry time.Duration
+	// Logger receives the controller's warnings: live workers that could
+	// not be listed, revoked tasks that could not be marked cancelled.
+	// Default: slog.Default().
+	Logger *slog.Logger
 }
 
 // Controller sends control commands to workers and collects their replies:
@@ -64,6 +69,9 @@ func NewController(cfg ControllerConfig) (*Controller, error) {
 	if cfg.DefaultExpiry == 0 {
 		cfg.DefaultExpiry = DefaultRevokeExpiry
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
 	return &Controller{cfg: cfg}, nil
 }
 
@@ -72,7 +80,7 @@ type Target struct {
 	// Workers are the ids addressed; empty means every worker of the
 	// namespace.
 	Workers []string
-	// Timeout bounds the wait for replies. Default: 5s.
+	// Timeout bounds the wait for replies from live workers. Default: 5s.
 	Timeout time.Duration
 }
 
@@ -81,8 +89,23 @@ type Replies struct {
 	RequestID string
 	// Replies in the order they arrived.
 	Replies []stemtype.ControlReply
-	// Missing are targeted workers that did not reply in time.
+	// Missing are the workers that were expected to reply and did not,
+	// sorted: every targeted worker without a reply, and for a broadcast
+	// every live worker without one. NotLive is part of it.
 	Missing []string
+	// NotLive are the targeted workers that were not live when the command
+	// was sent, sorted: Send reported them missing without waiting for
+	// them. Empty when the live workers could not be listed.
+	NotLive []string
+	// Live are the workers of the namespace that were live (had announced
+	// their presence) when the command was sent, sorted; nil when they
+	// could not be listed (see PresenceErr). An empty, non-nil Live after
+	// a broadcast means no worker was live: Send returned at once.
+	Live []string
+	// PresenceErr is why the live workers could not be listed. Send then
+	// fell back to waiting for every targeted worker, and for a broadcast
+	// to waiting out the whole timeout, and logged the error.
+	PresenceErr error
 }
 
 // Errors returns the replies whose status is "error".
@@ -102,9 +125,20 @@ func (c *Controller) Ping(ctx context.Context, t Target) (*Replies, error) {
 }
 
 // Inspect asks workers for their in-flight tasks and, with includeRevoked,
-// their revoke sets.
+// their whole revoke sets. A worker may hold a million revokes: prefer
+// InspectWith and a Limit.
 func (c *Controller) Inspect(ctx context.Context, t Target, includeRevoked bool) (*Replies, error) {
-	return c.Send(ctx, t, stemtype.CommandInspect, stemtype.InspectRequest{IncludeRevoked: includeRevoked})
+	return c.InspectWith(ctx, t, stemtype.InspectRequest{IncludeRevoked: includeRevoked})
+}
+
+// InspectWith asks workers for their in-flight tasks and, as req says, the
+// newest req.Limit records of their revoke sets (every record when Limit is
+// zero). Every reply counts the records its worker holds in RevokedTotal.
+func (c *Controller) InspectWith(ctx context.Context, t Target, req stemtype.InspectRequest) (*Replies, error) {
+	if req.Limit < 0 {
+		return nil, fmt.Errorf("stem: inspect: negative limit %d", req.Limit)
+	}
+	return c.Send(ctx, t, stemtype.CommandInspect, req)
 }
 
 // Stats asks workers for their counters and queue depths.
@@ -133,8 +167,59 @@ type RevokeOptions struct {
 // succeeded, publishes them to workers. A store failure returns an error
 // matching ErrStoreUnavailable and publishes nothing. Tasks with a result
 // backend entry that has not started are then marked cancelled, as soon as
-// the replies are in.
+// the replies are in; a failure to mark them is logged, not returned, since
+// the revoke itself holds (RevokeTasks returns it).
 func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]stemtype.RevokeRecord, *Replies, error) {
+	var res RevokeResult
+	recs, replies, err := c.revoke(ctx, t, o, &res)
+	if res.MarkErr != nil {
+		c.cfg.Logger.WarnContext(ctx, "revoke stored and published, but the result backend was not updated",
+			"namespace", c.cfg.Namespace, "err", res.MarkErr)
+	}
+	return recs, replies, err
+}
+
+// RevokeResult is the outcome of RevokeTasks.
+type RevokeResult struct {
+	// Records are the records stored, in the order of the task ids.
+	Records []stemtype.RevokeRecord
+	// Replies are the workers' answers to the published revoke; nil when
+	// publishing failed (RevokeTasks then returns the error too).
+	Replies *Replies
+	// Checked reports whether the result backend was asked which tasks it
+	// knows: false without a result backend, or when asking it failed
+	// (then MarkErr says why). Unchecked, nothing is known either way.
+	Checked bool
+	// Unknown are the revoked task ids the result backend holds no result
+	// of, in the order given, when Checked (then it is non-nil): a mistyped
+	// or shortened id, a task whose result expired, or a task of a producer
+	// that records no results. Their revokes are stored and published all
+	// the same.
+	Unknown []string
+	// MarkErr is what went wrong while looking the tasks up in the result
+	// backend or marking those that had not started as cancelled. It is a
+	// warning: the revoke is stored and published, and workers record the
+	// cancellation when they meet the tasks.
+	MarkErr error
+}
+
+// RevokeTasks is Revoke that also reports which task ids the result backend
+// does not know (looked up with one GetMany call) and any failure to mark
+// revoked tasks cancelled. The result is nil only when nothing was stored;
+// with a publish error it holds the stored records.
+func (c *Controller) RevokeTasks(ctx context.Context, t Target, o RevokeOptions) (*RevokeResult, error) {
+	var res RevokeResult
+	recs, replies, err := c.revoke(ctx, t, o, &res)
+	if recs == nil {
+		return nil, err
+	}
+	res.Records, res.Replies = recs, replies
+	return &res, err
+}
+
+// revoke does the work of Revoke and RevokeTasks, recording in res what the
+// result backend knew of the tasks.
+func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res *RevokeResult) ([]stemtype.RevokeRecord, *Replies, error) {
 	if c.cfg.Revokes == nil {
 		return nil, nil, errors.New("stem: revoke needs a revoke store")
 	}
@@ -171,9 +256,36 @@ func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]s
 	// Marked only once the workers that answered hold the revoke, so that
 	// none of them starts the task after it reads cancelled.
 	if err == nil && c.cfg.Results != nil {
-		c.markCancelled(ctx, stored, now)
+		c.checkResults(ctx, stored, now, res)
 	}
 	return stored, replies, err
+}
+
+// checkResults looks the revoked tasks up in the result backend with one
+// call, records in res which ones it does not know, and marks those that
+// have not started as cancelled.
+func (c *Controller) checkResults(ctx context.Context, recs []stemtype.RevokeRecord, now time.Time, res *RevokeResult) {
+	ids := make([]string, len(recs))
+	for i, r := range recs {
+		ids[i] = r.TaskID
+	}
+	cur, err := c.cfg.Results.GetMany(ctx, ids...)
+	if err == nil && len(cur) != len(ids) {
+		err = fmt.Errorf("%d results for %d ids", len(cur), len(ids))
+	}
+	if err != nil {
+		res.MarkErr = fmt.Errorf("stem: revoke: look up %d task(s) in the result backend: %w", len(ids), err)
+		return
+	}
+	res.Checked, res.Unknown = true, []string{}
+	seen := make(map[string]bool, len(ids))
+	for i, r := range cur {
+		if r == nil && !seen[ids[i]] {
+			res.Unknown = append(res.Unknown, ids[i])
+		}
+		seen[ids[i]] = true
+	}
+	res.MarkErr = c.markCancelled(ctx, recs, cur, now)
 }
 
 // markMargin is how long a revoke must outlive a queued task's due time for
@@ -181,17 +293,22 @@ func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]s
 const markMargin = time.Minute
 
 // markCancelled records tasks that have not started as cancelled, so their
-// status shows the revoke before any worker meets them. Tasks already
-// running or finished keep their state: the worker records their outcome.
-// Since cancelled is final, a task is only marked when the revoke outlives
-// its due time (countdown, ETA or retry backoff) by markMargin; otherwise
-// the revoke may expire before a worker meets the task, which then runs,
-// and its status says so when it starts.
-func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRecord, now time.Time) {
+// status shows the revoke before any worker meets them; results holds each
+// record's stored result (nil when none). Tasks already running or
+// finished keep their state: the worker records their outcome. Since
+// cancelled is final, a task is only marked when the revoke outlives its
+// due time (countdown, ETA or retry backoff) by markMargin; otherwise the
+// revoke may expire before a worker meets the task, which then runs, and
+// its status says so when it starts.
+//
+// A failed write stops the marking (a backend that fails one write likely
+// fails the next thousand) and is returned: workers still record the tasks
+// left unmarked as cancelled when they meet them.
+func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRecord, results []*stemtype.TaskResult, now time.Time) error {
 	var out []*stemtype.TaskResult
-	for _, r := range recs {
-		cur, err := c.cfg.Results.Get(ctx, r.TaskID)
-		if err != nil || (cur.State != stemtype.StatePending && cur.State != stemtype.StateRetry) {
+	for i, r := range recs {
+		cur := results[i]
+		if cur == nil || (cur.State != stemtype.StatePending && cur.State != stemtype.StateRetry) {
 			continue
 		}
 		due := now
@@ -207,29 +324,51 @@ func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRe
 		cur.UpdatedAt, cur.FinishedAt = now, now
 		if cp, ok := c.cfg.Results.(stemdriver.ConditionalPutter); ok {
 			// Atomic: a state a worker recorded since the read wins.
-			_, _ = cp.PutIfState(ctx, cur, stemtype.StatePending, stemtype.StateRetry)
+			if _, err := cp.PutIfState(ctx, cur, stemtype.StatePending, stemtype.StateRetry); err != nil {
+				return fmt.Errorf("stem: revoke: mark task %s cancelled in the result backend (the %d task(s) after it were not tried): %w",
+					r.TaskID, len(recs)-i-1, err)
+			}
 			continue
 		}
 		out = append(out, cur)
 	}
 	if len(out) > 0 {
-		_ = c.cfg.Results.Put(ctx, out...)
+		if err := c.cfg.Results.Put(ctx, out...); err != nil {
+			return fmt.Errorf("stem: revoke: mark %d task(s) cancelled in the result backend: %w", len(out), err)
+		}
 	}
+	return nil
 }
 
 // Send publishes a command of type typ with payload to the target and
-// collects replies until every targeted worker answered (for a broadcast:
-// every worker the transport knows to be live, if it knows any) or the
-// timeout passed. A publish failure matches ErrBrokerUnavailable.
+// collects replies until every live targeted worker answered (for a
+// broadcast: every live worker of the namespace) or the timeout passed.
+// Live workers are those whose presence the control transport lists.
+//
+// It fails fast rather than wait for a worker that cannot answer: targeted
+// workers that are not live are reported in Missing and NotLive at once and
+// not waited for, and when no worker is left to wait for (a broadcast with
+// no live worker, or only targets that are not live) Send returns as soon
+// as the command is published. The command is published to every target
+// all the same, so a worker that is starting and has not announced itself
+// yet still receives it. When the live workers cannot be listed, Send logs
+// why and waits for every targeted worker, and for a broadcast out the
+// whole timeout, reporting only targeted workers as missing.
+//
+// A publish failure matches ErrBrokerUnavailable.
 func (c *Controller) Send(ctx context.Context, t Target, typ string, payload any) (*Replies, error) {
 	timeout := t.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
+	targets := slices.Clone(t.Workers)
+	slices.Sort(targets)
+	targets = slices.Compact(targets)
+	broadcast := len(targets) == 0 || slices.Contains(targets, stemtype.BroadcastTarget)
 	cmd := stemtype.ControlCommand{RequestID: NewTaskID(), Type: typ, Targets: t.Workers,
 		TimeoutMs: timeout.Milliseconds(), Version: stemtype.ControlVersion}
-	if len(cmd.Targets) == 0 {
-		cmd.Targets = []string{stemtype.BroadcastTarget}
+	if broadcast {
+		cmd.Targets, targets = []string{stemtype.BroadcastTarget}, nil
 	}
 	if payload != nil {
 		b, err := json.Marshal(payload)
@@ -240,48 +379,74 @@ func (c *Controller) Send(ctx context.Context, t Target, typ string, payload any
 	}
 	msg, _ := json.Marshal(cmd)
 
-	expect := slices.Clone(t.Workers)
-	if len(expect) == 0 {
-		if live, err := c.cfg.Control.Workers(ctx); err == nil {
-			for _, w := range live {
-				expect = append(expect, w.ID)
+	out := &Replies{RequestID: cmd.RequestID}
+	// expect are the workers waited for; nil with an unknown live set
+	// means a broadcast waits out the timeout.
+	var expect []string
+	if live, err := c.cfg.Control.Workers(ctx); err != nil {
+		out.PresenceErr = err
+		expect = targets
+	} else {
+		out.Live = make([]string, 0, len(live))
+		for _, w := range live {
+			out.Live = append(out.Live, w.ID)
+		}
+		slices.Sort(out.Live)
+		out.Live = slices.Compact(out.Live)
+		if broadcast {
+			expect = slices.Clone(out.Live)
+		} else {
+			expect = []string{}
+			for _, id := range targets {
+				if _, ok := slices.BinarySearch(out.Live, id); ok {
+					expect = append(expect, id)
+				} else {
+					out.NotLive = append(out.NotLive, id)
+				}
 			}
 		}
 	}
 	if err := c.cfg.Control.Publish(ctx, cmd.Targets, msg); err != nil {
 		return nil, fmt.Errorf("%w: publish %s: %w", ErrBrokerUnavailable, typ, err)
 	}
-	out := &Replies{RequestID: cmd.RequestID}
+	if out.PresenceErr != nil {
+		c.cfg.Logger.WarnContext(ctx, "cannot list live workers: waiting for replies without knowing who is live",
+			"namespace", c.cfg.Namespace, "type", typ, "timeout", timeout, "err", out.PresenceErr)
+	}
 	seen := map[string]bool{}
-	cctx, cancel := context.WithTimeout(ctx, timeout)
-	defer cancel()
-	err := c.cfg.Control.Replies(cctx, cmd.RequestID, func(b []byte) bool {
-		var r stemtype.ControlReply
-		if json.Unmarshal(b, &r) != nil || r.WorkerID == "" || seen[r.WorkerID] {
-			return true
-		}
-		seen[r.WorkerID] = true
-		out.Replies = append(out.Replies, r)
-		if len(expect) == 0 {
-			return true // unknown live set: wait the whole timeout
-		}
-		for _, id := range expect {
-			if !seen[id] {
+	if expect == nil || len(expect) > 0 {
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		err := c.cfg.Control.Replies(cctx, cmd.RequestID, func(b []byte) bool {
+			var r stemtype.ControlReply
+			if json.Unmarshal(b, &r) != nil || r.WorkerID == "" || seen[r.WorkerID] {
 				return true
 			}
+			seen[r.WorkerID] = true
+			out.Replies = append(out.Replies, r)
+			if expect == nil {
+				return true // unknown live set: wait the whole timeout
+			}
+			for _, id := range expect {
+				if !seen[id] {
+					return true
+				}
+			}
+			return false
+		})
+		if err != nil && cctx.Err() == nil {
+			return out, fmt.Errorf("%w: collect replies: %w", ErrBrokerUnavailable, err)
 		}
-		return false
-	})
-	if err != nil && cctx.Err() == nil {
-		return out, fmt.Errorf("%w: collect replies: %w", ErrBrokerUnavailable, err)
+		if err := ctx.Err(); err != nil {
+			return out, err // the caller gave up: not the same as a timeout
+		}
 	}
-	if err := ctx.Err(); err != nil {
-		return out, err // the caller gave up: not the same as a timeout
-	}
-	for _, id := range t.Workers {
+	for _, id := range append(slices.Clone(targets), expect...) {
 		if !seen[id] {
 			out.Missing = append(out.Missing, id)
 		}
 	}
+	slices.Sort(out.Missing)
+	out.Missing = slices.Compact(out.Missing)
 	return out, nil
 }

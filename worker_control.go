@@ -196,13 +196,18 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 	case stemtype.CommandPing:
 		return stemtype.PingReply{Timestamp: now}, nil
 	case stemtype.CommandInspect:
-		req := stemtype.InspectRequest{IncludeRevoked: true}
+		// No payload asks for the in-flight tasks alone: the revoke set
+		// may hold a million records.
+		var req stemtype.InspectRequest
 		if len(cmd.Payload) > 0 && string(cmd.Payload) != "null" {
 			if err := json.Unmarshal(cmd.Payload, &req); err != nil {
 				return nil, fmt.Errorf("bad inspect payload: %v", err)
 			}
 		}
-		return w.inspect(now, req.IncludeRevoked), nil
+		if req.Limit < 0 {
+			return nil, fmt.Errorf("bad inspect payload: negative limit %d", req.Limit)
+		}
+		return w.inspect(now, req), nil
 	case stemtype.CommandStats:
 		return w.stats(ctx, now), nil
 	case stemtype.CommandRevoke:
@@ -241,7 +246,9 @@ func (w *Worker) reply(ctx context.Context, requestID string, payload any, cmdEr
 	}
 }
 
-func (w *Worker) inspect(now time.Time, withRevoked bool) stemtype.InspectReply {
+// inspect returns the worker's in-flight tasks and, when req asks, the
+// req.Limit newest records of its revoke set (every record for 0).
+func (w *Worker) inspect(now time.Time, req stemtype.InspectRequest) stemtype.InspectReply {
 	w.mu.Lock()
 	active := make([]stemtype.ActiveTask, 0, len(w.held))
 	for _, j := range w.held {
@@ -260,12 +267,10 @@ func (w *Worker) inspect(now time.Time, withRevoked bool) stemtype.InspectReply 
 	}
 	w.mu.Unlock()
 	slices.SortFunc(active, func(a, b stemtype.ActiveTask) int { return a.StartedAt.Compare(b.StartedAt) })
-	r := stemtype.InspectReply{Inflight: len(active), Active: active}
-	if withRevoked {
-		r.Revoked = w.revokes.Snapshot()
-		if r.Revoked == nil {
-			r.Revoked = []stemtype.RevokeRecord{}
-		}
+	r := stemtype.InspectReply{Inflight: len(active), Active: active, RevokedTotal: w.revokes.Len()}
+	if req.IncludeRevoked {
+		r.Revoked = w.revokes.Newest(req.Limit)
+		r.RevokedTotal = max(r.RevokedTotal, len(r.Revoked)) // a revoke applied in between
 	}
 	return r
 }

@@ -112,10 +112,10 @@ func TestInspectActive(t *testing.T) {
 		t.Errorf("active task = %s", mustJSON(task))
 	}
 
-	// Revoke records are listed by default and with --include-revoked.
+	// Revoke records are listed only with --include-revoked (DESIGN §4).
 	other := randomHex(16)
 	c.must("worker", "revoke", "--task", other, "--reason", "inspect me", "--requester", "e2e", "--worker", "w1")
-	for _, args := range [][]string{{}, {"--include-revoked"}} {
+	for _, args := range [][]string{{"--include-revoked"}, {"--include-revoked", "--limit", "0"}} {
 		rep := only(t, c.replies(append([]string{"worker", "inspect", "--worker", "w1"}, args...)...), "w1")
 		var p stemtype.InspectReply
 		decodeOne(t, string(rep.Payload), &p)
@@ -129,13 +129,15 @@ func TestInspectActive(t *testing.T) {
 			t.Errorf("revoke record = %s", mustJSON(rec))
 		}
 	}
-	rep := only(t, c.replies("worker", "inspect", "--worker", "w1", "--include-revoked=false"), "w1")
-	var p stemtype.InspectReply
-	decodeOne(t, string(rep.Payload), &p)
-	if len(p.Revoked) != 0 {
-		t.Errorf("inspect --include-revoked=false listed revokes: %s", rep.Payload)
+	for _, args := range [][]string{{}, {"--include-revoked=false"}} {
+		rep := only(t, c.replies(append([]string{"worker", "inspect", "--worker", "w1"}, args...)...), "w1")
+		var p stemtype.InspectReply
+		decodeOne(t, string(rep.Payload), &p)
+		if slices.Contains(keysOf(t, rep.Payload), "revoked") || p.RevokedTotal != 1 {
+			t.Errorf("inspect %v listed revokes or did not count them: %s", args, rep.Payload)
+		}
 	}
-	out := c.must("worker", "inspect", "--worker", "w1")
+	out := c.must("worker", "inspect", "--worker", "w1", "--include-revoked")
 	if !strings.Contains(out, id) || !strings.Contains(out, other) {
 		t.Errorf("human inspect output lacks the task or the revoke:\n%s", out)
 	}

@@ -424,9 +424,10 @@ func only(t *testing.T, reps []stemtype.ControlReply, workerID string) stemtype.
 	return reps[0]
 }
 
+// inspect returns the worker's inspect reply with its whole revoke set.
 func (c *cluster) inspect(workerID string) stemtype.InspectReply {
 	c.t.Helper()
-	rep := only(c.t, c.replies("worker", "inspect", "--worker", workerID), workerID)
+	rep := only(c.t, c.replies("worker", "inspect", "--worker", workerID, "--include-revoked", "--limit", "0"), workerID)
 	var p stemtype.InspectReply
 	decodeOne(c.t, string(rep.Payload), &p)
 	return p

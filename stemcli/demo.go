@@ -126,7 +126,7 @@ func (a *app) demo(ctx context.Context) error {
 		if r.Options.MaxRetries != nil {
 			note = fmt.Sprintf("(max retries %d)", *r.Options.MaxRetries)
 		}
-		fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\n", short(ids[i]), r.Task, args, note)
+		fmt.Fprintf(tw, "   %s\t%s\t%s\t%s\n", ids[i], r.Task, args, note)
 	}
 	tw.Flush()
 	fmt.Fprintln(a.out, "\n   Watching their states change (time since the demo started):")
@@ -142,12 +142,12 @@ func (a *app) demo(ctx context.Context) error {
 	fmt.Fprintln(a.out, "\n2. The control plane. Long tasks run, another waits in the queue:")
 	longID, _ := client.Enqueue(ctx, "demo.sleep", map[string]float64{"seconds": 30, "heartbeat": 0.05}, stem.EnqueueOptions{})
 	queuedID, _ := client.Enqueue(ctx, "demo.echo", map[string]string{"never": "runs"}, stem.EnqueueOptions{Countdown: 800 * time.Millisecond})
-	fmt.Fprintf(a.out, "   %s  demo.sleep {\"seconds\":30}   (running)\n", short(longID))
-	fmt.Fprintf(a.out, "   %s  demo.echo, countdown 0.8s   (queued)\n", short(queuedID))
+	fmt.Fprintf(a.out, "   %s  demo.sleep {\"seconds\":30}   (running)\n", longID)
+	fmt.Fprintf(a.out, "   %s  demo.echo, countdown 0.8s   (queued)\n", queuedID)
 	var spinID string
 	if hasIsolated {
 		spinID, _ = client.Enqueue(ctx, "demo.spin-isolated", map[string]float64{"seconds": 30}, stem.EnqueueOptions{})
-		fmt.Fprintf(a.out, "   %s  demo.spin-isolated {\"seconds\":30}: burns CPU in a child process, never checkpoints\n", short(spinID))
+		fmt.Fprintf(a.out, "   %s  demo.spin-isolated {\"seconds\":30}: burns CPU in a child process, never checkpoints\n", spinID)
 		if err := d.until(ctx, spinID, func(r *stemtype.TaskResult) bool { return r.State == stemtype.StateStarted }); err != nil {
 			return err
 		}
@@ -165,11 +165,12 @@ func (a *app) demo(ctx context.Context) error {
 	}
 	renderPing(indent(a.out), r, start)
 
-	fmt.Fprintln(a.out, "\n$ stem worker inspect")
-	if r, err = ctl.Inspect(ctx, target, true); err != nil {
+	fmt.Fprintln(a.out, "\n$ stem worker inspect --include-revoked")
+	inspect := stemtype.InspectRequest{IncludeRevoked: true, Limit: defaultRevokedLimit}
+	if r, err = ctl.InspectWith(ctx, target, inspect); err != nil {
 		return err
 	}
-	renderInspect(indent(a.out), r, true)
+	renderInspect(indent(a.out), r, inspect)
 
 	fmt.Fprintln(a.out, "\n$ stem worker stats")
 	if r, err = ctl.Stats(ctx, target); err != nil {
@@ -177,32 +178,32 @@ func (a *app) demo(ctx context.Context) error {
 	}
 	renderStats(indent(a.out), r)
 
-	fmt.Fprintf(a.out, "\n$ stem worker revoke --task %s --reason \"not needed\"\n", short(queuedID))
-	recs, r, err := ctl.Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{queuedID}, Reason: "not needed", RequestedBy: "demo"})
+	fmt.Fprintf(a.out, "\n$ stem worker revoke --task %s --reason \"not needed\"\n", queuedID)
+	rv, err := ctl.RevokeTasks(ctx, target, stem.RevokeOptions{TaskIDs: []string{queuedID}, Reason: "not needed", RequestedBy: "demo"})
 	if err != nil {
 		return err
 	}
-	renderRevoke(indent(a.out), recs, r)
+	renderRevoke(indent(a.out), rv)
 
-	fmt.Fprintf(a.out, "\n$ stem worker revoke --terminate --task %s --reason \"taking too long\"\n", short(longID))
+	fmt.Fprintf(a.out, "\n$ stem worker revoke --terminate --task %s --reason \"taking too long\"\n", longID)
 	revokedAt := time.Now()
-	recs, r, err = ctl.Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{longID}, Terminate: true, Reason: "taking too long", RequestedBy: "demo"})
+	rv, err = ctl.RevokeTasks(ctx, target, stem.RevokeOptions{TaskIDs: []string{longID}, Terminate: true, Reason: "taking too long", RequestedBy: "demo"})
 	if err != nil {
 		return err
 	}
-	renderRevoke(indent(a.out), recs, r)
+	renderRevoke(indent(a.out), rv)
 	if err := d.until(ctx, longID, func(r *stemtype.TaskResult) bool { return r.State.Final() }); err != nil {
 		return err
 	}
 	fmt.Fprintf(a.out, "   the running task stopped %s after the revoke, at its next heartbeat\n", time.Since(revokedAt).Round(time.Millisecond))
 	if spinID != "" {
-		fmt.Fprintf(a.out, "\n$ stem worker revoke --terminate --kill-after 300ms --task %s --reason \"runaway\"\n", short(spinID))
+		fmt.Fprintf(a.out, "\n$ stem worker revoke --terminate --kill-after 300ms --task %s --reason \"runaway\"\n", spinID)
 		killAt := time.Now()
-		recs, r, err = ctl.Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{spinID}, Terminate: true, KillAfter: 300 * time.Millisecond, Reason: "runaway", RequestedBy: "demo"})
+		rv, err = ctl.RevokeTasks(ctx, target, stem.RevokeOptions{TaskIDs: []string{spinID}, Terminate: true, KillAfter: 300 * time.Millisecond, Reason: "runaway", RequestedBy: "demo"})
 		if err != nil {
 			return err
 		}
-		renderRevoke(indent(a.out), recs, r)
+		renderRevoke(indent(a.out), rv)
 		if err := d.until(ctx, spinID, func(r *stemtype.TaskResult) bool { return r.State.Final() }); err != nil {
 			return err
 		}
@@ -224,7 +225,7 @@ func (a *app) demo(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		fmt.Fprintf(tw, "   %s\t%s\t%s\t%d\t%s\n", short(id), res.Task, res.State, res.Attempt, detail(res))
+		fmt.Fprintf(tw, "   %s\t%s\t%s\t%d\t%s\n", id, res.Task, res.State, res.Attempt, detail(res))
 	}
 	tw.Flush()
 	fmt.Fprintf(a.out, "\nDone in %s. Try the same against Redis: see the README.\n", time.Since(d.start).Round(time.Millisecond))
@@ -251,7 +252,7 @@ func (d *demoEnv) watch(ctx context.Context, ids []string, names map[string]stri
 			key := fmt.Sprintf("%s/%d", r.State, r.Attempt)
 			if last[id] != key {
 				last[id] = key
-				fmt.Fprintf(d.out, "   +%.3fs  %s  %-*s  %-9s  attempt %d  %s\n", time.Since(d.start).Seconds(), short(id),
+				fmt.Fprintf(d.out, "   +%.3fs  %s  %-*s  %-9s  attempt %d  %s\n", time.Since(d.start).Seconds(), id,
 					width, names[id], r.State, r.Attempt, detail(r))
 			}
 			if r.State.Final() {
@@ -289,13 +290,6 @@ func detail(r *stemtype.TaskResult) string {
 		return "result " + string(r.Result)
 	}
 	return ""
-}
-
-func short(id string) string {
-	if len(id) > 8 {
-		return id[:8]
-	}
-	return id
 }
 
 // indent prefixes every line written through it with three spaces.

@@ -49,7 +49,7 @@ func renderPing(w io.Writer, r *stem.Replies, start time.Time) {
 	fmt.Fprintf(w, "%d worker(s) replied in %s\n", len(r.Replies), time.Since(start).Round(10*time.Microsecond))
 }
 
-func renderInspect(w io.Writer, r *stem.Replies, withRevoked bool) {
+func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 	for _, rep := range sorted(r) {
 		if rep.Status != stemtype.ReplyOK {
 			fmt.Fprintf(w, "worker %s: error: %s\n", rep.WorkerID, errText(rep))
@@ -57,11 +57,13 @@ func renderInspect(w io.Writer, r *stem.Replies, withRevoked bool) {
 		}
 		var p stemtype.InspectReply
 		_ = json.Unmarshal(rep.Payload, &p)
-		fmt.Fprintf(w, "worker %s: %d in flight", rep.WorkerID, p.Inflight)
-		if withRevoked {
-			fmt.Fprintf(w, ", %d revoked", len(p.Revoked))
+		total := max(p.RevokedTotal, len(p.Revoked))
+		fmt.Fprintf(w, "worker %s: %d in flight, %d revoked", rep.WorkerID, p.Inflight, total)
+		if req.IncludeRevoked && len(p.Revoked) < total {
+			fmt.Fprintf(w, " (listing the newest %d; --limit 0 lists all)", len(p.Revoked))
 		}
 		fmt.Fprintln(w)
+		withRevoked := req.IncludeRevoked
 		if len(p.Active) > 0 {
 			tw := table(w)
 			fmt.Fprintln(tw, "  ID\tTASK\tQUEUE\tATTEMPT\tRUNTIME\tISOLATED\tPROGRESS\tLAST HEARTBEAT\tTERMINATING")
@@ -81,7 +83,8 @@ func renderInspect(w io.Writer, r *stem.Replies, withRevoked bool) {
 		if withRevoked && len(p.Revoked) > 0 {
 			tw := table(w)
 			fmt.Fprintln(tw, "  REVOKED\tTERMINATE\tREQUESTED BY\tREASON\tEXPIRES")
-			sort.Slice(p.Revoked, func(i, j int) bool { return p.Revoked[i].Version < p.Revoked[j].Version })
+			// Newest first, as workers send them.
+			sort.SliceStable(p.Revoked, func(i, j int) bool { return p.Revoked[i].Version > p.Revoked[j].Version })
 			for _, rec := range p.Revoked {
 				exp := "never"
 				if !rec.ExpiresAt.IsZero() {
@@ -116,18 +119,54 @@ func renderStats(w io.Writer, r *stem.Replies) {
 	tw.Flush()
 }
 
-func renderRevoke(w io.Writer, recs []stemtype.RevokeRecord, r *stem.Replies) {
+// revokeDocument is the --json output of revoke.
+type revokeDocument struct {
+	// Records are the revoke records stored, one per --task.
+	Records []stemtype.RevokeRecord `json:"records"`
+	// Unknown are the ids the result backend holds no result of; null when
+	// that was not checked (no result backend, or the lookup failed).
+	Unknown []string `json:"unknown"`
+	// Replies are the workers' replies, as other worker commands print them.
+	Replies []stemtype.ControlReply `json:"replies"`
+}
+
+func revokeDoc(res *stem.RevokeResult) revokeDocument {
+	d := revokeDocument{Records: res.Records, Replies: replyList(res.Replies)}
+	if res.Checked {
+		d.Unknown = res.Unknown
+		if d.Unknown == nil {
+			d.Unknown = []string{}
+		}
+	}
+	return d
+}
+
+func renderRevoke(w io.Writer, res *stem.RevokeResult) {
+	recs, r := res.Records, res.Replies
 	if len(recs) > 0 {
 		mode := "revoked"
 		if recs[0].Terminate {
 			mode = "revoked (terminate)"
 		}
-		ids := make([]string, len(recs))
-		for i, rec := range recs {
-			ids[i] = rec.TaskID
+		fmt.Fprintf(w, "%s %d task(s) in namespace %s until %s\n", mode, len(recs), recs[0].Namespace,
+			recs[0].ExpiresAt.Format(time.RFC3339))
+		unknown := make(map[string]bool, len(res.Unknown))
+		for _, id := range res.Unknown {
+			unknown[id] = true
 		}
-		fmt.Fprintf(w, "%s %d task(s) in namespace %s until %s: %s\n", mode, len(recs), recs[0].Namespace,
-			recs[0].ExpiresAt.Format(time.RFC3339), strings.Join(ids, ", "))
+		tw := table(w)
+		fmt.Fprintln(tw, "TASK\tRESULT BACKEND")
+		for _, rec := range recs {
+			known := "not checked"
+			switch {
+			case unknown[rec.TaskID]:
+				known = "unknown"
+			case res.Checked:
+				known = "known"
+			}
+			fmt.Fprintf(tw, "%s\t%s\n", rec.TaskID, known)
+		}
+		tw.Flush()
 	}
 	if len(r.Replies) == 0 {
 		return

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os/signal"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -56,7 +58,7 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 			_ = c()
 		}
 	}
-	cfg := stem.ControllerConfig{Namespace: opts.Namespace}
+	cfg := stem.ControllerConfig{Namespace: opts.Namespace, Logger: opts.Logger}
 	if v := a.cfg.Getenv(envRevokeExpiry); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
@@ -94,22 +96,36 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 	return c, closeAll, nil
 }
 
-// finish prints replies and turns errors, missing workers and silence into
-// exit code 70.
-func (a *app) finish(f *controlFlags, r *stem.Replies, human func(*stem.Replies)) error {
+// replyList returns r's replies as the list --json prints: never null.
+func replyList(r *stem.Replies) []stemtype.ControlReply {
+	if r.Replies == nil {
+		return []stemtype.ControlReply{}
+	}
+	return r.Replies
+}
+
+// finish prints replies (as JSON: the list of replies, or what doc returns
+// when it is set) and turns errors, missing workers and silence into exit
+// code 70.
+func (a *app) finish(f *controlFlags, r *stem.Replies, human func(*stem.Replies), doc func() any) error {
 	if f.json {
-		out := r.Replies
-		if out == nil {
-			out = []stemtype.ControlReply{}
+		var v any = replyList(r)
+		if doc != nil {
+			v = doc()
 		}
-		if err := writeJSON(a.out, out); err != nil {
+		if err := writeJSON(a.out, v); err != nil {
 			return err
 		}
 	} else {
 		human(r)
 	}
+	ns := a.namespace()
 	for _, id := range r.Missing {
-		fmt.Fprintf(a.errw, "stem: worker %s did not reply within %s\n", id, f.timeout)
+		if slices.Contains(r.NotLive, id) {
+			fmt.Fprintf(a.errw, "stem: worker %s is not live in namespace %s (no presence): not waited for\n", id, ns)
+		} else {
+			fmt.Fprintf(a.errw, "stem: worker %s did not reply within %s\n", id, f.timeout)
+		}
 	}
 	for _, rep := range r.Errors() {
 		msg := "error"
@@ -119,10 +135,14 @@ func (a *app) finish(f *controlFlags, r *stem.Replies, human func(*stem.Replies)
 		fmt.Fprintf(a.errw, "stem: worker %s replied with an error: %s\n", rep.WorkerID, msg)
 	}
 	switch {
+	case len(r.Replies) == 0 && len(f.workers) == 0 && r.Live != nil && len(r.Live) == 0:
+		return exitf(ExitSoftware, "no worker replied: no worker is live in namespace %s", ns)
+	case len(r.Replies) == 0 && len(r.Missing) > 0 && len(r.NotLive) == len(r.Missing):
+		return exitf(ExitSoftware, "no worker replied: %s not live in namespace %s", strings.Join(r.NotLive, ", "), ns)
 	case len(r.Replies) == 0:
 		return exitf(ExitSoftware, "no worker replied within %s", f.timeout)
 	case len(r.Missing) > 0:
-		return exitf(ExitSoftware, "%d targeted worker(s) did not reply", len(r.Missing))
+		return exitf(ExitSoftware, "%d worker(s) did not reply: %s", len(r.Missing), strings.Join(r.Missing, ", "))
 	case len(r.Errors()) > 0:
 		return exitf(ExitSoftware, "%d worker(s) replied with an error", len(r.Errors()))
 	}
@@ -157,7 +177,7 @@ func (a *app) queryCmd(use, short string, f *controlFlags,
 			if err != nil {
 				return sendErr(err)
 			}
-			return a.finish(f, r, render)
+			return a.finish(f, r, render, nil)
 		},
 	}
 	f.add(c)
@@ -174,14 +194,31 @@ func (a *app) pingCmd() *cobra.Command {
 		func(r *stem.Replies) { renderPing(a.out, r, start) })
 }
 
+// defaultRevokedLimit is inspect's default --limit: enough to see what was
+// revoked lately, far from the million records a worker may hold.
+const defaultRevokedLimit = 100
+
 func (a *app) inspectCmd() *cobra.Command {
-	var withRevoked bool
-	c := a.queryCmd("inspect", "Show in-flight tasks (and the revoked cache) per worker", &controlFlags{},
+	var req stemtype.InspectRequest
+	c := a.queryCmd("inspect", "Show in-flight tasks (and, if asked, the revoked cache) per worker", &controlFlags{},
 		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
-			return ctl.Inspect(ctx, t, withRevoked)
+			return ctl.InspectWith(ctx, t, req)
 		},
-		func(r *stem.Replies) { renderInspect(a.out, r, withRevoked) })
-	c.Flags().BoolVar(&withRevoked, "include-revoked", true, "include each worker's revoked cache")
+		func(r *stem.Replies) { renderInspect(a.out, r, req) })
+	c.Long = `Show each worker's in-flight tasks and how many revoke records it holds.
+With --include-revoked, also list the records, newest (highest version)
+first, at most --limit of them (0 lists all: a worker may hold a million).`
+	c.Flags().BoolVar(&req.IncludeRevoked, "include-revoked", false, "also list each worker's revoke records")
+	c.Flags().IntVar(&req.Limit, "limit", defaultRevokedLimit, "with --include-revoked: list at most this many records per worker, the newest (0: all)")
+	c.PreRunE = func(cmd *cobra.Command, _ []string) error {
+		if req.Limit < 0 {
+			return exitf(ExitUsage, "inspect: --limit must not be negative, got %d", req.Limit)
+		}
+		if cmd.Flags().Changed("limit") && !req.IncludeRevoked {
+			return exitf(ExitUsage, "inspect: --limit needs --include-revoked")
+		}
+		return nil
+	}
 	return c
 }
 
@@ -201,7 +238,12 @@ func (a *app) revokeCmd() *cobra.Command {
 If the store cannot be written, nothing is published and the exit code is 69.
 
 A revoked task that has not started never runs: it is acknowledged as
-cancelled. With --terminate, a running copy is asked to stop at its next
+cancelled. Ids the result backend does not know are revoked all the same
+and marked unknown (a mistyped or shortened id?). With --json the document
+is {"records": [...], "unknown": [ids] (null when not checked),
+"replies": [...]}.
+
+With --terminate, a running copy is asked to stop at its next
 checkpoint (Heartbeat, ExtendLease, Progress) and ends cancelled. Revokes
 expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.DefaultRevokeExpiry.String() + `).`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -222,21 +264,30 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 				return err
 			}
 			defer done()
-			recs, r, err := ctl.Revoke(cmd.Context(), f.target(), o)
+			res, err := ctl.RevokeTasks(cmd.Context(), f.target(), o)
 			switch {
 			case errors.Is(err, stem.ErrStoreUnavailable):
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("%w (nothing was published)", err)}
 			case err != nil:
 				return sendErr(err)
 			}
-			if len(r.Replies) == 0 && !f.json {
-				fmt.Fprintf(a.out, "revoke stored for %d task(s); workers that start later will honour it\n", len(recs))
+			if res.MarkErr != nil {
+				fmt.Fprintf(a.errw, "stem: warning: the revoke is stored and published, but task states were not updated: %v\n", res.MarkErr)
 			}
-			return a.finish(&f, r, func(r *stem.Replies) { renderRevoke(a.out, recs, r) })
+			if res.Checked && len(res.Unknown) > 0 {
+				fmt.Fprintf(a.errw, "stem: warning: %d task id(s) unknown to the result backend (mistyped, shortened or never recorded?), revoked anyway: %s\n",
+					len(res.Unknown), strings.Join(res.Unknown, ", "))
+			}
+			if len(res.Replies.Replies) == 0 && !f.json {
+				fmt.Fprintf(a.out, "revoke stored for %d task(s); workers that start later will honour it\n", len(res.Records))
+			}
+			return a.finish(&f, res.Replies, func(r *stem.Replies) { renderRevoke(a.out, res) },
+				func() any { return revokeDoc(res) })
 		},
 	}
 	f.add(c)
 	fl := c.Flags()
+	fl.Lookup("json").Usage = `print one JSON document on stdout: {"records", "unknown", "replies"}`
 	fl.StringArrayVar(&o.TaskIDs, "task", nil, "task id to revoke (repeatable, required)")
 	fl.BoolVar(&o.Terminate, "terminate", false, "ask running copies to stop at their next checkpoint")
 	fl.DurationVar(&o.KillAfter, "kill-after", 0, "with --terminate: kill an isolated task's child process that has not stopped after this long")

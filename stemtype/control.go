@@ -69,9 +69,17 @@ type PingReply struct {
 	Timestamp time.Time `json:"timestamp"`
 }
 
-// InspectRequest is the payload of an inspect command.
+// InspectRequest is the payload of an inspect command. An empty payload
+// asks for the in-flight tasks alone.
 type InspectRequest struct {
+	// IncludeRevoked asks for the worker's revoke records in the reply's
+	// Revoked list. A worker may hold a million of them, so it is off unless
+	// asked for.
 	IncludeRevoked bool `json:"includeRevoked"`
+	// Limit, with IncludeRevoked, caps the records returned at the Limit
+	// newest (highest version first). Zero means every record; a negative
+	// limit is answered with an error.
+	Limit int `json:"limit,omitempty"`
 }
 
 // ActiveTask is one in-flight task in an inspect reply.
@@ -92,9 +100,16 @@ type ActiveTask struct {
 
 // InspectReply is the payload of an inspect reply.
 type InspectReply struct {
-	Inflight int            `json:"inflight"`
-	Active   []ActiveTask   `json:"active"`
-	Revoked  []RevokeRecord `json:"revoked,omitempty"`
+	Inflight int          `json:"inflight"`
+	Active   []ActiveTask `json:"active"`
+	// Revoked holds the worker's revoke records, newest (highest version)
+	// first, only when the request asked for them (then it is a list, empty
+	// or not), and at most the request's Limit of them.
+	Revoked []RevokeRecord `json:"revoked,omitzero"`
+	// RevokedTotal is how many revoke records the worker holds, whether
+	// or not they were asked for: a Revoked list shorter than RevokedTotal
+	// was cut at the request's Limit.
+	RevokedTotal int `json:"revokedTotal"`
 }
 
 // StatsReply is the payload of a stats reply.
