@@ -150,13 +150,7 @@ func TestJSONOutputIsOneDocument(t *testing.T) {
 			continue
 		}
 		var reps []json.RawMessage
-		if args[1] == "revoke" { // an object holding the replies
-			var doc struct{ Replies []json.RawMessage }
-			decodeOne(t, r.stdout, &doc)
-			reps = doc.Replies
-		} else {
-			decodeOne(t, r.stdout, &reps)
-		}
+		decodeOne(t, r.stdout, &reps)
 		if len(reps) != 1 {
 			t.Errorf("%v: want one reply in %s", args, r.stdout)
 		}
@@ -177,10 +171,10 @@ func TestJSONOutputIsOneDocument(t *testing.T) {
 	if r.code != 70 {
 		t.Errorf("revoke --json with no worker: want exit 70, got %s", r)
 	}
-	var doc struct{ Replies []json.RawMessage }
-	decodeOne(t, r.stdout, &doc)
-	if doc.Replies == nil || len(doc.Replies) != 0 {
-		t.Errorf("revoke --json with no worker printed %q, want replies []", r.stdout)
+	reps = nil
+	decodeOne(t, r.stdout, &reps)
+	if reps == nil || len(reps) != 0 {
+		t.Errorf("revoke --json with no worker printed %q, want []", r.stdout)
 	}
 }
 

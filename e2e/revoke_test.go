@@ -22,19 +22,19 @@ func checkRevokedMeta(t *testing.T, s taskStatus, reason, by string) {
 	}
 }
 
-// revokeDoc is the --json output of `stem worker revoke`.
-type revokeDoc struct {
-	Records []stemtype.RevokeRecord `json:"records"`
-	Unknown []string                `json:"unknown"`
-	Replies []stemtype.ControlReply `json:"replies"`
+// revokePayload is a revoke reply's payload as `stem worker revoke --json`
+// prints it: the worker's reply plus the controller's "unknown" ids.
+type revokePayload struct {
+	stemtype.RevokeReply
+	Unknown []string `json:"unknown"`
 }
 
 // revokeReply decodes the one reply of a `revoke --json` run.
 func revokeReply(t *testing.T, r result, workerID string) stemtype.RevokeReply {
 	t.Helper()
-	var doc revokeDoc
-	decodeOne(t, r.stdout, &doc)
-	rep := only(t, doc.Replies, workerID)
+	var reps []stemtype.ControlReply
+	decodeOne(t, r.stdout, &reps)
+	rep := only(t, reps, workerID)
 	var p stemtype.RevokeReply
 	decodeOne(t, string(rep.Payload), &p)
 	return p

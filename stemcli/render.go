@@ -1,6 +1,7 @@
 package stemcli
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -119,26 +120,40 @@ func renderStats(w io.Writer, r *stem.Replies) {
 	tw.Flush()
 }
 
-// revokeDocument is the --json output of revoke.
-type revokeDocument struct {
-	// Records are the revoke records stored, one per --task.
-	Records []stemtype.RevokeRecord `json:"records"`
-	// Unknown are the ids the result backend holds no result of; null when
-	// that was not checked (no result backend, or the lookup failed).
-	Unknown []string `json:"unknown"`
-	// Replies are the workers' replies, as other worker commands print them.
-	Replies []stemtype.ControlReply `json:"replies"`
-}
-
-func revokeDoc(res *stem.RevokeResult) revokeDocument {
-	d := revokeDocument{Records: res.Records, Replies: replyList(res.Replies)}
-	if res.Checked {
-		d.Unknown = res.Unknown
-		if d.Unknown == nil {
-			d.Unknown = []string{}
-		}
+// revokeDoc is the --json output of revoke: the list of replies, as every
+// worker command prints it (DESIGN §5). Each reply's payload is the worker's
+// revoke reply (tasks, inflight, ignored, expired) plus "unknown": the ids
+// the result backend holds no result of, [] when it knows them all, and
+// absent when no result backend could be asked.
+func revokeDoc(res *stem.RevokeResult) []stemtype.ControlReply {
+	reps := replyList(res.Replies)
+	if !res.Checked {
+		return reps
 	}
-	return d
+	unknown, _ := json.Marshal(res.Unknown)
+	if res.Unknown == nil {
+		unknown = []byte("[]")
+	}
+	out := make([]stemtype.ControlReply, len(reps))
+	for i, rep := range reps {
+		out[i] = rep
+		if rep.Status != stemtype.ReplyOK {
+			continue
+		}
+		// Appended to the worker's object, keeping its fields and their order.
+		b := bytes.TrimSpace(rep.Payload)
+		if len(b) < 2 || b[0] != '{' || !json.Valid(b) {
+			continue // not a revoke reply's shape: printed as the worker sent it
+		}
+		body := bytes.TrimSpace(b[1 : len(b)-1])
+		p := append([]byte{'{'}, body...)
+		if len(body) > 0 {
+			p = append(p, ',')
+		}
+		p = append(append(append(p, `"unknown":`...), unknown...), '}')
+		out[i].Payload = p
+	}
+	return out
 }
 
 func renderRevoke(w io.Writer, res *stem.RevokeResult) {

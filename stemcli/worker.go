@@ -240,8 +240,9 @@ If the store cannot be written, nothing is published and the exit code is 69.
 A revoked task that has not started never runs: it is acknowledged as
 cancelled. Ids the result backend does not know are revoked all the same
 and marked unknown (a mistyped or shortened id?). With --json the document
-is {"records": [...], "unknown": [ids] (null when not checked),
-"replies": [...]}.
+is the list of worker replies, as for every worker command; each revoke
+reply's payload also carries "unknown": the ids the result backend does not
+know ([] when it knows them all; absent when it could not be asked).
 
 With --terminate, a running copy is asked to stop at its next
 checkpoint (Heartbeat, ExtendLease, Progress) and ends cancelled. Revokes
@@ -287,7 +288,7 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 	}
 	f.add(c)
 	fl := c.Flags()
-	fl.Lookup("json").Usage = `print one JSON document on stdout: {"records", "unknown", "replies"}`
+	fl.Lookup("json").Usage = `print one JSON document on stdout: the list of replies, each payload with "unknown" ids`
 	fl.StringArrayVar(&o.TaskIDs, "task", nil, "task id to revoke (repeatable, required)")
 	fl.BoolVar(&o.Terminate, "terminate", false, "ask running copies to stop at their next checkpoint")
 	fl.DurationVar(&o.KillAfter, "kill-after", 0, "with --terminate: kill an isolated task's child process that has not stopped after this long")
