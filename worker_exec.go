@@ -45,6 +45,11 @@ type job struct {
 	killAfterMs int64 // the grace period last relayed on kill
 	settling    bool  // the outcome went to the result writer
 
+	// settled is set before the outcome goes to the result writer, which
+	// drops the job's progress writes it flushes from then on: the outcome
+	// carries the last progress, and no write may follow a final state.
+	settled atomic.Bool
+
 	lastHeartbeat atomic.Int64 // unix nanos
 	progress      atomic.Pointer[stemtype.Progress]
 	terminating   atomic.Bool
@@ -58,6 +63,15 @@ func (j *job) taskID() string {
 	}
 	return ""
 }
+
+// workerTestHooks are the worker's seams for tests (see export_test.go).
+type workerTestHooks struct {
+	progressChecked func(taskID string) // Progress saw the task unsettled, before it queues
+	settled         func(taskID string) // the outcome went to the result writer
+}
+
+// testHooks holds the installed test seams; nil outside tests.
+var testHooks atomic.Pointer[workerTestHooks]
 
 // signals implements TaskSignals for an inline task.
 type signals struct {
@@ -89,10 +103,15 @@ func (s signals) Progress(pct float64, data json.RawMessage) error {
 	settled := s.j.settling
 	s.w.mu.Unlock()
 	if s.j.base != nil && !settled { // a late call must not follow the final state
+		if h := testHooks.Load(); h != nil && h.progressChecked != nil {
+			h.progressChecked(s.j.taskID())
+		}
 		r := *s.j.base
 		r.Progress = p
 		r.UpdatedAt = now
-		s.w.writer.put(&r)
+		// The check above is only a shortcut: the task may settle before
+		// this write is queued, so the writer drops it then (job.settled).
+		s.w.writer.progress(s.j, &r)
 	}
 	return nil
 }
@@ -353,7 +372,11 @@ func (w *Worker) settle(j *job, res *stemtype.TaskResult, op settleOp, next *ste
 	w.mu.Lock()
 	j.running, j.settling = false, true
 	w.mu.Unlock()
+	j.settled.Store(true)
 	w.writer.settle(settlement{job: j, res: res, op: op, next: next, reason: reason})
+	if h := testHooks.Load(); h != nil && h.settled != nil {
+		h.settled(j.taskID())
+	}
 }
 
 // forget drops a settled job from the held set.

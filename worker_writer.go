@@ -13,7 +13,11 @@ import (
 // settlement is one delivery's outcome, or (job nil) a bare result write
 // such as a progress update.
 type settlement struct {
-	job    *job
+	job *job
+	// of is the job a bare progress write reports on: the write is
+	// dropped once that job is settled, whatever the order it was queued
+	// in, so it can never follow (and replace) the job's outcome.
+	of     *job
 	res    *stemtype.TaskResult
 	op     settleOp
 	next   *stemtype.Envelope
@@ -56,6 +60,16 @@ func (rw *resultWriter) put(r *stemtype.TaskResult) {
 		return
 	}
 	rw.shard(r.ID).put(r)
+}
+
+// progress queues a progress write of the running job j, dropped by the
+// writer once j is settled.
+func (rw *resultWriter) progress(j *job, r *stemtype.TaskResult) {
+	sh := rw.shard(r.ID)
+	if sh.w.cfg.Results == nil {
+		return
+	}
+	sh.settle(settlement{res: r, of: j})
 }
 
 // settle queues a delivery's outcome.
@@ -186,7 +200,7 @@ func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool
 		results := make([]*stemtype.TaskResult, 0, len(batch))
 		last := make(map[string]int, len(batch))
 		for _, s := range batch {
-			if s.res == nil {
+			if s.res == nil || (s.of != nil && s.of.settled.Load()) {
 				continue
 			}
 			// Later writes of one task supersede earlier ones in the batch.
