@@ -333,12 +333,25 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		// Deliveries returned beside an error are leased all the same: they
 		// are run (or, once stopping, released), never dropped.
 		now := time.Now()
-		for _, d := range ds {
-			j := &job{d: d, env: d.Envelope, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
+		jobs := make([]*job, len(ds))
+		w.mu.Lock()
+		for i, d := range ds {
+			jobs[i] = &job{d: d, env: d.Envelope, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
+			w.held[heldKey(d)] = jobs[i]
+		}
+		w.mu.Unlock()
+		finished := w.finishedBefore(ctx, jobs)
+		for i, j := range jobs {
+			if finished[i] {
+				// A redelivery (an acknowledgement that was lost) or a
+				// duplicate publish of a task that already ended: a
+				// final state is final, the task does not run again.
+				w.log.Info("task already finished: acknowledged without running", "task_id", j.env.ID,
+					"task", j.env.Task, "queue", j.d.Queue)
+				w.settle(j, nil, settleAck, nil, "")
+				continue
+			}
 			w.outstanding.Add(1)
-			w.mu.Lock()
-			w.held[heldKey(d)] = j
-			w.mu.Unlock()
 			ready <- j // never blocks: ready holds limit jobs
 		}
 		if err != nil {
@@ -356,6 +369,47 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		}
 		backoff = 100 * time.Millisecond
 	}
+}
+
+// finishedBefore reports, for each job of a claimed batch, whether the
+// result backend records its task in a final state already, in one
+// GetMany for the batch. When the check fails, every job runs
+// (at-least-once).
+func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []bool {
+	finished := make([]bool, len(jobs))
+	if w.cfg.Results == nil || len(jobs) == 0 {
+		return finished
+	}
+	ids := make([]string, 0, len(jobs))
+	for _, j := range jobs {
+		if j.env != nil {
+			ids = append(ids, j.env.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return finished
+	}
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	rs, err := w.cfg.Results.GetMany(gctx, ids...)
+	cancel()
+	if err == nil && len(rs) != len(ids) {
+		err = fmt.Errorf("stem: GetMany returned %d results for %d ids", len(rs), len(ids))
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("cannot check claimed tasks for a final state: running them", "tasks", len(ids), "err", err)
+		}
+		return finished
+	}
+	k := 0
+	for i, j := range jobs {
+		if j.env == nil {
+			continue
+		}
+		finished[i] = rs[k] != nil && rs[k].State.Final()
+		k++
+	}
+	return finished
 }
 
 // heldKey identifies a claimed delivery: receipts are unique per queue only.
