@@ -151,6 +151,9 @@ type hooks struct {
 	// delivered, if set, is called by a child's reader after it delivered
 	// a frame (or the error that ended the stream) to the run loop.
 	delivered func(c *proc, in inbound)
+	// ckWait, if set, is called when a run that ended waits for a
+	// checkpoint still being applied.
+	ckWait func()
 }
 
 // ErrInChild is returned by NewPool in a process that a Pool started as an
@@ -460,6 +463,20 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 	defer func() {
 		if killT != nil {
 			killT.Stop()
+		}
+	}()
+	// However the run ends (the child died, broke the protocol or was
+	// killed), a checkpoint still being applied to tc finishes first: the
+	// task has not ended until then, and a progress write that landed
+	// after the worker recorded the outcome would replace it. Queued
+	// checkpoints not yet started are dropped. The wait is bounded by
+	// the checkpoint's own bounds (the worker's ExtendLease timeout).
+	defer func() {
+		if ckBusy {
+			if p.hooks.ckWait != nil {
+				p.hooks.ckWait()
+			}
+			<-ckDone
 		}
 	}()
 	startCheckpoint := func(m *message) {
