@@ -336,7 +336,7 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		jobs := make([]*job, len(ds))
 		w.mu.Lock()
 		for i, d := range ds {
-			jobs[i] = &job{d: d, env: d.Envelope, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
+			jobs[i] = &job{d: d, env: d.Envelope, minLease: w.cfg.Lease, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
 			w.held[heldKey(d)] = jobs[i]
 		}
 		w.mu.Unlock()
@@ -484,19 +484,25 @@ func (w *Worker) renewLeases(ctx context.Context) {
 	}
 }
 
-// extend renews j's lease for d (its current lease duration when d is 0).
+// extend renews j's lease (its current lease duration when d is 0). A
+// request for d never shortens the lease: the lease duration becomes d,
+// but at least the task's lease (its Options.Lease, else the worker's),
+// and this renewal never moves the current deadline earlier. A short d
+// would otherwise let the lease lapse between two renewals.
 func (w *Worker) extend(ctx context.Context, j *job, d time.Duration) error {
 	w.mu.Lock()
 	if d > 0 {
-		j.leaseDur = d
+		j.leaseDur = max(d, j.minLease)
 	}
-	d = j.leaseDur
+	d = max(j.leaseDur, time.Until(j.leaseUntil))
 	w.mu.Unlock()
 	err := w.cfg.Broker.ExtendLease(ctx, j.d, d)
 	switch {
 	case err == nil:
 		w.mu.Lock()
-		j.leaseUntil = time.Now().Add(d)
+		if until := time.Now().Add(d); until.After(j.leaseUntil) {
+			j.leaseUntil = until
+		}
 		w.mu.Unlock()
 	case errors.Is(err, stemdriver.ErrLeaseLost):
 		w.mu.Lock()

@@ -35,6 +35,7 @@ type job struct {
 	env *stemtype.Envelope
 
 	// guarded by Worker.mu
+	minLease    time.Duration // the task's lease: no extension goes below it
 	leaseDur    time.Duration
 	leaseUntil  time.Time
 	running     bool
@@ -75,8 +76,9 @@ var testHooks atomic.Pointer[workerTestHooks]
 
 // signals implements TaskSignals for an inline task.
 type signals struct {
-	w *Worker
-	j *job
+	w   *Worker
+	j   *job
+	ctx context.Context // the task's: bounds what a checkpoint waits for
 }
 
 func (s signals) Heartbeat() error {
@@ -86,7 +88,7 @@ func (s signals) Heartbeat() error {
 
 func (s signals) ExtendLease(d time.Duration) error {
 	s.j.lastHeartbeat.Store(time.Now().UnixNano())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 	defer cancel()
 	if err := s.w.extend(ctx, s.j, d); err != nil {
 		return fmt.Errorf("stem: extend lease of task %s: %w", s.j.taskID(), err)
@@ -175,11 +177,14 @@ func (w *Worker) process(parent context.Context, j *job) {
 	}
 	w.writer.put(j.base)
 	if task.Options.Lease > 0 && task.Options.Lease != w.cfg.Lease {
+		w.mu.Lock()
+		j.minLease = task.Options.Lease
+		w.mu.Unlock()
 		_ = w.extend(ctx, j, task.Options.Lease)
 	}
 
 	tc := NewTaskContext(ctx, TaskInfo{ID: env.ID, Task: env.Task, Queue: env.Queue, Attempt: env.Attempt},
-		signals{w: w, j: j}, w.log)
+		signals{w: w, j: j, ctx: ctx}, w.log)
 	result, err := w.invoke(tc, task, env, j)
 	cause := context.Cause(ctx)
 
