@@ -250,18 +250,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker shutting down", "inflight", w.inflightCount())
 	w.stopping.Store(true)
 	<-fetchDone
-	// Claimed tasks that have not started go back at once, even while
-	// every runner is busy with a long task.
+	// Claimed tasks that have not started go back at once, in one
+	// release, even while every runner is busy with a long task.
+	var unstarted []*job
 	for drained := false; !drained; {
 		select {
 		case j := <-ready:
-			w.settle(j, nil, settleRelease, nil, "")
-			w.handlerDone()
+			unstarted = append(unstarted, j)
 		default:
 			drained = true
 		}
 	}
 	close(ready)
+	w.settleBare(settleRelease, unstarted...)
+	for range unstarted {
+		w.handlerDone()
+	}
 
 	runnersDone := make(chan struct{})
 	go func() { runners.Wait(); close(runnersDone) }()

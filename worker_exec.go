@@ -372,17 +372,79 @@ func (w *Worker) deadLetter(j *job) {
 }
 
 // settle hands the outcome to the result writer, which records the result
-// and then acknowledges, retries, releases or dead-letters the delivery.
+// and then acknowledges, retries or dead-letters the delivery. A release
+// or a lost lease records no result: it is settled at once, outside the
+// writer (settleBare).
 func (w *Worker) settle(j *job, res *stemtype.TaskResult, op settleOp, next *stemtype.Envelope, reason string) {
+	if res == nil && (op == settleRelease || op == settleNone) {
+		w.settleBare(op, j)
+		return
+	}
+	w.markSettled(j)
+	w.writer.settle(settlement{job: j, res: res, op: op, next: next, reason: reason})
+	w.settledHook(j)
+}
+
+// markSettled marks j's outcome decided: the job no longer runs, and its
+// progress writes are dropped from now on.
+func (w *Worker) markSettled(j *job) {
 	w.mu.Lock()
 	j.running, j.settling = false, true
 	w.mu.Unlock()
 	j.settled.Store(true)
-	w.writer.settle(settlement{job: j, res: res, op: op, next: next, reason: reason})
+}
+
+func (w *Worker) settledHook(j *job) {
 	if h := testHooks.Load(); h != nil && h.settled != nil {
 		h.settled(j.taskID())
 	}
 }
+
+// settleBare settles jobs whose outcome records no result: with
+// settleRelease they go back to the broker in one Release, with
+// settleNone (the lease was lost) there is nothing to do. Either way
+// they are forgotten. This never waits for the result writer: a
+// shutdown release must not be held up, nor skipped, because a result
+// write queued before it (a progress report, another task's outcome)
+// stalls or fails; the task would wait out its whole lease. What cannot
+// be released within releaseTimeout is left to its lease.
+func (w *Worker) settleBare(op settleOp, js ...*job) {
+	if len(js) == 0 {
+		return
+	}
+	for _, j := range js {
+		w.markSettled(j)
+	}
+	if op == settleRelease {
+		ds := make([]stemdriver.Delivery, len(js))
+		for i, j := range js {
+			ds[i] = j.d
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		err := w.cfg.Broker.Release(ctx, ds...)
+		for attempt := 2; err != nil && !errors.Is(err, stemdriver.ErrLeaseLost) && attempt <= 3; attempt++ {
+			w.log.Warn("release tasks failed: retrying", "tasks", len(ds), "err", err)
+			if !sleepCtx(ctx, time.Duration(attempt)*25*time.Millisecond) {
+				break
+			}
+			err = w.cfg.Broker.Release(ctx, ds...)
+		}
+		cancel()
+		switch {
+		case errors.Is(err, stemdriver.ErrLeaseLost):
+			w.log.Warn("release tasks: lease lost, another worker owns the task now", "tasks", len(ds), "err", err)
+		case err != nil:
+			w.log.Error("release tasks: giving up, leaving them to lease expiry", "tasks", len(ds), "err", err)
+		}
+	}
+	for _, j := range js {
+		w.forget(j)
+		w.settledHook(j)
+	}
+}
+
+// releaseTimeout bounds the release of tasks at shutdown.
+const releaseTimeout = 5 * time.Second
 
 // forget drops a settled job from the held set.
 func (w *Worker) forget(j *job) {

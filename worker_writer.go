@@ -214,16 +214,26 @@ func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool
 		if len(results) > 0 && !rw.retry(ctx, final, "write results", func(ctx context.Context) error {
 			return w.cfg.Results.Put(ctx, results...)
 		}) {
-			// Never acknowledge an outcome that was not recorded: the
+			// Never acknowledge an outcome that was not recorded: those
 			// deliveries are left to their leases, which lapse once they
-			// are forgotten, and the tasks run again elsewhere.
-			w.log.Error("results not written: leaving the batch's tasks to lease expiry", "tasks", len(results))
+			// are forgotten, and the tasks run again elsewhere. A
+			// delivery whose settlement records no result (a task found
+			// finished already, say) goes ahead: the failed write was
+			// not its own.
+			unrecorded := 0
+			kept := batch[:0:0]
 			for _, s := range batch {
-				if s.job != nil {
+				switch {
+				case s.job == nil:
+				case s.res != nil:
+					unrecorded++
 					w.forget(s.job)
+				default:
+					kept = append(kept, s)
 				}
 			}
-			return
+			w.log.Error("results not written: leaving their tasks to lease expiry", "results", len(results), "tasks", unrecorded)
+			batch = kept
 		}
 	}
 	var acks, releases []stemdriver.Delivery
