@@ -370,7 +370,11 @@ func (p *Pool) release(c *proc, reuse bool) {
 //     sooner) if it has not returned.
 //
 // Checkpoints are applied one at a time, in order, beside the watch for
-// these events: a slow one delays no kill.
+// these events: a slow one delays no kill. However the task ends, Execute
+// returns only after the checkpoint being applied returned (those still
+// queued are dropped), so nothing of the task reaches tc after it. However the task ends, Execute
+// returns only after the checkpoint being applied returned (those still
+// queued are dropped), so nothing of the task reaches tc after it.
 //
 // A child that dies, breaks the protocol, or sends a malformed or
 // oversized frame fails the task with an error saying so; a killed or
