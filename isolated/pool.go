@@ -371,8 +371,9 @@ func (p *Pool) release(c *proc, reuse bool) {
 //
 // Checkpoints are applied one at a time, in order, beside the watch for
 // these events: a slow one delays no kill. However the task ends, Execute
-// returns only after the checkpoint being applied returned (those still
-// queued are dropped), so nothing of the task reaches tc after it. However the task ends, Execute
+// returns only after a Progress being applied returned (queued
+// checkpoints are dropped), so no progress of the task reaches tc after
+// its outcome. However the task ends, Execute
 // returns only after the checkpoint being applied returned (those still
 // queued are dropped), so nothing of the task reaches tc after it.
 //
@@ -442,6 +443,7 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 		// about this run.
 		ckQueue []*message
 		ckBusy  bool
+		ckType  string // the type of the checkpoint under way
 		ckDone  = make(chan ckAnswer, 1)
 	)
 	armKill := func(at time.Time) {
@@ -470,13 +472,14 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 		}
 	}()
 	// However the run ends (the child died, broke the protocol or was
-	// killed), a checkpoint still being applied to tc finishes first: the
-	// task has not ended until then, and a progress write that landed
-	// after the worker recorded the outcome would replace it. Queued
-	// checkpoints not yet started are dropped. The wait is bounded by
-	// the checkpoint's own bounds (the worker's ExtendLease timeout).
+	// killed), a progress checkpoint still being applied to tc finishes
+	// first: a progress write that reached the worker after it recorded
+	// the outcome would follow (and could replace) it. A heartbeat or a
+	// lease extension under way is not waited for: it records nothing,
+	// and one waiting for an unresponsive broker must not hold the run.
+	// Queued checkpoints not yet started are dropped.
 	defer func() {
-		if ckBusy {
+		if ckBusy && ckType == typeProgress {
 			if p.hooks.ckWait != nil {
 				p.hooks.ckWait()
 			}
@@ -484,7 +487,7 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 		}
 	}()
 	startCheckpoint := func(m *message) {
-		ckBusy = true
+		ckBusy, ckType = true, m.Type
 		// Close waits for the goroutine, as for every goroutine of the pool.
 		p.mu.Lock()
 		closed := p.closed
