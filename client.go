@@ -75,8 +75,51 @@ type EnqueueRequest struct {
 	Options EnqueueOptions
 }
 
+// EnqueueError is the error of an EnqueueBatch (or Enqueue) that assigned
+// ids to its tasks and then failed to record or publish them: it carries
+// the ids, so that the caller can retry with the same ones
+// (EnqueueOptions.ID) rather than enqueue the tasks a second time under
+// new ids.
+//
+// Retrying with the same ids is safe: a task whose recorded state is final
+// (succeeded, failed, cancelled) is never run again, and a worker that
+// claims a copy of such a task (a duplicate publish) acknowledges it
+// without running it. Like any redelivery under at-least-once delivery, a
+// duplicate claimed while its first copy still runs may run too, so tasks
+// should be idempotent.
+type EnqueueError struct {
+	// IDs are the ids assigned to the requests, in request order.
+	IDs []string
+	// Published says, per request, whether the broker stored its task.
+	// It is nil when that is unknown: the broker's Publish failed and may
+	// have stored some of the batch (brokers cannot say which). When the
+	// pending states could not be recorded, nothing was published and
+	// every entry is false.
+	Published []bool
+	// Err is the failure of the result backend or the broker.
+	Err error
+}
+
+// Error describes the failure and how many tasks it concerns.
+func (e *EnqueueError) Error() string {
+	if e.Published == nil {
+		return fmt.Sprintf("%v (%d task(s), unknown which were published)", e.Err, len(e.IDs))
+	}
+	n := 0
+	for _, p := range e.Published {
+		if p {
+			n++
+		}
+	}
+	return fmt.Sprintf("%v (%d of %d task(s) published)", e.Err, n, len(e.IDs))
+}
+
+// Unwrap returns Err.
+func (e *EnqueueError) Unwrap() error { return e.Err }
+
 // Enqueue publishes one task and returns its id. args are encoded as JSON
-// (a json.RawMessage or Args is used as is).
+// (a json.RawMessage or Args is used as is). When the task got an id but
+// may not have been published, the error is an *EnqueueError carrying it.
 func (c *Client) Enqueue(ctx context.Context, task string, args any, opts EnqueueOptions) (string, error) {
 	ids, err := c.EnqueueBatch(ctx, []EnqueueRequest{{Task: task, Args: args, Options: opts}})
 	if err != nil {
@@ -87,6 +130,12 @@ func (c *Client) Enqueue(ctx context.Context, task string, args any, opts Enqueu
 
 // EnqueueBatch publishes several tasks in as few round trips as the broker
 // allows and returns their ids in order.
+//
+// A request that cannot be encoded fails the call before anything is
+// stored, with no ids. When recording the pending states or publishing
+// fails, EnqueueBatch returns the ids it assigned together with an
+// *EnqueueError that says which tasks were published (or that this is
+// unknown); retry with the same ids, see EnqueueError.
 func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]string, error) {
 	if len(reqs) == 0 {
 		return nil, nil
@@ -109,11 +158,12 @@ func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]str
 			pend[i] = &stemtype.TaskResult{ID: e.ID, Task: e.Task, Queue: e.Queue, State: stemtype.StatePending, NotBefore: e.NotBefore, UpdatedAt: now}
 		}
 		if err := c.results.Put(ctx, pend...); err != nil {
-			return nil, fmt.Errorf("stem: enqueue: record pending state: %w", err)
+			return ids, &EnqueueError{IDs: ids, Published: make([]bool, len(ids)),
+				Err: fmt.Errorf("stem: enqueue: record pending state: %w", err)}
 		}
 	}
 	if err := c.broker.Publish(ctx, envs...); err != nil {
-		return nil, fmt.Errorf("stem: enqueue: publish: %w", err)
+		return ids, &EnqueueError{IDs: ids, Err: fmt.Errorf("stem: enqueue: publish: %w", err)}
 	}
 	return ids, nil
 }

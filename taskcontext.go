@@ -105,7 +105,10 @@ func (tc *TaskContext) Heartbeat() error {
 
 // ExtendLease asks the worker to keep the task leased for at least d from
 // now, for a task that expects to hold its lease longer than its options
-// say. It is a checkpoint like Heartbeat.
+// say. It never shortens the lease: a d below the task's lease
+// (TaskOptions.Lease, else the worker's) keeps that lease. The worker's
+// call to the broker is bounded by the task's context. It is a checkpoint
+// like Heartbeat.
 func (tc *TaskContext) ExtendLease(d time.Duration) error {
 	if d <= 0 {
 		return fmt.Errorf("stem: ExtendLease: non-positive duration %s", d)

@@ -257,18 +257,22 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker shutting down", "inflight", w.inflightCount())
 	w.stopping.Store(true)
 	<-fetchDone
-	// Claimed tasks that have not started go back at once, even while
-	// every runner is busy with a long task.
+	// Claimed tasks that have not started go back at once, in one
+	// release, even while every runner is busy with a long task.
+	var unstarted []*job
 	for drained := false; !drained; {
 		select {
 		case j := <-ready:
-			w.settle(j, nil, settleRelease, nil, "")
-			w.handlerDone()
+			unstarted = append(unstarted, j)
 		default:
 			drained = true
 		}
 	}
 	close(ready)
+	w.settleBare(settleRelease, unstarted...)
+	for range unstarted {
+		w.handlerDone()
+	}
 
 	runnersDone := make(chan struct{})
 	go func() { runners.Wait(); close(runnersDone) }()
@@ -340,12 +344,25 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		// Deliveries returned beside an error are leased all the same: they
 		// are run (or, once stopping, released), never dropped.
 		now := time.Now()
-		for _, d := range ds {
-			j := &job{d: d, env: d.Envelope, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
+		jobs := make([]*job, len(ds))
+		w.mu.Lock()
+		for i, d := range ds {
+			jobs[i] = &job{d: d, env: d.Envelope, minLease: w.cfg.Lease, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
+			w.held[heldKey(d)] = jobs[i]
+		}
+		w.mu.Unlock()
+		finished := w.finishedBefore(ctx, jobs)
+		for i, j := range jobs {
+			if finished[i] {
+				// A redelivery (an acknowledgement that was lost) or a
+				// duplicate publish of a task that already ended: a
+				// final state is final, the task does not run again.
+				w.log.Info("task already finished: acknowledged without running", "task_id", j.env.ID,
+					"task", j.env.Task, "queue", j.d.Queue)
+				w.settle(j, nil, settleAck, nil, "")
+				continue
+			}
 			w.outstanding.Add(1)
-			w.mu.Lock()
-			w.held[heldKey(d)] = j
-			w.mu.Unlock()
 			ready <- j // never blocks: ready holds limit jobs
 		}
 		if err != nil {
@@ -363,6 +380,47 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		}
 		backoff = 100 * time.Millisecond
 	}
+}
+
+// finishedBefore reports, for each job of a claimed batch, whether the
+// result backend records its task in a final state already, in one
+// GetMany for the batch. When the check fails, every job runs
+// (at-least-once).
+func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []bool {
+	finished := make([]bool, len(jobs))
+	if w.cfg.Results == nil || len(jobs) == 0 {
+		return finished
+	}
+	ids := make([]string, 0, len(jobs))
+	for _, j := range jobs {
+		if j.env != nil {
+			ids = append(ids, j.env.ID)
+		}
+	}
+	if len(ids) == 0 {
+		return finished
+	}
+	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	rs, err := w.cfg.Results.GetMany(gctx, ids...)
+	cancel()
+	if err == nil && len(rs) != len(ids) {
+		err = fmt.Errorf("stem: GetMany returned %d results for %d ids", len(rs), len(ids))
+	}
+	if err != nil {
+		if ctx.Err() == nil {
+			w.log.Warn("cannot check claimed tasks for a final state: running them", "tasks", len(ids), "err", err)
+		}
+		return finished
+	}
+	k := 0
+	for i, j := range jobs {
+		if j.env == nil {
+			continue
+		}
+		finished[i] = rs[k] != nil && rs[k].State.Final()
+		k++
+	}
+	return finished
 }
 
 // heldKey identifies a claimed delivery: receipts are unique per queue only.
@@ -437,19 +495,25 @@ func (w *Worker) renewLeases(ctx context.Context) {
 	}
 }
 
-// extend renews j's lease for d (its current lease duration when d is 0).
+// extend renews j's lease (its current lease duration when d is 0). A
+// request for d never shortens the lease: the lease duration becomes d,
+// but at least the task's lease (its Options.Lease, else the worker's),
+// and this renewal never moves the current deadline earlier. A short d
+// would otherwise let the lease lapse between two renewals.
 func (w *Worker) extend(ctx context.Context, j *job, d time.Duration) error {
 	w.mu.Lock()
 	if d > 0 {
-		j.leaseDur = d
+		j.leaseDur = max(d, j.minLease)
 	}
-	d = j.leaseDur
+	d = max(j.leaseDur, time.Until(j.leaseUntil))
 	w.mu.Unlock()
 	err := w.cfg.Broker.ExtendLease(ctx, j.d, d)
 	switch {
 	case err == nil:
 		w.mu.Lock()
-		j.leaseUntil = time.Now().Add(d)
+		if until := time.Now().Add(d); until.After(j.leaseUntil) {
+			j.leaseUntil = until
+		}
 		w.mu.Unlock()
 	case errors.Is(err, stemdriver.ErrLeaseLost):
 		w.mu.Lock()

@@ -35,6 +35,7 @@ type job struct {
 	env *stemtype.Envelope
 
 	// guarded by Worker.mu
+	minLease    time.Duration // the task's lease: no extension goes below it
 	leaseDur    time.Duration
 	leaseUntil  time.Time
 	running     bool
@@ -44,6 +45,11 @@ type job struct {
 	kill        chan time.Duration
 	killAfterMs int64 // the grace period last relayed on kill
 	settling    bool  // the outcome went to the result writer
+
+	// settled is set before the outcome goes to the result writer, which
+	// drops the job's progress writes it flushes from then on: the outcome
+	// carries the last progress, and no write may follow a final state.
+	settled atomic.Bool
 
 	lastHeartbeat atomic.Int64 // unix nanos
 	progress      atomic.Pointer[stemtype.Progress]
@@ -59,10 +65,20 @@ func (j *job) taskID() string {
 	return ""
 }
 
+// workerTestHooks are the worker's seams for tests (see export_test.go).
+type workerTestHooks struct {
+	progressChecked func(taskID string) // Progress saw the task unsettled, before it queues
+	settled         func(taskID string) // the outcome went to the result writer
+}
+
+// testHooks holds the installed test seams; nil outside tests.
+var testHooks atomic.Pointer[workerTestHooks]
+
 // signals implements TaskSignals for an inline task.
 type signals struct {
-	w *Worker
-	j *job
+	w   *Worker
+	j   *job
+	ctx context.Context // the task's: bounds what a checkpoint waits for
 }
 
 func (s signals) Heartbeat() error {
@@ -72,7 +88,7 @@ func (s signals) Heartbeat() error {
 
 func (s signals) ExtendLease(d time.Duration) error {
 	s.j.lastHeartbeat.Store(time.Now().UnixNano())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 	defer cancel()
 	if err := s.w.extend(ctx, s.j, d); err != nil {
 		return fmt.Errorf("stem: extend lease of task %s: %w", s.j.taskID(), err)
@@ -89,10 +105,15 @@ func (s signals) Progress(pct float64, data json.RawMessage) error {
 	settled := s.j.settling
 	s.w.mu.Unlock()
 	if s.j.base != nil && !settled { // a late call must not follow the final state
+		if h := testHooks.Load(); h != nil && h.progressChecked != nil {
+			h.progressChecked(s.j.taskID())
+		}
 		r := *s.j.base
 		r.Progress = p
 		r.UpdatedAt = now
-		s.w.writer.put(&r)
+		// The check above is only a shortcut: the task may settle before
+		// this write is queued, so the writer drops it then (job.settled).
+		s.w.writer.progress(s.j, &r)
 	}
 	return nil
 }
@@ -156,11 +177,14 @@ func (w *Worker) process(parent context.Context, j *job) {
 	}
 	w.writer.put(j.base)
 	if task.Options.Lease > 0 && task.Options.Lease != w.cfg.Lease {
+		w.mu.Lock()
+		j.minLease = task.Options.Lease
+		w.mu.Unlock()
 		_ = w.extend(ctx, j, task.Options.Lease)
 	}
 
 	tc := NewTaskContext(ctx, TaskInfo{ID: env.ID, Task: env.Task, Queue: env.Queue, Attempt: env.Attempt},
-		signals{w: w, j: j}, w.log)
+		signals{w: w, j: j, ctx: ctx}, w.log)
 	result, err := w.invoke(tc, task, env, j)
 	cause := context.Cause(ctx)
 
@@ -348,13 +372,79 @@ func (w *Worker) deadLetter(j *job) {
 }
 
 // settle hands the outcome to the result writer, which records the result
-// and then acknowledges, retries, releases or dead-letters the delivery.
+// and then acknowledges, retries or dead-letters the delivery. A release
+// or a lost lease records no result: it is settled at once, outside the
+// writer (settleBare).
 func (w *Worker) settle(j *job, res *stemtype.TaskResult, op settleOp, next *stemtype.Envelope, reason string) {
+	if res == nil && (op == settleRelease || op == settleNone) {
+		w.settleBare(op, j)
+		return
+	}
+	w.markSettled(j)
+	w.writer.settle(settlement{job: j, res: res, op: op, next: next, reason: reason})
+	w.settledHook(j)
+}
+
+// markSettled marks j's outcome decided: the job no longer runs, and its
+// progress writes are dropped from now on.
+func (w *Worker) markSettled(j *job) {
 	w.mu.Lock()
 	j.running, j.settling = false, true
 	w.mu.Unlock()
-	w.writer.settle(settlement{job: j, res: res, op: op, next: next, reason: reason})
+	j.settled.Store(true)
 }
+
+func (w *Worker) settledHook(j *job) {
+	if h := testHooks.Load(); h != nil && h.settled != nil {
+		h.settled(j.taskID())
+	}
+}
+
+// settleBare settles jobs whose outcome records no result: with
+// settleRelease they go back to the broker in one Release, with
+// settleNone (the lease was lost) there is nothing to do. Either way
+// they are forgotten. This never waits for the result writer: a
+// shutdown release must not be held up, nor skipped, because a result
+// write queued before it (a progress report, another task's outcome)
+// stalls or fails; the task would wait out its whole lease. What cannot
+// be released within releaseTimeout is left to its lease.
+func (w *Worker) settleBare(op settleOp, js ...*job) {
+	if len(js) == 0 {
+		return
+	}
+	for _, j := range js {
+		w.markSettled(j)
+	}
+	if op == settleRelease {
+		ds := make([]stemdriver.Delivery, len(js))
+		for i, j := range js {
+			ds[i] = j.d
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
+		err := w.cfg.Broker.Release(ctx, ds...)
+		for attempt := 2; err != nil && !errors.Is(err, stemdriver.ErrLeaseLost) && attempt <= 3; attempt++ {
+			w.log.Warn("release tasks failed: retrying", "tasks", len(ds), "err", err)
+			if !sleepCtx(ctx, time.Duration(attempt)*25*time.Millisecond) {
+				break
+			}
+			err = w.cfg.Broker.Release(ctx, ds...)
+		}
+		cancel()
+		switch {
+		case errors.Is(err, stemdriver.ErrLeaseLost):
+			w.log.Warn("release tasks: lease lost, another worker owns the task now", "tasks", len(ds), "err", err)
+		case err != nil:
+			w.log.Error("release tasks: giving up, leaving them to lease expiry", "tasks", len(ds), "err", err)
+		}
+	}
+	for _, j := range js {
+		w.forget(j)
+		w.settledHook(j)
+	}
+}
+
+// releaseTimeout bounds the release of tasks at shutdown.
+const releaseTimeout = 5 * time.Second
 
 // forget drops a settled job from the held set.
 func (w *Worker) forget(j *job) {

@@ -13,7 +13,11 @@ import (
 // settlement is one delivery's outcome, or (job nil) a bare result write
 // such as a progress update.
 type settlement struct {
-	job    *job
+	job *job
+	// of is the job a bare progress write reports on: the write is
+	// dropped once that job is settled, whatever the order it was queued
+	// in, so it can never follow (and replace) the job's outcome.
+	of     *job
 	res    *stemtype.TaskResult
 	op     settleOp
 	next   *stemtype.Envelope
@@ -56,6 +60,16 @@ func (rw *resultWriter) put(r *stemtype.TaskResult) {
 		return
 	}
 	rw.shard(r.ID).put(r)
+}
+
+// progress queues a progress write of the running job j, dropped by the
+// writer once j is settled.
+func (rw *resultWriter) progress(j *job, r *stemtype.TaskResult) {
+	sh := rw.shard(r.ID)
+	if sh.w.cfg.Results == nil {
+		return
+	}
+	sh.settle(settlement{res: r, of: j})
 }
 
 // settle queues a delivery's outcome.
@@ -186,7 +200,7 @@ func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool
 		results := make([]*stemtype.TaskResult, 0, len(batch))
 		last := make(map[string]int, len(batch))
 		for _, s := range batch {
-			if s.res == nil {
+			if s.res == nil || (s.of != nil && s.of.settled.Load()) {
 				continue
 			}
 			// Later writes of one task supersede earlier ones in the batch.
@@ -200,16 +214,26 @@ func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool
 		if len(results) > 0 && !rw.retry(ctx, final, "write results", func(ctx context.Context) error {
 			return w.cfg.Results.Put(ctx, results...)
 		}) {
-			// Never acknowledge an outcome that was not recorded: the
+			// Never acknowledge an outcome that was not recorded: those
 			// deliveries are left to their leases, which lapse once they
-			// are forgotten, and the tasks run again elsewhere.
-			w.log.Error("results not written: leaving the batch's tasks to lease expiry", "tasks", len(results))
+			// are forgotten, and the tasks run again elsewhere. A
+			// delivery whose settlement records no result (a task found
+			// finished already, say) goes ahead: the failed write was
+			// not its own.
+			unrecorded := 0
+			kept := batch[:0:0]
 			for _, s := range batch {
-				if s.job != nil {
+				switch {
+				case s.job == nil:
+				case s.res != nil:
+					unrecorded++
 					w.forget(s.job)
+				default:
+					kept = append(kept, s)
 				}
 			}
-			return
+			w.log.Error("results not written: leaving their tasks to lease expiry", "results", len(results), "tasks", unrecorded)
+			batch = kept
 		}
 	}
 	var acks, releases []stemdriver.Delivery

@@ -145,6 +145,11 @@ func testRegistry() *stem.Registry {
 		return pidResult{PID: os.Getpid()}, nil
 	})
 	iso("test.noop", func(tc *stem.TaskContext, _ stem.Args) (any, error) { return nil, nil })
+	// test.progress-pid reports progress with its pid as data (so a test
+	// can kill it while the worker applies the checkpoint) and returns.
+	iso("test.progress-pid", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		return nil, tc.Progress(50, pidResult{PID: os.Getpid()})
+	})
 	iso("test.signals", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		text := func(err error) string {
 			if err == nil {

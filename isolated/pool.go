@@ -151,6 +151,9 @@ type hooks struct {
 	// delivered, if set, is called by a child's reader after it delivered
 	// a frame (or the error that ended the stream) to the run loop.
 	delivered func(c *proc, in inbound)
+	// ckWait, if set, is called when a run that ended waits for a
+	// checkpoint still being applied.
+	ckWait func()
 }
 
 // ErrInChild is returned by NewPool in a process that a Pool started as an
@@ -367,7 +370,12 @@ func (p *Pool) release(c *proc, reuse bool) {
 //     sooner) if it has not returned.
 //
 // Checkpoints are applied one at a time, in order, beside the watch for
-// these events: a slow one delays no kill.
+// these events: a slow one delays no kill. However the task ends, Execute
+// returns only after a Progress being applied returned (queued
+// checkpoints are dropped), so no progress of the task reaches tc after
+// its outcome. However the task ends, Execute
+// returns only after the checkpoint being applied returned (those still
+// queued are dropped), so nothing of the task reaches tc after it.
 //
 // A child that dies, breaks the protocol, or sends a malformed or
 // oversized frame fails the task with an error saying so; a killed or
@@ -435,6 +443,7 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 		// about this run.
 		ckQueue []*message
 		ckBusy  bool
+		ckType  string // the type of the checkpoint under way
 		ckDone  = make(chan ckAnswer, 1)
 	)
 	armKill := func(at time.Time) {
@@ -462,8 +471,23 @@ func (p *Pool) run(c *proc, tc *stem.TaskContext, env *stemtype.Envelope, killAf
 			killT.Stop()
 		}
 	}()
+	// However the run ends (the child died, broke the protocol or was
+	// killed), a progress checkpoint still being applied to tc finishes
+	// first: a progress write that reached the worker after it recorded
+	// the outcome would follow (and could replace) it. A heartbeat or a
+	// lease extension under way is not waited for: it records nothing,
+	// and one waiting for an unresponsive broker must not hold the run.
+	// Queued checkpoints not yet started are dropped.
+	defer func() {
+		if ckBusy && ckType == typeProgress {
+			if p.hooks.ckWait != nil {
+				p.hooks.ckWait()
+			}
+			<-ckDone
+		}
+	}()
 	startCheckpoint := func(m *message) {
-		ckBusy = true
+		ckBusy, ckType = true, m.Type
 		// Close waits for the goroutine, as for every goroutine of the pool.
 		p.mu.Lock()
 		closed := p.closed

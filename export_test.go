@@ -1,0 +1,10 @@
+package stem
+
+// SetTestHooks installs the worker's test seams until restore is called:
+// progressChecked runs in TaskContext.Progress after it saw its task not
+// yet settled and before it queues its write; settled runs once a task's
+// outcome was handed to the result writer. Either may be nil.
+func SetTestHooks(progressChecked, settled func(taskID string)) (restore func()) {
+	testHooks.Store(&workerTestHooks{progressChecked: progressChecked, settled: settled})
+	return func() { testHooks.Store(nil) }
+}
