@@ -318,11 +318,14 @@ func TestLeaseRenewedWhileTaskRuns(t *testing.T) {
 		<-release
 		return nil, nil
 	}})
-	e.startWorker(stem.WorkerConfig{ID: "a", Lease: 60 * time.Millisecond})
+	// The lease leaves the renewer (a wake-up every quarter lease, a renewal
+	// once a third of it has passed) several hundred milliseconds of slack,
+	// so a loaded -race run does not lapse it through scheduling delay.
+	e.startWorker(stem.WorkerConfig{ID: "a", Lease: time.Second})
 	id := e.enqueue("long", nil, stem.EnqueueOptions{})
 	e.waitState(id, stemtype.StateStarted)
 	// Another consumer keeps trying to claim for several lease periods.
-	deadline := time.Now().Add(400 * time.Millisecond)
+	deadline := time.Now().Add(2500 * time.Millisecond)
 	for time.Now().Before(deadline) {
 		ds, err := e.broker.Claim(context.Background(), stemdriver.ClaimRequest{Queues: []string{"default"},
 			Consumer: "thief", Max: 1, Lease: time.Second, Wait: 50 * time.Millisecond})
