@@ -119,6 +119,15 @@ type Broker interface {
 // Contract:
 //   - Put upserts every result by id, replacing the whole stored record;
 //     results given in one call for the same id are applied in order.
+//   - Final states are final: a stored result whose state is succeeded,
+//     failed or cancelled is never replaced, by Put or by PutIfState. A
+//     write over it (a progress update, a started from a redelivery or a
+//     late checkpoint, a pending from a re-enqueue, a retry, or another
+//     final state: the first final state wins) is skipped silently, and
+//     the rest of the call is applied; it is not an error, since the task
+//     already has its outcome. The check and the write are one atomic step
+//     against every other writer, on any connection or host. A final state
+//     replacing a state that is not final is an ordinary write.
 //   - Get returns the stored result or an error matching ErrNotFound.
 //   - GetMany returns, in input order, the stored result of each id, nil
 //     for an id with none, in as few round trips as the backend allows (the
@@ -139,7 +148,9 @@ type ResultBackend interface {
 //
 // Contract: PutIfState stores r (as Put would) only when a result with r's
 // id is stored and its state is one of states, in one atomic step, and
-// reports whether it stored r.
+// reports whether it stored r. A stored final state is never replaced,
+// even when states names it (see ResultBackend): PutIfState then reports
+// false.
 type ConditionalPutter interface {
 	PutIfState(ctx context.Context, r *stemtype.TaskResult, states ...stemtype.State) (bool, error)
 }

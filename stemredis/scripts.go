@@ -434,8 +434,59 @@ end
 return out
 `)
 
+// luaStoredFinal defines stored_final(key), which reports whether the
+// result stored at key is in a final state (succeeded, failed, cancelled).
+//
+// It finds the state with a plain string search instead of cjson, so that
+// a write costs the same whatever the size of the stored result, and reads
+// only the first KiB of the value when the state lies within it (it does
+// unless the id, task and queue are long). This is exact for the JSON that
+// Put writes (encoding/json of a stemtype.TaskResult): the first
+// occurrence of "state":" is the top-level field, because only the string
+// values of id, task and queue precede it, and no string value can hold
+// that sequence (inside a JSON string every quote is escaped, and a
+// string's closing quote is followed by a comma, never a colon, so "x":"
+// only occurs where "x" is a key). The fields that can hold keys of their
+// own (result, error, progress, meta) come after state;
+// TestResultStateIsTheFirstStateKey in results_test.go keeps that order
+// from changing unnoticed. A value without the field (not written by stem)
+// counts as not final.
+const luaStoredFinal = `
+local function stored_final(key)
+  local v = redis.call('GETRANGE', key, 0, 1023)
+  if v == '' then return false end
+  local _, e = string.find(v, '"state":"', 1, true)
+  if not e or e + 10 > #v then
+    -- not wholly within the first KiB (#'cancelled"' is 10): read it all
+    v = redis.call('GET', key)
+    if not v then return false end
+    _, e = string.find(v, '"state":"', 1, true)
+    if not e then return false end
+  end
+  local st = string.match(v, '^(%a+)"', e + 1)
+  return st == 'succeeded' or st == 'failed' or st == 'cancelled'
+end
+`
+
+// resultPutScript stores one result unless the stored one is final: final
+// states are final (stemdriver.ResultBackend), the first final state
+// written wins, and a skipped write keeps the stored result's TTL.
+//
+// KEYS[1] result key
+// ARGV[1] the result JSON, ARGV[2] TTL in ms (0: none)
+// Returns 1 when it stored the result, 0 when it kept a final one.
+var resultPutScript = newScript(luaStoredFinal + `
+if stored_final(KEYS[1]) then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+`)
+
 // putIfStateScript replaces a stored result only while its state is one of
-// the given states.
+// the given states, and never one whose state is final (even when asked).
 //
 // KEYS[1] result key
 // ARGV[1] the new result JSON, ARGV[2] TTL in ms (0: none), ARGV[3...]
@@ -447,6 +498,7 @@ if not cur then return 0 end
 local ok, doc = pcall(cjson.decode, cur)
 if not ok or type(doc) ~= 'table' then return 0 end
 local state = doc['state']
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
 for i = 3, #ARGV do
   if state == ARGV[i] then
     if tonumber(ARGV[2]) > 0 then
