@@ -158,16 +158,28 @@ type ConditionalPutter interface {
 // RevokeStore keeps revoke records durably.
 //
 // Contract:
-//   - Upsert applies each record atomically: it replaces the stored record
-//     of the same namespace and task only when its Version is higher, and
-//     returns, in input order, the record stored afterwards (the input
-//     itself when applied, the newer stored one when not). Concurrent
-//     writers, from one process or many hosts, converge on the highest
-//     version.
+//   - Upsert stores every record, each with version max(stored.Version+1,
+//     proposed Version) for its namespace and task (the proposed Version
+//     when none is stored), in one atomic step per record against every
+//     other writer, and returns the records in input order with the
+//     versions they were stored with; callers publish those. So a revoke
+//     issued after another one of the same task returned always wins,
+//     however far ahead of the clock the earlier one's versions were
+//     (DESIGN.md §2.3). Records of one call apply in order: the same task
+//     given twice is stored twice, the later one with the higher version.
+//     Concurrent writers, from one process or many hosts, converge: each
+//     task holds the record applied last, which has the highest version
+//     ever assigned to it. A task stored at the highest int64 version
+//     cannot take another record: Upsert then returns an error.
+//   - A record that has already expired is stored like any other, listed
+//     until pruned, and deleted by the next Prune.
 //   - List returns every stored record of the namespace, expired ones
 //     included until pruned, in no particular order.
 //   - Prune deletes the namespace's records that expired at or before now
-//     and returns how many it deleted.
+//     and returns how many it deleted. A store with a clock of its own (a
+//     Redis server's TIME) compares expiry against that clock and ignores
+//     now, so that workers whose clocks disagree prune alike; stores
+//     without one (memory, a file) use now.
 //   - Namespaces never mix.
 type RevokeStore interface {
 	Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error)

@@ -351,38 +351,71 @@ local expired = redis.call('ZCOUNT', KEYS[2], '-inf', us(now_us()))
 return ready + expired + redis.call('ZCARD', KEYS[3])
 `)
 
-// revokeUpsertScript stores revoke records of one namespace whose version
-// is higher than the stored one's. Versions are compared as decimal strings
-// (longer is larger, then byte order), so every int64 compares exactly.
+// revokeUpsertScript stores revoke records of one namespace, each with
+// version max(stored + 1, proposed), so that a revoke issued after another
+// one of the same task returned always wins (DESIGN.md §2.3). Versions are
+// compared and incremented as decimal strings (longer is larger, then byte
+// order), so every int64 is exact, beyond 2^53 too. It assigns every
+// version before it writes any, so a run that fails (a task already at the
+// highest int64 version) changes nothing.
+//
+// The stored version is found with string.match instead of cjson: the
+// first "version": of a stored record is its version field, since only the
+// string values of namespace and taskId precede it in the JSON that
+// encoding/json writes, and a string value cannot hold "x": (inside a JSON
+// string every quote is escaped, and a string's closing quote is followed
+// by a colon only when it is a key). The same holds for the JSON given in
+// ARGV, whose version is replaced the same way when the store assigns
+// another.
 //
 // KEYS[1] records, KEYS[2] expiry
-// ARGV: four per record: task id, version (decimal, no leading zeros),
-// record JSON, ExpiresAt in µs ("" when it never expires).
-// Returns per record, in order, 1 when it was stored, else the stored JSON
-// that is at least as new.
+// ARGV: four per record: task id, proposed version (decimal, no leading
+// zeros), record JSON, ExpiresAt in µs ("" when it never expires).
+// Returns per record, in order, the version it was stored with (decimal).
 var revokeUpsertScript = newScript(`
 local function higher(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
-local out = {}
+local function incr(a)
+  local i = #a
+  while i > 0 and string.byte(a, i) == 57 do i = i - 1 end
+  if i == 0 then return '1' .. string.rep('0', #a) end
+  return string.sub(a, 1, i - 1) .. string.char(string.byte(a, i) + 1) .. string.rep('0', #a - i)
+end
+local top = '9223372036854775807'
+local vers, last = {}, {}
 for i = 1, #ARGV, 4 do
-  local id, ver, js, exp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local cur = redis.call('HGET', KEYS[1], id)
-  local curv = cur and string.match(cur, '"version":(%d+)')
-  if not curv or higher(ver, curv) then
-    redis.call('HSET', KEYS[1], id, js)
-    if exp == '' then
-      redis.call('ZREM', KEYS[2], id)
-    else
-      redis.call('ZADD', KEYS[2], exp, id)
+  local id, ver = ARGV[i], ARGV[i + 1]
+  local curv = last[id]
+  if not curv then
+    local cur = redis.call('HGET', KEYS[1], id)
+    curv = cur and string.match(cur, '"version":(%d+)')
+  end
+  if curv then
+    if curv == top then
+      return redis.error_reply('task ' .. id .. ' is stored at the highest version, ' .. top)
     end
-    out[#out + 1] = 1
+    local nxt = incr(curv)
+    if higher(nxt, ver) then ver = nxt end
+  end
+  last[id] = ver
+  vers[#vers + 1] = ver
+end
+for j = 1, #vers do
+  local i = 4 * j - 3
+  local id, js, exp = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  if vers[j] ~= ARGV[i + 1] then
+    js = string.gsub(js, '"version":%d+', '"version":' .. vers[j], 1)
+  end
+  redis.call('HSET', KEYS[1], id, js)
+  if exp == '' then
+    redis.call('ZREM', KEYS[2], id)
   else
-    out[#out + 1] = cur
+    redis.call('ZADD', KEYS[2], exp, id)
   end
 end
-return out
+return vers
 `)
 
 // revokePruneScript deletes up to ARGV[2] records that expired at or
