@@ -206,3 +206,37 @@ func TestRevokeUpsertBatchAcrossNamespacesAndPrune(t *testing.T) {
 		t.Fatalf("Prune deleted %d, leaving %d and %d; want 400 deleted, 400 and 400 left", pruned, count(ns1), count(ns2))
 	}
 }
+
+// TestRevokePruneUsesServerClock: Prune compares expiry with the Redis
+// server's TIME, not with the caller's now, so a worker whose clock runs
+// ahead (or behind) prunes exactly what one with a right clock would.
+func TestRevokePruneUsesServerClock(t *testing.T) {
+	ns := newNS(t)
+	s := openTestRevokes(t)
+	ctx := testCtx(t)
+	rdb := rawClient(t)
+	server, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := stemtype.RevokeRecord{Namespace: ns, TaskID: "live", Version: 1, ExpiresAt: server.Add(time.Hour)}
+	gone := stemtype.RevokeRecord{Namespace: ns, TaskID: "gone", Version: 1, ExpiresAt: server.Add(-time.Hour)}
+	if _, err := s.Upsert(ctx, live, gone); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Prune(ctx, ns, server.AddDate(10, 0, 0)); err != nil || n != 1 {
+		t.Fatalf("Prune with a clock ten years ahead = (%d, %v), want (1, nil): only the record expired by the server's clock", n, err)
+	}
+	recs, err := s.List(ctx, ns)
+	if err != nil || len(recs) != 1 || recs[0].TaskID != "live" {
+		t.Fatalf("List after Prune = (%+v, %v), want the live record only", recs, err)
+	}
+	// A clock far behind still prunes what expired by the server's.
+	expired := stemtype.RevokeRecord{Namespace: ns, TaskID: "expired", Version: 1, ExpiresAt: server.Add(-time.Minute)}
+	if _, err := s.Upsert(ctx, expired); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Prune(ctx, ns, time.Unix(0, 0)); err != nil || n != 1 {
+		t.Fatalf("Prune with a clock at 1970 = (%d, %v), want (1, nil)", n, err)
+	}
+}

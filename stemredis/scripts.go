@@ -418,14 +418,17 @@ end
 return vers
 `)
 
-// revokePruneScript deletes up to ARGV[2] records that expired at or
-// before ARGV[1].
+// revokePruneScript deletes up to ARGV[1] records that expired at or
+// before the server's clock (TIME), so that every worker prunes alike
+// whatever its own clock says.
 //
 // KEYS[1] records, KEYS[2] expiry
-// ARGV[1] now in µs, ARGV[2] limit (at most 1000)
+// ARGV[1] limit (at most 1000)
 // Returns how many records it deleted.
 var revokePruneScript = newScript(`
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids > 0 then
   redis.call('HDEL', KEYS[1], unpack(ids))
   redis.call('ZREM', KEYS[2], unpack(ids))
