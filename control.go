@@ -236,11 +236,13 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 		o.ExpiresIn = c.cfg.DefaultExpiry
 	}
 	now := time.Now().UTC()
-	base := now.UnixMicro()
+	// Every record proposes the call's time; the store assigns each one
+	// max(stored+1, proposed), and stored carries what it assigned.
+	version := now.UnixMicro()
 	recs := make([]stemtype.RevokeRecord, len(o.TaskIDs))
 	for i, id := range o.TaskIDs {
 		recs[i] = stemtype.RevokeRecord{
-			Namespace: c.cfg.Namespace, TaskID: id, Version: base + int64(i), IssuedAt: now,
+			Namespace: c.cfg.Namespace, TaskID: id, Version: version, IssuedAt: now,
 			Terminate: o.Terminate, KillAfterMs: o.KillAfter.Milliseconds(), Reason: o.Reason,
 			RequestedBy: o.RequestedBy, ExpiresAt: now.Add(o.ExpiresIn),
 		}

@@ -179,6 +179,15 @@ type Broker interface {
 // Contract:
 //   - Put upserts every result by id, replacing the whole stored record;
 //     results given in one call for the same id are applied in order.
+//   - Final states are final: a stored result whose state is succeeded,
+//     failed or cancelled is never replaced, by Put or by PutIfState. A
+//     write over it (a progress update, a started from a redelivery or a
+//     late checkpoint, a pending from a re-enqueue, a retry, or another
+//     final state: the first final state wins) is skipped silently, and
+//     the rest of the call is applied; it is not an error, since the task
+//     already has its outcome. The check and the write are one atomic step
+//     against every other writer, on any connection or host. A final state
+//     replacing a state that is not final is an ordinary write.
 //   - Get returns the stored result or an error matching ErrNotFound.
 //   - GetMany returns, in input order, the stored result of each id, nil
 //     for an id with none, in as few round trips as the backend allows (the
@@ -199,7 +208,9 @@ type ResultBackend interface {
 //
 // Contract: PutIfState stores r (as Put would) only when a result with r's
 // id is stored and its state is one of states, in one atomic step, and
-// reports whether it stored r.
+// reports whether it stored r. A stored final state is never replaced,
+// even when states names it (see ResultBackend): PutIfState then reports
+// false.
 type ConditionalPutter interface {
 	PutIfState(ctx context.Context, r *stemtype.TaskResult, states ...stemtype.State) (bool, error)
 }
@@ -207,16 +218,28 @@ type ConditionalPutter interface {
 // RevokeStore keeps revoke records durably.
 //
 // Contract:
-//   - Upsert applies each record atomically: it replaces the stored record
-//     of the same namespace and task only when its Version is higher, and
-//     returns, in input order, the record stored afterwards (the input
-//     itself when applied, the newer stored one when not). Concurrent
-//     writers, from one process or many hosts, converge on the highest
-//     version.
+//   - Upsert stores every record, each with version max(stored.Version+1,
+//     proposed Version) for its namespace and task (the proposed Version
+//     when none is stored), in one atomic step per record against every
+//     other writer, and returns the records in input order with the
+//     versions they were stored with; callers publish those. So a revoke
+//     issued after another one of the same task returned always wins,
+//     however far ahead of the clock the earlier one's versions were
+//     (DESIGN.md §2.3). Records of one call apply in order: the same task
+//     given twice is stored twice, the later one with the higher version.
+//     Concurrent writers, from one process or many hosts, converge: each
+//     task holds the record applied last, which has the highest version
+//     ever assigned to it. A task stored at the highest int64 version
+//     cannot take another record: Upsert then returns an error.
+//   - A record that has already expired is stored like any other, listed
+//     until pruned, and deleted by the next Prune.
 //   - List returns every stored record of the namespace, expired ones
 //     included until pruned, in no particular order.
 //   - Prune deletes the namespace's records that expired at or before now
-//     and returns how many it deleted.
+//     and returns how many it deleted. A store with a clock of its own (a
+//     Redis server's TIME) compares expiry against that clock and ignores
+//     now, so that workers whose clocks disagree prune alike; stores
+//     without one (memory, a file) use now.
 //   - Namespaces never mix.
 type RevokeStore interface {
 	Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error)

@@ -73,13 +73,14 @@ func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, e
 			return 0, err
 		}
 	}
-	if err := tmp.Chmod(v.fi.Mode().Perm()); err != nil {
+	// The new file keeps the old one's mode and owner, so that whoever
+	// could append before still can (the CLI may run as another user than
+	// the workers).
+	cur, err := v.f.Stat() // fresh: mode and owner may have changed since the view's
+	if err != nil {
 		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
 	}
-	// The new file keeps the old one's owner, so that whoever could append
-	// before still can (the CLI may run as another user than the workers).
-	cur, err := v.f.Stat() // fresh: the owner may have changed since the view's
-	if err != nil {
+	if err := tmp.Chmod(cur.Mode().Perm()); err != nil {
 		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
 	}
 	if uid, gid, ok := fileOwner(cur); ok {

@@ -6,10 +6,11 @@
 // # Format
 //
 // Each line is one record as stemtype.RevokeRecord marshals it, with times in
-// UTC. The file is append-only: an Upsert appends the records that win (a
-// higher Version than the one held for their namespace and task) and fsyncs
-// before it returns, so a later line may supersede an earlier one. Reading
-// keeps, for each namespace and task, the line with the highest version.
+// UTC. The file is append-only: an Upsert appends every record, each with
+// version max(held+1, proposed) for its namespace and task, assigned under
+// the exclusive lock, and fsyncs before it returns, so a later line may
+// supersede an earlier one. Reading keeps, for each namespace and task, the
+// line with the highest version.
 // Blank lines are ignored. Operators may read the file at any time; to add
 // to it by hand, hold the lock as stem does, for example
 // `flock PATH.lock sh -c 'cat more.ndjson >> PATH'`.
@@ -64,8 +65,11 @@
 //     stemdriver.Options is not used.
 //   - Every Upsert that changes anything costs an fsync.
 //   - A record line may be at most 1 MiB; Upsert rejects larger records.
-//   - Pruning forgets: once an expired record is pruned, an older version of
-//     it would be applied again, as in every revoke store.
+//   - Pruning forgets: once an expired record is pruned, the next record of
+//     its task is stored at the version it proposes, as in every revoke
+//     store.
+//   - Prune compares expiry with the now it is given: the file has no clock
+//     of its own.
 //   - The parent directory must exist; OpenRevokes does not create it. The
 //     lock file is created by OpenRevokes, the data file by the first write.
 //     A handle may keep an old copy of the file open (and its disk space

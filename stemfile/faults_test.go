@@ -12,18 +12,35 @@ import (
 
 // TestHelperPartialWrite is run in a child process by
 // TestFailedUpsertLeavesNothing: it upserts under a file size limit that
-// stops the write part way.
+// stops the write part way. It lowers only the soft limit, which any user
+// may raise again up to the hard one, and restores it before it returns:
+// the test binary writes its coverage data at exit under -cover, and a
+// limit left in place would make that fail.
 func TestHelperPartialWrite(t *testing.T) {
 	path := os.Getenv("STEMFILE_PARTIAL_PATH")
 	if path == "" {
 		t.Skip("helper process")
 	}
-	limit, _ := strconv.ParseUint(os.Getenv("STEMFILE_PARTIAL_LIMIT"), 10, 64)
-	rs, _ := open(t, path)
-	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: limit, Max: limit}); err != nil {
+	limit, err := strconv.ParseUint(os.Getenv("STEMFILE_PARTIAL_LIMIT"), 10, 64)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := rs.Upsert(t.Context(), rec("ns", "b", 1), rec("ns", "c", 1)); err == nil {
+	rs, _ := open(t, path)
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		t.Fatal(err)
+	}
+	if old.Max < limit {
+		t.Fatalf("the hard file size limit, %d, is below the %d bytes the test needs", old.Max, limit)
+	}
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &syscall.Rlimit{Cur: limit, Max: old.Max}); err != nil {
+		t.Fatal(err)
+	}
+	_, upsertErr := rs.Upsert(t.Context(), rec("ns", "b", 1), rec("ns", "c", 1))
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		t.Fatalf("restore the file size limit: %v", err)
+	}
+	if upsertErr == nil {
 		t.Fatal("Upsert past the file size limit succeeded")
 	}
 }
@@ -98,27 +115,48 @@ func TestCompactionRemovesOrphanTemporaryFiles(t *testing.T) {
 
 // Compaction keeps the data file's owner, so the user that could append
 // before (a worker's service user) still can when another user (the CLI
-// under sudo) compacted it.
+// under sudo) compacted it. Root gives the file to nobody; any other user
+// gives it the group that differs most from what a new file of its would
+// get (a supplementary group, when it has one), the furthest it may go.
+// The mode is kept as well.
 func TestCompactionKeepsTheOwner(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to give the file another owner")
-	}
 	path := tempPath(t)
 	rs, _ := open(t, path)
 	upsert(t, rs, rec("ns", "a", 1), rec("ns", "a", 2))
-	const nobody = 65534
-	if err := os.Chown(path, nobody, nobody); err != nil {
+	uid, gid := os.Geteuid(), os.Getegid()
+	if uid == 0 {
+		const nobody = 65534
+		uid, gid = nobody, nobody
+	} else if groups, err := os.Getgroups(); err == nil {
+		for _, g := range groups {
+			if g != gid {
+				gid = g
+				break
+			}
+		}
+	}
+	t.Logf("data file owner before compaction: %d:%d", uid, gid)
+	if err := os.Chown(path, uid, gid); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o640); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := rs.Prune(t.Context(), "ns", time.Now()); err != nil {
 		t.Fatal(err)
 	}
+	if lines := fileLines(t, path); len(lines) != 1 {
+		t.Fatalf("file holds %d lines after Prune, want 1 (compacted)", len(lines))
+	}
 	fi, err := os.Stat(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if st := fi.Sys().(*syscall.Stat_t); st.Uid != nobody || st.Gid != nobody {
-		t.Fatalf("owner after compaction %d:%d, want %d:%d", st.Uid, st.Gid, nobody, nobody)
+	if st := fi.Sys().(*syscall.Stat_t); int(st.Uid) != uid || int(st.Gid) != gid {
+		t.Fatalf("owner after compaction %d:%d, want %d:%d", st.Uid, st.Gid, uid, gid)
+	}
+	if fi.Mode().Perm() != 0o640 {
+		t.Fatalf("mode after compaction %v, want 0640", fi.Mode().Perm())
 	}
 	want(t, "records", list(t, rs, "ns"), "a@2")
 }

@@ -101,7 +101,9 @@ func (r *Revokes) scan(size int64) error {
 }
 
 // put stores rec when its version is higher than the one held for its task,
-// and returns the record held afterwards and whether rec won.
+// and returns the record held afterwards and whether rec won. Reading the
+// file applies every line through it; Upsert assigns versions that always
+// win.
 func (v *view) put(rec stemtype.RevokeRecord) (stemtype.RevokeRecord, bool) {
 	if v.index == nil {
 		v.index = make(map[string]map[string]stemtype.RevokeRecord)

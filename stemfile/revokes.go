@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -144,12 +145,15 @@ func OpenRevokes(path string, opts stemdriver.Options) (*Revokes, error) {
 // Path returns the path of the data file.
 func (r *Revokes) Path() string { return r.path }
 
-// Upsert appends each record whose Version is higher than the one stored for
-// its namespace and task, fsyncs the file, and returns in input order the
-// record stored afterwards for each: the input when it won, the stored one
-// when that was not older. Records of one call are applied in order, so a
-// later one may supersede an earlier one. An invalid record fails the whole
-// call before anything is written.
+// Upsert appends every record, each with version max(stored+1, proposed)
+// for its namespace and task, fsyncs the file, and returns the records in
+// input order with the versions they were stored with. All of it happens
+// under the exclusive flock, so a revoke issued after another one of the
+// same task returned always wins, whichever handle or process wrote it.
+// Records of one call are applied in order, so a later one supersedes an
+// earlier one of the same task. An invalid record, or a task already stored
+// at the highest int64 version, fails the whole call before anything is
+// written.
 func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -195,21 +199,45 @@ func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		// Start after the unterminated line a crashed writer left.
 		buf.WriteByte('\n')
 	}
-	out := make([]stemtype.RevokeRecord, len(recs))
-	appended := 0
-	for i, rec := range stored {
-		if cur, ok := v.put(rec); !ok {
-			out[i] = cur
-			continue
+	// Assign every version before indexing any record, so that a call
+	// that fails leaves the index as the file is.
+	type key struct{ ns, task string }
+	var within map[key]int64 // versions assigned earlier in this call
+	for i := range stored {
+		rec := &stored[i]
+		cur, ok := within[key{rec.Namespace, rec.TaskID}]
+		if !ok {
+			if held, found := v.index[rec.Namespace][rec.TaskID]; found {
+				cur, ok = held.Version, true
+			}
 		}
+		if ok && cur >= rec.Version {
+			if cur == math.MaxInt64 {
+				return nil, fmt.Errorf("stem: revoke file %s: task %q in namespace %q is stored at the highest version, %d (nothing written)", r.path, rec.TaskID, rec.Namespace, cur)
+			}
+			rec.Version = cur + 1
+			b, err := json.Marshal(rec)
+			if err != nil {
+				return nil, fmt.Errorf("stem: encode revoke record for task %q: %w", rec.TaskID, err)
+			}
+			lines[i] = b // a longer version adds a digit or two: no line nears maxLine
+		}
+		if len(stored) > 1 {
+			if within == nil {
+				within = make(map[key]int64, len(stored))
+			}
+			within[key{rec.Namespace, rec.TaskID}] = rec.Version
+		}
+	}
+	out := make([]stemtype.RevokeRecord, len(recs))
+	for i, rec := range stored {
+		v.put(rec) // always wins: its version is above the held one
 		out[i] = recs[i]
+		out[i].Version = rec.Version
 		buf.Write(lines[i])
 		buf.WriteByte('\n')
-		appended++
 	}
-	if appended == 0 {
-		return out, nil
-	}
+	appended := len(stored)
 	if err := r.append(buf.Bytes()); err != nil {
 		// The index already holds records that may not be on disk: drop
 		// it, so the next operation reads the file afresh.

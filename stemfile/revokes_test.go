@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -200,15 +201,21 @@ func TestUpsertListPrune(t *testing.T) {
 	want(t, "List(other)", list(t, rs, "other"), "a@5")
 	want(t, "List(unused)", list(t, rs, "unused"))
 
-	// Lower and equal versions lose and return the stored record; in one
-	// call, records apply in order.
-	out = upsert(t, rs, rec("stem", "a", 1), rec("stem", "a", 2), rec("stem", "a", 3), rec("stem", "a", 2))
-	if got := []int64{out[0].Version, out[1].Version, out[2].Version, out[3].Version}; !slices.Equal(got, []int64{2, 2, 3, 3}) {
-		t.Errorf("Upsert versions returned = %v, want [2 2 3 3]", got)
+	// Every record is stored, with version max(stored+1, proposed), and
+	// returned with it; in one call, records apply in order.
+	out = upsert(t, rs, rec("stem", "a", 1), rec("stem", "a", 2), rec("stem", "a", 3), rec("stem", "a", 9))
+	if got := []int64{out[0].Version, out[1].Version, out[2].Version, out[3].Version}; !slices.Equal(got, []int64{3, 4, 5, 9}) {
+		t.Errorf("Upsert versions returned = %v, want [3 4 5 9]", got)
 	}
-	want(t, "List(stem)", list(t, rs, "stem"), "a@3", "b@1")
-	if n := len(fileLines(t, path)); n != 4 {
-		t.Errorf("file has %d lines, want 4 (only winning records are appended)", n)
+	if out[0].Terminate != rec("stem", "a", 1).Terminate || !out[0].IssuedAt.Equal(rec("stem", "a", 1).IssuedAt) {
+		t.Errorf("Upsert returned %+v, want the record given at version 3", out[0])
+	}
+	want(t, "List(stem)", list(t, rs, "stem"), "a@9", "b@1")
+	if n := len(fileLines(t, path)); n != 7 {
+		t.Errorf("file has %d lines, want 7 (one per record)", n)
+	}
+	if last := fileLines(t, path)[3]; !strings.Contains(last, `"version":3,`) {
+		t.Errorf("line 4 of the file = %s, want the record stored at version 3", last)
 	}
 
 	// Prune deletes the namespace's records that expired at or before now,
@@ -219,12 +226,12 @@ func TestUpsertListPrune(t *testing.T) {
 		expiring(rec("stem", "later", 1), t0.Add(time.Nanosecond)),
 		expiring(rec("other", "old", 1), t0.Add(-time.Hour)),
 	)
-	want(t, "List(stem) before Prune", list(t, rs, "stem"), "a@3", "b@1", "later@1", "now@1", "old@1")
+	want(t, "List(stem) before Prune", list(t, rs, "stem"), "a@9", "b@1", "later@1", "now@1", "old@1")
 	n, err := rs.Prune(t.Context(), "stem", t0)
 	if err != nil || n != 2 {
 		t.Fatalf("Prune = %d, %v; want 2, nil", n, err)
 	}
-	want(t, "List(stem) after Prune", list(t, rs, "stem"), "a@3", "b@1", "later@1")
+	want(t, "List(stem) after Prune", list(t, rs, "stem"), "a@9", "b@1", "later@1")
 	want(t, "List(other) after Prune", list(t, rs, "other"), "a@5", "old@1")
 	if n, err := rs.Prune(t.Context(), "stem", t0); err != nil || n != 0 {
 		t.Errorf("second Prune = %d, %v; want 0, nil", n, err)
@@ -480,12 +487,12 @@ func TestPruneCompacts(t *testing.T) {
 	}
 	want(t, "other handle's List after Prune", list(t, other, "stem"), "a@3", "c@1", "e0@1", "e1@1", "e2@1", "e3@1", "e4@1")
 	out := upsert(t, other, rec("stem", "a", 2), rec("stem", "a", 4))
-	if out[0].Version != 3 || out[1].Version != 4 {
-		t.Errorf("other handle's Upsert after compaction returned versions %d, %d; want 3, 4", out[0].Version, out[1].Version)
+	if out[0].Version != 4 || out[1].Version != 5 {
+		t.Errorf("other handle's Upsert after compaction returned versions %d, %d; want 4, 5", out[0].Version, out[1].Version)
 	}
-	want(t, "List after the other handle's write", list(t, rs, "stem"), "a@4", "c@1", "e0@1", "e1@1", "e2@1", "e3@1", "e4@1")
+	want(t, "List after the other handle's write", list(t, rs, "stem"), "a@5", "c@1", "e0@1", "e1@1", "e2@1", "e3@1", "e4@1")
 	rs3, _ := open(t, path)
-	want(t, "List by a new handle", list(t, rs3, "stem"), "a@4", "c@1", "e0@1", "e1@1", "e2@1", "e3@1", "e4@1")
+	want(t, "List by a new handle", list(t, rs3, "stem"), "a@5", "c@1", "e0@1", "e1@1", "e2@1", "e3@1", "e4@1")
 	want(t, "List(other) by a new handle", list(t, rs3, "other"), "d@1")
 }
 
@@ -607,7 +614,11 @@ func TestConcurrentHandlesInOneProcess(t *testing.T) {
 		handles[i], logs[i] = open(t, path)
 	}
 	const goroutines, perG, tasks = 6, 100, 15
-	var wg sync.WaitGroup
+	var (
+		wg       sync.WaitGroup
+		mu       sync.Mutex
+		assigned = map[string]int64{} // task -> highest version assigned
+	)
 	for g := range goroutines {
 		rs := handles[g%len(handles)]
 		wg.Go(func() {
@@ -622,6 +633,9 @@ func TestConcurrentHandlesInOneProcess(t *testing.T) {
 				if out[0].Version < r.Version {
 					t.Errorf("goroutine %d: Upsert of %s@%d returned version %d", g, r.TaskID, r.Version, out[0].Version)
 				}
+				mu.Lock()
+				assigned[r.TaskID] = max(assigned[r.TaskID], out[0].Version)
+				mu.Unlock()
 				if i%25 == 24 {
 					// Compacts (superseded lines) without deleting.
 					if _, err := rs.Prune(t.Context(), "stem", t0); err != nil {
@@ -638,7 +652,7 @@ func TestConcurrentHandlesInOneProcess(t *testing.T) {
 	}
 	fresh, _ := open(t, path)
 	for _, rs := range append(handles, fresh) {
-		checkConverged(t, rs, goroutines, perG, tasks)
+		checkConverged(t, rs, goroutines, perG, tasks, assigned)
 	}
 	for i, l := range logs {
 		if w := l.warnings(); len(w) != 0 {
@@ -649,18 +663,24 @@ func TestConcurrentHandlesInOneProcess(t *testing.T) {
 
 // checkConverged checks the outcome of writers w in [0, writers), each of
 // which upserted, for i in [0, perWriter), task "t<i%tasks>" of namespace
-// stem at version i*writers+w+1, and "o<i>" of namespace "g<w>".
-func checkConverged(t *testing.T, rs *Revokes, writers, perWriter, tasks int) {
+// stem at version i*writers+w+1, and "o<i>" of namespace "g<w>". Each task
+// of stem must hold the highest version assigned to it, as the writers
+// reported it in assigned.
+func checkConverged(t *testing.T, rs *Revokes, writers, perWriter, tasks int, assigned map[string]int64) {
 	t.Helper()
 	var wantStem []string
 	for task := range tasks {
-		var v int
+		var proposed int
 		for w := range writers {
 			for i := task; i < perWriter; i += tasks {
-				v = max(v, i*writers+w+1)
+				proposed = max(proposed, i*writers+w+1)
 			}
 		}
-		wantStem = append(wantStem, fmt.Sprintf("t%d@%d", task, v))
+		id := fmt.Sprintf("t%d", task)
+		if assigned[id] < int64(proposed) {
+			t.Fatalf("highest version assigned to %s is %d, below the highest proposed, %d", id, assigned[id], proposed)
+		}
+		wantStem = append(wantStem, fmt.Sprintf("%s@%d", id, assigned[id]))
 	}
 	slices.Sort(wantStem)
 	want(t, "List(stem)", list(t, rs, "stem"), wantStem...)
@@ -704,7 +724,7 @@ func TestHelperProcess(t *testing.T) {
 		if out[0].Version < r.Version {
 			t.Fatalf("writer %d: Upsert of %s@%d returned version %d", w, r.TaskID, r.Version, out[0].Version)
 		}
-		last[r.TaskID] = r.Version
+		last[r.TaskID] = out[0].Version
 		switch i % 20 {
 		case 9:
 			// What this writer wrote stays visible, or is superseded.
@@ -725,6 +745,10 @@ func TestHelperProcess(t *testing.T) {
 	}
 	if warns := logs.warnings(); len(warns) > 0 {
 		t.Fatalf("writer %d: warnings: %q", w, warns)
+	}
+	// Report the versions assigned, for the parent's check.
+	for task, v := range last {
+		t.Logf("assigned %s %d", task, v)
 	}
 }
 
@@ -751,17 +775,23 @@ func TestSeparateProcesses(t *testing.T) {
 			results <- result{w, err, out}
 		}()
 	}
+	assigned := map[string]int64{}
+	reported := regexp.MustCompile(`assigned (t\d+) (\d+)`)
 	for range writers {
 		r := <-results
 		if r.err != nil || !bytes.Contains(r.out, []byte("--- PASS: TestHelperProcess")) {
 			t.Errorf("writer %d: %v\n%s", r.w, r.err, r.out)
+		}
+		for _, m := range reported.FindAllSubmatch(r.out, -1) {
+			v, _ := strconv.ParseInt(string(m[2]), 10, 64)
+			assigned[string(m[1])] = max(assigned[string(m[1])], v)
 		}
 	}
 	if t.Failed() {
 		return
 	}
 	rs, logs := open(t, path)
-	checkConverged(t, rs, writers, helperPerWriter, helperTasks)
+	checkConverged(t, rs, writers, helperPerWriter, helperTasks, assigned)
 	if w := logs.warnings(); len(w) != 0 {
 		t.Errorf("warnings reading the result: %q", w)
 	}

@@ -17,6 +17,26 @@ import (
 type resultSpace struct {
 	mu   sync.RWMutex
 	byID map[string][]byte
+	// final holds the ids whose stored state is final, so that a write
+	// need not decode the stored JSON to know it must be skipped. It is
+	// made by the first final write.
+	final map[string]struct{}
+}
+
+// store stores raw as the result of id unless the stored one is final, and
+// reports whether it did. The caller holds mu for writing.
+func (s *resultSpace) store(id string, state stemtype.State, raw []byte) bool {
+	if _, ok := s.final[id]; ok {
+		return false
+	}
+	s.byID[id] = raw
+	if state.Final() {
+		if s.final == nil {
+			s.final = make(map[string]struct{})
+		}
+		s.final[id] = struct{}{}
+	}
+	return true
 }
 
 // results is one result backend value on a resultSpace.
@@ -28,8 +48,9 @@ type results struct {
 
 var _ stemdriver.ResultBackend = (*results)(nil)
 
-// Put stores every result, replacing the stored record of the same id. It
-// encodes all of them before storing any.
+// Put stores every result, replacing the stored record of the same id
+// unless that one's state is final (the write is then skipped). It encodes
+// all of them before storing any.
 func (r *results) Put(ctx context.Context, rs ...*stemtype.TaskResult) error {
 	if isClosed(r.closed) {
 		return fmt.Errorf("stem: memory results put: %w", stemdriver.ErrClosed)
@@ -51,13 +72,14 @@ func (r *results) Put(ctx context.Context, rs ...*stemtype.TaskResult) error {
 	r.space.mu.Lock()
 	defer r.space.mu.Unlock()
 	for i, res := range rs {
-		r.space.byID[res.ID] = raws[i]
+		r.space.store(res.ID, res.State, raws[i])
 	}
 	return nil
 }
 
 // PutIfState stores res only while the stored result of its id is in one
-// of states; it implements stemdriver.ConditionalPutter.
+// of states, and never over a final state; it implements
+// stemdriver.ConditionalPutter.
 func (r *results) PutIfState(ctx context.Context, res *stemtype.TaskResult, states ...stemtype.State) (bool, error) {
 	if isClosed(r.closed) {
 		return false, fmt.Errorf("stem: memory results put: %w", stemdriver.ErrClosed)
@@ -84,8 +106,7 @@ func (r *results) PutIfState(ctx context.Context, res *stemtype.TaskResult, stat
 	if err := json.Unmarshal(cur, &stored); err != nil || !slices.Contains(states, stored.State) {
 		return false, nil
 	}
-	r.space.byID[res.ID] = raw
-	return true, nil
+	return r.space.store(res.ID, res.State, raw), nil
 }
 
 // Get returns a copy of the stored result of id, or an error matching

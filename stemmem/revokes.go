@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"math"
 	"slices"
 	"sync"
 	"time"
@@ -32,9 +33,10 @@ type revokes struct {
 
 var _ stemdriver.RevokeStore = (*revokes)(nil)
 
-// Upsert stores each record whose version is higher than the stored one's
-// and returns, in input order, the record stored afterwards. It validates
-// every record before applying any.
+// Upsert stores every record, each with version max(stored+1, proposed),
+// and returns them, in input order, with the versions they were stored
+// with. It validates every record before applying any, and applies a call
+// as one step under the store's mutex.
 func (r *revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
 	if isClosed(r.closed) {
 		return nil, fmt.Errorf("stem: memory revokes upsert: %w", stemdriver.ErrClosed)
@@ -47,21 +49,41 @@ func (r *revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 			return nil, fmt.Errorf("stem: memory revokes upsert: record %d: %w", i, err)
 		}
 	}
-	out := make([]stemtype.RevokeRecord, len(recs))
+	out := slices.Clone(recs)
 	r.space.mu.Lock()
 	defer r.space.mu.Unlock()
-	for i, rec := range recs {
+	// Assign every version first, so that a call that cannot be applied
+	// whole changes nothing.
+	type key struct{ ns, task string }
+	var within map[key]int64 // versions assigned earlier in this call
+	for i := range out {
+		rec := &out[i]
+		stored, ok := within[key{rec.Namespace, rec.TaskID}]
+		if !ok {
+			if cur, held := r.space.recs[rec.Namespace][rec.TaskID]; held {
+				stored, ok = cur.Version, true
+			}
+		}
+		if ok {
+			if stored == math.MaxInt64 {
+				return nil, fmt.Errorf("stem: memory revokes upsert: task %q in namespace %q is stored at the highest version, %d", rec.TaskID, rec.Namespace, stored)
+			}
+			rec.Version = max(rec.Version, stored+1)
+		}
+		if len(recs) > 1 {
+			if within == nil {
+				within = make(map[key]int64, len(recs))
+			}
+			within[key{rec.Namespace, rec.TaskID}] = rec.Version
+		}
+	}
+	for _, rec := range out {
 		ns := r.space.recs[rec.Namespace]
 		if ns == nil {
 			ns = make(map[string]stemtype.RevokeRecord)
 			r.space.recs[rec.Namespace] = ns
 		}
-		if stored, ok := ns[rec.TaskID]; ok && stored.Version >= rec.Version {
-			out[i] = stored
-			continue
-		}
 		ns[rec.TaskID] = rec
-		out[i] = rec
 	}
 	return out, nil
 }
@@ -85,7 +107,8 @@ func (r *revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 	return out, nil
 }
 
-// Prune deletes the records of namespace that expired at or before now.
+// Prune deletes the records of namespace that expired at or before now (the
+// memory store has no clock of its own: the caller's now is the clock).
 func (r *revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
 	if isClosed(r.closed) {
 		return 0, fmt.Errorf("stem: memory revokes prune: %w", stemdriver.ErrClosed)

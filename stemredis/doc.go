@@ -133,16 +133,17 @@
 //
 // # Results
 //
-// One string key per task holding the TaskResult JSON, written with one
-// SET ... EX per result (a batch is one pipeline).
+// One string key per task holding the TaskResult JSON, written by one small
+// Lua script per result (a batch is one pipeline per 1000) that keeps a
+// stored final state and otherwise does SET ... PX.
 //
 // # Revokes
 //
-// Upsert runs a Lua script per namespace that compares versions on the
-// server, so concurrent writers on any connection or host converge on the
-// highest version. List reads with HSCAN; Prune deletes from the expiry
-// set, in runs of at most 1000 records. Expiry is compared in whole
-// microseconds.
+// Upsert runs a Lua script per namespace that assigns each record version
+// max(stored+1, proposed) on the server, so a later revoke always wins and
+// concurrent writers on any connection or host converge. List reads with
+// HSCAN; Prune deletes from the expiry set, in runs of at most 1000
+// records, comparing expiry with the server's TIME in whole microseconds.
 //
 // # Control
 //

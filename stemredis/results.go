@@ -17,8 +17,9 @@ import (
 const resultChunk = 1000
 
 // Results is a stemdriver.ResultBackend on Redis: one string key per task
-// holding the result's JSON, written with a single SET ... EX (the key
-// expires after the retention TTL). It is safe for concurrent use.
+// holding the result's JSON, written by a small Lua script that keeps a
+// stored final state and otherwise does SET ... PX (the key expires after
+// the retention TTL). It is safe for concurrent use.
 type Results struct {
 	conn
 	ns  string
@@ -40,8 +41,12 @@ func OpenResults(ctx context.Context, url string, opts stemdriver.Options) (*Res
 }
 
 // Put writes results, replacing each stored one whole and restarting its
-// retention TTL. Results are written in order in pipelines of up to 1000,
-// one round trip each; results for one id are applied in the order given.
+// retention TTL, except a stored result whose state is final: that one is
+// kept, with its TTL, and the write skipped without an error. Each result
+// is one run of resultPutScript, so the check and the write are atomic
+// against every other writer. Results are written in order in pipelines of
+// up to 1000, one round trip each; results for one id are applied in the
+// order given.
 func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) error {
 	if err := r.checkOpen(); err != nil {
 		return err
@@ -60,27 +65,45 @@ func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) erro
 		}
 		raws[i] = raw
 	}
+	ttl := r.ttlMillis()
 	if len(results) == 1 {
-		if err := r.rdb.Set(ctx, resultKey(r.ns, results[0].ID), raws[0], r.ttl).Err(); err != nil {
+		if err := resultPutScript.run(ctx, r.rdb, []string{resultKey(r.ns, results[0].ID)}, raws[0], ttl).Err(); err != nil {
 			return r.errorf(err, "put result %s", results[0].ID)
 		}
 		return nil
 	}
 	for start := 0; start < len(results); start += resultChunk {
 		end := min(start+resultChunk, len(results))
-		pipe := r.rdb.Pipeline()
+		calls := make([]scriptCall, 0, end-start)
 		for i := start; i < end; i++ {
-			pipe.Set(ctx, resultKey(r.ns, results[i].ID), raws[i], r.ttl)
+			calls = append(calls, scriptCall{s: resultPutScript, keys: []string{resultKey(r.ns, results[i].ID)}, args: []any{raws[i], ttl}})
 		}
-		if _, err := pipe.Exec(ctx); err != nil {
+		cmds, err := runPipelined(ctx, r.rdb, calls)
+		if err != nil {
 			return r.errorf(err, "put %d results (first %s)", end-start, results[start].ID)
+		}
+		for j, cmd := range cmds {
+			if err := cmd.Err(); err != nil {
+				return r.errorf(err, "put result %s", results[start+j].ID)
+			}
 		}
 	}
 	return nil
 }
 
+// ttlMillis is the retention TTL in whole milliseconds for the scripts, 0
+// for none; a positive TTL below a millisecond counts as one, as SET ... PX
+// would have it.
+func (r *Results) ttlMillis() int64 {
+	if r.ttl <= 0 {
+		return 0
+	}
+	return max(r.ttl.Milliseconds(), 1)
+}
+
 // PutIfState stores res only while the stored result of its id is in one
-// of states, atomically (a Lua script); it implements
+// of states, and never over a final state, atomically (a Lua script); it
+// implements
 // stemdriver.ConditionalPutter.
 func (r *Results) PutIfState(ctx context.Context, res *stemtype.TaskResult, states ...stemtype.State) (bool, error) {
 	if err := r.checkOpen(); err != nil {
@@ -94,7 +117,7 @@ func (r *Results) PutIfState(ctx context.Context, res *stemtype.TaskResult, stat
 		return false, fmt.Errorf("stem: redis results: put: encode result %s: %w", res.ID, err)
 	}
 	args := make([]any, 0, 2+len(states))
-	args = append(args, raw, r.ttl.Milliseconds())
+	args = append(args, raw, r.ttlMillis())
 	for _, st := range states {
 		args = append(args, string(st))
 	}

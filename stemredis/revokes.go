@@ -24,10 +24,10 @@ const (
 )
 
 // Revokes is a stemdriver.RevokeStore on Redis: per namespace a hash of
-// task id to record JSON and a sorted set of expiry times. Upsert compares
+// task id to record JSON and a sorted set of expiry times. Upsert assigns
 // versions inside a Lua script, so concurrent writers on any number of
-// connections and hosts converge on the highest version. It is safe for
-// concurrent use.
+// connections and hosts converge: every task holds the record applied last,
+// with the highest version. It is safe for concurrent use.
 type Revokes struct {
 	conn
 }
@@ -45,10 +45,13 @@ func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Rev
 	return &Revokes{conn: conn{rdb: rdb, addr: cfg.addr, role: "revokes", log: cfg.logger}}, nil
 }
 
-// Upsert stores each record whose version is higher than the stored one's
-// and returns, in input order, the record stored afterwards. Records are
-// applied by one script run per namespace and 500 records, all in one
-// pipeline; records of one namespace are applied in input order.
+// Upsert stores every record, each with version max(stored+1, proposed),
+// and returns them, in input order, with the versions they were stored
+// with. Records are applied by one script run per namespace and 500
+// records, all in one pipeline; records of one namespace are applied in
+// input order. A script run is atomic; when one fails (a task already at
+// the highest version, or a lost connection), the runs before it in the
+// pipeline may have applied their records.
 func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
@@ -103,7 +106,7 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	}
 	out := make([]stemtype.RevokeRecord, len(recs))
 	for c, cmd := range cmds {
-		vals, err := cmd.Slice()
+		vals, err := cmd.StringSlice()
 		if err != nil {
 			return nil, s.errorf(err, "upsert %d records", len(recs))
 		}
@@ -112,16 +115,12 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		}
 		for j, v := range vals {
 			i := callIdx[c].idx[j]
-			stored, ok := v.(string)
-			if !ok {
-				out[i] = recs[i]
-				continue
+			ver, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				return nil, s.errorf(fmt.Errorf("version %q assigned to task %q: %w", v, recs[i].TaskID, err), "upsert")
 			}
-			var cur stemtype.RevokeRecord
-			if err := json.Unmarshal([]byte(stored), &cur); err != nil {
-				return nil, fmt.Errorf("stem: redis revokes: stored record for task %q in namespace %q does not decode: %w", recs[i].TaskID, recs[i].Namespace, err)
-			}
-			out[i] = cur
+			out[i] = recs[i]
+			out[i].Version = ver
 		}
 	}
 	return out, nil
@@ -176,17 +175,20 @@ func (s *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 	return out, nil
 }
 
-// Prune deletes namespace's records that expired at or before now and
-// returns how many it deleted. Expiry is compared in whole microseconds.
-func (s *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
+// Prune deletes namespace's records that expired at or before the Redis
+// server's clock (TIME), in whole microseconds, and returns how many it
+// deleted. It ignores now: the server's clock is the one every worker
+// shares, so a worker whose own clock runs ahead deletes no revoke that
+// still applies. It deletes in script runs of at most 1000 records, so a
+// large prune does not hold up the server.
+func (s *Revokes) Prune(ctx context.Context, namespace string, _ time.Time) (int, error) {
 	if err := s.checkOpen(); err != nil {
 		return 0, err
 	}
 	k := newRevokeKeys(namespace)
-	nowUS := strconv.FormatInt(now.UnixMicro(), 10)
 	total := 0
 	for {
-		n, err := revokePruneScript.run(ctx, s.rdb, []string{k.records, k.expiry}, nowUS, pruneChunk).Int()
+		n, err := revokePruneScript.run(ctx, s.rdb, []string{k.records, k.expiry}, pruneChunk).Int()
 		if err != nil {
 			return total, s.errorf(err, "prune revokes of namespace %q", namespace)
 		}

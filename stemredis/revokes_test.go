@@ -2,6 +2,8 @@ package stemredis
 
 import (
 	"fmt"
+	"maps"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -13,8 +15,9 @@ import (
 
 // TestRevokersOnSeparateConnectionsConverge has two stores, each with its
 // own connections, write interleaved versions of the same tasks from many
-// goroutines; the stored record of every task must be its highest version,
-// and every Upsert must return a record at least as new as its input.
+// goroutines. Every Upsert is applied with a version above the stored one,
+// so the versions assigned to a task are distinct, and the stored record of
+// every task is the one assigned the highest.
 func TestRevokersOnSeparateConnectionsConverge(t *testing.T) {
 	ns := newNS(t)
 	a, b := openTestRevokes(t), openTestRevokes(t)
@@ -36,6 +39,10 @@ func TestRevokersOnSeparateConnectionsConverge(t *testing.T) {
 	}
 	rand.Shuffle(len(jobs), func(i, j int) { jobs[i], jobs[j] = jobs[j], jobs[i] })
 
+	var (
+		mu       sync.Mutex
+		assigned = map[string]map[int64]string{} // task -> version -> reason
+	)
 	var wg sync.WaitGroup
 	for w := range writers {
 		store := a
@@ -51,10 +58,21 @@ func TestRevokersOnSeparateConnectionsConverge(t *testing.T) {
 					t.Errorf("Upsert: %v", err)
 					return
 				}
-				if len(got) != 1 || got[0].TaskID != j.task || got[0].Version < j.version {
-					t.Errorf("Upsert of version %d of %s returned %+v, want a record at least as new", j.version, j.task, got)
+				if len(got) != 1 || got[0].TaskID != j.task || got[0].Version < j.version || got[0].Reason != rec.Reason {
+					t.Errorf("Upsert of version %d of %s returned %+v, want it at a version at least as high", j.version, j.task, got)
 					return
 				}
+				mu.Lock()
+				m := assigned[j.task]
+				if m == nil {
+					m = map[int64]string{}
+					assigned[j.task] = m
+				}
+				if prev, dup := m[got[0].Version]; dup {
+					t.Errorf("version %d of %s assigned to %s and %s", got[0].Version, j.task, prev, rec.Reason)
+				}
+				m[got[0].Version] = rec.Reason
+				mu.Unlock()
 			}
 		})
 	}
@@ -71,32 +89,66 @@ func TestRevokersOnSeparateConnectionsConverge(t *testing.T) {
 			t.Fatalf("List returned %d records, want %d", len(recs), tasks)
 		}
 		for _, r := range recs {
-			if want := base + versions - 1; r.Version != want || r.Reason != fmt.Sprintf("v%d", want) {
-				t.Errorf("task %s stored version %d (reason %q), want %d", r.TaskID, r.Version, r.Reason, want)
+			m := assigned[r.TaskID]
+			top := slices.Max(slices.Collect(maps.Keys(m)))
+			if r.Version != top || r.Reason != m[top] {
+				t.Errorf("task %s stored version %d (reason %q), want the highest assigned, %d (%q)", r.TaskID, r.Version, r.Reason, top, m[top])
 			}
 		}
 	}
 }
 
 // TestRevokeVersionsCompareExactly checks versions that a float64 cannot
-// tell apart: the script compares them as decimal strings.
+// tell apart: the script compares and increments them as decimal strings,
+// carries included, and refuses to go past the highest int64.
 func TestRevokeVersionsCompareExactly(t *testing.T) {
 	ns := newNS(t)
 	s := openTestRevokes(t)
 	ctx := testCtx(t)
-	const big = int64(1) << 60 // 2^60 and 2^60+1 are the same float64
-	for _, v := range []int64{big + 1, big, 999, big + 1} {
-		if _, err := s.Upsert(ctx, stemtype.RevokeRecord{Namespace: ns, TaskID: "t", Version: v}); err != nil {
-			t.Fatalf("Upsert %d: %v", v, err)
+	upsert := func(task string, v int64, want int64) {
+		t.Helper()
+		got, err := s.Upsert(ctx, stemtype.RevokeRecord{Namespace: ns, TaskID: task, Version: v, Reason: fmt.Sprint(v)})
+		if err != nil || len(got) != 1 || got[0].Version != want || got[0].Reason != fmt.Sprint(v) {
+			t.Fatalf("Upsert of %s at %d = %+v, %v; want it stored at %d", task, v, got, err, want)
 		}
 	}
-	recs, err := s.List(ctx, ns)
-	if err != nil || len(recs) != 1 || recs[0].Version != big+1 {
-		t.Fatalf("List = %+v, %v; want the one record at version %d", recs, err, big+1)
+	stored := func(task string) stemtype.RevokeRecord {
+		t.Helper()
+		recs, err := s.List(ctx, ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range recs {
+			if r.TaskID == task {
+				return r
+			}
+		}
+		t.Fatalf("no record of %s", task)
+		return stemtype.RevokeRecord{}
 	}
-	got, err := s.Upsert(ctx, stemtype.RevokeRecord{Namespace: ns, TaskID: "t", Version: big + 2, Reason: "newest"})
-	if err != nil || got[0].Version != big+2 || got[0].Reason != "newest" {
-		t.Fatalf("Upsert of a higher version returned %+v, %v", got, err)
+	const big = int64(1) << 60 // 2^60 and 2^60+1 are the same float64
+	upsert("t", big+1, big+1)
+	upsert("t", big, big+2)
+	upsert("t", 999, big+3)
+	upsert("t", big+1, big+4)
+	upsert("t", big+10, big+10)
+	if r := stored("t"); r.Version != big+10 || r.Reason != fmt.Sprint(big+10) {
+		t.Fatalf("stored %+v, want version %d", r, big+10)
+	}
+	// Carries: 1999...9 + 1 and 999...9 + 1 (one digit more).
+	upsert("c", 1999999999999999999, 1999999999999999999)
+	upsert("c", 1, 2000000000000000000)
+	upsert("d", 999999999999999999, 999999999999999999)
+	upsert("d", 5, 1000000000000000000)
+	if r := stored("d"); r.Version != 1000000000000000000 || r.Reason != "5" {
+		t.Fatalf("stored %+v, want version 10^18 with the later record", r)
+	}
+	upsert("top", math.MaxInt64, math.MaxInt64)
+	if got, err := s.Upsert(ctx, stemtype.RevokeRecord{Namespace: ns, TaskID: "top", Version: 1, Reason: "past the top"}); err == nil {
+		t.Fatalf("Upsert over the highest version = %+v, want an error", got)
+	}
+	if r := stored("top"); r.Version != math.MaxInt64 || r.Reason != fmt.Sprint(int64(math.MaxInt64)) {
+		t.Fatalf("stored %+v after a refused Upsert, want it unchanged", r)
 	}
 }
 
@@ -152,5 +204,39 @@ func TestRevokeUpsertBatchAcrossNamespacesAndPrune(t *testing.T) {
 	// In ns1 (i%3 != 0) the even i expired: 400 of them.
 	if pruned != 400 || count(ns1) != 400 || count(ns2) != 400 {
 		t.Fatalf("Prune deleted %d, leaving %d and %d; want 400 deleted, 400 and 400 left", pruned, count(ns1), count(ns2))
+	}
+}
+
+// TestRevokePruneUsesServerClock: Prune compares expiry with the Redis
+// server's TIME, not with the caller's now, so a worker whose clock runs
+// ahead (or behind) prunes exactly what one with a right clock would.
+func TestRevokePruneUsesServerClock(t *testing.T) {
+	ns := newNS(t)
+	s := openTestRevokes(t)
+	ctx := testCtx(t)
+	rdb := rawClient(t)
+	server, err := rdb.Time(ctx).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	live := stemtype.RevokeRecord{Namespace: ns, TaskID: "live", Version: 1, ExpiresAt: server.Add(time.Hour)}
+	gone := stemtype.RevokeRecord{Namespace: ns, TaskID: "gone", Version: 1, ExpiresAt: server.Add(-time.Hour)}
+	if _, err := s.Upsert(ctx, live, gone); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Prune(ctx, ns, server.AddDate(10, 0, 0)); err != nil || n != 1 {
+		t.Fatalf("Prune with a clock ten years ahead = (%d, %v), want (1, nil): only the record expired by the server's clock", n, err)
+	}
+	recs, err := s.List(ctx, ns)
+	if err != nil || len(recs) != 1 || recs[0].TaskID != "live" {
+		t.Fatalf("List after Prune = (%+v, %v), want the live record only", recs, err)
+	}
+	// A clock far behind still prunes what expired by the server's.
+	expired := stemtype.RevokeRecord{Namespace: ns, TaskID: "expired", Version: 1, ExpiresAt: server.Add(-time.Minute)}
+	if _, err := s.Upsert(ctx, expired); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := s.Prune(ctx, ns, time.Unix(0, 0)); err != nil || n != 1 {
+		t.Fatalf("Prune with a clock at 1970 = (%d, %v), want (1, nil)", n, err)
 	}
 }

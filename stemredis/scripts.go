@@ -366,48 +366,84 @@ local expired = redis.call('ZCOUNT', KEYS[2], '-inf', us(now_us()))
 return ready + expired + redis.call('ZCARD', KEYS[3])
 `)
 
-// revokeUpsertScript stores revoke records of one namespace whose version
-// is higher than the stored one's. Versions are compared as decimal strings
-// (longer is larger, then byte order), so every int64 compares exactly.
+// revokeUpsertScript stores revoke records of one namespace, each with
+// version max(stored + 1, proposed), so that a revoke issued after another
+// one of the same task returned always wins (DESIGN.md §2.3). Versions are
+// compared and incremented as decimal strings (longer is larger, then byte
+// order), so every int64 is exact, beyond 2^53 too. It assigns every
+// version before it writes any, so a run that fails (a task already at the
+// highest int64 version) changes nothing.
+//
+// The stored version is found with string.match instead of cjson: the
+// first "version": of a stored record is its version field, since only the
+// string values of namespace and taskId precede it in the JSON that
+// encoding/json writes, and a string value cannot hold "x": (inside a JSON
+// string every quote is escaped, and a string's closing quote is followed
+// by a colon only when it is a key). The same holds for the JSON given in
+// ARGV, whose version is replaced the same way when the store assigns
+// another.
 //
 // KEYS[1] records, KEYS[2] expiry
-// ARGV: four per record: task id, version (decimal, no leading zeros),
-// record JSON, ExpiresAt in µs ("" when it never expires).
-// Returns per record, in order, 1 when it was stored, else the stored JSON
-// that is at least as new.
+// ARGV: four per record: task id, proposed version (decimal, no leading
+// zeros), record JSON, ExpiresAt in µs ("" when it never expires).
+// Returns per record, in order, the version it was stored with (decimal).
 var revokeUpsertScript = newScript(`
 local function higher(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
 end
-local out = {}
+local function incr(a)
+  local i = #a
+  while i > 0 and string.byte(a, i) == 57 do i = i - 1 end
+  if i == 0 then return '1' .. string.rep('0', #a) end
+  return string.sub(a, 1, i - 1) .. string.char(string.byte(a, i) + 1) .. string.rep('0', #a - i)
+end
+local top = '9223372036854775807'
+local vers, last = {}, {}
 for i = 1, #ARGV, 4 do
-  local id, ver, js, exp = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local cur = redis.call('HGET', KEYS[1], id)
-  local curv = cur and string.match(cur, '"version":(%d+)')
-  if not curv or higher(ver, curv) then
-    redis.call('HSET', KEYS[1], id, js)
-    if exp == '' then
-      redis.call('ZREM', KEYS[2], id)
-    else
-      redis.call('ZADD', KEYS[2], exp, id)
+  local id, ver = ARGV[i], ARGV[i + 1]
+  local curv = last[id]
+  if not curv then
+    local cur = redis.call('HGET', KEYS[1], id)
+    curv = cur and string.match(cur, '"version":(%d+)')
+  end
+  if curv then
+    if curv == top then
+      return redis.error_reply('task ' .. id .. ' is stored at the highest version, ' .. top)
     end
-    out[#out + 1] = 1
+    local nxt = incr(curv)
+    if higher(nxt, ver) then ver = nxt end
+  end
+  last[id] = ver
+  vers[#vers + 1] = ver
+end
+for j = 1, #vers do
+  local i = 4 * j - 3
+  local id, js, exp = ARGV[i], ARGV[i + 2], ARGV[i + 3]
+  if vers[j] ~= ARGV[i + 1] then
+    js = string.gsub(js, '"version":%d+', '"version":' .. vers[j], 1)
+  end
+  redis.call('HSET', KEYS[1], id, js)
+  if exp == '' then
+    redis.call('ZREM', KEYS[2], id)
   else
-    out[#out + 1] = cur
+    redis.call('ZADD', KEYS[2], exp, id)
   end
 end
-return out
+return vers
 `)
 
-// revokePruneScript deletes up to ARGV[2] records that expired at or
-// before ARGV[1].
+// revokePruneScript deletes up to ARGV[1] records that expired at or
+// before the server's clock (TIME), so that every worker prunes alike
+// whatever its own clock says.
 //
 // KEYS[1] records, KEYS[2] expiry
-// ARGV[1] now in µs, ARGV[2] limit (at most 1000)
+// ARGV[1] limit (at most 1000)
 // Returns how many records it deleted.
 var revokePruneScript = newScript(`
-local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids > 0 then
   redis.call('HDEL', KEYS[1], unpack(ids))
   redis.call('ZREM', KEYS[2], unpack(ids))
@@ -487,8 +523,59 @@ end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. snow, '+inf')
 `)
 
+// luaStoredFinal defines stored_final(key), which reports whether the
+// result stored at key is in a final state (succeeded, failed, cancelled).
+//
+// It finds the state with a plain string search instead of cjson, so that
+// a write costs the same whatever the size of the stored result, and reads
+// only the first KiB of the value when the state lies within it (it does
+// unless the id, task and queue are long). This is exact for the JSON that
+// Put writes (encoding/json of a stemtype.TaskResult): the first
+// occurrence of "state":" is the top-level field, because only the string
+// values of id, task and queue precede it, and no string value can hold
+// that sequence (inside a JSON string every quote is escaped, and a
+// string's closing quote is followed by a comma, never a colon, so "x":"
+// only occurs where "x" is a key). The fields that can hold keys of their
+// own (result, error, progress, meta) come after state;
+// TestResultStateIsTheFirstStateKey in results_test.go keeps that order
+// from changing unnoticed. A value without the field (not written by stem)
+// counts as not final.
+const luaStoredFinal = `
+local function stored_final(key)
+  local v = redis.call('GETRANGE', key, 0, 1023)
+  if v == '' then return false end
+  local _, e = string.find(v, '"state":"', 1, true)
+  if not e or e + 10 > #v then
+    -- not wholly within the first KiB (#'cancelled"' is 10): read it all
+    v = redis.call('GET', key)
+    if not v then return false end
+    _, e = string.find(v, '"state":"', 1, true)
+    if not e then return false end
+  end
+  local st = string.match(v, '^(%a+)"', e + 1)
+  return st == 'succeeded' or st == 'failed' or st == 'cancelled'
+end
+`
+
+// resultPutScript stores one result unless the stored one is final: final
+// states are final (stemdriver.ResultBackend), the first final state
+// written wins, and a skipped write keeps the stored result's TTL.
+//
+// KEYS[1] result key
+// ARGV[1] the result JSON, ARGV[2] TTL in ms (0: none)
+// Returns 1 when it stored the result, 0 when it kept a final one.
+var resultPutScript = newScript(luaStoredFinal + `
+if stored_final(KEYS[1]) then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return 1
+`)
+
 // putIfStateScript replaces a stored result only while its state is one of
-// the given states.
+// the given states, and never one whose state is final (even when asked).
 //
 // KEYS[1] result key
 // ARGV[1] the new result JSON, ARGV[2] TTL in ms (0: none), ARGV[3...]
@@ -500,6 +587,7 @@ if not cur then return 0 end
 local ok, doc = pcall(cjson.decode, cur)
 if not ok or type(doc) ~= 'table' then return 0 end
 local state = doc['state']
+if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
 for i = 3, #ARGV do
   if state == ARGV[i] then
     if tonumber(ARGV[2]) > 0 then

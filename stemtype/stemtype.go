@@ -147,9 +147,14 @@ type TaskResult struct {
 type RevokeRecord struct {
 	Namespace string `json:"namespace"`
 	TaskID    string `json:"taskId"`
-	// Version orders records of one task: a record replaces a stored one
-	// only when its version is higher. It is microseconds since the Unix
-	// epoch at issue time, plus i for the i-th task of one call.
+	// Version orders records of one task: the record with the highest
+	// version is the one that applies. A controller proposes the call's
+	// time in microseconds since the Unix epoch for every record of the
+	// call; the revoke store assigns max(stored version + 1, proposed)
+	// atomically (stemdriver.RevokeStore), so a revoke issued after another
+	// one of the same task returned always has the higher version. Records
+	// read back from a store or received from a controller carry the
+	// assigned version.
 	Version  int64     `json:"version"`
 	IssuedAt time.Time `json:"issuedAt"`
 	// Terminate asks a running task to stop at its next checkpoint.

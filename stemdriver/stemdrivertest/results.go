@@ -3,6 +3,8 @@ package stemdrivertest
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -119,7 +121,9 @@ func RunResults(t *testing.T, open func(t *testing.T, namespace string) stemdriv
 	run("PutReplacesWholeRecord", func(t *testing.T, ns string) {
 		ctx := testContext(t)
 		rb := open(t, ns)
-		if err := rb.Put(ctx, fullResult("r-1")); err != nil {
+		first := fullResult("r-1")
+		first.State = stemtype.StateStarted // not final, so it may be replaced
+		if err := rb.Put(ctx, first); err != nil {
 			t.Fatalf("first Put: %v", err)
 		}
 		second := &stemtype.TaskResult{
@@ -158,6 +162,146 @@ func RunResults(t *testing.T, open func(t *testing.T, namespace string) stemdriv
 		}
 	})
 
+	run("FinalStatesAreFinal", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rb := open(t, ns)
+		cp, _ := rb.(stemdriver.ConditionalPutter)
+		at := now()
+		finals := []stemtype.State{stemtype.StateSucceeded, stemtype.StateFailed, stemtype.StateCancelled}
+		for _, final := range finals {
+			for _, later := range laterWrites(at, finals) {
+				id := fmt.Sprintf("r-%s-%s", final, later.name)
+				stored := fullResult(id)
+				stored.State = final
+				if err := rb.Put(ctx, stored); err != nil {
+					t.Fatalf("Put %s: %v", final, err)
+				}
+				want := cloneResult(t, stored)
+				w := cloneResult(t, later.r)
+				w.ID = id
+				// A refused write is skipped silently: Put succeeds.
+				if err := open(t, ns).Put(ctx, w); err != nil {
+					t.Fatalf("Put of %s over %s = %v, want nil (skipped)", later.name, final, err)
+				}
+				// In a batch too, after a write of another id that is
+				// applied.
+				other := &stemtype.TaskResult{ID: id + "-other", Task: "t", State: stemtype.StateStarted, UpdatedAt: at}
+				if err := rb.Put(ctx, other, w); err != nil {
+					t.Fatalf("batch Put of %s over %s = %v, want nil", later.name, final, err)
+				}
+				if cp != nil {
+					states := []stemtype.State{stemtype.StatePending, stemtype.StateStarted, stemtype.StateRetry,
+						stemtype.StateSucceeded, stemtype.StateFailed, stemtype.StateCancelled}
+					if ok, err := cp.PutIfState(ctx, w, states...); err != nil || ok {
+						t.Fatalf("PutIfState of %s over %s, allowed from every state = (%v, %v), want (false, nil)", later.name, final, ok, err)
+					}
+				}
+				got, err := open(t, ns).Get(ctx, id)
+				if err != nil {
+					t.Fatalf("Get: %v", err)
+				}
+				assertEqual(t, fmt.Sprintf("%s result after a %s write", final, later.name), normResult(got), normResult(want))
+				if got, err := rb.Get(ctx, id+"-other"); err != nil || got.State != stemtype.StateStarted {
+					t.Fatalf("the other result of the batch = (%+v, %v), want started", got, err)
+				}
+			}
+		}
+		// Within one call, the first final state wins as well.
+		batch := []*stemtype.TaskResult{
+			{ID: "b-1", Task: "t", State: stemtype.StateStarted, UpdatedAt: at},
+			{ID: "b-1", Task: "t", State: stemtype.StateFailed, UpdatedAt: at},
+			{ID: "b-1", Task: "t", State: stemtype.StateSucceeded, UpdatedAt: at},
+			{ID: "b-1", Task: "t", State: stemtype.StateStarted, UpdatedAt: at},
+		}
+		if err := rb.Put(ctx, batch...); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+		if got, err := rb.Get(ctx, "b-1"); err != nil || got.State != stemtype.StateFailed {
+			t.Fatalf("after started, failed, succeeded, started in one call: (%+v, %v), want failed", got, err)
+		}
+	})
+
+	run("FinalStatesHoldInLargeBatches", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rb := open(t, ns)
+		const n = 2500 // more than one chunk of a pipelining backend
+		at := now()
+		first := make([]*stemtype.TaskResult, n)
+		later := make([]*stemtype.TaskResult, n)
+		for i := range first {
+			id := fmt.Sprintf("r-%04d", i)
+			state := stemtype.StateStarted
+			if i%2 == 0 {
+				state = stemtype.StateSucceeded
+			}
+			first[i] = &stemtype.TaskResult{ID: id, Task: "t", State: state, UpdatedAt: at}
+			later[i] = &stemtype.TaskResult{ID: id, Task: "t", State: stemtype.StatePending, UpdatedAt: at}
+		}
+		if err := rb.Put(ctx, first...); err != nil {
+			t.Fatalf("Put of %d: %v", n, err)
+		}
+		if err := open(t, ns).Put(ctx, later...); err != nil {
+			t.Fatalf("second Put of %d: %v", n, err)
+		}
+		ids := make([]string, n)
+		for i, r := range first {
+			ids[i] = r.ID
+		}
+		got, err := rb.GetMany(ctx, ids...)
+		if err != nil {
+			t.Fatalf("GetMany: %v", err)
+		}
+		for i, r := range got {
+			want := stemtype.StatePending
+			if i%2 == 0 {
+				want = stemtype.StateSucceeded
+			}
+			if r == nil || r.State != want {
+				t.Fatalf("result %d after a pending over started/succeeded: %+v, want %s", i, r, want)
+			}
+		}
+	})
+
+	run("ConcurrentWritersEndFinal", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		const tasks, writers, rounds = 20, 6, 15
+		conns := []stemdriver.ResultBackend{open(t, ns), open(t, ns), open(t, ns)}
+		at := now()
+		final := func(id string) *stemtype.TaskResult {
+			return &stemtype.TaskResult{ID: id, Task: "t", State: stemtype.StateSucceeded,
+				Result: json.RawMessage(`"done"`), WorkerID: "final", UpdatedAt: at, FinishedAt: at}
+		}
+		var wg sync.WaitGroup
+		for w := range writers {
+			rb := conns[w%len(conns)]
+			wg.Go(func() {
+				for round := range rounds {
+					for task := range tasks {
+						id := fmt.Sprintf("task-%d", task)
+						r := &stemtype.TaskResult{ID: id, Task: "t", State: stemtype.StateStarted,
+							Progress: &stemtype.Progress{Percent: float64(round), At: at}, WorkerID: fmt.Sprint("w", w), UpdatedAt: at}
+						if w == 0 && round == rounds/2 {
+							r = final(id) // the final write lands among the others
+						}
+						if err := rb.Put(ctx, r); err != nil {
+							t.Errorf("writer %d: Put: %v", w, err)
+							return
+						}
+					}
+				}
+			})
+		}
+		wg.Wait()
+		for task := range tasks {
+			id := fmt.Sprintf("task-%d", task)
+			got, err := open(t, ns).Get(ctx, id)
+			if err != nil {
+				t.Fatalf("Get %s: %v", id, err)
+			}
+			assertEqual(t, "result of "+id+" after concurrent writes", normResult(got), normResult(final(id)))
+		}
+	})
+
 	run("NamespacesIsolated", func(t *testing.T, ns string) {
 		ctx := testContext(t)
 		if err := open(t, ns).Put(ctx, fullResult("r-1")); err != nil {
@@ -184,6 +328,31 @@ func RunResults(t *testing.T, open func(t *testing.T, namespace string) stemdriv
 			t.Errorf("Get after Close = %v, want ErrClosed", err)
 		}
 	})
+}
+
+// laterWrite is a write that may come after a task's final state: a
+// redelivery's started, a late progress update, a re-enqueue's pending, a
+// retry, or another final state.
+type laterWrite struct {
+	name string
+	r    *stemtype.TaskResult
+}
+
+// laterWrites returns every kind of write that must not replace a final
+// state.
+func laterWrites(at time.Time, finals []stemtype.State) []laterWrite {
+	out := []laterWrite{
+		{"started", &stemtype.TaskResult{Task: "t", State: stemtype.StateStarted, Attempt: 3, WorkerID: "w-2", StartedAt: at, UpdatedAt: at}},
+		{"progress", &stemtype.TaskResult{Task: "t", State: stemtype.StateStarted, Attempt: 2,
+			Progress: &stemtype.Progress{Percent: 99, At: at}, UpdatedAt: at}},
+		{"pending", &stemtype.TaskResult{Task: "t", State: stemtype.StatePending, UpdatedAt: at}},
+		{"retry", &stemtype.TaskResult{Task: "t", State: stemtype.StateRetry, Attempt: 3, NotBefore: at.Add(time.Minute), UpdatedAt: at}},
+	}
+	for _, f := range finals {
+		out = append(out, laterWrite{"final-" + string(f), &stemtype.TaskResult{Task: "t", State: f,
+			Result: json.RawMessage(`"late"`), Error: &stemtype.TaskError{Message: "late"}, UpdatedAt: at, FinishedAt: at}})
+	}
+	return out
 }
 
 // fullResult returns a result with every field set.

@@ -5,6 +5,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -41,7 +43,7 @@ func RunRevokes(t *testing.T, open func(t *testing.T) stemdriver.RevokeStore) {
 		assertEqual(t, "records listed from another connection", mustList(ctx, t, open(t), ns), normRevokes(recs))
 	})
 
-	run("UpsertIsMonotonic", func(t *testing.T, ns string) {
+	run("UpsertAssignsVersions", func(t *testing.T, ns string) {
 		ctx := testContext(t)
 		rs := open(t)
 		v10 := fullRevoke(ns, "task-1", 10)
@@ -53,20 +55,133 @@ func RunRevokes(t *testing.T, open func(t *testing.T) stemdriver.RevokeStore) {
 		v20 := fullRevoke(ns, "task-1", 20)
 		v20.Reason = "v20"
 
+		// A record is always stored, with version max(stored+1,
+		// proposed), and Upsert returns it with that version.
 		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v10}, []stemtype.RevokeRecord{v10})
-		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v5}, []stemtype.RevokeRecord{v10})
-		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{same}, []stemtype.RevokeRecord{v10})
-		assertEqual(t, "list after lower and equal versions", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{v10}))
+		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v5}, []stemtype.RevokeRecord{withVersion(v5, 11)})
+		mustUpsert(ctx, t, open(t), []stemtype.RevokeRecord{same}, []stemtype.RevokeRecord{withVersion(same, 12)})
+		assertEqual(t, "list after lower and equal proposed versions", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{withVersion(same, 12)}))
 		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v20}, []stemtype.RevokeRecord{v20})
 		assertEqual(t, "list after a higher version", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{v20}))
 
 		// Within one call, records apply in order and each result is
 		// what was stored right after it.
 		a3, a2, a4 := fullRevoke(ns, "task-2", 3), fullRevoke(ns, "task-2", 2), fullRevoke(ns, "task-2", 4)
+		a2.Reason, a4.Reason = "a2", "a4"
 		b1 := fullRevoke(ns, "task-3", 1)
 		mustUpsert(ctx, t, rs,
 			[]stemtype.RevokeRecord{a3, a2, b1, a4, v5},
-			[]stemtype.RevokeRecord{a3, a3, b1, a4, v20})
+			[]stemtype.RevokeRecord{a3, withVersion(a2, 4), b1, withVersion(a4, 5), withVersion(v5, 21)})
+		assertEqual(t, "list after one call", mustList(ctx, t, rs, ns),
+			normRevokes([]stemtype.RevokeRecord{withVersion(v5, 21), withVersion(a4, 5), b1}))
+	})
+
+	run("NoVersionPastTheHighest", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rs := open(t)
+		top := fullRevoke(ns, "task-1", math.MaxInt64)
+		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{top}, []stemtype.RevokeRecord{top})
+		later := fullRevoke(ns, "task-1", 1)
+		later.Reason = "later"
+		if got, err := rs.Upsert(ctx, later); err == nil {
+			t.Fatalf("Upsert over a record at the highest version = %+v, want an error", got)
+		}
+		assertEqual(t, "list after the refused Upsert", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{top}))
+	})
+
+	run("CausalOrder", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rs := open(t)
+		// A big batch whose versions run ahead of the clock (as a
+		// controller that added i for the i-th task once proposed)...
+		const total = 3000
+		base := time.Now().UnixMicro()
+		batch := make([]stemtype.RevokeRecord, total)
+		for i := range batch {
+			batch[i] = fullRevoke(ns, fmt.Sprintf("task-%04d", i), base+int64(i))
+			batch[i].Terminate, batch[i].KillAfterMs = false, 0
+		}
+		stored, err := rs.Upsert(ctx, batch...)
+		if err != nil {
+			t.Fatalf("Upsert of %d: %v", total, err)
+		}
+		assertEqual(t, "batch returned", normRevokes(stored), normRevokes(batch))
+		// ...then a revoke of one of its tasks issued after it returned,
+		// proposing a lower version: it wins, with a higher version.
+		last := batch[total-1]
+		later := fullRevoke(ns, last.TaskID, base+1)
+		later.Reason = "terminate it"
+		got, err := open(t).Upsert(ctx, later)
+		if err != nil {
+			t.Fatalf("later Upsert: %v", err)
+		}
+		if len(got) != 1 || got[0].Version <= last.Version {
+			t.Fatalf("later Upsert returned %+v, want a version above the batch's %d", got, last.Version)
+		}
+		assertEqual(t, "record returned for the later revoke", normRevokes(got), normRevokes([]stemtype.RevokeRecord{withVersion(later, got[0].Version)}))
+		for _, r := range mustList(ctx, t, open(t), ns) {
+			if r.TaskID == last.TaskID {
+				assertEqual(t, "stored record of "+r.TaskID, r, normRevokes(got)[0])
+			}
+		}
+	})
+
+	run("DuplicateIDsInOneCall", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rs := open(t)
+		v := time.Now().UnixMicro()
+		first, second, third := fullRevoke(ns, "dup", v), fullRevoke(ns, "dup", v), fullRevoke(ns, "dup", v)
+		second.Reason, third.Reason = "second", "third"
+		other := fullRevoke(ns, "other", v)
+		mustUpsert(ctx, t, rs,
+			[]stemtype.RevokeRecord{first, other, second, third},
+			[]stemtype.RevokeRecord{first, other, withVersion(second, v+1), withVersion(third, v+2)})
+		assertEqual(t, "list", mustList(ctx, t, open(t), ns), normRevokes([]stemtype.RevokeRecord{withVersion(third, v+2), other}))
+	})
+
+	run("UpsertOfExpiredRecordIsStoredUntilPruned", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rs := open(t)
+		gone := fullRevoke(ns, "gone", 7)
+		gone.ExpiresAt = now().Add(-time.Hour)
+		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{gone}, []stemtype.RevokeRecord{gone})
+		assertEqual(t, "list before Prune", mustList(ctx, t, open(t), ns), normRevokes([]stemtype.RevokeRecord{gone}))
+		if n, err := rs.Prune(ctx, ns, now()); err != nil || n != 1 {
+			t.Fatalf("Prune = (%d, %v), want (1, nil)", n, err)
+		}
+		if got := mustList(ctx, t, rs, ns); len(got) != 0 {
+			t.Fatalf("List after Prune returned %d records", len(got))
+		}
+	})
+
+	run("PruneMoreThanAThousand", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		rs := open(t)
+		const expired, live = 2500, 7
+		at := now()
+		var recs, keep []stemtype.RevokeRecord
+		for i := range expired + live {
+			r := fullRevoke(ns, fmt.Sprintf("task-%04d", i), int64(1+i))
+			if i%(expired/live+1) == 0 && len(keep) < live {
+				keep = append(keep, r) // expires in a day
+			} else {
+				r.ExpiresAt = at.Add(-time.Minute)
+			}
+			recs = append(recs, r)
+		}
+		for chunk := range slices.Chunk(recs, 1000) {
+			if _, err := rs.Upsert(ctx, chunk...); err != nil {
+				t.Fatalf("Upsert of %d: %v", len(chunk), err)
+			}
+		}
+		n, err := open(t).Prune(ctx, ns, at)
+		if err != nil {
+			t.Fatalf("Prune: %v", err)
+		}
+		if n != expired {
+			t.Fatalf("Prune deleted %d records, want %d", n, expired)
+		}
+		assertEqual(t, "records after Prune", mustList(ctx, t, rs, ns), normRevokes(keep))
 	})
 
 	run("ListByNamespaceOnly", func(t *testing.T, ns string) {
@@ -125,6 +240,13 @@ func RunRevokes(t *testing.T, open func(t *testing.T) stemdriver.RevokeStore) {
 		ctx := testContext(t)
 		const writers, tasks, versions = 8, 20, 30
 		stores := []stemdriver.RevokeStore{open(t), open(t), open(t)}
+		// Every write is applied with a version above the stored one, so
+		// a task's versions are all distinct, and the store holds, per
+		// task, the write with the highest of them: the last applied.
+		var (
+			mu       sync.Mutex
+			assigned = map[string]map[int64]string{} // task -> version -> reason
+		)
 		var wg sync.WaitGroup
 		for w := range writers {
 			rs := stores[w%len(stores)]
@@ -151,13 +273,23 @@ func RunRevokes(t *testing.T, open func(t *testing.T) stemdriver.RevokeStore) {
 						t.Errorf("writer %d: Upsert of %d returned %d records", w, len(batch), len(stored))
 						return
 					}
+					mu.Lock()
 					for i := range batch {
-						if stored[i].TaskID != batch[i].TaskID || stored[i].Version < batch[i].Version {
-							t.Errorf("writer %d: Upsert of %s v%d returned %s v%d",
-								w, batch[i].TaskID, batch[i].Version, stored[i].TaskID, stored[i].Version)
-							return
+						if stored[i].TaskID != batch[i].TaskID || stored[i].Reason != batch[i].Reason || stored[i].Version < batch[i].Version {
+							t.Errorf("writer %d: Upsert of %s v%d (%s) returned %s v%d (%s)", w,
+								batch[i].TaskID, batch[i].Version, batch[i].Reason, stored[i].TaskID, stored[i].Version, stored[i].Reason)
 						}
+						m := assigned[stored[i].TaskID]
+						if m == nil {
+							m = map[int64]string{}
+							assigned[stored[i].TaskID] = m
+						}
+						if prev, dup := m[stored[i].Version]; dup {
+							t.Errorf("version %d of %s assigned twice: to %q and %q", stored[i].Version, stored[i].TaskID, prev, stored[i].Reason)
+						}
+						m[stored[i].Version] = stored[i].Reason
 					}
+					mu.Unlock()
 				}
 			})
 		}
@@ -171,8 +303,13 @@ func RunRevokes(t *testing.T, open func(t *testing.T) stemdriver.RevokeStore) {
 				t.Fatalf("List returned %d records, want %d", len(got), tasks)
 			}
 			for _, r := range got {
-				if r.Version != versions {
-					t.Errorf("task %s converged on version %d, want %d", r.TaskID, r.Version, versions)
+				m := assigned[r.TaskID]
+				if len(m) != writers*versions {
+					t.Errorf("task %s: %d distinct versions assigned, want %d", r.TaskID, len(m), writers*versions)
+				}
+				top := slices.Max(slices.Collect(maps.Keys(m)))
+				if r.Version != top || r.Reason != m[top] {
+					t.Errorf("task %s converged on version %d (%s), want the highest assigned, %d (%s)", r.TaskID, r.Version, r.Reason, top, m[top])
 				}
 			}
 		}
@@ -226,6 +363,13 @@ func fullRevoke(ns, task string, version int64) stemtype.RevokeRecord {
 		RequestedBy: "ops@example",
 		ExpiresAt:   at.Add(24 * time.Hour),
 	}
+}
+
+// withVersion returns r with version v, as a store that assigned v stores
+// it.
+func withVersion(r stemtype.RevokeRecord, v int64) stemtype.RevokeRecord {
+	r.Version = v
+	return r
 }
 
 // normRevokes returns copies of recs with normalized times, sorted by task
