@@ -8,7 +8,12 @@
 //	redis://, rediss://        Redis (package stemredis)
 //	file://PATH or a bare path newline-delimited JSON revoke store (package stemfile)
 //
-// An unknown scheme is an error, never a silent fallback.
+// sqlite:// and postgres:// are planned. An unknown or not yet supported
+// scheme is an error, never a silent fallback. Every error of a URL that
+// can never work (a scheme, a malformed URL, an unknown option, a bad
+// database number) matches stemdriver.ErrBadConfig, so that callers tell it
+// from a server that cannot be reached without reading its text. No error
+// or Redact result shows a password.
 package stemurl
 
 import (
