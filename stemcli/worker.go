@@ -13,7 +13,6 @@ import (
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/isolated"
-	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -77,9 +76,6 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 		if res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts); err == nil {
 			closers = append(closers, res.Close)
 			cfg.Results = res
-		} else if errors.Is(err, stemdriver.ErrBadConfig) {
-			closeAll()
-			return nil, nil, openErr("result backend", u.Results, err)
 		} else {
 			fmt.Fprintf(a.errw, "stem: note: result backend unavailable, task states not updated: %v\n", err)
 		}
