@@ -172,6 +172,7 @@ func TestConfigErrorsMatchErrBadConfig(t *testing.T) {
 		{"malformed memory", "broker", "memory://x:%zz@y", true, "memory"},
 		{"file URL with a query", "revokes", "file:///tmp/r.ndjson?x=1", true, "query"},
 		{"file URL with a user", "revokes", "file://u:pw@host/r.ndjson", true, "user"},
+		{"file URL with a user, no slashes", "revokes", "file:u:pw@host/r.ndjson", true, "user"},
 		{"bare path with a colon", "revokes", "redis:6379", true, "revoke store"},
 		{"unreachable redis", "broker", "redis://127.0.0.1:1/0", false, "127.0.0.1:1"},
 		{"missing directory", "revokes", missingDir, false, "no-such-dir"},

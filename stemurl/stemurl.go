@@ -109,8 +109,8 @@ func unknown(role, raw string, supported string) error {
 // password (a file store has none, and stemfile would take one for part of
 // a relative path and print it).
 func filePath(raw string) (string, error) {
-	rest := raw[len("file:"):]
-	if after, ok := strings.CutPrefix(rest, "//"); ok && !strings.HasPrefix(after, "/") && strings.Contains(after, "@") {
+	rest := strings.TrimPrefix(raw[len("file:"):], "//")
+	if !strings.HasPrefix(rest, "/") && strings.Contains(rest, "@") {
 		return "", badConfig("stem: revoke store URL %q: a file URL takes no user name or password", Redact(raw))
 	}
 	path, err := stemfile.PathFromURL(raw)
