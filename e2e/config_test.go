@@ -56,7 +56,9 @@ func TestExitCodes(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			vars := map[string]string{"STEM_NAMESPACE": "e2e-" + randomHex(6)}
+			ns := "e2e-" + randomHex(6)
+			testutil.CleanupNamespace(t, real, ns)
+			vars := map[string]string{"STEM_NAMESPACE": ns}
 			for k, v := range tc.vars {
 				vars[k] = v
 			}
