@@ -80,6 +80,9 @@ func secretURLs(pw string) map[string]string {
 // password.
 var everyPassword = []string{"raw", "raw lone", "encoded"}
 
+// secretSlots bounds the runs of TestSecretsNeverPrinted at once.
+var secretSlots = make(chan struct{}, 2)
+
 // TestSecretsNeverPrinted runs the error paths of every command with a
 // password planted in each URL variable and flag, for unreachable servers
 // and malformed URLs, and checks that no output shows any form of it.
@@ -123,6 +126,11 @@ func TestSecretsNeverPrinted(t *testing.T) {
 						}
 						t.Run(name, func(t *testing.T) {
 							t.Parallel()
+							// Hundreds of short runs: two at a time, so
+							// that they do not starve the package's
+							// other tests of CPU.
+							secretSlots <- struct{}{}
+							defer func() { <-secretSlots }()
 							vars := map[string]string{"STEM_NAMESPACE": "e2e-" + randomHex(6)}
 							args := cmd
 							if viaFlag {
