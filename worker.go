@@ -72,6 +72,12 @@ type WorkerConfig struct {
 	PresenceInterval time.Duration
 	// Logger defaults to slog.Default.
 	Logger *slog.Logger
+	// Stores describes where Broker, Results, Revokes and Control were
+	// opened, as URLs with every secret redacted (stemurl.URLs.Stores);
+	// optional. The worker only logs it at start and reports it in stats,
+	// so that an operator sees when a CLI and a fleet resolved different
+	// stores. Never put a password here.
+	Stores *stemtype.StoreInfo
 }
 
 func (c *WorkerConfig) setDefaults() error {
@@ -250,8 +256,13 @@ func (w *Worker) Run(ctx context.Context) error {
 		w.fetch(ctx, ready)
 	}()
 	close(w.ready)
-	w.log.Info("worker started", "namespace", w.cfg.Namespace, "queues", w.cfg.Queues,
-		"concurrency", w.cfg.Concurrency, "prefetch", w.cfg.Prefetch)
+	started := []any{"namespace", w.cfg.Namespace, "queues", w.cfg.Queues,
+		"concurrency", w.cfg.Concurrency, "prefetch", w.cfg.Prefetch}
+	if s := w.cfg.Stores; s != nil {
+		started = append(started, slog.Group("stores", "broker", s.Broker, "results", s.Results,
+			"revokes", s.Revokes, "control", s.Control))
+	}
+	w.log.Info("worker started", started...)
 
 	<-ctx.Done()
 	w.log.Info("worker shutting down", "inflight", w.inflightCount())

@@ -290,6 +290,10 @@ func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
 		Retried: w.retried.Load(), Cancelled: w.cancelled.Load(),
 		Queues: make(map[string]int64, len(w.cfg.Queues)), UptimeMs: now.Sub(w.started).Milliseconds(), Timestamp: now,
 	}
+	if w.cfg.Stores != nil {
+		stores := *w.cfg.Stores
+		s.Stores = &stores
+	}
 	for _, q := range w.cfg.Queues {
 		n, err := w.cfg.Broker.Depth(ctx, q)
 		if err != nil {

@@ -64,7 +64,7 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 	opts.Namespace = "bench-" + stem.NewTaskID()[:8]
 	b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
 	if err != nil {
-		return unavailable("broker", u.Broker, err)
+		return openErr("broker", u.Broker, err)
 	}
 	defer b.Close()
 	reg := stem.NewRegistry()
@@ -75,7 +75,7 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 	if f.results {
 		res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
 		if err != nil {
-			return unavailable("result backend", u.Results, err)
+			return openErr("result backend", u.Results, err)
 		}
 		defer res.Close()
 		ccfg.Results, wcfg.Results = res, res

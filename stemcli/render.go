@@ -118,6 +118,30 @@ func renderStats(w io.Writer, r *stem.Replies) {
 			(time.Duration(s.UptimeMs) * time.Millisecond).Round(time.Second/10).String(), strings.Join(qs, ","))
 	}
 	tw.Flush()
+	renderStores(w, r)
+}
+
+// renderStores prints the stores each worker reports (redacted URLs), as
+// a second table, when any worker reports them.
+func renderStores(w io.Writer, r *stem.Replies) {
+	var rows []string
+	for _, rep := range sorted(r) {
+		var s stemtype.StatsReply
+		if rep.Status != stemtype.ReplyOK || json.Unmarshal(rep.Payload, &s) != nil || s.Stores == nil {
+			continue
+		}
+		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%s\t%s\n", rep.WorkerID, s.Stores.Broker, s.Stores.Results, s.Stores.Revokes, s.Stores.Control))
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintln(w)
+	tw := table(w)
+	fmt.Fprintln(tw, "WORKER\tBROKER\tRESULTS\tREVOKES\tCONTROL")
+	for _, row := range rows {
+		fmt.Fprint(tw, row)
+	}
+	tw.Flush()
 }
 
 // revokeDoc is the --json output of revoke: the list of replies, as every

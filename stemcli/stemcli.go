@@ -9,14 +9,19 @@
 //	}
 //
 // Commands write to the configured writers, so they are tested on their
-// exact output. Exit codes: 0 success, 64 usage error, 69 the broker or
-// revoke store cannot be reached (nothing was published), 70 a worker
-// replied with an error, a targeted worker did not reply, or no worker
-// replied at all, 1 any other failure.
+// exact output. Exit codes (DESIGN §5): 0 success, 64 usage error, 69 the
+// broker or revoke store cannot be reached (nothing was published), 70 a
+// worker replied with an error, a targeted worker did not reply, or no
+// worker replied at all, 78 configuration error (an unknown or not yet
+// supported URL scheme, a malformed URL, an unknown URL option, a bad
+// database number, a revoke store that cannot be durable, an unknown
+// STEM_LOG_LEVEL), 1 any other failure. Scripts may retry on 69, never on
+// 64 or 78.
 package stemcli
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +46,7 @@ const (
 	ExitUsage       = 64 // EX_USAGE
 	ExitUnavailable = 69 // EX_UNAVAILABLE
 	ExitSoftware    = 70 // EX_SOFTWARE: worker error, missing or no reply
+	ExitConfig      = 78 // EX_CONFIG: configuration error
 )
 
 // ExitError carries the exit code of a failed command.
@@ -122,6 +128,12 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	}
 	root.SetOut(cfg.Stdout)
 	root.SetErr(cfg.Stderr)
+	// Configuration read from the environment is checked before any
+	// command runs, so that a typo fails loudly instead of being ignored.
+	root.PersistentPreRunE = func(*cobra.Command, []string) error {
+		_, err := a.logLevel("info")
+		return err
+	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
 	})
@@ -252,26 +264,81 @@ func (a *app) driverOpts() stemdriver.Options {
 	return stemdriver.Options{Namespace: a.namespace(), Logger: a.logger("warn")}
 }
 
-// logger logs at $STEM_LOG_LEVEL, else at def, to stderr.
-func (a *app) logger(def string) *slog.Logger {
-	name := a.cfg.Getenv("STEM_LOG_LEVEL")
+// envLogLevel sets the level of the CLI's and the worker's log.
+const envLogLevel = "STEM_LOG_LEVEL"
+
+// logLevels are the values envLogLevel accepts, in any case.
+var logLevels = map[string]slog.Level{"debug": slog.LevelDebug, "info": slog.LevelInfo, "warn": slog.LevelWarn, "error": slog.LevelError}
+
+// logLevel returns the level $STEM_LOG_LEVEL names, else def. A value that
+// names no level is a configuration error (exit 78), never silently info.
+func (a *app) logLevel(def string) (slog.Level, error) {
+	name := a.cfg.Getenv(envLogLevel)
 	if name == "" {
 		name = def
 	}
-	var level slog.Level
-	if err := level.UnmarshalText([]byte(name)); err != nil {
-		level = slog.LevelInfo
+	level, ok := logLevels[strings.ToLower(name)]
+	if !ok {
+		return 0, exitf(ExitConfig, "%s=%q: want one of debug, info, warn, error", envLogLevel, name)
+	}
+	return level, nil
+}
+
+// logger logs at $STEM_LOG_LEVEL, else at def, to stderr. The root
+// command's pre-run has refused an unknown level before any command runs.
+func (a *app) logger(def string) *slog.Logger {
+	level, err := a.logLevel(def)
+	if err != nil {
+		level = slog.LevelInfo // not reached: see PersistentPreRunE
 	}
 	return slog.New(slog.NewTextHandler(a.errw, &slog.HandlerOptions{Level: level}))
 }
 
-// unavailable wraps an open failure as exit code 69.
-func unavailable(what, url string, err error) error {
-	return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("cannot open %s %s: %w", what, stemurl.Redact(url), err)}
+// openErr wraps the failure to open what from url: exit 78 for a
+// configuration error (stemdriver.ErrBadConfig: a retry cannot help), else
+// 69 (the service cannot be reached). The URL is shown redacted.
+func openErr(what, url string, err error) error {
+	code := ExitUnavailable
+	if errors.Is(err, stemdriver.ErrBadConfig) {
+		code = ExitConfig
+	}
+	return &ExitError{Code: code, Err: fmt.Errorf("cannot open %s %s: %w", what, stemurl.Redact(url), err)}
+}
+
+// checkURLs refuses URLs that cannot keep stem's promises together (see
+// stemurl.URLs.Check), as exit 78.
+func checkURLs(u stemurl.URLs) error {
+	if err := u.Check(); err != nil {
+		return &ExitError{Code: ExitConfig, Err: err}
+	}
+	return nil
 }
 
 func (a *app) warnMemory(url string) {
 	if strings.HasPrefix(url, "memory:") {
-		fmt.Fprintf(a.errw, "stem: note: %s is in-process only; set STEM_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to reach workers in other processes\n", url)
+		fmt.Fprintf(a.errw, "stem: note: %s is in-process only; set STEM_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to reach workers in other processes\n", stemurl.Redact(url))
+	}
+}
+
+// noteStores notes on stderr each store a worker's stats name that differs
+// from the one this command resolved: a CLI and a fleet configured apart
+// (say, revokes written where no worker reads them) are spotted at once.
+func (a *app) noteStores(r *stem.Replies) {
+	u := a.urls()
+	mine := u.Stores()
+	for _, rep := range r.Replies {
+		var s stemtype.StatsReply
+		if rep.Status != stemtype.ReplyOK || json.Unmarshal(rep.Payload, &s) != nil || s.Stores == nil {
+			continue
+		}
+		for _, d := range []struct{ what, theirs, mine, from string }{
+			{"broker", s.Stores.Broker, mine.Broker, ""},
+			{"result backend", s.Stores.Results, mine.Results, ""},
+			{"revoke store", s.Stores.Revokes, mine.Revokes, " (from " + u.RevokesFrom + ")"},
+		} {
+			if d.theirs != d.mine {
+				fmt.Fprintf(a.errw, "stem: note: worker %s uses %s %s; this command resolved %s%s\n", rep.WorkerID, d.what, d.theirs, d.mine, d.from)
+			}
+		}
 	}
 }

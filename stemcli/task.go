@@ -4,11 +4,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/stemtype"
+	"github.com/stem-go/stem/stemurl"
 )
 
 func (a *app) enqueueCmd() *cobra.Command {
@@ -23,6 +25,9 @@ func (a *app) enqueueCmd() *cobra.Command {
 		Short: "Enqueue a task and print its id",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, pos []string) error {
+			if strings.TrimSpace(pos[0]) == "" {
+				return exitf(ExitUsage, "enqueue: empty task name")
+			}
 			if !json.Valid([]byte(args)) {
 				return exitf(ExitUsage, "enqueue: --args is not valid JSON: %q", args)
 			}
@@ -40,12 +45,12 @@ func (a *app) enqueueCmd() *cobra.Command {
 			ctx := cmd.Context()
 			b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, o)
 			if err != nil {
-				return unavailable("broker", u.Broker, err)
+				return openErr("broker", u.Broker, err)
 			}
 			defer b.Close()
 			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, o)
 			if err != nil {
-				return unavailable("result backend", u.Results, err)
+				return openErr("result backend", u.Results, err)
 			}
 			defer res.Close()
 			a.warnMemory(u.Broker)
@@ -104,12 +109,12 @@ func (a *app) statusCmd() *cobra.Command {
 			ctx := cmd.Context()
 			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, a.driverOpts())
 			if err != nil {
-				return unavailable("result backend", u.Results, err)
+				return openErr("result backend", u.Results, err)
 			}
 			defer res.Close()
 			r, err := res.Get(ctx, pos[0])
 			if errors.Is(err, stem.ErrNotFound) {
-				return fmt.Errorf("task %s: no state recorded in %s (never enqueued here, or expired)", pos[0], u.Results)
+				return fmt.Errorf("task %s: no state recorded in %s (never enqueued here, or expired)", pos[0], stemurl.Redact(u.Results))
 			} else if err != nil {
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("task %s: %w", pos[0], err)}
 			}

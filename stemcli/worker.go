@@ -62,14 +62,17 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 	if v := a.cfg.Getenv(envRevokeExpiry); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
-			return nil, nil, exitf(ExitUsage, "%s=%q: want a positive duration such as 24h", envRevokeExpiry, v)
+			return nil, nil, exitf(ExitConfig, "%s=%q: want a positive duration such as 24h", envRevokeExpiry, v)
 		}
 		cfg.DefaultExpiry = d
 	}
 	if withRevokes {
+		if err := checkURLs(u); err != nil {
+			return nil, nil, err
+		}
 		store, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
 		if err != nil {
-			return nil, nil, unavailable("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
+			return nil, nil, openErr("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
 		}
 		closers = append(closers, store.Close)
 		cfg.Revokes = store
@@ -83,7 +86,7 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 	ctl, err := a.cfg.Resolver.OpenControl(ctx, u.Broker, opts)
 	if err != nil {
 		closeAll()
-		return nil, nil, unavailable("broker", u.Broker, err)
+		return nil, nil, openErr("broker", u.Broker, err)
 	}
 	closers = append(closers, ctl.Close)
 	cfg.Control = ctl
@@ -224,7 +227,13 @@ first, at most --limit of them (0 lists all: a worker may hold a million).`
 
 func (a *app) statsCmd() *cobra.Command {
 	return a.queryCmd("stats", "Print counters such as inflight count and queue depth per worker", &controlFlags{},
-		(*stem.Controller).Stats,
+		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
+			r, err := ctl.Stats(ctx, t)
+			if err == nil {
+				a.noteStores(r)
+			}
+			return r, err
+		},
 		func(r *stem.Replies) { renderStats(a.out, r) })
 }
 
@@ -323,6 +332,9 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 				stop() // a second signal kills the process
 			}()
 			u := a.urls()
+			if err := checkURLs(u); err != nil {
+				return err
+			}
 			opts := a.driverOpts()
 			opts.Logger = a.logger("info") // a worker's log is its record
 			var closers []func() error
@@ -333,27 +345,29 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 			}()
 			b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
 			if err != nil {
-				return unavailable("broker", u.Broker, err)
+				return openErr("broker", u.Broker, err)
 			}
 			closers = append(closers, b.Close)
 			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
 			if err != nil {
-				return unavailable("result backend", u.Results, err)
+				return openErr("result backend", u.Results, err)
 			}
 			closers = append(closers, res.Close)
 			rev, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
 			if err != nil {
-				return unavailable("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
+				return openErr("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
 			}
 			closers = append(closers, rev.Close)
 			ctl, err := a.cfg.Resolver.OpenControl(ctx, u.Broker, opts)
 			if err != nil {
-				return unavailable("control transport", u.Broker, err)
+				return openErr("control transport", u.Broker, err)
 			}
 			closers = append(closers, ctl.Close)
 			a.warnMemory(u.Broker)
 			cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
 			cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = b, res, rev, ctl
+			stores := u.Stores()
+			cfg.Stores = &stores
 			if a.cfg.Executor != nil {
 				ex, stopEx, err := a.cfg.Executor(a.cfg.Registry)
 				if err != nil {

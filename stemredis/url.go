@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -51,22 +50,20 @@ const (
 // skip_verify for rediss, ...) plus result_ttl (a Go duration; 0 keeps
 // results forever), tls_ca, tls_cert, tls_key (PEM files) and
 // tls_server_name (rediss only). Unknown options are an error. Error
-// messages never include the password.
+// messages never include the password, and every error matches
+// stemdriver.ErrBadConfig: no retry can mend a URL.
 func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	u, err := url.Parse(rawURL)
-	if err != nil {
+	if err != nil || strings.Contains(u.Host+u.Path+u.RawQuery+u.Fragment, "@") {
 		// The parser's reasons quote parts of the URL, and a password with
-		// an unencoded '/', '?' or '#' ends up in them: say nothing of it.
-		return nil, errors.New("stem: redis: invalid URL (percent-encode '/', '?', '#' and '@' in user names and passwords)")
+		// an unencoded '/', '?', '#' or '%' ends up in them, or in the
+		// host, path, query or fragment of a URL that did parse (an '@'
+		// there gives it away): say nothing of the URL.
+		return nil, badConfig("stem: redis: invalid URL (percent-encode '/', '?', '#', '%%' and '@' in user names and passwords)")
 	}
 	shown := shownURL(u)
-	if strings.ContainsAny(u.Path+u.RawQuery+u.Fragment, "@") {
-		// userinfo parsed into the path or query: part of a password is
-		// where Redacted does not look.
-		return nil, fmt.Errorf("stem: redis: URL %s: invalid (percent-encode '/', '?', '#' and '@' in user names and passwords)", shown)
-	}
 	if u.Scheme != "redis" && u.Scheme != "rediss" {
-		return nil, fmt.Errorf("stem: redis: URL %s: scheme must be redis or rediss", shown)
+		return nil, badConfig("stem: redis: URL %s: scheme must be redis or rediss", shown)
 	}
 
 	cfg := &config{resultTTL: DefaultResultTTL, namespace: opts.Namespace, logger: opts.Logger}
@@ -92,7 +89,7 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	if v, ok := take(optResultTTL); ok {
 		d, err := time.ParseDuration(v)
 		if err != nil || d < 0 {
-			return nil, fmt.Errorf("stem: redis: URL %s: option %s=%q is not a non-negative duration such as 24h", shown, optResultTTL, v)
+			return nil, badConfig("stem: redis: URL %s: option %s=%q is not a non-negative duration such as 24h", shown, optResultTTL, v)
 		}
 		cfg.resultTTL = d
 	}
@@ -101,21 +98,26 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	keyFile, hasKey := take(optTLSKey)
 	serverName, hasServerName := take(optTLSServerName)
 	if u.Scheme != "rediss" && (hasCA || hasCert || hasKey || hasServerName) {
-		return nil, fmt.Errorf("stem: redis: URL %s: TLS options need the rediss scheme", shown)
+		return nil, badConfig("stem: redis: URL %s: TLS options need the rediss scheme", shown)
 	}
 	if hasCert != hasKey {
-		return nil, fmt.Errorf("stem: redis: URL %s: %s and %s go together", shown, optTLSCert, optTLSKey)
+		return nil, badConfig("stem: redis: URL %s: %s and %s go together", shown, optTLSCert, optTLSKey)
 	}
 
 	u.RawQuery = q.Encode()
 	ro, err := redis.ParseURL(u.String())
 	if err != nil {
-		// go-redis's reasons quote parts of the URL, which may hold a
-		// password; only its list of unknown option names is safe to show.
-		if strings.Contains(err.Error(), "unexpected option") {
-			return nil, fmt.Errorf("stem: redis: URL %s: %w", shown, err)
+		// go-redis's reasons quote the database or an option's value: parts
+		// of the URL that, with no '@' in them, hold no password. Still,
+		// show none that contains the user name or password.
+		reason := strings.TrimPrefix(err.Error(), "redis: ")
+		if containsUserinfo(reason, u.User) {
+			reason = "invalid database number or option value"
 		}
-		return nil, fmt.Errorf("stem: redis: URL %s: invalid database number or option value", shown)
+		return nil, badConfig("stem: redis: URL %s: %s", shown, reason)
+	}
+	if ro.DB < 0 {
+		return nil, badConfig("stem: redis: URL %s: invalid database number %d: must not be negative", shown, ro.DB)
 	}
 	cfg.redis = ro
 	cfg.addr = ro.Addr
@@ -127,18 +129,18 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 		if hasCA {
 			pem, err := os.ReadFile(caFile)
 			if err != nil {
-				return nil, fmt.Errorf("stem: redis: URL %s: option %s: %w", shown, optTLSCA, err)
+				return nil, stemdriver.BadConfig(fmt.Errorf("stem: redis: URL %s: option %s: %w", shown, optTLSCA, err))
 			}
 			pool := x509.NewCertPool()
 			if !pool.AppendCertsFromPEM(pem) {
-				return nil, fmt.Errorf("stem: redis: URL %s: option %s: no PEM certificate in %s", shown, optTLSCA, caFile)
+				return nil, badConfig("stem: redis: URL %s: option %s: no PEM certificate in %s", shown, optTLSCA, caFile)
 			}
 			ro.TLSConfig.RootCAs = pool
 		}
 		if hasCert {
 			pair, err := tls.LoadX509KeyPair(certFile, keyFile)
 			if err != nil {
-				return nil, fmt.Errorf("stem: redis: URL %s: options %s and %s: %w", shown, optTLSCert, optTLSKey, err)
+				return nil, stemdriver.BadConfig(fmt.Errorf("stem: redis: URL %s: options %s and %s: %w", shown, optTLSCert, optTLSKey, err))
 			}
 			ro.TLSConfig.Certificates = []tls.Certificate{pair}
 		}
@@ -146,15 +148,35 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	return cfg, nil
 }
 
+// badConfig returns a configuration error (matching
+// stemdriver.ErrBadConfig) with a formatted message.
+func badConfig(format string, args ...any) error {
+	return stemdriver.BadConfig(fmt.Errorf(format, args...))
+}
+
+// containsUserinfo reports whether s contains the user name or password of
+// user, if any.
+func containsUserinfo(s string, user *url.Userinfo) bool {
+	if user == nil {
+		return false
+	}
+	pw, _ := user.Password()
+	for _, secret := range []string{user.Username(), pw} {
+		if secret != "" && strings.Contains(s, secret) {
+			return true
+		}
+	}
+	return false
+}
+
 // shownURL describes u for messages: scheme, host and database, never the
-// user name, password or query.
+// user name, password or query. parseConfig calls it only for a URL with
+// no '@' outside its user information, where no part of a password can
+// have landed in the host or path.
 func shownURL(u *url.URL) string {
 	host := u.Hostname()
 	if p := u.Port(); p != "" {
 		host += ":" + p
-	}
-	if strings.Contains(u.Path, "@") {
-		return u.Scheme + "://" + "(not shown)"
 	}
 	return u.Scheme + "://" + host + u.Path
 }
@@ -174,7 +196,15 @@ func open(ctx context.Context, rawURL string, opts stemdriver.Options) (*redis.C
 	probe := redis.NewClient(&probeOpts)
 	err = probe.Ping(ctx).Err()
 	_ = probe.Close()
-	if err != nil {
+	switch {
+	case err == nil:
+	case redis.IsAuthError(err) || redis.IsPermissionError(err):
+		// The server answered: a wrong user name or password is a
+		// configuration error, not an outage (a retry cannot mend it).
+		return nil, nil, stemdriver.BadConfig(fmt.Errorf("stem: redis: %s (db %d) refused the URL's credentials: %w", cfg.addr, cfg.redis.DB, err))
+	case redis.HasErrorPrefix(err, "DB index is out of range"), redis.HasErrorPrefix(err, "invalid DB index"):
+		return nil, nil, stemdriver.BadConfig(fmt.Errorf("stem: redis: %s has no database %d: %w", cfg.addr, cfg.redis.DB, err))
+	default:
 		return nil, nil, fmt.Errorf("stem: redis: cannot reach %s (db %d): %w", cfg.addr, cfg.redis.DB, err)
 	}
 	cfg.blockOpts = *cfg.redis

@@ -128,6 +128,9 @@ type StatsReply struct {
 	Queues      map[string]int64 `json:"queues"`
 	UptimeMs    int64            `json:"uptimeMs"`
 	Timestamp   time.Time        `json:"timestamp"`
+	// Stores are the worker's backends (redacted URLs), when its program
+	// described them (WorkerConfig.Stores).
+	Stores *StoreInfo `json:"stores,omitempty"`
 }
 
 // RevokeRequest is the payload of a revoke command: the records the

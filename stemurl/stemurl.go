@@ -8,7 +8,12 @@
 //	redis://, rediss://        Redis (package stemredis)
 //	file://PATH or a bare path newline-delimited JSON revoke store (package stemfile)
 //
-// An unknown scheme is an error, never a silent fallback.
+// sqlite:// and postgres:// are planned. An unknown or not yet supported
+// scheme is an error, never a silent fallback. Every error of a URL that
+// can never work (a scheme, a malformed URL, an unknown option, a bad
+// database number) matches stemdriver.ErrBadConfig, so that callers tell it
+// from a server that cannot be reached without reading its text. No error
+// or Redact result shows a password.
 package stemurl
 
 import (
@@ -22,6 +27,7 @@ import (
 	"github.com/stem-go/stem/stemfile"
 	"github.com/stem-go/stem/stemmem"
 	"github.com/stem-go/stem/stemredis"
+	"github.com/stem-go/stem/stemtype"
 )
 
 // Environment variables read by FromEnv.
@@ -70,19 +76,48 @@ func scheme(raw string) string {
 	return strings.ToLower(raw[:i])
 }
 
+// badConfig returns a configuration error (matching
+// stemdriver.ErrBadConfig) with a formatted message.
+func badConfig(format string, args ...any) error {
+	return stemdriver.BadConfig(fmt.Errorf(format, args...))
+}
+
 func memoryName(raw string) (string, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
-		return "", fmt.Errorf("stem: parse %s: %w", Redact(raw), err)
+		// url.Parse's reason quotes the URL, password and all.
+		return "", badConfig("stem: memory URL %s is malformed", Redact(raw))
 	}
 	return u.Host + u.Path, nil
 }
 
+// notYet are schemes DESIGN.md promises that have no backend yet.
+var notYet = map[string]bool{"sqlite": true, "postgres": true, "postgresql": true}
+
+// unknown is the configuration error of a URL no backend of role opens.
 func unknown(role, raw string, supported string) error {
 	if raw == "" {
-		return fmt.Errorf("stem: no %s URL given", role)
+		return badConfig("stem: no %s URL given", role)
 	}
-	return fmt.Errorf("stem: unsupported %s URL %q: scheme must be one of %s", role, Redact(raw), supported)
+	if s := scheme(raw); notYet[s] {
+		return badConfig("stem: %s URL %q: the %s:// backend is not supported yet; scheme must be one of %s", role, Redact(raw), s, supported)
+	}
+	return badConfig("stem: unsupported %s URL %q: scheme must be one of %s", role, Redact(raw), supported)
+}
+
+// filePath returns the path a file: URL names, refusing a user name or
+// password (a file store has none, and stemfile would take one for part of
+// a relative path and print it).
+func filePath(raw string) (string, error) {
+	rest := strings.TrimPrefix(raw[len("file:"):], "//")
+	if !strings.HasPrefix(rest, "/") && strings.Contains(rest, "@") {
+		return "", badConfig("stem: revoke store URL %q: a file URL takes no user name or password", Redact(raw))
+	}
+	path, err := stemfile.PathFromURL(raw)
+	if err != nil {
+		return "", stemdriver.BadConfig(err)
+	}
+	return path, nil
 }
 
 // OpenBroker opens a broker.
@@ -128,7 +163,7 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 	case "redis", "rediss":
 		return stemredis.OpenRevokes(ctx, raw, opts)
 	case "file":
-		path, err := stemfile.PathFromURL(raw)
+		path, err := filePath(raw)
 		if err != nil {
 			return nil, err
 		}
@@ -136,7 +171,7 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 	case "":
 		switch {
 		case strings.HasPrefix(strings.ToLower(raw), "file:"):
-			path, err := stemfile.PathFromURL(raw)
+			path, err := filePath(raw)
 			if err != nil {
 				return nil, err
 			}
@@ -199,15 +234,81 @@ func FromEnv(getenv func(string) string) URLs {
 	return u
 }
 
-// Redact returns raw with any password replaced by "xxxxx", for messages
-// and logs.
+// Check reports a combination of URLs that cannot keep stem's promises, as
+// a configuration error (matching stemdriver.ErrBadConfig): today a
+// memory:// revoke store beside a broker of any other scheme. Such a store
+// lives and dies with one process, while the broker reaches workers of
+// other processes: they would get revokes that no store holds, and a
+// worker that starts later, restarts or re-syncs would never see them. The
+// CLI runs Check before `worker revoke` and `worker start` open anything.
+func (u URLs) Check() error {
+	if scheme(u.Revokes) == "memory" && scheme(u.Broker) != "memory" {
+		return badConfig("stem: revoke store %s (from %s) is in-process only and cannot be durable beside broker %s: "+
+			"workers would get revokes that no store holds, and workers that start later or re-sync would never see them; "+
+			"point %s (or --revoke-store) at a shared store: redis://, rediss:// or file://PATH",
+			Redact(u.Revokes), u.RevokesFrom, Redact(u.Broker), EnvRevokeStore)
+	}
+	return nil
+}
+
+// Stores describes the URLs for logs and stats, redacted; the control
+// transport is the broker's URL.
+func (u URLs) Stores() stemtype.StoreInfo {
+	return stemtype.StoreInfo{Broker: Redact(u.Broker), Results: Redact(u.Results), Revokes: Redact(u.Revokes), Control: Redact(u.Broker)}
+}
+
+// redacted replaces secrets in Redact's results.
+const redacted = "xxxxx"
+
+// Redact returns raw with its secrets replaced, for messages and logs,
+// whatever raw looks like:
+//
+//   - a URL that parses: its password, or a lone user name (which go-redis
+//     takes for a password), becomes "xxxxx";
+//   - a URL that does not parse, or where an '@' shows that part of a
+//     password with an unencoded '/', '?' or '#' landed in the path, query
+//     or fragment: everything between "://" and the last '@' becomes
+//     "xxxxx"; with no '@', only the scheme is kept ("scheme://<unparsable
+//     URL>");
+//   - a string without a scheme (a file path): everything up to its last
+//     '@', if any, becomes "xxxxx".
 func Redact(raw string) string {
-	u, err := url.Parse(raw)
-	if err != nil || u.User == nil {
+	i := strings.Index(raw, "://")
+	if i <= 0 || !validScheme(raw[:i]) {
+		if j := strings.LastIndex(raw, "@"); j >= 0 {
+			return redacted + raw[j:]
+		}
 		return raw
 	}
-	if _, has := u.User.Password(); has {
-		u.User = url.UserPassword(u.User.Username(), "xxxxx")
+	rest := raw[i+len("://"):]
+	u, err := url.Parse(raw)
+	if err == nil && !strings.Contains(u.Opaque+u.Host+u.Path+u.RawQuery+u.Fragment, "@") {
+		if u.User == nil {
+			return raw
+		}
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), redacted)
+		} else {
+			u.User = url.User(redacted)
+		}
+		return u.String()
 	}
-	return u.String()
+	if j := strings.LastIndex(rest, "@"); j >= 0 {
+		return raw[:i] + "://" + redacted + rest[j:]
+	}
+	return raw[:i] + "://<unparsable URL>"
+}
+
+// validScheme reports whether s is a URL scheme (RFC 3986: a letter, then
+// letters, digits, '+', '-' or '.').
+func validScheme(s string) bool {
+	for k, c := range s {
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case k > 0 && ('0' <= c && c <= '9' || c == '+' || c == '-' || c == '.'):
+		default:
+			return false
+		}
+	}
+	return s != ""
 }
