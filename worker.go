@@ -364,11 +364,17 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		w.mu.Unlock()
 		finished := w.finishedBefore(ctx, jobs)
 		for i, j := range jobs {
-			if finished[i] {
-				// A redelivery (an acknowledgement that was lost) or a
-				// duplicate publish of a task that already ended: a
-				// final state is final, the task does not run again.
-				w.log.Info("task already finished: acknowledged without running", "task_id", j.env.ID,
+			if st := finished[i]; st != "" {
+				// A redelivery (an acknowledgement that was lost), a
+				// duplicate publish of a task that already ended, or a
+				// queued task the controller marked cancelled on revoke:
+				// a final state is final, the task does not run again.
+				if st == stemtype.StateCancelled {
+					// Honoured here like any revoke met before the start.
+					w.cancelled.Add(1)
+					w.processed.Add(1)
+				}
+				w.log.Info("task already "+string(st)+": acknowledged without running", "task_id", j.env.ID,
 					"task", j.env.Task, "queue", j.d.Queue)
 				w.settle(j, nil, settleAck, nil, "")
 				continue
@@ -393,12 +399,12 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 	}
 }
 
-// finishedBefore reports, for each job of a claimed batch, whether the
-// result backend records its task in a final state already, in one
+// finishedBefore returns, for each job of a claimed batch, the final state
+// the result backend records for its task already ("" when none), in one
 // GetMany for the batch. When the check fails, every job runs
 // (at-least-once).
-func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []bool {
-	finished := make([]bool, len(jobs))
+func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []stemtype.State {
+	finished := make([]stemtype.State, len(jobs))
 	if w.cfg.Results == nil || len(jobs) == 0 {
 		return finished
 	}
@@ -428,7 +434,9 @@ func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []bool {
 		if j.env == nil {
 			continue
 		}
-		finished[i] = rs[k] != nil && rs[k].State.Final()
+		if rs[k] != nil && rs[k].State.Final() {
+			finished[i] = rs[k].State
+		}
 		k++
 	}
 	return finished
