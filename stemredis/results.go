@@ -42,11 +42,10 @@ func OpenResults(ctx context.Context, url string, opts stemdriver.Options) (*Res
 
 // Put writes results, replacing each stored one whole and restarting its
 // retention TTL, except a stored result whose state is final: that one is
-// kept, with its TTL, and the write skipped without an error. Each result
-// is one run of resultPutScript, so the check and the write are atomic
-// against every other writer. Results are written in order in pipelines of
-// up to 1000, one round trip each; results for one id are applied in the
-// order given.
+// kept, with its TTL, and the write skipped without an error. Each chunk
+// of up to 1000 results is one run of resultPutScript, so the checks and
+// the writes are atomic against every other writer, in one round trip per
+// chunk; results for one id are applied in the order given.
 func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) error {
 	if err := r.checkOpen(); err != nil {
 		return err
@@ -66,26 +65,20 @@ func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) erro
 		raws[i] = raw
 	}
 	ttl := r.ttlMillis()
-	if len(results) == 1 {
-		if err := resultPutScript.run(ctx, r.rdb, []string{resultKey(r.ns, results[0].ID)}, raws[0], ttl).Err(); err != nil {
-			return r.errorf(err, "put result %s", results[0].ID)
-		}
-		return nil
-	}
 	for start := 0; start < len(results); start += resultChunk {
 		end := min(start+resultChunk, len(results))
-		calls := make([]scriptCall, 0, end-start)
+		keys := make([]string, 0, end-start)
+		args := make([]any, 0, end-start+1)
+		args = append(args, ttl)
 		for i := start; i < end; i++ {
-			calls = append(calls, scriptCall{s: resultPutScript, keys: []string{resultKey(r.ns, results[i].ID)}, args: []any{raws[i], ttl}})
+			keys = append(keys, resultKey(r.ns, results[i].ID))
+			args = append(args, raws[i])
 		}
-		cmds, err := runPipelined(ctx, r.rdb, calls)
-		if err != nil {
-			return r.errorf(err, "put %d results (first %s)", end-start, results[start].ID)
-		}
-		for j, cmd := range cmds {
-			if err := cmd.Err(); err != nil {
-				return r.errorf(err, "put result %s", results[start+j].ID)
+		if err := resultPutScript.run(ctx, r.rdb, keys, args...).Err(); err != nil {
+			if end-start == 1 {
+				return r.errorf(err, "put result %s", results[start].ID)
 			}
+			return r.errorf(err, "put %d results (first %s)", end-start, results[start].ID)
 		}
 	}
 	return nil

@@ -557,21 +557,32 @@ local function stored_final(key)
 end
 `
 
-// resultPutScript stores one result unless the stored one is final: final
+// resultPutScript stores results unless the stored one is final: final
 // states are final (stemdriver.ResultBackend), the first final state
-// written wins, and a skipped write keeps the stored result's TTL.
+// written wins, and a skipped write keeps the stored result's TTL. One run
+// writes a whole chunk, in order, so a busy worker's batch costs one script
+// call rather than one per result (a call's fixed cost is several times
+// that of the check and the SET). Result keys carry no hash tag, so on a
+// Redis Cluster the chunk must first be grouped by slot; stem supports
+// single-node Redis only (see the package doc).
 //
-// KEYS[1] result key
-// ARGV[1] the result JSON, ARGV[2] TTL in ms (0: none)
-// Returns 1 when it stored the result, 0 when it kept a final one.
+// KEYS[1..n] result keys
+// ARGV[1] TTL in ms (0: none), ARGV[2..n+1] the results' JSON, in KEYS order
+// Returns how many results it stored.
 var resultPutScript = newScript(luaStoredFinal + `
-if stored_final(KEYS[1]) then return 0 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
+local ttl = tonumber(ARGV[1])
+local n = 0
+for i = 1, #KEYS do
+  if not stored_final(KEYS[i]) then
+    if ttl > 0 then
+      redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ttl)
+    else
+      redis.call('SET', KEYS[i], ARGV[i + 1])
+    end
+    n = n + 1
+  end
 end
-return 1
+return n
 `)
 
 // putIfStateScript replaces a stored result only while its state is one of
