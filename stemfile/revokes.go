@@ -94,13 +94,7 @@ func OpenRevokes(path string, opts stemdriver.Options) (*Revokes, error) {
 	if path == "" {
 		return nil, errors.New("stem: revoke file path is empty")
 	}
-	// Resolve symlinks, so that every user of one file shares its lock
-	// and compaction replaces the file, not a link to it.
-	if resolved, err := filepath.EvalSymlinks(path); err == nil {
-		path = resolved
-	} else if d, derr := filepath.EvalSymlinks(filepath.Dir(path)); derr == nil {
-		path = filepath.Join(d, filepath.Base(path))
-	}
+	path = resolvePath(path)
 	dir := filepath.Dir(path)
 	switch st, err := os.Stat(dir); {
 	case errors.Is(err, fs.ErrNotExist):
@@ -140,6 +134,45 @@ func OpenRevokes(path string, opts stemdriver.Options) (*Revokes, error) {
 		lock:        lock,
 		view:        view{warnedTail: -1},
 	}, nil
+}
+
+// maxLinks is how many symlinks resolvePath follows before it gives up.
+const maxLinks = 255
+
+// resolvePath resolves the symlinks of path, so that every user of one file
+// shares its lock and compaction replaces the file, not a link to it. A
+// path that is a symlink to a file not created yet (a dangling link, which
+// filepath.EvalSymlinks refuses) resolves to the link's target, the file
+// that the first write creates through it, as it does once that file
+// exists. A path that cannot be resolved is returned with its directory
+// resolved, or unchanged; opening it then reports what is wrong.
+func resolvePath(path string) string {
+	for range maxLinks {
+		if resolved, err := filepath.EvalSymlinks(path); err == nil {
+			return resolved
+		}
+		// Resolve the link's directory first, so that a relative target
+		// (with "..") is joined to a path free of links.
+		if d, err := filepath.EvalSymlinks(filepath.Dir(path)); err == nil {
+			path = filepath.Join(d, filepath.Base(path))
+		}
+		fi, err := os.Lstat(path)
+		if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+			break
+		}
+		target, err := os.Readlink(path)
+		if err != nil {
+			break
+		}
+		if !filepath.IsAbs(target) {
+			target = filepath.Join(filepath.Dir(path), target)
+		}
+		path = target
+	}
+	if d, err := filepath.EvalSymlinks(filepath.Dir(path)); err == nil {
+		return filepath.Join(d, filepath.Base(path))
+	}
+	return path
 }
 
 // Path returns the path of the data file.

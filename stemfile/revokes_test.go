@@ -861,3 +861,41 @@ func TestRemovedLockFileIsRecreated(t *testing.T) {
 		t.Errorf("handle does not lock the lock file now at its path (%v)", err)
 	}
 }
+
+// TestDanglingSymlinkSharesTheTargetsLock: a store path that is a symlink
+// to a file not created yet (a fresh install that links the configured
+// path to a data directory) must resolve to the link's target, as it does
+// once the target exists. Otherwise the first process locks PATH.lock and
+// later ones TARGET.lock, and its compaction replaces the link with a file
+// of its own: the two then write different files, and one side's revokes
+// never reach the other.
+func TestDanglingSymlinkSharesTheTargetsLock(t *testing.T) {
+	dir := t.TempDir()
+	dataDir := filepath.Join(dir, "data")
+	if err := os.Mkdir(dataDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(dataDir, "revokes.ndjson")
+	link := filepath.Join(dir, "revokes.ndjson")
+	if err := os.Symlink("data/revokes.ndjson", link); err != nil {
+		t.Skipf("cannot create a symlink: %v", err)
+	}
+	early, _ := open(t, link) // the target does not exist yet
+	upsert(t, early, expiring(rec("stem", "gone", 1), t0))
+	late, _ := open(t, link) // the target exists now
+	if early.Path() != late.Path() {
+		t.Errorf("store opened before its target existed uses %s, one opened after %s", early.Path(), late.Path())
+	}
+	// A compaction by the early handle must keep the link a link.
+	if n, err := early.Prune(t.Context(), "stem", t0.Add(time.Hour)); err != nil || n != 1 {
+		t.Fatalf("Prune = %d, %v; want 1 record pruned", n, err)
+	}
+	if fi, err := os.Lstat(link); err != nil || fi.Mode()&os.ModeSymlink == 0 {
+		t.Errorf("after a compaction %s is no longer a symlink (%v)", link, err)
+	}
+	upsert(t, late, rec("stem", "later", 2))
+	want(t, "records seen by the handle opened before the target existed", list(t, early, "stem"), "later@2")
+	if _, err := os.Stat(target); err != nil {
+		t.Errorf("target: %v", err)
+	}
+}

@@ -240,3 +240,50 @@ func TestRevokePruneUsesServerClock(t *testing.T) {
 		t.Fatalf("Prune with a clock at 1970 = (%d, %v), want (1, nil)", n, err)
 	}
 }
+
+// TestRevokeUpsertOverCorruptStoredVersion: a stored record whose version
+// is not a valid int64 (written by hand or by a foreign writer: too large,
+// leading zeros) is one List skips as undecodable. Upsert must treat it as
+// absent and store a readable record with the version it returns, rather
+// than carry the corrupt digits over (an error after the write, or a
+// success whose record no worker can read).
+func TestRevokeUpsertOverCorruptStoredVersion(t *testing.T) {
+	ns := newNS(t)
+	s := openTestRevokes(t)
+	ctx := testCtx(t)
+	rdb := rawClient(t)
+	k := newRevokeKeys(ns)
+	corrupt := map[string]string{
+		"beyond-int64":  "99999999999999999999",
+		"top-plus-one":  "9223372036854775808",
+		"leading-zeros": "0007",
+	}
+	for task, ver := range corrupt {
+		raw := `{"namespace":"` + ns + `","taskId":"` + task + `","version":` + ver + `,"issuedAt":"2026-01-01T00:00:00Z","terminate":false}`
+		if err := rdb.HSet(ctx, k.records, task, raw).Err(); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.Upsert(ctx, stemtype.RevokeRecord{Namespace: ns, TaskID: task, Version: 3, Reason: "after corruption"})
+		if err != nil || len(got) != 1 {
+			t.Errorf("%s: Upsert over stored version %s = %+v, %v; want it stored", task, ver, got, err)
+			continue
+		}
+		recs, err := s.List(ctx, ns)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found := false
+		for _, r := range recs {
+			if r.TaskID == task {
+				found = true
+				if r.Version != got[0].Version || r.Reason != "after corruption" {
+					t.Errorf("%s: listed %+v, want the record Upsert returned (version %d)", task, r, got[0].Version)
+				}
+			}
+		}
+		if !found {
+			stored, _ := rdb.HGet(ctx, k.records, task).Result()
+			t.Errorf("%s: Upsert returned version %d but List does not hold the record (stored %s)", task, got[0].Version, stored)
+		}
+	}
+}

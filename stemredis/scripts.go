@@ -381,7 +381,8 @@ return ready + expired + redis.call('ZCARD', KEYS[3])
 // string every quote is escaped, and a string's closing quote is followed
 // by a colon only when it is a key). The same holds for the JSON given in
 // ARGV, whose version is replaced the same way when the store assigns
-// another.
+// another. A stored version that is not a canonical int64 (a hand edit)
+// counts as no stored record, as it does for List.
 //
 // KEYS[1] records, KEYS[2] expiry
 // ARGV: four per record: task id, proposed version (decimal, no leading
@@ -406,6 +407,11 @@ for i = 1, #ARGV, 4 do
   if not curv then
     local cur = redis.call('HGET', KEYS[1], id)
     curv = cur and string.match(cur, '"version":(%d+)')
+    -- A stored version that is no int64 in canonical form (a hand edit
+    -- or a foreign writer: leading zeros, too many digits) makes a record
+    -- List skips as undecodable: it counts as absent, so that its digits
+    -- are never carried into the record written now.
+    if curv and (string.byte(curv, 1) == 48 or higher(curv, top)) then curv = nil end
   end
   if curv then
     if curv == top then

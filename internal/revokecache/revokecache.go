@@ -19,7 +19,9 @@
 //   - When a record that is newer than the held one has already expired, the
 //     held record is dropped (the revoke no longer applies), and with it the
 //     memory of that task's highest version. A revoke store forgets the same
-//     way when it prunes, so the worker is no worse off than the store.
+//     way when it prunes, so the worker is no worse off than the store. For
+//     the same reason a held record that has expired is replaced by any
+//     record of its task, whatever their versions.
 //   - Lookup reports an expired record as absent but does not remove it;
 //     Prune does. Prune is cheap: records that expire are filed by the
 //     second of their expiry, in buckets ordered by a min-heap, so a prune
@@ -105,7 +107,10 @@ func New() *Cache {
 // expired at now, so not stored; a held older record of the same task is
 // removed, since the newest word on that task is that the revoke no longer
 // applies). Records are compared by version before expiry, so an old record
-// that has also expired is ignored while a newer one is held.
+// that has also expired is ignored while a newer one is held. A held record
+// that has expired at now blocks nothing: a store that pruned it assigns
+// the task's next revoke its proposed version, which may be lower, and
+// that revoke must apply.
 func (c *Cache) Apply(now time.Time, recs ...stemtype.RevokeRecord) (applied, ignored, expired []stemtype.RevokeRecord) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -159,7 +164,7 @@ const (
 func (c *Cache) apply(now time.Time, r stemtype.RevokeRecord) outcome {
 	held, ok := c.entries[r.TaskID]
 	switch {
-	case ok && r.Version <= held.version:
+	case ok && r.Version <= held.version && !held.expiredAt(now):
 		return outcomeIgnored
 	case r.Expired(now):
 		if ok {

@@ -331,3 +331,42 @@ func TestPruneIsNotBlockedByARecordThatExpiresLater(t *testing.T) {
 		t.Errorf("Prune at a's new expiry removed %d, want 1", n)
 	}
 }
+
+// TestExpiredHeldRecordDoesNotBlockALaterRevoke: once a store pruned an
+// expired record, the next revoke of the task gets its proposed version,
+// which may be lower than the pruned one's (assigned max(stored+1,
+// proposed) after a record proposed far in the future, or proposed by a
+// controller whose clock ran ahead). A worker still holding the expired
+// record must apply the later revoke, from a message (Apply) or a re-sync
+// (Load, which runs before the cache's Prune), instead of ignoring it and
+// starting the task.
+func TestExpiredHeldRecordDoesNotBlockALaterRevoke(t *testing.T) {
+	for _, via := range []string{"Apply", "Load"} {
+		t.Run(via, func(t *testing.T) {
+			c := New()
+			c.Apply(t0, expiring("a", 9_000, t0.Add(time.Second)))
+			later := expiring("a", 5_000, t0.Add(time.Hour))
+			now := t0.Add(2 * time.Second)
+			switch via {
+			case "Apply":
+				applied, ignored, _ := c.Apply(now, later)
+				if len(applied) != 1 || len(ignored) != 0 {
+					t.Errorf("Apply over an expired held record: applied %v, ignored %v; want it applied", ids(applied), ids(ignored))
+				}
+			case "Load":
+				if applied, ignored, _ := c.Load(now, later); applied != 1 || ignored != 0 {
+					t.Errorf("Load over an expired held record: applied %d, ignored %d; want it applied", applied, ignored)
+				}
+			}
+			if got, ok := c.Lookup("a", now); !ok || !sameRecord(got, later) {
+				t.Errorf("Lookup(a) = %+v, %v; want the later revoke", got, ok)
+			}
+			// Pruning files by expiry: the replaced record's bucket must
+			// not take the later one with it.
+			c.Prune(now)
+			if _, ok := c.Lookup("a", now); !ok {
+				t.Error("Prune removed the later revoke")
+			}
+		})
+	}
+}
