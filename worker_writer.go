@@ -203,9 +203,14 @@ func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool
 			if s.res == nil || (s.of != nil && s.of.settled.Load()) {
 				continue
 			}
-			// Later writes of one task supersede earlier ones in the batch.
+			// Later writes of one task supersede earlier ones in the
+			// batch, except a final one: as in the backend, no write
+			// replaces it (two copies of a task, a duplicate publish or
+			// a redelivery, may share a batch).
 			if i, ok := last[s.res.ID]; ok {
-				results[i] = s.res
+				if !results[i].State.Final() {
+					results[i] = s.res
+				}
 				continue
 			}
 			last[s.res.ID] = len(results)
