@@ -133,7 +133,20 @@ func (rw *writerShard) put(r *stemtype.TaskResult) {
 	rw.settle(settlement{res: r})
 }
 
-func (rw *writerShard) settle(s settlement) { rw.in <- s }
+// settle queues s. Once the shard stopped (Run returned and released
+// what its runners still held) s is dropped instead: a handler that
+// ignored its cancellation and returns after that must not block its
+// runner for ever on a queue no one reads. Its task was released, or is
+// left to its lease, and runs again elsewhere.
+func (rw *writerShard) settle(s settlement) {
+	select {
+	case rw.in <- s:
+	case <-rw.done:
+		if s.job != nil {
+			rw.w.forget(s.job)
+		}
+	}
+}
 
 func (rw *writerShard) isClosing() bool {
 	select {
