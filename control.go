@@ -167,8 +167,10 @@ type RevokeOptions struct {
 // succeeded, publishes them to workers. A store failure returns an error
 // matching ErrStoreUnavailable and publishes nothing. Tasks with a result
 // backend entry that has not started are then marked cancelled, as soon as
-// the replies are in; a failure to mark them is logged, not returned, since
-// the revoke itself holds (RevokeTasks returns it).
+// the replies are in, when every live worker answered and none holds the
+// task (otherwise the workers record the cancellation when they meet the
+// tasks); a failure to mark them is logged, not returned, since the revoke
+// itself holds (RevokeTasks returns it).
 func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]stemtype.RevokeRecord, *Replies, error) {
 	var res RevokeResult
 	recs, replies, err := c.revoke(ctx, t, o, &res)
@@ -256,17 +258,55 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 	}
 	replies, err := c.Send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: stored})
 	// Marked only once the workers that answered hold the revoke, so that
-	// none of them starts the task after it reads cancelled.
+	// none of them starts the task after it reads cancelled, and only the
+	// tasks no worker holds (see markable).
 	if err == nil && c.cfg.Results != nil {
-		c.checkResults(ctx, stored, now, res)
+		c.checkResults(ctx, stored, now, res, markable(replies))
 	}
 	return stored, replies, err
 }
 
+// markable returns which of a revoke's tasks may be marked cancelled in
+// the result backend once its replies are in. A worker that holds a task
+// records its state itself, and the backend may not show the task's
+// start yet (the worker's writes are batched, a backend may be slow):
+// marking such a task cancelled would keep its real outcome from ever
+// being recorded, since a final state is final. So nothing is marked
+// unless every live worker answered the revoke (a silent one, or one the
+// command did not target, may hold the task), and no task a worker
+// reported holding (stemtype.RevokeReply.Held) is.
+func markable(r *Replies) func(id string) bool {
+	never := func(string) bool { return false }
+	if r == nil || r.PresenceErr != nil || r.Live == nil {
+		return never
+	}
+	held := map[string]bool{}
+	answered := map[string]bool{}
+	for _, rep := range r.Replies {
+		if rep.Status != stemtype.ReplyOK {
+			continue
+		}
+		var p stemtype.RevokeReply
+		if json.Unmarshal(rep.Payload, &p) != nil {
+			continue
+		}
+		answered[rep.WorkerID] = true
+		for _, id := range p.Held {
+			held[id] = true
+		}
+	}
+	for _, id := range r.Live {
+		if !answered[id] {
+			return never
+		}
+	}
+	return func(id string) bool { return !held[id] }
+}
+
 // checkResults looks the revoked tasks up in the result backend with one
 // call, records in res which ones it does not know, and marks those that
-// have not started as cancelled.
-func (c *Controller) checkResults(ctx context.Context, recs []stemtype.RevokeRecord, now time.Time, res *RevokeResult) {
+// have not started, and that mark allows, as cancelled.
+func (c *Controller) checkResults(ctx context.Context, recs []stemtype.RevokeRecord, now time.Time, res *RevokeResult, mark func(id string) bool) {
 	ids := make([]string, len(recs))
 	for i, r := range recs {
 		ids[i] = r.TaskID
@@ -287,7 +327,7 @@ func (c *Controller) checkResults(ctx context.Context, recs []stemtype.RevokeRec
 		}
 		seen[ids[i]] = true
 	}
-	res.MarkErr = c.markCancelled(ctx, recs, cur, now)
+	res.MarkErr = c.markCancelled(ctx, recs, cur, now, mark)
 }
 
 // markMargin is how long a revoke must outlive a queued task's due time for
@@ -297,7 +337,8 @@ const markMargin = time.Minute
 // markCancelled records tasks that have not started as cancelled, so their
 // status shows the revoke before any worker meets them; results holds each
 // record's stored result (nil when none). Tasks already running or
-// finished keep their state: the worker records their outcome. Since
+// finished keep their state: the worker records their outcome; so do the
+// tasks mark refuses (a worker may hold them, see markable). Since
 // cancelled is final, a task is only marked when the revoke outlives its
 // due time (countdown, ETA or retry backoff) by markMargin; otherwise the
 // revoke may expire before a worker meets the task, which then runs, and
@@ -306,11 +347,11 @@ const markMargin = time.Minute
 // A failed write stops the marking (a backend that fails one write likely
 // fails the next thousand) and is returned: workers still record the tasks
 // left unmarked as cancelled when they meet them.
-func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRecord, results []*stemtype.TaskResult, now time.Time) error {
+func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRecord, results []*stemtype.TaskResult, now time.Time, mark func(id string) bool) error {
 	var out []*stemtype.TaskResult
 	for i, r := range recs {
 		cur := results[i]
-		if cur == nil || (cur.State != stemtype.StatePending && cur.State != stemtype.StateRetry) {
+		if cur == nil || (cur.State != stemtype.StatePending && cur.State != stemtype.StateRetry) || !mark(r.TaskID) {
 			continue
 		}
 		due := now

@@ -68,6 +68,11 @@ func TestRedisUndecodableMessageIsDeadLettered(t *testing.T) {
 	if got.State != stemtype.StateFailed || got.Error == nil || got.Error.Kind != "decode" {
 		t.Fatalf("undecodable task recorded as %+v (%+v)", got, got.Error)
 	}
+	// The result is written before the delivery is dead-lettered: wait for
+	// the dead letter (XREAD blocks until the stream has an entry).
+	if err := rdb.XRead(cctx, &redis.XReadArgs{Streams: []string{prefix + "dead", "0-0"}, Count: 1, Block: 30 * time.Second}).Err(); err != nil {
+		t.Fatalf("no dead letter: %v", err)
+	}
 	dead, err := rdb.XRange(ctx, prefix+"dead", "-", "+").Result()
 	if err != nil || len(dead) != 1 || dead[0].Values["msg"] != bad || !strings.Contains(dead[0].Values["reason"].(string), "undecodable") {
 		t.Fatalf("dead letters: %+v %v", dead, err)

@@ -123,10 +123,11 @@ func (tc *TaskContext) ExtendLease(d time.Duration) error {
 }
 
 // Progress records the task's completion percentage (0 to 100) and optional
-// data (encoded as JSON), visible in task status and worker inspect. It is a
-// checkpoint like Heartbeat.
+// data (encoded as JSON), visible in task status and worker inspect. A
+// percentage outside 0..100, or NaN (as 0/0 gives), is an error and
+// records nothing. It is a checkpoint like Heartbeat.
 func (tc *TaskContext) Progress(percent float64, data any) error {
-	if percent < 0 || percent > 100 {
+	if !(percent >= 0 && percent <= 100) { // NaN fails both
 		return fmt.Errorf("stem: Progress: percent %v outside 0..100", percent)
 	}
 	if err := tc.checkpoint(); err != nil {

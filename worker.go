@@ -141,6 +141,10 @@ type Worker struct {
 
 	mu   sync.Mutex
 	held map[string]*job // by heldKey: every delivery claimed and not yet forgotten
+	// bare counts the settleBare calls under way (guarded by mu);
+	// bareIdle is closed when it drops to zero.
+	bare     int
+	bareIdle chan struct{}
 
 	outstanding atomic.Int64  // claimed deliveries whose handler has not finished
 	space       chan struct{} // signalled when outstanding drops
@@ -304,6 +308,10 @@ func (w *Worker) Run(ctx context.Context) error {
 		case <-abandon.C:
 			w.log.Error("handlers ignored cancellation: releasing their tasks", "inflight", w.inflightCount())
 			w.releaseAll()
+			// Runners that settled meanwhile release outside the result
+			// writer; a process exits once Run returned, so their
+			// releases finish first (each is bounded by releaseTimeout).
+			w.awaitBare()
 		}
 	}
 	// The last results and acknowledgements get one more grace period;

@@ -131,6 +131,15 @@ func (w *Worker) revokeCommand(recs []stemtype.RevokeRecord, now time.Time) stem
 			reply.Inflight = append(reply.Inflight, id)
 		}
 	}
+	// Looked up after the revoke was applied: a task claimed from now on
+	// meets it before it starts, and the worker records it cancelled.
+	w.mu.Lock()
+	for _, j := range w.held {
+		if j.env != nil && named[j.env.ID] && !slices.Contains(reply.Held, j.env.ID) {
+			reply.Held = append(reply.Held, j.env.ID)
+		}
+	}
+	w.mu.Unlock()
 	return reply
 }
 

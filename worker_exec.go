@@ -412,6 +412,18 @@ func (w *Worker) settleBare(op settleOp, js ...*job) {
 	if len(js) == 0 {
 		return
 	}
+	w.mu.Lock()
+	if w.bare++; w.bare == 1 {
+		w.bareIdle = make(chan struct{})
+	}
+	w.mu.Unlock()
+	defer func() {
+		w.mu.Lock()
+		if w.bare--; w.bare == 0 {
+			close(w.bareIdle)
+		}
+		w.mu.Unlock()
+	}()
 	for _, j := range js {
 		w.markSettled(j)
 	}
@@ -445,6 +457,25 @@ func (w *Worker) settleBare(op settleOp, js ...*job) {
 
 // releaseTimeout bounds the release of tasks at shutdown.
 const releaseTimeout = 5 * time.Second
+
+// awaitBare waits for the settleBare calls under way, for at most a
+// little more than releaseTimeout, which bounds each of them.
+func (w *Worker) awaitBare() {
+	w.mu.Lock()
+	n, idle := w.bare, w.bareIdle
+	w.mu.Unlock()
+	if n == 0 {
+		return
+	}
+	w.log.Info("waiting for task releases under way", "count", n)
+	t := time.NewTimer(releaseTimeout + time.Second)
+	defer t.Stop()
+	select {
+	case <-idle:
+	case <-t.C:
+		w.log.Warn("task releases still under way: leaving them", "count", n)
+	}
+}
 
 // forget drops a settled job from the held set.
 func (w *Worker) forget(j *job) {

@@ -133,7 +133,20 @@ func (rw *writerShard) put(r *stemtype.TaskResult) {
 	rw.settle(settlement{res: r})
 }
 
-func (rw *writerShard) settle(s settlement) { rw.in <- s }
+// settle queues s. Once the shard stopped (Run returned and released
+// what its runners still held) s is dropped instead: a handler that
+// ignored its cancellation and returns after that must not block its
+// runner for ever on a queue no one reads. Its task was released, or is
+// left to its lease, and runs again elsewhere.
+func (rw *writerShard) settle(s settlement) {
+	select {
+	case rw.in <- s:
+	case <-rw.done:
+		if s.job != nil {
+			rw.w.forget(s.job)
+		}
+	}
+}
 
 func (rw *writerShard) isClosing() bool {
 	select {
@@ -203,9 +216,14 @@ func (rw *writerShard) flush(ctx context.Context, batch []settlement, final bool
 			if s.res == nil || (s.of != nil && s.of.settled.Load()) {
 				continue
 			}
-			// Later writes of one task supersede earlier ones in the batch.
+			// Later writes of one task supersede earlier ones in the
+			// batch, except a final one: as in the backend, no write
+			// replaces it (two copies of a task, a duplicate publish or
+			// a redelivery, may share a batch).
 			if i, ok := last[s.res.ID]; ok {
-				results[i] = s.res
+				if !results[i].State.Final() {
+					results[i] = s.res
+				}
 				continue
 			}
 			last[s.res.ID] = len(results)

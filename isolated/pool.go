@@ -373,9 +373,9 @@ func (p *Pool) release(c *proc, reuse bool) {
 // these events: a slow one delays no kill. However the task ends, Execute
 // returns only after a Progress being applied returned (queued
 // checkpoints are dropped), so no progress of the task reaches tc after
-// its outcome. However the task ends, Execute
-// returns only after the checkpoint being applied returned (those still
-// queued are dropped), so nothing of the task reaches tc after it.
+// its outcome; a Heartbeat or ExtendLease under way is not waited for (it
+// records nothing, and one waiting for an unresponsive broker must not
+// hold the run).
 //
 // A child that dies, breaks the protocol, or sends a malformed or
 // oversized frame fails the task with an error saying so; a killed or

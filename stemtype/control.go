@@ -149,4 +149,11 @@ type RevokeReply struct {
 	Ignored []string `json:"ignored"`
 	// Expired are ids whose record had already expired.
 	Expired []string `json:"expired"`
+	// Held are the named ids of tasks this worker holds, whatever the
+	// revoke asks: claimed and waiting, running, or finished with the
+	// outcome not yet recorded. The worker records their state (a task
+	// already running when a revoke without terminate arrives finishes),
+	// so a controller must not mark them cancelled: the result backend
+	// may not show their start yet.
+	Held []string `json:"held,omitempty"`
 }
