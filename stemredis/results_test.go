@@ -374,3 +374,47 @@ func TestResultSkippedWriteKeepsTTL(t *testing.T) {
 		t.Errorf("after writes over succeeded the result key's TTL is %v, want it kept (at most 10m)", ttl)
 	}
 }
+
+// TestResultGetFinalMany: GetFinalMany returns final results only, in
+// order, whatever else is stored for an id.
+func TestResultGetFinalMany(t *testing.T) {
+	rdb := rawClient(t)
+	ns := newNS(t)
+	r := openTestResults(t, ns, "")
+	ctx := testCtx(t)
+	at := time.Now()
+	res := func(id string, st stemtype.State) *stemtype.TaskResult {
+		return &stemtype.TaskResult{ID: id, Task: "x", State: st, UpdatedAt: at}
+	}
+	if err := r.Put(ctx, res("pending", stemtype.StatePending), res("done", stemtype.StateFailed),
+		res("late", stemtype.StateSucceeded), res("late", stemtype.StateStarted)); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := json.Marshal(res("old", stemtype.StateStarted))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := rdb.Set(ctx, resultKey(ns, "old"), raw, time.Hour).Err(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := r.GetFinalMany(ctx, "none", "pending", "done", "late", "old")
+	if err != nil {
+		t.Fatalf("GetFinalMany: %v", err)
+	}
+	want := []stemtype.State{"", "", stemtype.StateFailed, stemtype.StateSucceeded, ""}
+	if len(got) != len(want) {
+		t.Fatalf("GetFinalMany returned %d results, want %d", len(got), len(want))
+	}
+	for i, g := range got {
+		var st stemtype.State
+		if g != nil {
+			st = g.State
+		}
+		if st != want[i] {
+			t.Errorf("result %d: state %q, want %q", i, st, want[i])
+		}
+	}
+	if got, err := r.GetFinalMany(ctx); err != nil || len(got) != 0 {
+		t.Fatalf("GetFinalMany() = (%v, %v), want empty", got, err)
+	}
+}
