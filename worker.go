@@ -409,7 +409,7 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 
 // finishedBefore returns, for each job of a claimed batch, the final state
 // the result backend records for its task already ("" when none), in one
-// GetMany for the batch. When the check fails, every job runs
+// GetFinalMany (stemdriver.FinalGetter) or GetMany for the batch. When the check fails, every job runs
 // (at-least-once).
 func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []stemtype.State {
 	finished := make([]stemtype.State, len(jobs))
@@ -426,7 +426,13 @@ func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []stemtype.Sta
 		return finished
 	}
 	gctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-	rs, err := w.cfg.Results.GetMany(gctx, ids...)
+	var rs []*stemtype.TaskResult
+	var err error
+	if fg, ok := w.cfg.Results.(stemdriver.FinalGetter); ok {
+		rs, err = fg.GetFinalMany(gctx, ids...)
+	} else {
+		rs, err = w.cfg.Results.GetMany(gctx, ids...)
+	}
 	cancel()
 	if err == nil && len(rs) != len(ids) {
 		err = fmt.Errorf("stem: GetMany returned %d results for %d ids", len(rs), len(ids))

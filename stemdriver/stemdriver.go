@@ -201,6 +201,18 @@ type ResultBackend interface {
 	Close() error
 }
 
+// FinalGetter is implemented by result backends that can read final
+// results alone more cheaply than GetMany (Redis keeps them apart from the
+// other states). The worker checks every claimed batch with it when the
+// backend has it, and with GetMany otherwise.
+//
+// Contract: GetFinalMany returns, in input order, the stored result of
+// each id when its state is final (succeeded, failed, cancelled), nil for
+// an id with none or with a state that is not final.
+type FinalGetter interface {
+	GetFinalMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error)
+}
+
 // ConditionalPutter is implemented by result backends that can replace a
 // stored result only while its state is one of a given set, atomically. The
 // controller uses it to mark a revoked task cancelled without overwriting a

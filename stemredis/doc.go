@@ -40,7 +40,12 @@
 //	                          each publish
 //	stem:{NS:QUEUE}:dead      stream of dead letters: msg, reason, queue,
 //	                          stream_id, dead_at_ms
-//	stem:NS:result:TASKID     string: the result JSON, with the retention TTL
+//	stem:NS:result:TASKID     string: the task's final result JSON (succeeded,
+//	                          failed, cancelled), written once (SET NX), with
+//	                          the retention TTL
+//	stem:NS:state:TASKID      string: the task's latest result JSON that is not
+//	                          final (pending, started, retry, progress), with
+//	                          the retention TTL; deleted by the final write
 //	stem:{NS}:revokes         hash: task id -> revoke record JSON
 //	stem:{NS}:revokes:expiry  sorted set: task id -> ExpiresAt (µs)
 //	stem:{NS}:workers         sorted set: worker id -> end of liveness (µs),
@@ -133,9 +138,35 @@
 //
 // # Results
 //
-// One string key per task holding the TaskResult JSON, written by one small
-// Lua script per result (a batch is one pipeline per 1000) that keeps a
-// stored final state and otherwise does SET ... PX.
+// A task's results live in two string keys, so that "final states are
+// final" needs no script on the hot path. A final result (succeeded,
+// failed, cancelled) is written to the result key with SET NX PX: the first
+// final state wins atomically and a later one is skipped, keeping the
+// stored one and its TTL. Every other result (pending, started, retry, a
+// progress update) replaces the state key with SET PX. A final write also
+// deletes the state key, in the same pipeline, so a finished task holds one
+// key. A Put is one pipeline per 1000 results, applied in order. Get and
+// GetMany read both keys of each id with one MGET (per 1000 ids) and return
+// the final record when there is one, else the state record.
+//
+// A write that is not final and comes after the final one (a late progress
+// update, a redelivery's started) recreates the state key. That is
+// harmless: reads prefer the result key, and the state key expires after
+// the retention TTL. Only when the final record expires first (it was
+// written earlier) does a read return that late record, for at most the
+// time between the two writes. With result_ttl=0 neither key expires, and
+// such a late state key stays until deleted.
+//
+// PutIfState (the controller marking a revoked task cancelled) is a small
+// Lua script over both keys: it refuses when a final record is stored and
+// writes only while the current state is one of those allowed.
+//
+// Versions before this layout wrote every state to the result key. Such a
+// record that is not final is read as the task's state unless a state key
+// exists, and does not block the final state: a final write that SET NX
+// skips is checked once more by a script, which replaces a stored record
+// that is not final (this extra round trip happens only for skipped final
+// writes from another call, which are rare).
 //
 // # Revokes
 //

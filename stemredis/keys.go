@@ -73,10 +73,18 @@ func newQueueKeys(ns, queue string) queueKeys {
 	}
 }
 
-// resultKey is the string key holding the JSON of task id's result.
-// Results carry no hash tag: they spread over every slot of a cluster.
+// resultKey is the string key holding the JSON of task id's final result
+// (succeeded, failed or cancelled), written once with SET NX. Results carry
+// no hash tag: they spread over every slot of a cluster.
 func resultKey(ns, id string) string {
 	return keyPrefix + escape(ns) + ":result:" + id
+}
+
+// stateKey is the string key holding the JSON of task id's latest result
+// that is not final (pending, started, retry, progress), overwritten by
+// every such write and deleted by the final one.
+func stateKey(ns, id string) string {
+	return keyPrefix + escape(ns) + ":state:" + id
 }
 
 // revokeKeys are the revoke store's keys of one namespace, sharing the hash

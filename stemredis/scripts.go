@@ -529,88 +529,73 @@ end
 return redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. snow, '+inf')
 `)
 
-// luaStoredFinal defines stored_final(key), which reports whether the
-// result stored at key is in a final state (succeeded, failed, cancelled).
-//
-// It finds the state with a plain string search instead of cjson, so that
-// a write costs the same whatever the size of the stored result, and reads
-// only the first KiB of the value when the state lies within it (it does
-// unless the id, task and queue are long). This is exact for the JSON that
-// Put writes (encoding/json of a stemtype.TaskResult): the first
-// occurrence of "state":" is the top-level field, because only the string
-// values of id, task and queue precede it, and no string value can hold
-// that sequence (inside a JSON string every quote is escaped, and a
-// string's closing quote is followed by a comma, never a colon, so "x":"
-// only occurs where "x" is a key). The fields that can hold keys of their
-// own (result, error, progress, meta) come after state;
-// TestResultStateIsTheFirstStateKey in results_test.go keeps that order
-// from changing unnoticed. A value without the field (not written by stem)
-// counts as not final.
-const luaStoredFinal = `
-local function stored_final(key)
-  local v = redis.call('GETRANGE', key, 0, 1023)
-  if v == '' then return false end
-  local _, e = string.find(v, '"state":"', 1, true)
-  if not e or e + 10 > #v then
-    -- not wholly within the first KiB (#'cancelled"' is 10): read it all
-    v = redis.call('GET', key)
-    if not v then return false end
-    _, e = string.find(v, '"state":"', 1, true)
-    if not e then return false end
-  end
-  local st = string.match(v, '^(%a+)"', e + 1)
+// luaResults is shared by the result scripts. state_of returns the state
+// of a stored result's JSON, nil for a value that does not decode (not
+// written by stem); is_final reports whether a state is final; store
+// writes a value with the retention TTL in ms (0: none).
+const luaResults = `
+local function state_of(v)
+  if not v then return nil end
+  local ok, doc = pcall(cjson.decode, v)
+  if not ok or type(doc) ~= 'table' then return nil end
+  return doc['state']
+end
+local function is_final(st)
   return st == 'succeeded' or st == 'failed' or st == 'cancelled'
+end
+local function store(key, v, ttl)
+  if tonumber(ttl) > 0 then
+    redis.call('SET', key, v, 'PX', ttl)
+  else
+    redis.call('SET', key, v)
+  end
 end
 `
 
-// resultPutScript stores results unless the stored one is final: final
-// states are final (stemdriver.ResultBackend), the first final state
-// written wins, and a skipped write keeps the stored result's TTL. One run
-// writes a whole chunk, in order, so a busy worker's batch costs one script
-// call rather than one per result (a call's fixed cost is several times
-// that of the check and the SET). Result keys carry no hash tag, so on a
-// Redis Cluster the chunk must first be grouped by slot; stem supports
-// single-node Redis only (see the package doc).
+// finalOverLegacyScript stores a final result at its result key unless
+// the key holds a final state. Results.Put runs it only for a final write
+// that SET NX skipped, in case the key holds a record that is not final:
+// versions of this package before the two-key layout wrote every state
+// there. It decodes the stored value with cjson, as it runs rarely.
 //
-// KEYS[1..n] result keys
-// ARGV[1] TTL in ms (0: none), ARGV[2..n+1] the results' JSON, in KEYS order
-// Returns how many results it stored.
-var resultPutScript = newScript(luaStoredFinal + `
-local ttl = tonumber(ARGV[1])
-local n = 0
-for i = 1, #KEYS do
-  if not stored_final(KEYS[i]) then
-    if ttl > 0 then
-      redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ttl)
-    else
-      redis.call('SET', KEYS[i], ARGV[i + 1])
-    end
-    n = n + 1
-  end
-end
-return n
+// KEYS[1] result key, KEYS[2] state key
+// ARGV[1] the final result's JSON, ARGV[2] TTL in ms (0: none)
+// Returns 1 when it stored the result, 0 otherwise.
+var finalOverLegacyScript = newScript(luaResults + `
+if is_final(state_of(redis.call('GET', KEYS[1]))) then return 0 end
+store(KEYS[1], ARGV[1], ARGV[2])
+redis.call('DEL', KEYS[2])
+return 1
 `)
 
-// putIfStateScript replaces a stored result only while its state is one of
-// the given states, and never one whose state is final (even when asked).
+// putIfStateScript stores a result only while the task's current state is
+// one of the given states, and never when a final state is stored (even
+// when asked). The current state is the state key's; a record that is not
+// final at the result key (written before the two-key layout) counts when
+// there is no state key. A final result goes to the result key and deletes
+// the state key, any other to the state key.
 //
-// KEYS[1] result key
-// ARGV[1] the new result JSON, ARGV[2] TTL in ms (0: none), ARGV[3...]
-// the states that may be replaced.
+// KEYS[1] result key, KEYS[2] state key
+// ARGV[1] the new result JSON, ARGV[2] TTL in ms (0: none), ARGV[3] 1 when
+// the new result is final, 0 otherwise, ARGV[4...] the states that may be
+// replaced.
 // Returns 1 when it stored the result, 0 otherwise.
-var putIfStateScript = newScript(`
-local cur = redis.call('GET', KEYS[1])
-if not cur then return 0 end
-local ok, doc = pcall(cjson.decode, cur)
-if not ok or type(doc) ~= 'table' then return 0 end
-local state = doc['state']
-if state == 'succeeded' or state == 'failed' or state == 'cancelled' then return 0 end
-for i = 3, #ARGV do
+var putIfStateScript = newScript(luaResults + `
+local state = state_of(redis.call('GET', KEYS[2]))
+local legacy = redis.call('GET', KEYS[1])
+if legacy then
+  local st = state_of(legacy)
+  if is_final(st) then return 0 end
+  if state == nil then state = st end
+end
+if state == nil or is_final(state) then return 0 end
+for i = 4, #ARGV do
   if state == ARGV[i] then
-    if tonumber(ARGV[2]) > 0 then
-      redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+    if ARGV[3] == '1' then
+      store(KEYS[1], ARGV[1], ARGV[2])
+      redis.call('DEL', KEYS[2])
     else
-      redis.call('SET', KEYS[1], ARGV[1])
+      store(KEYS[2], ARGV[1], ARGV[2])
     end
     return 1
   end
