@@ -589,3 +589,22 @@ func TestUnreachableServices(t *testing.T) {
 		})
 	}
 }
+
+// TestRevokeRepeatedID: an id given twice is revoked once: one record,
+// one line in the table, "1 task(s)", not a count that names more tasks
+// than were meant.
+func TestRevokeRepeatedID(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, fileStore)
+	id := "r-" + randomHex(8)
+	r := c.run("worker", "revoke", "--task", id, "--task", id, "--timeout", "200ms")
+	if r.code != 70 {
+		t.Fatalf("want exit 70 (no worker), got %s", r)
+	}
+	if !strings.Contains(r.stdout, "1 task(s)") || strings.Count(r.stdout, id) != 1 {
+		t.Errorf("want the id revoked and listed once: %s", r)
+	}
+	if recs := fileRecords(t, sharedRevokeFile, c.ns); len(recs) != 1 {
+		t.Errorf("file holds %d records of the namespace, want 1: %s", len(recs), mustJSON(recs))
+	}
+}

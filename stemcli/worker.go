@@ -37,7 +37,28 @@ func (f *controlFlags) check() error {
 	if f.timeout <= 0 {
 		return exitf(ExitUsage, "--timeout must be positive, got %s", f.timeout)
 	}
+	for _, id := range f.workers {
+		if strings.TrimSpace(id) == "" {
+			return exitf(ExitUsage, "--worker must not be empty")
+		}
+	}
 	return nil
+}
+
+// uniqueIDs returns ids without repeats, in their first order, or a usage
+// error if one is blank: a blank id names no task, and a repeated one would
+// be stored, counted and listed twice.
+func uniqueIDs(flag string, ids []string) ([]string, error) {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if strings.TrimSpace(id) == "" {
+			return nil, exitf(ExitUsage, "%s must not be empty", flag)
+		}
+		if !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out, nil
 }
 
 func (f *controlFlags) target() stem.Target {
@@ -263,6 +284,11 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 			if len(o.TaskIDs) == 0 {
 				return exitf(ExitUsage, "revoke: at least one --task is required")
 			}
+			ids, err := uniqueIDs("revoke: --task", o.TaskIDs)
+			if err != nil {
+				return err
+			}
+			o.TaskIDs = ids
 			if o.KillAfter > 0 && !o.Terminate {
 				return exitf(ExitUsage, "revoke: --kill-after needs --terminate")
 			}
@@ -324,6 +350,14 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 			}
 			if cfg.Lease <= 0 || cfg.ShutdownTimeout <= 0 || cfg.RevokeSyncInterval <= 0 {
 				return exitf(ExitUsage, "worker start: --lease, --shutdown-timeout and --revoke-sync must be positive")
+			}
+			// "*" is the broadcast target: a worker of that id could not be
+			// addressed alone. An empty queue name consumes nothing.
+			if cmd.Flags().Changed("id") && (strings.TrimSpace(cfg.ID) == "" || cfg.ID == "*") {
+				return exitf(ExitUsage, "worker start: --id %q: want a non-empty id other than \"*\" (the broadcast target)", cfg.ID)
+			}
+			if slices.ContainsFunc(cfg.Queues, func(q string) bool { return strings.TrimSpace(q) == "" }) {
+				return exitf(ExitUsage, "worker start: --queue must not be empty")
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
