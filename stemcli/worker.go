@@ -365,74 +365,18 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 				<-ctx.Done()
 				stop() // a second signal kills the process
 			}()
-			u := a.urls()
-			if err := checkURLs(u); err != nil {
-				return err
+			err := a.runWorker(ctx, cfg)
+			if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+				// A signal arrived while the worker was starting (opening
+				// its stores, loading revokes): a requested stop, not an
+				// outage for a supervisor to retry. What failed is the
+				// cancellation itself, so it is logged at debug only.
+				log := a.logger("info")
+				log.Info("worker stopped while starting", "worker_id", cfg.ID)
+				log.Debug("start interrupted", "worker_id", cfg.ID, "err", err)
+				return nil
 			}
-			opts := a.driverOpts()
-			opts.Logger = a.logger("info") // a worker's log is its record
-			var closers []func() error
-			defer func() {
-				for i := len(closers) - 1; i >= 0; i-- {
-					_ = closers[i]()
-				}
-			}()
-			b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
-			if err != nil {
-				return openErr("broker", u.Broker, err)
-			}
-			closers = append(closers, b.Close)
-			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
-			if err != nil {
-				return openErr("result backend", u.Results, err)
-			}
-			closers = append(closers, res.Close)
-			rev, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
-			if err != nil {
-				return openErr("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
-			}
-			closers = append(closers, rev.Close)
-			ctl, err := a.cfg.Resolver.OpenControl(ctx, u.Broker, opts)
-			if err != nil {
-				return openErr("control transport", u.Broker, err)
-			}
-			closers = append(closers, ctl.Close)
-			a.warnMemory(u.Broker)
-			cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
-			cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = b, res, rev, ctl
-			stores := u.Stores()
-			cfg.Stores = &stores
-			if a.cfg.Executor != nil {
-				ex, stopEx, err := a.cfg.Executor(a.cfg.Registry)
-				if err != nil {
-					return err
-				}
-				defer stopEx()
-				cfg.Executor = ex
-			} else if len(isolated.TaskNames(a.cfg.Registry)) > 0 {
-				// Tasks cancelled by the shutdown get half its grace period
-				// to return before their children are killed.
-				pool, err := isolated.NewPool(isolated.PoolConfig{Registry: a.cfg.Registry, Size: cfg.Concurrency,
-					Logger: opts.Logger, ShutdownGrace: cfg.ShutdownTimeout / 2})
-				if err != nil {
-					return err
-				}
-				defer pool.Close() // runs after w.Run returned
-				cfg.Executor = pool
-			}
-			w, err := stem.NewWorker(cfg)
-			if err != nil {
-				return &ExitError{Code: ExitUsage, Err: err}
-			}
-			if err := w.Run(ctx); err != nil {
-				if errors.Is(err, stemdriver.ErrWorkerIDTaken) {
-					// Not an outage to retry at once: another live worker
-					// holds the id (its host and pid are in the message).
-					return &ExitError{Code: ExitFailure, Err: err}
-				}
-				return &ExitError{Code: ExitUnavailable, Err: err}
-			}
-			return nil
+			return err
 		},
 	}
 	fl := c.Flags()
@@ -444,6 +388,79 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")
 	return c
+}
+
+// runWorker opens the stores cfg's worker needs, runs it until ctx ends and
+// closes them. Its errors carry their exit codes.
+func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
+	u := a.urls()
+	if err := checkURLs(u); err != nil {
+		return err
+	}
+	opts := a.driverOpts()
+	opts.Logger = a.logger("info") // a worker's log is its record
+	var closers []func() error
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			_ = closers[i]()
+		}
+	}()
+	b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
+	if err != nil {
+		return openErr("broker", u.Broker, err)
+	}
+	closers = append(closers, b.Close)
+	res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
+	if err != nil {
+		return openErr("result backend", u.Results, err)
+	}
+	closers = append(closers, res.Close)
+	rev, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
+	if err != nil {
+		return openErr("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
+	}
+	closers = append(closers, rev.Close)
+	ctl, err := a.cfg.Resolver.OpenControl(ctx, u.Broker, opts)
+	if err != nil {
+		return openErr("control transport", u.Broker, err)
+	}
+	closers = append(closers, ctl.Close)
+	a.warnMemory(u.Broker)
+	cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
+	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = b, res, rev, ctl
+	stores := u.Stores()
+	cfg.Stores = &stores
+	if a.cfg.Executor != nil {
+		ex, stopEx, err := a.cfg.Executor(a.cfg.Registry)
+		if err != nil {
+			return err
+		}
+		defer stopEx()
+		cfg.Executor = ex
+	} else if len(isolated.TaskNames(a.cfg.Registry)) > 0 {
+		// Tasks cancelled by the shutdown get half its grace period
+		// to return before their children are killed.
+		pool, err := isolated.NewPool(isolated.PoolConfig{Registry: a.cfg.Registry, Size: cfg.Concurrency,
+			Logger: opts.Logger, ShutdownGrace: cfg.ShutdownTimeout / 2})
+		if err != nil {
+			return err
+		}
+		defer pool.Close() // runs after w.Run returned
+		cfg.Executor = pool
+	}
+	w, err := stem.NewWorker(cfg)
+	if err != nil {
+		return &ExitError{Code: ExitUsage, Err: err}
+	}
+	if err := w.Run(ctx); err != nil {
+		if errors.Is(err, stemdriver.ErrWorkerIDTaken) {
+			// Not an outage to retry at once: another live worker
+			// holds the id (its host and pid are in the message).
+			return &ExitError{Code: ExitFailure, Err: err}
+		}
+		return &ExitError{Code: ExitUnavailable, Err: err}
+	}
+	return nil
 }
 
 func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
