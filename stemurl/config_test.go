@@ -188,6 +188,10 @@ func TestConfigErrorsMatchErrBadConfig(t *testing.T) {
 		{"file URL with a user", "revokes", "file://u:pw@host/r.ndjson", true, "user"},
 		{"file URL with a user, no slashes", "revokes", "file:u:pw@host/r.ndjson", true, "user"},
 		{"bare path with a colon", "revokes", "redis:6379", true, "revoke store"},
+		{"port out of range", "broker", "redis://127.0.0.1:99999/0", true, "port"},
+		{"port zero", "results", "rediss://u:pw@127.0.0.1:0/0", true, "port"},
+		{"port out of range, revokes", "revokes", "redis://127.0.0.1:65536/0", true, "port"},
+		{"port out of range, control", "control", "redis://127.0.0.1:70000/0", true, "port"},
 		{"unreachable redis", "broker", "redis://127.0.0.1:1/0", false, "127.0.0.1:1"},
 		{"missing directory", "revokes", missingDir, false, "no-such-dir"},
 	} {

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -126,6 +127,21 @@ func filePath(raw string) (string, error) {
 	return path, nil
 }
 
+// checkPort refuses a server URL whose port is no TCP port (0, or above
+// 65535): a configuration error, which the dial would report as a server
+// that cannot be reached. A URL that does not parse is left to the driver,
+// which says so without showing its password.
+func checkPort(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Port() == "" {
+		return nil
+	}
+	if n, err := strconv.Atoi(u.Port()); err != nil || n < 1 || n > 65535 {
+		return badConfig("stem: URL %s: port %s is not a TCP port (1 to 65535)", Redact(raw), u.Port())
+	}
+	return nil
+}
+
 // OpenBroker opens a broker.
 func (r *Resolver) OpenBroker(ctx context.Context, raw string, opts stemdriver.Options) (stemdriver.Broker, error) {
 	switch scheme(raw) {
@@ -136,6 +152,9 @@ func (r *Resolver) OpenBroker(ctx context.Context, raw string, opts stemdriver.O
 		}
 		return r.Hub(name).Broker(opts), nil
 	case "redis", "rediss":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
 		return stemredis.OpenBroker(ctx, raw, opts)
 	}
 	return nil, unknown("broker", raw, "memory://, redis://, rediss://")
@@ -151,6 +170,9 @@ func (r *Resolver) OpenResults(ctx context.Context, raw string, opts stemdriver.
 		}
 		return r.Hub(name).Results(opts), nil
 	case "redis", "rediss":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
 		return stemredis.OpenResults(ctx, raw, opts)
 	}
 	return nil, unknown("result backend", raw, "memory://, redis://, rediss://")
@@ -167,6 +189,9 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 		}
 		return r.Hub(name).Revokes(), nil
 	case "redis", "rediss":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
 		return stemredis.OpenRevokes(ctx, raw, opts)
 	case "file":
 		path, err := filePath(raw)
@@ -201,6 +226,9 @@ func (r *Resolver) OpenControl(ctx context.Context, raw string, opts stemdriver.
 		}
 		return r.Hub(name).Control(opts), nil
 	case "redis", "rediss":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
 		return stemredis.OpenControl(ctx, raw, opts)
 	}
 	return nil, unknown("control transport", raw, "memory://, redis://, rediss://")
