@@ -339,7 +339,9 @@ func (a *app) startCmd() *cobra.Command {
 		Use:   "start",
 		Short: "Run a worker with this binary's registered tasks",
 		Long: `Run a worker until SIGINT or SIGTERM, then shut down warmly: stop claiming,
-let running tasks finish within --shutdown-timeout, release the rest.
+let running tasks finish within --shutdown-timeout, release the rest. A
+signal that arrives while the worker is still starting (opening its stores,
+loading revokes) ends it cleanly too, exit 0.
 
 A worker refuses to start (exit 1) while another live worker of the namespace
 holds its --id, and names that worker's host and pid. The id of a worker that
