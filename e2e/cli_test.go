@@ -113,6 +113,14 @@ func TestUsageErrors(t *testing.T) {
 		{"bad duration", []string{"worker", "ping", "--timeout", "soon"}, "timeout"},
 		{"status without id", []string{"task", "status"}, "arg"},
 		{"negative timeout", []string{"worker", "ping", "--timeout", "-1s"}, "timeout"},
+		// Empty or reserved names: each would otherwise address nothing
+		// (an empty id or queue) or everything (the broadcast target "*").
+		{"revoke with an empty task id", []string{"worker", "revoke", "--task", ""}, "--task"},
+		{"revoke with a blank task id", []string{"worker", "revoke", "--task", "a", "--task", " "}, "--task"},
+		{"status with an empty id", []string{"task", "status", ""}, "empty"},
+		{"ping with an empty worker id", []string{"worker", "ping", "--worker", ""}, "--worker"},
+		{"worker start with an empty queue", []string{"worker", "start", "--queue", ""}, "--queue"},
+		{"worker start with the broadcast id", []string{"worker", "start", "--id", "*"}, "--id"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

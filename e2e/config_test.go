@@ -37,6 +37,7 @@ func TestExitCodes(t *testing.T) {
 		{"bad database number", map[string]string{"STEM_BROKER_URL": "redis://127.0.0.1:1/abc"}, []string{"enqueue", "demo.echo"}, 78, []string{"database"}},
 		{"negative database number", map[string]string{"STEM_BROKER_URL": "redis://127.0.0.1:1/-1"}, ping, 78, []string{"database"}},
 		{"database the server refuses", map[string]string{"STEM_BROKER_URL": withDB(t, real, "100000")}, ping, 78, []string{"database 100000"}},
+		{"port out of range", map[string]string{"STEM_BROKER_URL": "redis://127.0.0.1:99999/0"}, ping, 78, []string{"port 99999"}},
 		{"file URL with a query", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": "file:///tmp/r.ndjson?x=1"}, revoke, 78, []string{"query"}},
 		{"bad --broker flag", nil, append([]string{"--broker", "ftp://127.0.0.1/"}, ping...), 78, []string{"ftp://"}},
 		{"worker start with an unknown scheme", map[string]string{"STEM_BROKER_URL": "kafka://127.0.0.1:1"}, []string{"worker", "start"}, 78, []string{"kafka://"}},

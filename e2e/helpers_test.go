@@ -30,8 +30,9 @@ const (
 	// deadRedis is a Redis URL where nothing listens.
 	deadRedis = "redis://127.0.0.1:1/0"
 
-	// waitTimeout bounds every poll loop: a deadline, not a measurement.
-	waitTimeout = 20 * time.Second
+	// waitTimeout bounds every poll loop: a deadline, not a measurement,
+	// generous because the machine running the tests may be loaded.
+	waitTimeout = 60 * time.Second
 	// pollEvery is the pause between two polls of a poll loop.
 	pollEvery = 50 * time.Millisecond
 )
@@ -331,6 +332,55 @@ func (c *cluster) spawnWorker(vars map[string]string, id string, flags ...string
 		}
 	})
 	return w
+}
+
+// waitLog waits until the worker's output contains s and returns the
+// output. It fails when the worker exits first or after waitTimeout.
+func (w *worker) waitLog(t *testing.T, s string) string {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		out := w.stderr.String()
+		if strings.Contains(out, s) {
+			return out
+		}
+		if w.exited() {
+			t.Fatalf("worker %s exited without logging %q:\n%s", w.id, s, w.stderr.String())
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("worker %s did not log %q within %s:\n%s", w.id, s, waitTimeout, out)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// gate is a file whose creation ends every demo.sleep task given its path
+// as untilFile: the test, not a duration, decides when such a task ends,
+// so a loaded machine cannot make it end before the test looked at it.
+type gate string
+
+// newGate returns a closed gate of the test.
+func newGate(t *testing.T) gate {
+	return gate(filepath.Join(t.TempDir(), "gate"))
+}
+
+// sleepArgs are demo.sleep arguments for a task that runs until the gate
+// opens (or, as a failure bound, for ten minutes).
+func (g gate) sleepArgs() string {
+	b, err := json.Marshal(map[string]any{"seconds": 600, "untilFile": string(g)})
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// open opens the gate: the tasks waiting on it end at their next
+// checkpoint.
+func (g gate) open(t *testing.T) {
+	t.Helper()
+	if err := os.WriteFile(string(g), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // waitReady polls `stem worker ping --worker ID` until the worker answers.

@@ -9,16 +9,33 @@ import (
 )
 
 // TestGracefulShutdown: SIGTERM lets the running task finish, and the
-// worker exits 0.
+// worker exits 0. The task runs until the test opens its gate, after the
+// worker logged its shutdown with the task in flight, so the signal reaches
+// the worker while the task runs however loaded the machine is.
 func TestGracefulShutdown(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, redisStore)
-	w := c.startWorker("w1", "--shutdown-timeout", "15s")
-	id := c.enqueue("demo.sleep", `{"seconds":1}`)
+	// The grace period bounds the test's wait for the task, nothing more.
+	w := c.startWorker("w1", "--shutdown-timeout", "5m")
+	g := newGate(t)
+	id := c.enqueue("demo.sleep", g.sleepArgs())
 	c.waitState(id, "started")
 	if err := w.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
+	log := w.waitLog(t, "worker shutting down")
+	if i := strings.Index(log, "worker shutting down"); !strings.Contains(strings.SplitN(log[i:], "\n", 2)[0], "inflight=1") {
+		t.Errorf("worker log does not show a shutdown with the task in flight:\n%s", log)
+	}
+	// The worker waits for its task: still running, neither released nor
+	// failed.
+	if w.exited() {
+		t.Fatalf("worker exited before its task ended:\n%s", w.stderr)
+	}
+	if s := c.status(id); s.State != "started" {
+		t.Errorf("status during the warm shutdown = %+v, want started", s)
+	}
+	g.open(t)
 	if code := w.wait(t); code != 0 {
 		t.Errorf("worker exit code after SIGTERM = %d, want 0", code)
 	}
@@ -26,13 +43,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if s.State != "succeeded" || s.Attempt != 0 {
 		t.Errorf("status after the warm shutdown = %+v, want succeeded", s)
 	}
-	log := w.stderr.String()
-	// The signal must have reached the worker while the task ran, or this
-	// test proves nothing.
-	if !strings.Contains(log, "worker shutting down") || !strings.Contains(log, "inflight=1") {
-		t.Errorf("worker log does not show a shutdown with the task in flight:\n%s", log)
-	}
-	if !strings.Contains(log, "worker stopped") {
+	if log := w.stderr.String(); !strings.Contains(log, "worker stopped") {
 		t.Errorf("worker log does not show a clean stop:\n%s", log)
 	}
 	if r := c.run("worker", "ping", "--worker", "w1", "--timeout", "300ms"); r.code != 70 {
@@ -42,11 +53,14 @@ func TestGracefulShutdown(t *testing.T) {
 
 // TestKilledWorkerLosesNothing: a worker killed with SIGKILL mid-task loses
 // the task to nobody: its lease expires and a second worker completes it.
+// The task runs until its gate opens, which the test does only after the
+// kill, so the kill always meets it running.
 func TestKilledWorkerLosesNothing(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, redisStore)
 	w1 := c.startWorker("w1", "--lease", "1s")
-	id := c.enqueue("demo.sleep", `{"seconds":1}`)
+	g := newGate(t)
+	id := c.enqueue("demo.sleep", g.sleepArgs())
 	c.waitState(id, "started")
 	if err := w1.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 		t.Fatal(err)
@@ -55,29 +69,33 @@ func TestKilledWorkerLosesNothing(t *testing.T) {
 		t.Errorf("worker 1 exit code = %d, want -1 (killed)", code)
 	}
 	if s := c.status(id); s.State != "started" {
-		t.Fatalf("task finished before the kill, the test proves nothing: %+v", s)
+		t.Fatalf("status after the kill = %+v, want started", s)
 	}
 
+	g.open(t) // the redelivered copy ends at its first checkpoint
 	c.startWorker("w2", "--lease", "1s")
 	s := c.waitState(id, "succeeded")
 	if s.Attempt != 0 {
 		t.Errorf("redelivered task ran at attempt %d, want 0 (a crash is not a retry)", s.Attempt)
 	}
-	if st := c.stats("w2"); st.Succeeded != 1 || st.Processed != 1 {
-		t.Errorf("worker 2 stats = %s, want it to have run the task", mustJSON(st))
+	// The result is written before the message is acknowledged and
+	// counted: wait for the count, then check that it ran once.
+	st := c.waitStats("w2", "the task processed", func(s stemtype.StatsReply) bool { return s.Processed >= 1 })
+	if st.Succeeded != 1 || st.Processed != 1 {
+		t.Errorf("worker 2 stats = %s, want it to have run the task once", mustJSON(st))
 	}
-	if st := c.stats("w2"); st.Queues["default"] != 0 {
-		t.Errorf("queue still holds a copy: %v", st.Queues)
-	}
+	c.waitStats("w2", "an empty queue", func(s stemtype.StatsReply) bool { return s.Queues["default"] == 0 })
 }
 
 // TestShutdownPastGrace: a task still running when the grace period ends
-// is released, not failed, and another worker runs it.
+// is released, not failed, and another worker runs it. The task runs until
+// its gate opens, so it is still running when the grace period ends.
 func TestShutdownPastGrace(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, redisStore)
 	w1 := c.startWorker("w1", "--shutdown-timeout", "300ms")
-	id := c.enqueue("demo.sleep", `{"seconds":2}`)
+	g := newGate(t)
+	id := c.enqueue("demo.sleep", g.sleepArgs())
 	c.waitState(id, "started")
 	if err := w1.cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
@@ -88,6 +106,7 @@ func TestShutdownPastGrace(t *testing.T) {
 	if s := c.status(id); stemtype.State(s.State).Final() || s.State == "retry" {
 		t.Errorf("status after the grace period = %+v, want the task released, neither final nor a retry", s)
 	}
+	g.open(t)
 	c.startWorker("w2")
 	if s := c.waitState(id, "succeeded"); s.Attempt != 0 {
 		t.Errorf("released task ran at attempt %d, want 0", s.Attempt)

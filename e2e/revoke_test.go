@@ -42,13 +42,18 @@ func revokeReply(t *testing.T, r result, workerID string) stemtype.RevokeReply {
 
 // TestRevokeQueued revokes a task that waits in the queue: its status
 // shows cancelled at once, and the worker acknowledges it as cancelled
-// without running it.
+// without running it. The task waits behind a task that holds the worker's
+// only slot until the test opens its gate, so it is still queued when the
+// revoke arrives however loaded the machine is.
 func TestRevokeQueued(t *testing.T) {
 	t.Parallel()
 	storeKinds(t, func(t *testing.T, store storeKind) {
 		c := newCluster(t, store)
-		c.startWorker("w1")
-		id := c.enqueue("demo.echo", `{"a":1}`, "--countdown", "2s")
+		c.startWorker("w1", "--concurrency", "1")
+		g := newGate(t)
+		blocker := c.enqueue("demo.sleep", g.sleepArgs())
+		c.waitState(blocker, "started")
+		id := c.enqueue("demo.echo", `{"a":1}`)
 		r := c.run("worker", "revoke", "--task", id, "--reason", "not needed", "--requester", "e2e", "--worker", "w1", "--json")
 		if r.code != 0 {
 			t.Fatalf("revoke: %s", r)
@@ -65,19 +70,20 @@ func TestRevokeQueued(t *testing.T) {
 			t.Errorf("revoke of %s not in %s", id, sharedRevokeFile)
 		}
 
-		// Once due, the worker meets the task and acknowledges it cancelled.
-		st := c.waitStats("w1", "cancelled task", func(s stemtype.StatsReply) bool { return s.Cancelled == 1 })
-		if st.Processed != 1 || st.Succeeded != 0 || st.Failed != 0 || st.Retried != 0 {
-			t.Errorf("stats = %s, want one task processed, cancelled", mustJSON(st))
+		// Once the slot is free, the worker meets the task and
+		// acknowledges it cancelled.
+		g.open(t)
+		c.waitState(blocker, "succeeded")
+		st := c.waitStats("w1", "cancelled task", func(s stemtype.StatsReply) bool { return s.Cancelled == 1 && s.Processed == 2 })
+		if st.Succeeded != 1 || st.Failed != 0 || st.Retried != 0 {
+			t.Errorf("stats = %s, want the blocker succeeded and the revoked task cancelled", mustJSON(st))
 		}
 		s = c.status(id)
 		if s.State != "cancelled" || string(s.Result) != "null" || s.Attempt != 0 {
 			t.Errorf("final status = %+v, want cancelled without a result", s)
 		}
 		checkRevokedMeta(t, s, "not needed", "e2e")
-		if st := c.stats("w1"); st.Queues["default"] != 0 {
-			t.Errorf("queue still holds tasks: %v", st.Queues)
-		}
+		c.waitStats("w1", "an empty queue", func(s stemtype.StatsReply) bool { return s.Queues["default"] == 0 })
 	})
 }
 
@@ -216,11 +222,17 @@ func TestCancelledIsFinal(t *testing.T) {
 }
 
 // TestRevokeStoreUnreachable: when the revoke store cannot be written, the
-// CLI exits 69, says why, and publishes nothing.
+// CLI exits 69, says why, and publishes nothing. The tasks wait behind one
+// that holds the worker's only slot until the test opens its gate, so they
+// are still queued while the test looks.
 func TestRevokeStoreUnreachable(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, redisStore)
-	c.startWorker("w1")
+	c.startWorker("w1", "--concurrency", "1")
+	g := newGate(t)
+	blocker := c.enqueue("demo.sleep", g.sleepArgs())
+	c.waitState(blocker, "started")
+	var ids []string
 	for _, tc := range []struct {
 		name, store string
 		say         []string
@@ -231,7 +243,8 @@ func TestRevokeStoreUnreachable(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := c.with(t)
-			id := c.enqueue("demo.echo", `{"a":1}`, "--countdown", "2s")
+			id := c.enqueue("demo.echo", `{"a":1}`)
+			ids = append(ids, id)
 			r := c.runEnv(map[string]string{"STEM_REVOKE_STORE_URL": tc.store}, "worker", "revoke", "--task", id, "--worker", "w1")
 			if r.code != 69 {
 				t.Fatalf("want exit 69, got %s", r)
@@ -253,11 +266,15 @@ func TestRevokeStoreUnreachable(t *testing.T) {
 			if hasRecord(c.inspect("w1").Revoked, id) {
 				t.Errorf("the worker got a revoke of %s that has no durable record", id)
 			}
-			c.waitState(id, "succeeded")
 		})
 	}
-	if st := c.stats("w1"); st.Cancelled != 0 || st.Succeeded != 3 {
-		t.Errorf("stats = %s, want 3 succeeded, none cancelled", mustJSON(st))
+	g.open(t)
+	for _, id := range ids {
+		c.waitState(id, "succeeded")
+	}
+	st := c.waitStats("w1", "every task processed", func(s stemtype.StatsReply) bool { return s.Processed == int64(1+len(ids)) })
+	if st.Cancelled != 0 || st.Succeeded != int64(1+len(ids)) {
+		t.Errorf("stats = %s, want %d succeeded, none cancelled", mustJSON(st), 1+len(ids))
 	}
 	if _, err := os.Stat(filepath.Join(tmpDir, "no-such-dir")); err == nil {
 		t.Errorf("the CLI created the missing directory")
@@ -417,6 +434,7 @@ func TestRevokeRecordFields(t *testing.T) {
 // TestResyncHonoursMissedRevoke: a worker that missed the control message
 // (the revoke was addressed to another worker) still honours the stored
 // revoke after its next re-sync, for a queued task and for a running one.
+// Neither can end on its own before the test is done with it.
 func TestResyncHonoursMissedRevoke(t *testing.T) {
 	t.Parallel()
 	storeKinds(t, testResyncHonoursMissedRevoke)
@@ -424,10 +442,13 @@ func TestResyncHonoursMissedRevoke(t *testing.T) {
 
 func testResyncHonoursMissedRevoke(t *testing.T, store storeKind) {
 	c := newCluster(t, store)
-	c.startWorker("w1", "--revoke-sync", "200ms")
-	running := c.enqueue("demo.sleep", `{"seconds":30,"heartbeat":0.05}`)
+	// One slot: the queued task waits behind the running one, which runs
+	// until the re-sync terminates it. Its revoke is stored first, so the
+	// re-sync that frees the slot has brought both.
+	c.startWorker("w1", "--revoke-sync", "200ms", "--concurrency", "1")
+	running := c.enqueue("demo.sleep", `{"seconds":600,"heartbeat":0.05}`)
 	c.waitState(running, "started")
-	queued := c.enqueue("demo.echo", `{"a":1}`, "--countdown", "2s")
+	queued := c.enqueue("demo.echo", `{"a":1}`)
 
 	for _, args := range [][]string{{"--task", queued}, {"--terminate", "--task", running}} {
 		r := c.run(append([]string{"worker", "revoke", "--worker", "elsewhere", "--timeout", "200ms", "--reason", "missed"}, args...)...)
@@ -445,26 +466,26 @@ func testResyncHonoursMissedRevoke(t *testing.T, store storeKind) {
 }
 
 // TestRevokeRunningWithoutTerminate: a running task revoked without
-// --terminate finishes; its state is not overwritten by the revoke.
+// --terminate finishes; its state is not overwritten by the revoke. The
+// task runs until the test opens its gate, after the revoke.
 func TestRevokeRunningWithoutTerminate(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, redisStore)
 	c.startWorker("w1")
-	// Long enough that the revoke usually meets the task running; on a
-	// loaded machine it may already have succeeded, which must not fail
-	// the test: what matters is that it is never cancelled.
-	id := c.enqueue("demo.sleep", `{"seconds":3}`)
+	g := newGate(t)
+	id := c.enqueue("demo.sleep", g.sleepArgs())
 	c.waitState(id, "started")
 	r := c.run("worker", "revoke", "--task", id, "--worker", "w1", "--json")
 	if r.code != 0 {
 		t.Fatalf("revoke: %s", r)
 	}
-	if p := revokeReply(t, r, "w1"); len(p.Inflight) != 0 {
-		t.Errorf("revoke without --terminate signalled the running task: %s", mustJSON(p))
+	if p := revokeReply(t, r, "w1"); !slices.Equal(p.Tasks, []string{id}) || len(p.Inflight) != 0 {
+		t.Errorf("revoke without --terminate: reply %s, want the task applied and not signalled", mustJSON(p))
 	}
-	if s := c.status(id); (s.State != "started" && s.State != "succeeded") || len(s.Meta) != 0 {
-		t.Errorf("status of the running task right after the revoke = %+v, want started (or already succeeded), not revoked", s)
+	if s := c.status(id); s.State != "started" || len(s.Meta) != 0 {
+		t.Errorf("status of the running task right after the revoke = %+v, want started, not revoked", s)
 	}
+	g.open(t)
 	if s := c.waitState(id, "succeeded"); len(s.Meta) != 0 {
 		t.Errorf("the running task finished with revoke metadata: %+v", s)
 	}
@@ -587,5 +608,24 @@ func TestUnreachableServices(t *testing.T) {
 				t.Errorf("nothing on stderr says why")
 			}
 		})
+	}
+}
+
+// TestRevokeRepeatedID: an id given twice is revoked once: one record,
+// one line in the table, "1 task(s)", not a count that names more tasks
+// than were meant.
+func TestRevokeRepeatedID(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, fileStore)
+	id := "r-" + randomHex(8)
+	r := c.run("worker", "revoke", "--task", id, "--task", id, "--timeout", "200ms")
+	if r.code != 70 {
+		t.Fatalf("want exit 70 (no worker), got %s", r)
+	}
+	if !strings.Contains(r.stdout, "1 task(s)") || strings.Count(r.stdout, id) != 1 {
+		t.Errorf("want the id revoked and listed once: %s", r)
+	}
+	if recs := fileRecords(t, sharedRevokeFile, c.ns); len(recs) != 1 {
+		t.Errorf("file holds %d records of the namespace, want 1: %s", len(recs), mustJSON(recs))
 	}
 }

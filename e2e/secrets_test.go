@@ -73,6 +73,9 @@ func secretURLs(pw string) map[string]string {
 		"postgres":     "postgres://admin:" + pw + "@127.0.0.1:1/stem",
 		"amqp":         "amqp://" + enc + "@127.0.0.1:1/",
 		"file":         "file://admin:" + pw + "@host/revokes.ndjson",
+		// A password as a query option, which no backend takes.
+		"query":      "redis://127.0.0.1:1/0?password=" + url.QueryEscape(pw),
+		"file query": "file://" + tmpDir + "/revokes.ndjson?password=" + url.QueryEscape(pw),
 	}
 }
 

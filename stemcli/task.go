@@ -105,6 +105,9 @@ func (a *app) statusCmd() *cobra.Command {
 		Short: "Print a task's state",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, pos []string) error {
+			if strings.TrimSpace(pos[0]) == "" {
+				return exitf(ExitUsage, "task status: empty task id")
+			}
 			u := a.urls()
 			ctx := cmd.Context()
 			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, a.driverOpts())

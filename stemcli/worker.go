@@ -37,7 +37,28 @@ func (f *controlFlags) check() error {
 	if f.timeout <= 0 {
 		return exitf(ExitUsage, "--timeout must be positive, got %s", f.timeout)
 	}
+	for _, id := range f.workers {
+		if strings.TrimSpace(id) == "" {
+			return exitf(ExitUsage, "--worker must not be empty")
+		}
+	}
 	return nil
+}
+
+// uniqueIDs returns ids without repeats, in their first order, or a usage
+// error if one is blank: a blank id names no task, and a repeated one would
+// be stored, counted and listed twice.
+func uniqueIDs(flag string, ids []string) ([]string, error) {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if strings.TrimSpace(id) == "" {
+			return nil, exitf(ExitUsage, "%s must not be empty", flag)
+		}
+		if !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	return out, nil
 }
 
 func (f *controlFlags) target() stem.Target {
@@ -263,6 +284,11 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 			if len(o.TaskIDs) == 0 {
 				return exitf(ExitUsage, "revoke: at least one --task is required")
 			}
+			ids, err := uniqueIDs("revoke: --task", o.TaskIDs)
+			if err != nil {
+				return err
+			}
+			o.TaskIDs = ids
 			if o.KillAfter > 0 && !o.Terminate {
 				return exitf(ExitUsage, "revoke: --kill-after needs --terminate")
 			}
@@ -313,7 +339,9 @@ func (a *app) startCmd() *cobra.Command {
 		Use:   "start",
 		Short: "Run a worker with this binary's registered tasks",
 		Long: `Run a worker until SIGINT or SIGTERM, then shut down warmly: stop claiming,
-let running tasks finish within --shutdown-timeout, release the rest.
+let running tasks finish within --shutdown-timeout, release the rest. A
+signal that arrives while the worker is still starting (opening its stores,
+loading revokes) ends it cleanly too, exit 0.
 
 A worker refuses to start (exit 1) while another live worker of the namespace
 holds its --id, and names that worker's host and pid. The id of a worker that
@@ -325,80 +353,32 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 			if cfg.Lease <= 0 || cfg.ShutdownTimeout <= 0 || cfg.RevokeSyncInterval <= 0 {
 				return exitf(ExitUsage, "worker start: --lease, --shutdown-timeout and --revoke-sync must be positive")
 			}
+			// "*" is the broadcast target: a worker of that id could not be
+			// addressed alone. An empty queue name consumes nothing.
+			if cmd.Flags().Changed("id") && (strings.TrimSpace(cfg.ID) == "" || cfg.ID == "*") {
+				return exitf(ExitUsage, "worker start: --id %q: want a non-empty id other than \"*\" (the broadcast target)", cfg.ID)
+			}
+			if slices.ContainsFunc(cfg.Queues, func(q string) bool { return strings.TrimSpace(q) == "" }) {
+				return exitf(ExitUsage, "worker start: --queue must not be empty")
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			go func() {
 				<-ctx.Done()
 				stop() // a second signal kills the process
 			}()
-			u := a.urls()
-			if err := checkURLs(u); err != nil {
-				return err
+			err := a.runWorker(ctx, cfg)
+			if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
+				// A signal arrived while the worker was starting (opening
+				// its stores, loading revokes): a requested stop, not an
+				// outage for a supervisor to retry. What failed is the
+				// cancellation itself, so it is logged at debug only.
+				log := a.logger("info")
+				log.Info("worker stopped while starting", "worker_id", cfg.ID)
+				log.Debug("start interrupted", "worker_id", cfg.ID, "err", err)
+				return nil
 			}
-			opts := a.driverOpts()
-			opts.Logger = a.logger("info") // a worker's log is its record
-			var closers []func() error
-			defer func() {
-				for i := len(closers) - 1; i >= 0; i-- {
-					_ = closers[i]()
-				}
-			}()
-			b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
-			if err != nil {
-				return openErr("broker", u.Broker, err)
-			}
-			closers = append(closers, b.Close)
-			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
-			if err != nil {
-				return openErr("result backend", u.Results, err)
-			}
-			closers = append(closers, res.Close)
-			rev, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
-			if err != nil {
-				return openErr("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
-			}
-			closers = append(closers, rev.Close)
-			ctl, err := a.cfg.Resolver.OpenControl(ctx, u.Broker, opts)
-			if err != nil {
-				return openErr("control transport", u.Broker, err)
-			}
-			closers = append(closers, ctl.Close)
-			a.warnMemory(u.Broker)
-			cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
-			cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = b, res, rev, ctl
-			stores := u.Stores()
-			cfg.Stores = &stores
-			if a.cfg.Executor != nil {
-				ex, stopEx, err := a.cfg.Executor(a.cfg.Registry)
-				if err != nil {
-					return err
-				}
-				defer stopEx()
-				cfg.Executor = ex
-			} else if len(isolated.TaskNames(a.cfg.Registry)) > 0 {
-				// Tasks cancelled by the shutdown get half its grace period
-				// to return before their children are killed.
-				pool, err := isolated.NewPool(isolated.PoolConfig{Registry: a.cfg.Registry, Size: cfg.Concurrency,
-					Logger: opts.Logger, ShutdownGrace: cfg.ShutdownTimeout / 2})
-				if err != nil {
-					return err
-				}
-				defer pool.Close() // runs after w.Run returned
-				cfg.Executor = pool
-			}
-			w, err := stem.NewWorker(cfg)
-			if err != nil {
-				return &ExitError{Code: ExitUsage, Err: err}
-			}
-			if err := w.Run(ctx); err != nil {
-				if errors.Is(err, stemdriver.ErrWorkerIDTaken) {
-					// Not an outage to retry at once: another live worker
-					// holds the id (its host and pid are in the message).
-					return &ExitError{Code: ExitFailure, Err: err}
-				}
-				return &ExitError{Code: ExitUnavailable, Err: err}
-			}
-			return nil
+			return err
 		},
 	}
 	fl := c.Flags()
@@ -410,6 +390,79 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")
 	return c
+}
+
+// runWorker opens the stores cfg's worker needs, runs it until ctx ends and
+// closes them. Its errors carry their exit codes.
+func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
+	u := a.urls()
+	if err := checkURLs(u); err != nil {
+		return err
+	}
+	opts := a.driverOpts()
+	opts.Logger = a.logger("info") // a worker's log is its record
+	var closers []func() error
+	defer func() {
+		for i := len(closers) - 1; i >= 0; i-- {
+			_ = closers[i]()
+		}
+	}()
+	b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
+	if err != nil {
+		return openErr("broker", u.Broker, err)
+	}
+	closers = append(closers, b.Close)
+	res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
+	if err != nil {
+		return openErr("result backend", u.Results, err)
+	}
+	closers = append(closers, res.Close)
+	rev, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
+	if err != nil {
+		return openErr("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
+	}
+	closers = append(closers, rev.Close)
+	ctl, err := a.cfg.Resolver.OpenControl(ctx, u.Broker, opts)
+	if err != nil {
+		return openErr("control transport", u.Broker, err)
+	}
+	closers = append(closers, ctl.Close)
+	a.warnMemory(u.Broker)
+	cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
+	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = b, res, rev, ctl
+	stores := u.Stores()
+	cfg.Stores = &stores
+	if a.cfg.Executor != nil {
+		ex, stopEx, err := a.cfg.Executor(a.cfg.Registry)
+		if err != nil {
+			return err
+		}
+		defer stopEx()
+		cfg.Executor = ex
+	} else if len(isolated.TaskNames(a.cfg.Registry)) > 0 {
+		// Tasks cancelled by the shutdown get half its grace period
+		// to return before their children are killed.
+		pool, err := isolated.NewPool(isolated.PoolConfig{Registry: a.cfg.Registry, Size: cfg.Concurrency,
+			Logger: opts.Logger, ShutdownGrace: cfg.ShutdownTimeout / 2})
+		if err != nil {
+			return err
+		}
+		defer pool.Close() // runs after w.Run returned
+		cfg.Executor = pool
+	}
+	w, err := stem.NewWorker(cfg)
+	if err != nil {
+		return &ExitError{Code: ExitUsage, Err: err}
+	}
+	if err := w.Run(ctx); err != nil {
+		if errors.Is(err, stemdriver.ErrWorkerIDTaken) {
+			// Not an outage to retry at once: another live worker
+			// holds the id (its host and pid are in the message).
+			return &ExitError{Code: ExitFailure, Err: err}
+		}
+		return &ExitError{Code: ExitUnavailable, Err: err}
+	}
+	return nil
 }
 
 func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {

@@ -57,6 +57,16 @@ func TestRedactTable(t *testing.T) {
 		{"postgres://u:p/w1234@db.example/stem?sslmode=disable", "postgres://xxxxx@db.example/stem?sslmode=disable"},
 		// Unparsable without an @: only the scheme is kept.
 		{"redis://host:6379/%zz", "redis://<unparsable URL>"},
+		// A password given as a query option (which go-redis does not
+		// take, so the URL is echoed in the error): its value goes, and
+		// with it the rest of the URL, where a raw '&' or '#' may have
+		// carried part of it.
+		{"redis://127.0.0.1:1/0?password=pw1234", "redis://127.0.0.1:1/0?password=xxxxx"},
+		{"redis://127.0.0.1:1/0?dial_timeout=1s&Password=pw1234&pool_size=3", "redis://127.0.0.1:1/0?dial_timeout=1s&Password=xxxxx"},
+		{"redis://u:pw1234@h/0?sentinel_password=pw5678#x", "redis://u:xxxxx@h/0?sentinel_password=xxxxx"},
+		{"postgres://h/db?sslmode=disable&auth_token=t0k3n", "postgres://h/db?sslmode=disable&auth_token=xxxxx"},
+		{"file:///var/lib/r.ndjson?secret=pw1234", "file:///var/lib/r.ndjson?secret=xxxxx"},
+		{"redis://u:s3cr#t@h/0?password=pw1234", "redis://xxxxx@h/0?password=xxxxx"},
 		// No scheme but something like a user: the part before the @ goes.
 		{"u:pw1234@host:6379", "xxxxx@host:6379"},
 	} {
@@ -94,6 +104,10 @@ func urlShapes(pw string) []string {
 		"memory://admin:" + pw + "@x",
 		"file://admin:" + pw + "@host/revokes.ndjson",
 		"admin:" + pw + "@127.0.0.1:1",
+		"redis://127.0.0.1:1/0?password=" + url.QueryEscape(pw),
+		"redis://127.0.0.1:1/0?dial_timeout=1s&password=" + pw,
+		"file:///tmp/revokes.ndjson?password=" + url.QueryEscape(pw),
+		"file:///tmp/revokes.ndjson?password=" + pw,
 	}
 	if !strings.Contains(pw, ":") {
 		// A lone user name, which go-redis takes for a password (with a
@@ -174,6 +188,10 @@ func TestConfigErrorsMatchErrBadConfig(t *testing.T) {
 		{"file URL with a user", "revokes", "file://u:pw@host/r.ndjson", true, "user"},
 		{"file URL with a user, no slashes", "revokes", "file:u:pw@host/r.ndjson", true, "user"},
 		{"bare path with a colon", "revokes", "redis:6379", true, "revoke store"},
+		{"port out of range", "broker", "redis://127.0.0.1:99999/0", true, "port"},
+		{"port zero", "results", "rediss://u:pw@127.0.0.1:0/0", true, "port"},
+		{"port out of range, revokes", "revokes", "redis://127.0.0.1:65536/0", true, "port"},
+		{"port out of range, control", "control", "redis://127.0.0.1:70000/0", true, "port"},
 		{"unreachable redis", "broker", "redis://127.0.0.1:1/0", false, "127.0.0.1:1"},
 		{"missing directory", "revokes", missingDir, false, "no-such-dir"},
 	} {

@@ -20,6 +20,8 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -113,11 +115,31 @@ func filePath(raw string) (string, error) {
 	if !strings.HasPrefix(rest, "/") && strings.Contains(rest, "@") {
 		return "", badConfig("stem: revoke store URL %q: a file URL takes no user name or password", Redact(raw))
 	}
+	// Refused here, redacted: stemfile would print the URL as given, and
+	// a query may hold a password.
+	if strings.ContainsAny(rest, "?#") {
+		return "", badConfig("stem: revoke store URL %q: query parameters and fragments are not supported", Redact(raw))
+	}
 	path, err := stemfile.PathFromURL(raw)
 	if err != nil {
 		return "", stemdriver.BadConfig(err)
 	}
 	return path, nil
+}
+
+// checkPort refuses a server URL whose port is no TCP port (0, or above
+// 65535): a configuration error, which the dial would report as a server
+// that cannot be reached. A URL that does not parse is left to the driver,
+// which says so without showing its password.
+func checkPort(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil || u.Port() == "" {
+		return nil
+	}
+	if n, err := strconv.Atoi(u.Port()); err != nil || n < 1 || n > 65535 {
+		return badConfig("stem: URL %s: port %s is not a TCP port (1 to 65535)", Redact(raw), u.Port())
+	}
+	return nil
 }
 
 // OpenBroker opens a broker.
@@ -130,6 +152,9 @@ func (r *Resolver) OpenBroker(ctx context.Context, raw string, opts stemdriver.O
 		}
 		return r.Hub(name).Broker(opts), nil
 	case "redis", "rediss":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
 		return stemredis.OpenBroker(ctx, raw, opts)
 	}
 	return nil, unknown("broker", raw, "memory://, redis://, rediss://")
@@ -145,6 +170,9 @@ func (r *Resolver) OpenResults(ctx context.Context, raw string, opts stemdriver.
 		}
 		return r.Hub(name).Results(opts), nil
 	case "redis", "rediss":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
 		return stemredis.OpenResults(ctx, raw, opts)
 	}
 	return nil, unknown("result backend", raw, "memory://, redis://, rediss://")
@@ -161,6 +189,9 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 		}
 		return r.Hub(name).Revokes(), nil
 	case "redis", "rediss":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
 		return stemredis.OpenRevokes(ctx, raw, opts)
 	case "file":
 		path, err := filePath(raw)
@@ -195,6 +226,9 @@ func (r *Resolver) OpenControl(ctx context.Context, raw string, opts stemdriver.
 		}
 		return r.Hub(name).Control(opts), nil
 	case "redis", "rediss":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
 		return stemredis.OpenControl(ctx, raw, opts)
 	}
 	return nil, unknown("control transport", raw, "memory://, redis://, rediss://")
@@ -271,8 +305,24 @@ const redacted = "xxxxx"
 //     "xxxxx"; with no '@', only the scheme is kept ("scheme://<unparsable
 //     URL>");
 //   - a string without a scheme (a file path): everything up to its last
-//     '@', if any, becomes "xxxxx".
+//     '@', if any, becomes "xxxxx";
+//   - in a URL, the value of a query parameter whose name says it holds a
+//     secret (password, token, secret, auth, ...) becomes "xxxxx", and so
+//     does everything after it, where an unencoded '&' or '#' may have
+//     carried the rest of the value.
 func Redact(raw string) string {
+	i := strings.Index(raw, "://")
+	if i <= 0 || !validScheme(raw[:i]) {
+		return redactUserinfo(raw)
+	}
+	// The query first: an '@' in a secret value would otherwise be taken
+	// for the end of the user information. Then again, for a query the
+	// first pass could not find behind an unencoded '?' in a password.
+	return redactQuery(redactUserinfo(redactQuery(raw)))
+}
+
+// redactUserinfo is Redact without the query rule.
+func redactUserinfo(raw string) string {
 	i := strings.Index(raw, "://")
 	if i <= 0 || !validScheme(raw[:i]) {
 		if j := strings.LastIndex(raw, "@"); j >= 0 {
@@ -297,6 +347,44 @@ func Redact(raw string) string {
 		return raw[:i] + "://" + redacted + rest[j:]
 	}
 	return raw[:i] + "://<unparsable URL>"
+}
+
+// secretWords are parts of query parameter names whose values are secrets.
+var secretWords = []string{"pass", "pwd", "secret", "token", "auth", "credential"}
+
+// secretParam reports whether a query parameter's name says that its value
+// is a secret.
+func secretParam(name string) bool {
+	if n, err := url.QueryUnescape(name); err == nil {
+		name = n
+	}
+	name = strings.ToLower(name)
+	return slices.ContainsFunc(secretWords, func(w string) bool { return strings.Contains(name, w) })
+}
+
+// redactQuery replaces the value of the first secret query parameter of a
+// URL whose user information is already redacted, and all that follows it,
+// with "xxxxx".
+func redactQuery(s string) string {
+	q := strings.IndexByte(s, '?')
+	if q < 0 {
+		return s
+	}
+	for pos := q + 1; pos <= len(s); {
+		param := s[pos:]
+		end := strings.IndexAny(param, "&;#")
+		if end >= 0 {
+			param = param[:end]
+		}
+		if name, _, ok := strings.Cut(param, "="); ok && secretParam(name) {
+			return s[:pos] + name + "=" + redacted
+		}
+		if end < 0 || s[pos+end] == '#' {
+			break
+		}
+		pos += end + 1
+	}
+	return s
 }
 
 // validScheme reports whether s is a URL scheme (RFC 3986: a letter, then

@@ -5,6 +5,7 @@ package demotasks
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"github.com/stem-go/stem"
@@ -16,6 +17,10 @@ type SleepArgs struct {
 	Seconds float64 `json:"seconds"`
 	// Heartbeat is the interval between checkpoints in seconds; default 0.1.
 	Heartbeat float64 `json:"heartbeat"`
+	// UntilFile, when set, ends the sleep early, successfully, once a file
+	// exists at this path (looked for at every checkpoint): a test or a
+	// script decides when the task ends instead of guessing a duration.
+	UntilFile string `json:"untilFile"`
 }
 
 // FlakyArgs are the arguments of demo.flaky.
@@ -63,7 +68,7 @@ func Sleep(tc *stem.TaskContext, a SleepArgs) (any, error) {
 	<-t.C
 	for {
 		elapsed := time.Since(start)
-		if elapsed >= total {
+		if elapsed >= total || a.UntilFile != "" && fileExists(a.UntilFile) {
 			return map[string]float64{"slept": elapsed.Seconds()}, nil
 		}
 		if err := tc.Progress(min(100, 100*elapsed.Seconds()/max(total.Seconds(), 1e-9)), nil); err != nil {
@@ -80,4 +85,9 @@ func Sleep(tc *stem.TaskContext, a SleepArgs) (any, error) {
 			return nil, err
 		}
 	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
