@@ -190,11 +190,16 @@ func (w *Worker) ID() string { return w.cfg.ID }
 // With a control transport, Run refuses to start, before it claims
 // anything, while another live worker of the namespace holds the id: the
 // error matches stemdriver.ErrWorkerIDTaken and names that worker's host
-// and pid.
+// and pid. A running worker that finds its id taken by another live
+// instance (its own presence lapsed, as in a long pause or a partition)
+// shuts down warmly and returns such an error too: two workers never keep
+// answering to one id.
 func (w *Worker) Run(ctx context.Context) error {
 	if !w.ran.CompareAndSwap(false, true) {
 		return errors.New("stem: Worker.Run called twice")
 	}
+	ctx, stopRun := context.WithCancelCause(ctx)
+	defer stopRun(nil)
 	w.started, w.instance = time.Now(), NewTaskID()
 	// bg outlives ctx: it carries the work that must finish during
 	// shutdown (result writes, acks, lease renewal).
@@ -232,7 +237,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	aux.Go(func() { w.renewLeases(bg) })
 	if sub != nil {
 		aux.Go(func() { w.serveControl(bg, sub) })
-		aux.Go(func() { w.presence(bg) })
+		aux.Go(func() { w.presence(bg, stopRun) })
 	}
 	if w.cfg.Revokes != nil {
 		aux.Go(func() { w.resyncRevokes(bg) })
@@ -330,6 +335,9 @@ func (w *Worker) Run(ctx context.Context) error {
 		cancel()
 	}
 	w.log.Info("worker stopped", "processed", w.processed.Load())
+	if cause := context.Cause(ctx); errors.Is(cause, stemdriver.ErrWorkerIDTaken) {
+		return fmt.Errorf("stem: worker %s stopped: %w", w.cfg.ID, cause)
+	}
 	return nil
 }
 

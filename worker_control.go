@@ -347,16 +347,18 @@ func (w *Worker) announceFirst(ctx context.Context) error {
 
 // presence announces the worker every PresenceInterval until ctx ends. An
 // announcement refused because another instance holds the id (this
-// worker's presence lapsed, as in a network partition, and another worker
-// took the id) is logged as an error at every interval: two workers then
-// answer to one id, and an operator has to stop one.
-func (w *Worker) presence(ctx context.Context) {
+// worker's presence lapsed, as in a long pause or a network partition, and
+// another worker took the id) stops the worker with that error as the
+// cause (stop is Run's), so that two workers never keep answering to one
+// id.
+func (w *Worker) presence(ctx context.Context, stop context.CancelCauseFunc) {
 	every(ctx, w.cfg.PresenceInterval, func() {
 		err := w.announce(ctx)
 		switch {
 		case err == nil || ctx.Err() != nil:
 		case errors.Is(err, stemdriver.ErrWorkerIDTaken):
-			w.log.Error("worker id taken by another live worker: stop one of them", "err", err)
+			w.log.Error("worker id taken by another live worker: shutting down", "err", err)
+			stop(err)
 		default:
 			w.log.Warn("announce presence", "err", err)
 		}

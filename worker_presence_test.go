@@ -3,7 +3,6 @@ package stem_test
 import (
 	"context"
 	"errors"
-	"log/slog"
 	"os"
 	"strconv"
 	"strings"
@@ -63,22 +62,30 @@ func TestWorkerRefusesLiveID(t *testing.T) {
 	}
 }
 
-// A running worker whose id was taken by another instance (its own
-// announcement lost, as after a network partition longer than its ttl)
-// says so in its log with an error.
-func TestWorkerLogsIDTakenWhileRunning(t *testing.T) {
+// A running worker that finds its id taken by another live instance (its
+// own presence lapsed, as in a pause or a partition longer than its ttl)
+// shuts down warmly, and Run returns an error matching ErrWorkerIDTaken:
+// two workers never keep answering to one id.
+func TestWorkerStopsWhenIDTakenWhileRunning(t *testing.T) {
 	e := newEnv(t)
-	logged := make(chan string, 16)
-	e.startWorker(stem.WorkerConfig{ID: "dup", PresenceInterval: 10 * time.Millisecond,
-		Logger: slog.New(&errorSink{ch: logged})})
+	w, err := stem.NewWorker(stem.WorkerConfig{ID: "dup", Namespace: e.ns, Registry: e.reg, Broker: e.broker,
+		Results: e.results, Revokes: e.revokes, Control: e.control, Logger: quiet(),
+		ClaimWait: 50 * time.Millisecond, PresenceInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	select {
+	case <-w.Ready():
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	}
 	ws, err := e.control.Workers(ctx)
 	if err != nil || len(ws) != 1 {
 		t.Fatalf("workers: %+v (%v)", ws, err)
-	}
-	if ws[0].Instance == "" {
-		t.Fatal("the worker announced no instance")
 	}
 	if err := e.control.Withdraw(ctx, "dup", ws[0].Instance); err != nil {
 		t.Fatal(err)
@@ -87,35 +94,18 @@ func TestWorkerLogsIDTakenWhileRunning(t *testing.T) {
 	if err := e.control.Announce(ctx, intruder, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	for {
-		select {
-		case msg := <-logged:
-			if strings.Contains(msg, "host elsewhere pid 7") {
-				return
-			}
-		case <-ctx.Done():
-			t.Fatal("the worker logged no error naming the instance that took its id")
-		}
-	}
-}
-
-// errorSink is a slog handler that sends each error record, with its
-// attributes, to ch (dropping it when ch is full).
-type errorSink struct{ ch chan string }
-
-func (h *errorSink) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelError }
-func (h *errorSink) Handle(_ context.Context, r slog.Record) error {
-	var b strings.Builder
-	b.WriteString(r.Message)
-	r.Attrs(func(a slog.Attr) bool {
-		b.WriteString(" " + a.Key + "=" + a.Value.String())
-		return true
-	})
 	select {
-	case h.ch <- b.String():
-	default:
+	case err := <-done:
+		if !errors.Is(err, stemdriver.ErrWorkerIDTaken) || !strings.Contains(err.Error(), "host elsewhere pid 7") {
+			t.Fatalf("Run = %v, want an error matching ErrWorkerIDTaken naming the other instance", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the worker kept running after another instance took its id")
 	}
-	return nil
+	// The other instance keeps the id: the stopping worker withdrew only
+	// its own entry.
+	ws, err = e.control.Workers(context.Background())
+	if err != nil || len(ws) != 1 || ws[0].Instance != "intruder" {
+		t.Fatalf("workers after the stop: %+v (%v), want the intruder alone", ws, err)
+	}
 }
-func (h *errorSink) WithAttrs([]slog.Attr) slog.Handler { return h }
-func (h *errorSink) WithGroup(string) slog.Handler      { return h }
