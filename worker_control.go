@@ -131,11 +131,14 @@ func (w *Worker) revokeCommand(recs []stemtype.RevokeRecord, now time.Time) stem
 			reply.Inflight = append(reply.Inflight, id)
 		}
 	}
-	// Looked up after the revoke was applied: a task claimed from now on
-	// meets it before it starts, and the worker records it cancelled.
+	// Looked up after the revoke was applied: a task that starts from now
+	// on (claimed later, or waiting in prefetch) meets it before it starts,
+	// and the worker records it cancelled, so only tasks already running
+	// or settling count as held. process marks a job running before it
+	// looks the revoke up, so none slips between the two.
 	w.mu.Lock()
 	for _, j := range w.held {
-		if j.env != nil && named[j.env.ID] && !slices.Contains(reply.Held, j.env.ID) {
+		if j.env != nil && (j.running || j.settling) && named[j.env.ID] && !slices.Contains(reply.Held, j.env.ID) {
 			reply.Held = append(reply.Held, j.env.ID)
 		}
 	}

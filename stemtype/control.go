@@ -149,9 +149,9 @@ type RevokeReply struct {
 	Ignored []string `json:"ignored"`
 	// Expired are ids whose record had already expired.
 	Expired []string `json:"expired"`
-	// Held are the named ids of tasks this worker holds, whatever the
-	// revoke asks: claimed and waiting, running, or finished with the
-	// outcome not yet recorded. The worker records their state (a task
+	// Held are the named ids of tasks this worker has started, whatever the
+	// revoke asks: running, or finished with the outcome not yet recorded
+	// (a task waiting in its prefetch meets the revoke before it starts). The worker records their state (a task
 	// already running when a revoke without terminate arrives finishes),
 	// so a controller must not mark them cancelled: the result backend
 	// may not show their start yet.
