@@ -81,12 +81,15 @@ type EnqueueRequest struct {
 // (EnqueueOptions.ID) rather than enqueue the tasks a second time under
 // new ids.
 //
-// Retrying with the same ids is safe: a task whose recorded state is final
-// (succeeded, failed, cancelled) is never run again, and a worker that
-// claims a copy of such a task (a duplicate publish) acknowledges it
-// without running it. Like any redelivery under at-least-once delivery, a
-// duplicate claimed while its first copy still runs may run too, so tasks
-// should be idempotent.
+// Retrying with the same ids keeps one recorded outcome per task, but a
+// task published twice is two messages and may run twice: retry only the
+// requests whose Published entry is false when it is known, and write
+// tasks to be idempotent, as under any at-least-once delivery. The second
+// run of a duplicate cannot change the recorded final state (succeeded,
+// failed, cancelled): the first final state wins in every result backend,
+// so Wait and Get report the first run's outcome. A redelivery of one
+// message (an expired lease, a lost acknowledgement) of a task already
+// final is acknowledged without running.
 type EnqueueError struct {
 	// IDs are the ids assigned to the requests, in request order.
 	IDs []string

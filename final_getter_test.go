@@ -36,8 +36,8 @@ func (r *finalsOnly) GetFinalMany(ctx context.Context, ids ...string) ([]*stemty
 }
 
 // A worker whose result backend implements stemdriver.FinalGetter checks
-// its claims with GetFinalMany: a finished task is acknowledged without
-// running, another one runs.
+// its redeliveries with GetFinalMany: a redelivered finished task is
+// acknowledged without running, another one runs.
 func TestClaimCheckUsesFinalGetter(t *testing.T) {
 	e := newEnv(t)
 	ran := make(chan string, 2)
@@ -55,15 +55,28 @@ func TestClaimCheckUsesFinalGetter(t *testing.T) {
 	if err := e.broker.Publish(ctx, &stemtype.Envelope{ID: finished, Task: "once", Queue: "default", CreatedAt: at}); err != nil {
 		t.Fatal(err)
 	}
+	abandonLease(t, e.broker, finished) // the worker's claim is a redelivery
 	fresh := e.enqueue("once", nil, stem.EnqueueOptions{})
 	res := &finalsOnly{ResultBackend: e.results}
 	e.results = res
-	e.startWorker(stem.WorkerConfig{})
+	watch := &ackWatch{Broker: e.broker, acked: make(chan string, 4)}
+	e.broker = watch
+	_, stop := e.startWorker(stem.WorkerConfig{})
+	acked := map[string]bool{}
+	for !acked[finished] || !acked[fresh] {
+		acked[<-watch.acked] = true
+	}
+	stop()
 	if r := e.wait(fresh); r.State != stemtype.StateSucceeded || string(r.Result) != `"ran"` {
 		t.Fatalf("the fresh task: %+v", r)
 	}
 	if got := <-ran; got != fresh {
 		t.Fatalf("task %s ran, want %s", got, fresh)
+	}
+	select {
+	case got := <-ran:
+		t.Fatalf("task %s ran too", got)
+	default:
 	}
 	if r := e.wait(finished); string(r.Result) != `"first"` {
 		t.Fatalf("the finished task's result changed: %+v", r)

@@ -106,9 +106,37 @@ func (b *ackWatch) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
 	return err
 }
 
-// A delivery of a task whose recorded state is already final (a
-// redelivery after the ack was lost, a duplicate publish) is acknowledged
-// without running again, and its result stays as it was.
+// abandonLease claims the message of id as a consumer that then dies
+// without acknowledging it: its short lease expires, and the next claim of
+// the message (the worker's) is a redelivery. The message must be the
+// first ready one of the default queue.
+func abandonLease(t *testing.T, b stemdriver.Broker, id string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	for {
+		ds, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"default"}, Consumer: "dead",
+			Max: 1, Lease: 50 * time.Millisecond, Wait: 50 * time.Millisecond})
+		if err != nil {
+			t.Fatalf("claim as the dead consumer: %v", err)
+		}
+		if len(ds) == 0 {
+			continue
+		}
+		if ds[0].Envelope == nil || ds[0].Envelope.ID != id {
+			t.Fatalf("the dead consumer claimed %+v, want task %s", ds[0], id)
+		}
+		if ds[0].Redelivered {
+			t.Fatalf("the first claim of %s is marked redelivered", id)
+		}
+		return
+	}
+}
+
+// A redelivery of a task whose recorded state is already final (its
+// worker recorded the outcome but died before acknowledging, so the lease
+// expired) is acknowledged without running again, and its result stays as
+// it was.
 func TestDeliveryOfFinishedTaskIsAcknowledgedWithoutRunning(t *testing.T) {
 	e := newEnv(t)
 	ran := make(chan string, 1)
@@ -119,12 +147,13 @@ func TestDeliveryOfFinishedTaskIsAcknowledgedWithoutRunning(t *testing.T) {
 	ctx := context.Background()
 	id := stem.NewTaskID()
 	at := time.Now().UTC().Truncate(time.Millisecond)
-	done := &stemtype.TaskResult{ID: id, Task: "once", Queue: "default", State: stemtype.StateSucceeded,
-		Result: []byte(`"first"`), WorkerID: "earlier", StartedAt: at, FinishedAt: at, UpdatedAt: at}
-	if err := e.results.Put(ctx, done); err != nil {
+	if err := e.broker.Publish(ctx, &stemtype.Envelope{ID: id, Task: "once", Queue: "default", CreatedAt: at}); err != nil {
 		t.Fatal(err)
 	}
-	if err := e.broker.Publish(ctx, &stemtype.Envelope{ID: id, Task: "once", Queue: "default", CreatedAt: at}); err != nil {
+	abandonLease(t, e.broker, id)
+	done := &stemtype.TaskResult{ID: id, Task: "once", Queue: "default", State: stemtype.StateSucceeded,
+		Result: []byte(`"first"`), WorkerID: "dead", StartedAt: at, FinishedAt: at, UpdatedAt: at}
+	if err := e.results.Put(ctx, done); err != nil {
 		t.Fatal(err)
 	}
 	plain := e.broker
@@ -149,8 +178,83 @@ func TestDeliveryOfFinishedTaskIsAcknowledgedWithoutRunning(t *testing.T) {
 		t.Fatalf("the acknowledged message came back: %v %v", ds, err)
 	}
 	r, err := e.results.Get(ctx, id)
-	if err != nil || r.State != stemtype.StateSucceeded || string(r.Result) != `"first"` || r.WorkerID != "earlier" {
+	if err != nil || r.State != stemtype.StateSucceeded || string(r.Result) != `"first"` || r.WorkerID != "dead" {
 		t.Fatalf("the recorded result changed: %+v %v", r, err)
+	}
+}
+
+// countReads counts the reads of the result backend it wraps.
+type countReads struct {
+	stemdriver.ResultBackend
+	reads atomic.Int32
+}
+
+func (r *countReads) Get(ctx context.Context, id string) (*stemtype.TaskResult, error) {
+	r.reads.Add(1)
+	return r.ResultBackend.Get(ctx, id)
+}
+
+func (r *countReads) GetMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error) {
+	r.reads.Add(1)
+	return r.ResultBackend.GetMany(ctx, ids...)
+}
+
+// A first delivery costs the worker no result-backend read: only a
+// redelivery can find its task already final. A duplicate publish of a
+// finished task is a message of its own, first delivered, so it runs; its
+// outcome does not replace the recorded final state.
+func TestFirstDeliveryReadsNoResult(t *testing.T) {
+	e := newEnv(t)
+	ran := make(chan string, 100)
+	e.reg.MustAdd(stem.Task{Name: "job", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		ran <- tc.TaskID()
+		return "again", nil
+	}})
+	ctx := context.Background()
+	at := time.Now().UTC().Truncate(time.Millisecond)
+	dup := stem.NewTaskID()
+	if err := e.results.Put(ctx, &stemtype.TaskResult{ID: dup, Task: "job", Queue: "default", State: stemtype.StateSucceeded,
+		Result: []byte(`"first"`), FinishedAt: at, UpdatedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.broker.Publish(ctx, &stemtype.Envelope{ID: dup, Task: "job", Queue: "default", CreatedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	reqs := make([]stem.EnqueueRequest, 50)
+	for i := range reqs {
+		reqs[i] = stem.EnqueueRequest{Task: "job"}
+	}
+	ids, err := e.client.EnqueueBatch(ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := &countReads{ResultBackend: e.results}
+	e.results = res
+	_, stop := e.startWorker(stem.WorkerConfig{Concurrency: 4})
+	for _, id := range ids {
+		if r := e.wait(id); r.State != stemtype.StateSucceeded {
+			t.Fatalf("task %s: %+v", id, r)
+		}
+	}
+	if n := res.reads.Load(); n != 0 {
+		t.Fatalf("the worker read the result backend %d times for first deliveries, want 0", n)
+	}
+	guard := time.After(30 * time.Second)
+	for seen := map[string]bool{}; !seen[dup]; {
+		select {
+		case id := <-ran:
+			seen[id] = true
+		case <-guard:
+			t.Fatalf("the duplicate publish of finished task %s never ran", dup)
+		}
+	}
+	stop()
+	if n := res.reads.Load(); n != 0 {
+		t.Fatalf("the worker read the result backend %d times for first deliveries, want 0", n)
+	}
+	r, err := res.ResultBackend.Get(ctx, dup)
+	if err != nil || r.State != stemtype.StateSucceeded || string(r.Result) != `"first"` {
+		t.Fatalf("the duplicate's run replaced the recorded result: %+v %v", r, err)
 	}
 }
 
@@ -166,12 +270,14 @@ func (r *noGetMany) GetMany(context.Context, ...string) ([]*stemtype.TaskResult,
 	return nil, errors.New("result backend unreachable")
 }
 
-// When the check for finished tasks fails, the claimed tasks run all the
-// same (at-least-once), and the failure is counted against nothing.
+// When the check of a redelivery for a final state fails, the task runs
+// all the same (at-least-once), and the failure is counted against
+// nothing.
 func TestClaimedTasksRunWhenFinalCheckFails(t *testing.T) {
 	e := newEnv(t)
 	e.reg.MustAdd(stem.Task{Name: "job", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
 	id := e.enqueue("job", nil, stem.EnqueueOptions{})
+	abandonLease(t, e.broker, id)
 	res := &noGetMany{ResultBackend: e.results}
 	e.results = res
 	e.startWorker(stem.WorkerConfig{})
@@ -179,6 +285,6 @@ func TestClaimedTasksRunWhenFinalCheckFails(t *testing.T) {
 		t.Fatalf("got %+v", r)
 	}
 	if res.calls.Load() == 0 {
-		t.Fatal("the worker never checked its claims against the result backend")
+		t.Fatal("the worker never checked the redelivery against the result backend")
 	}
 }

@@ -381,10 +381,11 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		finished := w.finishedBefore(ctx, jobs)
 		for i, j := range jobs {
 			if st := finished[i]; st != "" {
-				// A redelivery (an acknowledgement that was lost), a
-				// duplicate publish of a task that already ended, or a
-				// queued task the controller marked cancelled on revoke:
-				// a final state is final, the task does not run again.
+				// A redelivery (an acknowledgement that was lost, a
+				// lease that expired under a slow or dead worker) of a
+				// task that already ended, or that the controller marked
+				// cancelled on revoke: a final state is final, the task
+				// does not run again.
 				if st == stemtype.StateCancelled {
 					// Honoured here like any revoke met before the start.
 					w.cancelled.Add(1)
@@ -416,17 +417,23 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 }
 
 // finishedBefore returns, for each job of a claimed batch, the final state
-// the result backend records for its task already ("" when none), in one
-// GetFinalMany (stemdriver.FinalGetter) or GetMany for the batch. When the check fails, every job runs
+// the result backend records for its task already ("" when none). Only
+// redeliveries (stemdriver.Delivery.Redelivered) are checked, in one
+// GetFinalMany (stemdriver.FinalGetter) or GetMany for the batch; a batch
+// of first deliveries costs no round trip, which keeps the check off the
+// fetch loop's critical path in a normal drain. A first delivery of a task
+// that already ended (a duplicate publish) runs again: its outcome cannot
+// replace the recorded final state, since the first final state wins in
+// every result backend. When the check fails, every job runs
 // (at-least-once).
 func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []stemtype.State {
 	finished := make([]stemtype.State, len(jobs))
 	if w.cfg.Results == nil || len(jobs) == 0 {
 		return finished
 	}
-	ids := make([]string, 0, len(jobs))
+	var ids []string
 	for _, j := range jobs {
-		if j.env != nil {
+		if j.env != nil && j.d.Redelivered {
 			ids = append(ids, j.env.ID)
 		}
 	}
@@ -453,7 +460,7 @@ func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []stemtype.Sta
 	}
 	k := 0
 	for i, j := range jobs {
-		if j.env == nil {
+		if j.env == nil || !j.d.Redelivered {
 			continue
 		}
 		if rs[k] != nil && rs[k].State.Final() {

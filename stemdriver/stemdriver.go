@@ -95,6 +95,14 @@ type Delivery struct {
 	// Receipt is the driver's opaque handle for this claim (a stream entry
 	// id, a row id). It is only meaningful to the driver that issued it.
 	Receipt string
+	// Redelivered is true when this message may have been delivered
+	// before: its lease expired and it was re-claimed, it was released
+	// (at shutdown), or the broker cannot tell, and then it is true, to be
+	// safe. It is false only when the broker knows this is the first
+	// delivery of the message. The worker checks the result backend for a
+	// final state only for redelivered messages, so a false here on a
+	// redelivery would run a finished task again.
+	Redelivered bool
 }
 
 // ClaimRequest asks a broker for ready messages.
@@ -126,9 +134,9 @@ type ClaimRequest struct {
 //   - Publish stores each envelope given as a message of its own, exactly
 //     once per call: the same envelope given twice, in one call or two,
 //     ready or delayed alike, is two messages and is delivered twice.
-//     Brokers never deduplicate by id or content; the worker acknowledges
-//     a delivery of a task whose result is already final without running
-//     it.
+//     Brokers never deduplicate by id or content. A duplicate publish is
+//     run twice; its second run cannot change the recorded final state
+//     (the first final state wins in every ResultBackend).
 //   - Within one queue, messages of equal priority are claimed in the order
 //     they were published (within one call and across calls of one
 //     producer), and delayed ones in order of NotBefore once due. Order
@@ -141,6 +149,13 @@ type ClaimRequest struct {
 //     Claim returns deliveries together with an error (one of several
 //     queues failed), the deliveries are leased all the same and the caller
 //     handles them.
+//   - Claim sets Delivery.Redelivered on every message that was claimed
+//     before: re-claimed after its lease expired, or claimed again after
+//     Release. It is false only on a message's first claim, and a message
+//     stored by Publish or by Retry (next is a new message) is first
+//     claimed with it false. A broker that cannot tell sets it true. The
+//     worker acknowledges a redelivered message whose task's result is
+//     already final without running it, and checks no first delivery.
 //   - A message leaves the broker only by Ack, Retry or DeadLetter.
 //   - The caller holds a delivery from its Claim until it is acked,
 //     retried, released or dead-lettered, or until its lease expired and

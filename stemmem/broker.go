@@ -36,6 +36,10 @@ type message struct {
 	index      int       // position in the heap of its state
 	receipt    string    // the current holder's receipt; "" when unheld
 	leaseUntil time.Time // meaningful while state is stateLeased
+	// claimed is set by the message's first claim: every later claim (after
+	// an expired lease or a Release) is a redelivery. A Retry stores a new
+	// message, claimed false.
+	claimed bool
 }
 
 // queue holds one queue's messages in three heaps.
@@ -310,7 +314,10 @@ func (b *broker) take(req stemdriver.ClaimRequest, now time.Time) []stemdriver.D
 			m.leaseUntil = now.Add(req.Lease)
 			heap.Push(&q.leased, m)
 			s.held[m.receipt] = m
-			ds = append(ds, b.delivery(m))
+			d := b.delivery(m)
+			d.Redelivered = m.claimed
+			m.claimed = true
+			ds = append(ds, d)
 		}
 		if len(ds) == req.Max {
 			break

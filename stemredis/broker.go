@@ -248,7 +248,7 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 			[]string{k.stream, k.leases, k.delayed},
 			group, req.Consumer, remaining, leaseUS, flag(keep), flag(sweep), consumerIdle.Milliseconds(),
 		).Slice()
-		if err == nil && (len(res) < 2 || len(res)%2 != 0) {
+		if err == nil && (len(res) < 2 || (len(res)-2)%3 != 0) {
 			err = fmt.Errorf("unexpected reply of %d elements", len(res))
 		}
 		if err != nil {
@@ -257,10 +257,13 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 			errs = append(errs, b.errorf(err, "claim from queue %q", q))
 			continue
 		}
-		for i := 2; i < len(res); i += 2 {
+		for i := 2; i < len(res); i += 3 {
 			id, _ := res[i].(string)
 			raw, _ := res[i+1].(string)
-			out = append(out, decodeDelivery(q, id, []byte(raw)))
+			d := decodeDelivery(q, id, []byte(raw))
+			r, ok := res[i+2].(int64)
+			d.Redelivered = !ok || r != 0 // cannot tell: redelivered
+			out = append(out, d)
 		}
 		if len(res) == 2 {
 			last, _ := res[0].(string)

@@ -33,7 +33,10 @@
 // hash tag, so they live in one Redis Cluster slot:
 //
 //	stem:{NS:QUEUE}:stream    stream of ready and leased messages, field "msg"
-//	                          holds the envelope JSON; consumer group "stem"
+//	                          holds the envelope JSON; consumer group "stem";
+//	                          a field "r" = "1" after it marks a message
+//	                          appended again (expired lease or Release),
+//	                          which Claim reports as Redelivered
 //	stem:{NS:QUEUE}:leases    sorted set: stream id -> lease deadline (µs)
 //	stem:{NS:QUEUE}:delayed   sorted set: token + envelope JSON -> NotBefore
 //	                          (µs); the token (32 hex digits) is unique to
@@ -125,6 +128,12 @@
 //   - Entries written to a stream by something else than stem are
 //     delivered with DecodeErr set (Raw is the "msg" field, or all fields
 //     as a JSON array when there is none).
+//   - A message re-queued by a version before the "r" field (an expired
+//     lease or a Release by an older worker) is reported as a first
+//     delivery, so during a rolling upgrade a redelivery of a task already
+//     finished may run again (its final state is not replaced). An entry of
+//     any other shape than "msg" alone or "msg" then "r" counts as
+//     redelivered.
 //   - Redis Cluster is not supported yet: this package opens single-node
 //     clients only. Every script keeps to one hash slot except a Retry to
 //     another queue than the delivery's, which touches both queues' keys in

@@ -121,13 +121,17 @@ end
 // to the stream (without their publish token, see delayedMember), in order
 // of due time, at most 1000 of each per call. Then it reads new entries
 // with XREADGROUP (creating the group when missing) and records a lease
-// deadline for each.
+// deadline for each. An entry the upkeep or releaseScript appended again
+// carries the field r=1 after msg (see redeliveredField): its message was
+// delivered before. An entry of msg alone is a first delivery; one of any
+// other shape, from a foreign writer, counts as redelivered (cannot tell).
 //
 // KEYS[1] stream, KEYS[2] leases, KEYS[3] delayed
 // ARGV[1] group, ARGV[2] consumer, ARGV[3] max, ARGV[4] lease in µs,
 // ARGV[5] "1" to do the upkeep first, ARGV[6] "1" to delete consumers that
 // hold nothing and were idle more than ARGV[7] ms.
-// Returns {last_id, next_due_us, id1, msg1, id2, msg2, ...}. When nothing
+// Returns {last_id, next_due_us, id1, msg1, redelivered1, id2, msg2,
+// redelivered2, ...}, redelivered being 1 or 0. When nothing
 // was leased, last_id is the stream's last entry id ("0-0" when empty), to
 // wait on with XREAD, and next_due_us is how long until the next delayed
 // message or lease deadline is due (-1: nothing is scheduled); otherwise
@@ -161,7 +165,7 @@ local function upkeep()
     -- never lose one.
     local e = redis.call('XRANGE', stream, id, id)
     if #e > 0 then
-      redis.call('XADD', stream, '*', 'msg', entry_msg(e[1][2]))
+      redis.call('XADD', stream, '*', 'msg', entry_msg(e[1][2]), 'r', '1')
       redis.call('XDEL', stream, id)
       moved = moved + 1
     end
@@ -210,7 +214,8 @@ local function readnew(n)
     nz = nz + 2
     out[nout + 1] = id
     if f[1] == 'msg' then out[nout + 2] = f[2] else out[nout + 2] = entry_msg(f) end
-    nout = nout + 2
+    if f[1] == 'msg' and #f == 2 then out[nout + 3] = 0 else out[nout + 3] = 1 end
+    nout = nout + 3
     if nz >= 1000 then
       redis.call('ZADD', leases, unpack(z))
       z, nz = {}, 0
@@ -275,7 +280,8 @@ return lost
 `)
 
 // releaseScript makes leased messages ready again at once: each one still
-// leased is appended to the stream again, unchanged, under a new id.
+// leased is appended to the stream again, unchanged, under a new id, with
+// the field r=1 that marks it redelivered for the claim script.
 //
 // KEYS[1] stream, KEYS[2] leases
 // ARGV[1] group, ARGV[2...] stream ids
@@ -287,7 +293,7 @@ for i = 2, #ARGV do
   if redis.call('ZSCORE', KEYS[2], id) then
     local e = redis.call('XRANGE', KEYS[1], id, id)
     if #e > 0 then
-      redis.call('XADD', KEYS[1], '*', 'msg', entry_msg(e[1][2]))
+      redis.call('XADD', KEYS[1], '*', 'msg', entry_msg(e[1][2]), 'r', '1')
       redis.call('XDEL', KEYS[1], id)
     end
     redis.call('XACK', KEYS[1], ARGV[1], id)

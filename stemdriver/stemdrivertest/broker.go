@@ -329,6 +329,68 @@ func RunBroker(t *testing.T, open func(t *testing.T, namespace string) stemdrive
 		mustClaimNone(ctx, t, b, req("b", longLease, "q"), 0) // the failed Retry stored nothing
 	})
 
+	// Redelivered is what lets the worker skip the result-backend check of
+	// a first delivery, so a broker must never report a repeat delivery as
+	// a first one; a Retry's next attempt is a new message, first claimed
+	// as such, ready or delayed.
+	run("RedeliveredOnlyAfterExpiryOrRelease", func(t *testing.T, ns string) {
+		ctx := testContext(t)
+		a, b := open(t, ns), open(t, ns)
+		env := fullEnvelope("redeliv-1", "q")
+		mustPublish(ctx, t, a, env)
+		mustPublish(ctx, t, a, envelopes("redeliv-batch", "q", 3)...)
+		first := claimN(ctx, t, a, 4, req("a", shortLease, "q"))
+		for _, d := range first {
+			if d.Redelivered {
+				t.Errorf("first claim of %s: Redelivered = true, want false", d.Envelope.ID)
+			}
+		}
+		// a never acks: the leases expire and b re-claims the messages.
+		again := claimN(ctx, t, b, 4, req("b", longLease, "q"))
+		var d stemdriver.Delivery
+		for _, x := range again {
+			if !x.Redelivered {
+				t.Errorf("re-claim of %s after lease expiry: Redelivered = false, want true", x.Envelope.ID)
+			}
+			if x.Envelope.ID == env.ID {
+				d = x
+			} else if err := b.Ack(ctx, x); err != nil {
+				t.Fatalf("Ack: %v", err)
+			}
+		}
+		if d.Envelope == nil {
+			t.Fatalf("re-claim did not return %s", env.ID)
+		}
+
+		if err := b.Release(ctx, d); err != nil {
+			t.Fatalf("Release: %v", err)
+		}
+		d = claimN(ctx, t, a, 1, req("a", longLease, "q"))[0]
+		if !d.Redelivered {
+			t.Error("claim after Release: Redelivered = false, want true")
+		}
+
+		for i, notBefore := range []time.Time{{}, now().Add(delay)} {
+			next := cloneEnvelope(t, d.Envelope)
+			next.Attempt = d.Envelope.Attempt + 1
+			next.NotBefore = notBefore
+			if err := a.Retry(ctx, d, next); err != nil {
+				t.Fatalf("Retry %d: %v", i+1, err)
+			}
+			d = claimN(ctx, t, b, 1, req("b", longLease, "q"))[0]
+			if d.Envelope.Attempt != next.Attempt {
+				t.Fatalf("claim after Retry %d: attempt %d, want %d", i+1, d.Envelope.Attempt, next.Attempt)
+			}
+			if d.Redelivered {
+				t.Errorf("first claim of Retry %d's next attempt (NotBefore %v): Redelivered = true, want false", i+1, notBefore)
+			}
+		}
+		if err := b.Ack(ctx, d); err != nil {
+			t.Fatalf("Ack: %v", err)
+		}
+		mustDepth(ctx, t, b, "q", 0)
+	})
+
 	run("LostLeaseOperationsChangeNothing", func(t *testing.T, ns string) {
 		ctx := testContext(t)
 		a, b := open(t, ns), open(t, ns)
