@@ -45,16 +45,9 @@ func TestClaimCheckUsesFinalGetter(t *testing.T) {
 		ran <- tc.TaskID()
 		return "ran", nil
 	}})
-	ctx := context.Background()
 	at := time.Now().UTC().Truncate(time.Millisecond)
 	finished := stem.NewTaskID()
-	if err := e.results.Put(ctx, &stemtype.TaskResult{ID: finished, Task: "once", Queue: "default", State: stemtype.StateSucceeded,
-		Result: []byte(`"first"`), FinishedAt: at, UpdatedAt: at}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.broker.Publish(ctx, &stemtype.Envelope{ID: finished, Task: "once", Queue: "default", CreatedAt: at}); err != nil {
-		t.Fatal(err)
-	}
+	publishFinished(t, e, finished, "once", at)
 	abandonLease(t, e.broker, finished) // the worker's claim is a redelivery
 	fresh := e.enqueue("once", nil, stem.EnqueueOptions{})
 	res := &finalsOnly{ResultBackend: e.results}

@@ -213,13 +213,7 @@ func TestFirstDeliveryReadsNoResult(t *testing.T) {
 	ctx := context.Background()
 	at := time.Now().UTC().Truncate(time.Millisecond)
 	dup := stem.NewTaskID()
-	if err := e.results.Put(ctx, &stemtype.TaskResult{ID: dup, Task: "job", Queue: "default", State: stemtype.StateSucceeded,
-		Result: []byte(`"first"`), FinishedAt: at, UpdatedAt: at}); err != nil {
-		t.Fatal(err)
-	}
-	if err := e.broker.Publish(ctx, &stemtype.Envelope{ID: dup, Task: "job", Queue: "default", CreatedAt: at}); err != nil {
-		t.Fatal(err)
-	}
+	publishFinished(t, e, dup, "job", at)
 	reqs := make([]stem.EnqueueRequest, 50)
 	for i := range reqs {
 		reqs[i] = stem.EnqueueRequest{Task: "job"}
@@ -286,5 +280,20 @@ func TestClaimedTasksRunWhenFinalCheckFails(t *testing.T) {
 	}
 	if res.calls.Load() == 0 {
 		t.Fatal("the worker never checked the redelivery against the result backend")
+	}
+}
+
+// publishFinished records task id succeeded with result "first", then
+// publishes a message of it on the default queue, as a duplicate publish
+// (or, once its lease is abandoned, a redelivery) of a finished task.
+func publishFinished(t *testing.T, e *env, id, task string, at time.Time) {
+	t.Helper()
+	ctx := context.Background()
+	if err := e.results.Put(ctx, &stemtype.TaskResult{ID: id, Task: task, Queue: "default", State: stemtype.StateSucceeded,
+		Result: []byte(`"first"`), FinishedAt: at, UpdatedAt: at}); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.broker.Publish(ctx, &stemtype.Envelope{ID: id, Task: task, Queue: "default", CreatedAt: at}); err != nil {
+		t.Fatal(err)
 	}
 }
