@@ -201,7 +201,7 @@ func (e *cliEnv) normalise(s string) string {
 func (e *cliEnv) check(name string, args ...string) {
 	e.t.Helper()
 	code, out, errOut := e.run(args...)
-	got := e.normalise(fmt.Sprintf("$ stem %s\nexit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), code, out, errOut))
+	got := e.normalise(fmt.Sprintf("$ stem %s\nexit %d\n--- stdout\n%s--- stderr\n%s", shellJoin(args), code, out, errOut))
 	path := filepath.Join("testdata", "golden", name+".golden")
 	if *update {
 		must(e.t, os.MkdirAll(filepath.Dir(path), 0o755))
@@ -215,6 +215,20 @@ func (e *cliEnv) check(name string, args ...string) {
 	if got != string(want) {
 		e.t.Errorf("%s: output differs from %s (run with -update to rewrite)\n--- got\n%s\n--- want\n%s", name, path, got, want)
 	}
+}
+
+// shellJoin renders args as a command line, quoting those that are empty
+// or hold blanks or quotes, so that a golden file's first line reads as the
+// command that made it.
+func shellJoin(args []string) string {
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = a
+		if a == "" || strings.ContainsAny(a, " \t\"'{}*") {
+			out[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
+		}
+	}
+	return strings.Join(out, " ")
 }
 
 // TestGoldenTaskCommands: enqueue and task status, human and --json, for a
@@ -267,6 +281,10 @@ func TestGoldenWorkerCommands(t *testing.T) {
 	e.startWorker()
 	e.check("ping", "worker", "ping")
 	e.check("ping_json", "worker", "ping", "--json")
+	e.check("ping_other_namespace", "--namespace", "other", "worker", "ping", "--timeout", "200ms")
+	e.env = map[string]string{"STEM_NAMESPACE": "other"}
+	e.check("stats_other_namespace_env", "worker", "stats", "--worker", "w1", "--timeout", "200ms")
+	e.env = map[string]string{}
 	e.check("ping_missing", "worker", "ping", "--worker", "w1", "--worker", "w9", "--timeout", "200ms")
 
 	ok := e.enqueue("ok", "--args", `{"a":1,"b":1}`)
@@ -324,6 +342,9 @@ func TestGoldenErrors(t *testing.T) {
 		{"usage_inspect_limit", nil, []string{"worker", "inspect", "--limit", "1"}},
 		{"usage_inspect_negative_limit", nil, []string{"worker", "inspect", "--include-revoked", "--limit", "-1"}},
 		{"usage_timeout", nil, []string{"worker", "ping", "--timeout", "0s"}},
+		{"usage_start_concurrency", nil, []string{"worker", "start", "--concurrency", "0"}},
+		{"usage_start_broadcast_id", nil, []string{"worker", "start", "--id", "*"}},
+		{"usage_start_empty_queue", nil, []string{"worker", "start", "--queue", " "}},
 		{"config_log_level", map[string]string{"STEM_LOG_LEVEL": "loud"}, []string{"worker", "ping"}},
 		{"config_unknown_scheme", nil, []string{"--broker", "bogus://h", "worker", "ping"}},
 		{"config_not_yet_scheme", map[string]string{"STEM_BROKER_URL": "postgres://u:secret@h/db"}, []string{"enqueue", "ok"}},
