@@ -618,6 +618,7 @@ func testWarmShutdownReleasesUnstarted(t *testing.T, h Harness) {
 	d.waitDepth(stemtype.DefaultQueue, 0) // w1 holds next in its prefetch
 	stopped := make(chan struct{})
 	go func() { stop1(); close(stopped) }()
+	t.Cleanup(func() { release(); <-stopped }) // w1's Run has returned when the case ends
 	d.startWorker(stem.WorkerConfig{ID: "w2"})
 	res := d.wait(next)
 	if res.State != stemtype.StateSucceeded || res.WorkerID != "w2" || res.Attempt != 0 {
