@@ -5,7 +5,6 @@ import (
 	"io"
 	"log/slog"
 	"testing"
-	"time"
 
 	"github.com/stem-go/stem/internal/systemtest"
 	"github.com/stem-go/stem/internal/testutil"
@@ -22,34 +21,14 @@ func TestSystem(t *testing.T) {
 			testutil.CleanupNamespace(t, url, namespace) // runs after the Closes below
 			ctx := context.Background()
 			opts := stemdriver.Options{Namespace: namespace, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))}
-			r := systemtest.Roles{
+			return systemtest.Roles{
 				Broker:  opened[*stemredis.Broker](t)(stemredis.OpenBroker(ctx, url, opts)),
 				Results: opened[*stemredis.Results](t)(stemredis.OpenResults(ctx, url, opts)),
 				Revokes: opened[*stemredis.Revokes](t)(stemredis.OpenRevokes(ctx, url, opts)),
 				Control: opened[*stemredis.Control](t)(stemredis.OpenControl(ctx, url, opts)),
 			}
-			warmBlockingReads(t, r)
-			return r
 		},
 	})
-}
-
-// warmBlockingReads makes one blocking read on the broker and one on the
-// control transport before any worker shares them. It works around a data
-// race in go-redis that the first concurrent blocking reads of a fresh
-// role trigger (TestBlockingClaimsOfFreshBrokerDoNotRace, skipped until
-// fixed): after one connection's handshake the race is gone, so the suite
-// checks stem, not that race. Remove it with the bug.
-func warmBlockingReads(t *testing.T, r systemtest.Roles) {
-	t.Helper()
-	ctx := context.Background()
-	if _, err := r.Broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"systemtest-warmup"},
-		Consumer: "warmup", Max: 1, Lease: time.Second, Wait: 10 * time.Millisecond}); err != nil {
-		t.Fatal(err)
-	}
-	wctx, cancel := context.WithTimeout(ctx, 10*time.Millisecond)
-	defer cancel()
-	_ = r.Control.Replies(wctx, "systemtest-warmup", func([]byte) bool { return false }) // ends with wctx
 }
 
 // opened fails t on an open error and closes the driver when t ends.

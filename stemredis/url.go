@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
@@ -119,6 +120,13 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	if ro.DB < 0 {
 		return nil, badConfig("stem: redis: URL %s: invalid database number %d: must not be negative", shown, ro.DB)
 	}
+	// Maintenance notifications (a Redis Enterprise feature stem does not
+	// use) are off: in auto mode go-redis v9.23 rewrites the mode in the
+	// Options that every dedicated Conn shares, under each Conn's own lock,
+	// on the first handshake with a server that lacks the feature, a data
+	// race between a broker's concurrent blocking claims
+	// (TestBlockingClaimsOfFreshBrokerDoNotRace).
+	ro.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	cfg.redis = ro
 	cfg.addr = ro.Addr
 
