@@ -5,12 +5,19 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/stem-go/stem/internal/systemtest"
+	"github.com/stem-go/stem/isolated"
+
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemdriver/stemdrivertest"
 	"github.com/stem-go/stem/stemmem"
 )
 
+// TestMain serves the child role of the system suite's isolated tasks when
+// a Pool re-executed the test binary, and otherwise checks that no test
+// leaves a goroutine behind.
 func TestMain(m *testing.M) {
+	isolated.ServeIfChild(systemtest.Registry())
 	goleak.VerifyTestMain(m)
 }
 

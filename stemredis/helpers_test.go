@@ -11,12 +11,17 @@ import (
 	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
+	"github.com/stem-go/stem/internal/systemtest"
 	"github.com/stem-go/stem/internal/testutil"
+	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
 )
 
-// TestMain checks that no test leaves a goroutine behind.
+// TestMain serves the child role of the system suite's isolated tasks when
+// a Pool re-executed the test binary, and otherwise checks that no test
+// leaves a goroutine behind.
 func TestMain(m *testing.M) {
+	isolated.ServeIfChild(systemtest.Registry())
 	goleak.VerifyTestMain(m)
 }
 

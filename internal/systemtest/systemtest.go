@@ -15,6 +15,15 @@
 //		})
 //	}
 //
+// The isolated case runs tasks in child processes re-executed from the
+// test binary, so the wiring package's TestMain serves the child role with
+// the suite's registry before anything else:
+//
+//	func TestMain(m *testing.M) {
+//		isolated.ServeIfChild(systemtest.Registry())
+//		goleak.VerifyTestMain(m)
+//	}
+//
 // Every case runs in parallel with a namespace of its own, so Open must give
 // one backend scope (one server, one database, one in-memory hub) to every
 // namespace: the isolation case opens two namespaces and checks that nothing
@@ -35,12 +44,14 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -93,6 +104,7 @@ func Run(t *testing.T, h Harness) {
 		{"RevokeQueuedTask", testRevokeQueuedTask},
 		{"RevokeBeforeWorkerStarts", testRevokeBeforeWorkerStarts},
 		{"TerminateInline", testTerminateInline},
+		{"TerminateIsolatedKillAfter", testTerminateIsolatedKillAfter},
 		{"BroadcastReachesEveryWorker", testBroadcastReachesEveryWorker},
 		{"TargetedCommand", testTargetedCommand},
 		{"DeadWorkerLeaseExpires", testDeadWorkerLeaseExpires},
@@ -105,6 +117,52 @@ func Run(t *testing.T, h Harness) {
 			c.fn(t, h)
 		})
 	}
+}
+
+// The suite's isolated tasks, which Registry registers.
+const (
+	// taskSpinIsolated reports progress once, with its child's pid as
+	// data, then burns CPU, ignoring its context and never calling a
+	// checkpoint again: only a kill stops it (or, should every kill fail,
+	// twice waitBound, so that no child outlives a broken run for long).
+	taskSpinIsolated = "system.spin-isolated"
+	// taskPIDIsolated returns its child's pid.
+	taskPIDIsolated = "system.pid-isolated"
+)
+
+// pidData is the pid an isolated task of the suite reports, as progress
+// data or as its result.
+type pidData struct {
+	PID int `json:"pid"`
+}
+
+// Registry returns a new registry holding the suite's isolated tasks. The
+// suite builds each deployment's registry with it (cases add their inline
+// tasks), and the wiring package's TestMain passes it to
+// isolated.ServeIfChild, so that the test binary, re-executed by a Pool as
+// a child, has the same isolated entrypoints as the worker that started it.
+func Registry() *stem.Registry {
+	reg := stem.NewRegistry()
+	reg.MustAdd(stem.Task{Name: taskSpinIsolated,
+		// A retry would wait in the queue for an hour: the case sees it.
+		Options: stem.TaskOptions{MaxRetries: 5, RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}},
+		Isolated: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+			if err := tc.Progress(0, pidData{PID: os.Getpid()}); err != nil {
+				return nil, err
+			}
+			start := time.Now()
+			x := uint64(1)
+			for time.Since(start) < 2*waitBound {
+				for range 1 << 16 {
+					x = x*6364136223846793005 + 1442695040888963407
+				}
+			}
+			return x % 1000, nil
+		}})
+	reg.MustAdd(stem.Task{Name: taskPIDIsolated, Isolated: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		return pidData{PID: os.Getpid()}, nil
+	}})
+	return reg
 }
 
 // waitBound bounds every wait of the suite: reaching it is a failure, never
@@ -144,7 +202,7 @@ func open(t *testing.T, h Harness) *deployment {
 	if r.Broker == nil || r.Results == nil || r.Revokes == nil || r.Control == nil {
 		t.Fatalf("systemtest: Harness.Open returned a nil role: %+v", r)
 	}
-	d := &deployment{t: t, ns: ns, roles: r, reg: stem.NewRegistry()}
+	d := &deployment{t: t, ns: ns, roles: r, reg: Registry()}
 	var err error
 	d.client, err = stem.NewClient(stem.ClientConfig{Broker: r.Broker, Results: r.Results, Registry: d.reg, Logger: quiet()})
 	if err != nil {
@@ -487,6 +545,71 @@ func testTerminateInline(t *testing.T, h Harness) {
 	}
 	if n := d.depth(stemtype.DefaultQueue); n != 0 {
 		t.Fatalf("queue depth %d after terminate, want 0 (no retry)", n)
+	}
+	checkRevokeMeta(t, d.wait(id), "runaway", "ops")
+}
+
+// A terminate with a kill-after of a running isolated task that ignores
+// its context and never checkpoints kills its child once the grace period
+// is over: the task ends cancelled with the revoke's metadata, after one
+// run and without a retry, and the pool replaces the killed child, so the
+// next isolated task runs in a fresh one.
+func testTerminateIsolatedKillAfter(t *testing.T, h Harness) {
+	d := open(t, h)
+	// Children built with the race detector would sleep a second at exit.
+	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
+	pool, err := isolated.NewPool(isolated.PoolConfig{Registry: d.reg, Size: 1, Logger: quiet(),
+		Env: []string{"GORACE=" + gorace}, StartTimeout: waitBound})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pool.Close() }) // after the worker's Run returned
+	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1, Executor: pool})
+	id := d.enqueue(taskSpinIsolated, stem.EnqueueOptions{})
+	// The progress report says the task runs in its child: from there on
+	// only a kill stops it.
+	var spinner pidData
+	d.waitFor("the isolated task reports its pid", func(ctx context.Context) bool {
+		r, err := d.roles.Results.Get(ctx, id)
+		return err == nil && r.State == stemtype.StateStarted && r.Progress != nil &&
+			json.Unmarshal(r.Progress.Data, &spinner) == nil && spinner.PID > 0
+	})
+	res, err := d.ctl.RevokeTasks(context.Background(), target("w1"), stem.RevokeOptions{TaskIDs: []string{id},
+		Terminate: true, KillAfter: 200 * time.Millisecond, Reason: "runaway", RequestedBy: "ops"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rr stemtype.RevokeReply
+	if reps := res.Replies.Replies; len(reps) != 1 || json.Unmarshal(reps[0].Payload, &rr) != nil ||
+		!slices.Equal(rr.Inflight, []string{id}) {
+		t.Fatalf("revoke replies %+v", res.Replies)
+	}
+	final := d.wait(id)
+	checkRevokeMeta(t, final, "runaway", "ops")
+	if final.Attempt != 0 || final.WorkerID != "w1" {
+		t.Fatalf("result %+v, want the first attempt, on w1", final)
+	}
+	next := d.wait(d.enqueue(taskPIDIsolated, stem.EnqueueOptions{}))
+	var fresh pidData
+	if next.State != stemtype.StateSucceeded || json.Unmarshal(next.Result, &fresh) != nil ||
+		fresh.PID <= 0 || fresh.PID == spinner.PID {
+		t.Fatalf("the next isolated task: %+v, want it to succeed in a child other than the killed %d", next, spinner.PID)
+	}
+	if s := pool.Stats(); s.Started != 2 || s.Live != 1 {
+		t.Fatalf("pool %+v, want two children started (the killed one replaced) and one alive", s)
+	}
+	s, err := d.ctl.Stats(context.Background(), target("w1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st stemtype.StatsReply
+	if len(s.Replies) != 1 || json.Unmarshal(s.Replies[0].Payload, &st) != nil ||
+		st.Processed != 2 || st.Cancelled != 1 || st.Succeeded != 1 || st.Failed != 0 || st.Retried != 0 {
+		t.Fatalf("stats of w1: %+v (%+v), want two tasks processed: one cancelled, one succeeded, no retry", s, st)
+	}
+	stop() // every outcome of the worker is settled once Run returned
+	if n := d.depth(stemtype.DefaultQueue); n != 0 {
+		t.Fatalf("queue depth %d after the kill, want 0 (no retry)", n)
 	}
 	checkRevokeMeta(t, d.wait(id), "runaway", "ops")
 }
