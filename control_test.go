@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"sort"
-	"sync/atomic"
 	"testing"
 	"time"
 
@@ -19,115 +17,6 @@ func (e *env) controller() *stem.Controller {
 		e.t.Fatal(err)
 	}
 	return c
-}
-
-func TestPingReachesEveryWorkerAndOneByID(t *testing.T) {
-	e := newEnv(t)
-	for _, id := range []string{"w1", "w2", "w3"} {
-		e.startWorker(stem.WorkerConfig{ID: id})
-	}
-	ctx := context.Background()
-	all, err := e.controller().Ping(ctx, stem.Target{Timeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var got []string
-	for _, r := range all.Replies {
-		got = append(got, r.WorkerID)
-	}
-	sort.Strings(got)
-	if len(got) != 3 || got[0] != "w1" || got[2] != "w3" {
-		t.Fatalf("broadcast ping replies from %v", got)
-	}
-	one, err := e.controller().Ping(ctx, stem.Target{Workers: []string{"w2", "ghost"}, Timeout: 300 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(one.Replies) != 1 || one.Replies[0].WorkerID != "w2" || len(one.Missing) != 1 || one.Missing[0] != "ghost" {
-		t.Fatalf("targeted ping: %+v", one)
-	}
-}
-
-func TestRevokedQueuedTaskNeverRuns(t *testing.T) {
-	e := newEnv(t)
-	var ran atomic.Bool
-	e.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
-		ran.Store(true)
-		return nil, nil
-	}})
-	id := e.enqueue("victim", nil, stem.EnqueueOptions{})
-	_, _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 100 * time.Millisecond},
-		stem.RevokeOptions{TaskIDs: []string{id}, Reason: "bad data", RequestedBy: "ops"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// Cancelled at once in the result backend, before any worker met it.
-	if r, _ := e.results.Get(context.Background(), id); r.State != stemtype.StateCancelled {
-		t.Fatalf("state right after revoke: %+v", r)
-	}
-	e.startWorker(stem.WorkerConfig{})
-	// The worker loaded the revoke at start-up: the task is acknowledged as
-	// cancelled with the revoke's metadata, never run.
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		n, _ := e.broker.Depth(context.Background(), "default")
-		if n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("revoked task never left the queue")
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	res := e.wait(id)
-	if ran.Load() || res.State != stemtype.StateCancelled || res.Meta[stemtype.MetaRevokedReason] != "bad data" ||
-		res.Meta[stemtype.MetaRevokedBy] != "ops" || res.Meta[stemtype.MetaRevokedAt] == "" {
-		t.Fatalf("ran=%v result %+v", ran.Load(), res)
-	}
-}
-
-func TestTerminateCancelsRunningInlineTaskWithoutRetry(t *testing.T) {
-	e := newEnv(t)
-	started := make(chan struct{})
-	var runs atomic.Int32
-	var hbErr atomic.Value
-	e.reg.MustAdd(stem.Task{Name: "loop", Options: stem.TaskOptions{MaxRetries: 5},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if runs.Add(1) == 1 {
-				close(started)
-			}
-			for {
-				if err := tc.Heartbeat(); err != nil {
-					hbErr.Store(err)
-					if !errors.Is(context.Cause(tc), stem.ErrTaskRevoked) {
-						return nil, errors.New("cause is not ErrTaskRevoked")
-					}
-					return "ignored result", nil // whatever it returns, the task is cancelled
-				}
-				time.Sleep(time.Millisecond)
-			}
-		}})
-	e.startWorker(stem.WorkerConfig{ID: "w1"})
-	id := e.enqueue("loop", nil, stem.EnqueueOptions{})
-	<-started
-	e.waitState(id, stemtype.StateStarted)
-	_, replies, err := e.controller().Revoke(context.Background(), stem.Target{Workers: []string{"w1"}},
-		stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, RequestedBy: "ops"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rr stemtype.RevokeReply
-	if len(replies.Replies) != 1 || json.Unmarshal(replies.Replies[0].Payload, &rr) != nil || len(rr.Inflight) != 1 || rr.Inflight[0] != id {
-		t.Fatalf("revoke replies %+v", replies)
-	}
-	res := e.wait(id)
-	err, _ = hbErr.Load().(error)
-	if !errors.Is(err, stem.ErrTaskRevoked) {
-		t.Fatalf("heartbeat returned %v, want ErrTaskRevoked", err)
-	}
-	if res.State != stemtype.StateCancelled || runs.Load() != 1 || res.Meta[stemtype.MetaRevokedBy] != "ops" {
-		t.Fatalf("result %+v after %d runs", res, runs.Load())
-	}
 }
 
 func TestRevokeWithoutTerminateLetsRunningTaskFinish(t *testing.T) {

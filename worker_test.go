@@ -134,22 +134,6 @@ func (e *env) waitState(id string, state stemtype.State) {
 	e.t.Fatalf("task %s never reached %s", id, state)
 }
 
-func TestSucceedsWithTypedArgs(t *testing.T) {
-	e := newEnv(t)
-	type addArgs struct{ A, B int }
-	stem.Register(e.reg, "add", func(tc *stem.TaskContext, a addArgs) (any, error) {
-		if tc.TaskID() == "" || tc.Attempt() != 0 {
-			return nil, errors.New("bad task context")
-		}
-		return a.A + a.B, nil
-	}, stem.TaskOptions{})
-	e.startWorker(stem.WorkerConfig{})
-	res := e.wait(e.enqueue("add", addArgs{2, 3}, stem.EnqueueOptions{}))
-	if res.State != stemtype.StateSucceeded || string(res.Result) != "5" || res.Error != nil {
-		t.Fatalf("got %+v", res)
-	}
-}
-
 func TestRetryWithBackoffToFinalFailure(t *testing.T) {
 	e := newEnv(t)
 	var runs atomic.Int32
@@ -278,32 +262,6 @@ func TestTimeLimitFailsAttempt(t *testing.T) {
 	res := e.wait(e.enqueue("slow", nil, stem.EnqueueOptions{}))
 	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "time_limit" {
 		t.Fatalf("got %+v error %+v", res, res.Error)
-	}
-}
-
-// A worker that stops renewing its lease (here: a consumer that claimed the
-// task and died) loses the task to another worker once the lease expires.
-func TestExpiredLeaseIsReclaimedByAnotherWorker(t *testing.T) {
-	e := newEnv(t)
-	var ranBy atomic.Value
-	e.reg.MustAdd(stem.Task{Name: "work", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		ranBy.Store(tc.Attempt())
-		return "done", nil
-	}})
-	id := e.enqueue("work", nil, stem.EnqueueOptions{})
-	// The dead worker: claims with a short lease and never renews it.
-	ds, err := e.broker.Claim(context.Background(), stemdriver.ClaimRequest{Queues: []string{"default"},
-		Consumer: "dead-worker", Max: 1, Lease: 200 * time.Millisecond})
-	if err != nil || len(ds) != 1 || ds[0].Envelope.ID != id {
-		t.Fatalf("dead worker claim: %v %v", ds, err)
-	}
-	e.startWorker(stem.WorkerConfig{ID: "alive"})
-	res := e.wait(id)
-	if res.State != stemtype.StateSucceeded || res.WorkerID != "alive" {
-		t.Fatalf("got %+v", res)
-	}
-	if err := e.broker.Ack(context.Background(), ds[0]); !errors.Is(err, stemdriver.ErrLeaseLost) {
-		t.Fatalf("dead worker's late ack: %v, want ErrLeaseLost", err)
 	}
 }
 
