@@ -4,12 +4,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"time"
 
+	"github.com/stem-go/stem/internal/jsonvalue"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -175,9 +175,9 @@ func (c *Client) envelope(r EnqueueRequest, now time.Time) (*stemtype.Envelope, 
 	if r.Task == "" {
 		return nil, errors.New("stem: enqueue: empty task name")
 	}
-	args, err := encodeArgs(r.Args)
+	args, err := jsonvalue.Encode[Args](r.Args)
 	if err != nil {
-		return nil, fmt.Errorf("stem: enqueue %s: %w", r.Task, err)
+		return nil, fmt.Errorf("stem: enqueue %s: encode arguments: %w", r.Task, err)
 	}
 	var topts TaskOptions
 	if c.reg != nil {
@@ -215,28 +215,6 @@ func (c *Client) envelope(r EnqueueRequest, now time.Time) (*stemtype.Envelope, 
 		env.NotBefore = now.Add(o.Countdown)
 	}
 	return env, nil
-}
-
-func encodeArgs(v any) (json.RawMessage, error) {
-	switch a := v.(type) {
-	case nil:
-		return nil, nil
-	case json.RawMessage:
-		if !json.Valid(a) {
-			return nil, errors.New("arguments are not valid JSON")
-		}
-		return a, nil
-	case Args:
-		if !json.Valid(a) {
-			return nil, errors.New("arguments are not valid JSON")
-		}
-		return json.RawMessage(a), nil
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("encode arguments: %w", err)
-	}
-	return b, nil
 }
 
 // Status returns the task's recorded state, or an error matching ErrNotFound.

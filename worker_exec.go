@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/stem-go/stem/internal/jsonvalue"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -204,9 +205,9 @@ func (w *Worker) process(parent context.Context, j *job) {
 		w.log.Info("task interrupted by shutdown: released", "task_id", env.ID)
 		w.settle(j, nil, settleRelease, nil, "")
 	case err == nil:
-		raw, encErr := encodeResult(result)
+		raw, encErr := jsonvalue.Encode[Args](result)
 		if encErr != nil {
-			w.finish(j, nil, &stemtype.TaskError{Kind: "handler", Message: encErr.Error()}, false, 0)
+			w.finish(j, nil, &stemtype.TaskError{Kind: "handler", Message: "stem: encode task result: " + encErr.Error()}, false, 0)
 			return
 		}
 		w.finish(j, raw, nil, false, 0)
@@ -245,26 +246,6 @@ func (w *Worker) invoke(tc *TaskContext, task *Task, env *stemtype.Envelope, j *
 		return raw, nil
 	}
 	return task.Run(tc, Args(env.Args))
-}
-
-func encodeResult(v any) (json.RawMessage, error) {
-	switch r := v.(type) {
-	case nil:
-		return nil, nil
-	case json.RawMessage:
-		if len(r) == 0 {
-			return nil, nil
-		}
-		if !json.Valid(r) {
-			return nil, errors.New("stem: task returned a json.RawMessage that is not valid JSON")
-		}
-		return r, nil
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("stem: encode task result: %w", err)
-	}
-	return b, nil
 }
 
 // finish records a handler's outcome: success, a retry, or a final failure.

@@ -145,6 +145,7 @@ func testRegistry() *stem.Registry {
 		return pidResult{PID: os.Getpid()}, nil
 	})
 	iso("test.noop", func(tc *stem.TaskContext, _ stem.Args) (any, error) { return nil, nil })
+	iso("test.empty-raw", func(tc *stem.TaskContext, _ stem.Args) (any, error) { return json.RawMessage{}, nil })
 	// test.progress-pid reports progress with its pid as data (so a test
 	// can kill it while the worker applies the checkpoint) and returns.
 	iso("test.progress-pid", func(tc *stem.TaskContext, _ stem.Args) (any, error) {

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/jsonvalue"
 )
 
 // Exit codes of a child process.
@@ -250,34 +251,12 @@ func (s *childServer) invoke(ctx context.Context, r *childRun, m *message) (out 
 	if err != nil {
 		return &message{Type: typeError, Run: r.id, Error: encodeTaskError(err)}, false
 	}
-	raw, err := encodeResult(v)
+	raw, err := jsonvalue.Encode[stem.Args](v)
 	if err != nil {
-		return &message{Type: typeError, Run: r.id, Error: &wireError{Code: codeHandler, Message: err.Error()}}, false
+		return &message{Type: typeError, Run: r.id, Error: &wireError{Code: codeHandler,
+			Message: "stem: encode task result: " + err.Error()}}, false
 	}
 	return &message{Type: typeResult, Run: r.id, Result: raw}, false
-}
-
-// encodeResult encodes a task's result as the worker does for inline tasks.
-func encodeResult(v any) (json.RawMessage, error) {
-	switch r := v.(type) {
-	case nil:
-		return nil, nil
-	case json.RawMessage:
-		if !json.Valid(r) {
-			return nil, errors.New("stem: task returned a json.RawMessage that is not valid JSON")
-		}
-		return r, nil
-	case stem.Args:
-		if !json.Valid(r) {
-			return nil, errors.New("stem: task returned Args that are not valid JSON")
-		}
-		return json.RawMessage(r), nil
-	}
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, fmt.Errorf("stem: encode task result: %w", err)
-	}
-	return b, nil
 }
 
 // childSignals carries the child's checkpoints to the worker and returns

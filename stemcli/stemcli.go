@@ -29,12 +29,12 @@ import (
 	"os"
 	"strings"
 
-	"github.com/redis/go-redis/v9"
 	"github.com/spf13/cobra"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemredis"
 	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
@@ -170,7 +170,33 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 		}
 	}
 	strict(root)
+	// cobra adds its help and completion commands when the tree first
+	// runs; adding them now lets every argument validator in the tree,
+	// theirs included, report a usage error by type.
+	root.InitDefaultHelpCmd()
+	root.InitDefaultCompletionCmd()
+	var typed func(*cobra.Command)
+	typed = func(c *cobra.Command) {
+		if c.Args != nil {
+			c.Args = usageArgs(c.Args)
+		}
+		for _, sub := range c.Commands() {
+			typed(sub)
+		}
+	}
+	typed(root)
 	return root
+}
+
+// usageArgs makes an argument validator's error an *ExitError with
+// ExitUsage, its text unchanged.
+func usageArgs(validate cobra.PositionalArgs) cobra.PositionalArgs {
+	return func(c *cobra.Command, args []string) error {
+		if err := validate(c, args); err != nil {
+			return &ExitError{Code: ExitUsage, Err: err}
+		}
+		return nil
+	}
 }
 
 // Main runs the command tree on args and returns the process exit code,
@@ -185,19 +211,16 @@ func Main(cfg Config, args []string) int {
 	// in both roles.
 	isolated.ServeIfChild(cfg.Registry)
 	cmd := New(cfg)
-	redis.SetLogger(redisLogger{a: cmd})
+	stemredis.SetLibraryLogf(func(format string, v ...any) {
+		// Only at STEM_LOG_LEVEL=debug: the CLI reports connection
+		// failures itself.
+		if strings.EqualFold(os.Getenv("STEM_LOG_LEVEL"), "debug") {
+			fmt.Fprintf(cmd.ErrOrStderr(), "go-redis: "+format+"\n", v...)
+		}
+	})
 	cmd.SetArgs(args)
 	err := cmd.ExecuteContext(context.Background())
 	return exitCode(cmd.ErrOrStderr(), err)
-}
-
-// redisLogger shows go-redis's log lines only at STEM_LOG_LEVEL=debug.
-type redisLogger struct{ a *cobra.Command }
-
-func (l redisLogger) Printf(_ context.Context, format string, v ...any) {
-	if strings.EqualFold(os.Getenv("STEM_LOG_LEVEL"), "debug") {
-		fmt.Fprintf(l.a.ErrOrStderr(), "go-redis: "+format+"\n", v...)
-	}
 }
 
 func exitCode(w io.Writer, err error) int {
@@ -208,22 +231,9 @@ func exitCode(w io.Writer, err error) int {
 	code := ExitFailure
 	if errors.As(err, &ee) {
 		code = ee.Code
-	} else if isUsage(err) {
-		code = ExitUsage
 	}
 	fmt.Fprintln(w, "stem: "+strings.TrimPrefix(err.Error(), "stem: "))
 	return code
-}
-
-// isUsage recognises cobra's argument and command errors.
-func isUsage(err error) bool {
-	msg := err.Error()
-	for _, s := range []string{"unknown command", "accepts ", "requires at least", "requires at most", "required flag", "unknown flag", "unknown shorthand flag", "invalid argument"} {
-		if strings.Contains(msg, s) {
-			return true
-		}
-	}
-	return false
 }
 
 func (a *app) namespace() string {
