@@ -218,8 +218,9 @@ type ResultBackend interface {
 
 // FinalGetter is implemented by result backends that can read final
 // results alone more cheaply than GetMany (Redis keeps them apart from the
-// other states). The worker checks every claimed batch with it when the
-// backend has it, and with GetMany otherwise.
+// other states). The worker checks the redelivered deliveries of a claimed
+// batch (Delivery.Redelivered) with it when the backend has it, and with
+// GetMany otherwise.
 //
 // Contract: GetFinalMany returns, in input order, the stored result of
 // each id when its state is final (succeeded, failed, cancelled), nil for
