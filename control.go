@@ -282,16 +282,12 @@ func markable(r *Replies) func(id string) bool {
 	}
 	held := map[string]bool{}
 	answered := map[string]bool{}
-	for _, rep := range r.Replies {
-		if rep.Status != stemtype.ReplyOK {
-			continue
-		}
-		var p stemtype.RevokeReply
-		if json.Unmarshal(rep.Payload, &p) != nil {
+	for _, rep := range Decode[stemtype.RevokeReply](r) {
+		if rep.Err != nil {
 			continue
 		}
 		answered[rep.WorkerID] = true
-		for _, id := range p.Held {
+		for _, id := range rep.Payload.Held {
 			held[id] = true
 		}
 	}
