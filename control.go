@@ -94,15 +94,15 @@ type Replies struct {
 	// every live worker without one. NotLive is part of it.
 	Missing []string
 	// NotLive are the targeted workers that were not live when the command
-	// was sent, sorted: Send reported them missing without waiting for
+	// was sent, sorted: send reported them missing without waiting for
 	// them. Empty when the live workers could not be listed.
 	NotLive []string
 	// Live are the workers of the namespace that were live (had announced
 	// their presence) when the command was sent, sorted; nil when they
 	// could not be listed (see PresenceErr). An empty, non-nil Live after
-	// a broadcast means no worker was live: Send returned at once.
+	// a broadcast means no worker was live: send returned at once.
 	Live []string
-	// PresenceErr is why the live workers could not be listed. Send then
+	// PresenceErr is why the live workers could not be listed. send then
 	// fell back to waiting for every targeted worker, and for a broadcast
 	// to waiting out the whole timeout, and logged the error.
 	PresenceErr error
@@ -121,7 +121,7 @@ func (r *Replies) Errors() []stemtype.ControlReply {
 
 // Ping asks workers to answer.
 func (c *Controller) Ping(ctx context.Context, t Target) (*Replies, error) {
-	return c.Send(ctx, t, stemtype.CommandPing, nil)
+	return c.send(ctx, t, stemtype.CommandPing, nil)
 }
 
 // Inspect asks workers for their in-flight tasks and, with includeRevoked,
@@ -138,12 +138,12 @@ func (c *Controller) InspectWith(ctx context.Context, t Target, req stemtype.Ins
 	if req.Limit < 0 {
 		return nil, fmt.Errorf("stem: inspect: negative limit %d", req.Limit)
 	}
-	return c.Send(ctx, t, stemtype.CommandInspect, req)
+	return c.send(ctx, t, stemtype.CommandInspect, req)
 }
 
 // Stats asks workers for their counters and queue depths.
 func (c *Controller) Stats(ctx context.Context, t Target) (*Replies, error) {
-	return c.Send(ctx, t, stemtype.CommandStats, nil)
+	return c.send(ctx, t, stemtype.CommandStats, nil)
 }
 
 // RevokeOptions describe a revoke.
@@ -256,7 +256,7 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 	}
-	replies, err := c.Send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: stored})
+	replies, err := c.send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: stored})
 	// Marked only once the workers that answered hold the revoke, so that
 	// none of them starts the task after it reads cancelled, and only the
 	// tasks no worker holds (see markable).
@@ -282,16 +282,12 @@ func markable(r *Replies) func(id string) bool {
 	}
 	held := map[string]bool{}
 	answered := map[string]bool{}
-	for _, rep := range r.Replies {
-		if rep.Status != stemtype.ReplyOK {
-			continue
-		}
-		var p stemtype.RevokeReply
-		if json.Unmarshal(rep.Payload, &p) != nil {
+	for _, rep := range Decode[stemtype.RevokeReply](r) {
+		if rep.Err != nil {
 			continue
 		}
 		answered[rep.WorkerID] = true
-		for _, id := range p.Held {
+		for _, id := range rep.Payload.Held {
 			held[id] = true
 		}
 	}
@@ -383,7 +379,7 @@ func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRe
 	return nil
 }
 
-// Send publishes a command of type typ with payload to the target and
+// send publishes a command of type typ with payload to the target and
 // collects replies until every live targeted worker answered (for a
 // broadcast: every live worker of the namespace) or the timeout passed.
 // Live workers are those whose presence the control transport lists.
@@ -391,15 +387,15 @@ func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRe
 // It fails fast rather than wait for a worker that cannot answer: targeted
 // workers that are not live are reported in Missing and NotLive at once and
 // not waited for, and when no worker is left to wait for (a broadcast with
-// no live worker, or only targets that are not live) Send returns as soon
+// no live worker, or only targets that are not live) send returns as soon
 // as the command is published. The command is published to every target
 // all the same, so a worker that is starting and has not announced itself
-// yet still receives it. When the live workers cannot be listed, Send logs
+// yet still receives it. When the live workers cannot be listed, send logs
 // why and waits for every targeted worker, and for a broadcast out the
 // whole timeout, reporting only targeted workers as missing.
 //
 // A publish failure matches ErrBrokerUnavailable.
-func (c *Controller) Send(ctx context.Context, t Target, typ string, payload any) (*Replies, error) {
+func (c *Controller) send(ctx context.Context, t Target, typ string, payload any) (*Replies, error) {
 	timeout := t.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second

@@ -166,7 +166,7 @@ func TestInspectRevokedOnlyWhenAskedAndLimited(t *testing.T) {
 		}
 	}
 	// A command with no payload, as an older controller sends it.
-	raw, err := e.controller().Send(ctx, target, stemtype.CommandInspect, nil)
+	raw, err := stem.ControllerSend(e.controller(), ctx, target, stemtype.CommandInspect, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -203,7 +203,7 @@ func TestInspectRevokedOnlyWhenAskedAndLimited(t *testing.T) {
 	if _, err := e.controller().InspectWith(ctx, target, stemtype.InspectRequest{Limit: -1}); err == nil {
 		t.Error("InspectWith accepted a negative limit")
 	}
-	r, err = e.controller().Send(ctx, target, stemtype.CommandInspect, stemtype.InspectRequest{IncludeRevoked: true, Limit: -1})
+	r, err = stem.ControllerSend(e.controller(), ctx, target, stemtype.CommandInspect, stemtype.InspectRequest{IncludeRevoked: true, Limit: -1})
 	if err != nil {
 		t.Fatal(err)
 	}

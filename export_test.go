@@ -8,3 +8,8 @@ func SetTestHooks(progressChecked, settled func(taskID string)) (restore func())
 	testHooks.Store(&workerTestHooks{progressChecked: progressChecked, settled: settled})
 	return func() { testHooks.Store(nil) }
 }
+
+// ControllerSend exposes the unexported Controller.send to the external
+// tests that send a raw command (an older controller's payload, a payload
+// the typed methods refuse).
+var ControllerSend = (*Controller).send

@@ -47,7 +47,7 @@ type TaskOptions struct {
 	// the first failure is final.
 	MaxRetries int
 	// RetryPolicy chooses the delay before each retry. Nil means
-	// DefaultRetryPolicy.
+	// DefaultRetryPolicy().
 	RetryPolicy RetryPolicy
 	// Lease is how long a claimed task stays invisible to other workers
 	// between renewals. The worker renews it while the task runs; it only

@@ -31,9 +31,14 @@ type ExponentialBackoff struct {
 	Jitter float64
 }
 
-// DefaultRetryPolicy is used by tasks whose options set none: 1s, 2s, 4s...
-// up to 10 minutes, with 20% jitter.
-var DefaultRetryPolicy RetryPolicy = ExponentialBackoff{Base: time.Second, Max: 10 * time.Minute, Jitter: 0.2}
+// DefaultRetryPolicy returns the policy used by tasks whose options set
+// none: 1s, 2s, 4s... up to 10 minutes, with 20% jitter. It is a function,
+// not a variable, so that no program can change the default of every
+// worker in the process; a task that wants another policy sets
+// TaskOptions.RetryPolicy.
+func DefaultRetryPolicy() RetryPolicy {
+	return ExponentialBackoff{Base: time.Second, Max: 10 * time.Minute, Jitter: 0.2}
+}
 
 // NextRetry implements RetryPolicy.
 func (b ExponentialBackoff) NextRetry(attempt int) time.Duration {

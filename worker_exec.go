@@ -270,7 +270,7 @@ func (w *Worker) finish(j *job, result json.RawMessage, terr *stemtype.TaskError
 	}
 	if retryable && env.Attempt < maxRetries {
 		if delay <= 0 {
-			policy := DefaultRetryPolicy
+			policy := DefaultRetryPolicy()
 			if t, ok := w.cfg.Registry.Lookup(env.Task); ok && t.Options.RetryPolicy != nil {
 				policy = t.Options.RetryPolicy
 			}

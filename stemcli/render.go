@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -17,32 +16,25 @@ import (
 
 func table(w io.Writer) *tabwriter.Writer { return tabwriter.NewWriter(w, 0, 0, 2, ' ', 0) }
 
-// sorted returns the replies ordered by worker id, for stable output.
-func sorted(r *stem.Replies) []stemtype.ControlReply {
-	out := slices.Clone(r.Replies)
-	sort.Slice(out, func(i, j int) bool { return out[i].WorkerID < out[j].WorkerID })
+// sorted returns the replies with their payloads decoded as P, ordered by
+// worker id for stable output. A payload that does not decode is that
+// worker's error (stem.Decode).
+func sorted[P any](r *stem.Replies) []stem.WorkerReply[P] {
+	out := stem.Decode[P](r)
+	sort.SliceStable(out, func(i, j int) bool { return out[i].WorkerID < out[j].WorkerID })
 	return out
-}
-
-func errText(rep stemtype.ControlReply) string {
-	if rep.Error != nil {
-		return rep.Error.Message
-	}
-	return "error"
 }
 
 func renderPing(w io.Writer, r *stem.Replies, start time.Time) {
 	tw := table(w)
 	fmt.Fprintln(tw, "WORKER\tSTATUS\tTIMESTAMP")
-	for _, rep := range sorted(r) {
-		var p stemtype.PingReply
-		_ = json.Unmarshal(rep.Payload, &p)
+	for _, rep := range sorted[stemtype.PingReply](r) {
 		ts := "-"
-		if !p.Timestamp.IsZero() {
-			ts = p.Timestamp.Format(time.RFC3339Nano)
+		if !rep.Payload.Timestamp.IsZero() {
+			ts = rep.Payload.Timestamp.Format(time.RFC3339Nano)
 		}
-		if rep.Status != stemtype.ReplyOK {
-			ts = errText(rep)
+		if rep.Err != nil {
+			ts = rep.Err.Error()
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\n", rep.WorkerID, rep.Status, ts)
 	}
@@ -51,13 +43,12 @@ func renderPing(w io.Writer, r *stem.Replies, start time.Time) {
 }
 
 func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
-	for _, rep := range sorted(r) {
-		if rep.Status != stemtype.ReplyOK {
-			fmt.Fprintf(w, "worker %s: error: %s\n", rep.WorkerID, errText(rep))
+	for _, rep := range sorted[stemtype.InspectReply](r) {
+		if rep.Err != nil {
+			fmt.Fprintf(w, "worker %s: error: %s\n", rep.WorkerID, rep.Err)
 			continue
 		}
-		var p stemtype.InspectReply
-		_ = json.Unmarshal(rep.Payload, &p)
+		p := rep.Payload
 		total := max(p.RevokedTotal, len(p.Revoked))
 		fmt.Fprintf(w, "worker %s: %d in flight, %d revoked", rep.WorkerID, p.Inflight, total)
 		if req.IncludeRevoked && len(p.Revoked) < total {
@@ -101,13 +92,12 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 func renderStats(w io.Writer, r *stem.Replies) {
 	tw := table(w)
 	fmt.Fprintln(tw, "WORKER\tHOST\tPID\tINFLIGHT\tPROCESSED\tSUCCEEDED\tFAILED\tRETRIED\tCANCELLED\tUPTIME\tQUEUES")
-	for _, rep := range sorted(r) {
-		if rep.Status != stemtype.ReplyOK {
-			fmt.Fprintf(tw, "%s\terror: %s\n", rep.WorkerID, errText(rep))
+	for _, rep := range sorted[stemtype.StatsReply](r) {
+		if rep.Err != nil {
+			fmt.Fprintf(tw, "%s\terror: %s\n", rep.WorkerID, rep.Err)
 			continue
 		}
-		var s stemtype.StatsReply
-		_ = json.Unmarshal(rep.Payload, &s)
+		s := rep.Payload
 		qs := make([]string, 0, len(s.Queues))
 		for q, n := range s.Queues {
 			qs = append(qs, fmt.Sprintf("%s=%d", q, n))
@@ -125,9 +115,9 @@ func renderStats(w io.Writer, r *stem.Replies) {
 // a second table, when any worker reports them.
 func renderStores(w io.Writer, r *stem.Replies) {
 	var rows []string
-	for _, rep := range sorted(r) {
-		var s stemtype.StatsReply
-		if rep.Status != stemtype.ReplyOK || json.Unmarshal(rep.Payload, &s) != nil || s.Stores == nil {
+	for _, rep := range sorted[stemtype.StatsReply](r) {
+		s := rep.Payload
+		if rep.Err != nil || s.Stores == nil {
 			continue
 		}
 		rows = append(rows, fmt.Sprintf("%s\t%s\t%s\t%s\t%s\n", rep.WorkerID, s.Stores.Broker, s.Stores.Results, s.Stores.Revokes, s.Stores.Control))
@@ -212,13 +202,12 @@ func renderRevoke(w io.Writer, res *stem.RevokeResult) {
 	}
 	tw := table(w)
 	fmt.Fprintln(tw, "WORKER\tSTATUS\tAPPLIED\tSIGNALLED\tIGNORED\tEXPIRED")
-	for _, rep := range sorted(r) {
-		if rep.Status != stemtype.ReplyOK {
-			fmt.Fprintf(tw, "%s\terror: %s\n", rep.WorkerID, errText(rep))
+	for _, rep := range sorted[stemtype.RevokeReply](r) {
+		if rep.Err != nil {
+			fmt.Fprintf(tw, "%s\terror: %s\n", rep.WorkerID, rep.Err)
 			continue
 		}
-		var p stemtype.RevokeReply
-		_ = json.Unmarshal(rep.Payload, &p)
+		p := rep.Payload
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\n", rep.WorkerID, rep.Status, len(p.Tasks), dash(strings.Join(p.Inflight, ",")), len(p.Ignored), len(p.Expired))
 	}
 	tw.Flush()

@@ -21,7 +21,6 @@ package stemcli
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -336,9 +335,9 @@ func (a *app) warnMemory(url string) {
 func (a *app) noteStores(r *stem.Replies) {
 	u := a.urls()
 	mine := u.Stores()
-	for _, rep := range r.Replies {
-		var s stemtype.StatsReply
-		if rep.Status != stemtype.ReplyOK || json.Unmarshal(rep.Payload, &s) != nil || s.Stores == nil {
+	for _, rep := range stem.Decode[stemtype.StatsReply](r) {
+		s := rep.Payload
+		if rep.Err != nil || s.Stores == nil {
 			continue
 		}
 		for _, d := range []struct{ what, theirs, mine, from string }{

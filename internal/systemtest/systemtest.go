@@ -317,7 +317,7 @@ func (d *deployment) depth(queue string) int64 {
 }
 
 // target addresses workers (every live one when none is named) with the
-// suite's bound: Send returns as soon as every live addressee answered.
+// suite's bound: a control command returns as soon as every live addressee answered.
 func target(workers ...string) stem.Target {
 	return stem.Target{Workers: workers, Timeout: waitBound}
 }
