@@ -15,6 +15,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/systemtest"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemmem"
 	"github.com/stem-go/stem/stemtype"
@@ -79,26 +80,7 @@ func (e *env) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	select {
-	case <-w.Ready():
-	case err := <-done:
-		e.t.Fatalf("worker %s: Run: %v", w.ID(), err)
-	}
-	var stopped atomic.Bool
-	stop := func() {
-		if stopped.Swap(true) {
-			return
-		}
-		cancel()
-		if err := <-done; err != nil {
-			e.t.Errorf("worker %s: Run: %v", w.ID(), err)
-		}
-	}
-	e.t.Cleanup(stop)
-	return w, stop
+	return w, systemtest.RunWorker(e.t, w)
 }
 
 func (e *env) enqueue(task string, args any, opts stem.EnqueueOptions) string {

@@ -233,6 +233,13 @@ func (d *deployment) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	if err != nil {
 		d.t.Fatal(err)
 	}
+	return w, RunWorker(d.t, w)
+}
+
+// RunWorker runs w until the test ends or stop is called, and returns once
+// w is ready; stop returns once Run returned, and a Run error fails t.
+func RunWorker(t testing.TB, w *stem.Worker) (stop func()) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -240,20 +247,20 @@ func (d *deployment) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	case <-w.Ready():
 	case err := <-done:
 		cancel()
-		d.t.Fatalf("worker %s: Run: %v", w.ID(), err)
+		t.Fatalf("worker %s: Run: %v", w.ID(), err)
 	}
 	var stopped atomic.Bool
-	stop := func() {
+	stop = func() {
 		if stopped.Swap(true) {
 			return
 		}
 		cancel()
 		if err := <-done; err != nil {
-			d.t.Errorf("worker %s: Run: %v", w.ID(), err)
+			t.Errorf("worker %s: Run: %v", w.ID(), err)
 		}
 	}
-	d.t.Cleanup(stop)
-	return w, stop
+	t.Cleanup(stop)
+	return stop
 }
 
 func (d *deployment) enqueue(task string, opts stem.EnqueueOptions) string {
