@@ -9,11 +9,13 @@ import (
 	"github.com/stem-go/stem/stemdriver/stemdrivertest"
 )
 
-func TestRevokesConformance(t *testing.T) {
-	// One file for the whole suite: its subtests use namespaces of their
-	// own, and every handle opened on the file shares its data.
+// TestConformance runs the driver suite's revoke store tests, the only
+// role stemfile provides, on one file for the whole suite: its subtests use
+// namespaces of their own, every handle opened on the file shares its data,
+// and t.TempDir removes it.
+func TestConformance(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "revokes.ndjson")
-	stemdrivertest.RunRevokes(t, func(t *testing.T) stemdriver.RevokeStore {
+	stemdrivertest.Run(t, stemdrivertest.Harness{Revokes: func(t *testing.T, _ string) stemdriver.RevokeStore {
 		logs := newLogRecorder()
 		rs, err := OpenRevokes(path, stemdriver.Options{Logger: logs.logger()})
 		if err != nil {
@@ -29,5 +31,5 @@ func TestRevokesConformance(t *testing.T) {
 			}
 		})
 		return rs
-	})
+	}})
 }

@@ -21,41 +21,32 @@ func TestMain(m *testing.M) {
 	goleak.VerifyTestMain(m)
 }
 
-// Each conformance run gets a Hub of its own; every open on it is a new
-// value, as a new connection to one server would be.
-
-func TestBrokerConformance(t *testing.T) {
+// TestConformance runs the driver suite on a Hub of its own; every open on
+// it is a new value, as a new connection to one server would be. The Hub's
+// data lives as long as the test, so openers only close what they open.
+func TestConformance(t *testing.T) {
 	hub := stemmem.New()
-	stemdrivertest.RunBroker(t, func(t *testing.T, namespace string) stemdriver.Broker {
-		b := hub.Broker(stemdriver.Options{Namespace: namespace})
-		t.Cleanup(func() { _ = b.Close() })
-		return b
-	})
-}
-
-func TestResultsConformance(t *testing.T) {
-	hub := stemmem.New()
-	stemdrivertest.RunResults(t, func(t *testing.T, namespace string) stemdriver.ResultBackend {
-		r := hub.Results(stemdriver.Options{Namespace: namespace})
-		t.Cleanup(func() { _ = r.Close() })
-		return r
-	})
-}
-
-func TestRevokesConformance(t *testing.T) {
-	hub := stemmem.New()
-	stemdrivertest.RunRevokes(t, func(t *testing.T) stemdriver.RevokeStore {
-		r := hub.Revokes()
-		t.Cleanup(func() { _ = r.Close() })
-		return r
-	})
-}
-
-func TestControlConformance(t *testing.T) {
-	hub := stemmem.New()
-	stemdrivertest.RunControl(t, func(t *testing.T, namespace string) stemdriver.ControlTransport {
-		c := hub.Control(stemdriver.Options{Namespace: namespace})
-		t.Cleanup(func() { _ = c.Close() })
-		return c
+	stemdrivertest.Run(t, stemdrivertest.Harness{
+		Broker: func(t *testing.T, namespace string) stemdriver.Broker {
+			b := hub.Broker(stemdriver.Options{Namespace: namespace})
+			t.Cleanup(func() { _ = b.Close() })
+			return b
+		},
+		Results: func(t *testing.T, namespace string) stemdriver.ResultBackend {
+			r := hub.Results(stemdriver.Options{Namespace: namespace})
+			t.Cleanup(func() { _ = r.Close() })
+			return r
+		},
+		Revokes: func(t *testing.T, _ string) stemdriver.RevokeStore {
+			r := hub.Revokes()
+			t.Cleanup(func() { _ = r.Close() })
+			return r
+		},
+		Control: func(t *testing.T, namespace string) stemdriver.ControlTransport {
+			c := hub.Control(stemdriver.Options{Namespace: namespace})
+			t.Cleanup(func() { _ = c.Close() })
+			return c
+		},
+		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true},
 	})
 }

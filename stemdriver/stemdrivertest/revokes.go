@@ -17,336 +17,341 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// RunRevokes runs the revoke store conformance suite. open must return a
-// new connection on every call; all of them share data. Each subtest writes
-// under namespaces of its own.
-func RunRevokes(t *testing.T, open func(t *testing.T) stemdriver.RevokeStore) {
-	t.Helper()
-	run := func(name string, fn func(t *testing.T, ns string)) {
-		t.Run(name, func(t *testing.T) {
-			t.Parallel()
-			fn(t, newNamespace(t))
+// revokesProperties lists the Revokes tests: every revoke store passes them.
+var revokesProperties = []property[stemdriver.RevokeStore]{
+	{name: "UpsertListRoundTrip", fn: testRevokesUpsertListRoundTrip},
+	{name: "UpsertAssignsVersions", fn: testRevokesUpsertAssignsVersions},
+	{name: "NoVersionPastTheHighest", fn: testRevokesNoVersionPastTheHighest},
+	{name: "CausalOrder", fn: testRevokesCausalOrder},
+	{name: "DuplicateIDsInOneCall", fn: testRevokesDuplicateIDsInOneCall},
+	{name: "UpsertOfExpiredRecordIsStoredUntilPruned", fn: testRevokesUpsertOfExpiredRecordIsStoredUntilPruned},
+	{name: "PruneMoreThanAThousand", fn: testRevokesPruneMoreThanAThousand},
+	{name: "ListByNamespaceOnly", fn: testRevokesListByNamespaceOnly},
+	{name: "PruneDeletesExpiredOnly", fn: testRevokesPruneDeletesExpiredOnly},
+	{name: "ConcurrentWritersConverge", fn: testRevokesConcurrentWritersConverge},
+	{name: "ManyRecordsListed", fn: testRevokesManyRecordsListed},
+	{name: "ClosedReturnsErrClosed", fn: testRevokesClosedReturnsErrClosed},
+}
+
+func testRevokesUpsertListRoundTrip(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	recs := []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 100), fullRevoke(ns, "task-2", 101)}
+	recs[1].ExpiresAt = time.Time{}
+	recs[1].Terminate = false
+	recs[1].KillAfterMs = 0
+	stored, err := open(t, ns).Upsert(ctx, recs...)
+	if err != nil {
+		t.Fatalf("Upsert: %v", err)
+	}
+	assertEqual(t, "records returned by Upsert", normRevokes(stored), normRevokes(recs))
+	assertEqual(t, "records listed from another connection", mustList(ctx, t, open(t, ns), ns), normRevokes(recs))
+}
+
+func testRevokesUpsertAssignsVersions(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	v10 := fullRevoke(ns, "task-1", 10)
+	v10.Reason = "v10"
+	v5 := fullRevoke(ns, "task-1", 5)
+	v5.Reason = "v5"
+	same := fullRevoke(ns, "task-1", 10)
+	same.Reason = "also v10"
+	v20 := fullRevoke(ns, "task-1", 20)
+	v20.Reason = "v20"
+
+	// A record is always stored, with version max(stored+1,
+	// proposed), and Upsert returns it with that version.
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v10}, []stemtype.RevokeRecord{v10})
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v5}, []stemtype.RevokeRecord{withVersion(v5, 11)})
+	mustUpsert(ctx, t, open(t, ns), []stemtype.RevokeRecord{same}, []stemtype.RevokeRecord{withVersion(same, 12)})
+	assertEqual(t, "list after lower and equal proposed versions", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{withVersion(same, 12)}))
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v20}, []stemtype.RevokeRecord{v20})
+	assertEqual(t, "list after a higher version", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{v20}))
+
+	// Within one call, records apply in order and each result is
+	// what was stored right after it.
+	a3, a2, a4 := fullRevoke(ns, "task-2", 3), fullRevoke(ns, "task-2", 2), fullRevoke(ns, "task-2", 4)
+	a2.Reason, a4.Reason = "a2", "a4"
+	b1 := fullRevoke(ns, "task-3", 1)
+	mustUpsert(ctx, t, rs,
+		[]stemtype.RevokeRecord{a3, a2, b1, a4, v5},
+		[]stemtype.RevokeRecord{a3, withVersion(a2, 4), b1, withVersion(a4, 5), withVersion(v5, 21)})
+	assertEqual(t, "list after one call", mustList(ctx, t, rs, ns),
+		normRevokes([]stemtype.RevokeRecord{withVersion(v5, 21), withVersion(a4, 5), b1}))
+}
+
+func testRevokesNoVersionPastTheHighest(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	top := fullRevoke(ns, "task-1", math.MaxInt64)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{top}, []stemtype.RevokeRecord{top})
+	later := fullRevoke(ns, "task-1", 1)
+	later.Reason = "later"
+	if got, err := rs.Upsert(ctx, later); err == nil {
+		t.Fatalf("Upsert over a record at the highest version = %+v, want an error", got)
+	}
+	assertEqual(t, "list after the refused Upsert", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{top}))
+}
+
+func testRevokesCausalOrder(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	// A big batch whose versions run ahead of the clock (as a
+	// controller that added i for the i-th task once proposed)...
+	const total = 3000
+	base := time.Now().UnixMicro()
+	batch := make([]stemtype.RevokeRecord, total)
+	for i := range batch {
+		batch[i] = fullRevoke(ns, fmt.Sprintf("task-%04d", i), base+int64(i))
+		batch[i].Terminate, batch[i].KillAfterMs = false, 0
+	}
+	stored, err := rs.Upsert(ctx, batch...)
+	if err != nil {
+		t.Fatalf("Upsert of %d: %v", total, err)
+	}
+	assertEqual(t, "batch returned", normRevokes(stored), normRevokes(batch))
+	// ...then a revoke of one of its tasks issued after it returned,
+	// proposing a lower version: it wins, with a higher version.
+	last := batch[total-1]
+	later := fullRevoke(ns, last.TaskID, base+1)
+	later.Reason = "terminate it"
+	got, err := open(t, ns).Upsert(ctx, later)
+	if err != nil {
+		t.Fatalf("later Upsert: %v", err)
+	}
+	if len(got) != 1 || got[0].Version <= last.Version {
+		t.Fatalf("later Upsert returned %+v, want a version above the batch's %d", got, last.Version)
+	}
+	assertEqual(t, "record returned for the later revoke", normRevokes(got), normRevokes([]stemtype.RevokeRecord{withVersion(later, got[0].Version)}))
+	for _, r := range mustList(ctx, t, open(t, ns), ns) {
+		if r.TaskID == last.TaskID {
+			assertEqual(t, "stored record of "+r.TaskID, r, normRevokes(got)[0])
+		}
+	}
+}
+
+func testRevokesDuplicateIDsInOneCall(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	v := time.Now().UnixMicro()
+	first, second, third := fullRevoke(ns, "dup", v), fullRevoke(ns, "dup", v), fullRevoke(ns, "dup", v)
+	second.Reason, third.Reason = "second", "third"
+	other := fullRevoke(ns, "other", v)
+	mustUpsert(ctx, t, rs,
+		[]stemtype.RevokeRecord{first, other, second, third},
+		[]stemtype.RevokeRecord{first, other, withVersion(second, v+1), withVersion(third, v+2)})
+	assertEqual(t, "list", mustList(ctx, t, open(t, ns), ns), normRevokes([]stemtype.RevokeRecord{withVersion(third, v+2), other}))
+}
+
+func testRevokesUpsertOfExpiredRecordIsStoredUntilPruned(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	gone := fullRevoke(ns, "gone", 7)
+	gone.ExpiresAt = now().Add(-time.Hour)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{gone}, []stemtype.RevokeRecord{gone})
+	assertEqual(t, "list before Prune", mustList(ctx, t, open(t, ns), ns), normRevokes([]stemtype.RevokeRecord{gone}))
+	if n, err := rs.Prune(ctx, ns, now()); err != nil || n != 1 {
+		t.Fatalf("Prune = (%d, %v), want (1, nil)", n, err)
+	}
+	if got := mustList(ctx, t, rs, ns); len(got) != 0 {
+		t.Fatalf("List after Prune returned %d records", len(got))
+	}
+}
+
+func testRevokesPruneMoreThanAThousand(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	const expired, live = 2500, 7
+	at := now()
+	var recs, keep []stemtype.RevokeRecord
+	for i := range expired + live {
+		r := fullRevoke(ns, fmt.Sprintf("task-%04d", i), int64(1+i))
+		if i%(expired/live+1) == 0 && len(keep) < live {
+			keep = append(keep, r) // expires in a day
+		} else {
+			r.ExpiresAt = at.Add(-time.Minute)
+		}
+		recs = append(recs, r)
+	}
+	for chunk := range slices.Chunk(recs, 1000) {
+		if _, err := rs.Upsert(ctx, chunk...); err != nil {
+			t.Fatalf("Upsert of %d: %v", len(chunk), err)
+		}
+	}
+	n, err := open(t, ns).Prune(ctx, ns, at)
+	if err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	if n != expired {
+		t.Fatalf("Prune deleted %d records, want %d", n, expired)
+	}
+	assertEqual(t, "records after Prune", mustList(ctx, t, rs, ns), normRevokes(keep))
+}
+
+func testRevokesListByNamespaceOnly(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	ns2 := newNamespace(t)
+	open(t, ns2) // the opener cleans up ns2's records too
+	rs := open(t, ns)
+	mine := []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 1), fullRevoke(ns, "task-2", 2)}
+	theirs := []stemtype.RevokeRecord{fullRevoke(ns2, "task-1", 9), fullRevoke(ns2, "task-3", 9)}
+	if _, err := rs.Upsert(ctx, append(slices.Clone(mine), theirs...)...); err != nil {
+		t.Fatalf("Upsert: %v", err)
+	}
+	assertEqual(t, "records of the first namespace", mustList(ctx, t, rs, ns), normRevokes(mine))
+	assertEqual(t, "records of the second namespace", mustList(ctx, t, rs, ns2), normRevokes(theirs))
+	if got := mustList(ctx, t, rs, newNamespace(t)); len(got) != 0 {
+		t.Fatalf("List of an unused namespace returned %d records", len(got))
+	}
+}
+
+func testRevokesPruneDeletesExpiredOnly(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	ns2 := newNamespace(t)
+	open(t, ns2) // the opener cleans up ns2's records too
+	rs := open(t, ns)
+	at := now()
+	expired := fullRevoke(ns, "expired", 1)
+	expired.ExpiresAt = at.Add(-time.Hour)
+	atNow := fullRevoke(ns, "at-now", 2)
+	atNow.ExpiresAt = at
+	live := fullRevoke(ns, "live", 3)
+	live.ExpiresAt = at.Add(time.Hour)
+	forever := fullRevoke(ns, "forever", 4)
+	forever.ExpiresAt = time.Time{}
+	otherExpired := fullRevoke(ns2, "expired", 5)
+	otherExpired.ExpiresAt = at.Add(-time.Hour)
+	if _, err := rs.Upsert(ctx, expired, atNow, live, forever, otherExpired); err != nil {
+		t.Fatalf("Upsert: %v", err)
+	}
+	// Expired records are listed until pruned.
+	if got := mustList(ctx, t, rs, ns); len(got) != 4 {
+		t.Fatalf("List before Prune returned %d records, want 4", len(got))
+	}
+	n, err := open(t, ns).Prune(ctx, ns, at)
+	if err != nil {
+		t.Fatalf("Prune: %v", err)
+	}
+	if n != 2 {
+		t.Fatalf("Prune deleted %d records, want 2 (expired before and at now)", n)
+	}
+	assertEqual(t, "records after Prune", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{live, forever}))
+	if n, err := rs.Prune(ctx, ns, at); err != nil || n != 0 {
+		t.Fatalf("second Prune = (%d, %v), want (0, nil)", n, err)
+	}
+	assertEqual(t, "records of the other namespace", mustList(ctx, t, rs, ns2), normRevokes([]stemtype.RevokeRecord{otherExpired}))
+}
+
+func testRevokesConcurrentWritersConverge(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	const writers, tasks, versions = 8, 20, 30
+	stores := []stemdriver.RevokeStore{open(t, ns), open(t, ns), open(t, ns)}
+	// Every write is applied with a version above the stored one, so
+	// a task's versions are all distinct, and the store holds, per
+	// task, the write with the highest of them: the last applied.
+	var (
+		mu       sync.Mutex
+		assigned = map[string]map[int64]string{} // task -> version -> reason
+	)
+	var wg sync.WaitGroup
+	for w := range writers {
+		rs := stores[w%len(stores)]
+		wg.Go(func() {
+			var recs []stemtype.RevokeRecord
+			for task := range tasks {
+				for v := 1; v <= versions; v++ {
+					r := fullRevoke(ns, fmt.Sprintf("task-%d", task), int64(v))
+					r.Reason = fmt.Sprintf("writer %d version %d", w, v)
+					recs = append(recs, r)
+				}
+			}
+			rand.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
+			for len(recs) > 0 {
+				n := min(len(recs), 1+rand.IntN(8))
+				batch := recs[:n]
+				recs = recs[n:]
+				stored, err := rs.Upsert(ctx, batch...)
+				if err != nil {
+					t.Errorf("writer %d: Upsert: %v", w, err)
+					return
+				}
+				if len(stored) != len(batch) {
+					t.Errorf("writer %d: Upsert of %d returned %d records", w, len(batch), len(stored))
+					return
+				}
+				mu.Lock()
+				for i := range batch {
+					if stored[i].TaskID != batch[i].TaskID || stored[i].Reason != batch[i].Reason || stored[i].Version < batch[i].Version {
+						t.Errorf("writer %d: Upsert of %s v%d (%s) returned %s v%d (%s)", w,
+							batch[i].TaskID, batch[i].Version, batch[i].Reason, stored[i].TaskID, stored[i].Version, stored[i].Reason)
+					}
+					m := assigned[stored[i].TaskID]
+					if m == nil {
+						m = map[int64]string{}
+						assigned[stored[i].TaskID] = m
+					}
+					if prev, dup := m[stored[i].Version]; dup {
+						t.Errorf("version %d of %s assigned twice: to %q and %q", stored[i].Version, stored[i].TaskID, prev, stored[i].Reason)
+					}
+					m[stored[i].Version] = stored[i].Reason
+				}
+				mu.Unlock()
+			}
 		})
 	}
-
-	run("UpsertListRoundTrip", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		recs := []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 100), fullRevoke(ns, "task-2", 101)}
-		recs[1].ExpiresAt = time.Time{}
-		recs[1].Terminate = false
-		recs[1].KillAfterMs = 0
-		stored, err := open(t).Upsert(ctx, recs...)
-		if err != nil {
-			t.Fatalf("Upsert: %v", err)
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	for _, rs := range stores {
+		got := mustList(ctx, t, rs, ns)
+		if len(got) != tasks {
+			t.Fatalf("List returned %d records, want %d", len(got), tasks)
 		}
-		assertEqual(t, "records returned by Upsert", normRevokes(stored), normRevokes(recs))
-		assertEqual(t, "records listed from another connection", mustList(ctx, t, open(t), ns), normRevokes(recs))
-	})
-
-	run("UpsertAssignsVersions", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		rs := open(t)
-		v10 := fullRevoke(ns, "task-1", 10)
-		v10.Reason = "v10"
-		v5 := fullRevoke(ns, "task-1", 5)
-		v5.Reason = "v5"
-		same := fullRevoke(ns, "task-1", 10)
-		same.Reason = "also v10"
-		v20 := fullRevoke(ns, "task-1", 20)
-		v20.Reason = "v20"
-
-		// A record is always stored, with version max(stored+1,
-		// proposed), and Upsert returns it with that version.
-		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v10}, []stemtype.RevokeRecord{v10})
-		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v5}, []stemtype.RevokeRecord{withVersion(v5, 11)})
-		mustUpsert(ctx, t, open(t), []stemtype.RevokeRecord{same}, []stemtype.RevokeRecord{withVersion(same, 12)})
-		assertEqual(t, "list after lower and equal proposed versions", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{withVersion(same, 12)}))
-		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{v20}, []stemtype.RevokeRecord{v20})
-		assertEqual(t, "list after a higher version", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{v20}))
-
-		// Within one call, records apply in order and each result is
-		// what was stored right after it.
-		a3, a2, a4 := fullRevoke(ns, "task-2", 3), fullRevoke(ns, "task-2", 2), fullRevoke(ns, "task-2", 4)
-		a2.Reason, a4.Reason = "a2", "a4"
-		b1 := fullRevoke(ns, "task-3", 1)
-		mustUpsert(ctx, t, rs,
-			[]stemtype.RevokeRecord{a3, a2, b1, a4, v5},
-			[]stemtype.RevokeRecord{a3, withVersion(a2, 4), b1, withVersion(a4, 5), withVersion(v5, 21)})
-		assertEqual(t, "list after one call", mustList(ctx, t, rs, ns),
-			normRevokes([]stemtype.RevokeRecord{withVersion(v5, 21), withVersion(a4, 5), b1}))
-	})
-
-	run("NoVersionPastTheHighest", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		rs := open(t)
-		top := fullRevoke(ns, "task-1", math.MaxInt64)
-		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{top}, []stemtype.RevokeRecord{top})
-		later := fullRevoke(ns, "task-1", 1)
-		later.Reason = "later"
-		if got, err := rs.Upsert(ctx, later); err == nil {
-			t.Fatalf("Upsert over a record at the highest version = %+v, want an error", got)
-		}
-		assertEqual(t, "list after the refused Upsert", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{top}))
-	})
-
-	run("CausalOrder", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		rs := open(t)
-		// A big batch whose versions run ahead of the clock (as a
-		// controller that added i for the i-th task once proposed)...
-		const total = 3000
-		base := time.Now().UnixMicro()
-		batch := make([]stemtype.RevokeRecord, total)
-		for i := range batch {
-			batch[i] = fullRevoke(ns, fmt.Sprintf("task-%04d", i), base+int64(i))
-			batch[i].Terminate, batch[i].KillAfterMs = false, 0
-		}
-		stored, err := rs.Upsert(ctx, batch...)
-		if err != nil {
-			t.Fatalf("Upsert of %d: %v", total, err)
-		}
-		assertEqual(t, "batch returned", normRevokes(stored), normRevokes(batch))
-		// ...then a revoke of one of its tasks issued after it returned,
-		// proposing a lower version: it wins, with a higher version.
-		last := batch[total-1]
-		later := fullRevoke(ns, last.TaskID, base+1)
-		later.Reason = "terminate it"
-		got, err := open(t).Upsert(ctx, later)
-		if err != nil {
-			t.Fatalf("later Upsert: %v", err)
-		}
-		if len(got) != 1 || got[0].Version <= last.Version {
-			t.Fatalf("later Upsert returned %+v, want a version above the batch's %d", got, last.Version)
-		}
-		assertEqual(t, "record returned for the later revoke", normRevokes(got), normRevokes([]stemtype.RevokeRecord{withVersion(later, got[0].Version)}))
-		for _, r := range mustList(ctx, t, open(t), ns) {
-			if r.TaskID == last.TaskID {
-				assertEqual(t, "stored record of "+r.TaskID, r, normRevokes(got)[0])
+		for _, r := range got {
+			m := assigned[r.TaskID]
+			if len(m) != writers*versions {
+				t.Errorf("task %s: %d distinct versions assigned, want %d", r.TaskID, len(m), writers*versions)
+			}
+			top := slices.Max(slices.Collect(maps.Keys(m)))
+			if r.Version != top || r.Reason != m[top] {
+				t.Errorf("task %s converged on version %d (%s), want the highest assigned, %d (%s)", r.TaskID, r.Version, r.Reason, top, m[top])
 			}
 		}
-	})
+	}
+}
 
-	run("DuplicateIDsInOneCall", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		rs := open(t)
-		v := time.Now().UnixMicro()
-		first, second, third := fullRevoke(ns, "dup", v), fullRevoke(ns, "dup", v), fullRevoke(ns, "dup", v)
-		second.Reason, third.Reason = "second", "third"
-		other := fullRevoke(ns, "other", v)
-		mustUpsert(ctx, t, rs,
-			[]stemtype.RevokeRecord{first, other, second, third},
-			[]stemtype.RevokeRecord{first, other, withVersion(second, v+1), withVersion(third, v+2)})
-		assertEqual(t, "list", mustList(ctx, t, open(t), ns), normRevokes([]stemtype.RevokeRecord{withVersion(third, v+2), other}))
-	})
+func testRevokesManyRecordsListed(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	const total = 2000
+	rs := open(t, ns)
+	recs := make([]stemtype.RevokeRecord, total)
+	for i := range recs {
+		recs[i] = fullRevoke(ns, fmt.Sprintf("task-%04d", i), int64(1000+i))
+	}
+	for chunk := range slices.Chunk(recs, 500) {
+		if _, err := rs.Upsert(ctx, chunk...); err != nil {
+			t.Fatalf("Upsert of %d: %v", len(chunk), err)
+		}
+	}
+	assertEqual(t, "listed records", mustList(ctx, t, open(t, ns), ns), normRevokes(recs))
+}
 
-	run("UpsertOfExpiredRecordIsStoredUntilPruned", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		rs := open(t)
-		gone := fullRevoke(ns, "gone", 7)
-		gone.ExpiresAt = now().Add(-time.Hour)
-		mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{gone}, []stemtype.RevokeRecord{gone})
-		assertEqual(t, "list before Prune", mustList(ctx, t, open(t), ns), normRevokes([]stemtype.RevokeRecord{gone}))
-		if n, err := rs.Prune(ctx, ns, now()); err != nil || n != 1 {
-			t.Fatalf("Prune = (%d, %v), want (1, nil)", n, err)
-		}
-		if got := mustList(ctx, t, rs, ns); len(got) != 0 {
-			t.Fatalf("List after Prune returned %d records", len(got))
-		}
-	})
-
-	run("PruneMoreThanAThousand", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		rs := open(t)
-		const expired, live = 2500, 7
-		at := now()
-		var recs, keep []stemtype.RevokeRecord
-		for i := range expired + live {
-			r := fullRevoke(ns, fmt.Sprintf("task-%04d", i), int64(1+i))
-			if i%(expired/live+1) == 0 && len(keep) < live {
-				keep = append(keep, r) // expires in a day
-			} else {
-				r.ExpiresAt = at.Add(-time.Minute)
-			}
-			recs = append(recs, r)
-		}
-		for chunk := range slices.Chunk(recs, 1000) {
-			if _, err := rs.Upsert(ctx, chunk...); err != nil {
-				t.Fatalf("Upsert of %d: %v", len(chunk), err)
-			}
-		}
-		n, err := open(t).Prune(ctx, ns, at)
-		if err != nil {
-			t.Fatalf("Prune: %v", err)
-		}
-		if n != expired {
-			t.Fatalf("Prune deleted %d records, want %d", n, expired)
-		}
-		assertEqual(t, "records after Prune", mustList(ctx, t, rs, ns), normRevokes(keep))
-	})
-
-	run("ListByNamespaceOnly", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		ns2 := newNamespace(t)
-		rs := open(t)
-		mine := []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 1), fullRevoke(ns, "task-2", 2)}
-		theirs := []stemtype.RevokeRecord{fullRevoke(ns2, "task-1", 9), fullRevoke(ns2, "task-3", 9)}
-		if _, err := rs.Upsert(ctx, append(slices.Clone(mine), theirs...)...); err != nil {
-			t.Fatalf("Upsert: %v", err)
-		}
-		assertEqual(t, "records of the first namespace", mustList(ctx, t, rs, ns), normRevokes(mine))
-		assertEqual(t, "records of the second namespace", mustList(ctx, t, rs, ns2), normRevokes(theirs))
-		if got := mustList(ctx, t, rs, newNamespace(t)); len(got) != 0 {
-			t.Fatalf("List of an unused namespace returned %d records", len(got))
-		}
-	})
-
-	run("PruneDeletesExpiredOnly", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		ns2 := newNamespace(t)
-		rs := open(t)
-		at := now()
-		expired := fullRevoke(ns, "expired", 1)
-		expired.ExpiresAt = at.Add(-time.Hour)
-		atNow := fullRevoke(ns, "at-now", 2)
-		atNow.ExpiresAt = at
-		live := fullRevoke(ns, "live", 3)
-		live.ExpiresAt = at.Add(time.Hour)
-		forever := fullRevoke(ns, "forever", 4)
-		forever.ExpiresAt = time.Time{}
-		otherExpired := fullRevoke(ns2, "expired", 5)
-		otherExpired.ExpiresAt = at.Add(-time.Hour)
-		if _, err := rs.Upsert(ctx, expired, atNow, live, forever, otherExpired); err != nil {
-			t.Fatalf("Upsert: %v", err)
-		}
-		// Expired records are listed until pruned.
-		if got := mustList(ctx, t, rs, ns); len(got) != 4 {
-			t.Fatalf("List before Prune returned %d records, want 4", len(got))
-		}
-		n, err := open(t).Prune(ctx, ns, at)
-		if err != nil {
-			t.Fatalf("Prune: %v", err)
-		}
-		if n != 2 {
-			t.Fatalf("Prune deleted %d records, want 2 (expired before and at now)", n)
-		}
-		assertEqual(t, "records after Prune", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{live, forever}))
-		if n, err := rs.Prune(ctx, ns, at); err != nil || n != 0 {
-			t.Fatalf("second Prune = (%d, %v), want (0, nil)", n, err)
-		}
-		assertEqual(t, "records of the other namespace", mustList(ctx, t, rs, ns2), normRevokes([]stemtype.RevokeRecord{otherExpired}))
-	})
-
-	run("ConcurrentWritersConverge", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		const writers, tasks, versions = 8, 20, 30
-		stores := []stemdriver.RevokeStore{open(t), open(t), open(t)}
-		// Every write is applied with a version above the stored one, so
-		// a task's versions are all distinct, and the store holds, per
-		// task, the write with the highest of them: the last applied.
-		var (
-			mu       sync.Mutex
-			assigned = map[string]map[int64]string{} // task -> version -> reason
-		)
-		var wg sync.WaitGroup
-		for w := range writers {
-			rs := stores[w%len(stores)]
-			wg.Go(func() {
-				var recs []stemtype.RevokeRecord
-				for task := range tasks {
-					for v := 1; v <= versions; v++ {
-						r := fullRevoke(ns, fmt.Sprintf("task-%d", task), int64(v))
-						r.Reason = fmt.Sprintf("writer %d version %d", w, v)
-						recs = append(recs, r)
-					}
-				}
-				rand.Shuffle(len(recs), func(i, j int) { recs[i], recs[j] = recs[j], recs[i] })
-				for len(recs) > 0 {
-					n := min(len(recs), 1+rand.IntN(8))
-					batch := recs[:n]
-					recs = recs[n:]
-					stored, err := rs.Upsert(ctx, batch...)
-					if err != nil {
-						t.Errorf("writer %d: Upsert: %v", w, err)
-						return
-					}
-					if len(stored) != len(batch) {
-						t.Errorf("writer %d: Upsert of %d returned %d records", w, len(batch), len(stored))
-						return
-					}
-					mu.Lock()
-					for i := range batch {
-						if stored[i].TaskID != batch[i].TaskID || stored[i].Reason != batch[i].Reason || stored[i].Version < batch[i].Version {
-							t.Errorf("writer %d: Upsert of %s v%d (%s) returned %s v%d (%s)", w,
-								batch[i].TaskID, batch[i].Version, batch[i].Reason, stored[i].TaskID, stored[i].Version, stored[i].Reason)
-						}
-						m := assigned[stored[i].TaskID]
-						if m == nil {
-							m = map[int64]string{}
-							assigned[stored[i].TaskID] = m
-						}
-						if prev, dup := m[stored[i].Version]; dup {
-							t.Errorf("version %d of %s assigned twice: to %q and %q", stored[i].Version, stored[i].TaskID, prev, stored[i].Reason)
-						}
-						m[stored[i].Version] = stored[i].Reason
-					}
-					mu.Unlock()
-				}
-			})
-		}
-		wg.Wait()
-		if t.Failed() {
-			return
-		}
-		for _, rs := range stores {
-			got := mustList(ctx, t, rs, ns)
-			if len(got) != tasks {
-				t.Fatalf("List returned %d records, want %d", len(got), tasks)
-			}
-			for _, r := range got {
-				m := assigned[r.TaskID]
-				if len(m) != writers*versions {
-					t.Errorf("task %s: %d distinct versions assigned, want %d", r.TaskID, len(m), writers*versions)
-				}
-				top := slices.Max(slices.Collect(maps.Keys(m)))
-				if r.Version != top || r.Reason != m[top] {
-					t.Errorf("task %s converged on version %d (%s), want the highest assigned, %d (%s)", r.TaskID, r.Version, r.Reason, top, m[top])
-				}
-			}
-		}
-	})
-
-	run("ManyRecordsListed", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		const total = 2000
-		rs := open(t)
-		recs := make([]stemtype.RevokeRecord, total)
-		for i := range recs {
-			recs[i] = fullRevoke(ns, fmt.Sprintf("task-%04d", i), int64(1000+i))
-		}
-		for chunk := range slices.Chunk(recs, 500) {
-			if _, err := rs.Upsert(ctx, chunk...); err != nil {
-				t.Fatalf("Upsert of %d: %v", len(chunk), err)
-			}
-		}
-		assertEqual(t, "listed records", mustList(ctx, t, open(t), ns), normRevokes(recs))
-	})
-
-	run("ClosedReturnsErrClosed", func(t *testing.T, ns string) {
-		ctx := testContext(t)
-		rs := open(t)
-		if err := rs.Close(); err != nil {
-			t.Fatalf("Close: %v", err)
-		}
-		if _, err := rs.Upsert(ctx, fullRevoke(ns, "task-1", 1)); !errors.Is(err, stemdriver.ErrClosed) {
-			t.Errorf("Upsert after Close = %v, want ErrClosed", err)
-		}
-		if _, err := rs.List(ctx, ns); !errors.Is(err, stemdriver.ErrClosed) {
-			t.Errorf("List after Close = %v, want ErrClosed", err)
-		}
-		if _, err := rs.Prune(ctx, ns, now()); !errors.Is(err, stemdriver.ErrClosed) {
-			t.Errorf("Prune after Close = %v, want ErrClosed", err)
-		}
-	})
+func testRevokesClosedReturnsErrClosed(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	if err := rs.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if _, err := rs.Upsert(ctx, fullRevoke(ns, "task-1", 1)); !errors.Is(err, stemdriver.ErrClosed) {
+		t.Errorf("Upsert after Close = %v, want ErrClosed", err)
+	}
+	if _, err := rs.List(ctx, ns); !errors.Is(err, stemdriver.ErrClosed) {
+		t.Errorf("List after Close = %v, want ErrClosed", err)
+	}
+	if _, err := rs.Prune(ctx, ns, now()); !errors.Is(err, stemdriver.ErrClosed) {
+		t.Errorf("Prune after Close = %v, want ErrClosed", err)
+	}
 }
 
 // fullRevoke returns a revoke record with every field set.

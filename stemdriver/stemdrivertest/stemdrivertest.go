@@ -1,14 +1,23 @@
 // Package stemdrivertest is the conformance suite that every stem backend
-// runs against itself: RunBroker, RunResults, RunRevokes and RunControl
-// check the contracts written in package stemdriver.
+// runs against itself: Run checks the contracts written in package
+// stemdriver, for each role the backend provides.
 //
-// A backend wires itself in a few lines of its own tests:
+// A backend wires itself in with one test that fills a Harness:
 //
-//	func TestBroker(t *testing.T) {
-//		stemdrivertest.RunBroker(t, func(t *testing.T, namespace string) stemdriver.Broker {
-//			b := openMyBroker(t, namespace) // a new connection on every call
-//			t.Cleanup(func() { b.Close() })
-//			return b
+//	func TestConformance(t *testing.T) {
+//		stemdrivertest.Run(t, stemdrivertest.Harness{
+//			Broker: func(t *testing.T, namespace string) stemdriver.Broker {
+//				b := openMyBroker(t, namespace) // a new connection on every call
+//				t.Cleanup(func() {
+//					b.Close()
+//					deleteMyNamespace(namespace) // when data outlives the test
+//				})
+//				return b
+//			},
+//			Results: ...,
+//			Revokes: nil, // a role the backend does not provide
+//			Control: ...,
+//			Capabilities: stemdrivertest.Capabilities{ConditionalPut: true},
 //		})
 //	}
 //
@@ -17,15 +26,28 @@
 //     has); calls with the same namespace share data, as connections to one
 //     server do. The suite opens several where a property is about several
 //     connections or hosts: publisher and subscriber, two revokers.
-//   - The opener registers Close with t.Cleanup. The suite closes some
-//     drivers itself to check stemdriver.ErrClosed, so that cleanup may be a
-//     second Close; it should ignore its error.
+//   - The opener receives every namespace the suite writes to before the
+//     suite writes to it, and cleans up after itself with t.Cleanup: it
+//     closes what it opened and, where the backend's data outlives the test
+//     (a Redis server, a database), deletes the namespace's data, so no
+//     backend needs to record what the suite touched.
+//   - The suite closes some drivers itself to check stemdriver.ErrClosed,
+//     so the opener's cleanup may be a second Close; it should ignore its
+//     error.
 //   - An opener that cannot reach its service calls t.Skip naming the
 //     variable to set (or t.Fatal when the project requires services).
 //
-// The suite generates a fresh random namespace for every subtest (revoke
-// records carry theirs), so repeated runs against a persistent server never
-// see each other's data, and it runs its subtests in parallel.
+// Capabilities are declared, not guessed: the optional interfaces of
+// package stemdriver (ConditionalPutter, FinalGetter) that the backend's
+// result backend implements are named in Harness.Capabilities. The suite
+// fails a backend whose declaration and type disagree, either way, and runs
+// a capability's tests only when it is declared (they are reported as
+// skipped otherwise).
+//
+// Every property is a function of its own, run as a parallel subtest named
+// after its role and property (TestConformance/Broker/MaxRespected) with a
+// fresh random namespace (revoke records carry theirs), so repeated runs
+// against a persistent server never see each other's data.
 //
 // Limits, stated honestly:
 //   - Timing is never asserted. Leases and delays are a few hundred
@@ -37,6 +59,10 @@
 //     in a loop (bounded by a generous guard) wherever it waits for a
 //     message, except where the property under test is that a single
 //     blocking Claim wakes up for a publish.
+//   - To check that a control message did not arrive, the suite publishes a
+//     broadcast "fence" after it and looks at what arrived before the fence.
+//     This assumes that messages published one after another from one
+//     connection reach a subscriber in that order, as they do on one server.
 //   - Backend-specific behaviour is left to each backend's own tests:
 //     undecodable stored messages, priorities, result retention, where dead
 //     letters are kept, and what a double Ack returns.
@@ -51,11 +77,154 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/stem-go/stem/stemdriver"
 )
+
+// Harness is what a backend gives Run: an opener for each role it
+// provides, nil for a role it lacks, and the optional capabilities it
+// declares.
+type Harness struct {
+	// Broker opens a connection to the backend's broker scoped to
+	// namespace.
+	Broker func(t *testing.T, namespace string) stemdriver.Broker
+	// Results opens a connection to the backend's result backend scoped to
+	// namespace. Results must be kept for at least a minute.
+	Results func(t *testing.T, namespace string) stemdriver.ResultBackend
+	// Revokes opens a connection to the backend's revoke store. A revoke
+	// store serves every namespace (records carry theirs); namespace names
+	// one the suite writes to, through this store or another one, so that
+	// the opener can delete its records after the test. A property that
+	// writes to several namespaces opens a store for each.
+	Revokes func(t *testing.T, namespace string) stemdriver.RevokeStore
+	// Control opens a connection to the backend's control transport scoped
+	// to namespace.
+	Control func(t *testing.T, namespace string) stemdriver.ControlTransport
+	// Capabilities declares the optional interfaces the backend
+	// implements.
+	Capabilities Capabilities
+}
+
+// Capabilities declares the optional interfaces of package stemdriver that a
+// backend implements. Run fails a backend whose declaration and types
+// disagree, and runs a capability's tests only when it is declared.
+type Capabilities struct {
+	// ConditionalPut: the result backend implements
+	// stemdriver.ConditionalPutter.
+	ConditionalPut bool
+	// FinalGet: the result backend implements stemdriver.FinalGetter.
+	FinalGet bool
+}
+
+// Run runs the conformance suite of every role h provides, each property
+// as a parallel subtest with a namespace of its own, under a subtest named
+// after the role: Broker, Results, Revokes, Control. Results also checks
+// that h.Capabilities matches the types the opener returns.
+func Run(t *testing.T, h Harness) {
+	t.Helper()
+	if h.Broker == nil && h.Results == nil && h.Revokes == nil && h.Control == nil {
+		t.Fatal("stemdrivertest: the Harness has no opener")
+	}
+	if h.Results == nil && h.Capabilities != (Capabilities{}) {
+		t.Fatalf("stemdrivertest: capabilities %+v declared without a Results opener", h.Capabilities)
+	}
+	if h.Broker != nil {
+		runRole(t, "Broker", h.Broker, h.Capabilities, brokerProperties())
+	}
+	if h.Results != nil {
+		runRole(t, "Results", h.Results, h.Capabilities, resultsProperties(h.Capabilities))
+	}
+	if h.Revokes != nil {
+		runRole(t, "Revokes", h.Revokes, h.Capabilities, revokesProperties)
+	}
+	if h.Control != nil {
+		runRole(t, "Control", h.Control, h.Capabilities, controlProperties)
+	}
+}
+
+// opener opens a driver of one role on a namespace; see Harness.
+type opener[D any] = func(t *testing.T, namespace string) D
+
+// capability names one field of Capabilities; property.needs uses it.
+type capability int
+
+const (
+	capNone capability = iota
+	capConditionalPut
+	capFinalGet
+)
+
+// String returns the name of the Capabilities field.
+func (c capability) String() string {
+	switch c {
+	case capConditionalPut:
+		return "ConditionalPut"
+	case capFinalGet:
+		return "FinalGet"
+	}
+	return "none"
+}
+
+// has reports whether caps declares c.
+func (caps Capabilities) has(c capability) bool {
+	switch c {
+	case capConditionalPut:
+		return caps.ConditionalPut
+	case capFinalGet:
+		return caps.FinalGet
+	}
+	return true
+}
+
+// property is one test of a role's contract: fn gets the role's opener and
+// a namespace no other test uses.
+type property[D any] struct {
+	name string
+	fn   func(t *testing.T, open opener[D], ns string)
+	// needs is the capability the property tests; the property is skipped
+	// when the backend does not declare it.
+	needs capability
+}
+
+// runRole runs props as parallel subtests of a subtest named role.
+func runRole[D any](t *testing.T, role string, open opener[D], caps Capabilities, props []property[D]) {
+	t.Helper()
+	t.Run(role, func(t *testing.T) {
+		for _, p := range props {
+			t.Run(p.name, func(t *testing.T) {
+				t.Parallel()
+				if !caps.has(p.needs) {
+					t.Skipf("the backend does not declare Capabilities.%s", p.needs)
+				}
+				p.fn(t, open, newNamespace(t))
+			})
+		}
+	})
+}
+
+// capabilityMismatches returns one line for each capability whose
+// declaration in caps disagrees with what rb implements.
+func capabilityMismatches(rb stemdriver.ResultBackend, caps Capabilities) []string {
+	var out []string
+	check := func(c capability, iface string, implemented bool) {
+		switch declared := caps.has(c); {
+		case declared && !implemented:
+			out = append(out, fmt.Sprintf("Capabilities.%s is declared but %T does not implement %s", c, rb, iface))
+		case !declared && implemented:
+			out = append(out, fmt.Sprintf("%T implements %s but Capabilities.%s is not declared", rb, iface, c))
+		}
+	}
+	_, cp := rb.(stemdriver.ConditionalPutter)
+	check(capConditionalPut, "stemdriver.ConditionalPutter", cp)
+	_, fg := rb.(stemdriver.FinalGetter)
+	check(capFinalGet, "stemdriver.FinalGetter", fg)
+	return out
+}
 
 // guard bounds every wait of the suite so a broken driver fails a test
 // instead of hanging it. It is never a performance threshold.
