@@ -44,3 +44,36 @@ func TestCapabilityMismatches(t *testing.T) {
 		})
 	}
 }
+
+// TestHarnessValidate: Run refuses a Harness without an opener, and
+// capabilities declared without a Results opener.
+func TestHarnessValidate(t *testing.T) {
+	hub := stemmem.New()
+	broker := func(t *testing.T, namespace string) stemdriver.Broker {
+		return hub.Broker(stemdriver.Options{Namespace: namespace})
+	}
+	results := func(t *testing.T, namespace string) stemdriver.ResultBackend {
+		return hub.Results(stemdriver.Options{Namespace: namespace})
+	}
+	for _, tc := range []struct {
+		name string
+		h    Harness
+		want string // "" when the Harness is valid
+	}{
+		{"empty", Harness{}, "no opener"},
+		{"capabilities only", Harness{Capabilities: Capabilities{ConditionalPut: true}}, "no opener"},
+		{"capabilities without results", Harness{Broker: broker, Capabilities: Capabilities{FinalGet: true}}, "without a Results opener"},
+		{"broker only", Harness{Broker: broker}, ""},
+		{"results with capabilities", Harness{Results: results, Capabilities: Capabilities{ConditionalPut: true}}, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := tc.h.validate()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Fatalf("validate = %v, want nil", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Fatalf("validate = %v, want an error containing %q", err, tc.want)
+			}
+		})
+	}
+}

@@ -77,6 +77,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"reflect"
 	"slices"
@@ -127,11 +128,8 @@ type Capabilities struct {
 // that h.Capabilities matches the types the opener returns.
 func Run(t *testing.T, h Harness) {
 	t.Helper()
-	if h.Broker == nil && h.Results == nil && h.Revokes == nil && h.Control == nil {
-		t.Fatal("stemdrivertest: the Harness has no opener")
-	}
-	if h.Results == nil && h.Capabilities != (Capabilities{}) {
-		t.Fatalf("stemdrivertest: capabilities %+v declared without a Results opener", h.Capabilities)
+	if err := h.validate(); err != nil {
+		t.Fatal(err)
 	}
 	if h.Broker != nil {
 		runRole(t, "Broker", h.Broker, h.Capabilities, brokerProperties())
@@ -145,6 +143,18 @@ func Run(t *testing.T, h Harness) {
 	if h.Control != nil {
 		runRole(t, "Control", h.Control, h.Capabilities, controlProperties)
 	}
+}
+
+// validate reports a Harness that cannot be run: one without an opener, or
+// one that declares result backend capabilities without a Results opener.
+func (h Harness) validate() error {
+	if h.Broker == nil && h.Results == nil && h.Revokes == nil && h.Control == nil {
+		return errors.New("stemdrivertest: the Harness has no opener")
+	}
+	if h.Results == nil && h.Capabilities != (Capabilities{}) {
+		return fmt.Errorf("stemdrivertest: capabilities %+v declared without a Results opener", h.Capabilities)
+	}
+	return nil
 }
 
 // opener opens a driver of one role on a namespace; see Harness.
