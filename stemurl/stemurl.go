@@ -235,37 +235,26 @@ func (r *Resolver) OpenControl(ctx context.Context, raw string, opts stemdriver.
 }
 
 // URLs are the backend URLs a program uses, with where each came from.
+// Build them with Resolve (or FromEnv) rather than by hand.
 type URLs struct {
 	Broker, Results, Revokes string
-	// RevokesFrom names the variable (or "default") the revoke store URL
-	// came from.
+	// RevokesFrom names where the revoke store URL came from: a variable
+	// (STEM_REVOKE_STORE_URL, or the one it fell back to), a flag
+	// ("--revoke-store", "--backend", "--broker") or "default".
 	RevokesFrom string
+	// BrokerFrom and ResultsFrom name where the broker's and the result
+	// backend's URLs came from, as RevokesFrom does.
+	BrokerFrom, ResultsFrom string
 }
 
-// FromEnv resolves the URLs from the environment (getenv is os.Getenv in
-// programs): the broker from STEM_BROKER_URL, else DefaultURL; the result
-// backend from STEM_RESULT_BACKEND_URL, else the broker's URL; the revoke
-// store from STEM_REVOKE_STORE_URL, then STEM_RESULT_BACKEND_URL, then
+// FromEnv resolves the URLs from the environment alone (getenv is
+// os.Getenv in programs): Resolve without flags. The broker comes from
+// STEM_BROKER_URL, else DefaultURL; the result backend from
+// STEM_RESULT_BACKEND_URL, else the broker's URL; the revoke store from
+// STEM_REVOKE_STORE_URL, then STEM_RESULT_BACKEND_URL, then
 // STEM_BROKER_URL, else DefaultURL.
 func FromEnv(getenv func(string) string) URLs {
-	u := URLs{Broker: getenv(EnvBroker), Results: getenv(EnvResults)}
-	if u.Broker == "" {
-		u.Broker = DefaultURL
-	}
-	if u.Results == "" {
-		u.Results = u.Broker
-	}
-	u.Revokes, u.RevokesFrom = "", "default"
-	for _, v := range []string{EnvRevokeStore, EnvResults, EnvBroker} {
-		if s := getenv(v); s != "" {
-			u.Revokes, u.RevokesFrom = s, v
-			break
-		}
-	}
-	if u.Revokes == "" {
-		u.Revokes = DefaultURL
-	}
-	return u
+	return Resolve(getenv, Flags{})
 }
 
 // Check reports a combination of URLs that cannot keep stem's promises, as
