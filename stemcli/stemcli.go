@@ -245,28 +245,10 @@ func (a *app) namespace() string {
 	return stemtype.DefaultNamespace
 }
 
-// urls resolves the connection URLs: flags win over the environment.
+// urls resolves the connection URLs from the flags and the environment
+// (stemurl.Resolve: a flag wins over its variable).
 func (a *app) urls() stemurl.URLs {
-	u := stemurl.FromEnv(a.cfg.Getenv)
-	if a.broker != "" {
-		u.Broker = a.broker
-		if a.cfg.Getenv(stemurl.EnvResults) == "" && a.backend == "" {
-			u.Results = a.broker
-		}
-		if u.RevokesFrom == stemurl.EnvBroker || u.RevokesFrom == "default" {
-			u.Revokes, u.RevokesFrom = a.broker, "--broker"
-		}
-	}
-	if a.backend != "" {
-		u.Results = a.backend
-		if u.RevokesFrom != stemurl.EnvRevokeStore {
-			u.Revokes, u.RevokesFrom = a.backend, "--backend"
-		}
-	}
-	if a.revoke != "" {
-		u.Revokes, u.RevokesFrom = a.revoke, "--revoke-store"
-	}
-	return u
+	return stemurl.Resolve(a.cfg.Getenv, stemurl.Flags{Broker: a.broker, Results: a.backend, Revokes: a.revoke})
 }
 
 func (a *app) driverOpts() stemdriver.Options {
@@ -303,24 +285,43 @@ func (a *app) logger(def string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(a.errw, &slog.HandlerOptions{Level: level}))
 }
 
-// openErr wraps the failure to open what from url: exit 78 for a
-// configuration error (stemdriver.ErrBadConfig: a retry cannot help), else
-// 69 (the service cannot be reached). The URL is shown redacted.
-func openErr(what, url string, err error) error {
+// open opens exactly roles, from the URLs the flags and the environment
+// resolve to, with opts: the one place the CLI opens stores. Its error
+// carries the exit code (see openErr). Close the result with closeStores.
+func (a *app) open(ctx context.Context, roles stemurl.Role, opts stemdriver.Options) (*stemurl.Opened, error) {
+	return openStores(ctx, a.cfg.Resolver, a.urls(), roles, opts)
+}
+
+// openStores opens roles from u with r, turning a failure into its exit
+// code (openErr).
+func openStores(ctx context.Context, r *stemurl.Resolver, u stemurl.URLs, roles stemurl.Role, opts stemdriver.Options) (*stemurl.Opened, error) {
+	o, err := r.Open(ctx, u, roles, opts)
+	if err != nil {
+		return nil, openErr(err)
+	}
+	return o, nil
+}
+
+// openErr gives the failure to open stores its exit code: 78 for a
+// configuration error (stemdriver.ErrBadConfig: an unknown scheme, a
+// malformed URL, a revoke store that cannot be durable; a retry cannot
+// help), else 69 (a store cannot be reached). stemurl's errors show URLs
+// redacted.
+func openErr(err error) error {
 	code := ExitUnavailable
 	if errors.Is(err, stemdriver.ErrBadConfig) {
 		code = ExitConfig
 	}
-	return &ExitError{Code: code, Err: fmt.Errorf("cannot open %s %s: %w", what, stemurl.Redact(url), err)}
+	return &ExitError{Code: code, Err: err}
 }
 
-// checkURLs refuses URLs that cannot keep stem's promises together (see
-// stemurl.URLs.Check), as exit 78.
-func checkURLs(u stemurl.URLs) error {
-	if err := u.Check(); err != nil {
-		return &ExitError{Code: ExitConfig, Err: err}
+// closeStores closes o and reports any error of it on stderr: the command
+// has done its work (or failed for its own reason) by then, so its exit
+// code stands, but a store that did not close cleanly is never silent.
+func (a *app) closeStores(o *stemurl.Opened) {
+	if err := o.Close(); err != nil {
+		fmt.Fprintf(a.errw, "stem: warning: %s\n", strings.TrimPrefix(err.Error(), "stem: "))
 	}
-	return nil
 }
 
 func (a *app) warnMemory(url string) {
