@@ -11,12 +11,12 @@
 // Commands write to the configured writers, so they are tested on their
 // exact output. Exit codes (DESIGN §5): 0 success, 64 usage error, 69 the
 // broker or revoke store cannot be reached (nothing was published), 70 a
-// worker replied with an error, a targeted worker did not reply, or no
-// worker replied at all, 78 configuration error (an unknown or not yet
-// supported URL scheme, a malformed URL, an unknown URL option, a bad
-// database number, a revoke store that cannot be durable, an unknown
-// STEM_LOG_LEVEL), 1 any other failure. Scripts may retry on 69, never on
-// 64 or 78.
+// worker replied with an error or with a reply that cannot be decoded, a
+// targeted worker did not reply, or no worker replied at all, 78
+// configuration error (an unknown or not yet supported URL scheme, a
+// malformed URL, an unknown URL option, a bad database number, a revoke
+// store that cannot be durable, an unknown STEM_LOG_LEVEL), 1 any other
+// failure. Scripts may retry on 69, never on 64 or 78.
 package stemcli
 
 import (

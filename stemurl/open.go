@@ -178,7 +178,7 @@ func (r *Resolver) Open(ctx context.Context, u URLs, roles Role, opts stemdriver
 		}
 	}
 	if err := o.Add(ctx, roles); err != nil {
-		return nil, errors.Join(err, o.Close())
+		return nil, withClose(err, o.Close())
 	}
 	return o, nil
 }
@@ -195,10 +195,19 @@ func (o *Opened) Add(ctx context.Context, roles Role) error {
 			continue
 		}
 		if err := o.open(ctx, role); err != nil {
-			return errors.Join(err, o.closeFrom(mark))
+			return withClose(err, o.closeFrom(mark))
 		}
 	}
 	return nil
+}
+
+// withClose returns err, joined with closeErr when closing what was opened
+// before err failed too.
+func withClose(err, closeErr error) error {
+	if closeErr == nil {
+		return err
+	}
+	return errors.Join(err, closeErr)
 }
 
 // has reports whether o holds role.
