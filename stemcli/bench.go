@@ -121,7 +121,7 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 			<-done
 			return err
 		}
-		defer pf.Close()
+		defer func() { a.warnClose("CPU profile "+f.cpuprofile, pf.Close()) }()
 		if err := pprof.StartCPUProfile(pf); err != nil {
 			stop()
 			<-done

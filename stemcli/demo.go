@@ -84,7 +84,7 @@ func (a *app) demo(ctx context.Context) error {
 				stopWorkers()
 				return err
 			}
-			defer pool.Close()
+			defer func() { a.warnClose("isolated pool", pool.Close()) }()
 			exec = pool
 		}
 		w, err := stem.NewWorker(stem.WorkerConfig{ID: id, Namespace: opts.Namespace, Registry: reg, Concurrency: 2,

@@ -319,9 +319,20 @@ func openErr(err error) error {
 // has done its work (or failed for its own reason) by then, so its exit
 // code stands, but a store that did not close cleanly is never silent.
 func (a *app) closeStores(o *stemurl.Opened) {
-	if err := o.Close(); err != nil {
-		fmt.Fprintf(a.errw, "stem: warning: %s\n", strings.TrimPrefix(err.Error(), "stem: "))
+	a.warnClose("", o.Close())
+}
+
+// warnClose reports on stderr the error, if any, of closing what ("" when
+// err names it), for the reason closeStores gives.
+func (a *app) warnClose(what string, err error) {
+	if err == nil {
+		return
 	}
+	msg := strings.TrimPrefix(err.Error(), "stem: ")
+	if what != "" {
+		msg = "close " + what + ": " + msg
+	}
+	fmt.Fprintf(a.errw, "stem: warning: %s\n", msg)
 }
 
 func (a *app) warnMemory(url string) {

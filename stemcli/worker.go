@@ -431,7 +431,7 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
 		if err != nil {
 			return err
 		}
-		defer pool.Close() // runs after w.Run returned
+		defer func() { a.warnClose("isolated pool", pool.Close()) }() // runs after w.Run returned
 		cfg.Executor = pool
 	}
 	w, err := stem.NewWorker(cfg)
