@@ -150,14 +150,19 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	if cfg.Demo != nil {
 		root.AddCommand(a.demoCmd())
 	}
-	for _, group := range []*cobra.Command{root, worker, task} {
-		group.Args = cobra.ArbitraryArgs
-		group.RunE = func(c *cobra.Command, args []string) error {
+	// A group run without a subcommand prints its help; with an unknown
+	// one, it is a usage error.
+	group := func(g *cobra.Command) {
+		g.Args = cobra.ArbitraryArgs
+		g.RunE = func(c *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return exitf(ExitUsage, "unknown command %q for %q\nSee '%s --help'.", args[0], c.CommandPath(), c.CommandPath())
 			}
 			return c.Help()
 		}
+	}
+	for _, g := range []*cobra.Command{root, worker, task} {
+		group(g)
 	}
 	var strict func(*cobra.Command)
 	strict = func(c *cobra.Command) {
@@ -174,6 +179,14 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	// theirs included, report a usage error by type.
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "completion":
+			group(c) // cobra prints its help for an unknown shell, exit 0
+		case "help":
+			helpTopics(c)
+		}
+	}
 	var typed func(*cobra.Command)
 	typed = func(c *cobra.Command) {
 		if c.Args != nil {
@@ -185,6 +198,20 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	}
 	typed(root)
 	return root
+}
+
+// helpTopics makes cobra's help command refuse a topic that names no
+// command as a usage error: cobra prints the usage and succeeds.
+func helpTopics(help *cobra.Command) {
+	show := help.Run
+	help.Run = nil
+	help.RunE = func(c *cobra.Command, args []string) error {
+		if cmd, rest, err := c.Root().Find(args); err != nil || cmd == nil || len(rest) > 0 {
+			return exitf(ExitUsage, "unknown help topic %q\nSee '%s --help'.", strings.Join(args, " "), c.Root().CommandPath())
+		}
+		show(c, args)
+		return nil
+	}
 }
 
 // usageArgs makes an argument validator's error an *ExitError with
