@@ -363,7 +363,7 @@ func (a *app) warnClose(what string, err error) {
 }
 
 func (a *app) warnMemory(url string) {
-	if strings.HasPrefix(url, "memory:") {
+	if strings.HasPrefix(strings.ToLower(url), "memory:") {
 		fmt.Fprintf(a.errw, "stem: note: %s is in-process only; set STEM_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to reach workers in other processes\n", stemurl.Redact(url))
 	}
 }
