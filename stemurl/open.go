@@ -137,8 +137,8 @@ func (e *OpenError) Error() string {
 // Unwrap returns Err.
 func (e *OpenError) Unwrap() error { return e.Err }
 
-// Opened holds the stores Open opened. A role that was not asked for is
-// nil. Close it when done. An Opened is not safe for concurrent use by Add
+// Opened holds the stores Resolver.Open opened (the zero value is not
+// usable). A role that was not asked for is nil. Close it when done. An Opened is not safe for concurrent use by Add
 // and Close; the stores it holds are.
 type Opened struct {
 	// URLs are the URLs the stores were opened from.
