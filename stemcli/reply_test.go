@@ -12,10 +12,10 @@ import (
 )
 
 // fakeWorker announces id on the CLI's memory:// hub and answers every
-// control command addressed to it (broadcasts included) with status ok and
-// the given payload, until the test ends. It stands for a worker of another
-// version, or a broken one, whose reply the CLI cannot read.
-func (e *cliEnv) fakeWorker(id string, payload json.RawMessage) {
+// control command addressed to it (broadcasts included) with reply (its
+// request and worker ids filled in), until the test ends. It stands for a
+// worker of another version, or a broken one.
+func (e *cliEnv) fakeWorker(id string, reply stemtype.ControlReply) {
 	e.t.Helper()
 	ctl := e.resolver.Hub("").Control(stemdriver.Options{Namespace: stemtype.DefaultNamespace})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -31,7 +31,9 @@ func (e *cliEnv) fakeWorker(id string, payload json.RawMessage) {
 			if json.Unmarshal(msg, &cmd) != nil {
 				continue
 			}
-			b, _ := json.Marshal(stemtype.ControlReply{RequestID: cmd.RequestID, WorkerID: id, Status: stemtype.ReplyOK, Payload: payload})
+			rep := reply
+			rep.RequestID, rep.WorkerID = cmd.RequestID, id
+			b, _ := json.Marshal(rep)
 			_ = ctl.Reply(ctx, cmd.RequestID, b)
 		}
 	}()
@@ -50,7 +52,8 @@ func (e *cliEnv) fakeWorker(id string, payload json.RawMessage) {
 func TestUnreadableReplyExits70(t *testing.T) {
 	e := newCLIEnv(t)
 	// Every field of the wrong JSON type for its reply.
-	e.fakeWorker("odd", json.RawMessage(`{"timestamp":1,"inflight":"x","active":1,"pid":"x","tasks":"x","revoked":1}`))
+	e.fakeWorker("odd", stemtype.ControlReply{Status: stemtype.ReplyOK,
+		Payload: json.RawMessage(`{"timestamp":1,"inflight":"x","active":1,"pid":"x","tasks":"x","revoked":1}`)})
 	for _, args := range [][]string{
 		{"worker", "ping"},
 		{"worker", "ping", "--json"},
@@ -71,4 +74,22 @@ func TestUnreadableReplyExits70(t *testing.T) {
 		}
 	}
 	e.check("ping_unreadable_reply", "worker", "ping")
+}
+
+// TestErrorReplyExits70: a worker that replies with an error is named with
+// its message on stderr, and the command exits 70.
+func TestErrorReplyExits70(t *testing.T) {
+	e := newCLIEnv(t)
+	e.fakeWorker("sick", stemtype.ControlReply{Status: stemtype.ReplyError, Error: &stemtype.ControlError{Message: "disk full"}})
+	for _, args := range [][]string{
+		{"worker", "ping", "--json"},
+		{"worker", "stats"},
+		{"worker", "revoke", "--task", "0123456789abcdef0123456789abcdef"},
+	} {
+		code, _, errOut := e.run(args...)
+		if code != 70 || !strings.Contains(errOut, "stem: worker sick replied with an error: disk full\n") ||
+			!strings.HasSuffix(errOut, "stem: 1 worker(s) replied with an error\n") {
+			t.Errorf("%q: exit %d, want 70 naming worker sick and its error\nstderr:\n%s", args, code, errOut)
+		}
+	}
 }

@@ -116,12 +116,21 @@ func replyList(r *stem.Replies) []stemtype.ControlReply {
 	return r.Replies
 }
 
-// unanswered describes each reply of r that does not answer the command:
-// an error the worker replied with, or a reply with status ok whose payload
+// unansweredReply is a reply that does not answer the command.
+type unansweredReply struct {
+	// line says which worker and why, for stderr.
+	line string
+	// undecodable is set for a reply with status ok whose payload cannot
+	// be decoded, clear for a worker's error.
+	undecodable bool
+}
+
+// unanswered returns each reply of r that does not answer the command: an
+// error the worker replied with, or a reply with status ok whose payload
 // is missing or does not decode as P (stem.Decode), such as a worker of
 // another version might send. It returns nil when every reply answers.
-func unanswered[P any](r *stem.Replies) []string {
-	var out []string
+func unanswered[P any](r *stem.Replies) []unansweredReply {
+	var out []unansweredReply
 	for i, rep := range stem.Decode[P](r) {
 		switch {
 		case rep.Err == nil:
@@ -130,19 +139,18 @@ func unanswered[P any](r *stem.Replies) []string {
 			if inner := errors.Unwrap(reason); inner != nil {
 				reason = inner // the decoder's reason, without the worker's id again
 			}
-			out = append(out, fmt.Sprintf("worker %s replied ok, but its reply cannot be decoded: %v", rep.WorkerID, reason))
+			out = append(out, unansweredReply{fmt.Sprintf("worker %s replied ok, but its reply cannot be decoded: %v", rep.WorkerID, reason), true})
 		default:
-			out = append(out, fmt.Sprintf("worker %s replied with an error: %v", rep.WorkerID, rep.Err))
+			out = append(out, unansweredReply{fmt.Sprintf("worker %s replied with an error: %v", rep.WorkerID, rep.Err), false})
 		}
 	}
 	return out
 }
 
 // finish prints replies (as JSON: the list of replies, or what doc returns
-// when it is set) and turns errors, replies that do not answer (bad, the
-// lines unanswered returns), missing workers and silence into exit code
-// 70.
-func (a *app) finish(f *controlFlags, r *stem.Replies, bad []string, human func(*stem.Replies), doc func() any) error {
+// when it is set) and turns errors, replies that do not answer (bad, see
+// unanswered), missing workers and silence into exit code 70.
+func (a *app) finish(f *controlFlags, r *stem.Replies, bad []unansweredReply, human func(*stem.Replies), doc func() any) error {
 	if f.json {
 		var v any = replyList(r)
 		if doc != nil {
@@ -162,8 +170,8 @@ func (a *app) finish(f *controlFlags, r *stem.Replies, bad []string, human func(
 			fmt.Fprintf(a.errw, "stem: worker %s did not reply within %s\n", id, f.timeout)
 		}
 	}
-	for _, line := range bad {
-		fmt.Fprintf(a.errw, "stem: %s\n", line)
+	for _, b := range bad {
+		fmt.Fprintf(a.errw, "stem: %s\n", b.line)
 	}
 	switch {
 	case len(r.Replies) == 0 && len(f.workers) == 0 && r.Live != nil && len(r.Live) == 0:
@@ -174,10 +182,10 @@ func (a *app) finish(f *controlFlags, r *stem.Replies, bad []string, human func(
 		return exitf(ExitSoftware, "no worker replied within %s", f.timeout)
 	case len(r.Missing) > 0:
 		return exitf(ExitSoftware, "%d worker(s) did not reply: %s", len(r.Missing), strings.Join(r.Missing, ", "))
-	case len(r.Errors()) == len(bad) && len(bad) > 0:
-		return exitf(ExitSoftware, "%d worker(s) replied with an error", len(bad))
-	case len(bad) > 0:
+	case slices.ContainsFunc(bad, func(b unansweredReply) bool { return b.undecodable }):
 		return exitf(ExitSoftware, "%d worker(s) replied with an error or a reply that cannot be decoded", len(bad))
+	case len(bad) > 0:
+		return exitf(ExitSoftware, "%d worker(s) replied with an error", len(bad))
 	}
 	return nil
 }
