@@ -71,12 +71,13 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 		return err
 	}
 	defer a.closeStores(o)
-	u := o.URLs
+	u, b := o.URLs, o.Broker
 	reg := stem.NewRegistry()
 	reg.MustAdd(stem.Task{Name: "bench.noop", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
-	ccfg := stem.ClientConfig{Broker: o.Broker, Results: o.Results, Registry: reg}
-	wcfg := stem.WorkerConfig{Registry: reg, Broker: o.Broker, Results: o.Results, Namespace: opts.Namespace, Concurrency: f.concurrency,
+	ccfg := stem.ClientConfig{Broker: b, Registry: reg}
+	wcfg := stem.WorkerConfig{Registry: reg, Broker: b, Namespace: opts.Namespace, Concurrency: f.concurrency,
 		Prefetch: f.prefetch, Logger: opts.Logger, ClaimWait: 100 * time.Millisecond}
+	ccfg.Results, wcfg.Results = o.Results, o.Results // nil without --results
 	client, err := stem.NewClient(ccfg)
 	if err != nil {
 		return err
