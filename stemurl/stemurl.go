@@ -2,6 +2,19 @@
 // every URL scheme, so that the CLI, workers and programs configure brokers,
 // result backends, revoke stores and control transports the same way.
 //
+// Resolve (or FromEnv) decides which URL each store comes from; a
+// Resolver's Open opens exactly the stores a program needs and returns
+// them as one Opened to close:
+//
+//	r := stemurl.New()
+//	o, err := r.Open(ctx, stemurl.FromEnv(os.Getenv), stemurl.AllRoles, stemdriver.Options{Namespace: "stem"})
+//	if err != nil {
+//		return err // errors.Is(err, stemdriver.ErrBadConfig): fix the URL, a retry cannot help
+//	}
+//	defer o.Close()
+//	w, err := stem.NewWorker(stem.WorkerConfig{Registry: reg, Broker: o.Broker, Results: o.Results,
+//		Revokes: o.Revokes, Control: o.Control})
+//
 // Schemes:
 //
 //	memory://[NAME]            in-process (tests, demos, one process only)
@@ -32,7 +45,7 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// Environment variables read by FromEnv.
+// Environment variables read by Resolve and FromEnv.
 const (
 	EnvBroker      = "STEM_BROKER_URL"
 	EnvResults     = "STEM_RESULT_BACKEND_URL"
