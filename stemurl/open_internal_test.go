@@ -29,3 +29,35 @@ func TestCloseReportsEveryError(t *testing.T) {
 		t.Fatalf("second Close = %v, closed %d times", err, len(order))
 	}
 }
+
+// TestRoleString: roles read as what they open, in Open's order.
+func TestRoleString(t *testing.T) {
+	for r, want := range map[Role]string{
+		0:                         "no role",
+		RoleRevokes:               "revoke store",
+		RoleControl | RoleBroker:  "broker+control transport",
+		AllRoles:                  "broker+result backend+revoke store+control transport",
+		RoleResults | RoleRevokes: "result backend+revoke store",
+		RoleBroker | Role(1<<7):   "broker",
+	} {
+		if got := r.String(); got != want {
+			t.Errorf("Role(%d).String() = %q, want %q", r, got, want)
+		}
+	}
+}
+
+// TestFailedAddReportsCloseErrors: when a role fails to open, what Add
+// opened before it is closed, and an error of that close is returned with
+// the open error, not dropped.
+func TestFailedAddReportsCloseErrors(t *testing.T) {
+	closeErr := errors.New("close failed")
+	openErr := &OpenError{Role: RoleRevokes, URL: "x", From: FromDefault, Err: errors.New("down")}
+	err := withClose(openErr, closeErr)
+	var oe *OpenError
+	if !errors.As(err, &oe) || !errors.Is(err, closeErr) {
+		t.Fatalf("withClose = %v, want both errors", err)
+	}
+	if got := withClose(openErr, nil); got != error(openErr) {
+		t.Fatalf("withClose(err, nil) = %v, want err itself", got)
+	}
+}
