@@ -16,7 +16,8 @@ import (
 
 // ClientConfig configures a Client.
 type ClientConfig struct {
-	// Broker receives enqueued tasks. Required.
+	// Broker receives enqueued tasks. Required to enqueue; a Client
+	// without one only reads task states (Status, Wait), from Results.
 	Broker stemdriver.Broker
 	// Results, when set, records each task as pending before it is
 	// published and serves Status and Wait.
@@ -37,9 +38,10 @@ type Client struct {
 	logger  *slog.Logger
 }
 
-// NewClient returns a Client; it fails when cfg.Broker is nil.
+// NewClient returns a Client; it fails when cfg has neither a Broker nor
+// Results.
 func NewClient(cfg ClientConfig) (*Client, error) {
-	if cfg.Broker == nil {
+	if cfg.Broker == nil && cfg.Results == nil {
 		return nil, errors.New("stem: ClientConfig.Broker is nil")
 	}
 	logger := cfg.Logger
@@ -142,6 +144,9 @@ func (c *Client) Enqueue(ctx context.Context, task string, args any, opts Enqueu
 func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]string, error) {
 	if len(reqs) == 0 {
 		return nil, nil
+	}
+	if c.broker == nil {
+		return nil, errors.New("stem: enqueue: the client has no broker (ClientConfig.Broker is nil)")
 	}
 	now := time.Now().UTC()
 	envs := make([]*stemtype.Envelope, len(reqs))

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemurl"
 )
 
 // benchFlags configure `stem bench`.
@@ -59,27 +60,24 @@ one machine only.`,
 }
 
 func (a *app) bench(ctx context.Context, f benchFlags) error {
-	u := a.urls()
 	opts := a.driverOpts()
 	opts.Namespace = "bench-" + stem.NewTaskID()[:8]
-	b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
-	if err != nil {
-		return openErr("broker", u.Broker, err)
+	roles := stemurl.RoleBroker
+	if f.results {
+		roles |= stemurl.RoleResults
 	}
-	defer b.Close()
+	o, err := a.open(ctx, roles, opts)
+	if err != nil {
+		return err
+	}
+	defer a.closeStores(o)
+	u, b := o.URLs, o.Broker
 	reg := stem.NewRegistry()
 	reg.MustAdd(stem.Task{Name: "bench.noop", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
 	ccfg := stem.ClientConfig{Broker: b, Registry: reg}
 	wcfg := stem.WorkerConfig{Registry: reg, Broker: b, Namespace: opts.Namespace, Concurrency: f.concurrency,
 		Prefetch: f.prefetch, Logger: opts.Logger, ClaimWait: 100 * time.Millisecond}
-	if f.results {
-		res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
-		if err != nil {
-			return openErr("result backend", u.Results, err)
-		}
-		defer res.Close()
-		ccfg.Results, wcfg.Results = res, res
-	}
+	ccfg.Results, wcfg.Results = o.Results, o.Results // nil without --results
 	client, err := stem.NewClient(ccfg)
 	if err != nil {
 		return err
@@ -124,7 +122,7 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 			<-done
 			return err
 		}
-		defer pf.Close()
+		defer func() { a.warnClose("CPU profile "+f.cpuprofile, pf.Close()) }()
 		if err := pprof.StartCPUProfile(pf); err != nil {
 			stop()
 			<-done

@@ -37,11 +37,9 @@ heartbeat, and a runaway isolated one killed with --kill-after.`,
 
 // demoEnv is the demo's deployment.
 type demoEnv struct {
-	out     io.Writer
-	client  *stem.Client
-	ctl     *stem.Controller
-	results stemdriver.ResultBackend
-	start   time.Time
+	out    io.Writer
+	client *stem.Client
+	start  time.Time
 }
 
 func (a *app) demo(ctx context.Context) error {
@@ -49,19 +47,25 @@ func (a *app) demo(ctx context.Context) error {
 	if err := a.cfg.Demo(reg); err != nil {
 		return err
 	}
+	// A Resolver of its own: the demo's memory:// hub is its alone.
 	const url = stemurl.DefaultURL
-	res := stemurl.New()
 	opts := stemdriver.Options{Namespace: a.namespace(), Logger: a.logger("error")}
-	broker, err := res.OpenBroker(ctx, url, opts)
+	o, err := openStores(ctx, stemurl.New(), stemurl.URLs{Broker: url, Results: url, Revokes: url,
+		BrokerFrom: stemurl.FromDefault, ResultsFrom: stemurl.FromDefault, RevokesFrom: stemurl.FromDefault}, stemurl.AllRoles, opts)
 	if err != nil {
 		return err
 	}
-	results, _ := res.OpenResults(ctx, url, opts)
-	revokes, _ := res.OpenRevokes(ctx, url, opts)
-	control, _ := res.OpenControl(ctx, url, opts)
-	client, _ := stem.NewClient(stem.ClientConfig{Broker: broker, Results: results, Registry: reg})
-	ctl, _ := stem.NewController(stem.ControllerConfig{Namespace: opts.Namespace, Control: control, Revokes: revokes, Results: results})
-	d := &demoEnv{out: a.out, client: client, ctl: ctl, results: results, start: time.Now()}
+	defer a.closeStores(o)
+	broker, results, revokes, control := o.Broker, o.Results, o.Revokes, o.Control
+	client, err := stem.NewClient(stem.ClientConfig{Broker: broker, Results: results, Registry: reg})
+	if err != nil {
+		return err
+	}
+	ctl, err := stem.NewController(stem.ControllerConfig{Namespace: opts.Namespace, Control: control, Revokes: revokes, Results: results})
+	if err != nil {
+		return err
+	}
+	d := &demoEnv{out: a.out, client: client, start: time.Now()}
 
 	fmt.Fprintf(a.out, "stem demo: a producer, two workers and the control plane in one process,\n")
 	fmt.Fprintf(a.out, "on %s (the embedded default: no server needed). Namespace %q.\n\n", url, opts.Namespace)
@@ -80,7 +84,7 @@ func (a *app) demo(ctx context.Context) error {
 				stopWorkers()
 				return err
 			}
-			defer pool.Close()
+			defer func() { a.warnClose("isolated pool", pool.Close()) }()
 			exec = pool
 		}
 		w, err := stem.NewWorker(stem.WorkerConfig{ID: id, Namespace: opts.Namespace, Registry: reg, Concurrency: 2,
@@ -140,13 +144,21 @@ func (a *app) demo(ctx context.Context) error {
 
 	// Part 2: the control plane.
 	fmt.Fprintln(a.out, "\n2. The control plane. Long tasks run, another waits in the queue:")
-	longID, _ := client.Enqueue(ctx, "demo.sleep", map[string]float64{"seconds": 30, "heartbeat": 0.05}, stem.EnqueueOptions{})
-	queuedID, _ := client.Enqueue(ctx, "demo.echo", map[string]string{"never": "runs"}, stem.EnqueueOptions{Countdown: 800 * time.Millisecond})
+	longID, err := client.Enqueue(ctx, "demo.sleep", map[string]float64{"seconds": 30, "heartbeat": 0.05}, stem.EnqueueOptions{})
+	if err != nil {
+		return err
+	}
+	queuedID, err := client.Enqueue(ctx, "demo.echo", map[string]string{"never": "runs"}, stem.EnqueueOptions{Countdown: 800 * time.Millisecond})
+	if err != nil {
+		return err
+	}
 	fmt.Fprintf(a.out, "   %s  demo.sleep {\"seconds\":30}   (running)\n", longID)
 	fmt.Fprintf(a.out, "   %s  demo.echo, countdown 0.8s   (queued)\n", queuedID)
 	var spinID string
 	if hasIsolated {
-		spinID, _ = client.Enqueue(ctx, "demo.spin-isolated", map[string]float64{"seconds": 30}, stem.EnqueueOptions{})
+		if spinID, err = client.Enqueue(ctx, "demo.spin-isolated", map[string]float64{"seconds": 30}, stem.EnqueueOptions{}); err != nil {
+			return err
+		}
 		fmt.Fprintf(a.out, "   %s  demo.spin-isolated {\"seconds\":30}: burns CPU in a child process, never checkpoints\n", spinID)
 		if err := d.until(ctx, spinID, func(r *stemtype.TaskResult) bool { return r.State == stemtype.StateStarted }); err != nil {
 			return err
@@ -192,7 +204,7 @@ func (a *app) demo(ctx context.Context) error {
 		return err
 	}
 	renderRevoke(indent(a.out), rv)
-	if err := d.until(ctx, longID, func(r *stemtype.TaskResult) bool { return r.State.Final() }); err != nil {
+	if err := d.wait(ctx, longID); err != nil {
 		return err
 	}
 	fmt.Fprintf(a.out, "   the running task stopped %s after the revoke, at its next heartbeat\n", time.Since(revokedAt).Round(time.Millisecond))
@@ -204,7 +216,7 @@ func (a *app) demo(ctx context.Context) error {
 			return err
 		}
 		renderRevoke(indent(a.out), rv)
-		if err := d.until(ctx, spinID, func(r *stemtype.TaskResult) bool { return r.State.Final() }); err != nil {
+		if err := d.wait(ctx, spinID); err != nil {
 			return err
 		}
 		fmt.Fprintf(a.out, "   the spinning task ignored the request; its child process was killed %s after the revoke\n", time.Since(killAt).Round(time.Millisecond))
@@ -221,7 +233,7 @@ func (a *app) demo(ctx context.Context) error {
 		final = append(final, spinID)
 	}
 	for _, id := range final {
-		res, err := results.Get(ctx, id)
+		res, err := client.Status(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -234,18 +246,24 @@ func (a *app) demo(ctx context.Context) error {
 	return runErr
 }
 
-// watch prints every state change of ids until all are final.
+// demoPatience bounds each wait of the demo: its tasks take a second or
+// two, so a demo still waiting after this is broken.
+const demoPatience = 30 * time.Second
+
+// watch prints every state change of ids until all are final. It reads
+// the states with Client.Status, since Client.Wait reports only the final
+// one and the demo narrates each step.
 func (d *demoEnv) watch(ctx context.Context, ids []string, names map[string]string) error {
 	last := map[string]string{}
 	width := 0
 	for _, n := range names {
 		width = max(width, len(n))
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(demoPatience)
 	for time.Now().Before(deadline) {
 		final := 0
 		for _, id := range ids {
-			r, err := d.results.Get(ctx, id)
+			r, err := d.client.Status(ctx, id)
 			if err != nil {
 				continue
 			}
@@ -264,13 +282,26 @@ func (d *demoEnv) watch(ctx context.Context, ids []string, names map[string]stri
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
-	return errors.New("demo: tasks did not finish within 30s")
+	return fmt.Errorf("demo: tasks did not finish within %s", demoPatience)
 }
 
+// wait waits with Client.Wait until the task's state is final.
+func (d *demoEnv) wait(ctx context.Context, id string) error {
+	ctx, cancel := context.WithTimeout(ctx, demoPatience)
+	defer cancel()
+	if _, err := d.client.Wait(ctx, id); err != nil {
+		return fmt.Errorf("demo: %w", err)
+	}
+	return nil
+}
+
+// until waits until the task's state, read with Client.Status, is one ok
+// accepts: a state before the final one, which Client.Wait does not wait
+// for.
 func (d *demoEnv) until(ctx context.Context, id string, ok func(*stemtype.TaskResult) bool) error {
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(demoPatience)
 	for time.Now().Before(deadline) {
-		if r, err := d.results.Get(ctx, id); err == nil && ok(r) {
+		if r, err := d.client.Status(ctx, id); err == nil && ok(r) {
 			return nil
 		}
 		time.Sleep(2 * time.Millisecond)

@@ -334,6 +334,8 @@ func TestGoldenErrors(t *testing.T) {
 		{"usage_unknown_command", nil, []string{"bogus"}},
 		{"usage_unknown_subcommand", nil, []string{"worker", "bogus"}},
 		{"usage_unknown_flag", nil, []string{"worker", "ping", "--bogus"}},
+		{"usage_help_unknown_topic", nil, []string{"help", "bogus"}},
+		{"usage_completion_unknown_shell", nil, []string{"completion", "bogus"}},
 		{"usage_enqueue_no_task", nil, []string{"enqueue"}},
 		{"usage_enqueue_bad_args", nil, []string{"enqueue", "ok", "--args", "{"}},
 		{"usage_status_two_ids", nil, []string{"task", "status", "a", "b"}},

@@ -11,12 +11,12 @@
 // Commands write to the configured writers, so they are tested on their
 // exact output. Exit codes (DESIGN §5): 0 success, 64 usage error, 69 the
 // broker or revoke store cannot be reached (nothing was published), 70 a
-// worker replied with an error, a targeted worker did not reply, or no
-// worker replied at all, 78 configuration error (an unknown or not yet
-// supported URL scheme, a malformed URL, an unknown URL option, a bad
-// database number, a revoke store that cannot be durable, an unknown
-// STEM_LOG_LEVEL), 1 any other failure. Scripts may retry on 69, never on
-// 64 or 78.
+// worker replied with an error or with a reply that cannot be decoded, a
+// targeted worker did not reply, or no worker replied at all, 78
+// configuration error (an unknown or not yet supported URL scheme, a
+// malformed URL, an unknown URL option, a bad database number, a revoke
+// store that cannot be durable, an unknown STEM_LOG_LEVEL), 1 any other
+// failure. Scripts may retry on 69, never on 64 or 78.
 package stemcli
 
 import (
@@ -150,14 +150,19 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	if cfg.Demo != nil {
 		root.AddCommand(a.demoCmd())
 	}
-	for _, group := range []*cobra.Command{root, worker, task} {
-		group.Args = cobra.ArbitraryArgs
-		group.RunE = func(c *cobra.Command, args []string) error {
+	// A group run without a subcommand prints its help; with an unknown
+	// one, it is a usage error.
+	group := func(g *cobra.Command) {
+		g.Args = cobra.ArbitraryArgs
+		g.RunE = func(c *cobra.Command, args []string) error {
 			if len(args) > 0 {
 				return exitf(ExitUsage, "unknown command %q for %q\nSee '%s --help'.", args[0], c.CommandPath(), c.CommandPath())
 			}
 			return c.Help()
 		}
+	}
+	for _, g := range []*cobra.Command{root, worker, task} {
+		group(g)
 	}
 	var strict func(*cobra.Command)
 	strict = func(c *cobra.Command) {
@@ -174,6 +179,14 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	// theirs included, report a usage error by type.
 	root.InitDefaultHelpCmd()
 	root.InitDefaultCompletionCmd()
+	for _, c := range root.Commands() {
+		switch c.Name() {
+		case "completion":
+			group(c) // cobra prints its help for an unknown shell, exit 0
+		case "help":
+			helpTopics(c)
+		}
+	}
 	var typed func(*cobra.Command)
 	typed = func(c *cobra.Command) {
 		if c.Args != nil {
@@ -185,6 +198,20 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	}
 	typed(root)
 	return root
+}
+
+// helpTopics makes cobra's help command refuse a topic that names no
+// command as a usage error: cobra prints the usage and succeeds.
+func helpTopics(help *cobra.Command) {
+	show := help.Run
+	help.Run = nil
+	help.RunE = func(c *cobra.Command, args []string) error {
+		if cmd, rest, err := c.Root().Find(args); err != nil || cmd == nil || len(rest) > 0 {
+			return exitf(ExitUsage, "unknown help topic %q\nSee '%s --help'.", strings.Join(args, " "), c.Root().CommandPath())
+		}
+		show(c, args)
+		return nil
+	}
 }
 
 // usageArgs makes an argument validator's error an *ExitError with
@@ -245,28 +272,10 @@ func (a *app) namespace() string {
 	return stemtype.DefaultNamespace
 }
 
-// urls resolves the connection URLs: flags win over the environment.
+// urls resolves the connection URLs from the flags and the environment
+// (stemurl.Resolve: a flag wins over its variable).
 func (a *app) urls() stemurl.URLs {
-	u := stemurl.FromEnv(a.cfg.Getenv)
-	if a.broker != "" {
-		u.Broker = a.broker
-		if a.cfg.Getenv(stemurl.EnvResults) == "" && a.backend == "" {
-			u.Results = a.broker
-		}
-		if u.RevokesFrom == stemurl.EnvBroker || u.RevokesFrom == "default" {
-			u.Revokes, u.RevokesFrom = a.broker, "--broker"
-		}
-	}
-	if a.backend != "" {
-		u.Results = a.backend
-		if u.RevokesFrom != stemurl.EnvRevokeStore {
-			u.Revokes, u.RevokesFrom = a.backend, "--backend"
-		}
-	}
-	if a.revoke != "" {
-		u.Revokes, u.RevokesFrom = a.revoke, "--revoke-store"
-	}
-	return u
+	return stemurl.Resolve(a.cfg.Getenv, stemurl.Flags{Broker: a.broker, Results: a.backend, Revokes: a.revoke})
 }
 
 func (a *app) driverOpts() stemdriver.Options {
@@ -303,28 +312,58 @@ func (a *app) logger(def string) *slog.Logger {
 	return slog.New(slog.NewTextHandler(a.errw, &slog.HandlerOptions{Level: level}))
 }
 
-// openErr wraps the failure to open what from url: exit 78 for a
-// configuration error (stemdriver.ErrBadConfig: a retry cannot help), else
-// 69 (the service cannot be reached). The URL is shown redacted.
-func openErr(what, url string, err error) error {
+// open opens exactly roles, from the URLs the flags and the environment
+// resolve to, with opts: the one place the CLI opens stores. Its error
+// carries the exit code (see openErr). Close the result with closeStores.
+func (a *app) open(ctx context.Context, roles stemurl.Role, opts stemdriver.Options) (*stemurl.Opened, error) {
+	return openStores(ctx, a.cfg.Resolver, a.urls(), roles, opts)
+}
+
+// openStores opens roles from u with r, turning a failure into its exit
+// code (openErr).
+func openStores(ctx context.Context, r *stemurl.Resolver, u stemurl.URLs, roles stemurl.Role, opts stemdriver.Options) (*stemurl.Opened, error) {
+	o, err := r.Open(ctx, u, roles, opts)
+	if err != nil {
+		return nil, openErr(err)
+	}
+	return o, nil
+}
+
+// openErr gives the failure to open stores its exit code: 78 for a
+// configuration error (stemdriver.ErrBadConfig: an unknown scheme, a
+// malformed URL, a revoke store that cannot be durable; a retry cannot
+// help), else 69 (a store cannot be reached). stemurl's errors show URLs
+// redacted.
+func openErr(err error) error {
 	code := ExitUnavailable
 	if errors.Is(err, stemdriver.ErrBadConfig) {
 		code = ExitConfig
 	}
-	return &ExitError{Code: code, Err: fmt.Errorf("cannot open %s %s: %w", what, stemurl.Redact(url), err)}
+	return &ExitError{Code: code, Err: err}
 }
 
-// checkURLs refuses URLs that cannot keep stem's promises together (see
-// stemurl.URLs.Check), as exit 78.
-func checkURLs(u stemurl.URLs) error {
-	if err := u.Check(); err != nil {
-		return &ExitError{Code: ExitConfig, Err: err}
+// closeStores closes o and reports any error of it on stderr: the command
+// has done its work (or failed for its own reason) by then, so its exit
+// code stands, but a store that did not close cleanly is never silent.
+func (a *app) closeStores(o *stemurl.Opened) {
+	a.warnClose("", o.Close())
+}
+
+// warnClose reports on stderr the error, if any, of closing what ("" when
+// err names it), for the reason closeStores gives.
+func (a *app) warnClose(what string, err error) {
+	if err == nil {
+		return
 	}
-	return nil
+	msg := strings.TrimPrefix(err.Error(), "stem: ")
+	if what != "" {
+		msg = "close " + what + ": " + msg
+	}
+	fmt.Fprintf(a.errw, "stem: warning: %s\n", msg)
 }
 
 func (a *app) warnMemory(url string) {
-	if strings.HasPrefix(url, "memory:") {
+	if strings.HasPrefix(strings.ToLower(url), "memory:") {
 		fmt.Fprintf(a.errw, "stem: note: %s is in-process only; set STEM_BROKER_URL (e.g. redis://127.0.0.1:6379/0) to reach workers in other processes\n", stemurl.Redact(url))
 	}
 }

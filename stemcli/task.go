@@ -40,21 +40,14 @@ func (a *app) enqueueCmd() *cobra.Command {
 			if opts.Countdown < 0 {
 				return exitf(ExitUsage, "enqueue: --countdown must not be negative")
 			}
-			u := a.urls()
-			o := a.driverOpts()
 			ctx := cmd.Context()
-			b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, o)
+			o, err := a.open(ctx, stemurl.RoleBroker|stemurl.RoleResults, a.driverOpts())
 			if err != nil {
-				return openErr("broker", u.Broker, err)
+				return err
 			}
-			defer b.Close()
-			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, o)
-			if err != nil {
-				return openErr("result backend", u.Results, err)
-			}
-			defer res.Close()
-			a.warnMemory(u.Broker)
-			client, err := stem.NewClient(stem.ClientConfig{Broker: b, Results: res, Registry: a.cfg.Registry})
+			defer a.closeStores(o)
+			a.warnMemory(o.URLs.Broker)
+			client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Registry: a.cfg.Registry})
 			if err != nil {
 				return err
 			}
@@ -108,16 +101,19 @@ func (a *app) statusCmd() *cobra.Command {
 			if strings.TrimSpace(pos[0]) == "" {
 				return exitf(ExitUsage, "task status: empty task id")
 			}
-			u := a.urls()
 			ctx := cmd.Context()
-			res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, a.driverOpts())
+			o, err := a.open(ctx, stemurl.RoleResults, a.driverOpts())
 			if err != nil {
-				return openErr("result backend", u.Results, err)
+				return err
 			}
-			defer res.Close()
-			r, err := res.Get(ctx, pos[0])
+			defer a.closeStores(o)
+			client, err := stem.NewClient(stem.ClientConfig{Results: o.Results})
+			if err != nil {
+				return err
+			}
+			r, err := client.Status(ctx, pos[0])
 			if errors.Is(err, stem.ErrNotFound) {
-				return fmt.Errorf("task %s: no state recorded in %s (never enqueued here, or expired)", pos[0], stemurl.Redact(u.Results))
+				return fmt.Errorf("task %s: no state recorded in %s (never enqueued here, or expired)", pos[0], stemurl.Redact(o.URLs.Results))
 			} else if err != nil {
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("task %s: %w", pos[0], err)}
 			}

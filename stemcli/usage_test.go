@@ -20,6 +20,9 @@ func TestUsageErrorsAreTyped(t *testing.T) {
 		{"completion", "bash", "x", "y"}, // cobra's own completion command
 		{"worker", "ping", "--no-such"},  // flag error
 		{"nonsense"},                     // unknown command
+		{"completion", "bogus"},          // unknown shell: cobra prints help, exit 0
+		{"help", "bogus"},                // unknown help topic: cobra prints usage, exit 0
+		{"help", "worker", "ping", "x"},  // a help topic with extra words
 	} {
 		cmd := stemcli.New(stemcli.Config{Registry: stem.NewRegistry(), Stdout: io.Discard, Stderr: io.Discard,
 			Getenv: func(string) string { return "" }})

@@ -17,6 +17,7 @@ import (
 	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
+	"github.com/stem-go/stem/stemurl"
 )
 
 // controlFlags are the flags every worker control command takes.
@@ -69,16 +70,10 @@ func (f *controlFlags) target() stem.Target {
 const envRevokeExpiry = "STEM_REVOKE_DEFAULT_EXPIRY"
 
 // controller opens the control transport (and, for revoke, the revoke store
-// and result backend) and returns a Controller and a closer.
+// and, when it can be reached, the result backend) and returns a
+// Controller and the function that closes them.
 func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controller, func(), error) {
-	u := a.urls()
 	opts := a.driverOpts()
-	var closers []func() error
-	closeAll := func() {
-		for _, c := range closers {
-			_ = c()
-		}
-	}
 	cfg := stem.ControllerConfig{Namespace: opts.Namespace, Logger: opts.Logger}
 	if v := a.cfg.Getenv(envRevokeExpiry); v != "" {
 		d, err := time.ParseDuration(v)
@@ -87,37 +82,30 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 		}
 		cfg.DefaultExpiry = d
 	}
+	roles := stemurl.RoleControl
 	if withRevokes {
-		if err := checkURLs(u); err != nil {
-			return nil, nil, err
-		}
-		store, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
-		if err != nil {
-			return nil, nil, openErr("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
-		}
-		closers = append(closers, store.Close)
-		cfg.Revokes = store
-		if res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts); err == nil {
-			closers = append(closers, res.Close)
-			cfg.Results = res
-		} else {
+		roles |= stemurl.RoleRevokes
+	}
+	o, err := a.open(ctx, roles, opts)
+	if err != nil {
+		return nil, nil, err
+	}
+	done := func() { a.closeStores(o) }
+	if withRevokes {
+		// Optional: without it, the revoke is stored and published all
+		// the same, but task states are not marked cancelled.
+		if err := o.Add(ctx, stemurl.RoleResults); err != nil {
 			fmt.Fprintf(a.errw, "stem: note: result backend unavailable, task states not updated: %v\n", err)
 		}
 	}
-	ctl, err := a.cfg.Resolver.OpenControl(ctx, u.Broker, opts)
-	if err != nil {
-		closeAll()
-		return nil, nil, openErr("broker", u.Broker, err)
-	}
-	closers = append(closers, ctl.Close)
-	cfg.Control = ctl
-	a.warnMemory(u.Broker)
+	a.warnMemory(o.URLs.Broker)
+	cfg.Control, cfg.Revokes, cfg.Results = o.Control, o.Revokes, o.Results
 	c, err := stem.NewController(cfg)
 	if err != nil {
-		closeAll()
+		done()
 		return nil, nil, err
 	}
-	return c, closeAll, nil
+	return c, done, nil
 }
 
 // replyList returns r's replies as the list --json prints: never null.
@@ -128,10 +116,41 @@ func replyList(r *stem.Replies) []stemtype.ControlReply {
 	return r.Replies
 }
 
+// unansweredReply is a reply that does not answer the command.
+type unansweredReply struct {
+	// line says which worker and why, for stderr.
+	line string
+	// undecodable is set for a reply with status ok whose payload cannot
+	// be decoded, clear for a worker's error.
+	undecodable bool
+}
+
+// unanswered returns each reply of r that does not answer the command: an
+// error the worker replied with, or a reply with status ok whose payload
+// is missing or does not decode as P (stem.Decode), such as a worker of
+// another version might send. It returns nil when every reply answers.
+func unanswered[P any](r *stem.Replies) []unansweredReply {
+	var out []unansweredReply
+	for i, rep := range stem.Decode[P](r) {
+		switch {
+		case rep.Err == nil:
+		case r.Replies[i].Status == stemtype.ReplyOK:
+			reason := rep.Err
+			if inner := errors.Unwrap(reason); inner != nil {
+				reason = inner // the decoder's reason, without the worker's id again
+			}
+			out = append(out, unansweredReply{fmt.Sprintf("worker %s replied ok, but its reply cannot be decoded: %v", rep.WorkerID, reason), true})
+		default:
+			out = append(out, unansweredReply{fmt.Sprintf("worker %s replied with an error: %v", rep.WorkerID, rep.Err), false})
+		}
+	}
+	return out
+}
+
 // finish prints replies (as JSON: the list of replies, or what doc returns
-// when it is set) and turns errors, missing workers and silence into exit
-// code 70.
-func (a *app) finish(f *controlFlags, r *stem.Replies, human func(*stem.Replies), doc func() any) error {
+// when it is set) and turns errors, replies that do not answer (bad, see
+// unanswered), missing workers and silence into exit code 70.
+func (a *app) finish(f *controlFlags, r *stem.Replies, bad []unansweredReply, human func(*stem.Replies), doc func() any) error {
 	if f.json {
 		var v any = replyList(r)
 		if doc != nil {
@@ -151,12 +170,8 @@ func (a *app) finish(f *controlFlags, r *stem.Replies, human func(*stem.Replies)
 			fmt.Fprintf(a.errw, "stem: worker %s did not reply within %s\n", id, f.timeout)
 		}
 	}
-	for _, rep := range r.Errors() {
-		msg := "error"
-		if rep.Error != nil {
-			msg = rep.Error.Message
-		}
-		fmt.Fprintf(a.errw, "stem: worker %s replied with an error: %s\n", rep.WorkerID, msg)
+	for _, b := range bad {
+		fmt.Fprintf(a.errw, "stem: %s\n", b.line)
 	}
 	switch {
 	case len(r.Replies) == 0 && len(f.workers) == 0 && r.Live != nil && len(r.Live) == 0:
@@ -167,8 +182,10 @@ func (a *app) finish(f *controlFlags, r *stem.Replies, human func(*stem.Replies)
 		return exitf(ExitSoftware, "no worker replied within %s", f.timeout)
 	case len(r.Missing) > 0:
 		return exitf(ExitSoftware, "%d worker(s) did not reply: %s", len(r.Missing), strings.Join(r.Missing, ", "))
-	case len(r.Errors()) > 0:
-		return exitf(ExitSoftware, "%d worker(s) replied with an error", len(r.Errors()))
+	case slices.ContainsFunc(bad, func(b unansweredReply) bool { return b.undecodable }):
+		return exitf(ExitSoftware, "%d worker(s) replied with an error or a reply that cannot be decoded", len(bad))
+	case len(bad) > 0:
+		return exitf(ExitSoftware, "%d worker(s) replied with an error", len(bad))
 	}
 	return nil
 }
@@ -181,8 +198,8 @@ func sendErr(err error) error {
 }
 
 // queryCmd builds a control command that sends one query to workers and
-// renders their replies: ping, inspect and stats.
-func (a *app) queryCmd(use, short string, f *controlFlags,
+// renders their replies, whose payloads are P: ping, inspect and stats.
+func queryCmd[P any](a *app, use, short string, f *controlFlags,
 	send func(*stem.Controller, context.Context, stem.Target) (*stem.Replies, error),
 	render func(*stem.Replies)) *cobra.Command {
 	c := &cobra.Command{
@@ -201,7 +218,7 @@ func (a *app) queryCmd(use, short string, f *controlFlags,
 			if err != nil {
 				return sendErr(err)
 			}
-			return a.finish(f, r, render, nil)
+			return a.finish(f, r, unanswered[P](r), render, nil)
 		},
 	}
 	f.add(c)
@@ -210,7 +227,7 @@ func (a *app) queryCmd(use, short string, f *controlFlags,
 
 func (a *app) pingCmd() *cobra.Command {
 	var start time.Time
-	return a.queryCmd("ping", "Broadcast a control ping and print each worker's reply", &controlFlags{},
+	return queryCmd[stemtype.PingReply](a, "ping", "Broadcast a control ping and print each worker's reply", &controlFlags{},
 		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
 			start = time.Now()
 			return ctl.Ping(ctx, t)
@@ -224,7 +241,7 @@ const defaultRevokedLimit = 100
 
 func (a *app) inspectCmd() *cobra.Command {
 	var req stemtype.InspectRequest
-	c := a.queryCmd("inspect", "Show in-flight tasks (and, if asked, the revoked cache) per worker", &controlFlags{},
+	c := queryCmd[stemtype.InspectReply](a, "inspect", "Show in-flight tasks (and, if asked, the revoked cache) per worker", &controlFlags{},
 		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
 			return ctl.InspectWith(ctx, t, req)
 		},
@@ -247,7 +264,7 @@ first, at most --limit of them (0 lists all: a worker may hold a million).`
 }
 
 func (a *app) statsCmd() *cobra.Command {
-	return a.queryCmd("stats", "Print counters such as inflight count and queue depth per worker", &controlFlags{},
+	return queryCmd[stemtype.StatsReply](a, "stats", "Print counters such as inflight count and queue depth per worker", &controlFlags{},
 		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
 			r, err := ctl.Stats(ctx, t)
 			if err == nil {
@@ -317,7 +334,7 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 			if len(res.Replies.Replies) == 0 && !f.json {
 				fmt.Fprintf(a.out, "revoke stored for %d task(s); workers that start later will honour it\n", len(res.Records))
 			}
-			return a.finish(&f, res.Replies, func(r *stem.Replies) { renderRevoke(a.out, res) },
+			return a.finish(&f, res.Replies, unanswered[stemtype.RevokeReply](res.Replies), func(r *stem.Replies) { renderRevoke(a.out, res) },
 				func() any { return revokeDoc(res) })
 		},
 	}
@@ -395,42 +412,17 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 // runWorker opens the stores cfg's worker needs, runs it until ctx ends and
 // closes them. Its errors carry their exit codes.
 func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
-	u := a.urls()
-	if err := checkURLs(u); err != nil {
-		return err
-	}
 	opts := a.driverOpts()
 	opts.Logger = a.logger("info") // a worker's log is its record
-	var closers []func() error
-	defer func() {
-		for i := len(closers) - 1; i >= 0; i-- {
-			_ = closers[i]()
-		}
-	}()
-	b, err := a.cfg.Resolver.OpenBroker(ctx, u.Broker, opts)
+	o, err := a.open(ctx, stemurl.AllRoles, opts)
 	if err != nil {
-		return openErr("broker", u.Broker, err)
+		return err
 	}
-	closers = append(closers, b.Close)
-	res, err := a.cfg.Resolver.OpenResults(ctx, u.Results, opts)
-	if err != nil {
-		return openErr("result backend", u.Results, err)
-	}
-	closers = append(closers, res.Close)
-	rev, err := a.cfg.Resolver.OpenRevokes(ctx, u.Revokes, opts)
-	if err != nil {
-		return openErr("revoke store (from "+u.RevokesFrom+")", u.Revokes, err)
-	}
-	closers = append(closers, rev.Close)
-	ctl, err := a.cfg.Resolver.OpenControl(ctx, u.Broker, opts)
-	if err != nil {
-		return openErr("control transport", u.Broker, err)
-	}
-	closers = append(closers, ctl.Close)
-	a.warnMemory(u.Broker)
+	defer a.closeStores(o) // runs last, after the executor stopped
+	a.warnMemory(o.URLs.Broker)
 	cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
-	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = b, res, rev, ctl
-	stores := u.Stores()
+	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = o.Broker, o.Results, o.Revokes, o.Control
+	stores := o.URLs.Stores()
 	cfg.Stores = &stores
 	if a.cfg.Executor != nil {
 		ex, stopEx, err := a.cfg.Executor(a.cfg.Registry)
@@ -447,7 +439,7 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
 		if err != nil {
 			return err
 		}
-		defer pool.Close() // runs after w.Run returned
+		defer func() { a.warnClose("isolated pool", pool.Close()) }() // runs after w.Run returned
 		cfg.Executor = pool
 	}
 	w, err := stem.NewWorker(cfg)

@@ -2,6 +2,19 @@
 // every URL scheme, so that the CLI, workers and programs configure brokers,
 // result backends, revoke stores and control transports the same way.
 //
+// Resolve (or FromEnv) decides which URL each store comes from; a
+// Resolver's Open opens exactly the stores a program needs and returns
+// them as one Opened to close:
+//
+//	r := stemurl.New()
+//	o, err := r.Open(ctx, stemurl.FromEnv(os.Getenv), stemurl.AllRoles, stemdriver.Options{Namespace: "stem"})
+//	if err != nil {
+//		return err // errors.Is(err, stemdriver.ErrBadConfig): fix the URL, a retry cannot help
+//	}
+//	defer o.Close()
+//	w, err := stem.NewWorker(stem.WorkerConfig{Registry: reg, Broker: o.Broker, Results: o.Results,
+//		Revokes: o.Revokes, Control: o.Control})
+//
 // Schemes:
 //
 //	memory://[NAME]            in-process (tests, demos, one process only)
@@ -32,7 +45,7 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// Environment variables read by FromEnv.
+// Environment variables read by Resolve and FromEnv.
 const (
 	EnvBroker      = "STEM_BROKER_URL"
 	EnvResults     = "STEM_RESULT_BACKEND_URL"
@@ -235,37 +248,26 @@ func (r *Resolver) OpenControl(ctx context.Context, raw string, opts stemdriver.
 }
 
 // URLs are the backend URLs a program uses, with where each came from.
+// Build them with Resolve (or FromEnv) rather than by hand.
 type URLs struct {
 	Broker, Results, Revokes string
-	// RevokesFrom names the variable (or "default") the revoke store URL
-	// came from.
+	// RevokesFrom names where the revoke store URL came from: a variable
+	// (STEM_REVOKE_STORE_URL, or the one it fell back to), a flag
+	// ("--revoke-store", "--backend", "--broker") or "default".
 	RevokesFrom string
+	// BrokerFrom and ResultsFrom name where the broker's and the result
+	// backend's URLs came from, as RevokesFrom does.
+	BrokerFrom, ResultsFrom string
 }
 
-// FromEnv resolves the URLs from the environment (getenv is os.Getenv in
-// programs): the broker from STEM_BROKER_URL, else DefaultURL; the result
-// backend from STEM_RESULT_BACKEND_URL, else the broker's URL; the revoke
-// store from STEM_REVOKE_STORE_URL, then STEM_RESULT_BACKEND_URL, then
+// FromEnv resolves the URLs from the environment alone (getenv is
+// os.Getenv in programs): Resolve without flags. The broker comes from
+// STEM_BROKER_URL, else DefaultURL; the result backend from
+// STEM_RESULT_BACKEND_URL, else the broker's URL; the revoke store from
+// STEM_REVOKE_STORE_URL, then STEM_RESULT_BACKEND_URL, then
 // STEM_BROKER_URL, else DefaultURL.
 func FromEnv(getenv func(string) string) URLs {
-	u := URLs{Broker: getenv(EnvBroker), Results: getenv(EnvResults)}
-	if u.Broker == "" {
-		u.Broker = DefaultURL
-	}
-	if u.Results == "" {
-		u.Results = u.Broker
-	}
-	u.Revokes, u.RevokesFrom = "", "default"
-	for _, v := range []string{EnvRevokeStore, EnvResults, EnvBroker} {
-		if s := getenv(v); s != "" {
-			u.Revokes, u.RevokesFrom = s, v
-			break
-		}
-	}
-	if u.Revokes == "" {
-		u.Revokes = DefaultURL
-	}
-	return u
+	return Resolve(getenv, Flags{})
 }
 
 // Check reports a combination of URLs that cannot keep stem's promises, as
