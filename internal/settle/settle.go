@@ -132,7 +132,7 @@ func ShardOf(id string) int {
 }
 
 // Queue queues s on its task's shard; a bare write with no result backend
-// to write to is dropped. Once the writer has closed, s is dropped instead
+// to write to is dropped. Once Close has returned, s is dropped instead
 // (and Done called): a handler that ignored its cancellation and returns
 // after that must not block for ever on a queue no one reads. Its task
 // was released, or is left to its lease, and runs again elsewhere.
@@ -179,6 +179,14 @@ type shard struct {
 }
 
 func (sh *shard) queue(s Settlement) {
+	// Checked first: once run has returned, the queue may still have room,
+	// and a select with both ready would leave s there unread.
+	select {
+	case <-sh.done:
+		sh.finished(s)
+		return
+	default:
+	}
 	select {
 	case sh.in <- s:
 	case <-sh.done:
