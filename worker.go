@@ -135,14 +135,14 @@ func (c *WorkerConfig) setDefaults() error {
 // Worker claims tasks from a broker and runs them, answering control
 // commands and honouring revokes while it runs. Build one with NewWorker and
 // call Run once.
-//
-// The engine's data flows one way: fetch (this file) claims deliveries
-// into the job table (internal/jobs), the runners run them (process,
-// worker_exec.go) and hand their outcomes to the settlement writer
-// (internal/settle) or release them (settleBare, worker_settle.go). The
-// control plane (worker_control.go) reads and signals the jobs through
-// the table. Each file calls only into the files and packages below it.
 type Worker struct {
+	// The engine's data flows one way: fetch (this file) claims
+	// deliveries into the job table (internal/jobs), the runners run them
+	// (process, worker_exec.go) and hand their outcomes to the settlement
+	// writer (internal/settle) or release them (settleBare,
+	// worker_settle.go). The control plane (worker_control.go) reads and
+	// signals the jobs through the table. Each file calls only into the
+	// files and packages below it (docs/architecture.md).
 	cfg     WorkerConfig
 	log     *slog.Logger
 	revokes *revokecache.Cache
