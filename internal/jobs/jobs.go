@@ -27,6 +27,8 @@ type Job struct {
 	// identifies this claim: the same message claimed again (a lease
 	// that lapsed) is another Job with an equal D (see Table.Forget).
 	D stemdriver.Delivery
+	// ClaimedAt is when the delivery was claimed (Table.Add); read-only.
+	ClaimedAt time.Time
 	// Base is the task's started record. The runner sets it before the
 	// handler starts; it is read-only from then on.
 	Base *stemtype.TaskResult
@@ -108,7 +110,7 @@ func (t *Table) Add(ds []stemdriver.Delivery, lease time.Duration, now time.Time
 	js := make([]*Job, len(ds))
 	t.mu.Lock()
 	for i, d := range ds {
-		j := &Job{D: d, minLease: lease, leaseDur: lease, leaseUntil: now.Add(lease)}
+		j := &Job{D: d, ClaimedAt: now, minLease: lease, leaseDur: lease, leaseUntil: now.Add(lease)}
 		js[i] = j
 		t.held[key(&j.D)] = j
 	}
@@ -271,6 +273,20 @@ func (t *Table) Inflight(now time.Time) []stemtype.ActiveTask {
 	t.mu.Unlock()
 	slices.SortFunc(active, func(a, b stemtype.ActiveTask) int { return a.StartedAt.Compare(b.StartedAt) })
 	return active
+}
+
+// Waiting returns the held jobs that wait to start: claimed, neither
+// running nor settled (prefetched tasks waiting for a free slot).
+func (t *Table) Waiting() []*Job {
+	var out []*Job
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, j := range t.held {
+		if !j.running && !j.settled.Load() {
+			out = append(out, j)
+		}
+	}
+	return out
 }
 
 // Held returns the ids among named of the tasks held running or settling,

@@ -240,3 +240,17 @@ func TestEnforceTerminates(t *testing.T) {
 		}
 	}
 }
+
+// Waiting lists the jobs claimed and not yet started or settled, with
+// their claim times.
+func TestWaiting(t *testing.T) {
+	tb := jobs.NewTable()
+	js := tb.Add([]stemdriver.Delivery{delivery("run", "1"), delivery("done", "2")}, time.Minute, t0)
+	later := tb.Add([]stemdriver.Delivery{delivery("wait", "3")}, time.Minute, t0.Add(time.Second))[0]
+	tb.Start(js[0], t0, func(error) {}, false)
+	tb.MarkSettled(js[1])
+	w := tb.Waiting()
+	if len(w) != 1 || w[0] != later || !w[0].ClaimedAt.Equal(t0.Add(time.Second)) {
+		t.Fatalf("waiting %v, want the job claimed at t0+1s alone", w)
+	}
+}
