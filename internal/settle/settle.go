@@ -155,7 +155,8 @@ func (w *Writer) Run(ctx context.Context) {
 
 // Close flushes what every shard has queued and stops Run; ctx bounds
 // the final flush, in which a failing write is tried a few times only.
-// Settlements queued after Close are dropped.
+// Settlements queued after Close returned are dropped. Call it once, after
+// Run was started: it waits for Run's shards to finish.
 func (w *Writer) Close(ctx context.Context) {
 	for _, sh := range w.shards {
 		sh.finalCtx = ctx
