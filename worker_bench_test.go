@@ -31,7 +31,10 @@ func BenchmarkWorkerDrainMemory(b *testing.B) {
 			}
 			return nil, nil
 		}})
-		client, _ := stem.NewClient(stem.ClientConfig{Broker: broker, Results: results, Registry: reg})
+		client, err := stem.NewClient(stem.ClientConfig{Broker: broker, Results: results, Registry: reg})
+		if err != nil {
+			b.Fatal(err)
+		}
 		reqs := make([]stem.EnqueueRequest, n)
 		for i := range reqs {
 			reqs[i] = stem.EnqueueRequest{Task: "noop"}
@@ -39,14 +42,21 @@ func BenchmarkWorkerDrainMemory(b *testing.B) {
 		if _, err := client.EnqueueBatch(context.Background(), reqs); err != nil {
 			b.Fatal(err)
 		}
-		w, _ := stem.NewWorker(stem.WorkerConfig{Namespace: "bench", Registry: reg, Broker: broker, Results: results,
+		w, err := stem.NewWorker(stem.WorkerConfig{Namespace: "bench", Registry: reg, Broker: broker, Results: results,
 			Logger: quiet(), ClaimWait: 10 * time.Millisecond})
+		if err != nil {
+			b.Fatal(err)
+		}
 		ctx, cancel := context.WithCancel(context.Background())
 		ran := make(chan struct{})
 		b.StartTimer()
-		go func() { _ = w.Run(ctx); close(ran) }()
+		var runErr error
+		go func() { runErr = w.Run(ctx); close(ran) }()
 		<-done
 		cancel()
 		<-ran
+		if runErr != nil {
+			b.Fatal(runErr)
+		}
 	}
 }
