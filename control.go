@@ -359,7 +359,7 @@ func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRe
 		}
 		cur.State = stemtype.StateCancelled
 		cur.Error = &stemtype.TaskError{Kind: "revoked", Message: revokedError(r).Error()}
-		cur.Meta = RevokedMeta(r.Reason, r.RequestedBy, r.IssuedAt)
+		cur.Meta = revokedMeta(r.Reason, r.RequestedBy, r.IssuedAt)
 		cur.UpdatedAt, cur.FinishedAt = now, now
 		if cp, ok := c.cfg.Results.(stemdriver.ConditionalPutter); ok {
 			// Atomic: a state a worker recorded since the read wins.

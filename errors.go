@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
 )
 
 // ErrTaskRevoked is the cause of a task context cancelled by a terminate
@@ -118,4 +119,20 @@ func RetryAfter(delay time.Duration, err error) error {
 		err = errors.New("stem: retry requested")
 	}
 	return &retryAfterError{err: err, delay: delay}
+}
+
+// revokedError is the cause a terminate revoke cancels its task with, and
+// the error a revoked task is recorded cancelled with.
+func revokedError(rec stemtype.RevokeRecord) *RevokedError {
+	return &RevokedError{TaskID: rec.TaskID, Reason: rec.Reason, RequestedBy: rec.RequestedBy, IssuedAt: rec.IssuedAt}
+}
+
+// revokedMeta returns the result metadata recorded for a revoked task: the
+// revoke's reason, requester and time.
+func revokedMeta(reason, by string, at time.Time) map[string]string {
+	return map[string]string{
+		stemtype.MetaRevokedReason: reason,
+		stemtype.MetaRevokedBy:     by,
+		stemtype.MetaRevokedAt:     at.UTC().Format(time.RFC3339Nano),
+	}
 }

@@ -1,12 +1,16 @@
 package stem
 
-// SetTestHooks installs the worker's test seams until restore is called:
-// progressChecked runs in TaskContext.Progress after it saw its task not
-// yet settled and before it queues its write; settled runs once a task's
-// outcome was handed to the result writer. Either may be nil.
-func SetTestHooks(progressChecked, settled func(taskID string)) (restore func()) {
-	testHooks.Store(&workerTestHooks{progressChecked: progressChecked, settled: settled})
-	return func() { testHooks.Store(nil) }
+// SetTestHooks installs w's test seams; call it before w.Run, and never
+// after: progressChecked runs in TaskContext.Progress after it saw its task
+// not yet settled and before it queues its write; settled runs once a
+// task's outcome was handed to the result writer, or settled without it
+// (a release). Either may be nil. The seams are w's own, so tests running
+// in parallel never see each other's.
+func SetTestHooks(w *Worker, progressChecked, settled func(taskID string)) {
+	if w.ran.Load() {
+		panic("stem: SetTestHooks called after Run")
+	}
+	w.hooks = testHooks{progressChecked: progressChecked, settled: settled}
 }
 
 // ControllerSend exposes the unexported Controller.send to the external

@@ -37,13 +37,13 @@ func TestProgressRacingReturnNeverReplacesFinalState(t *testing.T) {
 		}
 		return c
 	}
-	restore := stem.SetTestHooks(
-		func(id string) {
+	h := hooks{
+		progressChecked: func(id string) {
 			close(ch(checked, id))
 			<-ch(settled, id)
 		},
-		func(id string) { close(ch(settled, id)) })
-	defer restore()
+		settled: func(id string) { close(ch(settled, id)) },
+	}
 	var reporters sync.WaitGroup
 	e.reg.MustAdd(stem.Task{Name: "report-and-return", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		// A reporter goroutine of the task (a ticker, say) reports while
@@ -60,7 +60,7 @@ func TestProgressRacingReturnNeverReplacesFinalState(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, stop := e.startWorker(stem.WorkerConfig{Concurrency: 8})
+	_, stop := e.startHookedWorker(stem.WorkerConfig{Concurrency: 8}, h)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for _, id := range ids {

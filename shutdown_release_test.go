@@ -50,13 +50,12 @@ func TestShutdownReleaseSurvivesFailedResultWrite(t *testing.T) {
 	e.results = results
 	var once sync.Once
 	queued := make(chan struct{}) // the release went to the result writer
-	restore := stem.SetTestHooks(nil, func(got string) {
-		if got == id {
-			once.Do(func() { close(queued) })
-		}
-	})
-	defer restore()
-	_, stop := e.startWorker(stem.WorkerConfig{Lease: 30 * time.Second, ShutdownTimeout: 50 * time.Millisecond})
+	_, stop := e.startHookedWorker(stem.WorkerConfig{Lease: 30 * time.Second, ShutdownTimeout: 50 * time.Millisecond},
+		hooks{settled: func(got string) {
+			if got == id {
+				once.Do(func() { close(queued) })
+			}
+		}})
 	<-running
 	stopped := make(chan struct{})
 	go func() { stop(); close(stopped) }()

@@ -10,7 +10,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/stem-go/stem/internal/jobs"
 	"github.com/stem-go/stem/internal/revokecache"
+	"github.com/stem-go/stem/internal/settle"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -134,17 +136,20 @@ func (c *WorkerConfig) setDefaults() error {
 // commands and honouring revokes while it runs. Build one with NewWorker and
 // call Run once.
 type Worker struct {
+	// The engine's data flows one way: fetch (this file) claims
+	// deliveries into the job table (internal/jobs), the runners run them
+	// (process, worker_exec.go) and hand their outcomes to the settlement
+	// writer (internal/settle) or release them (settleBare,
+	// worker_settle.go). The control plane (worker_control.go) reads and
+	// signals the jobs through the table. Each file calls only into the
+	// files and packages below it (docs/architecture.md).
 	cfg     WorkerConfig
 	log     *slog.Logger
 	revokes *revokecache.Cache
-	writer  *resultWriter
-
-	mu   sync.Mutex
-	held map[string]*job // by heldKey: every delivery claimed and not yet forgotten
-	// bare counts the settleBare calls under way (guarded by mu);
-	// bareIdle is closed when it drops to zero.
-	bare     int
-	bareIdle chan struct{}
+	jobs    *jobs.Table // every delivery claimed and not yet forgotten
+	writer  *settle.Writer
+	bare    bareReleases // settleBare calls under way
+	hooks   testHooks    // set before Run by tests only (export_test.go)
 
 	outstanding atomic.Int64  // claimed deliveries whose handler has not finished
 	space       chan struct{} // signalled when outstanding drops
@@ -166,12 +171,19 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		cfg:     cfg,
 		log:     cfg.Logger.With("worker_id", cfg.ID),
 		revokes: revokecache.New(),
-		held:    make(map[string]*job),
+		jobs:    jobs.NewTable(),
 		space:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 	}
-	w.writer = newResultWriter(w)
+	w.writer = settle.New(settle.Config{Broker: cfg.Broker, Results: cfg.Results, Logger: w.log, Done: w.jobs.Forget})
 	return w, nil
+}
+
+// testHooks are the worker's seams for tests (see export_test.go); each is
+// nil outside tests.
+type testHooks struct {
+	progressChecked func(taskID string) // Progress saw the task unsettled, before it queues
+	settled         func(taskID string) // the outcome went to the result writer
 }
 
 // Ready is closed once Run has subscribed to control commands, loaded the
@@ -233,7 +245,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// that no retry outlives the shutdown.
 	writerCtx, stopWriter := context.WithCancel(bg)
 	defer stopWriter()
-	aux.Go(func() { w.writer.run(writerCtx) })
+	aux.Go(func() { w.writer.Run(writerCtx) })
 	aux.Go(func() { w.renewLeases(bg) })
 	if sub != nil {
 		aux.Go(func() { w.serveControl(bg, sub) })
@@ -245,17 +257,17 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	work, stopWork := context.WithCancelCause(bg) // parent of task contexts
 	defer stopWork(nil)
-	ready := make(chan *job, w.cfg.Concurrency+w.cfg.Prefetch)
+	ready := make(chan *jobs.Job, w.cfg.Concurrency+w.cfg.Prefetch)
 	var runners sync.WaitGroup
 	for range w.cfg.Concurrency {
 		runners.Go(func() {
 			for j := range ready {
 				if w.stopping.Load() {
-					w.settle(j, nil, settleRelease, nil, "")
-					w.handlerDone()
-					continue
+					w.settle(j, nil, settle.Release, nil, "")
+				} else {
+					w.process(work, j)
 				}
-				w.process(work, j)
+				w.handlerDone()
 			}
 		})
 	}
@@ -274,12 +286,12 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.Info("worker started", started...)
 
 	<-ctx.Done()
-	w.log.Info("worker shutting down", "inflight", w.inflightCount())
+	w.log.Info("worker shutting down", "inflight", w.jobs.Running())
 	w.stopping.Store(true)
 	<-fetchDone
 	// Claimed tasks that have not started go back at once, in one
 	// release, even while every runner is busy with a long task.
-	var unstarted []*job
+	var unstarted []*jobs.Job
 	for drained := false; !drained; {
 		select {
 		case j := <-ready:
@@ -289,7 +301,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		}
 	}
 	close(ready)
-	w.settleBare(settleRelease, unstarted...)
+	w.settleBare(settle.Release, unstarted...)
 	for range unstarted {
 		w.handlerDone()
 	}
@@ -301,7 +313,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	select {
 	case <-runnersDone:
 	case <-grace.C:
-		n := w.inflightCount()
+		n := w.jobs.Running()
 		w.log.Warn("shutdown grace period over: cancelling tasks", "inflight", n)
 		stopWork(ErrWorkerShutdown)
 		// Handlers that ignore their context cannot be stopped; give them a
@@ -311,7 +323,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		select {
 		case <-runnersDone:
 		case <-abandon.C:
-			w.log.Error("handlers ignored cancellation: releasing their tasks", "inflight", w.inflightCount())
+			w.log.Error("handlers ignored cancellation: releasing their tasks", "inflight", w.jobs.Running())
 			w.releaseAll()
 			// Runners that settled meanwhile release outside the result
 			// writer; a process exits once Run returned, so their
@@ -323,7 +335,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// what cannot be settled by then is left to lease expiry.
 	finalCtx, cancelFinal := context.WithTimeout(writerCtx, w.cfg.ShutdownTimeout)
 	context.AfterFunc(finalCtx, stopWriter)
-	w.writer.close(finalCtx)
+	w.writer.Close(finalCtx)
 	cancelFinal()
 	stopBG()
 	aux.Wait()
@@ -343,7 +355,7 @@ func (w *Worker) Run(ctx context.Context) error {
 
 // fetch claims tasks while there is room for them and hands them to the
 // runners through ready.
-func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
+func (w *Worker) fetch(ctx context.Context, ready chan<- *jobs.Job) {
 	limit := int64(w.cfg.Concurrency + w.cfg.Prefetch)
 	lowWater := max(1, limit/4)
 	backoff := 100 * time.Millisecond
@@ -370,16 +382,9 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 		})
 		// Deliveries returned beside an error are leased all the same: they
 		// are run (or, once stopping, released), never dropped.
-		now := time.Now()
-		jobs := make([]*job, len(ds))
-		w.mu.Lock()
-		for i, d := range ds {
-			jobs[i] = &job{d: d, env: d.Envelope, minLease: w.cfg.Lease, leaseDur: w.cfg.Lease, leaseUntil: now.Add(w.cfg.Lease)}
-			w.held[heldKey(d)] = jobs[i]
-		}
-		w.mu.Unlock()
-		finished := w.finishedBefore(ctx, jobs)
-		for i, j := range jobs {
+		claimed := w.jobs.Add(ds, w.cfg.Lease, time.Now())
+		finished := w.finishedBefore(ctx, claimed)
+		for i, j := range claimed {
 			if st := finished[i]; st != "" {
 				// A redelivery (an acknowledgement that was lost, a
 				// lease that expired under a slow or dead worker) of a
@@ -391,9 +396,9 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 					w.cancelled.Add(1)
 					w.processed.Add(1)
 				}
-				w.log.Info("task already "+string(st)+": acknowledged without running", "task_id", j.env.ID,
-					"task", j.env.Task, "queue", j.d.Queue)
-				w.settle(j, nil, settleAck, nil, "")
+				w.log.Info("task already "+string(st)+": acknowledged without running", "task_id", j.Env().ID,
+					"task", j.Env().Task, "queue", j.D.Queue)
+				w.settle(j, nil, settle.Ack, nil, "")
 				continue
 			}
 			w.outstanding.Add(1)
@@ -426,15 +431,15 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *job) {
 // replace the recorded final state, since the first final state wins in
 // every result backend. When the check fails, every job runs
 // (at-least-once).
-func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []stemtype.State {
-	finished := make([]stemtype.State, len(jobs))
-	if w.cfg.Results == nil || len(jobs) == 0 {
+func (w *Worker) finishedBefore(ctx context.Context, js []*jobs.Job) []stemtype.State {
+	finished := make([]stemtype.State, len(js))
+	if w.cfg.Results == nil || len(js) == 0 {
 		return finished
 	}
 	var ids []string
-	for _, j := range jobs {
-		if j.env != nil && j.d.Redelivered {
-			ids = append(ids, j.env.ID)
+	for _, j := range js {
+		if j.Env() != nil && j.D.Redelivered {
+			ids = append(ids, j.Env().ID)
 		}
 	}
 	if len(ids) == 0 {
@@ -459,8 +464,8 @@ func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []stemtype.Sta
 		return finished
 	}
 	k := 0
-	for i, j := range jobs {
-		if j.env == nil || !j.d.Redelivered {
+	for i, j := range js {
+		if j.Env() == nil || !j.D.Redelivered {
 			continue
 		}
 		if rs[k] != nil && rs[k].State.Final() {
@@ -471,126 +476,11 @@ func (w *Worker) finishedBefore(ctx context.Context, jobs []*job) []stemtype.Sta
 	return finished
 }
 
-// heldKey identifies a claimed delivery: receipts are unique per queue only.
-func heldKey(d stemdriver.Delivery) string { return d.Queue + "\x00" + d.Receipt }
-
 // handlerDone frees a slot for the fetcher.
 func (w *Worker) handlerDone() {
 	w.outstanding.Add(-1)
 	select {
 	case w.space <- struct{}{}:
 	default:
-	}
-}
-
-func (w *Worker) inflightCount() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	n := 0
-	for _, j := range w.held {
-		if j.running {
-			n++
-		}
-	}
-	return n
-}
-
-// releaseAll releases every held delivery (tasks abandoned at shutdown).
-func (w *Worker) releaseAll() {
-	w.mu.Lock()
-	ds := make([]stemdriver.Delivery, 0, len(w.held))
-	for k, j := range w.held {
-		if j.settling {
-			continue // finished: its outcome is in the result writer
-		}
-		ds = append(ds, j.d)
-		delete(w.held, k)
-	}
-	w.mu.Unlock()
-	if len(ds) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := w.cfg.Broker.Release(ctx, ds...); err != nil {
-		w.log.Error("release abandoned tasks", "err", err, "count", len(ds))
-	}
-}
-
-// renewLeases extends the lease of every held delivery before it expires.
-func (w *Worker) renewLeases(ctx context.Context) {
-	for {
-		next := w.cfg.Lease / 4
-		now := time.Now()
-		var due []*job
-		w.mu.Lock()
-		for _, j := range w.held {
-			if j.lost.Load() {
-				continue
-			}
-			next = min(next, j.leaseDur/4)
-			if j.leaseUntil.Sub(now) < j.leaseDur*2/3 {
-				due = append(due, j)
-			}
-		}
-		w.mu.Unlock()
-		for _, j := range due {
-			w.extend(ctx, j, 0)
-		}
-		if !sleepCtx(ctx, max(next, 5*time.Millisecond)) {
-			return
-		}
-	}
-}
-
-// extend renews j's lease (its current lease duration when d is 0). A
-// request for d never shortens the lease: the lease duration becomes d,
-// but at least the task's lease (its Options.Lease, else the worker's),
-// and this renewal never moves the current deadline earlier. A short d
-// would otherwise let the lease lapse between two renewals.
-func (w *Worker) extend(ctx context.Context, j *job, d time.Duration) error {
-	w.mu.Lock()
-	if d > 0 {
-		j.leaseDur = max(d, j.minLease)
-	}
-	d = max(j.leaseDur, time.Until(j.leaseUntil))
-	w.mu.Unlock()
-	err := w.cfg.Broker.ExtendLease(ctx, j.d, d)
-	switch {
-	case err == nil:
-		w.mu.Lock()
-		if until := time.Now().Add(d); until.After(j.leaseUntil) {
-			j.leaseUntil = until
-		}
-		w.mu.Unlock()
-	case errors.Is(err, stemdriver.ErrLeaseLost):
-		w.mu.Lock()
-		if j.settling || w.held[heldKey(j.d)] != j {
-			w.mu.Unlock()
-			return nil // settled meanwhile: nothing was lost
-		}
-		first := !j.lost.Swap(true)
-		cancel := j.cancel
-		w.mu.Unlock()
-		if first {
-			w.log.Warn("lease lost: another worker may run this task", "task_id", j.taskID())
-			if cancel != nil {
-				cancel(ErrLeaseLost)
-			}
-		}
-	case ctx.Err() == nil:
-		w.log.Warn("extend lease failed", "task_id", j.taskID(), "err", err)
-	}
-	return err
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
-		return true
 	}
 }

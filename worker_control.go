@@ -71,35 +71,16 @@ func every(ctx context.Context, d time.Duration, fn func()) {
 }
 
 // enforceTerminates cancels every running task whose cached revoke asks to
-// terminate it, and relays kill-after grace periods to isolated ones. It
-// costs one lookup per running task, whatever the size of the revoke set,
-// and returns the ids of the running tasks under a terminate revoke.
+// terminate it, with the revoke as a *RevokedError cause, and relays
+// kill-after grace periods to isolated ones (jobs.Table.EnforceTerminates).
+// It returns the ids of the running tasks under a terminate revoke.
 func (w *Worker) enforceTerminates(now time.Time) []string {
-	var out []string
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, j := range w.held {
-		if !j.running || j.env == nil || j.cancel == nil {
-			continue
-		}
-		rec, ok := w.revokes.Lookup(j.env.ID, now)
-		if !ok || !rec.Terminate {
-			continue
-		}
-		out = append(out, j.env.ID)
-		if j.terminating.CompareAndSwap(false, true) {
+	return w.jobs.EnforceTerminates(
+		func(id string) (stemtype.RevokeRecord, bool) { return w.revokes.Lookup(id, now) },
+		func(rec stemtype.RevokeRecord) error {
 			w.log.Info("terminating task on revoke", "task_id", rec.TaskID, "requested_by", rec.RequestedBy)
-			j.cancel(revokedError(rec))
-		}
-		if j.kill != nil && rec.KillAfterMs > 0 && j.killAfterMs != rec.KillAfterMs {
-			select {
-			case j.kill <- time.Duration(rec.KillAfterMs) * time.Millisecond:
-				j.killAfterMs = rec.KillAfterMs
-			default: // the executor is behind: the next sync or command retries
-			}
-		}
-	}
-	return out
+			return revokedError(rec)
+		})
 }
 
 // revokeCommand applies the records of a revoke command and reports what
@@ -136,13 +117,7 @@ func (w *Worker) revokeCommand(recs []stemtype.RevokeRecord, now time.Time) stem
 	// and the worker records it cancelled, so only tasks already running
 	// or settling count as held. process marks a job running before it
 	// looks the revoke up, so none slips between the two.
-	w.mu.Lock()
-	for _, j := range w.held {
-		if j.env != nil && (j.running || j.settling) && named[j.env.ID] && !slices.Contains(reply.Held, j.env.ID) {
-			reply.Held = append(reply.Held, j.env.ID)
-		}
-	}
-	w.mu.Unlock()
+	reply.Held = w.jobs.Held(named)
 	return reply
 }
 
@@ -261,24 +236,7 @@ func (w *Worker) reply(ctx context.Context, requestID string, payload any, cmdEr
 // inspect returns the worker's in-flight tasks and, when req asks, the
 // req.Limit newest records of its revoke set (every record for 0).
 func (w *Worker) inspect(now time.Time, req stemtype.InspectRequest) stemtype.InspectReply {
-	w.mu.Lock()
-	active := make([]stemtype.ActiveTask, 0, len(w.held))
-	for _, j := range w.held {
-		if !j.running || j.env == nil {
-			continue
-		}
-		a := stemtype.ActiveTask{
-			ID: j.env.ID, Task: j.env.Task, Queue: j.env.Queue, Attempt: j.env.Attempt,
-			StartedAt: j.startedAt, RuntimeMs: now.Sub(j.startedAt).Milliseconds(), Isolated: j.isolated,
-			Progress: j.progress.Load(), Terminating: j.terminating.Load(),
-		}
-		if hb := j.lastHeartbeat.Load(); hb != 0 {
-			a.LastHeartbeatAt = time.Unix(0, hb).UTC()
-		}
-		active = append(active, a)
-	}
-	w.mu.Unlock()
-	slices.SortFunc(active, func(a, b stemtype.ActiveTask) int { return a.StartedAt.Compare(b.StartedAt) })
+	active := w.jobs.Inflight(now)
 	r := stemtype.InspectReply{Inflight: len(active), Active: active, RevokedTotal: w.revokes.Len()}
 	if req.IncludeRevoked {
 		r.Revoked = w.revokes.Newest(req.Limit)
@@ -297,7 +255,7 @@ func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
 	host, _ := os.Hostname()
 	s := stemtype.StatsReply{
 		Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
-		Concurrency: w.cfg.Concurrency, Prefetch: w.cfg.Prefetch, Inflight: w.inflightCount(),
+		Concurrency: w.cfg.Concurrency, Prefetch: w.cfg.Prefetch, Inflight: w.jobs.Running(),
 		Processed: w.processed.Load(), Succeeded: w.succeeded.Load(), Failed: w.failed.Load(),
 		Retried: w.retried.Load(), Cancelled: w.cancelled.Load(),
 		Queues: make(map[string]int64, len(w.cfg.Queues)), UptimeMs: now.Sub(w.started).Milliseconds(), Timestamp: now,

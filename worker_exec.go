@@ -6,11 +6,11 @@ import (
 	"errors"
 	"fmt"
 	"runtime/debug"
-	"sync/atomic"
 	"time"
 
+	"github.com/stem-go/stem/internal/jobs"
 	"github.com/stem-go/stem/internal/jsonvalue"
-	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/internal/settle"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -30,130 +30,65 @@ type Executor interface {
 // task's process is killed; a later revoke may shorten it.
 type KillSignal <-chan time.Duration
 
-// job is one claimed delivery from claim to settlement.
-type job struct {
-	d   stemdriver.Delivery
-	env *stemtype.Envelope
-
-	// guarded by Worker.mu
-	minLease    time.Duration // the task's lease: no extension goes below it
-	leaseDur    time.Duration
-	leaseUntil  time.Time
-	running     bool
-	startedAt   time.Time
-	cancel      context.CancelCauseFunc
-	isolated    bool
-	kill        chan time.Duration
-	killAfterMs int64 // the grace period last relayed on kill
-	settling    bool  // the outcome went to the result writer
-
-	// settled is set before the outcome goes to the result writer, which
-	// drops the job's progress writes it flushes from then on: the outcome
-	// carries the last progress, and no write may follow a final state.
-	settled atomic.Bool
-
-	lastHeartbeat atomic.Int64 // unix nanos
-	progress      atomic.Pointer[stemtype.Progress]
-	terminating   atomic.Bool
-	lost          atomic.Bool
-	base          *stemtype.TaskResult // the started record, read-only once set
-}
-
-func (j *job) taskID() string {
-	if j.env != nil {
-		return j.env.ID
-	}
-	return ""
-}
-
-// workerTestHooks are the worker's seams for tests (see export_test.go).
-type workerTestHooks struct {
-	progressChecked func(taskID string) // Progress saw the task unsettled, before it queues
-	settled         func(taskID string) // the outcome went to the result writer
-}
-
-// testHooks holds the installed test seams; nil outside tests.
-var testHooks atomic.Pointer[workerTestHooks]
-
 // signals implements TaskSignals for an inline task.
 type signals struct {
 	w   *Worker
-	j   *job
+	j   *jobs.Job
 	ctx context.Context // the task's: bounds what a checkpoint waits for
 }
 
 func (s signals) Heartbeat() error {
-	s.j.lastHeartbeat.Store(time.Now().UnixNano())
+	s.j.Heartbeat(time.Now())
 	return nil
 }
 
 func (s signals) ExtendLease(d time.Duration) error {
-	s.j.lastHeartbeat.Store(time.Now().UnixNano())
+	s.j.Heartbeat(time.Now())
 	ctx, cancel := context.WithTimeout(s.ctx, 10*time.Second)
 	defer cancel()
 	if err := s.w.extend(ctx, s.j, d); err != nil {
-		return fmt.Errorf("stem: extend lease of task %s: %w", s.j.taskID(), err)
+		return fmt.Errorf("stem: extend lease of task %s: %w", s.j.TaskID(), err)
 	}
 	return nil
 }
 
 func (s signals) Progress(pct float64, data json.RawMessage) error {
 	now := time.Now().UTC()
-	s.j.lastHeartbeat.Store(now.UnixNano())
+	s.j.Heartbeat(now)
 	p := &stemtype.Progress{Percent: pct, Data: data, At: now}
-	s.j.progress.Store(p)
-	s.w.mu.Lock()
-	settled := s.j.settling
-	s.w.mu.Unlock()
-	if s.j.base != nil && !settled { // a late call must not follow the final state
-		if h := testHooks.Load(); h != nil && h.progressChecked != nil {
-			h.progressChecked(s.j.taskID())
+	s.j.SetProgress(p)
+	if s.j.Base != nil && !s.j.Settled() { // a late call must not follow the final state
+		if h := s.w.hooks.progressChecked; h != nil {
+			h(s.j.TaskID())
 		}
-		r := *s.j.base
+		r := *s.j.Base
 		r.Progress = p
 		r.UpdatedAt = now
 		// The check above is only a shortcut: the task may settle before
-		// this write is queued, so the writer drops it then (job.settled).
-		s.w.writer.progress(s.j, &r)
+		// this write is queued, so the writer drops it then (Superseded).
+		s.w.writer.Queue(settle.Settlement{Result: &r, Superseded: s.j.SettledFlag()})
 	}
 	return nil
 }
 
-type settleOp int
-
-const (
-	settleNone settleOp = iota
-	settleAck
-	settleRetry
-	settleRelease
-	settleDeadLetter
-)
-
 // process runs one claimed delivery to its outcome.
-func (w *Worker) process(parent context.Context, j *job) {
-	defer w.handlerDone()
-	if j.env == nil {
+func (w *Worker) process(parent context.Context, j *jobs.Job) {
+	env := j.Env()
+	if env == nil {
 		w.deadLetter(j)
 		return
 	}
-	env := j.env
 	now := time.Now().UTC()
 	task, known := w.cfg.Registry.Lookup(env.Task)
 
 	ctx, cancel := context.WithCancelCause(parent)
 	defer cancel(nil)
-	w.mu.Lock()
-	j.running, j.startedAt, j.cancel = true, now, cancel
-	j.isolated = known && task.IsIsolated()
-	if j.isolated {
-		j.kill = make(chan time.Duration, 4)
-	}
-	w.mu.Unlock()
-	if j.lost.Load() {
+	kill := w.jobs.Start(j, now, cancel, known && task.IsIsolated())
+	if j.Lost() {
 		// The lease lapsed while the task waited in prefetch and another
 		// worker owns it now: running it would race that worker's outcome.
 		w.log.Warn("lease lost before the task started: skipped", "task_id", env.ID)
-		w.settle(j, nil, settleNone, nil, "")
+		w.settle(j, nil, settle.None, nil, "")
 		return
 	}
 	// Checked after marking the job running: a revoke applied from now on
@@ -172,28 +107,26 @@ func (w *Worker) process(parent context.Context, j *job) {
 		ctx, stop = context.WithTimeoutCause(ctx, task.Options.TimeLimit, ErrTimeLimit)
 		defer stop()
 	}
-	j.base = &stemtype.TaskResult{
+	j.Base = &stemtype.TaskResult{
 		ID: env.ID, Task: env.Task, Queue: env.Queue, State: stemtype.StateStarted,
 		Attempt: env.Attempt, WorkerID: w.cfg.ID, StartedAt: now, UpdatedAt: now,
 	}
-	w.writer.put(j.base)
+	w.writer.Queue(settle.Settlement{Result: j.Base})
 	if task.Options.Lease > 0 && task.Options.Lease != w.cfg.Lease {
-		w.mu.Lock()
-		j.minLease = task.Options.Lease
-		w.mu.Unlock()
+		w.jobs.SetMinLease(j, task.Options.Lease)
 		_ = w.extend(ctx, j, task.Options.Lease)
 	}
 
 	tc := NewTaskContext(ctx, TaskInfo{ID: env.ID, Task: env.Task, Queue: env.Queue, Attempt: env.Attempt},
 		signals{w: w, j: j, ctx: ctx}, w.log)
-	result, err := w.invoke(tc, task, env, j)
+	result, err := w.invoke(tc, task, env, KillSignal(kill))
 	cause := context.Cause(ctx)
 
 	var rev *RevokedError
 	switch {
-	case j.lost.Load():
+	case j.Lost():
 		// Another worker holds the task now; it records the outcome.
-		w.settle(j, nil, settleNone, nil, "")
+		w.settle(j, nil, settle.None, nil, "")
 	case errors.As(cause, &rev):
 		// A later revoke of the same task (adding --kill-after, say) may
 		// carry a newer reason; the result records the latest.
@@ -203,7 +136,7 @@ func (w *Worker) process(parent context.Context, j *job) {
 		w.finishRevoked(j, rev)
 	case err != nil && errors.Is(cause, ErrWorkerShutdown):
 		w.log.Info("task interrupted by shutdown: released", "task_id", env.ID)
-		w.settle(j, nil, settleRelease, nil, "")
+		w.settle(j, nil, settle.Release, nil, "")
 	case err == nil:
 		raw, encErr := jsonvalue.Encode[Args](result)
 		if encErr != nil {
@@ -226,8 +159,9 @@ func (w *Worker) process(parent context.Context, j *job) {
 	}
 }
 
-// invoke runs the handler, turning a panic into an error.
-func (w *Worker) invoke(tc *TaskContext, task *Task, env *stemtype.Envelope, j *job) (result any, err error) {
+// invoke runs the handler, turning a panic into an error. kill is the
+// isolated task's kill-after channel (jobs.Table.Start).
+func (w *Worker) invoke(tc *TaskContext, task *Task, env *stemtype.Envelope, kill KillSignal) (result any, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			pe := &PanicError{Value: v, Stack: debug.Stack()}
@@ -239,7 +173,7 @@ func (w *Worker) invoke(tc *TaskContext, task *Task, env *stemtype.Envelope, j *
 		if w.cfg.Executor == nil {
 			return nil, NoRetry(fmt.Errorf("stem: task %q is isolated but worker %s has no Executor", task.Name, w.cfg.ID))
 		}
-		raw, err := w.cfg.Executor.Execute(tc, task, env, j.kill)
+		raw, err := w.cfg.Executor.Execute(tc, task, env, kill)
 		if err != nil {
 			return nil, err
 		}
@@ -249,15 +183,15 @@ func (w *Worker) invoke(tc *TaskContext, task *Task, env *stemtype.Envelope, j *
 }
 
 // finish records a handler's outcome: success, a retry, or a final failure.
-func (w *Worker) finish(j *job, result json.RawMessage, terr *stemtype.TaskError, retryable bool, delay time.Duration) {
-	env := j.env
+func (w *Worker) finish(j *jobs.Job, result json.RawMessage, terr *stemtype.TaskError, retryable bool, delay time.Duration) {
+	env := j.Env()
 	now := time.Now().UTC()
 	res := w.resultFor(j, now)
 	if terr == nil {
 		res.State, res.Result = stemtype.StateSucceeded, result
 		w.succeeded.Add(1)
 		w.processed.Add(1)
-		w.settle(j, res, settleAck, nil, "")
+		w.settle(j, res, settle.Ack, nil, "")
 		return
 	}
 	res.Error = terr
@@ -284,185 +218,57 @@ func (w *Worker) finish(j *job, result json.RawMessage, terr *stemtype.TaskError
 		w.retried.Add(1)
 		w.log.Info("task failed: retrying", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt,
 			"retry_in", delay, "err", terr.Message)
-		w.settle(j, res, settleRetry, &next, "")
+		w.settle(j, res, settle.Retry, &next, "")
 		return
 	}
 	res.State = stemtype.StateFailed
 	w.failed.Add(1)
 	w.processed.Add(1)
 	w.log.Warn("task failed", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt, "kind", terr.Kind, "err", terr.Message)
-	w.settle(j, res, settleAck, nil, "")
+	w.settle(j, res, settle.Ack, nil, "")
 }
 
 // finishRevoked records a revoked task as cancelled, with the revoke's
 // reason, requester and time in its metadata, and acknowledges it.
-func (w *Worker) finishRevoked(j *job, rev *RevokedError) {
+func (w *Worker) finishRevoked(j *jobs.Job, rev *RevokedError) {
 	res := w.resultFor(j, time.Now().UTC())
 	res.State = stemtype.StateCancelled
 	res.Error = &stemtype.TaskError{Kind: "revoked", Message: rev.Error()}
-	res.Meta = RevokedMeta(rev.Reason, rev.RequestedBy, rev.IssuedAt)
+	res.Meta = revokedMeta(rev.Reason, rev.RequestedBy, rev.IssuedAt)
 	w.cancelled.Add(1)
 	w.processed.Add(1)
-	w.log.Info("task cancelled by revoke", "task_id", j.env.ID, "task", j.env.Task, "requested_by", rev.RequestedBy)
-	w.settle(j, res, settleAck, nil, "")
+	w.log.Info("task cancelled by revoke", "task_id", j.Env().ID, "task", j.Env().Task, "requested_by", rev.RequestedBy)
+	w.settle(j, res, settle.Ack, nil, "")
 }
 
-// RevokedMeta returns the result metadata recorded for a revoked task.
-func RevokedMeta(reason, by string, at time.Time) map[string]string {
-	return map[string]string{
-		stemtype.MetaRevokedReason: reason,
-		stemtype.MetaRevokedBy:     by,
-		stemtype.MetaRevokedAt:     at.UTC().Format(time.RFC3339Nano),
-	}
-}
-
-func revokedError(rec stemtype.RevokeRecord) *RevokedError {
-	return &RevokedError{TaskID: rec.TaskID, Reason: rec.Reason, RequestedBy: rec.RequestedBy, IssuedAt: rec.IssuedAt}
-}
-
-func (w *Worker) resultFor(j *job, now time.Time) *stemtype.TaskResult {
-	env := j.env
+func (w *Worker) resultFor(j *jobs.Job, now time.Time) *stemtype.TaskResult {
+	env := j.Env()
 	r := &stemtype.TaskResult{ID: env.ID, Task: env.Task, Queue: env.Queue, Attempt: env.Attempt,
 		WorkerID: w.cfg.ID, StartedAt: now, FinishedAt: now, UpdatedAt: now}
-	if j.base != nil {
-		r.StartedAt = j.base.StartedAt
+	if j.Base != nil {
+		r.StartedAt = j.Base.StartedAt
 	}
-	r.Progress = j.progress.Load()
+	r.Progress = j.Progress()
 	return r
 }
 
 // deadLetter handles a delivery whose message could not be decoded: it is
 // moved to the dead letters with the reason, and a failure is recorded when
 // the message still names its id.
-func (w *Worker) deadLetter(j *job) {
-	reason := fmt.Sprintf("undecodable message on queue %s: %v", j.d.Queue, j.d.DecodeErr)
-	w.log.Error("dead-lettering undecodable message", "queue", j.d.Queue, "receipt", j.d.Receipt, "err", j.d.DecodeErr)
+func (w *Worker) deadLetter(j *jobs.Job) {
+	reason := fmt.Sprintf("undecodable message on queue %s: %v", j.D.Queue, j.D.DecodeErr)
+	w.log.Error("dead-lettering undecodable message", "queue", j.D.Queue, "receipt", j.D.Receipt, "err", j.D.DecodeErr)
 	var partial struct {
 		ID   string `json:"id"`
 		Task string `json:"task"`
 	}
 	var res *stemtype.TaskResult
-	if json.Unmarshal(j.d.Raw, &partial) == nil && partial.ID != "" {
+	if json.Unmarshal(j.D.Raw, &partial) == nil && partial.ID != "" {
 		now := time.Now().UTC()
-		res = &stemtype.TaskResult{ID: partial.ID, Task: partial.Task, Queue: j.d.Queue, State: stemtype.StateFailed,
+		res = &stemtype.TaskResult{ID: partial.ID, Task: partial.Task, Queue: j.D.Queue, State: stemtype.StateFailed,
 			Error: &stemtype.TaskError{Kind: "decode", Message: reason}, WorkerID: w.cfg.ID, FinishedAt: now, UpdatedAt: now}
 	}
 	w.failed.Add(1)
 	w.processed.Add(1)
-	w.settle(j, res, settleDeadLetter, nil, reason)
-}
-
-// settle hands the outcome to the result writer, which records the result
-// and then acknowledges, retries or dead-letters the delivery. A release
-// or a lost lease records no result: it is settled at once, outside the
-// writer (settleBare).
-func (w *Worker) settle(j *job, res *stemtype.TaskResult, op settleOp, next *stemtype.Envelope, reason string) {
-	if res == nil && (op == settleRelease || op == settleNone) {
-		w.settleBare(op, j)
-		return
-	}
-	w.markSettled(j)
-	w.writer.settle(settlement{job: j, res: res, op: op, next: next, reason: reason})
-	w.settledHook(j)
-}
-
-// markSettled marks j's outcome decided: the job no longer runs, and its
-// progress writes are dropped from now on.
-func (w *Worker) markSettled(j *job) {
-	w.mu.Lock()
-	j.running, j.settling = false, true
-	w.mu.Unlock()
-	j.settled.Store(true)
-}
-
-func (w *Worker) settledHook(j *job) {
-	if h := testHooks.Load(); h != nil && h.settled != nil {
-		h.settled(j.taskID())
-	}
-}
-
-// settleBare settles jobs whose outcome records no result: with
-// settleRelease they go back to the broker in one Release, with
-// settleNone (the lease was lost) there is nothing to do. Either way
-// they are forgotten. This never waits for the result writer: a
-// shutdown release must not be held up, nor skipped, because a result
-// write queued before it (a progress report, another task's outcome)
-// stalls or fails; the task would wait out its whole lease. What cannot
-// be released within releaseTimeout is left to its lease.
-func (w *Worker) settleBare(op settleOp, js ...*job) {
-	if len(js) == 0 {
-		return
-	}
-	w.mu.Lock()
-	if w.bare++; w.bare == 1 {
-		w.bareIdle = make(chan struct{})
-	}
-	w.mu.Unlock()
-	defer func() {
-		w.mu.Lock()
-		if w.bare--; w.bare == 0 {
-			close(w.bareIdle)
-		}
-		w.mu.Unlock()
-	}()
-	for _, j := range js {
-		w.markSettled(j)
-	}
-	if op == settleRelease {
-		ds := make([]stemdriver.Delivery, len(js))
-		for i, j := range js {
-			ds[i] = j.d
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), releaseTimeout)
-		err := w.cfg.Broker.Release(ctx, ds...)
-		for attempt := 2; err != nil && !errors.Is(err, stemdriver.ErrLeaseLost) && attempt <= 3; attempt++ {
-			w.log.Warn("release tasks failed: retrying", "tasks", len(ds), "err", err)
-			if !sleepCtx(ctx, time.Duration(attempt)*25*time.Millisecond) {
-				break
-			}
-			err = w.cfg.Broker.Release(ctx, ds...)
-		}
-		cancel()
-		switch {
-		case errors.Is(err, stemdriver.ErrLeaseLost):
-			w.log.Warn("release tasks: lease lost, another worker owns the task now", "tasks", len(ds), "err", err)
-		case err != nil:
-			w.log.Error("release tasks: giving up, leaving them to lease expiry", "tasks", len(ds), "err", err)
-		}
-	}
-	for _, j := range js {
-		w.forget(j)
-		w.settledHook(j)
-	}
-}
-
-// releaseTimeout bounds the release of tasks at shutdown.
-const releaseTimeout = 5 * time.Second
-
-// awaitBare waits for the settleBare calls under way, for at most a
-// little more than releaseTimeout, which bounds each of them.
-func (w *Worker) awaitBare() {
-	w.mu.Lock()
-	n, idle := w.bare, w.bareIdle
-	w.mu.Unlock()
-	if n == 0 {
-		return
-	}
-	w.log.Info("waiting for task releases under way", "count", n)
-	t := time.NewTimer(releaseTimeout + time.Second)
-	defer t.Stop()
-	select {
-	case <-idle:
-	case <-t.C:
-		w.log.Warn("task releases still under way: leaving them", "count", n)
-	}
-}
-
-// forget drops a settled job from the held set.
-func (w *Worker) forget(j *job) {
-	w.mu.Lock()
-	if k := heldKey(j.d); w.held[k] == j {
-		delete(w.held, k)
-	}
-	w.mu.Unlock()
+	w.settle(j, res, settle.DeadLetter, nil, reason)
 }

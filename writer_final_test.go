@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/settle"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -77,16 +78,6 @@ func TestDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T) {
 	}
 }
 
-// writerShardOf is the result writer's shard of a task id (FNV-1a over
-// four shards, as in worker_writer.go).
-func writerShardOf(id string) uint32 {
-	h := uint32(2166136261)
-	for i := 0; i < len(id); i++ {
-		h = (h ^ uint32(id[i])) * 16777619
-	}
-	return h % 4
-}
-
 // Handlers that ignore cancellation outlive Run, which releases their
 // tasks and closes the result writer. When they return at last, their
 // outcomes are dropped (the tasks were released) and their runners end:
@@ -104,7 +95,7 @@ func TestRunnersOutlivingRunNeverBlockOnClosedWriter(t *testing.T) {
 	}})
 	reqs := make([]stem.EnqueueRequest, 0, n)
 	for len(reqs) < n {
-		if id := stem.NewTaskID(); writerShardOf(id) == 0 {
+		if id := stem.NewTaskID(); settle.ShardOf(id) == 0 {
 			reqs = append(reqs, stem.EnqueueRequest{Task: "deaf", Options: stem.EnqueueOptions{ID: id}})
 		}
 	}
@@ -113,16 +104,15 @@ func TestRunnersOutlivingRunNeverBlockOnClosedWriter(t *testing.T) {
 		ours[r.Options.ID] = true
 	}
 	settled := make(chan struct{}, n)
-	restore := stem.SetTestHooks(nil, func(id string) {
-		if ours[id] {
-			settled <- struct{}{}
-		}
-	})
-	defer restore()
 	if _, err := e.client.EnqueueBatch(context.Background(), reqs); err != nil {
 		t.Fatal(err)
 	}
-	_, stop := e.startWorker(stem.WorkerConfig{Concurrency: n, Prefetch: 1, ShutdownTimeout: 10 * time.Millisecond})
+	_, stop := e.startHookedWorker(stem.WorkerConfig{Concurrency: n, Prefetch: 1, ShutdownTimeout: 10 * time.Millisecond},
+		hooks{settled: func(id string) {
+			if ours[id] {
+				settled <- struct{}{}
+			}
+		}})
 	for range n {
 		<-running
 	}

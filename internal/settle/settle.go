@@ -1,0 +1,385 @@
+// Package settle is the worker's settlement writer: it records task
+// results and then acknowledges, retries, releases or dead-letters their
+// deliveries, in batches.
+//
+// A task's result is always written before its delivery is acknowledged,
+// so a crash in between re-runs the task rather than losing its outcome.
+// Batching turns the per-task round trips of a busy worker into a few per
+// batch. Writes are sharded by task id over a few independent shards, so
+// that encoding and round trips of one batch overlap with the next, while
+// the writes of any one task (started, progress, final) stay in order.
+//
+// The writer knows nothing of the worker: it takes a broker, a result
+// backend, a logger and a callback (Config.Done) that says when it is done
+// with a delivery.
+package settle
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// Op is what becomes of a settled delivery once its result is written.
+type Op int
+
+const (
+	// None leaves the delivery alone (its lease was lost: another worker
+	// holds the task).
+	None Op = iota
+	// Ack acknowledges the delivery: the task is done.
+	Ack
+	// Retry replaces the delivery with Settlement.Next (Broker.Retry).
+	Retry
+	// Release hands the delivery back to the broker, claimable at once.
+	Release
+	// DeadLetter moves the delivery to the dead letters with
+	// Settlement.Reason.
+	DeadLetter
+)
+
+// Settlement is one delivery's outcome, or (Delivery nil) a bare result
+// write such as a task's started record or a progress update.
+type Settlement struct {
+	// Delivery is the claimed delivery to settle; nil for a bare result
+	// write. The writer hands this same pointer to Config.Done.
+	Delivery *stemdriver.Delivery
+	// Result is written before the delivery is settled; nil for none.
+	Result *stemtype.TaskResult
+	// Op is what becomes of Delivery once Result is written.
+	Op Op
+	// Next is the envelope of the next attempt, for Retry.
+	Next *stemtype.Envelope
+	// Reason is why the message is dead-lettered, for DeadLetter.
+	Reason string
+	// Superseded, when set, drops the bare write of Result as soon as it
+	// reads true, whatever the order the write was queued in: a progress
+	// write of a task whose outcome was decided could otherwise follow
+	// (and replace) that outcome.
+	Superseded *atomic.Bool
+}
+
+// id is the task id that picks s's shard.
+func (s *Settlement) id() string {
+	switch {
+	case s.Delivery != nil && s.Delivery.Envelope != nil:
+		return s.Delivery.Envelope.ID
+	case s.Result != nil:
+		return s.Result.ID
+	}
+	return ""
+}
+
+// Config is what a Writer writes to.
+type Config struct {
+	// Broker settles the deliveries. Required.
+	Broker stemdriver.Broker
+	// Results records the results; optional: without it, results are
+	// not written and bare writes are dropped.
+	Results stemdriver.ResultBackend
+	// Logger defaults to slog.Default.
+	Logger *slog.Logger
+	// Done, when set, is called once for each settlement with a delivery
+	// when the writer is done with it: the delivery was settled, or left
+	// to its lease because its result could not be written, or dropped
+	// because the writer had closed. It receives Settlement.Delivery.
+	Done func(d *stemdriver.Delivery)
+}
+
+// Shards is how many independent shards a Writer has.
+const Shards = 4
+
+const (
+	batchMax      = 256
+	batchInterval = time.Millisecond
+)
+
+// Writer batches result writes and broker settlements. Build one with
+// New, call Run once, queue settlements with Queue, and stop it with
+// Close.
+type Writer struct {
+	cfg    Config
+	shards [Shards]*shard
+}
+
+// New returns a writer over cfg.
+func New(cfg Config) *Writer {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	w := &Writer{cfg: cfg}
+	for i := range w.shards {
+		w.shards[i] = &shard{cfg: &w.cfg, in: make(chan Settlement, 4*batchMax),
+			closing: make(chan struct{}), done: make(chan struct{})}
+	}
+	return w
+}
+
+// ShardOf returns the index of the shard that writes task id's results
+// (FNV-1a of the id).
+func ShardOf(id string) int {
+	h := uint32(2166136261)
+	for i := 0; i < len(id); i++ {
+		h = (h ^ uint32(id[i])) * 16777619
+	}
+	return int(h % Shards)
+}
+
+// Queue queues s on its task's shard; a bare write with no result backend
+// to write to is dropped. Once Close has returned, s is dropped instead
+// (and Done called): a handler that ignored its cancellation and returns
+// after that must not block for ever on a queue no one reads. Its task
+// was released, or is left to its lease, and runs again elsewhere.
+func (w *Writer) Queue(s Settlement) {
+	if s.Delivery == nil && (s.Result == nil || w.cfg.Results == nil) {
+		return
+	}
+	w.shards[ShardOf(s.id())].queue(s)
+}
+
+// Run runs every shard until Close; ctx bounds the retries of a failing
+// backend.
+func (w *Writer) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, sh := range w.shards {
+		wg.Go(func() { sh.run(ctx) })
+	}
+	wg.Wait()
+}
+
+// Close flushes what every shard has queued and stops Run; ctx bounds
+// the final flush, in which a failing write is tried a few times only.
+// Settlements queued after Close returned are dropped. Call it once, after
+// Run was started: it waits for Run's shards to finish.
+func (w *Writer) Close(ctx context.Context) {
+	for _, sh := range w.shards {
+		sh.finalCtx = ctx
+	}
+	for _, sh := range w.shards {
+		sh.close()
+	}
+}
+
+// shard is one of the Writer's independent writers.
+type shard struct {
+	// finalCtx bounds the flushes after close; set before closing is
+	// closed, read after.
+	finalCtx context.Context
+
+	cfg     *Config
+	in      chan Settlement
+	closing chan struct{}
+	done    chan struct{}
+	once    sync.Once
+}
+
+func (sh *shard) queue(s Settlement) {
+	// Checked first: once run has returned, the queue may still have room,
+	// and a select with both ready would leave s there unread.
+	select {
+	case <-sh.done:
+		sh.finished(s)
+		return
+	default:
+	}
+	select {
+	case sh.in <- s:
+	case <-sh.done:
+		sh.finished(s)
+	}
+}
+
+// finished tells Config.Done the writer is done with s's delivery.
+func (sh *shard) finished(s Settlement) {
+	if s.Delivery != nil && sh.cfg.Done != nil {
+		sh.cfg.Done(s.Delivery)
+	}
+}
+
+func (sh *shard) isClosing() bool {
+	select {
+	case <-sh.closing:
+		return true
+	default:
+		return false
+	}
+}
+
+// close flushes what is queued and stops run.
+func (sh *shard) close() {
+	sh.once.Do(func() { close(sh.closing) })
+	<-sh.done
+}
+
+// run flushes batches until close; ctx only bounds the retries of a
+// failing backend.
+func (sh *shard) run(ctx context.Context) {
+	defer close(sh.done)
+	batch := make([]Settlement, 0, batchMax)
+	for {
+		select {
+		case s := <-sh.in:
+			batch = append(batch[:0], s)
+		case <-sh.closing:
+			fctx := sh.finalCtx
+			if fctx == nil {
+				fctx = ctx
+			}
+			for {
+				select {
+				case s := <-sh.in:
+					batch = append(batch[:0], s)
+					sh.collect(&batch)
+					sh.flush(fctx, batch, true)
+				default:
+					return
+				}
+			}
+		}
+		sh.collect(&batch)
+		sh.flush(ctx, batch, false)
+	}
+}
+
+// collect adds whatever arrives within batchInterval, up to batchMax.
+func (sh *shard) collect(batch *[]Settlement) {
+	t := time.NewTimer(batchInterval)
+	defer t.Stop()
+	for len(*batch) < batchMax {
+		select {
+		case s := <-sh.in:
+			*batch = append(*batch, s)
+		case <-t.C:
+			return
+		}
+	}
+}
+
+// flush writes the batch's results with one Put, then settles its
+// deliveries; final marks the flushes after close.
+func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
+	cfg := sh.cfg
+	if cfg.Results != nil {
+		results := make([]*stemtype.TaskResult, 0, len(batch))
+		last := make(map[string]int, len(batch))
+		for _, s := range batch {
+			if s.Result == nil || (s.Superseded != nil && s.Superseded.Load()) {
+				continue
+			}
+			// Later writes of one task supersede earlier ones in the
+			// batch, except a final one: as in the backend, no write
+			// replaces it (two copies of a task, a duplicate publish or
+			// a redelivery, may share a batch).
+			if i, ok := last[s.Result.ID]; ok {
+				if !results[i].State.Final() {
+					results[i] = s.Result
+				}
+				continue
+			}
+			last[s.Result.ID] = len(results)
+			results = append(results, s.Result)
+		}
+		if len(results) > 0 && !sh.retry(ctx, final, "write results", func(ctx context.Context) error {
+			return cfg.Results.Put(ctx, results...)
+		}) {
+			// Never acknowledge an outcome that was not recorded: those
+			// deliveries are left to their leases, which lapse once they
+			// are forgotten, and the tasks run again elsewhere. A
+			// delivery whose settlement records no result (a task found
+			// finished already, say) goes ahead: the failed write was
+			// not its own.
+			unrecorded := 0
+			kept := batch[:0:0]
+			for _, s := range batch {
+				switch {
+				case s.Delivery == nil:
+				case s.Result != nil:
+					unrecorded++
+					sh.finished(s)
+				default:
+					kept = append(kept, s)
+				}
+			}
+			cfg.Logger.Error("results not written: leaving their tasks to lease expiry", "results", len(results), "tasks", unrecorded)
+			batch = kept
+		}
+	}
+	var acks, releases []stemdriver.Delivery
+	for _, s := range batch {
+		if s.Delivery == nil {
+			continue
+		}
+		d := *s.Delivery
+		switch s.Op {
+		case Ack:
+			acks = append(acks, d)
+		case Release:
+			releases = append(releases, d)
+		case Retry:
+			sh.retry(ctx, final, "retry task", func(ctx context.Context) error {
+				return cfg.Broker.Retry(ctx, d, s.Next)
+			})
+		case DeadLetter:
+			sh.retry(ctx, final, "dead-letter message", func(ctx context.Context) error {
+				return cfg.Broker.DeadLetter(ctx, d, s.Reason)
+			})
+		}
+	}
+	if len(acks) > 0 {
+		sh.retry(ctx, final, "ack tasks", func(ctx context.Context) error { return cfg.Broker.Ack(ctx, acks...) })
+	}
+	if len(releases) > 0 {
+		sh.retry(ctx, final, "release tasks", func(ctx context.Context) error { return cfg.Broker.Release(ctx, releases...) })
+	}
+	for _, s := range batch {
+		sh.finished(s)
+	}
+}
+
+// retry runs op until it succeeds, the lease is gone (another worker owns
+// the task then), or ctx ends; during the final flush, or once closing, it
+// tries a few times only. The held delivery keeps its lease renewed
+// meanwhile. It reports whether op succeeded (a lost lease counts: nothing
+// is left to do).
+func (sh *shard) retry(ctx context.Context, final bool, what string, op func(context.Context) error) bool {
+	log := sh.cfg.Logger
+	backoff := 50 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := op(octx)
+		cancel()
+		if err == nil {
+			return true
+		}
+		if errors.Is(err, stemdriver.ErrLeaseLost) {
+			log.Warn(what+": lease lost, another worker owns the task now", "err", err)
+			return true
+		}
+		if ctx.Err() != nil || ((final || sh.isClosing()) && attempt >= 3) {
+			log.Error(what+": giving up", "err", err)
+			return false
+		}
+		log.Error(what+" failed: retrying", "err", err, "retry_in", backoff)
+		if !sleepCtx(ctx, backoff) {
+			return false
+		}
+		backoff = min(backoff*2, 5*time.Second)
+	}
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
