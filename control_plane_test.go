@@ -16,25 +16,6 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// deadline bounds a call that must return long before its own timeout: a
-// call still waiting at the deadline has not failed fast.
-const deadline = 30 * time.Second
-
-// silentWorker subscribes and announces a worker id on the control
-// transport that never answers a command, as a hung worker would.
-func (e *env) silentWorker(id string) {
-	e.t.Helper()
-	ctx := context.Background()
-	sub, err := e.control.Subscribe(ctx, id)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() { _ = sub.Close() })
-	if err := e.control.Announce(ctx, stemtype.WorkerInfo{ID: id, Namespace: e.ns}, time.Hour); err != nil {
-		e.t.Fatal(err)
-	}
-}
-
 func replyIDs(r *stem.Replies) []string {
 	var out []string
 	for _, rep := range r.Replies {
@@ -42,59 +23,6 @@ func replyIDs(r *stem.Replies) []string {
 	}
 	slices.Sort(out)
 	return out
-}
-
-// A broadcast lists a live worker that does not answer as missing.
-func TestBroadcastListsSilentLiveWorkerAsMissing(t *testing.T) {
-	e := newEnv(t)
-	e.startWorker(stem.WorkerConfig{ID: "w1"})
-	e.silentWorker("silent")
-	r, err := e.controller().Ping(context.Background(), stem.Target{Timeout: 200 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := replyIDs(r); !slices.Equal(got, []string{"w1"}) {
-		t.Errorf("replies from %v, want [w1]", got)
-	}
-	if !slices.Equal(r.Missing, []string{"silent"}) || len(r.NotLive) != 0 || !slices.Equal(r.Live, []string{"silent", "w1"}) {
-		t.Errorf("missing %v, not live %v, live %v; want missing [silent], none not live, live [silent w1]", r.Missing, r.NotLive, r.Live)
-	}
-}
-
-// A command to workers that are not live does not wait for them: with
-// nothing live to wait for it returns at once, long before its timeout.
-func TestCommandToWorkerNotLiveFailsFast(t *testing.T) {
-	e := newEnv(t)
-	ctx, cancel := context.WithTimeout(context.Background(), deadline)
-	defer cancel()
-	hour := time.Hour
-
-	// No worker at all: a broadcast and a targeted command return at once.
-	r, err := e.controller().Ping(ctx, stem.Target{Timeout: hour})
-	if err != nil {
-		t.Fatalf("broadcast with no live worker: %v", err)
-	}
-	if len(r.Replies) != 0 || len(r.Missing) != 0 || r.Live == nil || len(r.Live) != 0 || r.PresenceErr != nil {
-		t.Errorf("broadcast with no live worker: %+v", r)
-	}
-	r, err = e.controller().Ping(ctx, stem.Target{Workers: []string{"ghost"}, Timeout: hour})
-	if err != nil {
-		t.Fatalf("ping of a ghost: %v", err)
-	}
-	if !slices.Equal(r.Missing, []string{"ghost"}) || !slices.Equal(r.NotLive, []string{"ghost"}) {
-		t.Errorf("ping of a ghost: missing %v, not live %v", r.Missing, r.NotLive)
-	}
-
-	// A live worker and a ghost: only the live one is waited for.
-	e.startWorker(stem.WorkerConfig{ID: "w1"})
-	r, err = e.controller().Ping(ctx, stem.Target{Workers: []string{"ghost", "w1"}, Timeout: hour})
-	if err != nil {
-		t.Fatalf("ping of w1 and a ghost: %v", err)
-	}
-	if got := replyIDs(r); !slices.Equal(got, []string{"w1"}) || !slices.Equal(r.Missing, []string{"ghost"}) ||
-		!slices.Equal(r.NotLive, []string{"ghost"}) {
-		t.Errorf("ping of w1 and a ghost: replies %v, missing %v, not live %v", got, r.Missing, r.NotLive)
-	}
 }
 
 // failingPresence is a control transport whose Workers always fails.
@@ -209,46 +137,6 @@ func TestInspectRevokedOnlyWhenAskedAndLimited(t *testing.T) {
 	}
 	if len(r.Replies) != 1 || r.Replies[0].Status != stemtype.ReplyError {
 		t.Errorf("negative limit: want an error reply, got %+v", r)
-	}
-}
-
-// Revoke says which ids the result backend does not know, and still stores
-// and publishes them.
-func TestRevokeReportsUnknownIDs(t *testing.T) {
-	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "later", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
-	e.startWorker(stem.WorkerConfig{ID: "w1"})
-	known := e.enqueue("later", nil, stem.EnqueueOptions{Countdown: time.Hour})
-	ctx := context.Background()
-	res, err := e.controller().RevokeTasks(ctx, stem.Target{Workers: []string{"w1"}},
-		stem.RevokeOptions{TaskIDs: []string{known, "mistyped"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !res.Checked || !slices.Equal(res.Unknown, []string{"mistyped"}) || res.MarkErr != nil {
-		t.Errorf("checked %v, unknown %v, mark error %v; want checked, [mistyped], none", res.Checked, res.Unknown, res.MarkErr)
-	}
-	var rr stemtype.RevokeReply
-	if len(res.Replies.Replies) != 1 || json.Unmarshal(res.Replies.Replies[0].Payload, &rr) != nil ||
-		!slices.Contains(rr.Tasks, "mistyped") || len(res.Records) != 2 {
-		t.Errorf("the unknown id was not published: %+v", res.Replies)
-	}
-	if recs, err := e.revokes.List(ctx, e.ns); err != nil || !slices.ContainsFunc(recs, func(r stemtype.RevokeRecord) bool { return r.TaskID == "mistyped" }) {
-		t.Errorf("the unknown id was not stored: %v %v", recs, err)
-	}
-
-	// Without a result backend nothing is known, and nothing is called
-	// unknown.
-	c, err := stem.NewController(stem.ControllerConfig{Namespace: e.ns, Control: e.control, Revokes: e.revokes})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res, err = c.RevokeTasks(ctx, stem.Target{Workers: []string{"w1"}}, stem.RevokeOptions{TaskIDs: []string{"x"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if res.Checked || res.Unknown != nil {
-		t.Errorf("without a result backend: checked %v, unknown %v", res.Checked, res.Unknown)
 	}
 }
 

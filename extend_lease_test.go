@@ -11,37 +11,6 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// ExtendLease never shortens a task's lease: a task of a worker with a
-// 30 s lease that asks for a millisecond keeps its 30 s, and another
-// consumer claims nothing while it runs.
-func TestExtendLeaseNeverShortensTheLease(t *testing.T) {
-	e := newEnv(t)
-	extended := make(chan error, 1)
-	release := make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "short-ask", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		extended <- tc.ExtendLease(time.Millisecond)
-		<-release
-		return "done", nil
-	}})
-	e.startWorker(stem.WorkerConfig{Lease: 30 * time.Second})
-	id := e.enqueue("short-ask", nil, stem.EnqueueOptions{})
-	if err := <-extended; err != nil {
-		t.Fatalf("ExtendLease: %v", err)
-	}
-	for range 5 {
-		ds, err := e.broker.Claim(context.Background(), stemdriver.ClaimRequest{Queues: []string{"default"},
-			Consumer: "thief", Max: 1, Lease: time.Second, Wait: 20 * time.Millisecond})
-		if err != nil || len(ds) != 0 {
-			close(release)
-			t.Fatalf("another consumer claimed the running task: %v %v", ds, err)
-		}
-	}
-	close(release)
-	if r := e.wait(id); r.State != stemtype.StateSucceeded {
-		t.Fatalf("got %+v", r)
-	}
-}
-
 // ExtendLease of an inline task is bounded by the task's context: once
 // the task is cancelled (here: its time limit) a call that reached the
 // worker ends with the task's cancellation cause instead of waiting for a

@@ -1,0 +1,213 @@
+package systemtest
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// A broadcast command reaches each of three workers, and each answers.
+func testBroadcastReachesEveryWorker(t *testing.T, h Harness) {
+	d := open(t, h)
+	ids := []string{"w1", "w2", "w3"}
+	for _, id := range ids {
+		d.startWorker(stem.WorkerConfig{ID: id})
+	}
+	ctx := context.Background()
+	r, err := d.ctl.Ping(ctx, target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyIDs(r); !slices.Equal(got, ids) || len(r.Missing) != 0 || !slices.Equal(r.Live, ids) {
+		t.Fatalf("broadcast ping: replies from %v, missing %v, live %v; want each of %v", got, r.Missing, r.Live, ids)
+	}
+	if errs := r.Errors(); len(errs) != 0 {
+		t.Fatalf("error replies %+v", errs)
+	}
+	s, err := d.ctl.Stats(ctx, target())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyIDs(s); !slices.Equal(got, ids) {
+		t.Fatalf("broadcast stats: replies from %v, want %v", got, ids)
+	}
+	for _, rep := range s.Replies {
+		var st stemtype.StatsReply
+		if err := json.Unmarshal(rep.Payload, &st); err != nil || st.Namespace != d.ns {
+			t.Fatalf("stats of %s: %+v %v", rep.WorkerID, st, err)
+		}
+	}
+}
+
+// A command addressed to one worker of three is answered by that worker
+// alone; a named worker that is not live is reported missing at once.
+func testTargetedCommand(t *testing.T, h Harness) {
+	d := open(t, h)
+	for _, id := range []string{"w1", "w2", "w3"} {
+		d.startWorker(stem.WorkerConfig{ID: id})
+	}
+	ctx := context.Background()
+	r, err := d.ctl.Ping(ctx, target("w2"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyIDs(r); !slices.Equal(got, []string{"w2"}) || len(r.Missing) != 0 {
+		t.Fatalf("ping to w2: replies from %v, missing %v", got, r.Missing)
+	}
+	i, err := d.ctl.Inspect(ctx, target("w3"), false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyIDs(i); !slices.Equal(got, []string{"w3"}) || i.Replies[0].Status != stemtype.ReplyOK {
+		t.Fatalf("inspect of w3: replies %+v", i.Replies)
+	}
+	g, err := d.ctl.Ping(ctx, target("w1", "ghost"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyIDs(g); !slices.Equal(got, []string{"w1"}) || !slices.Equal(g.Missing, []string{"ghost"}) ||
+		!slices.Equal(g.NotLive, []string{"ghost"}) {
+		t.Fatalf("ping to w1 and ghost: replies from %v, missing %v, not live %v", got, g.Missing, g.NotLive)
+	}
+}
+
+// silentWorker subscribes and announces a worker id on the control
+// transport that never answers a command, as a hung worker would.
+func (d *deployment) silentWorker(id string) {
+	d.t.Helper()
+	ctx := context.Background()
+	sub, err := d.roles.Control.Subscribe(ctx, id)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.t.Cleanup(func() { _ = sub.Close() })
+	if err := d.roles.Control.Announce(ctx, stemtype.WorkerInfo{ID: id, Namespace: d.ns, Instance: "silent-" + id},
+		time.Hour); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+// A broadcast lists a live worker that does not answer as missing, once
+// its timeout is over, and the answers of the others as replies.
+func testBroadcastListsSilentLiveWorkerAsMissing(t *testing.T, h Harness) {
+	d := open(t, h)
+	d.startWorker(stem.WorkerConfig{ID: "w1"})
+	d.silentWorker("silent")
+	r, err := d.ctl.Ping(context.Background(), stem.Target{Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyIDs(r); !slices.Equal(got, []string{"w1"}) {
+		t.Errorf("replies from %v, want [w1]", got)
+	}
+	if !slices.Equal(r.Missing, []string{"silent"}) || len(r.NotLive) != 0 || !slices.Equal(r.Live, []string{"silent", "w1"}) {
+		t.Errorf("missing %v, not live %v, live %v; want missing [silent], none not live, live [silent w1]",
+			r.Missing, r.NotLive, r.Live)
+	}
+}
+
+// A command to workers that are not live does not wait for them: with
+// nothing live to wait for it returns at once, long before its timeout of
+// an hour (the suite's bound on the call is the failure detector).
+func testCommandToWorkerNotLiveFailsFast(t *testing.T, h Harness) {
+	d := open(t, h)
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
+	defer cancel()
+	hour := time.Hour
+
+	// No worker at all: a broadcast and a targeted command return at once.
+	r, err := d.ctl.Ping(ctx, stem.Target{Timeout: hour})
+	if err != nil {
+		t.Fatalf("broadcast with no live worker: %v", err)
+	}
+	if len(r.Replies) != 0 || len(r.Missing) != 0 || r.Live == nil || len(r.Live) != 0 || r.PresenceErr != nil {
+		t.Errorf("broadcast with no live worker: %+v", r)
+	}
+	r, err = d.ctl.Ping(ctx, stem.Target{Workers: []string{"ghost"}, Timeout: hour})
+	if err != nil {
+		t.Fatalf("ping of a ghost: %v", err)
+	}
+	if !slices.Equal(r.Missing, []string{"ghost"}) || !slices.Equal(r.NotLive, []string{"ghost"}) {
+		t.Errorf("ping of a ghost: missing %v, not live %v", r.Missing, r.NotLive)
+	}
+
+	// A live worker and a ghost: only the live one is waited for.
+	d.startWorker(stem.WorkerConfig{ID: "w1"})
+	r, err = d.ctl.Ping(ctx, stem.Target{Workers: []string{"ghost", "w1"}, Timeout: hour})
+	if err != nil {
+		t.Fatalf("ping of w1 and a ghost: %v", err)
+	}
+	if got := replyIDs(r); !slices.Equal(got, []string{"w1"}) || !slices.Equal(r.Missing, []string{"ghost"}) ||
+		!slices.Equal(r.NotLive, []string{"ghost"}) {
+		t.Errorf("ping of w1 and a ghost: replies %v, missing %v, not live %v", got, r.Missing, r.NotLive)
+	}
+}
+
+// A control message that does not decode is answered with an error reply
+// when it names a request id (and only logged when it does not), and the
+// worker keeps working and answering.
+func testMalformedControlMessageAnsweredWorkerKeepsWorking(t *testing.T, h Harness) {
+	d := open(t, h)
+	d.reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return 1, nil }})
+	d.startWorker(stem.WorkerConfig{ID: "w1"})
+	ctx := context.Background()
+	bad := []byte(`{"requestId":"r-bad","type":"inspect","payload":{"includeRevoked":"yes"}}`)
+	if err := d.roles.Control.Publish(ctx, nil, bad); err != nil {
+		t.Fatal(err)
+	}
+	// Garbage that names no request id is only logged.
+	if err := d.roles.Control.Publish(ctx, nil, []byte("\x00not json")); err != nil {
+		t.Fatal(err)
+	}
+	var reply stemtype.ControlReply
+	cctx, cancel := context.WithTimeout(ctx, waitBound)
+	defer cancel()
+	if err := d.roles.Control.Replies(cctx, "r-bad", func(b []byte) bool { return json.Unmarshal(b, &reply) != nil }); err != nil {
+		t.Fatalf("no reply to the malformed command: %v", err)
+	}
+	if reply.Status != stemtype.ReplyError || reply.Error == nil || reply.WorkerID != "w1" {
+		t.Fatalf("reply %+v", reply)
+	}
+	if res := d.wait(d.enqueue("echo", stem.EnqueueOptions{})); res.State != stemtype.StateSucceeded {
+		t.Fatalf("worker stopped working: %+v", res)
+	}
+	if r, err := d.ctl.Ping(ctx, target("w1")); err != nil || len(r.Replies) != 1 {
+		t.Fatalf("ping after malformed: %+v %v", r, err)
+	}
+}
+
+// A worker's stats count what it did: processed, succeeded, failed and
+// retried tasks, with its concurrency, namespace and queues.
+func testStatsCountersAfterKnownWorkload(t *testing.T, h Harness) {
+	d := open(t, h)
+	d.reg.MustAdd(stem.Task{Name: "ok", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	d.reg.MustAdd(stem.Task{Name: "bad", Options: stem.TaskOptions{MaxRetries: 1, RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond}},
+		Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, errors.New("x") }})
+	d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 3})
+	var ids []string
+	for range 3 {
+		ids = append(ids, d.enqueue("ok", stem.EnqueueOptions{}))
+	}
+	ids = append(ids, d.enqueue("bad", stem.EnqueueOptions{}))
+	for _, id := range ids {
+		d.wait(id)
+	}
+	r, err := d.ctl.Stats(context.Background(), target("w1"))
+	if err != nil || len(r.Replies) != 1 {
+		t.Fatalf("%+v %v", r, err)
+	}
+	var s stemtype.StatsReply
+	if err := json.Unmarshal(r.Replies[0].Payload, &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Processed != 4 || s.Succeeded != 3 || s.Failed != 1 || s.Retried != 1 || s.Cancelled != 0 ||
+		s.Concurrency != 3 || s.Namespace != d.ns || s.Queues[stemtype.DefaultQueue] != 0 {
+		t.Fatalf("stats %+v", s)
+	}
+}
