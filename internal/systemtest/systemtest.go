@@ -75,6 +75,14 @@ type Harness struct {
 	// roles' Close and the deletion of the namespace's data, and skips t
 	// (testutil.SkipOrFail) when the backend is unreachable. Required.
 	Open func(t *testing.T, namespace string) Roles
+	// OpenElsewhere opens namespace like Open, but in a second backend
+	// scope that shares nothing with Open's: another database of the same
+	// server, another file, another hub. The scope isolation case runs two
+	// deployments with the same namespace and worker ids, one in each
+	// scope, and checks that nothing crosses between them, even where the
+	// backend's own mechanism is server-wide (Redis pub/sub). Optional:
+	// without it that case is skipped, saying so.
+	OpenElsewhere func(t *testing.T, namespace string) Roles
 	// Capabilities of the backend; the zero value takes the defaults.
 	Capabilities Capabilities
 }
@@ -134,6 +142,7 @@ func Run(t *testing.T, h Harness) {
 		{"WorkerStopsWhenIDTakenWhileRunning", testWorkerStopsWhenIDTakenWhileRunning},
 		// Isolation (isolation.go).
 		{"NamespaceIsolation", testNamespaceIsolation},
+		{"ScopeIsolation", testScopeIsolation},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -221,10 +230,15 @@ type deployment struct {
 // open opens a fresh namespace of h's backend.
 func open(t *testing.T, h Harness) *deployment {
 	t.Helper()
-	ns := newNamespace()
-	r := h.Open(t, ns)
+	return openWith(t, h.Open, newNamespace())
+}
+
+// openWith opens namespace ns with opener (Harness.Open or OpenElsewhere).
+func openWith(t *testing.T, opener func(*testing.T, string) Roles, ns string) *deployment {
+	t.Helper()
+	r := opener(t, ns)
 	if r.Broker == nil || r.Results == nil || r.Revokes == nil || r.Control == nil {
-		t.Fatalf("systemtest: Harness.Open returned a nil role: %+v", r)
+		t.Fatalf("systemtest: the harness opened a nil role: %+v", r)
 	}
 	d := &deployment{t: t, ns: ns, roles: r, reg: Registry()}
 	var err error
