@@ -137,6 +137,13 @@ func Run(t *testing.T, h Harness) {
 		{"WarmShutdownReleasesUnstarted", testWarmShutdownReleasesUnstarted},
 		{"GracefulShutdownFinishesInflightTask", testGracefulShutdownFinishesInflightTask},
 		{"ShutdownPastGraceReleasesTaskToAnotherWorker", testShutdownPastGraceReleasesTaskToAnotherWorker},
+		// Driver faults the worker survives (faults.go).
+		{"OutcomeThatCannotBeRecordedIsNotAcknowledged", testOutcomeThatCannotBeRecordedIsNotAcknowledged},
+		{"TaskLostInPrefetchIsNotStarted", testTaskLostInPrefetchIsNotStarted},
+		{"RevokeDuringWorkerStartIsHonoured", testRevokeDuringWorkerStartIsHonoured},
+		{"ShutdownIsBoundedWhenTheBrokerHangs", testShutdownIsBoundedWhenTheBrokerHangs},
+		{"SameReceiptInTwoQueues", testSameReceiptInTwoQueues},
+		{"WorkerStartsWhenRevokesCannotBePruned", testWorkerStartsWhenRevokesCannotBePruned},
 		// One worker per id (presence.go).
 		{"WorkerRefusesLiveID", testWorkerRefusesLiveID},
 		{"WorkerStopsWhenIDTakenWhileRunning", testWorkerStopsWhenIDTakenWhileRunning},
@@ -263,11 +270,24 @@ func (d *deployment) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	return w, RunWorker(d.t, w)
 }
 
-// newWorker returns a worker of the deployment with cfg, not started.
+// newWorker returns a worker of the deployment with cfg, not started. A
+// role cfg sets (a wrapper around the deployment's, injecting a fault) is
+// kept; the others are the deployment's.
 func (d *deployment) newWorker(cfg stem.WorkerConfig) *stem.Worker {
 	d.t.Helper()
 	cfg.Namespace, cfg.Registry = d.ns, d.reg
-	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = d.roles.Broker, d.roles.Results, d.roles.Revokes, d.roles.Control
+	if cfg.Broker == nil {
+		cfg.Broker = d.roles.Broker
+	}
+	if cfg.Results == nil {
+		cfg.Results = d.roles.Results
+	}
+	if cfg.Revokes == nil {
+		cfg.Revokes = d.roles.Revokes
+	}
+	if cfg.Control == nil {
+		cfg.Control = d.roles.Control
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = quiet()
 	}
