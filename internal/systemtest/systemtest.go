@@ -123,6 +123,14 @@ func Run(t *testing.T, h Harness) {
 		{"ControllerDefaultExpiry", testControllerDefaultExpiry},
 		{"TerminateInline", testTerminateInline},
 		{"TerminateIsolatedKillAfter", testTerminateIsolatedKillAfter},
+		// Final states are final (finalstate.go).
+		{"DeliveryOfFinishedTaskIsAcknowledgedWithoutRunning", testDeliveryOfFinishedTaskIsAcknowledgedWithoutRunning},
+		{"FirstDeliveryReadsNoResult", testFirstDeliveryReadsNoResult},
+		{"ClaimedTasksRunWhenFinalCheckFails", testClaimedTasksRunWhenFinalCheckFails},
+		{"ClaimCheckUsesFinalGetter", testClaimCheckUsesFinalGetter},
+		{"DuplicateCopyInSameBatchNeverReplacesFinalState", testDuplicateCopyInSameBatchNeverReplacesFinalState},
+		{"RevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome", testRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome},
+		{"TargetedRevokeNeverMarksTaskOfAnotherWorker", testTargetedRevokeNeverMarksTaskOfAnotherWorker},
 		// The control plane (control.go).
 		{"BroadcastReachesEveryWorker", testBroadcastReachesEveryWorker},
 		{"TargetedCommand", testTargetedCommand},
