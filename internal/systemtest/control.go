@@ -4,11 +4,15 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"log/slog"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/testutil"
+	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -209,5 +213,193 @@ func testStatsCountersAfterKnownWorkload(t *testing.T, h Harness) {
 	if s.Processed != 4 || s.Succeeded != 3 || s.Failed != 1 || s.Retried != 1 || s.Cancelled != 0 ||
 		s.Concurrency != 3 || s.Namespace != d.ns || s.Queues[stemtype.DefaultQueue] != 0 {
 		t.Fatalf("stats %+v", s)
+	}
+}
+
+// inspectOf decodes the one ok reply of r, with the names of its payload's
+// fields.
+func inspectOf(t *testing.T, r *stem.Replies) (stemtype.InspectReply, []string) {
+	t.Helper()
+	if len(r.Replies) != 1 || r.Replies[0].Status != stemtype.ReplyOK {
+		t.Fatalf("want one ok reply, got %+v", r)
+	}
+	var p stemtype.InspectReply
+	if err := json.Unmarshal(r.Replies[0].Payload, &p); err != nil {
+		t.Fatal(err)
+	}
+	var keys map[string]json.RawMessage
+	_ = json.Unmarshal(r.Replies[0].Payload, &keys)
+	var names []string
+	for k := range keys {
+		names = append(names, k)
+	}
+	slices.Sort(names)
+	return p, names
+}
+
+// Inspect carries the revoke set only when asked, and then at most Limit
+// records, the newest first, with the total always visible; a negative
+// limit is refused.
+func testInspectRevokedOnlyWhenAskedAndLimited(t *testing.T, h Harness) {
+	d := open(t, h)
+	d.startWorker(stem.WorkerConfig{ID: "w1"})
+	ctx := context.Background()
+	for _, id := range []string{"r1", "r2", "r3", "r4", "r5"} { // one call each: increasing versions
+		if _, _, err := d.ctl.Revoke(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r, err := d.ctl.InspectWith(ctx, target("w1"), stemtype.InspectRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, keys := inspectOf(t, r); slices.Contains(keys, "revoked") || p.RevokedTotal != 5 {
+		t.Errorf("inspect not asking for revokes: keys %v, total %d", keys, p.RevokedTotal)
+	}
+	r, err = d.ctl.InspectWith(ctx, target("w1"), stemtype.InspectRequest{IncludeRevoked: true, Limit: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _ := inspectOf(t, r)
+	var got []string
+	for _, rec := range p.Revoked {
+		got = append(got, rec.TaskID)
+	}
+	if !slices.Equal(got, []string{"r5", "r4"}) || p.RevokedTotal != 5 {
+		t.Errorf("inspect with limit 2: revoked %v of %d, want [r5 r4] of 5", got, p.RevokedTotal)
+	}
+	r, err = d.ctl.Inspect(ctx, target("w1"), true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ = inspectOf(t, r); len(p.Revoked) != 5 || p.RevokedTotal != 5 {
+		t.Errorf("inspect with every revoke: %d of %d", len(p.Revoked), p.RevokedTotal)
+	}
+	if _, err := d.ctl.InspectWith(ctx, target("w1"), stemtype.InspectRequest{Limit: -1}); err == nil {
+		t.Error("InspectWith accepted a negative limit")
+	}
+}
+
+// failingPresence is a control transport whose Workers always fails.
+type failingPresence struct{ stemdriver.ControlTransport }
+
+func (failingPresence) Workers(context.Context) ([]stemtype.WorkerInfo, error) {
+	return nil, errors.New("presence unreadable")
+}
+
+// A controller that cannot read presence waits for replies until the
+// target's timeout, as it did before presence, reports the failure in
+// PresenceErr and says so in its log.
+func testCommandWithoutPresenceFallsBackAndLogs(t *testing.T, h Harness) {
+	d := open(t, h)
+	d.startWorker(stem.WorkerConfig{ID: "w1"})
+	var log testutil.SyncBuffer
+	c, err := stem.NewController(stem.ControllerConfig{Namespace: d.ns, Control: failingPresence{d.roles.Control},
+		Logger: slog.New(slog.NewTextHandler(&log, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Ping(context.Background(), stem.Target{Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyIDs(r); !slices.Equal(got, []string{"w1"}) || len(r.Missing) != 0 || r.PresenceErr == nil || r.Live != nil {
+		t.Errorf("broadcast without presence: %+v", r)
+	}
+	r, err = c.Ping(context.Background(), stem.Target{Workers: []string{"w1", "ghost"}, Timeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := replyIDs(r); !slices.Equal(got, []string{"w1"}) || !slices.Equal(r.Missing, []string{"ghost"}) || len(r.NotLive) != 0 {
+		t.Errorf("targeted ping without presence: %+v", r)
+	}
+	if !strings.Contains(log.String(), "presence unreadable") {
+		t.Errorf("no log line about the presence failure:\n%s", log.String())
+	}
+}
+
+// faultyResults fails the operations named in fail.
+type faultyResults struct {
+	stemdriver.ResultBackend
+	fail map[string]bool
+}
+
+func (f faultyResults) GetMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error) {
+	if f.fail["GetMany"] {
+		return nil, errors.New("GetMany broke")
+	}
+	return f.ResultBackend.GetMany(ctx, ids...)
+}
+
+func (f faultyResults) Put(ctx context.Context, rs ...*stemtype.TaskResult) error {
+	if f.fail["Put"] {
+		return errors.New("Put broke")
+	}
+	return f.ResultBackend.Put(ctx, rs...)
+}
+
+// conditionalFaultyResults adds a PutIfState that fails when asked to;
+// the backend it wraps must be a stemdriver.ConditionalPutter.
+type conditionalFaultyResults struct{ faultyResults }
+
+func (f conditionalFaultyResults) PutIfState(ctx context.Context, r *stemtype.TaskResult, states ...stemtype.State) (bool, error) {
+	if f.fail["PutIfState"] {
+		return false, errors.New("PutIfState broke")
+	}
+	return f.ResultBackend.(stemdriver.ConditionalPutter).PutIfState(ctx, r, states...)
+}
+
+// A revoke whose tasks cannot be marked cancelled is still stored and
+// published, and the failure is reported, not dropped.
+func testRevokeReportsMarkCancelledErrors(t *testing.T, h Harness) {
+	for _, tc := range []struct {
+		name        string
+		results     func(stemdriver.ResultBackend) stemdriver.ResultBackend
+		conditional bool // the case wraps the backend's PutIfState
+		say         string
+		checked     bool
+	}{
+		{"GetMany", func(r stemdriver.ResultBackend) stemdriver.ResultBackend {
+			return conditionalFaultyResults{faultyResults{r, map[string]bool{"GetMany": true}}}
+		}, true, "GetMany broke", false},
+		{"PutIfState", func(r stemdriver.ResultBackend) stemdriver.ResultBackend {
+			return conditionalFaultyResults{faultyResults{r, map[string]bool{"PutIfState": true}}}
+		}, true, "PutIfState broke", true},
+		{"Put", func(r stemdriver.ResultBackend) stemdriver.ResultBackend {
+			return faultyResults{r, map[string]bool{"Put": true}}
+		}, false, "Put broke", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			d := open(t, h)
+			if _, ok := d.roles.Results.(stemdriver.ConditionalPutter); tc.conditional && !ok {
+				t.Skip("the backend's result backend has no PutIfState")
+			}
+			d.reg.MustAdd(stem.Task{Name: "later", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+			id := d.enqueue("later", stem.EnqueueOptions{})
+			var log testutil.SyncBuffer
+			c, err := stem.NewController(stem.ControllerConfig{Namespace: d.ns, Control: d.roles.Control, Revokes: d.roles.Revokes,
+				Results: tc.results(d.roles.Results), Logger: slog.New(slog.NewTextHandler(&log, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx := context.Background()
+			res, err := c.RevokeTasks(ctx, target(), stem.RevokeOptions{TaskIDs: []string{id}})
+			if err != nil {
+				t.Fatalf("the revoke failed: %v", err)
+			}
+			if res.MarkErr == nil || !strings.Contains(res.MarkErr.Error(), tc.say) || res.Checked != tc.checked || len(res.Records) != 1 {
+				t.Errorf("mark error %v (want %q), checked %v (want %v), records %d", res.MarkErr, tc.say, res.Checked, tc.checked, len(res.Records))
+			}
+			if recs, err := d.roles.Revokes.List(ctx, d.ns); err != nil || len(recs) != 1 {
+				t.Errorf("revoke not stored: %v %v", recs, err)
+			}
+			// Revoke, which returns no such result, logs it.
+			if _, _, err := c.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(log.String(), tc.say) {
+				t.Errorf("Revoke did not log the failure:\n%s", log.String())
+			}
+		})
 	}
 }

@@ -239,3 +239,79 @@ func testShutdownPastGraceReleasesTaskToAnotherWorker(t *testing.T, h Harness) {
 		t.Fatalf("ran %d times, want 2 (once per worker)", n)
 	}
 }
+
+// gatedRelease holds its first Release until gate is closed (or its
+// context ends), reporting meanwhile in pending that it is under way.
+type gatedRelease struct {
+	stemdriver.Broker
+	once    sync.Once
+	gate    chan struct{}
+	pending atomic.Bool
+}
+
+func (b *gatedRelease) Release(ctx context.Context, ds ...stemdriver.Delivery) error {
+	first := false
+	b.once.Do(func() { first = true })
+	if first {
+		b.pending.Store(true)
+		defer b.pending.Store(false)
+		select {
+		case <-b.gate:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return b.Broker.Release(ctx, ds...)
+}
+
+// withdrawWatch runs onWithdraw when the worker withdraws its presence,
+// the last thing Run does.
+type withdrawWatch struct {
+	stemdriver.ControlTransport
+	onWithdraw func()
+}
+
+func (c *withdrawWatch) Withdraw(ctx context.Context, id, instance string) error {
+	c.onWithdraw()
+	return c.ControlTransport.Withdraw(ctx, id, instance)
+}
+
+// A task's release at shutdown that is still under way when the grace
+// periods are over (its runner settled it, outside the result writer,
+// and the broker is slow to answer) is waited for before Run returns: a
+// process exits once Run returned, and the task would then wait out its
+// whole lease instead of going back at once.
+func testRunWaitsForReleaseUnderWay(t *testing.T, h Harness) {
+	d := open(t, h)
+	running := make(chan struct{})
+	d.reg.MustAdd(stem.Task{Name: "polite", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		close(running)
+		<-tc.Done()
+		return nil, context.Cause(tc)
+	}})
+	id := d.enqueue("polite", stem.EnqueueOptions{})
+	b := &gatedRelease{Broker: d.roles.Broker, gate: make(chan struct{})}
+	openGate := sync.OnceFunc(func() { close(b.gate) })
+	var returnedEarly atomic.Bool
+	ctl := &withdrawWatch{ControlTransport: d.roles.Control, onWithdraw: func() {
+		returnedEarly.Store(b.pending.Load())
+		openGate()
+	}}
+	log := slog.New(onMessage(func(msg string) {
+		if strings.Contains(msg, "waiting for task releases under way") {
+			openGate()
+		}
+	}))
+	_, stop := d.startWorker(stem.WorkerConfig{Broker: b, Control: ctl, Logger: log, Lease: 30 * time.Second,
+		ShutdownTimeout: 20 * time.Millisecond})
+	<-running
+	stop()
+	if returnedEarly.Load() {
+		t.Fatal("Run returned while the release of its task was still under way")
+	}
+	ds, err := d.roles.Broker.Claim(context.Background(), stemdriver.ClaimRequest{Queues: []string{stemtype.DefaultQueue},
+		Consumer: "next", Max: 1, Lease: time.Second, Wait: time.Second})
+	if err != nil || len(ds) != 1 || ds[0].Envelope == nil || ds[0].Envelope.ID != id {
+		t.Fatalf("the task is not claimable right after Run returned: %v %v", ds, err)
+	}
+}

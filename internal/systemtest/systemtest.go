@@ -113,6 +113,8 @@ func Run(t *testing.T, h Harness) {
 		{"TimeLimitFailsAttempt", testTimeLimitFailsAttempt},
 		{"ProgressNaNIsRefusedAndTheTaskEnds", testProgressNaNIsRefusedAndTheTaskEnds},
 		{"RawJSONArgsAndResults", testRawJSONArgsAndResults},
+		{"EnqueueBatchPartialPublishReturnsIDs", testEnqueueBatchPartialPublishReturnsIDs},
+		{"EnqueueBatchPendingFailurePublishesNothing", testEnqueueBatchPendingFailurePublishesNothing},
 		// Revoke and terminate (revoke.go).
 		{"RevokeQueuedTask", testRevokeQueuedTask},
 		{"RevokeBeforeWorkerStarts", testRevokeBeforeWorkerStarts},
@@ -138,6 +140,9 @@ func Run(t *testing.T, h Harness) {
 		{"CommandToWorkerNotLiveFailsFast", testCommandToWorkerNotLiveFailsFast},
 		{"MalformedControlMessageAnsweredWorkerKeepsWorking", testMalformedControlMessageAnsweredWorkerKeepsWorking},
 		{"StatsCountersAfterKnownWorkload", testStatsCountersAfterKnownWorkload},
+		{"InspectRevokedOnlyWhenAskedAndLimited", testInspectRevokedOnlyWhenAskedAndLimited},
+		{"CommandWithoutPresenceFallsBackAndLogs", testCommandWithoutPresenceFallsBackAndLogs},
+		{"RevokeReportsMarkCancelledErrors", testRevokeReportsMarkCancelledErrors},
 		// Leases and shutdown (shutdown.go).
 		{"DeadWorkerLeaseExpires", testDeadWorkerLeaseExpires},
 		{"LeaseRenewedWhileTaskRuns", testLeaseRenewedWhileTaskRuns},
@@ -145,6 +150,7 @@ func Run(t *testing.T, h Harness) {
 		{"WarmShutdownReleasesUnstarted", testWarmShutdownReleasesUnstarted},
 		{"GracefulShutdownFinishesInflightTask", testGracefulShutdownFinishesInflightTask},
 		{"ShutdownPastGraceReleasesTaskToAnotherWorker", testShutdownPastGraceReleasesTaskToAnotherWorker},
+		{"RunWaitsForReleaseUnderWay", testRunWaitsForReleaseUnderWay},
 		// Driver faults the worker survives (faults.go).
 		{"OutcomeThatCannotBeRecordedIsNotAcknowledged", testOutcomeThatCannotBeRecordedIsNotAcknowledged},
 		{"TaskLostInPrefetchIsNotStarted", testTaskLostInPrefetchIsNotStarted},
@@ -152,6 +158,7 @@ func Run(t *testing.T, h Harness) {
 		{"ShutdownIsBoundedWhenTheBrokerHangs", testShutdownIsBoundedWhenTheBrokerHangs},
 		{"SameReceiptInTwoQueues", testSameReceiptInTwoQueues},
 		{"WorkerStartsWhenRevokesCannotBePruned", testWorkerStartsWhenRevokesCannotBePruned},
+		{"InlineExtendLeaseFollowsTaskContext", testInlineExtendLeaseFollowsTaskContext},
 		// One worker per id (presence.go).
 		{"WorkerRefusesLiveID", testWorkerRefusesLiveID},
 		{"WorkerStopsWhenIDTakenWhileRunning", testWorkerStopsWhenIDTakenWhileRunning},
