@@ -1,8 +1,10 @@
 // Package systemtest is the system-level suite every backend runs: the real
 // stem.Worker, stem.Client and stem.Controller over a backend's four
-// drivers, checking what a user sees (results, retries, revokes, terminate,
-// the control plane, lease recovery, shutdown, namespace isolation) rather
-// than what one driver promises (that is stemdrivertest's job).
+// drivers, checking what a user sees (results, retries and failures,
+// revokes and terminate, final states that stay final, the control plane,
+// leases and shutdown, one worker per id, namespace and scope isolation,
+// and the worker's conduct when one driver fails) rather than what one
+// driver promises (that is stemdrivertest's job).
 //
 // A backend wires it in a few lines:
 //
@@ -11,6 +13,9 @@
 //			Open: func(t *testing.T, namespace string) systemtest.Roles {
 //				// open the four roles in namespace, register their Close
 //				// (and the deletion of the namespace's data) with t.Cleanup
+//			},
+//			OpenElsewhere: func(t *testing.T, namespace string) systemtest.Roles {
+//				// the same in a second scope: another database, file or hub
 //			},
 //		})
 //	}
@@ -27,9 +32,16 @@
 // Every case runs in parallel with a namespace of its own, so Open must give
 // one backend scope (one server, one database, one in-memory hub) to every
 // namespace: the isolation case opens two namespaces and checks that nothing
-// crosses between them. Cases wait on events (channels closed by handlers,
-// Client.Wait, control replies); where only a state can be polled, the
-// deadline is a failure bound, never a synchronisation.
+// crosses between them. Cases that inject a driver fault (an outage, a lost
+// lease, a hung call) wrap the backend's real drivers in a wrapper of the
+// stemdriver interface, so the fault is the same on every backend and the
+// rest of the path is the backend's own. Cases wait on events (channels
+// closed by handlers, Client.Wait, control replies); where only a state can
+// be polled, the deadline is a failure bound, never a synchronisation.
+//
+// The cases live in files by theme (results.go, client.go, revoke.go,
+// finalstate.go, control.go, shutdown.go, faults.go, presence.go,
+// isolation.go); Run's table lists them all.
 package systemtest
 
 import (
