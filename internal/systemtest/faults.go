@@ -66,7 +66,7 @@ func testOutcomeThatCannotBeRecordedIsNotAcknowledged(t *testing.T, h Harness) {
 	res.down.Store(true)
 	_, stop := d.startWorker(stem.WorkerConfig{Results: res, Lease: 2 * h.Capabilities.ShortLease,
 		ShutdownTimeout: 100 * time.Millisecond})
-	<-ran
+	await(t, ran, "the task runs")
 	stop()
 	ds, err := d.roles.Broker.Claim(context.Background(), stemdriver.ClaimRequest{Queues: []string{stemtype.DefaultQueue},
 		Consumer: "next", Max: 1, Lease: time.Second, Wait: waitBound})
@@ -130,7 +130,8 @@ func testTaskLostInPrefetchIsNotStarted(t *testing.T, h Harness) {
 	d.startWorker(stem.WorkerConfig{Broker: b, Concurrency: 1, Prefetch: 1, Lease: h.Capabilities.ShortLease})
 	unblock := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock) // before the worker stops, should the case fail
-	<-b.lost           // the renewer handled the loss of quick's lease while slow runs
+	// The renewer handles the loss of quick's lease while slow runs.
+	await(t, b.lost, "the renewer meets the lost lease")
 	unblock()
 	if r := d.wait(slowID); r.State != stemtype.StateSucceeded {
 		t.Fatalf("slow: %+v", r)
@@ -303,8 +304,8 @@ func testSameReceiptInTwoQueues(t *testing.T, h Harness) {
 	d.startWorker(stem.WorkerConfig{Broker: broker, Queues: []string{"a", "b"}, Concurrency: 2, Lease: time.Second})
 	unblock := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock) // before the worker stops, should the case fail
-	<-started
-	<-started
+	await(t, started, "the first task starts")
+	await(t, started, "the second task starts")
 	// A delivery the worker forgot (held under the other's key) would never
 	// be extended again; a failure detector bounds the wait.
 	renewed := map[string]int{}
@@ -390,7 +391,7 @@ func testInlineExtendLeaseFollowsTaskContext(t *testing.T, h Harness) {
 	b := &hangingExtend{Broker: d.roles.Broker, causes: make(chan error, 1)}
 	d.startWorker(stem.WorkerConfig{Broker: b, Lease: 30 * time.Second})
 	id := d.enqueue("stuck-extend", stem.EnqueueOptions{})
-	if cause := <-b.causes; !errors.Is(cause, stem.ErrTimeLimit) {
+	if cause := await(t, b.causes, "the stuck ExtendLease ends"); !errors.Is(cause, stem.ErrTimeLimit) {
 		t.Fatalf("the stuck ExtendLease ended with %v, want the task's cause %v", cause, stem.ErrTimeLimit)
 	}
 	if r := d.wait(id); r.State != stemtype.StateFailed || r.Error == nil || r.Error.Kind != "time_limit" {

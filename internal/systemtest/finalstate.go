@@ -339,7 +339,7 @@ func testDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T, h Harness
 	_, stop := d.startWorker(stem.WorkerConfig{Results: res, Concurrency: 1})
 	openGate := sync.OnceFunc(func() { close(res.gate) })
 	t.Cleanup(openGate) // before the worker stops, should the case fail
-	<-secondRuns
+	await(t, secondRuns, "the second copy runs")
 	// The first copy's outcome and the second copy's started record are
 	// both queued behind the held batch now.
 	openGate()
@@ -369,8 +369,8 @@ func testRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T, h H
 	d.startWorker(stem.WorkerConfig{Results: slow})
 	release := sync.OnceFunc(func() { close(finish); close(slow.gate) })
 	t.Cleanup(release) // before the worker stops, should the case fail
-	<-running
-	<-slow.entered
+	await(t, running, "the task runs")
+	await(t, slow.entered, "the worker writes the started state")
 	res, err := d.ctl.RevokeTasks(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}})
 	if err != nil {
 		t.Fatal(err)
@@ -401,8 +401,8 @@ func testTargetedRevokeNeverMarksTaskOfAnotherWorker(t *testing.T, h Harness) {
 	release := sync.OnceFunc(func() { close(finish); close(slow.gate) })
 	t.Cleanup(release) // before the workers stop, should the case fail
 	id := d.enqueue("steady", stem.EnqueueOptions{})
-	<-running
-	<-slow.entered
+	await(t, running, "the task runs")
+	await(t, slow.entered, "the worker writes the started state")
 	res, err := d.ctl.RevokeTasks(context.Background(), target("idle"), stem.RevokeOptions{TaskIDs: []string{id}})
 	if err != nil {
 		t.Fatal(err)

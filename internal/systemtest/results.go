@@ -237,7 +237,7 @@ func testProgressNaNIsRefusedAndTheTaskEnds(t *testing.T, h Harness) {
 	}})
 	d.startWorker(stem.WorkerConfig{})
 	id := d.enqueue("empty-batch", stem.EnqueueOptions{})
-	if err := <-refused; err == nil {
+	if err := await(t, refused, "the task reports its progress"); err == nil {
 		t.Error("Progress(NaN) returned no error")
 	}
 	r := d.wait(id) // its deadline is the failure detector: the outcome takes milliseconds

@@ -38,7 +38,7 @@ func testRevokeQueuedTask(t *testing.T, h Harness) {
 	release := sync.OnceFunc(func() { close(gate) })
 	t.Cleanup(release) // before the worker stops, should the case fail
 	blocker := d.enqueue("block", stem.EnqueueOptions{})
-	if got := <-started; got != blocker {
+	if got := await(t, started, "the blocker starts"); got != blocker {
 		t.Fatalf("started %s, want the blocker %s", got, blocker)
 	}
 	victim := d.enqueue("victim", stem.EnqueueOptions{})
@@ -53,7 +53,7 @@ func testRevokeQueuedTask(t *testing.T, h Harness) {
 	checkRevokeMeta(t, d.wait(victim), "bad data", "ops")
 	release()
 	after := d.enqueue("block", stem.EnqueueOptions{})
-	if got := <-started; got != after {
+	if got := await(t, started, "the task after the revoked one starts"); got != after {
 		t.Fatalf("started %s, want %s", got, after)
 	}
 	if r := d.wait(after); r.State != stemtype.StateSucceeded {
@@ -98,7 +98,7 @@ func testRevokeBeforeWorkerStarts(t *testing.T, h Harness) {
 	checkRevokeMeta(t, got, "stale", "cron")
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "late", Concurrency: 1})
 	marker := d.enqueue("marker", stem.EnqueueOptions{})
-	if id := <-done; id != marker {
+	if id := await(t, done, "the marker runs"); id != marker {
 		t.Fatalf("marker ran as %s, want %s", id, marker)
 	}
 	d.wait(marker)
@@ -134,7 +134,7 @@ func testTerminateInline(t *testing.T, h Harness) {
 		}})
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1"})
 	id := d.enqueue("loop", stem.EnqueueOptions{})
-	<-started
+	await(t, started, "the task starts")
 	d.waitState(id, stemtype.StateStarted)
 	res, err := d.ctl.RevokeTasks(context.Background(), target("w1"),
 		stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, Reason: "runaway", RequestedBy: "ops"})
@@ -146,7 +146,7 @@ func testTerminateInline(t *testing.T, h Harness) {
 		!slices.Equal(rr.Inflight, []string{id}) {
 		t.Fatalf("revoke replies %+v", res.Replies)
 	}
-	s := <-saw
+	s := await(t, saw, "the terminated task sees its cancellation")
 	if !errors.Is(s.heartbeat, stem.ErrTaskRevoked) || !errors.Is(s.cause, stem.ErrTaskRevoked) {
 		t.Fatalf("heartbeat returned %v, context cause %v; want both to match ErrTaskRevoked", s.heartbeat, s.cause)
 	}
@@ -242,7 +242,7 @@ func testRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T, h Harness) {
 	d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4})
 	t.Cleanup(func() { close(gate) }) // before the worker stops
 	blocker := d.enqueue("block", stem.EnqueueOptions{})
-	if got := <-started; got != blocker {
+	if got := await(t, started, "the blocker starts"); got != blocker {
 		t.Fatalf("started %s, want the blocker %s", got, blocker)
 	}
 	queued := d.enqueue("block", stem.EnqueueOptions{})
@@ -277,7 +277,7 @@ func testRevokeWithoutTerminateLetsRunningTaskFinish(t *testing.T, h Harness) {
 	}})
 	d.startWorker(stem.WorkerConfig{})
 	id := d.enqueue("steady", stem.EnqueueOptions{})
-	<-started
+	await(t, started, "the task starts")
 	d.waitState(id, stemtype.StateStarted)
 	if _, _, err := d.ctl.Revoke(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 		close(release)
@@ -306,7 +306,7 @@ func testNewerRevokeAddsTerminate(t *testing.T, h Harness) {
 	}})
 	d.startWorker(stem.WorkerConfig{ID: "w1"})
 	id := d.enqueue("loop", stem.EnqueueOptions{})
-	<-started
+	await(t, started, "the task starts")
 	d.waitState(id, stemtype.StateStarted)
 	ctx := context.Background()
 	if _, r, err := d.ctl.Revoke(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{id}, Reason: "first"}); err != nil ||

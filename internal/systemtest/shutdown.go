@@ -72,7 +72,7 @@ func testWarmShutdownReleasesUnstarted(t *testing.T, h Harness) {
 	release := sync.OnceFunc(func() { close(gate) })
 	t.Cleanup(release) // before the worker stops, should the case fail
 	blocker := d.enqueue("block", stem.EnqueueOptions{})
-	<-blockStarted
+	await(t, blockStarted, "the blocker starts")
 	next := d.enqueue("next", stem.EnqueueOptions{})
 	d.waitDepth(stemtype.DefaultQueue, 0) // w1 holds next in its prefetch
 	stopped := make(chan struct{})
@@ -144,7 +144,7 @@ func testExtendLeaseNeverShortensTheLease(t *testing.T, h Harness) {
 	unblock := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock) // before the worker stops, should the case fail
 	id := d.enqueue("short-ask", stem.EnqueueOptions{})
-	if err := <-extended; err != nil {
+	if err := await(t, extended, "the task extends its lease"); err != nil {
 		t.Fatalf("ExtendLease: %v", err)
 	}
 	for range 5 {
@@ -193,7 +193,7 @@ func testGracefulShutdownFinishesInflightTask(t *testing.T, h Harness) {
 	}})
 	_, stop := d.startWorker(stem.WorkerConfig{ShutdownTimeout: waitBound, Logger: log})
 	id := d.enqueue("finishing", stem.EnqueueOptions{})
-	<-started
+	await(t, started, "the task starts")
 	stop() // returns only after Run returned
 	res, err := d.roles.Results.Get(context.Background(), id)
 	if err != nil || res.State != stemtype.StateSucceeded || string(res.Result) != `"finished"` {
@@ -224,7 +224,7 @@ func testShutdownPastGraceReleasesTaskToAnotherWorker(t *testing.T, h Harness) {
 	}})
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", ShutdownTimeout: 50 * time.Millisecond})
 	id := d.enqueue("stubborn", stem.EnqueueOptions{})
-	<-first
+	await(t, first, "the task starts")
 	stop()
 	// Released, not failed: nothing lost, and another worker runs it.
 	if n := d.depth(stemtype.DefaultQueue); n != 1 {
@@ -304,7 +304,7 @@ func testRunWaitsForReleaseUnderWay(t *testing.T, h Harness) {
 	}))
 	_, stop := d.startWorker(stem.WorkerConfig{Broker: b, Control: ctl, Logger: log, Lease: 30 * time.Second,
 		ShutdownTimeout: 20 * time.Millisecond})
-	<-running
+	await(t, running, "the task runs")
 	stop()
 	if returnedEarly.Load() {
 		t.Fatal("Run returned while the release of its task was still under way")

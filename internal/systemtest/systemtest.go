@@ -445,6 +445,19 @@ func checkRevokeMeta(t *testing.T, res *stemtype.TaskResult, reason, by string) 
 	}
 }
 
+// await returns the next value of ch, failing t should none come within
+// the suite's bound (a handler that never started, a fault never hit).
+func await[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitBound):
+		t.Fatalf("never: %s", what)
+		panic("unreachable")
+	}
+}
+
 // noneOf fails when ch holds a value: a handler that must not have run.
 func noneOf(t *testing.T, ch <-chan string, what string) {
 	t.Helper()
