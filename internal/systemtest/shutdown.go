@@ -315,3 +315,131 @@ func testRunWaitsForReleaseUnderWay(t *testing.T, h Harness) {
 		t.Fatalf("the task is not claimable right after Run returned: %v %v", ds, err)
 	}
 }
+
+// errSevered is what a severed driver returns once cut.
+var errSevered = errors.New("connection refused: the server is gone")
+
+// severedBroker fails every call once cut is set, as a broker whose
+// server a worker can no longer reach (a partition, a dead host's
+// sockets).
+type severedBroker struct {
+	stemdriver.Broker
+	cut *atomic.Bool
+}
+
+func (b severedBroker) Claim(ctx context.Context, req stemdriver.ClaimRequest) ([]stemdriver.Delivery, error) {
+	if b.cut.Load() {
+		return nil, errSevered
+	}
+	return b.Broker.Claim(ctx, req)
+}
+
+func (b severedBroker) ExtendLease(ctx context.Context, d stemdriver.Delivery, l time.Duration) error {
+	if b.cut.Load() {
+		return errSevered
+	}
+	return b.Broker.ExtendLease(ctx, d, l)
+}
+
+func (b severedBroker) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
+	if b.cut.Load() {
+		return errSevered
+	}
+	return b.Broker.Ack(ctx, ds...)
+}
+
+func (b severedBroker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtype.Envelope) error {
+	if b.cut.Load() {
+		return errSevered
+	}
+	return b.Broker.Retry(ctx, d, next)
+}
+
+func (b severedBroker) Release(ctx context.Context, ds ...stemdriver.Delivery) error {
+	if b.cut.Load() {
+		return errSevered
+	}
+	return b.Broker.Release(ctx, ds...)
+}
+
+func (b severedBroker) DeadLetter(ctx context.Context, d stemdriver.Delivery, reason string) error {
+	if b.cut.Load() {
+		return errSevered
+	}
+	return b.Broker.DeadLetter(ctx, d, reason)
+}
+
+// severedResults fails every write and read once cut is set.
+type severedResults struct {
+	stemdriver.ResultBackend
+	cut *atomic.Bool
+}
+
+func (r severedResults) Put(ctx context.Context, rs ...*stemtype.TaskResult) error {
+	if r.cut.Load() {
+		return errSevered
+	}
+	return r.ResultBackend.Put(ctx, rs...)
+}
+
+func (r severedResults) Get(ctx context.Context, id string) (*stemtype.TaskResult, error) {
+	if r.cut.Load() {
+		return nil, errSevered
+	}
+	return r.ResultBackend.Get(ctx, id)
+}
+
+func (r severedResults) GetMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error) {
+	if r.cut.Load() {
+		return nil, errSevered
+	}
+	return r.ResultBackend.GetMany(ctx, ids...)
+}
+
+// A real worker cut off from its broker and result backend while it runs
+// a task (it can neither renew, acknowledge, release nor record anything,
+// as a worker on a host that died or was partitioned away) loses the task
+// once its lease expires: another worker finishes it, and the cut-off
+// worker's late outcome, when its handler returns at last, replaces
+// nothing.
+func testCutOffWorkerLosesItsTask(t *testing.T, h Harness) {
+	d := open(t, h)
+	firstRunning := make(chan struct{})
+	release := make(chan struct{})
+	var runs atomic.Int32
+	d.reg.MustAdd(stem.Task{Name: "work", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if runs.Add(1) == 1 {
+			close(firstRunning)
+			<-release // ignores its context: the cut-off worker's handler runs on
+			return "late", nil
+		}
+		return "done", nil
+	}})
+	var cut atomic.Bool
+	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "cut-off", Concurrency: 1, Prefetch: 1,
+		Broker: severedBroker{d.roles.Broker, &cut}, Results: severedResults{d.roles.Results, &cut},
+		Lease: h.Capabilities.ShortLease, ShutdownTimeout: 10 * time.Millisecond})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock) // before the worker stops, should the case fail
+	id := d.enqueue("work", stem.EnqueueOptions{})
+	await(t, firstRunning, "the task runs on the first worker")
+	d.waitState(id, stemtype.StateStarted) // recorded before the cut
+	cut.Store(true)
+	d.startWorker(stem.WorkerConfig{ID: "alive"})
+	res := d.wait(id)
+	if res.State != stemtype.StateSucceeded || string(res.Result) != `"done"` || res.WorkerID != "alive" {
+		t.Fatalf("got %+v, want the task finished by the live worker", res)
+	}
+	unblock()
+	stop1() // Run returns however its last calls fail
+	if r, err := d.roles.Results.Get(context.Background(), id); err != nil || r.State != stemtype.StateSucceeded ||
+		string(r.Result) != `"done"` || r.WorkerID != "alive" {
+		t.Fatalf("after the cut-off worker stopped: %+v %v, want the live worker's outcome", r, err)
+	}
+	if n := runs.Load(); n != 2 {
+		t.Fatalf("ran %d times, want 2 (once per worker)", n)
+	}
+	if n := d.depth(stemtype.DefaultQueue); n != 0 {
+		t.Fatalf("queue depth %d, want 0: the live worker acknowledged the task", n)
+	}
+}

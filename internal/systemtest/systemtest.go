@@ -157,6 +157,7 @@ func Run(t *testing.T, h Harness) {
 		{"RevokeReportsMarkCancelledErrors", testRevokeReportsMarkCancelledErrors},
 		// Leases and shutdown (shutdown.go).
 		{"DeadWorkerLeaseExpires", testDeadWorkerLeaseExpires},
+		{"CutOffWorkerLosesItsTask", testCutOffWorkerLosesItsTask},
 		{"LeaseRenewedWhileTaskRuns", testLeaseRenewedWhileTaskRuns},
 		{"ExtendLeaseNeverShortensTheLease", testExtendLeaseNeverShortensTheLease},
 		{"WarmShutdownReleasesUnstarted", testWarmShutdownReleasesUnstarted},
