@@ -125,6 +125,7 @@ func Run(t *testing.T, h Harness) {
 		{"TimeLimitFailsAttempt", testTimeLimitFailsAttempt},
 		{"ProgressNaNIsRefusedAndTheTaskEnds", testProgressNaNIsRefusedAndTheTaskEnds},
 		{"RawJSONArgsAndResults", testRawJSONArgsAndResults},
+		// Enqueueing over a failing broker or result backend (client.go).
 		{"EnqueueBatchPartialPublishReturnsIDs", testEnqueueBatchPartialPublishReturnsIDs},
 		{"EnqueueBatchPendingFailurePublishesNothing", testEnqueueBatchPendingFailurePublishesNothing},
 		// Revoke and terminate (revoke.go).
