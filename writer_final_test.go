@@ -2,81 +2,12 @@ package stem_test
 
 import (
 	"context"
-	"errors"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/internal/settle"
-	"github.com/stem-go/stem/stemdriver"
-	"github.com/stem-go/stem/stemtype"
 )
-
-// gatedResults holds the first Put until gate is closed and says, on
-// entered, when it holds it: the result writer is busy with one batch
-// while the next one fills up.
-type gatedResults struct {
-	stemdriver.ResultBackend
-	once    sync.Once
-	entered chan struct{}
-	gate    chan struct{}
-}
-
-func (r *gatedResults) Put(ctx context.Context, rs ...*stemtype.TaskResult) error {
-	first := false
-	r.once.Do(func() { first = true })
-	if first {
-		close(r.entered)
-		select {
-		case <-r.gate:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-	}
-	return r.ResultBackend.Put(ctx, rs...)
-}
-
-// Two copies of one task on one worker (a duplicate publish, as a retried
-// EnqueueBatch makes, or a redelivery): the first copy's outcome is final
-// and the second copy's started record, queued right after it, reaches
-// the result writer in the same batch. The first final state stays: the
-// writer never lets a later write of the batch replace a final one (it
-// would not reach the backend, whose final-state rule could not keep it,
-// and the first copy would be acknowledged with no outcome recorded).
-func TestDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T) {
-	e := newEnv(t)
-	res := &gatedResults{ResultBackend: e.results, entered: make(chan struct{}), gate: make(chan struct{})}
-	secondRuns := make(chan struct{})
-	var runs atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "twice", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		if runs.Add(1) == 1 {
-			// The writer holds the batch of this copy's started record.
-			<-res.entered
-			return "first", nil
-		}
-		close(secondRuns)
-		return nil, stem.NoRetry(errors.New("second copy: already done"))
-	}})
-	ctx := context.Background()
-	id := e.enqueue("twice", nil, stem.EnqueueOptions{})
-	env := &stemtype.Envelope{ID: id, Task: "twice", Queue: "default", CreatedAt: time.Now().UTC()}
-	if err := e.broker.Publish(ctx, env); err != nil { // the duplicate
-		t.Fatal(err)
-	}
-	e.results = res
-	_, stop := e.startWorker(stem.WorkerConfig{Concurrency: 1})
-	<-secondRuns
-	// The first copy's outcome and the second copy's started record are
-	// both queued behind the held batch now.
-	close(res.gate)
-	r := e.wait(id)
-	stop()
-	if r.State != stemtype.StateSucceeded || string(r.Result) != `"first"` {
-		t.Fatalf("the first copy's final state was replaced: %s %s %+v", r.State, r.Result, r.Error)
-	}
-}
 
 // Handlers that ignore cancellation outlive Run, which releases their
 // tasks and closes the result writer. When they return at last, their

@@ -1,8 +1,10 @@
 // Package systemtest is the system-level suite every backend runs: the real
 // stem.Worker, stem.Client and stem.Controller over a backend's four
-// drivers, checking what a user sees (results, retries, revokes, terminate,
-// the control plane, lease recovery, shutdown, namespace isolation) rather
-// than what one driver promises (that is stemdrivertest's job).
+// drivers, checking what a user sees (results, retries and failures,
+// revokes and terminate, final states that stay final, the control plane,
+// leases and shutdown, one worker per id, namespace and scope isolation,
+// and the worker's conduct when one driver fails) rather than what one
+// driver promises (that is stemdrivertest's job).
 //
 // A backend wires it in a few lines:
 //
@@ -11,6 +13,9 @@
 //			Open: func(t *testing.T, namespace string) systemtest.Roles {
 //				// open the four roles in namespace, register their Close
 //				// (and the deletion of the namespace's data) with t.Cleanup
+//			},
+//			OpenElsewhere: func(t *testing.T, namespace string) systemtest.Roles {
+//				// the same in a second scope: another database, file or hub
 //			},
 //		})
 //	}
@@ -27,31 +32,32 @@
 // Every case runs in parallel with a namespace of its own, so Open must give
 // one backend scope (one server, one database, one in-memory hub) to every
 // namespace: the isolation case opens two namespaces and checks that nothing
-// crosses between them. Cases wait on events (channels closed by handlers,
-// Client.Wait, control replies); where only a state can be polled, the
-// deadline is a failure bound, never a synchronisation.
+// crosses between them. Cases that inject a driver fault (an outage, a lost
+// lease, a hung call) wrap the backend's real drivers in a wrapper of the
+// stemdriver interface, so the fault is the same on every backend and the
+// rest of the path is the backend's own. Cases wait on events (channels
+// closed by handlers, Client.Wait, control replies); where only a state can
+// be polled, the deadline is a failure bound, never a synchronisation.
+//
+// The cases live in files by theme (results.go, client.go, revoke.go,
+// finalstate.go, control.go, shutdown.go, faults.go, presence.go,
+// isolation.go); Run's table lists them all.
 package systemtest
 
 import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"slices"
 	"sort"
-	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stem-go/stem"
-	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -81,6 +87,14 @@ type Harness struct {
 	// roles' Close and the deletion of the namespace's data, and skips t
 	// (testutil.SkipOrFail) when the backend is unreachable. Required.
 	Open func(t *testing.T, namespace string) Roles
+	// OpenElsewhere opens namespace like Open, but in a second backend
+	// scope that shares nothing with Open's: another database of the same
+	// server, another file, another hub. The scope isolation case runs two
+	// deployments with the same namespace and worker ids, one in each
+	// scope, and checks that nothing crosses between them, even where the
+	// backend's own mechanism is server-wide (Redis pub/sub). Optional:
+	// without it that case is skipped, saying so.
+	OpenElsewhere func(t *testing.T, namespace string) Roles
 	// Capabilities of the backend; the zero value takes the defaults.
 	Capabilities Capabilities
 }
@@ -99,17 +113,72 @@ func Run(t *testing.T, h Harness) {
 		name string
 		fn   func(*testing.T, Harness)
 	}{
+		// Results, retries and failures (results.go).
 		{"EnqueueAndResult", testEnqueueAndResult},
 		{"RetryThenSucceed", testRetryThenSucceed},
+		{"RetryToFinalFailure", testRetryToFinalFailure},
+		{"NoRetryFailsAtOnce", testNoRetryFailsAtOnce},
+		{"PanicIsRecordedFailure", testPanicIsRecordedFailure},
+		{"UnknownTaskIsRecordedFailure", testUnknownTaskIsRecordedFailure},
+		{"ArgumentsThatDoNotDecodeFailWithoutRetry", testArgumentsThatDoNotDecodeFailWithoutRetry},
+		{"CountdownDelaysTask", testCountdownDelaysTask},
+		{"TimeLimitFailsAttempt", testTimeLimitFailsAttempt},
+		{"ProgressNaNIsRefusedAndTheTaskEnds", testProgressNaNIsRefusedAndTheTaskEnds},
+		{"RawJSONArgsAndResults", testRawJSONArgsAndResults},
+		// Enqueueing over a failing broker or result backend (client.go).
+		{"EnqueueBatchPartialPublishReturnsIDs", testEnqueueBatchPartialPublishReturnsIDs},
+		{"EnqueueBatchPendingFailurePublishesNothing", testEnqueueBatchPendingFailurePublishesNothing},
+		// Revoke and terminate (revoke.go).
 		{"RevokeQueuedTask", testRevokeQueuedTask},
 		{"RevokeBeforeWorkerStarts", testRevokeBeforeWorkerStarts},
+		{"RevokeOfPrefetchedTaskIsMarkedAtOnce", testRevokeOfPrefetchedTaskIsMarkedAtOnce},
+		{"RevokeWithoutTerminateLetsRunningTaskFinish", testRevokeWithoutTerminateLetsRunningTaskFinish},
+		{"NewerRevokeAddsTerminate", testNewerRevokeAddsTerminate},
+		{"RevokeReportsUnknownIDs", testRevokeReportsUnknownIDs},
+		{"ControllerDefaultExpiry", testControllerDefaultExpiry},
 		{"TerminateInline", testTerminateInline},
 		{"TerminateIsolatedKillAfter", testTerminateIsolatedKillAfter},
+		// Final states are final (finalstate.go).
+		{"DeliveryOfFinishedTaskIsAcknowledgedWithoutRunning", testDeliveryOfFinishedTaskIsAcknowledgedWithoutRunning},
+		{"FirstDeliveryReadsNoResult", testFirstDeliveryReadsNoResult},
+		{"ClaimedTasksRunWhenFinalCheckFails", testClaimedTasksRunWhenFinalCheckFails},
+		{"ClaimCheckUsesFinalGetter", testClaimCheckUsesFinalGetter},
+		{"DuplicateCopyInSameBatchNeverReplacesFinalState", testDuplicateCopyInSameBatchNeverReplacesFinalState},
+		{"RevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome", testRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome},
+		{"TargetedRevokeNeverMarksTaskOfAnotherWorker", testTargetedRevokeNeverMarksTaskOfAnotherWorker},
+		// The control plane (control.go).
 		{"BroadcastReachesEveryWorker", testBroadcastReachesEveryWorker},
 		{"TargetedCommand", testTargetedCommand},
+		{"BroadcastListsSilentLiveWorkerAsMissing", testBroadcastListsSilentLiveWorkerAsMissing},
+		{"CommandToWorkerNotLiveFailsFast", testCommandToWorkerNotLiveFailsFast},
+		{"MalformedControlMessageAnsweredWorkerKeepsWorking", testMalformedControlMessageAnsweredWorkerKeepsWorking},
+		{"StatsCountersAfterKnownWorkload", testStatsCountersAfterKnownWorkload},
+		{"InspectRevokedOnlyWhenAskedAndLimited", testInspectRevokedOnlyWhenAskedAndLimited},
+		{"CommandWithoutPresenceFallsBackAndLogs", testCommandWithoutPresenceFallsBackAndLogs},
+		{"RevokeReportsMarkCancelledErrors", testRevokeReportsMarkCancelledErrors},
+		// Leases and shutdown (shutdown.go).
 		{"DeadWorkerLeaseExpires", testDeadWorkerLeaseExpires},
+		{"CutOffWorkerLosesItsTask", testCutOffWorkerLosesItsTask},
+		{"LeaseRenewedWhileTaskRuns", testLeaseRenewedWhileTaskRuns},
+		{"ExtendLeaseNeverShortensTheLease", testExtendLeaseNeverShortensTheLease},
 		{"WarmShutdownReleasesUnstarted", testWarmShutdownReleasesUnstarted},
+		{"GracefulShutdownFinishesInflightTask", testGracefulShutdownFinishesInflightTask},
+		{"ShutdownPastGraceReleasesTaskToAnotherWorker", testShutdownPastGraceReleasesTaskToAnotherWorker},
+		{"RunWaitsForReleaseUnderWay", testRunWaitsForReleaseUnderWay},
+		// Driver faults the worker survives (faults.go).
+		{"OutcomeThatCannotBeRecordedIsNotAcknowledged", testOutcomeThatCannotBeRecordedIsNotAcknowledged},
+		{"TaskLostInPrefetchIsNotStarted", testTaskLostInPrefetchIsNotStarted},
+		{"RevokeDuringWorkerStartIsHonoured", testRevokeDuringWorkerStartIsHonoured},
+		{"ShutdownIsBoundedWhenTheBrokerHangs", testShutdownIsBoundedWhenTheBrokerHangs},
+		{"SameReceiptInTwoQueues", testSameReceiptInTwoQueues},
+		{"WorkerStartsWhenRevokesCannotBePruned", testWorkerStartsWhenRevokesCannotBePruned},
+		{"InlineExtendLeaseFollowsTaskContext", testInlineExtendLeaseFollowsTaskContext},
+		// One worker per id (presence.go).
+		{"WorkerRefusesLiveID", testWorkerRefusesLiveID},
+		{"WorkerStopsWhenIDTakenWhileRunning", testWorkerStopsWhenIDTakenWhileRunning},
+		// Isolation (isolation.go).
 		{"NamespaceIsolation", testNamespaceIsolation},
+		{"ScopeIsolation", testScopeIsolation},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -197,10 +266,15 @@ type deployment struct {
 // open opens a fresh namespace of h's backend.
 func open(t *testing.T, h Harness) *deployment {
 	t.Helper()
-	ns := newNamespace()
-	r := h.Open(t, ns)
+	return openWith(t, h.Open, newNamespace())
+}
+
+// openWith opens namespace ns with opener (Harness.Open or OpenElsewhere).
+func openWith(t *testing.T, opener func(*testing.T, string) Roles, ns string) *deployment {
+	t.Helper()
+	r := opener(t, ns)
 	if r.Broker == nil || r.Results == nil || r.Revokes == nil || r.Control == nil {
-		t.Fatalf("systemtest: Harness.Open returned a nil role: %+v", r)
+		t.Fatalf("systemtest: the harness opened a nil role: %+v", r)
 	}
 	d := &deployment{t: t, ns: ns, roles: r, reg: Registry()}
 	var err error
@@ -216,13 +290,33 @@ func open(t *testing.T, h Harness) *deployment {
 	return d
 }
 
-// startWorker runs a worker of the deployment until the test ends (or stop
-// is called; stop returns once Run returned) and waits until it is ready.
-// Tasks must be registered before.
+// startWorker runs a worker of the deployment until the test ends (or
+// stop is called; stop returns once Run returned) and waits until it is
+// ready. Tasks must be registered before.
 func (d *deployment) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	d.t.Helper()
+	w := d.newWorker(cfg)
+	return w, RunWorker(d.t, w)
+}
+
+// newWorker returns a worker of the deployment with cfg, not started. A
+// role cfg sets (a wrapper around the deployment's, injecting a fault) is
+// kept; the others are the deployment's.
+func (d *deployment) newWorker(cfg stem.WorkerConfig) *stem.Worker {
+	d.t.Helper()
 	cfg.Namespace, cfg.Registry = d.ns, d.reg
-	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = d.roles.Broker, d.roles.Results, d.roles.Revokes, d.roles.Control
+	if cfg.Broker == nil {
+		cfg.Broker = d.roles.Broker
+	}
+	if cfg.Results == nil {
+		cfg.Results = d.roles.Results
+	}
+	if cfg.Revokes == nil {
+		cfg.Revokes = d.roles.Revokes
+	}
+	if cfg.Control == nil {
+		cfg.Control = d.roles.Control
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = quiet()
 	}
@@ -233,7 +327,7 @@ func (d *deployment) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	return w, RunWorker(d.t, w)
+	return w
 }
 
 // RunWorker runs w until the test ends or stop is called, and returns once
@@ -265,7 +359,13 @@ func RunWorker(t testing.TB, w *stem.Worker) (stop func()) {
 
 func (d *deployment) enqueue(task string, opts stem.EnqueueOptions) string {
 	d.t.Helper()
-	id, err := d.client.Enqueue(context.Background(), task, nil, opts)
+	return d.enqueueWith(task, nil, opts)
+}
+
+// enqueueWith enqueues task with args.
+func (d *deployment) enqueueWith(task string, args any, opts stem.EnqueueOptions) string {
+	d.t.Helper()
+	id, err := d.client.Enqueue(context.Background(), task, args, opts)
 	if err != nil {
 		d.t.Fatal(err)
 	}
@@ -347,6 +447,19 @@ func checkRevokeMeta(t *testing.T, res *stemtype.TaskResult, reason, by string) 
 	}
 }
 
+// await returns the next value of ch, failing t should none come within
+// the suite's bound (a handler that never started, a fault never hit).
+func await[T any](t *testing.T, ch <-chan T, what string) T {
+	t.Helper()
+	select {
+	case v := <-ch:
+		return v
+	case <-time.After(waitBound):
+		t.Fatalf("never: %s", what)
+		panic("unreachable")
+	}
+}
+
 // noneOf fails when ch holds a value: a handler that must not have run.
 func noneOf(t *testing.T, ch <-chan string, what string) {
 	t.Helper()
@@ -355,482 +468,4 @@ func noneOf(t *testing.T, ch <-chan string, what string) {
 		t.Fatalf("%s: task %s ran", what, got)
 	default:
 	}
-}
-
-// A task enqueued by the client runs on a worker, and Wait returns its
-// result with the worker that ran it.
-func testEnqueueAndResult(t *testing.T, h Harness) {
-	d := open(t, h)
-	type addArgs struct{ A, B int }
-	stem.Register(d.reg, "add", func(tc *stem.TaskContext, a addArgs) (any, error) {
-		if tc.TaskID() == "" || tc.Attempt() != 0 {
-			return nil, errors.New("bad task context")
-		}
-		return a.A + a.B, nil
-	}, stem.TaskOptions{})
-	d.startWorker(stem.WorkerConfig{ID: "w1"})
-	id, err := d.client.Enqueue(context.Background(), "add", addArgs{2, 3}, stem.EnqueueOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	res := d.wait(id)
-	if res.State != stemtype.StateSucceeded || string(res.Result) != "5" || res.Error != nil || res.WorkerID != "w1" {
-		t.Fatalf("got %+v", res)
-	}
-}
-
-// A task that fails twice is retried and succeeds on its third attempt,
-// which the result counts.
-func testRetryThenSucceed(t *testing.T, h Harness) {
-	d := open(t, h)
-	attempts := make(chan int, 8)
-	d.reg.MustAdd(stem.Task{Name: "flaky", Options: stem.TaskOptions{MaxRetries: 5,
-		RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond, Max: 10 * time.Millisecond}},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			attempts <- tc.Attempt()
-			if tc.Attempt() < 2 {
-				return nil, errors.New("not yet")
-			}
-			return "ok", nil
-		}})
-	_, stop := d.startWorker(stem.WorkerConfig{})
-	res := d.wait(d.enqueue("flaky", stem.EnqueueOptions{}))
-	stop()
-	close(attempts)
-	var got []int
-	for a := range attempts {
-		got = append(got, a)
-	}
-	if res.State != stemtype.StateSucceeded || string(res.Result) != `"ok"` || res.Attempt != 2 {
-		t.Fatalf("got %+v", res)
-	}
-	if !slices.Equal(got, []int{0, 1, 2}) {
-		t.Fatalf("attempts %v, want [0 1 2]", got)
-	}
-	if n := d.depth(stemtype.DefaultQueue); n != 0 {
-		t.Fatalf("queue depth %d after success, want 0", n)
-	}
-}
-
-// A task revoked while it waits in the queue behind a busy worker never
-// starts: it is cancelled with the revoke's metadata, and the worker goes
-// on with the tasks after it.
-func testRevokeQueuedTask(t *testing.T, h Harness) {
-	d := open(t, h)
-	gate := make(chan struct{})
-	started := make(chan string, 4)
-	d.reg.MustAdd(stem.Task{Name: "block", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		started <- tc.TaskID()
-		<-gate
-		return nil, nil
-	}})
-	victimRan := make(chan string, 1)
-	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		victimRan <- tc.TaskID()
-		return nil, nil
-	}})
-	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1})
-	release := sync.OnceFunc(func() { close(gate) })
-	t.Cleanup(release) // before the worker stops, should the case fail
-	blocker := d.enqueue("block", stem.EnqueueOptions{})
-	if got := <-started; got != blocker {
-		t.Fatalf("started %s, want the blocker %s", got, blocker)
-	}
-	victim := d.enqueue("victim", stem.EnqueueOptions{})
-	res, err := d.ctl.RevokeTasks(context.Background(), target(),
-		stem.RevokeOptions{TaskIDs: []string{victim}, Reason: "bad data", RequestedBy: "ops"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if len(res.Unknown) != 0 {
-		t.Fatalf("revoke reports the enqueued task unknown: %+v", res)
-	}
-	checkRevokeMeta(t, d.wait(victim), "bad data", "ops")
-	release()
-	after := d.enqueue("block", stem.EnqueueOptions{})
-	if got := <-started; got != after {
-		t.Fatalf("started %s, want %s", got, after)
-	}
-	if r := d.wait(after); r.State != stemtype.StateSucceeded {
-		t.Fatalf("the task after the revoked one: %+v", r)
-	}
-	stop()
-	noneOf(t, victimRan, "revoked while queued")
-	checkRevokeMeta(t, d.wait(victim), "bad data", "ops")
-	if n := d.depth(stemtype.DefaultQueue); n != 0 {
-		t.Fatalf("queue depth %d, want 0: the revoked task is acknowledged", n)
-	}
-}
-
-// A revoke issued while no worker is up is stored, marks the task
-// cancelled at once, and a worker started afterwards loads it and never
-// runs the task.
-func testRevokeBeforeWorkerStarts(t *testing.T, h Harness) {
-	d := open(t, h)
-	ran := make(chan string, 4)
-	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		ran <- tc.TaskID()
-		return nil, nil
-	}})
-	done := make(chan string, 1)
-	d.reg.MustAdd(stem.Task{Name: "marker", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		done <- tc.TaskID()
-		return nil, nil
-	}})
-	victim := d.enqueue("victim", stem.EnqueueOptions{})
-	res, err := d.ctl.RevokeTasks(context.Background(), target(),
-		stem.RevokeOptions{TaskIDs: []string{victim}, Reason: "stale", RequestedBy: "cron"})
-	if err != nil || res.MarkErr != nil {
-		t.Fatalf("revoke: %v, mark: %v", err, res.MarkErr)
-	}
-	if res.Replies == nil || res.Replies.Live == nil || len(res.Replies.Live) != 0 {
-		t.Fatalf("revoke with no worker up: replies %+v, want no live worker", res.Replies)
-	}
-	got, err := d.roles.Results.Get(context.Background(), victim)
-	if err != nil {
-		t.Fatal(err)
-	}
-	checkRevokeMeta(t, got, "stale", "cron")
-	_, stop := d.startWorker(stem.WorkerConfig{ID: "late", Concurrency: 1})
-	marker := d.enqueue("marker", stem.EnqueueOptions{})
-	if id := <-done; id != marker {
-		t.Fatalf("marker ran as %s, want %s", id, marker)
-	}
-	d.wait(marker)
-	stop()
-	// Acknowledged, not released at shutdown: the worker met the victim
-	// (ahead of the marker in the queue) and disposed of it unrun.
-	if n := d.depth(stemtype.DefaultQueue); n != 0 {
-		t.Fatalf("queue depth %d, want 0: the revoked task is acknowledged", n)
-	}
-	noneOf(t, ran, "revoked before the worker started")
-	checkRevokeMeta(t, d.wait(victim), "stale", "cron")
-}
-
-// A terminate of a running inline task cancels its context with cause
-// ErrTaskRevoked, its checkpoint (Heartbeat) returns an error matching
-// ErrTaskRevoked, and it ends cancelled without a retry, whatever the
-// handler returns.
-func testTerminateInline(t *testing.T, h Harness) {
-	d := open(t, h)
-	started := make(chan struct{})
-	var runs atomic.Int32
-	type seen struct{ heartbeat, cause error }
-	saw := make(chan seen, 1)
-	d.reg.MustAdd(stem.Task{Name: "loop", Options: stem.TaskOptions{MaxRetries: 5,
-		RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}}, // a retry would wait in the queue
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if runs.Add(1) == 1 {
-				close(started)
-			}
-			<-tc.Done()
-			saw <- seen{heartbeat: tc.Heartbeat(), cause: context.Cause(tc)}
-			return "ignored result", nil
-		}})
-	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1"})
-	id := d.enqueue("loop", stem.EnqueueOptions{})
-	<-started
-	d.waitState(id, stemtype.StateStarted)
-	res, err := d.ctl.RevokeTasks(context.Background(), target("w1"),
-		stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, Reason: "runaway", RequestedBy: "ops"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rr stemtype.RevokeReply
-	if reps := res.Replies.Replies; len(reps) != 1 || json.Unmarshal(reps[0].Payload, &rr) != nil ||
-		!slices.Equal(rr.Inflight, []string{id}) {
-		t.Fatalf("revoke replies %+v", res.Replies)
-	}
-	s := <-saw
-	if !errors.Is(s.heartbeat, stem.ErrTaskRevoked) || !errors.Is(s.cause, stem.ErrTaskRevoked) {
-		t.Fatalf("heartbeat returned %v, context cause %v; want both to match ErrTaskRevoked", s.heartbeat, s.cause)
-	}
-	checkRevokeMeta(t, d.wait(id), "runaway", "ops")
-	stop() // every outcome of the worker is settled once Run returned
-	if n := runs.Load(); n != 1 {
-		t.Fatalf("ran %d times, want 1", n)
-	}
-	if n := d.depth(stemtype.DefaultQueue); n != 0 {
-		t.Fatalf("queue depth %d after terminate, want 0 (no retry)", n)
-	}
-	checkRevokeMeta(t, d.wait(id), "runaway", "ops")
-}
-
-// A terminate with a kill-after of a running isolated task that ignores
-// its context and never checkpoints kills its child once the grace period
-// is over: the task ends cancelled with the revoke's metadata, after one
-// run and without a retry, and the pool replaces the killed child, so the
-// next isolated task runs in a fresh one.
-func testTerminateIsolatedKillAfter(t *testing.T, h Harness) {
-	d := open(t, h)
-	// Children built with the race detector would sleep a second at exit.
-	gorace := strings.TrimSpace(os.Getenv("GORACE") + " atexit_sleep_ms=0")
-	pool, err := isolated.NewPool(isolated.PoolConfig{Registry: d.reg, Size: 1, Logger: quiet(),
-		Env: []string{"GORACE=" + gorace}, StartTimeout: waitBound})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = pool.Close() }) // after the worker's Run returned
-	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1, Executor: pool})
-	id := d.enqueue(taskSpinIsolated, stem.EnqueueOptions{})
-	// The progress report says the task runs in its child: from there on
-	// only a kill stops it.
-	var spinner pidData
-	d.waitFor("the isolated task reports its pid", func(ctx context.Context) bool {
-		r, err := d.roles.Results.Get(ctx, id)
-		return err == nil && r.State == stemtype.StateStarted && r.Progress != nil &&
-			json.Unmarshal(r.Progress.Data, &spinner) == nil && spinner.PID > 0
-	})
-	res, err := d.ctl.RevokeTasks(context.Background(), target("w1"), stem.RevokeOptions{TaskIDs: []string{id},
-		Terminate: true, KillAfter: 200 * time.Millisecond, Reason: "runaway", RequestedBy: "ops"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rr stemtype.RevokeReply
-	if reps := res.Replies.Replies; len(reps) != 1 || json.Unmarshal(reps[0].Payload, &rr) != nil ||
-		!slices.Equal(rr.Inflight, []string{id}) {
-		t.Fatalf("revoke replies %+v", res.Replies)
-	}
-	final := d.wait(id)
-	checkRevokeMeta(t, final, "runaway", "ops")
-	if final.Attempt != 0 || final.WorkerID != "w1" {
-		t.Fatalf("result %+v, want the first attempt, on w1", final)
-	}
-	next := d.wait(d.enqueue(taskPIDIsolated, stem.EnqueueOptions{}))
-	var fresh pidData
-	if next.State != stemtype.StateSucceeded || json.Unmarshal(next.Result, &fresh) != nil ||
-		fresh.PID <= 0 || fresh.PID == spinner.PID {
-		t.Fatalf("the next isolated task: %+v, want it to succeed in a child other than the killed %d", next, spinner.PID)
-	}
-	if s := pool.Stats(); s.Started != 2 || s.Live != 1 {
-		t.Fatalf("pool %+v, want two children started (the killed one replaced) and one alive", s)
-	}
-	s, err := d.ctl.Stats(context.Background(), target("w1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var st stemtype.StatsReply
-	if len(s.Replies) != 1 || json.Unmarshal(s.Replies[0].Payload, &st) != nil ||
-		st.Processed != 2 || st.Cancelled != 1 || st.Succeeded != 1 || st.Failed != 0 || st.Retried != 0 {
-		t.Fatalf("stats of w1: %+v (%+v), want two tasks processed: one cancelled, one succeeded, no retry", s, st)
-	}
-	stop() // every outcome of the worker is settled once Run returned
-	if n := d.depth(stemtype.DefaultQueue); n != 0 {
-		t.Fatalf("queue depth %d after the kill, want 0 (no retry)", n)
-	}
-	checkRevokeMeta(t, d.wait(id), "runaway", "ops")
-}
-
-// A broadcast command reaches each of three workers, and each answers.
-func testBroadcastReachesEveryWorker(t *testing.T, h Harness) {
-	d := open(t, h)
-	ids := []string{"w1", "w2", "w3"}
-	for _, id := range ids {
-		d.startWorker(stem.WorkerConfig{ID: id})
-	}
-	ctx := context.Background()
-	r, err := d.ctl.Ping(ctx, target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := replyIDs(r); !slices.Equal(got, ids) || len(r.Missing) != 0 || !slices.Equal(r.Live, ids) {
-		t.Fatalf("broadcast ping: replies from %v, missing %v, live %v; want each of %v", got, r.Missing, r.Live, ids)
-	}
-	if errs := r.Errors(); len(errs) != 0 {
-		t.Fatalf("error replies %+v", errs)
-	}
-	s, err := d.ctl.Stats(ctx, target())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := replyIDs(s); !slices.Equal(got, ids) {
-		t.Fatalf("broadcast stats: replies from %v, want %v", got, ids)
-	}
-	for _, rep := range s.Replies {
-		var st stemtype.StatsReply
-		if err := json.Unmarshal(rep.Payload, &st); err != nil || st.Namespace != d.ns {
-			t.Fatalf("stats of %s: %+v %v", rep.WorkerID, st, err)
-		}
-	}
-}
-
-// A command addressed to one worker of three is answered by that worker
-// alone; a named worker that is not live is reported missing at once.
-func testTargetedCommand(t *testing.T, h Harness) {
-	d := open(t, h)
-	for _, id := range []string{"w1", "w2", "w3"} {
-		d.startWorker(stem.WorkerConfig{ID: id})
-	}
-	ctx := context.Background()
-	r, err := d.ctl.Ping(ctx, target("w2"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := replyIDs(r); !slices.Equal(got, []string{"w2"}) || len(r.Missing) != 0 {
-		t.Fatalf("ping to w2: replies from %v, missing %v", got, r.Missing)
-	}
-	i, err := d.ctl.Inspect(ctx, target("w3"), false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := replyIDs(i); !slices.Equal(got, []string{"w3"}) || i.Replies[0].Status != stemtype.ReplyOK {
-		t.Fatalf("inspect of w3: replies %+v", i.Replies)
-	}
-	g, err := d.ctl.Ping(ctx, target("w1", "ghost"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := replyIDs(g); !slices.Equal(got, []string{"w1"}) || !slices.Equal(g.Missing, []string{"ghost"}) ||
-		!slices.Equal(g.NotLive, []string{"ghost"}) {
-		t.Fatalf("ping to w1 and ghost: replies from %v, missing %v, not live %v", got, g.Missing, g.NotLive)
-	}
-}
-
-// A worker that dies holding a task (here: a consumer that claims it with
-// a short lease, then neither renews, acknowledges nor releases it, which
-// is all a dead worker leaves behind) loses it once its lease expires:
-// another worker finishes the work, and the dead one's late
-// acknowledgement is refused.
-func testDeadWorkerLeaseExpires(t *testing.T, h Harness) {
-	d := open(t, h)
-	ran := make(chan string, 2)
-	d.reg.MustAdd(stem.Task{Name: "work", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		ran <- tc.TaskID()
-		return "done", nil
-	}})
-	id := d.enqueue("work", stem.EnqueueOptions{})
-	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
-	defer cancel()
-	ds, err := d.roles.Broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{stemtype.DefaultQueue},
-		Consumer: "dead", Max: 1, Lease: h.Capabilities.ShortLease, Wait: waitBound})
-	if err != nil || len(ds) != 1 || ds[0].Envelope == nil || ds[0].Envelope.ID != id {
-		t.Fatalf("the dead worker's claim: %+v %v", ds, err)
-	}
-	d.startWorker(stem.WorkerConfig{ID: "alive"})
-	res := d.wait(id)
-	if res.State != stemtype.StateSucceeded || string(res.Result) != `"done"` || res.WorkerID != "alive" {
-		t.Fatalf("got %+v", res)
-	}
-	if got := <-ran; got != id {
-		t.Fatalf("ran %s, want %s", got, id)
-	}
-	if err := d.roles.Broker.Ack(ctx, ds[0]); !errors.Is(err, stemdriver.ErrLeaseLost) {
-		t.Fatalf("the dead worker's late ack: %v, want ErrLeaseLost", err)
-	}
-}
-
-// A worker shutting down warmly releases at once a task it claimed and has
-// not started, so another worker runs it while the first still lets its
-// running task finish.
-func testWarmShutdownReleasesUnstarted(t *testing.T, h Harness) {
-	d := open(t, h)
-	gate := make(chan struct{})
-	blockStarted := make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "block", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		close(blockStarted)
-		<-gate
-		return "finished", nil
-	}})
-	ranOn := make(chan string, 2)
-	d.reg.MustAdd(stem.Task{Name: "next", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		ranOn <- tc.TaskID()
-		return nil, nil
-	}})
-	// The first worker's lease outlasts the whole test: only a release
-	// lets another worker claim what it holds.
-	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1,
-		Lease: 10 * time.Minute, ShutdownTimeout: 10 * time.Minute})
-	release := sync.OnceFunc(func() { close(gate) })
-	t.Cleanup(release) // before the worker stops, should the case fail
-	blocker := d.enqueue("block", stem.EnqueueOptions{})
-	<-blockStarted
-	next := d.enqueue("next", stem.EnqueueOptions{})
-	d.waitDepth(stemtype.DefaultQueue, 0) // w1 holds next in its prefetch
-	stopped := make(chan struct{})
-	go func() { stop1(); close(stopped) }()
-	t.Cleanup(func() { release(); <-stopped }) // w1's Run has returned when the case ends
-	d.startWorker(stem.WorkerConfig{ID: "w2"})
-	res := d.wait(next)
-	if res.State != stemtype.StateSucceeded || res.WorkerID != "w2" || res.Attempt != 0 {
-		t.Fatalf("the task released at shutdown: %+v", res)
-	}
-	release()
-	<-stopped
-	if r := d.wait(blocker); r.State != stemtype.StateSucceeded || r.WorkerID != "w1" || string(r.Result) != `"finished"` {
-		t.Fatalf("the task running at shutdown: %+v", r)
-	}
-	if got := <-ranOn; got != next {
-		t.Fatalf("ran %s, want %s", got, next)
-	}
-	noneOf(t, ranOn, "the released task ran twice")
-}
-
-// Two namespaces on one backend share nothing: worker ids, tasks, revokes
-// and broadcasts of one never reach the other.
-func testNamespaceIsolation(t *testing.T, h Harness) {
-	a, b := open(t, h), open(t, h)
-	ran := make(chan string, 8) // "<namespace>/<task id>"
-	for _, d := range []*deployment{a, b} {
-		d.reg.MustAdd(stem.Task{Name: "probe", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			ran <- d.ns + "/" + tc.TaskID()
-			return d.ns, nil
-		}})
-		// The same worker id in both: a live id of one namespace does not
-		// stop a worker of the other from starting.
-		d.startWorker(stem.WorkerConfig{ID: "w"})
-	}
-	ctx := context.Background()
-	for _, d := range []*deployment{a, b} {
-		id := d.enqueue("probe", stem.EnqueueOptions{})
-		if res := d.wait(id); res.State != stemtype.StateSucceeded || string(res.Result) != `"`+d.ns+`"` {
-			t.Fatalf("task of %s: %+v", d.ns, res)
-		}
-		if got := <-ran; got != d.ns+"/"+id {
-			t.Fatalf("task %s of %s ran as %s", id, d.ns, got)
-		}
-		s, err := d.ctl.Stats(ctx, target())
-		if err != nil {
-			t.Fatal(err)
-		}
-		var st stemtype.StatsReply
-		if len(s.Replies) != 1 || json.Unmarshal(s.Replies[0].Payload, &st) != nil || st.Namespace != d.ns ||
-			!slices.Equal(s.Live, []string{"w"}) {
-			t.Fatalf("broadcast stats in %s: %+v (%+v)", d.ns, s, st)
-		}
-	}
-	// A revoke in a of an id that b then uses: b's task runs.
-	shared := stem.NewTaskID()
-	if _, err := a.ctl.RevokeTasks(ctx, target(), stem.RevokeOptions{TaskIDs: []string{shared}, Reason: "only in a"}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := b.client.Enqueue(ctx, "probe", nil, stem.EnqueueOptions{ID: shared}); err != nil {
-		t.Fatal(err)
-	}
-	if res := b.wait(shared); res.State != stemtype.StateSucceeded {
-		t.Fatalf("task %s of %s, revoked in %s only: %+v", shared, b.ns, a.ns, res)
-	}
-	if got := <-ran; got != b.ns+"/"+shared {
-		t.Fatalf("ran %s, want %s/%s", got, b.ns, shared)
-	}
-	if r, err := a.roles.Results.Get(ctx, shared); err == nil {
-		t.Fatalf("a's result backend holds b's task: %+v", r)
-	}
-	for _, c := range []struct {
-		d    *deployment
-		want int
-	}{{a, 1}, {b, 0}} {
-		recs, err := c.d.roles.Revokes.List(ctx, c.d.ns)
-		if err != nil || len(recs) != c.want {
-			t.Fatalf("revoke store of %s: %+v %v, want %d record(s)", c.d.ns, recs, err, c.want)
-		}
-		i, err := c.d.ctl.InspectWith(ctx, target(), stemtype.InspectRequest{IncludeRevoked: true})
-		if err != nil {
-			t.Fatal(err)
-		}
-		var ir stemtype.InspectReply
-		if len(i.Replies) != 1 || json.Unmarshal(i.Replies[0].Payload, &ir) != nil || ir.RevokedTotal != c.want {
-			t.Fatalf("inspect in %s: %+v (%+v), want %d revoke(s) held", c.d.ns, i, ir, c.want)
-		}
-	}
-	noneOf(t, ran, "after every task was accounted for")
 }

@@ -1,4 +1,4 @@
-package stem_test
+package systemtest
 
 import (
 	"context"
@@ -33,13 +33,13 @@ func (b *partialPublish) Publish(ctx context.Context, envs ...*stemtype.Envelope
 // an *EnqueueError saying it cannot tell which were published; a retry
 // with the same ids completes the batch, and every task ends succeeded
 // under its first id.
-func TestEnqueueBatchPartialPublishReturnsIDs(t *testing.T) {
-	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "job", Run: func(tc *stem.TaskContext, a stem.Args) (any, error) {
+func testEnqueueBatchPartialPublishReturnsIDs(t *testing.T, h Harness) {
+	d := open(t, h)
+	d.reg.MustAdd(stem.Task{Name: "job", Run: func(tc *stem.TaskContext, a stem.Args) (any, error) {
 		return tc.TaskID(), nil
 	}})
-	b := &partialPublish{Broker: e.broker, fail: true}
-	client, err := stem.NewClient(stem.ClientConfig{Broker: b, Results: e.results, Registry: e.reg})
+	b := &partialPublish{Broker: d.roles.Broker, fail: true}
+	client, err := stem.NewClient(stem.ClientConfig{Broker: b, Results: d.roles.Results, Registry: d.reg, Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +62,7 @@ func TestEnqueueBatchPartialPublishReturnsIDs(t *testing.T) {
 	if _, err := client.Enqueue(ctx, "job", nil, stem.EnqueueOptions{}); !errors.As(err, &ee) || len(ee.IDs) != 1 || ee.IDs[0] == "" {
 		t.Fatalf("Enqueue error = %v, want an *EnqueueError with the id", err)
 	}
-	if n, _ := e.broker.Depth(ctx, "default"); n != 2 {
+	if n := d.depth(stemtype.DefaultQueue); n != 2 {
 		t.Fatalf("depth %d, want the first task of each call stored", n)
 	}
 
@@ -74,12 +74,12 @@ func TestEnqueueBatchPartialPublishReturnsIDs(t *testing.T) {
 	if err != nil {
 		t.Fatalf("retry with the same ids: %v", err)
 	}
-	e.startWorker(stem.WorkerConfig{})
+	d.startWorker(stem.WorkerConfig{})
 	for i, id := range ids {
 		if again[i] != id {
 			t.Fatalf("retry assigned %v, want %v", again, ids)
 		}
-		if r := e.wait(id); r.State != stemtype.StateSucceeded || string(r.Result) != `"`+id+`"` {
+		if r := d.wait(id); r.State != stemtype.StateSucceeded || string(r.Result) != `"`+id+`"` {
 			t.Fatalf("task %s: %+v", id, r)
 		}
 	}
@@ -94,9 +94,10 @@ func (failingPending) Put(context.Context, ...*stemtype.TaskResult) error {
 
 // When the pending states cannot be recorded nothing is published, and
 // the error says so for each id.
-func TestEnqueueBatchPendingFailurePublishesNothing(t *testing.T) {
-	e := newEnv(t)
-	client, err := stem.NewClient(stem.ClientConfig{Broker: e.broker, Results: failingPending{e.results}})
+func testEnqueueBatchPendingFailurePublishesNothing(t *testing.T, h Harness) {
+	d := open(t, h)
+	client, err := stem.NewClient(stem.ClientConfig{Broker: d.roles.Broker, Results: failingPending{d.roles.Results},
+		Logger: quiet()})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +106,7 @@ func TestEnqueueBatchPendingFailurePublishesNothing(t *testing.T) {
 	if !errors.As(err, &ee) || len(ids) != 2 || len(ee.Published) != 2 || ee.Published[0] || ee.Published[1] {
 		t.Fatalf("ids %v, error %v; want 2 ids, none published", ids, err)
 	}
-	if n, _ := e.broker.Depth(context.Background(), "default"); n != 0 {
+	if n := d.depth(stemtype.DefaultQueue); n != 0 {
 		t.Fatalf("depth %d, want nothing published", n)
 	}
 }

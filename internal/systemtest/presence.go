@@ -1,4 +1,4 @@
-package stem_test
+package systemtest
 
 import (
 	"context"
@@ -16,20 +16,17 @@ import (
 
 // A second worker with the id of a live one refuses to start, naming the
 // live worker's host and pid; the first keeps working and stays listed.
-func TestWorkerRefusesLiveID(t *testing.T) {
-	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
-	e.startWorker(stem.WorkerConfig{ID: "dup"})
+func testWorkerRefusesLiveID(t *testing.T, h Harness) {
+	d := open(t, h)
+	d.reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
+	d.startWorker(stem.WorkerConfig{ID: "dup"})
 
-	second, err := stem.NewWorker(stem.WorkerConfig{ID: "dup", Namespace: e.ns, Registry: e.reg, Broker: e.broker,
-		Results: e.results, Revokes: e.revokes, Control: e.control, Logger: quiet(), ClaimWait: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	second := d.newWorker(stem.WorkerConfig{ID: "dup"})
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- second.Run(ctx) }()
+	var err error
 	select {
 	case err = <-done:
 	case <-second.Ready():
@@ -49,15 +46,15 @@ func TestWorkerRefusesLiveID(t *testing.T) {
 
 	// The first worker is still announced (the refused one withdrew
 	// nothing), answers alone and runs tasks.
-	ws, err := e.control.Workers(ctx)
+	ws, err := d.roles.Control.Workers(ctx)
 	if err != nil || len(ws) != 1 || ws[0].ID != "dup" {
 		t.Fatalf("workers after the refusal: %+v (%v), want the first dup", ws, err)
 	}
-	r, err := e.controller().Ping(ctx, stem.Target{Workers: []string{"dup"}, Timeout: 5 * time.Second})
+	r, err := d.ctl.Ping(ctx, target("dup"))
 	if err != nil || len(r.Replies) != 1 || len(r.Missing) != 0 {
 		t.Fatalf("ping dup after the refusal: %+v (%v)", r, err)
 	}
-	if res := e.wait(e.enqueue("echo", nil, stem.EnqueueOptions{})); res.State != stemtype.StateSucceeded {
+	if res := d.wait(d.enqueue("echo", stem.EnqueueOptions{})); res.State != stemtype.StateSucceeded {
 		t.Fatalf("task after the refusal: %+v", res)
 	}
 }
@@ -66,15 +63,10 @@ func TestWorkerRefusesLiveID(t *testing.T) {
 // own presence lapsed, as in a pause or a partition longer than its ttl)
 // shuts down warmly, and Run returns an error matching ErrWorkerIDTaken:
 // two workers never keep answering to one id.
-func TestWorkerStopsWhenIDTakenWhileRunning(t *testing.T) {
-	e := newEnv(t)
-	w, err := stem.NewWorker(stem.WorkerConfig{ID: "dup", Namespace: e.ns, Registry: e.reg, Broker: e.broker,
-		Results: e.results, Revokes: e.revokes, Control: e.control, Logger: quiet(),
-		ClaimWait: 50 * time.Millisecond, PresenceInterval: 10 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func testWorkerStopsWhenIDTakenWhileRunning(t *testing.T, h Harness) {
+	d := open(t, h)
+	w := d.newWorker(stem.WorkerConfig{ID: "dup", PresenceInterval: 10 * time.Millisecond})
+	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
@@ -83,15 +75,21 @@ func TestWorkerStopsWhenIDTakenWhileRunning(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("Run: %v", err)
 	}
-	ws, err := e.control.Workers(ctx)
+	ws, err := d.roles.Control.Workers(ctx)
 	if err != nil || len(ws) != 1 {
+		cancel()
+		<-done
 		t.Fatalf("workers: %+v (%v)", ws, err)
 	}
-	if err := e.control.Withdraw(ctx, "dup", ws[0].Instance); err != nil {
+	if err := d.roles.Control.Withdraw(ctx, "dup", ws[0].Instance); err != nil {
+		cancel()
+		<-done
 		t.Fatal(err)
 	}
-	intruder := stemtype.WorkerInfo{ID: "dup", Host: "elsewhere", PID: 7, Instance: "intruder"}
-	if err := e.control.Announce(ctx, intruder, time.Minute); err != nil {
+	intruder := stemtype.WorkerInfo{ID: "dup", Namespace: d.ns, Host: "elsewhere", PID: 7, Instance: "intruder"}
+	if err := d.roles.Control.Announce(ctx, intruder, time.Minute); err != nil {
+		cancel()
+		<-done
 		t.Fatal(err)
 	}
 	select {
@@ -100,11 +98,12 @@ func TestWorkerStopsWhenIDTakenWhileRunning(t *testing.T) {
 			t.Fatalf("Run = %v, want an error matching ErrWorkerIDTaken naming the other instance", err)
 		}
 	case <-ctx.Done():
+		<-done
 		t.Fatal("the worker kept running after another instance took its id")
 	}
 	// The other instance keeps the id: the stopping worker withdrew only
 	// its own entry.
-	ws, err = e.control.Workers(context.Background())
+	ws, err = d.roles.Control.Workers(context.Background())
 	if err != nil || len(ws) != 1 || ws[0].Instance != "intruder" {
 		t.Fatalf("workers after the stop: %+v (%v), want the intruder alone", ws, err)
 	}

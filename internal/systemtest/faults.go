@@ -1,4 +1,4 @@
-package stem_test
+package systemtest
 
 import (
 	"context"
@@ -15,8 +15,29 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// Fault-injecting wrappers around the real in-memory drivers: each test
-// changes one behaviour of a driver and checks the worker stays correct.
+// Fault-injecting wrappers around the backend's real drivers: each case
+// changes one behaviour of one driver (an outage, a lost lease, a hung
+// call) and checks that the worker stays correct over the rest of the
+// backend.
+
+// waitNotRunning waits until every live worker of the deployment holds no
+// task (stats inflight 0), asking through the control plane.
+func (d *deployment) waitNotRunning() {
+	d.t.Helper()
+	d.waitFor("the workers hold no task", func(ctx context.Context) bool {
+		r, err := d.ctl.Stats(ctx, stem.Target{Timeout: time.Second})
+		if err != nil || len(r.Replies) == 0 {
+			return false
+		}
+		for _, rep := range r.Replies {
+			var st stemtype.StatsReply
+			if json.Unmarshal(rep.Payload, &st) != nil || st.Inflight != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
 
 // downResults fails every Put while down is set: a result backend outage.
 type downResults struct {
@@ -33,23 +54,23 @@ func (f *downResults) Put(ctx context.Context, rs ...*stemtype.TaskResult) error
 
 // A task whose result cannot be written is never acknowledged: when the
 // worker stops, the delivery is left to its lease and comes back.
-func TestOutcomeThatCannotBeRecordedIsNotAcknowledged(t *testing.T) {
-	e := newEnv(t)
+func testOutcomeThatCannotBeRecordedIsNotAcknowledged(t *testing.T, h Harness) {
+	d := open(t, h)
 	ran := make(chan struct{}, 1)
-	e.reg.MustAdd(stem.Task{Name: "job", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	d.reg.MustAdd(stem.Task{Name: "job", Run: func(*stem.TaskContext, stem.Args) (any, error) {
 		ran <- struct{}{}
 		return "ok", nil
 	}})
-	id := e.enqueue("job", nil, stem.EnqueueOptions{})
-	res := &downResults{ResultBackend: e.results}
+	id := d.enqueue("job", stem.EnqueueOptions{})
+	res := &downResults{ResultBackend: d.roles.Results}
 	res.down.Store(true)
-	e.results = res
-	_, stop := e.startWorker(stem.WorkerConfig{Lease: 200 * time.Millisecond, ShutdownTimeout: 100 * time.Millisecond})
-	<-ran
+	_, stop := d.startWorker(stem.WorkerConfig{Results: res, Lease: 2 * h.Capabilities.ShortLease,
+		ShutdownTimeout: 100 * time.Millisecond})
+	await(t, ran, "the task runs")
 	stop()
-	ds, err := e.broker.Claim(context.Background(), stemdriver.ClaimRequest{Queues: []string{"default"},
-		Consumer: "next", Max: 1, Lease: time.Second, Wait: 10 * time.Second})
-	if err != nil || len(ds) != 1 || ds[0].Envelope.ID != id {
+	ds, err := d.roles.Broker.Claim(context.Background(), stemdriver.ClaimRequest{Queues: []string{stemtype.DefaultQueue},
+		Consumer: "next", Max: 1, Lease: time.Second, Wait: waitBound})
+	if err != nil || len(ds) != 1 || ds[0].Envelope == nil || ds[0].Envelope.ID != id {
 		t.Fatalf("the task whose outcome was not recorded did not come back: %v %v", ds, err)
 	}
 }
@@ -90,58 +111,39 @@ func (b *lossyBroker) ExtendLease(ctx context.Context, d stemdriver.Delivery, l 
 }
 
 // A claimed task whose lease is lost while it waits in prefetch is not
-// started: another worker owns it.
-func TestTaskLostInPrefetchIsNotStarted(t *testing.T) {
-	e := newEnv(t)
+// started: another worker owns it, and its outcome stays.
+func testTaskLostInPrefetchIsNotStarted(t *testing.T, h Harness) {
+	d := open(t, h)
 	release := make(chan struct{})
 	var quickRuns atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "slow", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	d.reg.MustAdd(stem.Task{Name: "slow", Run: func(*stem.TaskContext, stem.Args) (any, error) {
 		<-release
 		return nil, nil
 	}})
-	e.reg.MustAdd(stem.Task{Name: "quick", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	d.reg.MustAdd(stem.Task{Name: "quick", Run: func(*stem.TaskContext, stem.Args) (any, error) {
 		quickRuns.Add(1)
 		return nil, nil
 	}})
-	slowID := e.enqueue("slow", nil, stem.EnqueueOptions{})
-	quickID := e.enqueue("quick", nil, stem.EnqueueOptions{})
-	b := &lossyBroker{Broker: e.broker, results: e.results, lostID: quickID, lost: make(chan struct{})}
-	e.broker = b
-	e.startWorker(stem.WorkerConfig{Concurrency: 1, Prefetch: 1, Lease: 60 * time.Millisecond})
-	<-b.lost // the renewer handled the loss of quick's lease while slow runs
-	close(release)
-	if r := e.wait(slowID); r.State != stemtype.StateSucceeded {
+	slowID := d.enqueue("slow", stem.EnqueueOptions{})
+	quickID := d.enqueue("quick", stem.EnqueueOptions{})
+	b := &lossyBroker{Broker: d.roles.Broker, results: d.roles.Results, lostID: quickID, lost: make(chan struct{})}
+	d.startWorker(stem.WorkerConfig{Broker: b, Concurrency: 1, Prefetch: 1, Lease: h.Capabilities.ShortLease})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock) // before the worker stops, should the case fail
+	// The renewer handles the loss of quick's lease while slow runs.
+	await(t, b.lost, "the renewer meets the lost lease")
+	unblock()
+	if r := d.wait(slowID); r.State != stemtype.StateSucceeded {
 		t.Fatalf("slow: %+v", r)
 	}
-	e.waitNotRunning(t)
+	d.waitNotRunning()
 	if n := quickRuns.Load(); n != 0 {
 		t.Fatalf("a task whose lease was lost ran %d time(s)", n)
 	}
-	if r, _ := e.results.Get(context.Background(), quickID); r.State != stemtype.StateSucceeded || r.WorkerID != "other" {
-		t.Fatalf("the other worker's outcome was overwritten: %+v", r)
+	if r, err := d.roles.Results.Get(context.Background(), quickID); err != nil || r.State != stemtype.StateSucceeded ||
+		r.WorkerID != "other" {
+		t.Fatalf("the other worker's outcome was overwritten: %+v %v", r, err)
 	}
-}
-
-// waitNotRunning waits until the worker holds no task (stats inflight 0)
-// and its queue is settled, by asking through the control plane.
-func (e *env) waitNotRunning(t *testing.T) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
-		r, err := e.controller().Stats(context.Background(), stem.Target{Timeout: time.Second})
-		if err == nil && len(r.Replies) > 0 && !containsInflight(r) {
-			return
-		}
-	}
-	t.Fatal("the worker kept running tasks")
-}
-
-func containsInflight(r *stem.Replies) bool {
-	for _, rep := range r.Replies {
-		if len(rep.Payload) > 0 && !jsonHasZero(rep.Payload, "inflight") {
-			return true
-		}
-	}
-	return false
 }
 
 // revokeOnList revokes a task right after the worker's first List of the
@@ -159,32 +161,25 @@ func (s *revokeOnList) List(ctx context.Context, ns string) ([]stemtype.RevokeRe
 }
 
 // A revoke stored and published while a worker starts (after it read the
-// store) still reaches it.
-func TestRevokeDuringWorkerStartIsHonoured(t *testing.T) {
-	e := newEnv(t)
+// store) still reaches it: the task never runs and ends cancelled.
+func testRevokeDuringWorkerStartIsHonoured(t *testing.T, h Harness) {
+	d := open(t, h)
 	var ran atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
 		ran.Add(1)
 		return nil, nil
 	}})
-	id := e.enqueue("victim", nil, stem.EnqueueOptions{Countdown: 200 * time.Millisecond})
-	store := &revokeOnList{RevokeStore: e.revokes, revoke: func() {
-		if _, _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 50 * time.Millisecond},
+	id := d.enqueue("victim", stem.EnqueueOptions{Countdown: 200 * time.Millisecond})
+	store := &revokeOnList{RevokeStore: d.roles.Revokes, revoke: func() {
+		if _, _, err := d.ctl.Revoke(context.Background(), stem.Target{Timeout: 50 * time.Millisecond},
 			stem.RevokeOptions{TaskIDs: []string{id}, Reason: "during start"}); err != nil {
 			t.Error(err)
 		}
 	}}
-	e.startWorker(stem.WorkerConfig{Revokes: store})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if n, _ := e.broker.Depth(context.Background(), "default"); n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the task never left the queue")
-		}
-	}
-	e.waitNotRunning(t)
-	if r := e.wait(id); ran.Load() != 0 || r.State != stemtype.StateCancelled || r.Meta[stemtype.MetaRevokedReason] != "during start" {
+	d.startWorker(stem.WorkerConfig{Revokes: store})
+	d.waitDepth(stemtype.DefaultQueue, 0)
+	d.waitNotRunning()
+	if r := d.wait(id); ran.Load() != 0 || r.State != stemtype.StateCancelled || r.Meta[stemtype.MetaRevokedReason] != "during start" {
 		t.Fatalf("ran %d time(s), result %+v", ran.Load(), r)
 	}
 }
@@ -199,19 +194,18 @@ func (b stuckBroker) Retry(ctx context.Context, _ stemdriver.Delivery, _ *stemty
 
 // Shutdown is bounded even when the broker hangs on the last
 // acknowledgements: what cannot be settled is left to lease expiry.
-func TestShutdownIsBoundedWhenTheBrokerHangs(t *testing.T) {
-	e := newEnv(t)
+func testShutdownIsBoundedWhenTheBrokerHangs(t *testing.T, h Harness) {
+	d := open(t, h)
 	failed := make(chan struct{}, 8)
-	e.reg.MustAdd(stem.Task{Name: "fails", Options: stem.TaskOptions{MaxRetries: 3},
+	d.reg.MustAdd(stem.Task{Name: "fails", Options: stem.TaskOptions{MaxRetries: 3},
 		Run: func(*stem.TaskContext, stem.Args) (any, error) {
 			failed <- struct{}{}
 			return nil, errors.New("boom")
 		}})
 	for range 8 {
-		e.enqueue("fails", nil, stem.EnqueueOptions{})
+		d.enqueue("fails", stem.EnqueueOptions{})
 	}
-	e.broker = stuckBroker{e.broker}
-	_, stop := e.startWorker(stem.WorkerConfig{ShutdownTimeout: 100 * time.Millisecond})
+	_, stop := d.startWorker(stem.WorkerConfig{Broker: stuckBroker{d.roles.Broker}, ShutdownTimeout: 100 * time.Millisecond})
 	for range 8 {
 		<-failed
 	}
@@ -219,19 +213,9 @@ func TestShutdownIsBoundedWhenTheBrokerHangs(t *testing.T) {
 	go func() { stop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(time.Minute): // a liveness bound, far above the grace periods
+	case <-time.After(2 * waitBound): // a liveness bound, far above the grace periods
 		t.Fatal("Run did not return with the broker hanging on Retry")
 	}
-}
-
-// jsonHasZero reports whether the JSON object doc has field name equal to 0.
-func jsonHasZero(doc []byte, name string) bool {
-	var m map[string]any
-	if json.Unmarshal(doc, &m) != nil {
-		return false
-	}
-	v, ok := m[name].(float64)
-	return ok && v == 0
 }
 
 // perQueueReceipts numbers receipts per queue from 1, as a broker whose
@@ -242,8 +226,8 @@ type perQueueReceipts struct {
 	mu   sync.Mutex
 	next map[string]int
 	real map[string]string // queue + fake receipt -> the driver's receipt
-	// extended, if set, receives the queue of every delivery whose lease
-	// was extended.
+	// extended receives the queue of every delivery whose lease was
+	// extended, while it has room.
 	extended chan string
 }
 
@@ -273,10 +257,10 @@ func (b *perQueueReceipts) orig(ds ...stemdriver.Delivery) []stemdriver.Delivery
 
 func (b *perQueueReceipts) ExtendLease(ctx context.Context, d stemdriver.Delivery, l time.Duration) error {
 	err := b.Broker.ExtendLease(ctx, b.orig(d)[0], l)
-	if err == nil && b.extended != nil {
+	if err == nil {
 		select {
 		case b.extended <- d.Queue:
-		default: // the test has seen enough
+		default: // the case has seen enough
 		}
 	}
 	return err
@@ -297,15 +281,15 @@ func (b *perQueueReceipts) DeadLetter(ctx context.Context, d stemdriver.Delivery
 // Two tasks of different queues with the same receipt are both held and
 // renewed: the lease of each is extended again and again while it runs,
 // and each runs once. (The lease leaves the renewer scheduling slack: a
-// loaded -race run must not lapse it; the test waits for renewals, not
+// loaded -race run must not lapse it; the case waits for renewals, not
 // for lease periods to pass.)
-func TestSameReceiptInTwoQueues(t *testing.T) {
-	e := newEnv(t)
+func testSameReceiptInTwoQueues(t *testing.T, h Harness) {
+	d := open(t, h)
 	release := make(chan struct{})
 	started := make(chan struct{}, 2)
 	runs := map[string]*atomic.Int32{"a": {}, "b": {}}
 	for _, q := range []string{"a", "b"} {
-		e.reg.MustAdd(stem.Task{Name: "long-" + q, Options: stem.TaskOptions{Queue: q},
+		d.reg.MustAdd(stem.Task{Name: "long-" + q, Options: stem.TaskOptions{Queue: q},
 			Run: func(*stem.TaskContext, stem.Args) (any, error) {
 				runs[q].Add(1)
 				started <- struct{}{}
@@ -313,18 +297,19 @@ func TestSameReceiptInTwoQueues(t *testing.T) {
 				return nil, nil
 			}})
 	}
-	ida := e.enqueue("long-a", nil, stem.EnqueueOptions{})
-	idb := e.enqueue("long-b", nil, stem.EnqueueOptions{})
-	broker := &perQueueReceipts{Broker: e.broker, next: map[string]int{}, real: map[string]string{},
+	ida := d.enqueue("long-a", stem.EnqueueOptions{})
+	idb := d.enqueue("long-b", stem.EnqueueOptions{})
+	broker := &perQueueReceipts{Broker: d.roles.Broker, next: map[string]int{}, real: map[string]string{},
 		extended: make(chan string, 16)}
-	e.broker = broker
-	e.startWorker(stem.WorkerConfig{Queues: []string{"a", "b"}, Concurrency: 2, Lease: time.Second})
-	<-started
-	<-started
+	d.startWorker(stem.WorkerConfig{Broker: broker, Queues: []string{"a", "b"}, Concurrency: 2, Lease: time.Second})
+	unblock := sync.OnceFunc(func() { close(release) })
+	t.Cleanup(unblock) // before the worker stops, should the case fail
+	await(t, started, "the first task starts")
+	await(t, started, "the second task starts")
 	// A delivery the worker forgot (held under the other's key) would never
 	// be extended again; a failure detector bounds the wait.
 	renewed := map[string]int{}
-	deadline := time.After(30 * time.Second)
+	deadline := time.After(waitBound)
 	for renewed["a"] < 2 || renewed["b"] < 2 {
 		select {
 		case q := <-broker.extended:
@@ -333,9 +318,9 @@ func TestSameReceiptInTwoQueues(t *testing.T) {
 			t.Fatalf("leases not renewed while the tasks run: %v", renewed)
 		}
 	}
-	close(release)
+	unblock()
 	for _, id := range []string{ida, idb} {
-		if r := e.wait(id); r.State != stemtype.StateSucceeded {
+		if r := d.wait(id); r.State != stemtype.StateSucceeded {
 			t.Fatalf("%s: %+v", id, r)
 		}
 	}
@@ -354,29 +339,62 @@ func (readOnlyRevokes) Prune(context.Context, string, time.Time) (int, error) {
 
 // A worker whose revoke store cannot be pruned still starts and honours
 // the revokes it reads.
-func TestWorkerStartsWhenRevokesCannotBePruned(t *testing.T) {
-	e := newEnv(t)
+func testWorkerStartsWhenRevokesCannotBePruned(t *testing.T, h Harness) {
+	d := open(t, h)
 	var ran atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
 		ran.Add(1)
 		return nil, nil
 	}})
-	id := e.enqueue("victim", nil, stem.EnqueueOptions{})
-	if _, _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond},
-		stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+	id := d.enqueue("victim", stem.EnqueueOptions{})
+	if _, _, err := d.ctl.Revoke(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 		t.Fatal(err)
 	}
-	e.startWorker(stem.WorkerConfig{Revokes: readOnlyRevokes{e.revokes}})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(5 * time.Millisecond) {
-		if n, _ := e.broker.Depth(context.Background(), "default"); n == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the task never left the queue")
-		}
-	}
-	e.waitNotRunning(t)
-	if r := e.wait(id); ran.Load() != 0 || r.State != stemtype.StateCancelled {
+	d.startWorker(stem.WorkerConfig{Revokes: readOnlyRevokes{d.roles.Revokes}})
+	d.waitDepth(stemtype.DefaultQueue, 0)
+	d.waitNotRunning()
+	if r := d.wait(id); ran.Load() != 0 || r.State != stemtype.StateCancelled {
 		t.Fatalf("ran %d time(s), result %+v", ran.Load(), r)
+	}
+}
+
+// hangingExtend's ExtendLease for a lease of a minute blocks until its
+// context ends, a broker that stopped answering, and reports the
+// context's cause.
+type hangingExtend struct {
+	stemdriver.Broker
+	causes chan error
+}
+
+func (b *hangingExtend) ExtendLease(ctx context.Context, d stemdriver.Delivery, l time.Duration) error {
+	if l == time.Minute {
+		<-ctx.Done()
+		select {
+		case b.causes <- context.Cause(ctx): // the first to end: the task's call
+		default: // the renewer's, at shutdown
+		}
+		return ctx.Err()
+	}
+	return b.Broker.ExtendLease(ctx, d, l)
+}
+
+// ExtendLease of an inline task is bounded by the task's context: once
+// the task is cancelled (here: its time limit) a call that reached the
+// worker ends with the task's cancellation cause instead of waiting for a
+// broker that does not answer.
+func testInlineExtendLeaseFollowsTaskContext(t *testing.T, h Harness) {
+	d := open(t, h)
+	d.reg.MustAdd(stem.Task{Name: "stuck-extend", Options: stem.TaskOptions{TimeLimit: 50 * time.Millisecond},
+		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+			return nil, tc.ExtendLease(time.Minute)
+		}})
+	b := &hangingExtend{Broker: d.roles.Broker, causes: make(chan error, 1)}
+	d.startWorker(stem.WorkerConfig{Broker: b, Lease: 30 * time.Second})
+	id := d.enqueue("stuck-extend", stem.EnqueueOptions{})
+	if cause := await(t, b.causes, "the stuck ExtendLease ends"); !errors.Is(cause, stem.ErrTimeLimit) {
+		t.Fatalf("the stuck ExtendLease ended with %v, want the task's cause %v", cause, stem.ErrTimeLimit)
+	}
+	if r := d.wait(id); r.State != stemtype.StateFailed || r.Error == nil || r.Error.Kind != "time_limit" {
+		t.Fatalf("got %+v", r)
 	}
 }
