@@ -161,7 +161,7 @@ func TestInspectRevokedOnlyWhenAskedAndLimited(t *testing.T) {
 	target := stem.Target{Workers: []string{"w1"}}
 	ids := []string{"r1", "r2", "r3", "r4", "r5"}
 	for _, id := range ids { // one call each: increasing versions
-		if _, _, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+		if _, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -174,14 +174,14 @@ func TestInspectRevokedOnlyWhenAskedAndLimited(t *testing.T) {
 	if slices.Contains(keys, "revoked") || p.RevokedTotal != 5 {
 		t.Errorf("inspect without payload: keys %v, total %d; want no revoked list and total 5", keys, p.RevokedTotal)
 	}
-	r, err := e.controller().InspectWith(ctx, target, stemtype.InspectRequest{})
+	r, err := e.controller().Inspect(ctx, target, stemtype.InspectRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p, keys = inspectOf(t, r); slices.Contains(keys, "revoked") || p.RevokedTotal != 5 {
 		t.Errorf("inspect not asking for revokes: keys %v, total %d", keys, p.RevokedTotal)
 	}
-	r, err = e.controller().InspectWith(ctx, target, stemtype.InspectRequest{IncludeRevoked: true, Limit: 2})
+	r, err = e.controller().Inspect(ctx, target, stemtype.InspectRequest{IncludeRevoked: true, Limit: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -193,14 +193,14 @@ func TestInspectRevokedOnlyWhenAskedAndLimited(t *testing.T) {
 	if !slices.Equal(got, []string{"r5", "r4"}) || p.RevokedTotal != 5 {
 		t.Errorf("inspect with limit 2: revoked %v of %d, want [r5 r4] of 5", got, p.RevokedTotal)
 	}
-	r, err = e.controller().Inspect(ctx, target, true)
+	r, err = e.controller().Inspect(ctx, target, stemtype.InspectRequest{IncludeRevoked: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p, _ = inspectOf(t, r); len(p.Revoked) != 5 || p.RevokedTotal != 5 {
 		t.Errorf("inspect with every revoke: %d of %d", len(p.Revoked), p.RevokedTotal)
 	}
-	if _, err := e.controller().InspectWith(ctx, target, stemtype.InspectRequest{Limit: -1}); err == nil {
+	if _, err := e.controller().Inspect(ctx, target, stemtype.InspectRequest{Limit: -1}); err == nil {
 		t.Error("InspectWith accepted a negative limit")
 	}
 	r, err = stem.ControllerSend(e.controller(), ctx, target, stemtype.CommandInspect, stemtype.InspectRequest{IncludeRevoked: true, Limit: -1})
@@ -220,7 +220,7 @@ func TestRevokeReportsUnknownIDs(t *testing.T) {
 	e.startWorker(stem.WorkerConfig{ID: "w1"})
 	known := e.enqueue("later", nil, stem.EnqueueOptions{Countdown: time.Hour})
 	ctx := context.Background()
-	res, err := e.controller().RevokeTasks(ctx, stem.Target{Workers: []string{"w1"}},
+	res, err := e.controller().Revoke(ctx, stem.Target{Workers: []string{"w1"}},
 		stem.RevokeOptions{TaskIDs: []string{known, "mistyped"}})
 	if err != nil {
 		t.Fatal(err)
@@ -243,7 +243,7 @@ func TestRevokeReportsUnknownIDs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err = c.RevokeTasks(ctx, stem.Target{Workers: []string{"w1"}}, stem.RevokeOptions{TaskIDs: []string{"x"}})
+	res, err = c.Revoke(ctx, stem.Target{Workers: []string{"w1"}}, stem.RevokeOptions{TaskIDs: []string{"x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,7 +312,7 @@ func TestRevokeReportsMarkCancelledErrors(t *testing.T) {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
-			res, err := c.RevokeTasks(ctx, stem.Target{Timeout: time.Hour}, stem.RevokeOptions{TaskIDs: []string{id}})
+			res, err := c.Revoke(ctx, stem.Target{Timeout: time.Hour}, stem.RevokeOptions{TaskIDs: []string{id}})
 			if err != nil {
 				t.Fatalf("the revoke failed: %v", err)
 			}
@@ -323,7 +323,7 @@ func TestRevokeReportsMarkCancelledErrors(t *testing.T) {
 				t.Errorf("revoke not stored: %v", recs)
 			}
 			// Revoke, which returns no such result, logs it.
-			if _, _, err := c.Revoke(ctx, stem.Target{Timeout: time.Hour}, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+			if _, err := c.Revoke(ctx, stem.Target{Timeout: time.Hour}, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 				t.Fatal(err)
 			}
 			if !strings.Contains(log.String(), tc.say) {

@@ -31,7 +31,7 @@ func TestRevokeWithoutTerminateLetsRunningTaskFinish(t *testing.T) {
 	id := e.enqueue("steady", nil, stem.EnqueueOptions{})
 	<-started
 	e.waitState(id, stemtype.StateStarted)
-	if _, _, err := e.controller().Revoke(context.Background(), stem.Target{}, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+	if _, err := e.controller().Revoke(context.Background(), stem.Target{}, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 		t.Fatal(err)
 	}
 	close(release)
@@ -114,13 +114,13 @@ func TestNewerRevokeAddsTerminate(t *testing.T) {
 	e.waitState(id, stemtype.StateStarted)
 	ctx := context.Background()
 	target := stem.Target{Workers: []string{"w1"}}
-	if _, r, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}, Reason: "first"}); err != nil || len(r.Replies) != 1 {
+	if r, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}, Reason: "first"}); err != nil || len(r.Replies.Replies) != 1 {
 		t.Fatalf("first revoke: %+v %v", r, err)
 	}
 	if r, _ := e.results.Get(ctx, id); r.State != stemtype.StateStarted {
 		t.Fatalf("a revoke without terminate stopped the running task: %+v", r)
 	}
-	if _, _, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, Reason: "second"}); err != nil {
+	if _, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, Reason: "second"}); err != nil {
 		t.Fatal(err)
 	}
 	res := e.wait(id)
@@ -135,15 +135,15 @@ func TestControllerDefaultExpiry(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	recs, _, err := c.Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond}, stem.RevokeOptions{TaskIDs: []string{"x"}})
+	res, err := c.Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond}, stem.RevokeOptions{TaskIDs: []string{"x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := recs[0].ExpiresAt.Sub(recs[0].IssuedAt); d != time.Hour {
+	if d := res.Records[0].ExpiresAt.Sub(res.Records[0].IssuedAt); d != time.Hour {
 		t.Fatalf("expiry %s, want the configured 1h", d)
 	}
-	recs, _, _ = e.controller().Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond}, stem.RevokeOptions{TaskIDs: []string{"y"}})
-	if d := recs[0].ExpiresAt.Sub(recs[0].IssuedAt); d != stem.DefaultRevokeExpiry {
+	res, _ = e.controller().Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond}, stem.RevokeOptions{TaskIDs: []string{"y"}})
+	if d := res.Records[0].ExpiresAt.Sub(res.Records[0].IssuedAt); d != stem.DefaultRevokeExpiry {
 		t.Fatalf("expiry %s, want DefaultRevokeExpiry", d)
 	}
 }

@@ -124,7 +124,7 @@ func BenchmarkRedisTerminateLatency(b *testing.B) {
 		id := <-started
 		b.StartTimer()
 		start := time.Now()
-		if _, _, err := c.Revoke(ctx, stem.Target{Workers: []string{"w0"}}, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true}); err != nil {
+		if _, err := c.Revoke(ctx, stem.Target{Workers: []string{"w0"}}, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true}); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, (<-cancelled).Sub(start))

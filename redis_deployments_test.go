@@ -80,12 +80,12 @@ func TestRedisDatabasesDoNotCross(t *testing.T) {
 	}
 
 	task := "t-" + stem.NewTaskID()
-	if _, _, err := controllers[0].Revoke(ctx, stem.Target{Timeout: 5 * time.Second}, stem.RevokeOptions{TaskIDs: []string{task}}); err != nil {
+	if _, err := controllers[0].Revoke(ctx, stem.Target{Timeout: 5 * time.Second}, stem.RevokeOptions{TaskIDs: []string{task}}); err != nil {
 		t.Fatal(err)
 	}
 	// The second database's worker handles its commands in order: a
 	// revoke that reached it before this inspect shows in the reply.
-	r, err := controllers[1].Inspect(ctx, stem.Target{Workers: []string{"w1"}, Timeout: 5 * time.Second}, true)
+	r, err := controllers[1].Inspect(ctx, stem.Target{Workers: []string{"w1"}, Timeout: 5 * time.Second}, stemtype.InspectRequest{IncludeRevoked: true})
 	if err != nil || len(r.Replies) != 1 {
 		t.Fatalf("inspect on db 12: %+v (%v)", r, err)
 	}

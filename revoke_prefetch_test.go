@@ -45,7 +45,7 @@ func TestRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond) // polling the broker: no event to wait on
 	}
-	res, err := e.controller().RevokeTasks(ctx, stem.Target{Workers: []string{"w1"}, Timeout: 5 * time.Second},
+	res, err := e.controller().Revoke(ctx, stem.Target{Workers: []string{"w1"}, Timeout: 5 * time.Second},
 		stem.RevokeOptions{TaskIDs: []string{queued}, Reason: "not needed", RequestedBy: "test"})
 	if err != nil || res.MarkErr != nil {
 		t.Fatalf("revoke: %v, mark: %v", err, res.MarkErr)

@@ -30,7 +30,7 @@ func TestRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T) {
 	<-running
 	<-slow.entered
 	e.results = plain // the controller's
-	res, err := e.controller().RevokeTasks(context.Background(), stem.Target{}, stem.RevokeOptions{TaskIDs: []string{id}})
+	res, err := e.controller().Revoke(context.Background(), stem.Target{}, stem.RevokeOptions{TaskIDs: []string{id}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -64,7 +64,7 @@ func TestTargetedRevokeNeverMarksTaskOfAnotherWorker(t *testing.T) {
 	id := e.enqueue("steady", nil, stem.EnqueueOptions{})
 	<-running
 	<-slow.entered
-	res, err := e.controller().RevokeTasks(context.Background(), stem.Target{Workers: []string{"idle"}},
+	res, err := e.controller().Revoke(context.Background(), stem.Target{Workers: []string{"idle"}},
 		stem.RevokeOptions{TaskIDs: []string{id}})
 	if err != nil || res.MarkErr != nil {
 		t.Fatal(err, res.MarkErr)

@@ -169,7 +169,7 @@ func TestRevokeDuringWorkerStartIsHonoured(t *testing.T) {
 	}})
 	id := e.enqueue("victim", nil, stem.EnqueueOptions{Countdown: 200 * time.Millisecond})
 	store := &revokeOnList{RevokeStore: e.revokes, revoke: func() {
-		if _, _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 50 * time.Millisecond},
+		if _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 50 * time.Millisecond},
 			stem.RevokeOptions{TaskIDs: []string{id}, Reason: "during start"}); err != nil {
 			t.Error(err)
 		}
@@ -362,7 +362,7 @@ func TestWorkerStartsWhenRevokesCannotBePruned(t *testing.T) {
 		return nil, nil
 	}})
 	id := e.enqueue("victim", nil, stem.EnqueueOptions{})
-	if _, _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond},
+	if _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond},
 		stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 		t.Fatal(err)
 	}

@@ -151,7 +151,7 @@ func (a *app) finish(f *controlFlags, r *stem.Replies, human func(*stem.Replies)
 			fmt.Fprintf(a.errw, "stem: worker %s did not reply within %s\n", id, f.timeout)
 		}
 	}
-	for _, rep := range r.Errors() {
+	for _, rep := range errorReplies(r) {
 		msg := "error"
 		if rep.Error != nil {
 			msg = rep.Error.Message
@@ -167,10 +167,21 @@ func (a *app) finish(f *controlFlags, r *stem.Replies, human func(*stem.Replies)
 		return exitf(ExitSoftware, "no worker replied within %s", f.timeout)
 	case len(r.Missing) > 0:
 		return exitf(ExitSoftware, "%d worker(s) did not reply: %s", len(r.Missing), strings.Join(r.Missing, ", "))
-	case len(r.Errors()) > 0:
-		return exitf(ExitSoftware, "%d worker(s) replied with an error", len(r.Errors()))
+	case len(errorReplies(r)) > 0:
+		return exitf(ExitSoftware, "%d worker(s) replied with an error", len(errorReplies(r)))
 	}
 	return nil
+}
+
+// errorReplies returns r's replies whose status is not ok.
+func errorReplies(r *stem.Replies) []stemtype.ControlReply {
+	var out []stemtype.ControlReply
+	for _, rep := range r.Replies {
+		if rep.Status != stemtype.ReplyOK {
+			out = append(out, rep)
+		}
+	}
+	return out
 }
 
 func sendErr(err error) error {
@@ -226,7 +237,7 @@ func (a *app) inspectCmd() *cobra.Command {
 	var req stemtype.InspectRequest
 	c := a.queryCmd("inspect", "Show in-flight tasks (and, if asked, the revoked cache) per worker", &controlFlags{},
 		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
-			return ctl.InspectWith(ctx, t, req)
+			return ctl.Inspect(ctx, t, req)
 		},
 		func(r *stem.Replies) { renderInspect(a.out, r, req) })
 	c.Long = `Show each worker's in-flight tasks and how many revoke records it holds.
@@ -300,7 +311,7 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 				return err
 			}
 			defer done()
-			res, err := ctl.RevokeTasks(cmd.Context(), f.target(), o)
+			res, err := ctl.Revoke(cmd.Context(), f.target(), o)
 			switch {
 			case errors.Is(err, stem.ErrStoreUnavailable):
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("%w (nothing was published)", err)}

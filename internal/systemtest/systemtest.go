@@ -437,7 +437,7 @@ func testRevokeQueuedTask(t *testing.T, h Harness) {
 		t.Fatalf("started %s, want the blocker %s", got, blocker)
 	}
 	victim := d.enqueue("victim", stem.EnqueueOptions{})
-	res, err := d.ctl.RevokeTasks(context.Background(), target(),
+	res, err := d.ctl.Revoke(context.Background(), target(),
 		stem.RevokeOptions{TaskIDs: []string{victim}, Reason: "bad data", RequestedBy: "ops"})
 	if err != nil {
 		t.Fatal(err)
@@ -478,7 +478,7 @@ func testRevokeBeforeWorkerStarts(t *testing.T, h Harness) {
 		return nil, nil
 	}})
 	victim := d.enqueue("victim", stem.EnqueueOptions{})
-	res, err := d.ctl.RevokeTasks(context.Background(), target(),
+	res, err := d.ctl.Revoke(context.Background(), target(),
 		stem.RevokeOptions{TaskIDs: []string{victim}, Reason: "stale", RequestedBy: "cron"})
 	if err != nil || res.MarkErr != nil {
 		t.Fatalf("revoke: %v, mark: %v", err, res.MarkErr)
@@ -531,7 +531,7 @@ func testTerminateInline(t *testing.T, h Harness) {
 	id := d.enqueue("loop", stem.EnqueueOptions{})
 	<-started
 	d.waitState(id, stemtype.StateStarted)
-	res, err := d.ctl.RevokeTasks(context.Background(), target("w1"),
+	res, err := d.ctl.Revoke(context.Background(), target("w1"),
 		stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, Reason: "runaway", RequestedBy: "ops"})
 	if err != nil {
 		t.Fatal(err)
@@ -581,7 +581,7 @@ func testTerminateIsolatedKillAfter(t *testing.T, h Harness) {
 		return err == nil && r.State == stemtype.StateStarted && r.Progress != nil &&
 			json.Unmarshal(r.Progress.Data, &spinner) == nil && spinner.PID > 0
 	})
-	res, err := d.ctl.RevokeTasks(context.Background(), target("w1"), stem.RevokeOptions{TaskIDs: []string{id},
+	res, err := d.ctl.Revoke(context.Background(), target("w1"), stem.RevokeOptions{TaskIDs: []string{id},
 		Terminate: true, KillAfter: 200 * time.Millisecond, Reason: "runaway", RequestedBy: "ops"})
 	if err != nil {
 		t.Fatal(err)
@@ -636,8 +636,10 @@ func testBroadcastReachesEveryWorker(t *testing.T, h Harness) {
 	if got := replyIDs(r); !slices.Equal(got, ids) || len(r.Missing) != 0 || !slices.Equal(r.Live, ids) {
 		t.Fatalf("broadcast ping: replies from %v, missing %v, live %v; want each of %v", got, r.Missing, r.Live, ids)
 	}
-	if errs := r.Errors(); len(errs) != 0 {
-		t.Fatalf("error replies %+v", errs)
+	for _, rep := range stem.Decode[stemtype.PingReply](r) {
+		if rep.Err != nil {
+			t.Fatalf("worker %s: %v", rep.WorkerID, rep.Err)
+		}
 	}
 	s, err := d.ctl.Stats(ctx, target())
 	if err != nil {
@@ -669,7 +671,7 @@ func testTargetedCommand(t *testing.T, h Harness) {
 	if got := replyIDs(r); !slices.Equal(got, []string{"w2"}) || len(r.Missing) != 0 {
 		t.Fatalf("ping to w2: replies from %v, missing %v", got, r.Missing)
 	}
-	i, err := d.ctl.Inspect(ctx, target("w3"), false)
+	i, err := d.ctl.Inspect(ctx, target("w3"), stemtype.InspectRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -800,7 +802,7 @@ func testNamespaceIsolation(t *testing.T, h Harness) {
 	}
 	// A revoke in a of an id that b then uses: b's task runs.
 	shared := stem.NewTaskID()
-	if _, err := a.ctl.RevokeTasks(ctx, target(), stem.RevokeOptions{TaskIDs: []string{shared}, Reason: "only in a"}); err != nil {
+	if _, err := a.ctl.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{shared}, Reason: "only in a"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.client.Enqueue(ctx, "probe", nil, stem.EnqueueOptions{ID: shared}); err != nil {
@@ -823,7 +825,7 @@ func testNamespaceIsolation(t *testing.T, h Harness) {
 		if err != nil || len(recs) != c.want {
 			t.Fatalf("revoke store of %s: %+v %v, want %d record(s)", c.d.ns, recs, err, c.want)
 		}
-		i, err := c.d.ctl.InspectWith(ctx, target(), stemtype.InspectRequest{IncludeRevoked: true})
+		i, err := c.d.ctl.Inspect(ctx, target(), stemtype.InspectRequest{IncludeRevoked: true})
 		if err != nil {
 			t.Fatal(err)
 		}
