@@ -50,7 +50,19 @@ type ControllerConfig struct {
 }
 
 // Controller sends control commands to workers and collects their replies:
-// the API behind `stem worker ping|inspect|stats|revoke`.
+// the API behind `stem worker ping|inspect|stats|revoke`. It is safe for
+// concurrent use.
+//
+// Each call publishes its command to the targeted workers and waits until
+// every live one answered (for a broadcast: every live worker of the
+// namespace) or Target.Timeout passed. It does not wait for a worker that
+// cannot answer: a targeted worker that is not live (has not announced
+// its presence) is reported in Replies.Missing and Replies.NotLive at once,
+// and a call with no live worker to wait for returns as soon as the
+// command is published. The command reaches every target all the same, so
+// a worker that is starting still receives it. A publish failure matches
+// ErrBrokerUnavailable; a cancelled ctx returns its error with the replies
+// collected so far.
 type Controller struct {
 	cfg ControllerConfig
 }
@@ -84,8 +96,10 @@ type Target struct {
 	Timeout time.Duration
 }
 
-// Replies are the outcome of one control command.
+// Replies are the outcome of one control command. Read each worker's
+// typed answer with Decode.
 type Replies struct {
+	// RequestID identifies the command; replies carry it.
 	RequestID string
 	// Replies in the order they arrived.
 	Replies []stemtype.ControlReply
@@ -94,21 +108,22 @@ type Replies struct {
 	// every live worker without one. NotLive is part of it.
 	Missing []string
 	// NotLive are the targeted workers that were not live when the command
-	// was sent, sorted: send reported them missing without waiting for
-	// them. Empty when the live workers could not be listed.
+	// was sent, sorted: they were reported missing without being waited
+	// for. Empty when the live workers could not be listed.
 	NotLive []string
 	// Live are the workers of the namespace that were live (had announced
 	// their presence) when the command was sent, sorted; nil when they
 	// could not be listed (see PresenceErr). An empty, non-nil Live after
-	// a broadcast means no worker was live: send returned at once.
+	// a broadcast means no worker was live: the call returned at once.
 	Live []string
-	// PresenceErr is why the live workers could not be listed. send then
-	// fell back to waiting for every targeted worker, and for a broadcast
-	// to waiting out the whole timeout, and logged the error.
+	// PresenceErr is why the live workers could not be listed. The call
+	// then fell back to waiting for every targeted worker, and for a
+	// broadcast to waiting out the whole timeout, and logged the error.
 	PresenceErr error
 }
 
-// Ping asks workers to answer.
+// Ping asks workers to answer; read the replies with
+// Decode[stemtype.PingReply].
 func (c *Controller) Ping(ctx context.Context, t Target) (*Replies, error) {
 	return c.send(ctx, t, stemtype.CommandPing, nil)
 }
@@ -126,7 +141,8 @@ func (c *Controller) Inspect(ctx context.Context, t Target, req stemtype.Inspect
 	return c.send(ctx, t, stemtype.CommandInspect, req)
 }
 
-// Stats asks workers for their counters and queue depths.
+// Stats asks workers for their counters and queue depths; read the replies
+// with Decode[stemtype.StatsReply].
 func (c *Controller) Stats(ctx context.Context, t Target) (*Replies, error) {
 	return c.send(ctx, t, stemtype.CommandStats, nil)
 }
