@@ -200,11 +200,15 @@ type RevokeResult struct {
 // tasks that have not started as cancelled as soon as the replies are in,
 // when every live worker answered and none holds the task (otherwise the
 // workers record the cancellation when they meet the tasks). A failure
-// there is a warning in RevokeResult.MarkErr, not an error: the revoke
-// itself holds.
+// there is a warning in RevokeResult.MarkErr, also logged, not an error:
+// the revoke itself holds.
 func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) (*RevokeResult, error) {
 	var res RevokeResult
 	recs, replies, err := c.revoke(ctx, t, o, &res)
+	if res.MarkErr != nil {
+		c.cfg.Logger.WarnContext(ctx, "revoke stored and published, but the result backend was not updated",
+			"namespace", c.cfg.Namespace, "err", res.MarkErr)
+	}
 	if recs == nil {
 		return nil, err
 	}

@@ -322,7 +322,7 @@ func TestRevokeReportsMarkCancelledErrors(t *testing.T) {
 			if recs, _ := e.revokes.List(ctx, e.ns); len(recs) != 1 {
 				t.Errorf("revoke not stored: %v", recs)
 			}
-			// Revoke, which returns no such result, logs it.
+			// Revoke also logs it, for callers that drop the result.
 			if _, err := c.Revoke(ctx, stem.Target{Timeout: time.Hour}, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 				t.Fatal(err)
 			}

@@ -2,6 +2,7 @@ package stem
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -22,6 +23,17 @@ func (a Args) Decode(v any) error {
 	if err := json.Unmarshal(a, v); err != nil {
 		return fmt.Errorf("stem: decode task arguments: %w", err)
 	}
+	return nil
+}
+
+// UnmarshalJSON stores a copy of data, unchanged: Args decode as the JSON
+// document they hold, as they encode, also as a field of a handler's
+// argument type.
+func (a *Args) UnmarshalJSON(data []byte) error {
+	if a == nil {
+		return errors.New("stem: Args.UnmarshalJSON on a nil pointer")
+	}
+	*a = append((*a)[:0], data...)
 	return nil
 }
 
@@ -166,14 +178,11 @@ func RegisterIsolated[A any](r *Registry, name string, fn func(tc *TaskContext, 
 	return Register(r, name, fn, opts)
 }
 
-// typedRun decodes a task's arguments into A before it calls fn; an A of
-// type Args receives them as they are.
+// typedRun decodes a task's arguments into A before it calls fn.
 func typedRun[A any](fn func(tc *TaskContext, args A) (any, error)) func(*TaskContext, Args) (any, error) {
 	return func(tc *TaskContext, raw Args) (any, error) {
 		var a A
-		if p, ok := any(&a).(*Args); ok {
-			*p = raw
-		} else if err := raw.Decode(&a); err != nil {
+		if err := raw.Decode(&a); err != nil {
 			return nil, NoRetry(err)
 		}
 		return fn(tc, a)
