@@ -201,7 +201,7 @@ func TestInspectRevokedOnlyWhenAskedAndLimited(t *testing.T) {
 		t.Errorf("inspect with every revoke: %d of %d", len(p.Revoked), p.RevokedTotal)
 	}
 	if _, err := e.controller().Inspect(ctx, target, stemtype.InspectRequest{Limit: -1}); err == nil {
-		t.Error("InspectWith accepted a negative limit")
+		t.Error("Inspect accepted a negative limit")
 	}
 	r, err = stem.ControllerSend(e.controller(), ctx, target, stemtype.CommandInspect, stemtype.InspectRequest{IncludeRevoked: true, Limit: -1})
 	if err != nil {
