@@ -216,7 +216,7 @@ func TestInspectRevokedOnlyWhenAskedAndLimited(t *testing.T) {
 // and publishes them.
 func TestRevokeReportsUnknownIDs(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "later", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	stem.Register(e.reg, "later", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{ID: "w1"})
 	known := e.enqueue("later", nil, stem.EnqueueOptions{Countdown: time.Hour})
 	ctx := context.Background()
@@ -303,7 +303,7 @@ func TestRevokeReportsMarkCancelledErrors(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			e := newEnv(t)
-			e.reg.MustAdd(stem.Task{Name: "later", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+			stem.Register(e.reg, "later", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 			id := e.enqueue("later", nil, stem.EnqueueOptions{})
 			var log testutil.SyncBuffer
 			c, err := stem.NewController(stem.ControllerConfig{Namespace: e.ns, Control: e.control, Revokes: e.revokes,

@@ -22,11 +22,11 @@ func (e *env) controller() *stem.Controller {
 func TestRevokeWithoutTerminateLetsRunningTaskFinish(t *testing.T) {
 	e := newEnv(t)
 	started, release := make(chan struct{}), make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "steady", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(started)
 		<-release
 		return "finished", tc.Heartbeat()
-	}})
+	}, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{})
 	id := e.enqueue("steady", nil, stem.EnqueueOptions{})
 	<-started
@@ -42,7 +42,7 @@ func TestRevokeWithoutTerminateLetsRunningTaskFinish(t *testing.T) {
 
 func TestMalformedControlMessageAnsweredWorkerKeepsWorking(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return 1, nil }})
+	stem.Register(e.reg, "echo", func(*stem.TaskContext, stem.Args) (any, error) { return 1, nil }, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{ID: "w1"})
 	ctx := context.Background()
 	bad := []byte(`{"requestId":"r-bad","type":"inspect","payload":{"includeRevoked":"yes"}}`)
@@ -70,9 +70,8 @@ func TestMalformedControlMessageAnsweredWorkerKeepsWorking(t *testing.T) {
 
 func TestStatsCountersAfterKnownWorkload(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "ok", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
-	e.reg.MustAdd(stem.Task{Name: "bad", Options: stem.TaskOptions{MaxRetries: 1, RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond}},
-		Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, errors.New("x") }})
+	stem.Register(e.reg, "ok", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
+	stem.Register(e.reg, "bad", func(*stem.TaskContext, stem.Args) (any, error) { return nil, errors.New("x") }, stem.TaskOptions{MaxRetries: 1, RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond}})
 	e.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 3})
 	var ids []string
 	for range 3 {
@@ -99,7 +98,7 @@ func TestStatsCountersAfterKnownWorkload(t *testing.T) {
 func TestNewerRevokeAddsTerminate(t *testing.T) {
 	e := newEnv(t)
 	started := make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "loop", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "loop", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(started)
 		for {
 			if err := tc.Heartbeat(); err != nil {
@@ -107,7 +106,7 @@ func TestNewerRevokeAddsTerminate(t *testing.T) {
 			}
 			time.Sleep(time.Millisecond)
 		}
-	}})
+	}, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{ID: "w1"})
 	id := e.enqueue("loop", nil, stem.EnqueueOptions{})
 	<-started

@@ -35,9 +35,9 @@ func (b *partialPublish) Publish(ctx context.Context, envs ...*stemtype.Envelope
 // under its first id.
 func TestEnqueueBatchPartialPublishReturnsIDs(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "job", Run: func(tc *stem.TaskContext, a stem.Args) (any, error) {
+	stem.Register(e.reg, "job", func(tc *stem.TaskContext, a stem.Args) (any, error) {
 		return tc.TaskID(), nil
-	}})
+	}, stem.TaskOptions{})
 	b := &partialPublish{Broker: e.broker, fail: true}
 	client, err := stem.NewClient(stem.ClientConfig{Broker: b, Results: e.results, Registry: e.reg})
 	if err != nil {

@@ -18,11 +18,11 @@ func TestExtendLeaseNeverShortensTheLease(t *testing.T) {
 	e := newEnv(t)
 	extended := make(chan error, 1)
 	release := make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "short-ask", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "short-ask", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		extended <- tc.ExtendLease(time.Millisecond)
 		<-release
 		return "done", nil
-	}})
+	}, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{Lease: 30 * time.Second})
 	id := e.enqueue("short-ask", nil, stem.EnqueueOptions{})
 	if err := <-extended; err != nil {
@@ -48,10 +48,9 @@ func TestExtendLeaseNeverShortensTheLease(t *testing.T) {
 // broker that does not answer.
 func TestInlineExtendLeaseFollowsTaskContext(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "stuck-extend", Options: stem.TaskOptions{TimeLimit: 50 * time.Millisecond},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			return nil, tc.ExtendLease(time.Minute)
-		}})
+	stem.Register(e.reg, "stuck-extend", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		return nil, tc.ExtendLease(time.Minute)
+	}, stem.TaskOptions{TimeLimit: 50 * time.Millisecond})
 	b := &hangingExtend{Broker: e.broker, causes: make(chan error, 1)}
 	e.broker = b
 	e.startWorker(stem.WorkerConfig{Lease: 30 * time.Second})

@@ -41,10 +41,10 @@ func (r *finalsOnly) GetFinalMany(ctx context.Context, ids ...string) ([]*stemty
 func TestClaimCheckUsesFinalGetter(t *testing.T) {
 	e := newEnv(t)
 	ran := make(chan string, 2)
-	e.reg.MustAdd(stem.Task{Name: "once", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "once", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return "ran", nil
-	}})
+	}, stem.TaskOptions{})
 	at := time.Now().UTC().Truncate(time.Millisecond)
 	finished := stem.NewTaskID()
 	publishFinished(t, e, finished, "once", at)

@@ -45,13 +45,13 @@ func TestProgressRacingReturnNeverReplacesFinalState(t *testing.T) {
 		func(id string) { close(ch(settled, id)) })
 	defer restore()
 	var reporters sync.WaitGroup
-	e.reg.MustAdd(stem.Task{Name: "report-and-return", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "report-and-return", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		// A reporter goroutine of the task (a ticker, say) reports while
 		// the handler returns.
 		reporters.Go(func() { _ = tc.Progress(99, nil) })
 		<-ch(checked, tc.TaskID())
 		return "done", nil
-	}})
+	}, stem.TaskOptions{})
 	reqs := make([]stem.EnqueueRequest, n)
 	for i := range reqs {
 		reqs[i] = stem.EnqueueRequest{Task: "report-and-return"}
@@ -140,10 +140,10 @@ func abandonLease(t *testing.T, b stemdriver.Broker, id string) {
 func TestDeliveryOfFinishedTaskIsAcknowledgedWithoutRunning(t *testing.T) {
 	e := newEnv(t)
 	ran := make(chan string, 1)
-	e.reg.MustAdd(stem.Task{Name: "once", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "once", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return "again", nil
-	}})
+	}, stem.TaskOptions{})
 	ctx := context.Background()
 	id := stem.NewTaskID()
 	at := time.Now().UTC().Truncate(time.Millisecond)
@@ -206,10 +206,10 @@ func (r *countReads) GetMany(ctx context.Context, ids ...string) ([]*stemtype.Ta
 func TestFirstDeliveryReadsNoResult(t *testing.T) {
 	e := newEnv(t)
 	ran := make(chan string, 100)
-	e.reg.MustAdd(stem.Task{Name: "job", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "job", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return "again", nil
-	}})
+	}, stem.TaskOptions{})
 	ctx := context.Background()
 	at := time.Now().UTC().Truncate(time.Millisecond)
 	dup := stem.NewTaskID()
@@ -269,7 +269,7 @@ func (r *noGetMany) GetMany(context.Context, ...string) ([]*stemtype.TaskResult,
 // nothing.
 func TestClaimedTasksRunWhenFinalCheckFails(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "job", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
+	stem.Register(e.reg, "job", func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }, stem.TaskOptions{})
 	id := e.enqueue("job", nil, stem.EnqueueOptions{})
 	abandonLease(t, e.broker, id)
 	res := &noGetMany{ResultBackend: e.results}

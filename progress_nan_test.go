@@ -18,11 +18,11 @@ import (
 func TestProgressNaNIsRefusedAndTheTaskEnds(t *testing.T) {
 	e := newEnv(t)
 	refused := make(chan error, 1)
-	e.reg.MustAdd(stem.Task{Name: "empty-batch", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "empty-batch", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		done, total := 0.0, 0.0
 		refused <- tc.Progress(done/total*100, nil)
 		return "ok", nil
-	}})
+	}, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{})
 	id := e.enqueue("empty-batch", nil, stem.EnqueueOptions{})
 	if err := <-refused; err == nil {

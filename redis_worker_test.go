@@ -47,7 +47,7 @@ func TestRedisUndecodableMessageIsDeadLettered(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := stem.NewRegistry()
-	reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
+	stem.Register(reg, "echo", func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }, stem.TaskOptions{})
 	w, err := stem.NewWorker(stem.WorkerConfig{Namespace: ns, Registry: reg, Broker: br, Results: res,
 		Logger: quiet(), ClaimWait: 50 * time.Millisecond})
 	if err != nil {

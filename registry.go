@@ -129,36 +129,16 @@ func (r *Registry) add(t Task) error {
 	return nil
 }
 
-// Add registers t.
-//
-// Deprecated: use Register.
-func (r *Registry) Add(t Task) error { return r.add(t) }
-
-// MustAdd is Add that panics on error.
-//
-// Deprecated: use Register.
-func (r *Registry) MustAdd(t Task) {
-	if err := r.add(t); err != nil {
-		panic(err)
-	}
-}
-
-// Handle registers an inline task.
-//
-// Deprecated: use Register.
-func (r *Registry) Handle(name string, run func(tc *TaskContext, args Args) (any, error), opts TaskOptions) error {
-	return r.add(Task{Name: name, Run: run, Options: opts})
-}
-
 // Register adds the task name to r: fn runs it with its arguments decoded
-// from JSON into A (an A of type Args receives them undecoded), under the
-// defaults in opts. Arguments that do not decode into A fail the task
+// from JSON into A (an A of type Args receives them as they are), under
+// the defaults in opts. Arguments that do not decode into A fail the task
 // without retries. With opts.Isolated, fn is the entrypoint run in a child
-// process of the worker.
+// process of the worker (see package isolated).
 //
-// Register returns an error for an empty name, a nil fn, a negative
-// opts.MaxRetries, or a name already registered in r.
-func Register[A any](r *Registry, name string, fn func(tc *TaskContext, args A) (any, error), opts TaskOptions) error {
+// Register is called while a program starts, and it panics on a
+// programming error: an empty name, a nil fn, a negative opts.MaxRetries,
+// or a name already registered in r.
+func Register[A any](r *Registry, name string, fn func(tc *TaskContext, args A) (any, error), opts TaskOptions) {
 	t := Task{Name: name, Options: opts}
 	if fn != nil {
 		if opts.Isolated {
@@ -167,15 +147,9 @@ func Register[A any](r *Registry, name string, fn func(tc *TaskContext, args A) 
 			t.Run = typedRun(fn)
 		}
 	}
-	return r.add(t)
-}
-
-// RegisterIsolated adds a task whose entrypoint runs in a child process.
-//
-// Deprecated: use Register with TaskOptions.Isolated.
-func RegisterIsolated[A any](r *Registry, name string, fn func(tc *TaskContext, args A) (any, error), opts TaskOptions) error {
-	opts.Isolated = true
-	return Register(r, name, fn, opts)
+	if err := r.add(t); err != nil {
+		panic(err)
+	}
 }
 
 // typedRun decodes a task's arguments into A before it calls fn.

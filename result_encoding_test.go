@@ -14,7 +14,7 @@ import (
 // empty stem.Args was the JSON null), as isolated tasks store them.
 func TestRawJSONArgsAndResultsEncoding(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "raw", Run: func(tc *stem.TaskContext, a stem.Args) (any, error) {
+	stem.Register(e.reg, "raw", func(tc *stem.TaskContext, a stem.Args) (any, error) {
 		var in struct{ Out string }
 		if err := a.Decode(&in); err != nil {
 			return nil, err
@@ -28,7 +28,7 @@ func TestRawJSONArgsAndResultsEncoding(t *testing.T) {
 			return json.RawMessage{}, nil
 		}
 		return "none", nil
-	}})
+	}, stem.TaskOptions{})
 	_, stop := e.startWorker(stem.WorkerConfig{})
 	defer stop()
 

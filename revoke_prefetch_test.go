@@ -18,11 +18,11 @@ func TestRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T) {
 	gate := make(chan struct{})
 	defer close(gate)
 	started := make(chan string, 4)
-	e.reg.MustAdd(stem.Task{Name: "block", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		started <- tc.TaskID()
 		<-gate
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4})
 	blocker := e.enqueue("block", nil, stem.EnqueueOptions{})
 	if got := <-started; got != blocker {

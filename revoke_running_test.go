@@ -17,11 +17,11 @@ import (
 func TestRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T) {
 	e := newEnv(t)
 	running, finish := make(chan struct{}), make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "steady", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(running)
 		<-finish
 		return "finished", nil
-	}})
+	}, stem.TaskOptions{})
 	id := e.enqueue("steady", nil, stem.EnqueueOptions{})
 	plain := e.results
 	slow := &gatedResults{ResultBackend: e.results, entered: make(chan struct{}), gate: make(chan struct{})}
@@ -50,11 +50,11 @@ func TestRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T) {
 func TestTargetedRevokeNeverMarksTaskOfAnotherWorker(t *testing.T) {
 	e := newEnv(t)
 	running, finish := make(chan struct{}), make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "steady", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(running)
 		<-finish
 		return "finished", nil
-	}})
+	}, stem.TaskOptions{})
 	plain := e.results
 	e.startWorker(stem.WorkerConfig{ID: "idle", Queues: []string{"elsewhere"}})
 	slow := &gatedResults{ResultBackend: e.results, entered: make(chan struct{}), gate: make(chan struct{})}

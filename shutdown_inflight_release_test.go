@@ -68,11 +68,11 @@ func (h *msgWatch) WithGroup(string) slog.Handler      { return h }
 func TestRunWaitsForReleaseUnderWay(t *testing.T) {
 	e := newEnv(t)
 	running := make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "polite", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "polite", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(running)
 		<-tc.Done()
 		return nil, context.Cause(tc)
-	}})
+	}, stem.TaskOptions{})
 	id := e.enqueue("polite", nil, stem.EnqueueOptions{})
 	b := &gatedRelease{Broker: e.broker, gate: make(chan struct{})}
 	e.broker = b

@@ -36,10 +36,10 @@ func (f *downResults) Put(ctx context.Context, rs ...*stemtype.TaskResult) error
 func TestOutcomeThatCannotBeRecordedIsNotAcknowledged(t *testing.T) {
 	e := newEnv(t)
 	ran := make(chan struct{}, 1)
-	e.reg.MustAdd(stem.Task{Name: "job", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(e.reg, "job", func(*stem.TaskContext, stem.Args) (any, error) {
 		ran <- struct{}{}
 		return "ok", nil
-	}})
+	}, stem.TaskOptions{})
 	id := e.enqueue("job", nil, stem.EnqueueOptions{})
 	res := &downResults{ResultBackend: e.results}
 	res.down.Store(true)
@@ -95,14 +95,14 @@ func TestTaskLostInPrefetchIsNotStarted(t *testing.T) {
 	e := newEnv(t)
 	release := make(chan struct{})
 	var quickRuns atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "slow", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(e.reg, "slow", func(*stem.TaskContext, stem.Args) (any, error) {
 		<-release
 		return nil, nil
-	}})
-	e.reg.MustAdd(stem.Task{Name: "quick", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	}, stem.TaskOptions{})
+	stem.Register(e.reg, "quick", func(*stem.TaskContext, stem.Args) (any, error) {
 		quickRuns.Add(1)
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	slowID := e.enqueue("slow", nil, stem.EnqueueOptions{})
 	quickID := e.enqueue("quick", nil, stem.EnqueueOptions{})
 	b := &lossyBroker{Broker: e.broker, results: e.results, lostID: quickID, lost: make(chan struct{})}
@@ -163,10 +163,10 @@ func (s *revokeOnList) List(ctx context.Context, ns string) ([]stemtype.RevokeRe
 func TestRevokeDuringWorkerStartIsHonoured(t *testing.T) {
 	e := newEnv(t)
 	var ran atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(e.reg, "victim", func(*stem.TaskContext, stem.Args) (any, error) {
 		ran.Add(1)
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	id := e.enqueue("victim", nil, stem.EnqueueOptions{Countdown: 200 * time.Millisecond})
 	store := &revokeOnList{RevokeStore: e.revokes, revoke: func() {
 		if _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 50 * time.Millisecond},
@@ -202,11 +202,10 @@ func (b stuckBroker) Retry(ctx context.Context, _ stemdriver.Delivery, _ *stemty
 func TestShutdownIsBoundedWhenTheBrokerHangs(t *testing.T) {
 	e := newEnv(t)
 	failed := make(chan struct{}, 8)
-	e.reg.MustAdd(stem.Task{Name: "fails", Options: stem.TaskOptions{MaxRetries: 3},
-		Run: func(*stem.TaskContext, stem.Args) (any, error) {
-			failed <- struct{}{}
-			return nil, errors.New("boom")
-		}})
+	stem.Register(e.reg, "fails", func(*stem.TaskContext, stem.Args) (any, error) {
+		failed <- struct{}{}
+		return nil, errors.New("boom")
+	}, stem.TaskOptions{MaxRetries: 3})
 	for range 8 {
 		e.enqueue("fails", nil, stem.EnqueueOptions{})
 	}
@@ -305,13 +304,12 @@ func TestSameReceiptInTwoQueues(t *testing.T) {
 	started := make(chan struct{}, 2)
 	runs := map[string]*atomic.Int32{"a": {}, "b": {}}
 	for _, q := range []string{"a", "b"} {
-		e.reg.MustAdd(stem.Task{Name: "long-" + q, Options: stem.TaskOptions{Queue: q},
-			Run: func(*stem.TaskContext, stem.Args) (any, error) {
-				runs[q].Add(1)
-				started <- struct{}{}
-				<-release
-				return nil, nil
-			}})
+		stem.Register(e.reg, "long-"+q, func(*stem.TaskContext, stem.Args) (any, error) {
+			runs[q].Add(1)
+			started <- struct{}{}
+			<-release
+			return nil, nil
+		}, stem.TaskOptions{Queue: q})
 	}
 	ida := e.enqueue("long-a", nil, stem.EnqueueOptions{})
 	idb := e.enqueue("long-b", nil, stem.EnqueueOptions{})
@@ -357,10 +355,10 @@ func (readOnlyRevokes) Prune(context.Context, string, time.Time) (int, error) {
 func TestWorkerStartsWhenRevokesCannotBePruned(t *testing.T) {
 	e := newEnv(t)
 	var ran atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(e.reg, "victim", func(*stem.TaskContext, stem.Args) (any, error) {
 		ran.Add(1)
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	id := e.enqueue("victim", nil, stem.EnqueueOptions{})
 	if _, err := e.controller().Revoke(context.Background(), stem.Target{Timeout: 10 * time.Millisecond},
 		stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {

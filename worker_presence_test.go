@@ -18,7 +18,7 @@ import (
 // live worker's host and pid; the first keeps working and stays listed.
 func TestWorkerRefusesLiveID(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
+	stem.Register(e.reg, "echo", func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{ID: "dup"})
 
 	second, err := stem.NewWorker(stem.WorkerConfig{ID: "dup", Namespace: e.ns, Registry: e.reg, Broker: e.broker,

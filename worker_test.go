@@ -121,14 +121,14 @@ func TestRetryWithBackoffToFinalFailure(t *testing.T) {
 	var runs atomic.Int32
 	var attempts []int
 	attemptCh := make(chan int, 10)
-	e.reg.MustAdd(stem.Task{Name: "always-fails", Options: stem.TaskOptions{
-		MaxRetries:  3,
-		RetryPolicy: stem.ExponentialBackoff{Base: 10 * time.Millisecond, Max: 40 * time.Millisecond},
-	}, Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "always-fails", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		runs.Add(1)
 		attemptCh <- tc.Attempt()
 		return nil, errors.New("boom")
-	}})
+	}, stem.TaskOptions{
+		MaxRetries:  3,
+		RetryPolicy: stem.ExponentialBackoff{Base: 10 * time.Millisecond, Max: 40 * time.Millisecond},
+	})
 	_, stop := e.startWorker(stem.WorkerConfig{})
 	id := e.enqueue("always-fails", nil, stem.EnqueueOptions{})
 	res := e.wait(id)
@@ -156,20 +156,18 @@ func TestRetryWithBackoffToFinalFailure(t *testing.T) {
 func TestRetrySucceedsAndNoRetryFailsAtOnce(t *testing.T) {
 	e := newEnv(t)
 	var flaky atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "flaky", Options: stem.TaskOptions{MaxRetries: 5,
-		RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond}},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if flaky.Add(1) < 3 {
-				return nil, errors.New("not yet")
-			}
-			return "ok", nil
-		}})
+	stem.Register(e.reg, "flaky", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if flaky.Add(1) < 3 {
+			return nil, errors.New("not yet")
+		}
+		return "ok", nil
+	}, stem.TaskOptions{MaxRetries: 5,
+		RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond}})
 	var final atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "permanent", Options: stem.TaskOptions{MaxRetries: 5},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			final.Add(1)
-			return nil, stem.NoRetry(errors.New("bad input"))
-		}})
+	stem.Register(e.reg, "permanent", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		final.Add(1)
+		return nil, stem.NoRetry(errors.New("bad input"))
+	}, stem.TaskOptions{MaxRetries: 5})
 	e.startWorker(stem.WorkerConfig{})
 	if res := e.wait(e.enqueue("flaky", nil, stem.EnqueueOptions{})); res.State != stemtype.StateSucceeded || res.Attempt != 2 {
 		t.Fatalf("flaky: %+v", res)
@@ -181,14 +179,14 @@ func TestRetrySucceedsAndNoRetryFailsAtOnce(t *testing.T) {
 
 func TestPanickingHandlerIsRecordedFailure(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "panics", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "panics", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		var m map[string]int
 		m["x"] = 1 // nil map write
 		return nil, nil
-	}})
-	e.reg.MustAdd(stem.Task{Name: "echo", Run: func(tc *stem.TaskContext, a stem.Args) (any, error) {
+	}, stem.TaskOptions{})
+	stem.Register(e.reg, "echo", func(tc *stem.TaskContext, a stem.Args) (any, error) {
 		return json.RawMessage(a), nil
-	}})
+	}, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{Concurrency: 1})
 	res := e.wait(e.enqueue("panics", nil, stem.EnqueueOptions{}))
 	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "panic" ||
@@ -203,7 +201,7 @@ func TestPanickingHandlerIsRecordedFailure(t *testing.T) {
 
 func TestUnknownTaskIsRecordedFailure(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "known", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	stem.Register(e.reg, "known", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{})
 	res := e.wait(e.enqueue("no.such.task", nil, stem.EnqueueOptions{MaxRetries: new(5)}))
 	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "unknown_task" ||
@@ -217,9 +215,9 @@ func TestUnknownTaskIsRecordedFailure(t *testing.T) {
 
 func TestCountdownDelaysTask(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "when", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "when", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		return time.Now().UnixNano(), nil
-	}})
+	}, stem.TaskOptions{})
 	e.startWorker(stem.WorkerConfig{})
 	before := time.Now()
 	res := e.wait(e.enqueue("when", nil, stem.EnqueueOptions{Countdown: 150 * time.Millisecond}))
@@ -232,14 +230,13 @@ func TestCountdownDelaysTask(t *testing.T) {
 
 func TestTimeLimitFailsAttempt(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "slow", Options: stem.TaskOptions{TimeLimit: 50 * time.Millisecond},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			<-tc.Done()
-			if !errors.Is(context.Cause(tc), stem.ErrTimeLimit) {
-				return nil, errors.New("cause is not ErrTimeLimit")
-			}
-			return nil, tc.Err()
-		}})
+	stem.Register(e.reg, "slow", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		<-tc.Done()
+		if !errors.Is(context.Cause(tc), stem.ErrTimeLimit) {
+			return nil, errors.New("cause is not ErrTimeLimit")
+		}
+		return nil, tc.Err()
+	}, stem.TaskOptions{TimeLimit: 50 * time.Millisecond})
 	e.startWorker(stem.WorkerConfig{})
 	res := e.wait(e.enqueue("slow", nil, stem.EnqueueOptions{}))
 	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "time_limit" {
@@ -253,11 +250,11 @@ func TestLeaseRenewedWhileTaskRuns(t *testing.T) {
 	e := newEnv(t)
 	release := make(chan struct{})
 	var runs atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "long", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "long", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		runs.Add(1)
 		<-release
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	// The lease leaves the renewer (a wake-up every quarter lease, a renewal
 	// once a third of it has passed) several hundred milliseconds of slack,
 	// so a loaded -race run does not lapse it through scheduling delay.
@@ -282,11 +279,11 @@ func TestLeaseRenewedWhileTaskRuns(t *testing.T) {
 func TestGracefulShutdownFinishesInflightTask(t *testing.T) {
 	e := newEnv(t)
 	started := make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "finishing", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "finishing", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(started)
 		time.Sleep(100 * time.Millisecond) // the task's own work, outliving the shutdown signal
 		return "finished", tc.Err()
-	}})
+	}, stem.TaskOptions{})
 	_, stop := e.startWorker(stem.WorkerConfig{ShutdownTimeout: 10 * time.Second})
 	id := e.enqueue("finishing", nil, stem.EnqueueOptions{})
 	<-started
@@ -304,7 +301,7 @@ func TestShutdownPastGraceReleasesTaskToAnotherWorker(t *testing.T) {
 	e := newEnv(t)
 	first := make(chan struct{})
 	var runs atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "stubborn", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "stubborn", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		if runs.Add(1) == 1 {
 			close(first)
 			<-tc.Done()
@@ -314,7 +311,7 @@ func TestShutdownPastGraceReleasesTaskToAnotherWorker(t *testing.T) {
 			return nil, tc.Err()
 		}
 		return "second run", nil
-	}})
+	}, stem.TaskOptions{})
 	_, stop := e.startWorker(stem.WorkerConfig{ID: "w1", ShutdownTimeout: 50 * time.Millisecond})
 	id := e.enqueue("stubborn", nil, stem.EnqueueOptions{})
 	<-first

@@ -49,7 +49,7 @@ func TestDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T) {
 	res := &gatedResults{ResultBackend: e.results, entered: make(chan struct{}), gate: make(chan struct{})}
 	secondRuns := make(chan struct{})
 	var runs atomic.Int32
-	e.reg.MustAdd(stem.Task{Name: "twice", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "twice", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		if runs.Add(1) == 1 {
 			// The writer holds the batch of this copy's started record.
 			<-res.entered
@@ -57,7 +57,7 @@ func TestDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T) {
 		}
 		close(secondRuns)
 		return nil, stem.NoRetry(errors.New("second copy: already done"))
-	}})
+	}, stem.TaskOptions{})
 	ctx := context.Background()
 	id := e.enqueue("twice", nil, stem.EnqueueOptions{})
 	env := &stemtype.Envelope{ID: id, Task: "twice", Queue: "default", CreatedAt: time.Now().UTC()}
@@ -97,11 +97,11 @@ func TestRunnersOutlivingRunNeverBlockOnClosedWriter(t *testing.T) {
 	const n = 1100 // above the 1,024 settlements one writer shard queues
 	running := make(chan struct{}, n)
 	release := make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "deaf", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(e.reg, "deaf", func(*stem.TaskContext, stem.Args) (any, error) {
 		running <- struct{}{}
 		<-release // ignores its context
 		return "late", nil
-	}})
+	}, stem.TaskOptions{})
 	reqs := make([]stem.EnqueueRequest, 0, n)
 	for len(reqs) < n {
 		if id := stem.NewTaskID(); writerShardOf(id) == 0 {

@@ -143,25 +143,23 @@ type pidData struct {
 // a child, has the same isolated entrypoints as the worker that started it.
 func Registry() *stem.Registry {
 	reg := stem.NewRegistry()
-	reg.MustAdd(stem.Task{Name: taskSpinIsolated,
-		// A retry would wait in the queue for an hour: the case sees it.
-		Options: stem.TaskOptions{MaxRetries: 5, RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}},
-		Isolated: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if err := tc.Progress(0, pidData{PID: os.Getpid()}); err != nil {
-				return nil, err
+	// A retry would wait in the queue for an hour: the case sees it.
+	stem.Register(reg, taskSpinIsolated, func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if err := tc.Progress(0, pidData{PID: os.Getpid()}); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		x := uint64(1)
+		for time.Since(start) < 2*waitBound {
+			for range 1 << 16 {
+				x = x*6364136223846793005 + 1442695040888963407
 			}
-			start := time.Now()
-			x := uint64(1)
-			for time.Since(start) < 2*waitBound {
-				for range 1 << 16 {
-					x = x*6364136223846793005 + 1442695040888963407
-				}
-			}
-			return x % 1000, nil
-		}})
-	reg.MustAdd(stem.Task{Name: taskPIDIsolated, Isolated: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		}
+		return x % 1000, nil
+	}, stem.TaskOptions{Isolated: true, MaxRetries: 5, RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}})
+	stem.Register(reg, taskPIDIsolated, func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		return pidData{PID: os.Getpid()}, nil
-	}})
+	}, stem.TaskOptions{Isolated: true})
 	return reg
 }
 
@@ -384,15 +382,14 @@ func testEnqueueAndResult(t *testing.T, h Harness) {
 func testRetryThenSucceed(t *testing.T, h Harness) {
 	d := open(t, h)
 	attempts := make(chan int, 8)
-	d.reg.MustAdd(stem.Task{Name: "flaky", Options: stem.TaskOptions{MaxRetries: 5,
-		RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond, Max: 10 * time.Millisecond}},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			attempts <- tc.Attempt()
-			if tc.Attempt() < 2 {
-				return nil, errors.New("not yet")
-			}
-			return "ok", nil
-		}})
+	stem.Register(d.reg, "flaky", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		attempts <- tc.Attempt()
+		if tc.Attempt() < 2 {
+			return nil, errors.New("not yet")
+		}
+		return "ok", nil
+	}, stem.TaskOptions{MaxRetries: 5,
+		RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond, Max: 10 * time.Millisecond}})
 	_, stop := d.startWorker(stem.WorkerConfig{})
 	res := d.wait(d.enqueue("flaky", stem.EnqueueOptions{}))
 	stop()
@@ -419,16 +416,16 @@ func testRevokeQueuedTask(t *testing.T, h Harness) {
 	d := open(t, h)
 	gate := make(chan struct{})
 	started := make(chan string, 4)
-	d.reg.MustAdd(stem.Task{Name: "block", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		started <- tc.TaskID()
 		<-gate
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	victimRan := make(chan string, 1)
-	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "victim", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		victimRan <- tc.TaskID()
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1})
 	release := sync.OnceFunc(func() { close(gate) })
 	t.Cleanup(release) // before the worker stops, should the case fail
@@ -468,15 +465,15 @@ func testRevokeQueuedTask(t *testing.T, h Harness) {
 func testRevokeBeforeWorkerStarts(t *testing.T, h Harness) {
 	d := open(t, h)
 	ran := make(chan string, 4)
-	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "victim", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	done := make(chan string, 1)
-	d.reg.MustAdd(stem.Task{Name: "marker", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "marker", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		done <- tc.TaskID()
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	victim := d.enqueue("victim", stem.EnqueueOptions{})
 	res, err := d.ctl.Revoke(context.Background(), target(),
 		stem.RevokeOptions{TaskIDs: []string{victim}, Reason: "stale", RequestedBy: "cron"})
@@ -517,16 +514,16 @@ func testTerminateInline(t *testing.T, h Harness) {
 	var runs atomic.Int32
 	type seen struct{ heartbeat, cause error }
 	saw := make(chan seen, 1)
-	d.reg.MustAdd(stem.Task{Name: "loop", Options: stem.TaskOptions{MaxRetries: 5,
-		RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}}, // a retry would wait in the queue
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if runs.Add(1) == 1 {
-				close(started)
-			}
-			<-tc.Done()
-			saw <- seen{heartbeat: tc.Heartbeat(), cause: context.Cause(tc)}
-			return "ignored result", nil
-		}})
+	// a retry would wait in the queue
+	stem.Register(d.reg, "loop", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if runs.Add(1) == 1 {
+			close(started)
+		}
+		<-tc.Done()
+		saw <- seen{heartbeat: tc.Heartbeat(), cause: context.Cause(tc)}
+		return "ignored result", nil
+	}, stem.TaskOptions{MaxRetries: 5,
+		RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}})
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1"})
 	id := d.enqueue("loop", stem.EnqueueOptions{})
 	<-started
@@ -696,10 +693,10 @@ func testTargetedCommand(t *testing.T, h Harness) {
 func testDeadWorkerLeaseExpires(t *testing.T, h Harness) {
 	d := open(t, h)
 	ran := make(chan string, 2)
-	d.reg.MustAdd(stem.Task{Name: "work", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "work", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return "done", nil
-	}})
+	}, stem.TaskOptions{})
 	id := d.enqueue("work", stem.EnqueueOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
 	defer cancel()
@@ -728,16 +725,16 @@ func testWarmShutdownReleasesUnstarted(t *testing.T, h Harness) {
 	d := open(t, h)
 	gate := make(chan struct{})
 	blockStarted := make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "block", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(blockStarted)
 		<-gate
 		return "finished", nil
-	}})
+	}, stem.TaskOptions{})
 	ranOn := make(chan string, 2)
-	d.reg.MustAdd(stem.Task{Name: "next", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "next", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ranOn <- tc.TaskID()
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	// The first worker's lease outlasts the whole test: only a release
 	// lets another worker claim what it holds.
 	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1,
@@ -773,10 +770,10 @@ func testNamespaceIsolation(t *testing.T, h Harness) {
 	a, b := open(t, h), open(t, h)
 	ran := make(chan string, 8) // "<namespace>/<task id>"
 	for _, d := range []*deployment{a, b} {
-		d.reg.MustAdd(stem.Task{Name: "probe", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		stem.Register(d.reg, "probe", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 			ran <- d.ns + "/" + tc.TaskID()
 			return d.ns, nil
-		}})
+		}, stem.TaskOptions{})
 		// The same worker id in both: a live id of one namespace does not
 		// stop a worker of the other from starting.
 		d.startWorker(stem.WorkerConfig{ID: "w"})
