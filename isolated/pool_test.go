@@ -472,7 +472,7 @@ func TestNewPoolChecks(t *testing.T) {
 	t.Run("missing entrypoint", func(t *testing.T) {
 		t.Parallel()
 		reg := testRegistry()
-		reg.MustAdd(stem.Task{Name: "only.in.worker", Isolated: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+		stem.Register(reg, "only.in.worker", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{Isolated: true})
 		logger, _ := testLogger(t)
 		_, err := isolated.NewPool(isolated.PoolConfig{Registry: reg, Logger: logger})
 		if err == nil || !strings.Contains(err.Error(), "no isolated entrypoint for only.in.worker") {

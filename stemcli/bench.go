@@ -73,7 +73,7 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 	defer a.closeStores(o)
 	u, b := o.URLs, o.Broker
 	reg := stem.NewRegistry()
-	reg.MustAdd(stem.Task{Name: "bench.noop", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	stem.Register(reg, "bench.noop", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 	ccfg := stem.ClientConfig{Broker: b, Registry: reg}
 	wcfg := stem.WorkerConfig{Registry: reg, Broker: b, Namespace: opts.Namespace, Concurrency: f.concurrency,
 		Prefetch: f.prefetch, Logger: opts.Logger, ClaimWait: 100 * time.Millisecond}

@@ -243,7 +243,7 @@ func (a *app) inspectCmd() *cobra.Command {
 	var req stemtype.InspectRequest
 	c := queryCmd[stemtype.InspectReply](a, "inspect", "Show in-flight tasks (and, if asked, the revoked cache) per worker", &controlFlags{},
 		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
-			return ctl.InspectWith(ctx, t, req)
+			return ctl.Inspect(ctx, t, req)
 		},
 		func(r *stem.Replies) { renderInspect(a.out, r, req) })
 	c.Long = `Show each worker's in-flight tasks and how many revoke records it holds.
@@ -317,7 +317,7 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 				return err
 			}
 			defer done()
-			res, err := ctl.RevokeTasks(cmd.Context(), f.target(), o)
+			res, err := ctl.Revoke(cmd.Context(), f.target(), o)
 			switch {
 			case errors.Is(err, stem.ErrStoreUnavailable):
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("%w (nothing was published)", err)}

@@ -18,7 +18,7 @@ import (
 // live worker's host and pid; the first keeps working and stays listed.
 func testWorkerRefusesLiveID(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
+	stem.Register(d.reg, "echo", func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{ID: "dup"})
 
 	second := d.newWorker(stem.WorkerConfig{ID: "dup"})
