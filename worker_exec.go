@@ -32,8 +32,9 @@ type KillSignal <-chan time.Duration
 
 // job is one claimed delivery from claim to settlement.
 type job struct {
-	d   stemdriver.Delivery
-	env *stemtype.Envelope
+	d         stemdriver.Delivery
+	env       *stemtype.Envelope
+	claimedAt time.Time // when fetch claimed it; read-only
 
 	// guarded by Worker.mu
 	minLease    time.Duration // the task's lease: no extension goes below it

@@ -110,6 +110,8 @@ func Run(t *testing.T, h Harness) {
 		{"DeadWorkerLeaseExpires", testDeadWorkerLeaseExpires},
 		{"WarmShutdownReleasesUnstarted", testWarmShutdownReleasesUnstarted},
 		{"NamespaceIsolation", testNamespaceIsolation},
+		{"FairLongTasksSpread", testFairLongTasksSpread},
+		{"FairLongTaskAfterBurst", testFairLongTaskAfterBurst},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
