@@ -36,6 +36,7 @@ type fetchPolicy struct {
 	concurrency int64
 	limit       int64 // concurrency + prefetch: the most tasks held at once
 	lowWater    int64 // a busy worker claims once this much room is free
+	eager       bool  // WorkerConfig.EagerPrefetch: always prefetch, never hand back
 
 	run      atomic.Int64 // moving average of task run time, ns; 0 until a task finished
 	rtt      atomic.Int64 // moving average of the claim round trip, ns; 0 until measured
@@ -61,10 +62,11 @@ const (
 )
 
 // newFetchPolicy returns the policy of a worker with concurrency slots
-// that may hold prefetch more tasks.
-func newFetchPolicy(concurrency, prefetch int) *fetchPolicy {
+// that may hold prefetch more tasks; an eager one always claims up to the
+// limit and never hands tasks back (WorkerConfig.EagerPrefetch).
+func newFetchPolicy(concurrency, prefetch int, eager bool) *fetchPolicy {
 	limit := int64(concurrency + prefetch)
-	return &fetchPolicy{concurrency: int64(concurrency), limit: limit, lowWater: max(1, limit/4)}
+	return &fetchPolicy{concurrency: int64(concurrency), limit: limit, lowWater: max(1, limit/4), eager: eager}
 }
 
 // ewma folds sample into the moving average v (0: no sample yet).
@@ -111,8 +113,11 @@ func (p *fetchPolicy) threshold() time.Duration {
 
 // prefetching reports whether the worker claims beyond its free slots:
 // only once tasks have finished, and while they run shorter than the
-// threshold on average.
+// threshold on average (always, when eager).
 func (p *fetchPolicy) prefetching() bool {
+	if p.eager {
+		return true
+	}
 	run := p.run.Load()
 	return run != 0 && time.Duration(run) < p.threshold()
 }
@@ -144,8 +149,11 @@ func (p *fetchPolicy) handBackAfter() time.Duration {
 // stalled reports whether, at now, no slot has freed for handBackAfter
 // and, unless oldest is zero, the oldest task waiting in the buffer
 // (claimed at oldest) has waited as long: every slot stayed busy while it
-// waited.
+// waited. An eager policy is never stalled.
 func (p *fetchPolicy) stalled(now, oldest time.Time) bool {
+	if p.eager {
+		return false
+	}
 	since := p.lastFree.Load()
 	if !oldest.IsZero() {
 		since = max(since, oldest.UnixNano())

@@ -16,7 +16,7 @@ func ran(p *fetchPolicy, n int, d time.Duration, end time.Time) {
 // Before any task finished, a worker claims for its free slots only: the
 // first long tasks of a fleet spread over its workers.
 func TestFetchPolicyFreeSlotsUntilATaskFinished(t *testing.T) {
-	p := newFetchPolicy(2, 8)
+	p := newFetchPolicy(2, 8, false)
 	for out, want := range []int{2, 1, 0, 0, 0} {
 		if got := p.claimMax(int64(out)); got != want {
 			t.Fatalf("claimMax(%d) = %d before any task finished, want %d", out, got, want)
@@ -32,7 +32,7 @@ func TestFetchPolicyFreeSlotsUntilATaskFinished(t *testing.T) {
 // long ones turn it off.
 func TestFetchPolicyPrefetchesShortTasksOnly(t *testing.T) {
 	now := time.Now()
-	p := newFetchPolicy(10, 40) // limit 50, low water 12
+	p := newFetchPolicy(10, 40, false) // limit 50, low water 12
 	ran(p, 20, 50*time.Microsecond, now)
 	if !p.prefetching() {
 		t.Fatalf("not prefetching after 50µs tasks (threshold %v)", p.threshold())
@@ -57,7 +57,7 @@ func TestFetchPolicyPrefetchesShortTasksOnly(t *testing.T) {
 // and its cap; only a claim that follows a full one measures it, and the
 // hand-back bound stays above the threshold.
 func TestFetchPolicyRoundTrip(t *testing.T) {
-	p := newFetchPolicy(4, 16)
+	p := newFetchPolicy(4, 16, false)
 	if got := p.threshold(); got != fastRatio*rttFloor {
 		t.Fatalf("threshold before a measure: %v, want %v", got, fastRatio*rttFloor)
 	}
@@ -94,7 +94,7 @@ func TestFetchPolicyRoundTrip(t *testing.T) {
 // waited for the hand-back bound; a slot that frees, or a task claimed
 // lately, is no stall.
 func TestFetchPolicyStalled(t *testing.T) {
-	p := newFetchPolicy(2, 8)
+	p := newFetchPolicy(2, 8, false)
 	bound := p.handBackAfter()
 	t0 := time.Now()
 	ran(p, 1, time.Microsecond, t0) // a slot freed at t0
@@ -122,7 +122,7 @@ func TestFetchPolicyStalled(t *testing.T) {
 // rather than back into its buffer; short tasks turn prefetch on again.
 func TestFetchPolicyNoReclaimAfterHandBack(t *testing.T) {
 	now := time.Now()
-	p := newFetchPolicy(2, 8)
+	p := newFetchPolicy(2, 8, false)
 	ran(p, 50, 10*time.Microsecond, now)
 	if got := p.claimMax(2); got != 8 {
 		t.Fatalf("short tasks, both slots busy: claimMax = %d, want 8", got)
@@ -153,7 +153,7 @@ func TestFetchPolicyNoReclaimAfterHandBack(t *testing.T) {
 // Runners report finished tasks concurrently with the fetch loop's reads
 // and hand-backs: no update is torn (run with -race).
 func TestFetchPolicyConcurrent(t *testing.T) {
-	p := newFetchPolicy(8, 32)
+	p := newFetchPolicy(8, 32, false)
 	now := time.Now()
 	var wg sync.WaitGroup
 	for range 8 {
@@ -171,5 +171,22 @@ func TestFetchPolicyConcurrent(t *testing.T) {
 	// bound: it lies between the two.
 	if got := time.Duration(p.run.Load()); got < time.Millisecond || got > p.handBackAfter() {
 		t.Fatalf("average run time %v, want between 1ms and %v", got, p.handBackAfter())
+	}
+}
+
+// An eager policy (WorkerConfig.EagerPrefetch) claims up to the limit from
+// the start, whatever the tasks' run time, and never hands tasks back.
+func TestFetchPolicyEager(t *testing.T) {
+	p := newFetchPolicy(2, 8, true)
+	now := time.Now()
+	ran(p, 10, time.Minute, now)
+	p.handedBack()
+	for _, c := range []struct{ out, want int }{{0, 10}, {2, 8}, {8, 2}, {9, 0}} {
+		if got := p.claimMax(int64(c.out)); got != c.want {
+			t.Fatalf("eager: claimMax(%d) = %d, want %d", c.out, got, c.want)
+		}
+	}
+	if p.stalled(now.Add(time.Hour), now) {
+		t.Fatal("an eager policy stalled")
 	}
 }

@@ -23,7 +23,7 @@ func TestRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T) {
 		<-gate
 		return nil, nil
 	}})
-	e.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4})
+	e.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4, EagerPrefetch: true})
 	blocker := e.enqueue("block", nil, stem.EnqueueOptions{})
 	if got := <-started; got != blocker {
 		t.Fatalf("started %s, want the blocker %s", got, blocker)

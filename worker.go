@@ -40,6 +40,13 @@ type WorkerConfig struct {
 	// other workers (see "Fair dispatch" in docs/architecture.md, and
 	// `stem worker inspect --reserved`).
 	Prefetch int
+	// EagerPrefetch makes the worker claim up to Concurrency + Prefetch
+	// whatever its tasks' run time and never hand waiting tasks back: the
+	// behaviour before fair dispatch (Celery's default, without -O fair).
+	// A task may then wait behind this worker's busy slots while another
+	// worker idles; use it only where every task is short, or for a single
+	// worker.
+	EagerPrefetch bool
 	// Registry holds the tasks the worker runs. Required.
 	Registry *Registry
 	// Broker the worker claims from. Required.
@@ -177,7 +184,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		held:    make(map[string]*job),
 		space:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
-		fair:    newFetchPolicy(cfg.Concurrency, cfg.Prefetch),
+		fair:    newFetchPolicy(cfg.Concurrency, cfg.Prefetch, cfg.EagerPrefetch),
 	}
 	w.writer = newResultWriter(w)
 	return w, nil

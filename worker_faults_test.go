@@ -107,7 +107,7 @@ func TestTaskLostInPrefetchIsNotStarted(t *testing.T) {
 	quickID := e.enqueue("quick", nil, stem.EnqueueOptions{})
 	b := &lossyBroker{Broker: e.broker, results: e.results, lostID: quickID, lost: make(chan struct{})}
 	e.broker = b
-	e.startWorker(stem.WorkerConfig{Concurrency: 1, Prefetch: 1, Lease: 60 * time.Millisecond})
+	e.startWorker(stem.WorkerConfig{Concurrency: 1, Prefetch: 1, EagerPrefetch: true, Lease: 60 * time.Millisecond})
 	<-b.lost // the renewer handled the loss of quick's lease while slow runs
 	close(release)
 	if r := e.wait(slowID); r.State != stemtype.StateSucceeded {
