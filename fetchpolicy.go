@@ -40,7 +40,8 @@ type fetchPolicy struct {
 
 	run      atomic.Int64 // moving average of task run time, ns; 0 until a task finished
 	rtt      atomic.Int64 // moving average of the claim round trip, ns; 0 until measured
-	lastFree atomic.Int64 // when a slot last freed, unix ns
+	epoch    time.Time    // the policy's creation: times are kept as ns since, on the monotonic clock
+	lastFree atomic.Int64 // when a slot last freed, ns since epoch
 	full     atomic.Bool  // the last claim returned as many tasks as it asked for
 }
 
@@ -66,7 +67,8 @@ const (
 // limit and never hands tasks back (WorkerConfig.EagerPrefetch).
 func newFetchPolicy(concurrency, prefetch int, eager bool) *fetchPolicy {
 	limit := int64(concurrency + prefetch)
-	return &fetchPolicy{concurrency: int64(concurrency), limit: limit, lowWater: max(1, limit/4), eager: eager}
+	return &fetchPolicy{concurrency: int64(concurrency), limit: limit, lowWater: max(1, limit/4), eager: eager,
+		epoch: time.Now()}
 }
 
 // ewma folds sample into the moving average v (0: no sample yet).
@@ -88,7 +90,7 @@ func ewma(v *atomic.Int64, sample time.Duration) {
 // that a slot freed at end.
 func (p *fetchPolicy) finished(start, end time.Time) {
 	ewma(&p.run, end.Sub(start))
-	p.lastFree.Store(end.UnixNano())
+	p.lastFree.Store(int64(end.Sub(p.epoch)))
 }
 
 // claimed records a claim that took d and returned got of the max tasks
@@ -156,9 +158,9 @@ func (p *fetchPolicy) stalled(now, oldest time.Time) bool {
 	}
 	since := p.lastFree.Load()
 	if !oldest.IsZero() {
-		since = max(since, oldest.UnixNano())
+		since = max(since, int64(oldest.Sub(p.epoch)))
 	}
-	return now.UnixNano()-since >= int64(p.handBackAfter())
+	return int64(now.Sub(p.epoch))-since >= int64(p.handBackAfter())
 }
 
 // handedBack records that the worker handed its buffer back: the tasks
