@@ -22,6 +22,9 @@ import (
 //     average of each, see prefetching). Until a task has finished, and for
 //     longer tasks, it claims for free slots only, as asynq, River and
 //     Sidekiq do: a task then waits in no worker's buffer at all.
+//   - Even for short tasks, a worker whose slots are all taken claims only
+//     what is ready (claimWait): it never sits in a blocking claim, taking
+//     the next task published, while another worker has a free slot.
 //   - When tasks wait in the buffer while no slot has freed for
 //     handBackAfter (every slot is busy with something slow), the worker
 //     hands them all back to the broker (Broker.Release makes them
@@ -94,14 +97,27 @@ func (p *fetchPolicy) finished(start, end time.Time) {
 }
 
 // claimed records a claim that took d and returned got of the max tasks
-// it asked for. Only a claim made while the previous one came back full
-// measures the round trip: the queue had tasks ready, so this one did not
-// wait for a publish.
-func (p *fetchPolicy) claimed(d time.Duration, got, max int) {
-	if got > 0 && p.full.Load() {
+// it asked for; blocking says it was allowed to wait for a publish. A
+// claim that could not wait measures the round trip, and so does a
+// blocking one made while the previous one came back full (the queue had
+// tasks ready, so it did not wait).
+func (p *fetchPolicy) claimed(d time.Duration, got, max int, blocking bool) {
+	if !blocking || (got > 0 && p.full.Load()) {
 		ewma(&p.rtt, min(d, rttCap))
 	}
 	p.full.Store(got >= max)
+}
+
+// claimWait returns how long a claim made with outstanding tasks held may
+// wait for a publish: configured (WorkerConfig.ClaimWait) while a slot is
+// free, and 0 once every slot is taken, so that a task published then goes
+// to a worker with a free slot rather than into this one's buffer (an
+// eager policy always waits).
+func (p *fetchPolicy) claimWait(outstanding int64, configured time.Duration) time.Duration {
+	if p.eager || outstanding < p.concurrency {
+		return configured
+	}
+	return 0
 }
 
 // threshold is the run time below which tasks count as short:

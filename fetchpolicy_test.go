@@ -62,18 +62,18 @@ func TestFetchPolicyRoundTrip(t *testing.T) {
 		t.Fatalf("threshold before a measure: %v, want %v", got, fastRatio*rttFloor)
 	}
 	// A claim after a partial one may have waited for a publish.
-	p.claimed(time.Second, 1, 20)
-	p.claimed(time.Second, 3, 20)
+	p.claimed(time.Second, 1, 20, true)
+	p.claimed(time.Second, 3, 20, true)
 	if p.rtt.Load() != 0 {
 		t.Fatalf("round trip measured from claims that may have waited: %v", time.Duration(p.rtt.Load()))
 	}
-	p.claimed(2*time.Millisecond, 20, 20) // full: the next one measures
-	p.claimed(2*time.Millisecond, 20, 20)
+	p.claimed(2*time.Millisecond, 20, 20, true) // full: the next one measures
+	p.claimed(2*time.Millisecond, 20, 20, true)
 	if got := p.threshold(); got != fastRatio*2*time.Millisecond {
 		t.Fatalf("threshold %v after a 2ms round trip, want %v", got, fastRatio*2*time.Millisecond)
 	}
 	for range 100 {
-		p.claimed(time.Minute, 20, 20)
+		p.claimed(time.Minute, 20, 20, true)
 	}
 	if got := p.threshold(); got > fastRatio*rttCap || got < fastRatio*rttCap*99/100 {
 		t.Fatalf("threshold %v after long claims, want about the cap's %v", got, fastRatio*rttCap)
@@ -83,7 +83,7 @@ func TestFetchPolicyRoundTrip(t *testing.T) {
 			p.handBackAfter(), p.threshold(), minHandBack)
 	}
 	for range 100 {
-		p.claimed(time.Microsecond, 20, 20)
+		p.claimed(time.Microsecond, 20, 20, true)
 	}
 	if got := p.threshold(); got != fastRatio*rttFloor {
 		t.Fatalf("threshold %v after 1µs claims, want the floor's %v", got, fastRatio*rttFloor)
@@ -139,7 +139,7 @@ func TestFetchPolicyNoReclaimAfterHandBack(t *testing.T) {
 	// Whatever round trip is measured later, the hand-back keeps the
 	// average above the threshold.
 	for range 100 {
-		p.claimed(time.Minute, 8, 8)
+		p.claimed(time.Minute, 8, 8, true)
 	}
 	if p.prefetching() {
 		t.Fatal("prefetching after a hand-back once the round trip rose")
@@ -163,7 +163,7 @@ func TestFetchPolicyConcurrent(t *testing.T) {
 		for range 1000 {
 			p.handedBack()
 			_ = p.claimMax(4)
-			p.claimed(time.Millisecond, 4, 4)
+			p.claimed(time.Millisecond, 4, 4, false)
 		}
 	})
 	wg.Wait()
@@ -188,5 +188,28 @@ func TestFetchPolicyEager(t *testing.T) {
 	}
 	if p.stalled(now.Add(time.Hour), now) {
 		t.Fatal("an eager policy stalled")
+	}
+}
+
+// A claim may wait for a publish only while a slot is free: a worker whose
+// slots are all taken takes what is ready and leaves later tasks to
+// workers with a free slot. Such a claim measures the round trip, whatever
+// it returned. An eager policy always waits.
+func TestFetchPolicyClaimWait(t *testing.T) {
+	p := newFetchPolicy(2, 8, false)
+	for _, c := range []struct {
+		out  int64
+		want time.Duration
+	}{{0, time.Second}, {1, time.Second}, {2, 0}, {9, 0}} {
+		if got := p.claimWait(c.out, time.Second); got != c.want {
+			t.Fatalf("claimWait(%d) = %v, want %v", c.out, got, c.want)
+		}
+	}
+	p.claimed(3*time.Millisecond, 0, 8, false)
+	if got := time.Duration(p.rtt.Load()); got != 3*time.Millisecond {
+		t.Fatalf("round trip %v after an empty claim that could not wait, want 3ms", got)
+	}
+	if got := newFetchPolicy(2, 8, true).claimWait(5, time.Second); got != time.Second {
+		t.Fatalf("eager: claimWait = %v, want the configured wait", got)
 	}
 }

@@ -360,11 +360,17 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // fetch claims tasks while there is room for them, as the fetch policy
-// (w.fair) allows, and hands them to the runners through ready. While
-// tasks wait in ready with every slot busy, it checks every quarter of the
-// policy's hand-back bound whether to hand them back (handBack).
+// (w.fair) allows, and hands them to the runners through ready. A claim
+// made while every slot is taken takes only what is ready (it does not
+// wait for a publish: a worker with a free slot should get that task);
+// when it finds nothing, fetch waits until a slot frees. While tasks wait
+// in ready with every slot busy, it checks every quarter of the policy's
+// hand-back bound whether to hand them back (handBack).
 func (w *Worker) fetch(ctx context.Context, ready chan *job) {
 	backoff := 100 * time.Millisecond
+	// nothingReady: a claim made while every slot was taken found the
+	// queue empty; the next waits until a slot frees.
+	nothingReady := false
 	check := time.NewTimer(time.Hour)
 	check.Stop()
 	defer check.Stop()
@@ -373,7 +379,12 @@ func (w *Worker) fetch(ctx context.Context, ready chan *job) {
 		if waiting {
 			w.handBack(ready)
 		}
-		n := w.fair.claimMax(w.outstanding.Load())
+		out := w.outstanding.Load()
+		n := w.fair.claimMax(out)
+		wait := w.fair.claimWait(out, w.cfg.ClaimWait)
+		if wait == 0 && nothingReady {
+			n = 0 // every slot is taken and the queue was empty: wait for a slot
+		}
 		if n == 0 {
 			var due <-chan time.Time
 			if len(ready) > 0 {
@@ -382,6 +393,7 @@ func (w *Worker) fetch(ctx context.Context, ready chan *job) {
 			}
 			select {
 			case <-w.space:
+				nothingReady = false
 			case <-due:
 			case <-ctx.Done():
 				return
@@ -389,7 +401,6 @@ func (w *Worker) fetch(ctx context.Context, ready chan *job) {
 			check.Stop()
 			continue
 		}
-		wait := w.cfg.ClaimWait
 		if waiting {
 			// Tasks wait for a slot: do not block for long before
 			// checking whether to hand them back.
@@ -407,8 +418,9 @@ func (w *Worker) fetch(ctx context.Context, ready chan *job) {
 		// are run (or, once stopping, released), never dropped.
 		now := time.Now()
 		if err == nil {
-			w.fair.claimed(now.Sub(start), len(ds), n)
+			w.fair.claimed(now.Sub(start), len(ds), n, wait > 0)
 		}
+		nothingReady = wait == 0 && err == nil && len(ds) == 0
 		jobs := make([]*job, len(ds))
 		w.mu.Lock()
 		for i, d := range ds {

@@ -351,7 +351,15 @@ loading revokes) ends it cleanly too, exit 0.
 
 A worker refuses to start (exit 1) while another live worker of the namespace
 holds its --id, and names that worker's host and pid. The id of a worker that
-was killed without shutting down is free 15 seconds after it was last seen.`,
+was killed without shutting down is free 15 seconds after it was last seen.
+
+Dispatch is fair: the worker claims beyond its free slots (at most
+--prefetch more, default 4 x --concurrency) only while its tasks run
+shorter than a few claim round trips, as in a drain of short tasks; for
+longer tasks it claims for free slots only, so a long task never waits
+behind this worker while another has a free slot. Tasks that wait for a
+slot while every slot stays busy for about 100ms are handed back to the
+queue for other workers. 'stem worker inspect --reserved' shows them.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Concurrency <= 0 || cfg.Prefetch < 0 {
 				return exitf(ExitUsage, "worker start: --concurrency must be positive and --prefetch not negative")
