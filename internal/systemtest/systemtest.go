@@ -1,8 +1,9 @@
 // Package systemtest is the system-level suite every backend runs: the real
 // stem.Worker, stem.Client and stem.Controller over a backend's four
 // drivers, checking what a user sees (results, retries, revokes, terminate,
-// the control plane, lease recovery, shutdown, namespace isolation) rather
-// than what one driver promises (that is stemdrivertest's job).
+// the control plane, lease recovery, shutdown, namespace isolation, fair
+// dispatch) rather than what one driver promises (that is stemdrivertest's
+// job).
 //
 // A backend wires it in a few lines:
 //
