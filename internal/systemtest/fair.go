@@ -67,11 +67,15 @@ func testFairLongTasksSpread(t *testing.T, h Harness) {
 }
 
 // A long task enqueued right after a burst of short ones, while the worker
-// that claims them has every slot busy, starts on an idle worker instead
-// of waiting behind that worker's slots: the busy worker hands back what it
-// holds and claims no more than its free slots. The busy worker first runs
-// short tasks, so that it has seen tasks finish faster than a claim round
-// trip and prefetches.
+// that would claim them has every slot busy, starts on an idle worker
+// instead of waiting behind that worker's slots, and so does the burst.
+// The busy worker first runs short tasks, so that it prefetches: with
+// every slot taken it claims only tasks already ready (none, when it
+// claims right after its slots filled, as here), and it hands back what it
+// holds once its slots stay busy (the root package's
+// TestStalledBufferHandedBack drives that path deterministically). Before
+// issue 16 it claimed the burst into its buffer, and the burst waited for
+// the busy worker's slots.
 func testFairLongTaskAfterBurst(t *testing.T, h Harness) {
 	d := open(t, h)
 	const burst = 8
