@@ -17,3 +17,8 @@ func SetTestHooks(w *Worker, progressChecked, settled func(taskID string)) {
 // tests that send a raw command (an older controller's payload, a payload
 // the typed methods refuse).
 var ControllerSend = (*Controller).send
+
+// AssumeShortTasks makes w's fetch policy start as if its tasks had run
+// in a nanosecond: it prefetches from its first claim until it hands its
+// buffer back (or tasks that finish raise the average). Call it before Run.
+func AssumeShortTasks(w *Worker) { w.fair.run.Store(1) }

@@ -51,7 +51,7 @@ one machine only.`,
 	fl := c.Flags()
 	fl.IntVar(&f.tasks, "tasks", 20000, "number of no-op tasks")
 	fl.IntVar(&f.concurrency, "concurrency", 10, "worker concurrency")
-	fl.IntVar(&f.prefetch, "prefetch", 0, "worker prefetch (default: concurrency)")
+	fl.IntVar(&f.prefetch, "prefetch", 0, "worker prefetch cap (default: 4 x concurrency)")
 	fl.IntVar(&f.batch, "batch", 500, "tasks per enqueue call")
 	fl.BoolVar(&f.results, "results", true, "record task states in the result backend")
 	fl.StringVar(&f.mode, "mode", "drain", "drain or mixed")

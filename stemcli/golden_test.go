@@ -316,6 +316,10 @@ func TestGoldenWorkerCommands(t *testing.T) {
 	e.check("inspect_revoked_json", "worker", "inspect", "--include-revoked", "--json")
 	e.check("inspect_revoked_limit", "worker", "inspect", "--include-revoked", "--limit", "1")
 	e.check("inspect_revoked_limit_json", "worker", "inspect", "--include-revoked", "--limit", "1", "--json")
+	// Neither slot waits: one is free. The worker reports its (empty)
+	// buffer when asked.
+	e.check("inspect_reserved", "worker", "inspect", "--reserved")
+	e.check("inspect_reserved_json", "worker", "inspect", "--reserved", "--json")
 
 	releaseBlock()
 	e.wait(block)

@@ -127,7 +127,7 @@ func testTaskLostInPrefetchIsNotStarted(t *testing.T, h Harness) {
 	slowID := d.enqueue("slow", stem.EnqueueOptions{})
 	quickID := d.enqueue("quick", stem.EnqueueOptions{})
 	b := &lossyBroker{Broker: d.roles.Broker, results: d.roles.Results, lostID: quickID, lost: make(chan struct{})}
-	d.startWorker(stem.WorkerConfig{Broker: b, Concurrency: 1, Prefetch: 1, Lease: h.Capabilities.ShortLease})
+	d.startWorker(stem.WorkerConfig{Broker: b, Concurrency: 1, Prefetch: 1, EagerPrefetch: true, Lease: h.Capabilities.ShortLease})
 	unblock := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock) // before the worker stops, should the case fail
 	// The renewer handles the loss of quick's lease while slow runs.

@@ -239,7 +239,7 @@ func testRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T, h Harness) {
 		<-gate
 		return nil, nil
 	}, stem.TaskOptions{})
-	d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4})
+	d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4, EagerPrefetch: true})
 	t.Cleanup(func() { close(gate) }) // before the worker stops
 	blocker := d.enqueue("block", stem.EnqueueOptions{})
 	if got := await(t, started, "the blocker starts"); got != blocker {

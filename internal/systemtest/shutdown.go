@@ -67,7 +67,7 @@ func testWarmShutdownReleasesUnstarted(t *testing.T, h Harness) {
 	}, stem.TaskOptions{})
 	// The first worker's lease outlasts the whole test: only a release
 	// lets another worker claim what it holds.
-	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1,
+	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1, EagerPrefetch: true,
 		Lease: 10 * time.Minute, ShutdownTimeout: 10 * time.Minute})
 	release := sync.OnceFunc(func() { close(gate) })
 	t.Cleanup(release) // before the worker stops, should the case fail

@@ -3,8 +3,8 @@
 // drivers, checking what a user sees (results, retries and failures,
 // revokes and terminate, final states that stay final, the control plane,
 // leases and shutdown, one worker per id, namespace and scope isolation,
-// and the worker's conduct when one driver fails) rather than what one
-// driver promises (that is stemdrivertest's job).
+// fair dispatch, and the worker's conduct when one driver fails) rather
+// than what one driver promises (that is stemdrivertest's job).
 //
 // A backend wires it in a few lines:
 //
@@ -179,6 +179,9 @@ func Run(t *testing.T, h Harness) {
 		// Isolation (isolation.go).
 		{"NamespaceIsolation", testNamespaceIsolation},
 		{"ScopeIsolation", testScopeIsolation},
+		// Fair dispatch (fair.go).
+		{"FairLongTasksSpread", testFairLongTasksSpread},
+		{"FairLongTaskAfterBurst", testFairLongTaskAfterBurst},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
