@@ -1,0 +1,89 @@
+package stemcli_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// TestBlankConnectionFlagsAreUsageErrors: a connection or namespace flag
+// given with an empty or blank value (a script's `--broker "$UNSET"`) is a
+// usage error (64), as a blank --worker, --task or --queue is. Taken for
+// "not given", it would send the command elsewhere without a word: to the
+// variable's store, to the in-process default (an enqueue that exits 0 and
+// loses its task), or to the default namespace (another deployment).
+func TestBlankConnectionFlagsAreUsageErrors(t *testing.T) {
+	e := newCLIEnv(t)
+	for _, flag := range []string{"--broker", "--backend", "--revoke-store", "--namespace"} {
+		for _, value := range []string{"", "  "} {
+			for _, cmd := range [][]string{
+				{"enqueue", "ok"},
+				{"task", "status", "abc"},
+				{"worker", "ping", "--timeout", "100ms"},
+				{"worker", "revoke", "--task", "abc", "--timeout", "100ms"},
+				// A --concurrency the worker refuses: the blank flag must
+				// be refused first, and an unrefused one cannot hang the
+				// test in a running worker.
+				{"worker", "start", "--concurrency", "0"},
+			} {
+				args := append([]string{flag, value}, cmd...)
+				code, out, errOut := e.run(args...)
+				if code != 64 || out != "" || !strings.Contains(errOut, flag) {
+					t.Errorf("%q: exit %d, stdout %q, want exit 64, nothing on stdout and %s named\nstderr:\n%s", args, code, out, flag, errOut)
+				}
+			}
+		}
+	}
+	// Nothing reached the default hub: no task was enqueued there.
+	n, err := e.resolver.Hub("").Broker(stemdriver.Options{Namespace: stemtype.DefaultNamespace}).Depth(context.Background(), stemtype.DefaultQueue)
+	if err != nil || n != 0 {
+		t.Errorf("the default hub's queue %s holds %d task(s) (%v), want none", stemtype.DefaultQueue, n, err)
+	}
+}
+
+// TestBlankNamespaceVariableIsAConfigError: STEM_NAMESPACE set to blanks
+// names no deployment; it is a configuration error (78), not a namespace
+// of spaces that no other command of the fleet would find.
+func TestBlankNamespaceVariableIsAConfigError(t *testing.T) {
+	e := newCLIEnv(t)
+	e.env = map[string]string{"STEM_NAMESPACE": "  "}
+	for _, args := range [][]string{
+		{"enqueue", "ok"},
+		{"worker", "ping", "--timeout", "100ms"},
+	} {
+		code, out, errOut := e.run(args...)
+		if code != 78 || out != "" || !strings.Contains(errOut, "STEM_NAMESPACE") {
+			t.Errorf("%q: exit %d, stdout %q, want exit 78 naming STEM_NAMESPACE\nstderr:\n%s", args, code, out, errOut)
+		}
+	}
+	// A flag wins over the variable, blank or not.
+	if code, _, errOut := e.run("--namespace", "ns1", "enqueue", "ok"); code != 0 {
+		t.Errorf("--namespace ns1 beside a blank STEM_NAMESPACE: exit %d\nstderr:\n%s", code, errOut)
+	}
+}
+
+// TestRevokeRefusesAResultBackendURLThatCanNeverWork: revoke does without
+// a result backend it cannot reach, but one whose URL can never work (an
+// unknown scheme, an unknown option) is a configuration error, exit 78,
+// before anything is stored or published, as for every other command and
+// for the workers, which refuse to start with it.
+func TestRevokeRefusesAResultBackendURLThatCanNeverWork(t *testing.T) {
+	e := newCLIEnv(t)
+	for _, backend := range []string{"ftp://u:hunter2@h", "postgres://h/stem", "memory://%zz"} {
+		store := filepath.Join(t.TempDir(), "revokes.ndjson")
+		const id = "0123456789abcdef0123456789abcdef"
+		code, out, errOut := e.run("--backend", backend, "--revoke-store", "file://"+store,
+			"worker", "revoke", "--task", id, "--timeout", "100ms")
+		if code != 78 || out != "" || !strings.Contains(errOut, "result backend") || strings.Contains(errOut, "hunter2") {
+			t.Errorf("revoke --backend %s: exit %d, stdout %q, want exit 78 naming the result backend\nstderr:\n%s", backend, code, out, errOut)
+		}
+		if b, err := os.ReadFile(store); err == nil && strings.Contains(string(b), id) {
+			t.Errorf("revoke --backend %s: the store holds the revoke of %s, want nothing stored:\n%s", backend, id, b)
+		}
+	}
+}
