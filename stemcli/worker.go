@@ -94,7 +94,13 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 	if withRevokes {
 		// Optional: without it, the revoke is stored and published all
 		// the same, but task states are not marked cancelled.
-		if err := o.Add(ctx, stemurl.RoleResults); err != nil {
+		// A URL that can never work is a configuration error all the
+		// same (exit 78, nothing stored or published), as it is for
+		// every other command and for the workers.
+		if err := o.Add(ctx, stemurl.RoleResults); errors.Is(err, stemdriver.ErrBadConfig) {
+			done()
+			return nil, nil, openErr(err)
+		} else if err != nil {
 			fmt.Fprintf(a.errw, "stem: note: result backend unavailable, task states not updated: %v\n", err)
 		}
 	}
