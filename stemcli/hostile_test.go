@@ -4,9 +4,14 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 
+	"go.uber.org/goleak"
+
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -86,4 +91,39 @@ func TestRevokeRefusesAResultBackendURLThatCanNeverWork(t *testing.T) {
 			t.Errorf("revoke --backend %s: the store holds the revoke of %s, want nothing stored:\n%s", backend, id, b)
 		}
 	}
+}
+
+// TestCommandsLeaveNothingOpen: every command closes what it opened, on
+// success and on each failure path (a store that cannot be reached, a
+// result backend the revoke does without, a URL that can never work): no
+// goroutine of a Redis client or a subscription outlives the command.
+func TestCommandsLeaveNothingOpen(t *testing.T) {
+	real := testutil.NeedRedis(t)
+	ns := "atk-leak-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	testutil.CleanupNamespace(t, real, ns)
+	e := newCLIEnv(t)
+	e.env = map[string]string{"STEM_BROKER_URL": real, "STEM_NAMESPACE": ns}
+	const dead = "redis://127.0.0.1:1/0"
+	store := "file://" + filepath.Join(t.TempDir(), "revokes.ndjson")
+	before := goleak.IgnoreCurrent()
+	id := e.enqueue("parked")
+	for _, tc := range []struct {
+		args []string
+		code int
+	}{
+		{[]string{"task", "status", id}, 0},
+		{[]string{"worker", "ping", "--timeout", "100ms"}, 70},
+		{[]string{"worker", "stats", "--worker", "nobody", "--timeout", "100ms"}, 70},
+		{[]string{"worker", "revoke", "--task", id, "--timeout", "100ms"}, 70},
+		{[]string{"--backend", dead, "--revoke-store", store, "worker", "revoke", "--task", id, "--timeout", "100ms"}, 70},
+		{[]string{"--revoke-store", dead, "worker", "revoke", "--task", id}, 69},
+		{[]string{"--backend", dead, "enqueue", "ok"}, 69},
+		{[]string{"--revoke-store", "redis://127.0.0.1:6379/0?bogus=1", "worker", "start"}, 78},
+		{[]string{"--revoke-store", dead, "worker", "start"}, 69},
+	} {
+		if code, _, errOut := e.run(tc.args...); code != tc.code {
+			t.Errorf("%q: exit %d, want %d\nstderr:\n%s", tc.args, code, tc.code, errOut)
+		}
+	}
+	goleak.VerifyNone(t, before)
 }
