@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"go.uber.org/goleak"
 
 	"github.com/stem-go/stem/internal/testutil"
@@ -126,4 +127,41 @@ func TestCommandsLeaveNothingOpen(t *testing.T) {
 		}
 	}
 	goleak.VerifyNone(t, before)
+}
+
+// TestStatusOfACorruptRecordIsNoOutage: a stored result that does not
+// decode (written by hand, or by something that is not stem) is no store
+// that cannot be reached: exit 1, not 69, since a script that retries on
+// 69 would retry for ever. The message says what is wrong.
+func TestStatusOfACorruptRecordIsNoOutage(t *testing.T) {
+	real := testutil.NeedRedis(t)
+	ns := "atk-corrupt-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	testutil.CleanupNamespace(t, real, ns)
+	opts, err := redis.ParseURL(real)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdb := redis.NewClient(opts)
+	defer rdb.Close()
+	ctx := context.Background()
+	for key, value := range map[string]string{
+		"stem:" + ns + ":result:garbled": "not json{",
+		"stem:" + ns + ":state:mistyped": `{"id":"mistyped","state":42}`,
+	} {
+		if err := rdb.Set(ctx, key, value, time.Hour).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e := newCLIEnv(t)
+	e.env = map[string]string{"STEM_BROKER_URL": real, "STEM_NAMESPACE": ns}
+	for _, args := range [][]string{
+		{"task", "status", "garbled"},
+		{"task", "status", "--json", "garbled"},
+		{"task", "status", "mistyped"},
+	} {
+		code, out, errOut := e.run(args...)
+		if code != 1 || out != "" || !strings.Contains(errOut, "does not decode") {
+			t.Errorf("%q: exit %d, stdout %q, want exit 1, nothing on stdout and the reason\nstderr:\n%s", args, code, out, errOut)
+		}
+	}
 }
