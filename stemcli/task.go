@@ -114,6 +114,9 @@ func (a *app) statusCmd() *cobra.Command {
 			r, err := client.Status(ctx, pos[0])
 			if errors.Is(err, stem.ErrNotFound) {
 				return fmt.Errorf("task %s: no state recorded in %s (never enqueued here, or expired)", pos[0], stemurl.Redact(o.URLs.Results))
+			} else if undecodable(err) {
+				// The store answered: retrying cannot mend the record.
+				return fmt.Errorf("task %s: %w", pos[0], err)
 			} else if err != nil {
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("task %s: %w", pos[0], err)}
 			}
@@ -137,4 +140,13 @@ func (a *app) statusCmd() *cobra.Command {
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, `print {"id","task","state","attempt","result","error","progress","meta"}`)
 	return c
+}
+
+// undecodable reports whether err says that a stored value does not
+// decode as JSON of the expected shape: the store answered, so this is no
+// outage to retry (exit 1, not 69).
+func undecodable(err error) bool {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	return errors.As(err, &syntax) || errors.As(err, &typ)
 }
