@@ -165,3 +165,23 @@ func TestStatusOfACorruptRecordIsNoOutage(t *testing.T) {
 		}
 	}
 }
+
+// TestEnqueueRefusesABlankQueue: `worker start --queue "  "` is refused,
+// so no worker ever consumes a blank queue; enqueueing into one (or, with
+// --queue "", silently into the task's default queue) is a usage error
+// too, and nothing is enqueued.
+func TestEnqueueRefusesABlankQueue(t *testing.T) {
+	e := newCLIEnv(t)
+	for _, q := range []string{"", "   "} {
+		code, out, errOut := e.run("enqueue", "ok", "--queue", q)
+		if code != 64 || out != "" || !strings.Contains(errOut, "--queue") {
+			t.Errorf("enqueue --queue %q: exit %d, stdout %q, want exit 64 naming --queue\nstderr:\n%s", q, code, out, errOut)
+		}
+	}
+	b := e.resolver.Hub("").Broker(stemdriver.Options{Namespace: stemtype.DefaultNamespace})
+	for _, q := range []string{"   ", stemtype.DefaultQueue} {
+		if n, err := b.Depth(context.Background(), q); err != nil || n != 0 {
+			t.Errorf("queue %q holds %d task(s) (%v), want none", q, n, err)
+		}
+	}
+}
