@@ -37,6 +37,11 @@ func (a *app) enqueueCmd() *cobra.Command {
 				}
 				opts.MaxRetries = &maxRetries
 			}
+			// A blank queue is one no worker may consume (worker start
+			// refuses it); "" is not "the task's queue": leave it out.
+			if cmd.Flags().Changed("queue") && strings.TrimSpace(opts.Queue) == "" {
+				return exitf(ExitUsage, "enqueue: --queue must not be empty (leave it out for the task's queue)")
+			}
 			if opts.Countdown < 0 {
 				return exitf(ExitUsage, "enqueue: --countdown must not be negative")
 			}
