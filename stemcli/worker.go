@@ -289,6 +289,9 @@ func (a *app) revokeCmd() *cobra.Command {
 		Short: "Persist a revoke record, then publish it to workers",
 		Long: `Persist one revoke record per --task to the revoke store, then publish them.
 If the store cannot be written, nothing is published and the exit code is 69.
+A result backend that cannot be reached is done without (task states are not
+marked cancelled); one whose URL can never work is a configuration error
+(exit 78), and nothing is stored or published.
 
 A revoked task that has not started never runs: it is acknowledged as
 cancelled. Ids the result backend does not know are revoked all the same
