@@ -92,6 +92,17 @@ func TestRevokeRefusesAResultBackendURLThatCanNeverWork(t *testing.T) {
 			t.Errorf("revoke --backend %s: the store holds the revoke of %s, want nothing stored:\n%s", backend, id, b)
 		}
 	}
+	// A file:// URL as the result backend's, which the revoke store falls
+	// back to, serves revokes alone: the revoke goes through (no worker
+	// is live: exit 70) and says that task states are not updated.
+	store := filepath.Join(t.TempDir(), "revokes.ndjson")
+	code, _, errOut := e.run("--backend", "file://"+store, "worker", "revoke", "--task", "abc", "--timeout", "100ms")
+	if code != 70 || !strings.Contains(errOut, "task states not updated") {
+		t.Errorf("revoke --backend file://: exit %d, want 70 and a note\nstderr:\n%s", code, errOut)
+	}
+	if b, err := os.ReadFile(store); err != nil || !strings.Contains(string(b), `"abc"`) {
+		t.Errorf("revoke --backend file://: the store holds %q (%v), want the revoke of abc", b, err)
+	}
 }
 
 // TestCommandsLeaveNothingOpen: every command closes what it opened, on
