@@ -9,14 +9,18 @@
 //	}
 //
 // Commands write to the configured writers, so they are tested on their
-// exact output. Exit codes (DESIGN §5): 0 success, 64 usage error, 69 the
+// exact output. Exit codes (DESIGN §5): 0 success, 64 usage error (among
+// them a connection or namespace flag given empty or blank), 69 the
 // broker or revoke store cannot be reached (nothing was published), 70 a
 // worker replied with an error or with a reply that cannot be decoded, a
 // targeted worker did not reply, or no worker replied at all, 78
 // configuration error (an unknown or not yet supported URL scheme, a
 // malformed URL, an unknown URL option, a bad database number, a revoke
-// store that cannot be durable, an unknown STEM_LOG_LEVEL), 1 any other
-// failure. Scripts may retry on 69, never on 64 or 78.
+// store that cannot be durable, an unknown STEM_LOG_LEVEL, a blank
+// STEM_NAMESPACE; for revoke also a result backend URL that can never
+// work, although a result backend that cannot be reached is done
+// without), 1 any other failure. Scripts may retry on 69, never on 64 or
+// 78.
 package stemcli
 
 import (
@@ -129,9 +133,14 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 	root.SetErr(cfg.Stderr)
 	// Configuration read from the environment is checked before any
 	// command runs, so that a typo fails loudly instead of being ignored.
-	root.PersistentPreRunE = func(*cobra.Command, []string) error {
-		_, err := a.logLevel("info")
-		return err
+	root.PersistentPreRunE = func(c *cobra.Command, _ []string) error {
+		if err := a.checkConnFlags(c); err != nil {
+			return err
+		}
+		if _, err := a.logLevel("info"); err != nil {
+			return err
+		}
+		return a.checkNamespaceEnv()
 	}
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
@@ -260,6 +269,42 @@ func exitCode(w io.Writer, err error) int {
 	}
 	fmt.Fprintln(w, "stem: "+strings.TrimPrefix(err.Error(), "stem: "))
 	return code
+}
+
+// connFlags are the persistent flags that choose where a command goes.
+var connFlags = []string{"broker", "backend", "revoke-store", "namespace"}
+
+// checkConnFlags refuses a connection or namespace flag given with an
+// empty or blank value (a script's --broker "$UNSET"), a usage error as a
+// blank --worker or --task is: taken for "not given", it would send the
+// command to the variable's store, to the in-process default or to the
+// default namespace without a word.
+func (a *app) checkConnFlags(c *cobra.Command) error {
+	for _, name := range connFlags {
+		f := c.Flags().Lookup(name)
+		if f != nil && f.Changed && strings.TrimSpace(f.Value.String()) == "" {
+			return exitf(ExitUsage, "--%s must not be empty (leave it out to use $%s or the default)\nSee '%s --help'.",
+				name, connFlagEnv[name], c.CommandPath())
+		}
+	}
+	return nil
+}
+
+// connFlagEnv names the variable each of connFlags overrides.
+var connFlagEnv = map[string]string{
+	"broker":       stemurl.EnvBroker,
+	"backend":      stemurl.EnvResults,
+	"revoke-store": stemurl.EnvRevokeStore,
+	"namespace":    stemurl.EnvNamespace,
+}
+
+// checkNamespaceEnv refuses a STEM_NAMESPACE of blanks: it names no
+// deployment (configuration error, exit 78). Empty is unset.
+func (a *app) checkNamespaceEnv() error {
+	if ns := a.cfg.Getenv(stemurl.EnvNamespace); ns != "" && strings.TrimSpace(ns) == "" && a.nsFlag == "" {
+		return exitf(ExitConfig, "%s=%q: want a namespace name, or leave it unset for %q", stemurl.EnvNamespace, ns, stemtype.DefaultNamespace)
+	}
+	return nil
 }
 
 func (a *app) namespace() string {

@@ -37,6 +37,11 @@ func (a *app) enqueueCmd() *cobra.Command {
 				}
 				opts.MaxRetries = &maxRetries
 			}
+			// A blank queue is one no worker may consume (worker start
+			// refuses it); "" is not "the task's queue": leave it out.
+			if cmd.Flags().Changed("queue") && strings.TrimSpace(opts.Queue) == "" {
+				return exitf(ExitUsage, "enqueue: --queue must not be empty (leave it out for the task's queue)")
+			}
 			if opts.Countdown < 0 {
 				return exitf(ExitUsage, "enqueue: --countdown must not be negative")
 			}
@@ -114,6 +119,9 @@ func (a *app) statusCmd() *cobra.Command {
 			r, err := client.Status(ctx, pos[0])
 			if errors.Is(err, stem.ErrNotFound) {
 				return fmt.Errorf("task %s: no state recorded in %s (never enqueued here, or expired)", pos[0], stemurl.Redact(o.URLs.Results))
+			} else if undecodable(err) {
+				// The store answered: retrying cannot mend the record.
+				return fmt.Errorf("task %s: %w", pos[0], err)
 			} else if err != nil {
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("task %s: %w", pos[0], err)}
 			}
@@ -137,4 +145,13 @@ func (a *app) statusCmd() *cobra.Command {
 	}
 	c.Flags().BoolVar(&asJSON, "json", false, `print {"id","task","state","attempt","result","error","progress","meta"}`)
 	return c
+}
+
+// undecodable reports whether err says that a stored value does not
+// decode as JSON of the expected shape: the store answered, so this is no
+// outage to retry (exit 1, not 69).
+func undecodable(err error) bool {
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	return errors.As(err, &syntax) || errors.As(err, &typ)
 }

@@ -94,7 +94,16 @@ func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controlle
 	if withRevokes {
 		// Optional: without it, the revoke is stored and published all
 		// the same, but task states are not marked cancelled.
-		if err := o.Add(ctx, stemurl.RoleResults); err != nil {
+		// A URL that can never work is a configuration error all the
+		// same (exit 78, nothing stored or published), as it is for
+		// every other command and for the workers; unless it is the
+		// revoke store's own URL (a file:// URL in
+		// STEM_RESULT_BACKEND_URL serves revokes alone), which opened.
+		err := o.Add(ctx, stemurl.RoleResults)
+		if errors.Is(err, stemdriver.ErrBadConfig) && o.URLs.Results != o.URLs.Revokes {
+			done()
+			return nil, nil, openErr(err)
+		} else if err != nil {
 			fmt.Fprintf(a.errw, "stem: note: result backend unavailable, task states not updated: %v\n", err)
 		}
 	}
@@ -289,6 +298,10 @@ func (a *app) revokeCmd() *cobra.Command {
 		Short: "Persist a revoke record, then publish it to workers",
 		Long: `Persist one revoke record per --task to the revoke store, then publish them.
 If the store cannot be written, nothing is published and the exit code is 69.
+A result backend that cannot be reached is done without (task states are not
+marked cancelled); one whose URL can never work is a configuration error
+(exit 78), and nothing is stored or published, unless that URL is the revoke
+store's too (a file:// URL in $STEM_RESULT_BACKEND_URL serves revokes alone).
 
 A revoked task that has not started never runs: it is acknowledged as
 cancelled. Ids the result backend does not know are revoked all the same

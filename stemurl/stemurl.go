@@ -33,6 +33,7 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -211,7 +212,7 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 		if err != nil {
 			return nil, err
 		}
-		return stemfile.OpenRevokes(path, opts)
+		return openFile(path, opts)
 	case "":
 		switch {
 		case strings.HasPrefix(strings.ToLower(raw), "file:"):
@@ -219,14 +220,29 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 			if err != nil {
 				return nil, err
 			}
-			return stemfile.OpenRevokes(path, opts)
+			return openFile(path, opts)
 		case strings.HasPrefix(raw, "/"), strings.HasPrefix(raw, "."), raw != "" && !strings.Contains(raw, ":"):
 			// A bare path; one with a colon must start with / or . so
 			// that a mistyped URL is not taken for a file name.
-			return stemfile.OpenRevokes(raw, opts)
+			return openFile(raw, opts)
 		}
 	}
 	return nil, unknown("revoke store", raw, "memory://, redis://, rediss://, file:// or a bare path")
+}
+
+// openFile opens the file revoke store at path. A path that exists but is
+// no regular file (a directory, a device) can never hold records: its
+// error matches stemdriver.ErrBadConfig. Any other failure (a directory
+// that does not exist yet, a file that cannot be opened) may mend.
+func openFile(path string, opts stemdriver.Options) (stemdriver.RevokeStore, error) {
+	s, err := stemfile.OpenRevokes(path, opts)
+	if err != nil {
+		if fi, statErr := os.Stat(path); statErr == nil && !fi.Mode().IsRegular() {
+			return nil, stemdriver.BadConfig(err)
+		}
+		return nil, err
+	}
+	return s, nil
 }
 
 // OpenControl opens a control transport.
