@@ -92,6 +92,9 @@ func (c *WorkerConfig) setDefaults() error {
 	if c.Concurrency < 0 || c.Prefetch < 0 {
 		return errors.New("stem: WorkerConfig.Concurrency and Prefetch must not be negative")
 	}
+	if c.Concurrency > maxConcurrency || c.Prefetch > maxPrefetch {
+		return fmt.Errorf("stem: WorkerConfig.Concurrency must be at most %d and Prefetch at most %d", maxConcurrency, maxPrefetch)
+	}
 	if c.Namespace == "" {
 		c.Namespace = stemtype.DefaultNamespace
 	}
@@ -131,6 +134,14 @@ func (c *WorkerConfig) setDefaults() error {
 	}
 	return nil
 }
+
+// The largest Concurrency and Prefetch a worker accepts: far beyond what
+// one process runs, low enough that the hand-off queue's size
+// (Concurrency + Prefetch, 4 × Concurrency by default) never overflows.
+const (
+	maxConcurrency = 1 << 20
+	maxPrefetch    = 1 << 24
+)
 
 // Worker claims tasks from a broker and runs them, answering control
 // commands and honouring revokes while it runs. Build one with NewWorker and
