@@ -28,12 +28,14 @@ type WorkerConfig struct {
 	// Queues the worker claims from, in priority order. Default: the
 	// queues named by the registry's tasks.
 	Queues []string
-	// Concurrency is how many tasks run at once. Default: 10.
+	// Concurrency is how many tasks run at once, at most 1,048,576.
+	// Default: 10.
 	Concurrency int
 	// Prefetch is how many claimed tasks may wait for a free slot beyond
 	// those running, so that claims are batched. Default: 4 × Concurrency
 	// (Celery's default multiplier). Set it to 1 for long tasks, so that
-	// one busy worker does not hold tasks other workers could start.
+	// one busy worker does not hold tasks other workers could start. At
+	// most 16,777,216.
 	Prefetch int
 	// Registry holds the tasks the worker runs. Required.
 	Registry *Registry
