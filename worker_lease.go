@@ -11,21 +11,25 @@ import (
 )
 
 // renewLeases extends the lease of every held delivery before it expires.
-// Each renewal runs on its own, bounded by renewTimeout, and a job is not
-// renewed again while its last renewal is under way: one call that hangs
-// (a connection gone silent, a slow shard) holds up no other job's
-// renewal, whose lease would lapse and let another worker run its task a
-// second time. It returns once ctx ended and every renewal returned.
+// Each renewal runs on its own goroutine, bounded by renewTimeout, and a
+// job is not renewed again while its last renewal is under way: one call
+// that hangs (a connection gone silent, a slow shard) holds up no other
+// job's renewal, whose lease would lapse and let another worker run its
+// task a second time. Each look waits for its renewals (so a lost lease
+// is handled before the next look), but no longer than the interval to
+// the next look. It returns once ctx ended and every renewal returned.
 func (w *Worker) renewLeases(ctx context.Context) {
 	var (
 		mu       sync.Mutex
 		underWay = make(map[*jobs.Job]bool)
-		renewals sync.WaitGroup
+		all      sync.WaitGroup
 	)
-	defer renewals.Wait()
+	defer all.Wait()
 	timeout := w.renewTimeout()
 	for {
 		due, next := w.jobs.Due(time.Now(), w.cfg.Lease/4)
+		next = max(next, 5*time.Millisecond)
+		var round sync.WaitGroup
 		for _, j := range due {
 			mu.Lock()
 			busy := underWay[j]
@@ -34,7 +38,9 @@ func (w *Worker) renewLeases(ctx context.Context) {
 			if busy {
 				continue
 			}
-			renewals.Go(func() {
+			round.Add(1)
+			all.Go(func() {
+				defer round.Done()
 				rctx, cancel := context.WithTimeout(ctx, timeout)
 				if err := w.extend(rctx, j, 0); err != nil && ctx.Err() == nil && rctx.Err() != nil {
 					w.log.Warn("extend lease timed out", "task_id", j.TaskID(), "timeout", timeout)
@@ -45,7 +51,16 @@ func (w *Worker) renewLeases(ctx context.Context) {
 				mu.Unlock()
 			})
 		}
-		if !sleepCtx(ctx, max(next, 5*time.Millisecond)) {
+		roundDone := make(chan struct{})
+		all.Go(func() { round.Wait(); close(roundDone) })
+		wait := time.NewTimer(next)
+		select {
+		case <-roundDone:
+		case <-wait.C:
+		case <-ctx.Done():
+		}
+		wait.Stop()
+		if !sleepCtx(ctx, next) {
 			return
 		}
 	}
