@@ -35,7 +35,7 @@ type WorkerConfig struct {
 	// those running, so that claims are batched. Default: 4 × Concurrency
 	// (Celery's default multiplier). Set it to 1 for long tasks, so that
 	// one busy worker does not hold tasks other workers could start. At
-	// most 16,777,216.
+	// most 1,048,576.
 	Prefetch int
 	// Registry holds the tasks the worker runs. Required.
 	Registry *Registry
@@ -142,7 +142,7 @@ func (c *WorkerConfig) setDefaults() error {
 // (Concurrency + Prefetch, 4 × Concurrency by default) never overflows.
 const (
 	maxConcurrency = 1 << 20
-	maxPrefetch    = 1 << 24
+	maxPrefetch    = 1 << 20
 )
 
 // Worker claims tasks from a broker and runs them, answering control
