@@ -114,7 +114,7 @@ func (c *WorkerConfig) setDefaults() error {
 		c.Concurrency = 10
 	}
 	if c.Prefetch == 0 {
-		c.Prefetch = 4 * c.Concurrency
+		c.Prefetch = min(4*c.Concurrency, maxPrefetch)
 	}
 	if c.Lease <= 0 {
 		c.Lease = 30 * time.Second
