@@ -66,7 +66,9 @@ func (s signals) Progress(pct float64, data json.RawMessage) error {
 		r.UpdatedAt = now
 		// The check above is only a shortcut: the task may settle before
 		// this write is queued, so the writer drops it then (Superseded).
-		s.w.writer.Queue(settle.Settlement{Result: &r, Superseded: s.j.SettledFlag()})
+		// Offered, not queued: a report never waits for a slow or stalled
+		// result backend (the outcome carries the last one).
+		s.w.writer.Offer(settle.Settlement{Result: &r, Superseded: s.j.SettledFlag()})
 	}
 	return nil
 }

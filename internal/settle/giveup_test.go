@@ -140,3 +140,34 @@ func TestPermanentAckFailureGivesUp(t *testing.T) {
 		t.Fatal("the delivery was settled although every ack failed")
 	}
 }
+
+// Offer never waits: with the result backend hung and the shard's queue
+// full, a progress write is dropped and Offer returns at once; a
+// settlement with a delivery is still queued, never dropped.
+func TestOfferDropsWhenFull(t *testing.T) {
+	e := newEnv(t)
+	ds := e.claim(1)
+	res := &hangingResults{ResultBackend: e.results, entered: make(chan struct{})}
+	w, cancelRun := e.writer(nil, res)
+	id := ds[0].Envelope.ID
+	if !w.Offer(settle.Settlement{Result: result(id, stemtype.StateStarted)}) {
+		t.Fatal("a write was dropped with the queue empty")
+	}
+	<-res.entered // the shard is stuck in Put from now on
+	dropped := false
+	for range 5000 { // more than a shard queues
+		if !w.Offer(settle.Settlement{Result: result(id, stemtype.StateStarted)}) {
+			dropped = true
+			break
+		}
+	}
+	if !dropped {
+		t.Fatal("Offer never dropped a write with the shard stuck and its queue full")
+	}
+	// The writer's own context ends with the final one, as in the worker:
+	// the queued writes are given up at once.
+	final, cancelFinal := context.WithCancel(context.Background())
+	context.AfterFunc(final, cancelRun)
+	cancelFinal()
+	w.Close(final)
+}

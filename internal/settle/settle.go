@@ -169,6 +169,23 @@ func (w *Writer) Queue(s Settlement) {
 	w.shards[ShardOf(s.id())].queue(s)
 }
 
+// Offer queues a bare write s (no Delivery) like Queue when its shard has
+// room, and drops it otherwise, without waiting. It is for writes that a
+// later one supersedes, such as progress reports, which must never hold up
+// the task that makes them while the result backend is slow or down (the
+// task's outcome carries its last progress). A settlement with a Delivery
+// is queued as by Queue. Offer reports whether s was queued.
+func (w *Writer) Offer(s Settlement) bool {
+	if s.Delivery != nil {
+		w.Queue(s)
+		return true
+	}
+	if s.Result == nil || w.cfg.Results == nil {
+		return false
+	}
+	return w.shards[ShardOf(s.id())].offer(s)
+}
+
 // Run runs every shard until Close; ctx bounds the retries of a failing
 // backend.
 func (w *Writer) Run(ctx context.Context) {
@@ -220,6 +237,20 @@ func (sh *shard) queue(s Settlement) {
 	case sh.in <- s:
 	case <-sh.done:
 		sh.finished(s)
+	}
+}
+
+func (sh *shard) offer(s Settlement) bool {
+	select {
+	case <-sh.done:
+		return false
+	default:
+	}
+	select {
+	case sh.in <- s:
+		return true
+	default:
+		return false
 	}
 }
 
