@@ -50,7 +50,19 @@ type ControllerConfig struct {
 }
 
 // Controller sends control commands to workers and collects their replies:
-// the API behind `stem worker ping|inspect|stats|revoke`.
+// the API behind `stem worker ping|inspect|stats|revoke`. It is safe for
+// concurrent use.
+//
+// Each call publishes its command to the targeted workers and waits until
+// every live one answered (for a broadcast: every live worker of the
+// namespace) or Target.Timeout passed. It does not wait for a worker that
+// cannot answer: a targeted worker that is not live (has not announced
+// its presence) is reported in Replies.Missing and Replies.NotLive at once,
+// and a call with no live worker to wait for returns as soon as the
+// command is published. The command reaches every target all the same, so
+// a worker that is starting still receives it. A publish failure matches
+// ErrBrokerUnavailable; a cancelled ctx returns its error with the replies
+// collected so far.
 type Controller struct {
 	cfg ControllerConfig
 }
@@ -84,8 +96,10 @@ type Target struct {
 	Timeout time.Duration
 }
 
-// Replies are the outcome of one control command.
+// Replies are the outcome of one control command. Read each worker's
+// typed answer with Decode.
 type Replies struct {
+	// RequestID identifies the command; replies carry it.
 	RequestID string
 	// Replies in the order they arrived.
 	Replies []stemtype.ControlReply
@@ -94,54 +108,41 @@ type Replies struct {
 	// every live worker without one. NotLive is part of it.
 	Missing []string
 	// NotLive are the targeted workers that were not live when the command
-	// was sent, sorted: send reported them missing without waiting for
-	// them. Empty when the live workers could not be listed.
+	// was sent, sorted: they were reported missing without being waited
+	// for. Empty when the live workers could not be listed.
 	NotLive []string
 	// Live are the workers of the namespace that were live (had announced
 	// their presence) when the command was sent, sorted; nil when they
 	// could not be listed (see PresenceErr). An empty, non-nil Live after
-	// a broadcast means no worker was live: send returned at once.
+	// a broadcast means no worker was live: the call returned at once.
 	Live []string
-	// PresenceErr is why the live workers could not be listed. send then
-	// fell back to waiting for every targeted worker, and for a broadcast
-	// to waiting out the whole timeout, and logged the error.
+	// PresenceErr is why the live workers could not be listed. The call
+	// then fell back to waiting for every targeted worker, and for a
+	// broadcast to waiting out the whole timeout, and logged the error.
 	PresenceErr error
 }
 
-// Errors returns the replies whose status is "error".
-func (r *Replies) Errors() []stemtype.ControlReply {
-	var out []stemtype.ControlReply
-	for _, rep := range r.Replies {
-		if rep.Status != stemtype.ReplyOK {
-			out = append(out, rep)
-		}
-	}
-	return out
-}
-
-// Ping asks workers to answer.
+// Ping asks workers to answer; read the replies with
+// Decode[stemtype.PingReply].
 func (c *Controller) Ping(ctx context.Context, t Target) (*Replies, error) {
 	return c.send(ctx, t, stemtype.CommandPing, nil)
 }
 
-// Inspect asks workers for their in-flight tasks and, with includeRevoked,
-// their whole revoke sets. A worker may hold a million revokes: prefer
-// InspectWith and a Limit.
-func (c *Controller) Inspect(ctx context.Context, t Target, includeRevoked bool) (*Replies, error) {
-	return c.InspectWith(ctx, t, stemtype.InspectRequest{IncludeRevoked: includeRevoked})
-}
-
-// InspectWith asks workers for their in-flight tasks and, as req says, the
-// newest req.Limit records of their revoke sets (every record when Limit is
-// zero). Every reply counts the records its worker holds in RevokedTotal.
-func (c *Controller) InspectWith(ctx context.Context, t Target, req stemtype.InspectRequest) (*Replies, error) {
+// Inspect asks workers for their in-flight tasks and, when
+// req.IncludeRevoked is set, the newest req.Limit records of their revoke
+// sets (every record when Limit is zero; a worker may hold a million, so
+// set a Limit). Every reply counts the records its worker holds in
+// RevokedTotal. Read the replies with Decode[stemtype.InspectReply]. A
+// negative Limit is an error and sends nothing.
+func (c *Controller) Inspect(ctx context.Context, t Target, req stemtype.InspectRequest) (*Replies, error) {
 	if req.Limit < 0 {
 		return nil, fmt.Errorf("stem: inspect: negative limit %d", req.Limit)
 	}
 	return c.send(ctx, t, stemtype.CommandInspect, req)
 }
 
-// Stats asks workers for their counters and queue depths.
+// Stats asks workers for their counters and queue depths; read the replies
+// with Decode[stemtype.StatsReply].
 func (c *Controller) Stats(ctx context.Context, t Target) (*Replies, error) {
 	return c.send(ctx, t, stemtype.CommandStats, nil)
 }
@@ -163,30 +164,12 @@ type RevokeOptions struct {
 	Reason, RequestedBy string
 }
 
-// Revoke writes one record per task to the revoke store and, only once that
-// succeeded, publishes them to workers. A store failure returns an error
-// matching ErrStoreUnavailable and publishes nothing. Tasks with a result
-// backend entry that has not started are then marked cancelled, as soon as
-// the replies are in, when every live worker answered and none holds the
-// task (otherwise the workers record the cancellation when they meet the
-// tasks); a failure to mark them is logged, not returned, since the revoke
-// itself holds (RevokeTasks returns it).
-func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) ([]stemtype.RevokeRecord, *Replies, error) {
-	var res RevokeResult
-	recs, replies, err := c.revoke(ctx, t, o, &res)
-	if res.MarkErr != nil {
-		c.cfg.Logger.WarnContext(ctx, "revoke stored and published, but the result backend was not updated",
-			"namespace", c.cfg.Namespace, "err", res.MarkErr)
-	}
-	return recs, replies, err
-}
-
-// RevokeResult is the outcome of RevokeTasks.
+// RevokeResult is the outcome of Revoke.
 type RevokeResult struct {
 	// Records are the records stored, in the order of the task ids.
 	Records []stemtype.RevokeRecord
 	// Replies are the workers' answers to the published revoke; nil when
-	// publishing failed (RevokeTasks then returns the error too).
+	// publishing failed (Revoke then returns the error too).
 	Replies *Replies
 	// Checked reports whether the result backend was asked which tasks it
 	// knows: false without a result backend, or when asking it failed
@@ -205,13 +188,27 @@ type RevokeResult struct {
 	MarkErr error
 }
 
-// RevokeTasks is Revoke that also reports which task ids the result backend
-// does not know (looked up with one GetMany call) and any failure to mark
-// revoked tasks cancelled. The result is nil only when nothing was stored;
-// with a publish error it holds the stored records.
-func (c *Controller) RevokeTasks(ctx context.Context, t Target, o RevokeOptions) (*RevokeResult, error) {
+// Revoke writes one record per task to the revoke store and, only once that
+// succeeded, publishes them to the targeted workers, which skip a revoked
+// task they have not started and, with Terminate, cancel one that runs. A
+// store failure returns an error matching ErrStoreUnavailable and publishes
+// nothing (the result is then nil); a publish failure returns an error
+// matching ErrBrokerUnavailable together with the stored records.
+//
+// With a result backend, Revoke looks the tasks up with one call and
+// reports the ids it does not know (RevokeResult.Unknown), and marks the
+// tasks that have not started as cancelled as soon as the replies are in,
+// when every live worker answered and none holds the task (otherwise the
+// workers record the cancellation when they meet the tasks). A failure
+// there is a warning in RevokeResult.MarkErr, also logged, not an error:
+// the revoke itself holds.
+func (c *Controller) Revoke(ctx context.Context, t Target, o RevokeOptions) (*RevokeResult, error) {
 	var res RevokeResult
 	recs, replies, err := c.revoke(ctx, t, o, &res)
+	if res.MarkErr != nil {
+		c.cfg.Logger.WarnContext(ctx, "revoke stored and published, but the result backend was not updated",
+			"namespace", c.cfg.Namespace, "err", res.MarkErr)
+	}
 	if recs == nil {
 		return nil, err
 	}
@@ -219,7 +216,7 @@ func (c *Controller) RevokeTasks(ctx context.Context, t Target, o RevokeOptions)
 	return &res, err
 }
 
-// revoke does the work of Revoke and RevokeTasks, recording in res what the
+// revoke does the work of Revoke, recording in res what the
 // result backend knew of the tasks.
 func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res *RevokeResult) ([]stemtype.RevokeRecord, *Replies, error) {
 	if c.cfg.Revokes == nil {

@@ -21,7 +21,7 @@ func TestInspectRawPayloads(t *testing.T) {
 	ctx := context.Background()
 	target := stem.Target{Workers: []string{"w1"}}
 	for _, id := range []string{"r1", "r2", "r3", "r4", "r5"} {
-		if _, _, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+		if _, err := e.controller().Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 			t.Fatal(err)
 		}
 	}

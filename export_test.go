@@ -34,3 +34,8 @@ func SetWriterGiveUp(w *Worker, d time.Duration) {
 	w.writer = settle.New(settle.Config{Broker: w.cfg.Broker, Results: w.cfg.Results, Logger: w.log,
 		Done: w.jobs.Forget, GiveUpAfter: d})
 }
+
+// AssumeShortTasks makes w's fetch policy start as if its tasks had run
+// in a nanosecond: it prefetches from its first claim until it hands its
+// buffer back (or tasks that finish raise the average). Call it before Run.
+func AssumeShortTasks(w *Worker) { w.fair.run.Store(1) }

@@ -42,13 +42,13 @@ func TestProgressRacingReturnNeverReplacesFinalState(t *testing.T) {
 		settled: func(id string) { close(ch(settled, id)) },
 	}
 	var reporters sync.WaitGroup
-	e.reg.MustAdd(stem.Task{Name: "report-and-return", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "report-and-return", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		// A reporter goroutine of the task (a ticker, say) reports while
 		// the handler returns.
 		reporters.Go(func() { _ = tc.Progress(99, nil) })
 		<-ch(checked, tc.TaskID())
 		return "done", nil
-	}})
+	}, stem.TaskOptions{})
 	reqs := make([]stem.EnqueueRequest, n)
 	for i := range reqs {
 		reqs[i] = stem.EnqueueRequest{Task: "report-and-return"}

@@ -45,7 +45,7 @@ func (e *env) startHookedWorker(cfg stem.WorkerConfig, h hooks) (*stem.Worker, f
 // parallel tests do) each see their own tasks' settlements only.
 func TestHooksArePerWorker(t *testing.T) {
 	e := newEnv(t)
-	e.reg.MustAdd(stem.Task{Name: "noop", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	stem.Register(e.reg, "noop", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 	const n = 40
 	type seen struct {
 		mu  sync.Mutex

@@ -41,7 +41,7 @@ func TestHungRenewalDoesNotStarveOtherLeases(t *testing.T) {
 	e := newEnv(t)
 	release := make(chan struct{})
 	started := make(chan string, 2)
-	e.reg.MustAdd(stem.Task{Name: "long", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "long", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		started <- tc.TaskID()
 		select {
 		case <-release:
@@ -49,7 +49,7 @@ func TestHungRenewalDoesNotStarveOtherLeases(t *testing.T) {
 		case <-tc.Done():
 			return nil, context.Cause(tc)
 		}
-	}})
+	}, stem.TaskOptions{})
 	stuck := e.enqueue("long", nil, stem.EnqueueOptions{})
 	watched := e.enqueue("long", nil, stem.EnqueueOptions{})
 	b := &stuckExtend{Broker: e.broker, stuck: stuck, watched: watched, renewed: make(chan struct{}, 1)}

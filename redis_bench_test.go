@@ -99,12 +99,12 @@ func BenchmarkRedisTerminateLatency(b *testing.B) {
 	reg := stem.NewRegistry()
 	started := make(chan string, 1)
 	cancelled := make(chan time.Time, 1)
-	reg.MustAdd(stem.Task{Name: "spin", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(reg, "spin", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		started <- tc.TaskID()
 		<-tc.Done()
 		cancelled <- time.Now()
 		return nil, tc.Heartbeat()
-	}})
+	}, stem.TaskOptions{})
 	redisWorkers(b, url, ns, 1, reg)
 	c := controller(b, url, ns)
 	ctx := context.Background()
@@ -124,7 +124,7 @@ func BenchmarkRedisTerminateLatency(b *testing.B) {
 		id := <-started
 		b.StartTimer()
 		start := time.Now()
-		if _, _, err := c.Revoke(ctx, stem.Target{Workers: []string{"w0"}}, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true}); err != nil {
+		if _, err := c.Revoke(ctx, stem.Target{Workers: []string{"w0"}}, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true}); err != nil {
 			b.Fatal(err)
 		}
 		lat = append(lat, (<-cancelled).Sub(start))

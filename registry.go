@@ -2,6 +2,7 @@ package stem
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
@@ -25,6 +26,17 @@ func (a Args) Decode(v any) error {
 	return nil
 }
 
+// UnmarshalJSON stores a copy of data, unchanged: Args decode as the JSON
+// document they hold, as they encode, also as a field of a handler's
+// argument type.
+func (a *Args) UnmarshalJSON(data []byte) error {
+	if a == nil {
+		return errors.New("stem: Args.UnmarshalJSON on a nil pointer")
+	}
+	*a = append((*a)[:0], data...)
+	return nil
+}
+
 // MarshalJSON returns the arguments unchanged.
 func (a Args) MarshalJSON() ([]byte, error) {
 	if len(a) == 0 {
@@ -33,13 +45,9 @@ func (a Args) MarshalJSON() ([]byte, error) {
 	return a, nil
 }
 
-// RunFunc runs one task. Its result is stored as JSON; a non-nil error fails
-// the attempt (and retries it when retries remain, unless wrapped by
-// NoRetry).
-type RunFunc func(tc *TaskContext, args Args) (any, error)
-
 // TaskOptions configure how a task is queued and run. The zero value is
-// usable: queue "default", no retries, the worker's lease, no time limit.
+// usable: queue "default", no retries, the worker's lease, no time limit,
+// run inline in the worker's process.
 type TaskOptions struct {
 	// Queue the task is published to unless the enqueue call names one.
 	Queue string
@@ -59,27 +67,37 @@ type TaskOptions struct {
 	TimeLimit time.Duration
 	// Priority orders tasks within a queue where the broker supports it.
 	Priority int
+	// Isolated runs the task in a child process of the worker rather than
+	// in the worker's own process, so that a crash, a leak or a handler
+	// that ignores cancellation cannot harm the worker: a terminate revoke
+	// with a kill-after kills the child. The worker needs an Executor
+	// (package isolated), and the program must register the task the same
+	// way in both roles, since the child looks it up by name. See package
+	// isolated.
+	Isolated bool
 }
 
-// Task is a registered task: its name, options and how it runs.
+// Task is a registered task, as Registry.Lookup returns it and an Executor
+// receives it. Register builds tasks; their fields are read-only.
 type Task struct {
 	// Name identifies the task; producers enqueue by name.
 	Name string
 	// Options are the task's defaults.
 	Options TaskOptions
-	// Run is the inline handler, run in the worker's process.
-	Run RunFunc
-	// Isolated, when set, is the entrypoint run in a child process of the
-	// worker instead of Run. It is looked up by task name in the child, so
-	// a program registers its tasks the same way in both roles.
-	Isolated RunFunc
+	// Run is the handler of a task run in the worker's process; nil for
+	// an isolated task.
+	Run func(tc *TaskContext, args Args) (any, error)
+	// Isolated is the entrypoint of a task whose Options.Isolated is set,
+	// run in a child process of the worker; nil for an inline task.
+	Isolated func(tc *TaskContext, args Args) (any, error)
 }
 
 // IsIsolated reports whether the task runs in a child process.
 func (t *Task) IsIsolated() bool { return t.Isolated != nil }
 
 // Registry maps task names to tasks. It is safe for concurrent use. There is
-// no global registry: programs build one and pass it to workers and clients.
+// no global registry: programs build one, fill it with Register, and pass
+// it to workers and clients.
 type Registry struct {
 	mu    sync.RWMutex
 	tasks map[string]*Task
@@ -90,14 +108,14 @@ func NewRegistry() *Registry {
 	return &Registry{tasks: make(map[string]*Task)}
 }
 
-// Add registers t. It returns an error for an empty name, a task with no
-// handler, or a name already registered.
-func (r *Registry) Add(t Task) error {
+// add registers t. It returns an error for an empty name, a task with no
+// handler, a negative MaxRetries or a name already registered.
+func (r *Registry) add(t Task) error {
 	if t.Name == "" {
 		return fmt.Errorf("stem: register task: empty name")
 	}
 	if t.Run == nil && t.Isolated == nil {
-		return fmt.Errorf("stem: register task %q: neither Run nor Isolated is set", t.Name)
+		return fmt.Errorf("stem: register task %q: nil handler", t.Name)
 	}
 	if t.Options.MaxRetries < 0 {
 		return fmt.Errorf("stem: register task %q: Options.MaxRetries is negative", t.Name)
@@ -111,31 +129,31 @@ func (r *Registry) Add(t Task) error {
 	return nil
 }
 
-// MustAdd is Add that panics on error, for registration at start-up.
-func (r *Registry) MustAdd(t Task) {
-	if err := r.Add(t); err != nil {
+// Register adds the task name to r: fn runs it with its arguments decoded
+// from JSON into A (an A of type Args receives them as they are), under
+// the defaults in opts. Arguments that do not decode into A fail the task
+// without retries. With opts.Isolated, fn is the entrypoint run in a child
+// process of the worker (see package isolated).
+//
+// Register is called while a program starts, and it panics on a
+// programming error: an empty name, a nil fn, a negative opts.MaxRetries,
+// or a name already registered in r.
+func Register[A any](r *Registry, name string, fn func(tc *TaskContext, args A) (any, error), opts TaskOptions) {
+	t := Task{Name: name, Options: opts}
+	if fn != nil {
+		if opts.Isolated {
+			t.Isolated = typedRun(fn)
+		} else {
+			t.Run = typedRun(fn)
+		}
+	}
+	if err := r.add(t); err != nil {
 		panic(err)
 	}
 }
 
-// Handle registers an inline task.
-func (r *Registry) Handle(name string, run RunFunc, opts TaskOptions) error {
-	return r.Add(Task{Name: name, Run: run, Options: opts})
-}
-
-// Register adds an inline task whose arguments are decoded into A before fn
-// runs. Arguments that do not decode fail the task without retries.
-func Register[A any](r *Registry, name string, fn func(tc *TaskContext, args A) (any, error), opts TaskOptions) error {
-	return r.Add(Task{Name: name, Options: opts, Run: typedRun(fn)})
-}
-
-// RegisterIsolated adds a task whose entrypoint runs in a child process of
-// the worker; see package isolated.
-func RegisterIsolated[A any](r *Registry, name string, fn func(tc *TaskContext, args A) (any, error), opts TaskOptions) error {
-	return r.Add(Task{Name: name, Options: opts, Isolated: typedRun(fn)})
-}
-
-func typedRun[A any](fn func(tc *TaskContext, args A) (any, error)) RunFunc {
+// typedRun decodes a task's arguments into A before it calls fn.
+func typedRun[A any](fn func(tc *TaskContext, args A) (any, error)) func(*TaskContext, Args) (any, error) {
 	return func(tc *TaskContext, raw Args) (any, error) {
 		var a A
 		if err := raw.Decode(&a); err != nil {

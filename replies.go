@@ -32,8 +32,8 @@ type WorkerReply[P any] struct {
 // Decode returns r's replies, in the order they arrived, with each payload
 // decoded as P (see WorkerReply). It returns nil for a nil r. Pick P to
 // match the command: stemtype.PingReply for Ping, stemtype.InspectReply for
-// Inspect and InspectWith, stemtype.StatsReply for Stats and
-// stemtype.RevokeReply for Revoke and RevokeTasks; a P of another shape
+// Inspect, stemtype.StatsReply for Stats and stemtype.RevokeReply for
+// Revoke (RevokeResult.Replies); a P of another shape
 // decodes what fields it shares with the payload.
 func Decode[P any](r *Replies) []WorkerReply[P] {
 	if r == nil {

@@ -12,12 +12,6 @@ type RetryPolicy interface {
 	NextRetry(attempt int) time.Duration
 }
 
-// RetryPolicyFunc adapts a function to RetryPolicy.
-type RetryPolicyFunc func(attempt int) time.Duration
-
-// NextRetry calls f.
-func (f RetryPolicyFunc) NextRetry(attempt int) time.Duration { return f(attempt) }
-
 // ExponentialBackoff doubles the delay with each attempt, from Base up to
 // Max, and adds jitter so that many failing tasks do not retry in lockstep.
 type ExponentialBackoff struct {

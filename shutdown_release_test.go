@@ -35,7 +35,7 @@ func (r *stalledResults) Put(ctx context.Context, _ ...*stemtype.TaskResult) err
 func TestShutdownReleaseSurvivesFailedResultWrite(t *testing.T) {
 	e := newEnv(t)
 	running := make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "stubborn", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(e.reg, "stubborn", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		// Queued behind the stalled write of the started state: it
 		// shares a batch with the release below.
 		if err := tc.Progress(50, nil); err != nil {
@@ -44,7 +44,7 @@ func TestShutdownReleaseSurvivesFailedResultWrite(t *testing.T) {
 		close(running)
 		<-tc.Done()
 		return nil, context.Cause(tc)
-	}})
+	}, stem.TaskOptions{})
 	id := e.enqueue("stubborn", nil, stem.EnqueueOptions{})
 	results := &stalledResults{ResultBackend: e.results, gate: make(chan struct{})}
 	e.results = results

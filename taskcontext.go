@@ -10,16 +10,17 @@ import (
 )
 
 // TaskSignals carries a running task's checkpoints to whoever supervises it:
-// the worker for inline tasks, the pipe to the worker for isolated ones.
-// Implementations return an error matching ErrTaskRevoked once a terminate
-// revoke reached the task.
+// the worker for inline tasks, the pipe to the worker for isolated ones, a
+// recorder in package stemtest. Implementations return an error matching
+// ErrTaskRevoked once a terminate revoke reached the task. Handlers never
+// see it: they call the TaskContext's methods.
 type TaskSignals interface {
 	Heartbeat() error
 	ExtendLease(d time.Duration) error
 	Progress(percent float64, data json.RawMessage) error
 }
 
-// TaskInfo identifies a running task attempt.
+// TaskInfo identifies a running task attempt, for NewTaskContext.
 type TaskInfo struct {
 	ID      string
 	Task    string
@@ -47,8 +48,12 @@ type TaskContext struct {
 	logger  *slog.Logger
 }
 
-// NewTaskContext builds a TaskContext over ctx. Workers build these; it is
-// exported for executors of isolated tasks and for tests of handlers.
+// NewTaskContext builds a TaskContext over ctx whose checkpoints go to sig
+// (nil: they only check ctx) and whose Logger builds on logger (nil:
+// slog.Default()). Workers build the TaskContext of each task; this is for
+// code that supervises tasks itself: the child process of an isolated task
+// (package isolated) and test harnesses (package stemtest, which tests of
+// handlers should use rather than this).
 func NewTaskContext(ctx context.Context, info TaskInfo, sig TaskSignals, logger *slog.Logger) *TaskContext {
 	if logger == nil {
 		logger = slog.Default()

@@ -31,12 +31,25 @@ type WorkerConfig struct {
 	// Concurrency is how many tasks run at once, at most 1,048,576.
 	// Default: 10.
 	Concurrency int
-	// Prefetch is how many claimed tasks may wait for a free slot beyond
-	// those running, so that claims are batched. Default: 4 × Concurrency
-	// (Celery's default multiplier). Set it to 1 for long tasks, so that
-	// one busy worker does not hold tasks other workers could start. At
-	// most 1,048,576.
+	// Prefetch caps how many claimed tasks may wait for a free slot beyond
+	// those running, so that claims of short tasks are batched. Default:
+	// 4 × Concurrency (Celery's default multiplier). The worker uses the
+	// room only while its recent tasks run shorter than a few claim round
+	// trips (a no-op drain: one claim per batch, not per task); for longer
+	// tasks, and until its first task finished, it claims for its free
+	// slots only, so a long task never waits behind a busy worker while
+	// another has a free slot. Tasks that wait in the buffer while every
+	// slot stays busy for about 100ms are handed back to the broker for
+	// other workers (see "Fair dispatch" in docs/architecture.md, and
+	// `stem worker inspect --reserved`). At most 1,048,576.
 	Prefetch int
+	// EagerPrefetch makes the worker claim up to Concurrency + Prefetch
+	// whatever its tasks' run time and never hand waiting tasks back: the
+	// behaviour before fair dispatch (Celery's default, without -O fair).
+	// A task may then wait behind this worker's busy slots while another
+	// worker idles; use it only where every task is short, or for a single
+	// worker.
+	EagerPrefetch bool
 	// Registry holds the tasks the worker runs. Required.
 	Registry *Registry
 	// Broker the worker claims from. Required.
@@ -166,6 +179,7 @@ type Worker struct {
 
 	outstanding atomic.Int64  // claimed deliveries whose handler has not finished
 	space       chan struct{} // signalled when outstanding drops
+	fair        *fetchPolicy  // what fetch claims, and when it hands tasks back
 	stopping    atomic.Bool
 	ran         atomic.Bool
 	ready       chan struct{}
@@ -187,6 +201,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		jobs:    jobs.NewTable(),
 		space:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
+		fair:    newFetchPolicy(cfg.Concurrency, cfg.Prefetch, cfg.EagerPrefetch),
 	}
 	w.writer = settle.New(settle.Config{Broker: cfg.Broker, Results: cfg.Results, Logger: w.log, Done: w.jobs.Forget})
 	return w, nil
@@ -278,7 +293,9 @@ func (w *Worker) Run(ctx context.Context) error {
 				if w.stopping.Load() {
 					w.settle(j, nil, settle.Release, nil, "")
 				} else {
+					start := time.Now()
 					w.process(work, j)
+					w.fair.finished(start, time.Now())
 				}
 				w.handlerDone()
 			}
@@ -366,36 +383,69 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// fetch claims tasks while there is room for them and hands them to the
-// runners through ready.
-func (w *Worker) fetch(ctx context.Context, ready chan<- *jobs.Job) {
-	limit := int64(w.cfg.Concurrency + w.cfg.Prefetch)
-	lowWater := max(1, limit/4)
+// fetch claims tasks while there is room for them, as the fetch policy
+// (w.fair) allows, and hands them to the runners through ready. A claim
+// made while every slot is taken takes only what is ready (it does not
+// wait for a publish: a worker with a free slot should get that task);
+// when it finds nothing, fetch waits until a slot frees. While tasks wait
+// in ready with every slot busy, it checks every quarter of the policy's
+// hand-back bound whether to hand them back (handBack).
+func (w *Worker) fetch(ctx context.Context, ready chan *jobs.Job) {
 	backoff := 100 * time.Millisecond
+	// nothingReady: a claim made while every slot was taken found the
+	// queue empty; the next waits until a slot frees.
+	nothingReady := false
+	check := time.NewTimer(time.Hour)
+	check.Stop()
+	defer check.Stop()
 	for ctx.Err() == nil {
-		// Claim at once when a runner is idle; otherwise wait until a
-		// quarter of the room is free, so that a busy worker claims in
-		// batches rather than one message per round trip.
+		waiting := len(ready) > 0 // every runner is busy
+		if waiting {
+			w.handBack(ready)
+		}
 		out := w.outstanding.Load()
-		free := limit - out
-		if free <= 0 || (out >= int64(w.cfg.Concurrency) && free < lowWater) {
+		n := w.fair.claimMax(out)
+		wait := w.fair.claimWait(out, w.cfg.ClaimWait)
+		if wait == 0 && nothingReady {
+			n = 0 // every slot is taken and the queue was empty: wait for a slot
+		}
+		if n == 0 {
+			var due <-chan time.Time
+			if len(ready) > 0 {
+				check.Reset(w.fair.handBackAfter() / 4)
+				due = check.C
+			}
 			select {
 			case <-w.space:
-				continue
+				nothingReady = false
+			case <-due:
 			case <-ctx.Done():
 				return
 			}
+			check.Stop()
+			continue
 		}
+		if waiting {
+			// Tasks wait for a slot: do not block for long before
+			// checking whether to hand them back.
+			wait = min(wait, w.fair.handBackAfter()/4)
+		}
+		start := time.Now()
 		ds, err := w.cfg.Broker.Claim(ctx, stemdriver.ClaimRequest{
 			Queues:   w.cfg.Queues,
 			Consumer: w.cfg.ID,
-			Max:      int(free),
+			Max:      n,
 			Lease:    w.cfg.Lease,
-			Wait:     w.cfg.ClaimWait,
+			Wait:     wait,
 		})
 		// Deliveries returned beside an error are leased all the same: they
 		// are run (or, once stopping, released), never dropped.
-		claimed := w.jobs.Add(ds, w.cfg.Lease, time.Now())
+		now := time.Now()
+		if err == nil {
+			w.fair.claimed(now.Sub(start), len(ds), n, wait > 0)
+		}
+		nothingReady = wait == 0 && err == nil && len(ds) == 0
+		claimed := w.jobs.Add(ds, w.cfg.Lease, now)
 		finished := w.finishedBefore(ctx, claimed)
 		for i, j := range claimed {
 			if st := finished[i]; st != "" {
@@ -415,7 +465,7 @@ func (w *Worker) fetch(ctx context.Context, ready chan<- *jobs.Job) {
 				continue
 			}
 			w.outstanding.Add(1)
-			ready <- j // never blocks: ready holds limit jobs
+			ready <- j // never blocks: ready holds Concurrency+Prefetch jobs
 		}
 		if err != nil {
 			if ctx.Err() != nil {

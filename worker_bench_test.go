@@ -25,12 +25,12 @@ func BenchmarkWorkerDrainMemory(b *testing.B) {
 		reg := stem.NewRegistry()
 		var count atomic.Int64
 		done := make(chan struct{})
-		reg.MustAdd(stem.Task{Name: "noop", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+		stem.Register(reg, "noop", func(*stem.TaskContext, stem.Args) (any, error) {
 			if count.Add(1) == n {
 				close(done)
 			}
 			return nil, nil
-		}})
+		}, stem.TaskOptions{})
 		client, err := stem.NewClient(stem.ClientConfig{Broker: broker, Results: results, Registry: reg})
 		if err != nil {
 			b.Fatal(err)

@@ -234,13 +234,17 @@ func (w *Worker) reply(ctx context.Context, requestID string, payload any, cmdEr
 }
 
 // inspect returns the worker's in-flight tasks and, when req asks, the
-// req.Limit newest records of its revoke set (every record for 0).
+// req.Limit newest records of its revoke set (every record for 0) and the
+// tasks waiting for a slot.
 func (w *Worker) inspect(now time.Time, req stemtype.InspectRequest) stemtype.InspectReply {
 	active := w.jobs.Inflight(now)
 	r := stemtype.InspectReply{Inflight: len(active), Active: active, RevokedTotal: w.revokes.Len()}
 	if req.IncludeRevoked {
 		r.Revoked = w.revokes.Newest(req.Limit)
 		r.RevokedTotal = max(r.RevokedTotal, len(r.Revoked)) // a revoke applied in between
+	}
+	if req.IncludeReserved {
+		r.Reserved = w.reserved(now)
 	}
 	return r
 }

@@ -19,11 +19,11 @@ func TestRunnersOutlivingRunNeverBlockOnClosedWriter(t *testing.T) {
 	const n = 1100 // above the 1,024 settlements one writer shard queues
 	running := make(chan struct{}, n)
 	release := make(chan struct{})
-	e.reg.MustAdd(stem.Task{Name: "deaf", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(e.reg, "deaf", func(*stem.TaskContext, stem.Args) (any, error) {
 		running <- struct{}{}
 		<-release // ignores its context
 		return "late", nil
-	}})
+	}, stem.TaskOptions{})
 	reqs := make([]stem.EnqueueRequest, 0, n)
 	for len(reqs) < n {
 		if id := stem.NewTaskID(); settle.ShardOf(id) == 0 {

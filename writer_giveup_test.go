@@ -54,11 +54,11 @@ func TestUnrecordableOutcomeGoesToAnotherWorker(t *testing.T) {
 	e := newEnv(t)
 	var runs atomic.Int32
 	ran := make(chan struct{}, 4)
-	e.reg.MustAdd(stem.Task{Name: "job", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(e.reg, "job", func(*stem.TaskContext, stem.Args) (any, error) {
 		runs.Add(1)
 		ran <- struct{}{}
 		return "ok", nil
-	}})
+	}, stem.TaskOptions{})
 	id := e.enqueue("job", nil, stem.EnqueueOptions{})
 
 	a, err := stem.NewWorker(stem.WorkerConfig{ID: "broken", Namespace: e.ns, Registry: e.reg,

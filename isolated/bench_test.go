@@ -249,7 +249,7 @@ func BenchmarkRedisTerminateLatency(b *testing.B) {
 		<-started
 		b.StartTimer()
 		t0 := time.Now()
-		if _, _, err := controller.Revoke(ctx, stem.Target{Workers: []string{"w0"}}, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true}); err != nil {
+		if _, err := controller.Revoke(ctx, stem.Target{Workers: []string{"w0"}}, stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true}); err != nil {
 			b.Fatal(err)
 		}
 		at := <-cancelled

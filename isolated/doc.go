@@ -6,15 +6,15 @@
 //
 // # Declaring isolated tasks
 //
-// A task with an isolated entrypoint is registered with
-// stem.RegisterIsolated (or stem.Task.Isolated). The child is the worker's
+// A task with an isolated entrypoint is registered with stem.Register and
+// stem.TaskOptions{Isolated: true}. The child is the worker's
 // own binary, re-executed; it finds the entrypoint by task name in its own
 // registry, so the program must build its registry the same way in both
 // roles and serve the child role before doing anything else:
 //
 //	func main() {
 //		reg := stem.NewRegistry()
-//		stem.RegisterIsolated(reg, "images.render", render, stem.TaskOptions{})
+//		stem.Register(reg, "images.render", render, stem.TaskOptions{Isolated: true})
 //		isolated.ServeIfChild(reg) // in a child: serves tasks, then exits
 //
 //		// Only the worker (or any other role) gets here.

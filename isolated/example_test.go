@@ -22,18 +22,14 @@ type wordCountArgs struct {
 // its registration in both roles; here the test binary's TestMain does, in
 // the child role, through testRegistry.
 func registerExample(reg *stem.Registry) {
-	reg.MustAdd(stem.Task{Name: "example.wordcount", Isolated: func(tc *stem.TaskContext, raw stem.Args) (any, error) {
-		var a wordCountArgs
-		if err := raw.Decode(&a); err != nil {
-			return nil, stem.NoRetry(err)
-		}
+	stem.Register(reg, "example.wordcount", func(tc *stem.TaskContext, a wordCountArgs) (any, error) {
 		// A checkpoint: it travels to the worker, and returns an error
 		// matching stem.ErrTaskRevoked once the task was terminated.
 		if err := tc.Progress(50, nil); err != nil {
 			return nil, err
 		}
 		return len(strings.Fields(a.Text)), nil
-	}})
+	}, stem.TaskOptions{Isolated: true})
 }
 
 // Example runs an isolated task in a child process of an in-memory worker.

@@ -135,7 +135,7 @@ type signalsResult struct {
 func testRegistry() *stem.Registry {
 	reg := stem.NewRegistry()
 	iso := func(name string, fn func(tc *stem.TaskContext, args stem.Args) (any, error)) {
-		reg.MustAdd(stem.Task{Name: name, Isolated: fn})
+		stem.Register(reg, name, fn, stem.TaskOptions{Isolated: true})
 	}
 	registerExample(reg)
 	iso("test.echo", func(tc *stem.TaskContext, args stem.Args) (any, error) {
@@ -202,18 +202,16 @@ func testRegistry() *stem.Registry {
 			x++
 		}
 	})
-	reg.MustAdd(stem.Task{Name: "test.spin-limited", Options: stem.TaskOptions{TimeLimit: 100 * time.Millisecond},
-		Isolated: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			for {
-			}
-		}})
-	reg.MustAdd(stem.Task{Name: "test.retry-after", Options: stem.TaskOptions{MaxRetries: 1},
-		Isolated: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if tc.Attempt() == 0 {
-				return nil, stem.RetryAfter(10*time.Millisecond, errors.New("test.retry-after: not yet"))
-			}
-			return "second time lucky", nil
-		}})
+	stem.Register(reg, "test.spin-limited", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		for {
+		}
+	}, stem.TaskOptions{Isolated: true, TimeLimit: 100 * time.Millisecond})
+	stem.Register(reg, "test.retry-after", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if tc.Attempt() == 0 {
+			return nil, stem.RetryAfter(10*time.Millisecond, errors.New("test.retry-after: not yet"))
+		}
+		return "second time lucky", nil
+	}, stem.TaskOptions{Isolated: true, MaxRetries: 1})
 	// test.extend-then-spin asks for a lease extension, then ignores its
 	// context and every checkpoint.
 	iso("test.extend-then-spin", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
@@ -285,7 +283,7 @@ func testRegistry() *stem.Registry {
 		tc.Logger().Info("bench: context cancelled", "cancelled_at", time.Now().UnixNano())
 		return nil, tc.Heartbeat()
 	})
-	reg.MustAdd(stem.Task{Name: "bench.noop-inline", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) { return nil, nil }})
+	stem.Register(reg, "bench.noop-inline", func(tc *stem.TaskContext, _ stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 	iso("test.big", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		return strings.Repeat("x", 8<<10), nil
 	})

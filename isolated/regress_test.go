@@ -126,7 +126,7 @@ func TestChildOfAnotherBuildIsRetryable(t *testing.T) {
 	p := newPool(t, isolated.PoolConfig{Registry: reg, Size: 1, MaxTasksPerChild: 1})
 	childPID(t, p) // retires the child NewPool checked
 	// The worker's build has a task the next child's lacks.
-	reg.MustAdd(stem.Task{Name: "only.in.worker", Isolated: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	stem.Register(reg, "only.in.worker", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{Isolated: true})
 	_, err := execute(t, p, "test.pid", "")
 	if err == nil || !strings.Contains(err.Error(), "no isolated entrypoint for only.in.worker") {
 		t.Fatalf("error = %v, want the child refused for lacking only.in.worker", err)

@@ -51,7 +51,7 @@ one machine only.`,
 	fl := c.Flags()
 	fl.IntVar(&f.tasks, "tasks", 20000, "number of no-op tasks")
 	fl.IntVar(&f.concurrency, "concurrency", 10, "worker concurrency")
-	fl.IntVar(&f.prefetch, "prefetch", 0, "worker prefetch (default: concurrency)")
+	fl.IntVar(&f.prefetch, "prefetch", 0, "worker prefetch cap (default: 4 x concurrency)")
 	fl.IntVar(&f.batch, "batch", 500, "tasks per enqueue call")
 	fl.BoolVar(&f.results, "results", true, "record task states in the result backend")
 	fl.StringVar(&f.mode, "mode", "drain", "drain or mixed")
@@ -73,7 +73,7 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 	defer a.closeStores(o)
 	u, b := o.URLs, o.Broker
 	reg := stem.NewRegistry()
-	reg.MustAdd(stem.Task{Name: "bench.noop", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	stem.Register(reg, "bench.noop", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 	ccfg := stem.ClientConfig{Broker: b, Registry: reg}
 	wcfg := stem.WorkerConfig{Registry: reg, Broker: b, Namespace: opts.Namespace, Concurrency: f.concurrency,
 		Prefetch: f.prefetch, Logger: opts.Logger, ClaimWait: 100 * time.Millisecond}

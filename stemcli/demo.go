@@ -44,9 +44,7 @@ type demoEnv struct {
 
 func (a *app) demo(ctx context.Context) error {
 	reg := stem.NewRegistry()
-	if err := a.cfg.Demo(reg); err != nil {
-		return err
-	}
+	a.cfg.Demo(reg)
 	// A Resolver of its own: the demo's memory:// hub is its alone.
 	const url = stemurl.DefaultURL
 	opts := stemdriver.Options{Namespace: a.namespace(), Logger: a.logger("error")}
@@ -179,7 +177,7 @@ func (a *app) demo(ctx context.Context) error {
 
 	fmt.Fprintln(a.out, "\n$ stem worker inspect --include-revoked")
 	inspect := stemtype.InspectRequest{IncludeRevoked: true, Limit: defaultRevokedLimit}
-	if r, err = ctl.InspectWith(ctx, target, inspect); err != nil {
+	if r, err = ctl.Inspect(ctx, target, inspect); err != nil {
 		return err
 	}
 	renderInspect(indent(a.out), r, inspect)
@@ -191,7 +189,7 @@ func (a *app) demo(ctx context.Context) error {
 	renderStats(indent(a.out), r)
 
 	fmt.Fprintf(a.out, "\n$ stem worker revoke --task %s --reason \"not needed\"\n", queuedID)
-	rv, err := ctl.RevokeTasks(ctx, target, stem.RevokeOptions{TaskIDs: []string{queuedID}, Reason: "not needed", RequestedBy: "demo"})
+	rv, err := ctl.Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{queuedID}, Reason: "not needed", RequestedBy: "demo"})
 	if err != nil {
 		return err
 	}
@@ -199,7 +197,7 @@ func (a *app) demo(ctx context.Context) error {
 
 	fmt.Fprintf(a.out, "\n$ stem worker revoke --terminate --task %s --reason \"taking too long\"\n", longID)
 	revokedAt := time.Now()
-	rv, err = ctl.RevokeTasks(ctx, target, stem.RevokeOptions{TaskIDs: []string{longID}, Terminate: true, Reason: "taking too long", RequestedBy: "demo"})
+	rv, err = ctl.Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{longID}, Terminate: true, Reason: "taking too long", RequestedBy: "demo"})
 	if err != nil {
 		return err
 	}
@@ -211,7 +209,7 @@ func (a *app) demo(ctx context.Context) error {
 	if spinID != "" {
 		fmt.Fprintf(a.out, "\n$ stem worker revoke --terminate --kill-after 300ms --task %s --reason \"runaway\"\n", spinID)
 		killAt := time.Now()
-		rv, err = ctl.RevokeTasks(ctx, target, stem.RevokeOptions{TaskIDs: []string{spinID}, Terminate: true, KillAfter: 300 * time.Millisecond, Reason: "runaway", RequestedBy: "demo"})
+		rv, err = ctl.Revoke(ctx, target, stem.RevokeOptions{TaskIDs: []string{spinID}, Terminate: true, KillAfter: 300 * time.Millisecond, Reason: "runaway", RequestedBy: "demo"})
 		if err != nil {
 			return err
 		}

@@ -53,16 +53,16 @@ func newCLIEnv(t *testing.T) *cliEnv {
 		started:  make(chan string, 1),
 		release:  make(chan struct{}),
 	}
-	must(t, stem.Register(e.reg, "ok", func(_ *stem.TaskContext, args map[string]int) (any, error) {
+	stem.Register(e.reg, "ok", func(_ *stem.TaskContext, args map[string]int) (any, error) {
 		return map[string]int{"sum": args["a"] + args["b"]}, nil
-	}, stem.TaskOptions{}))
-	must(t, stem.Register(e.reg, "fail", func(*stem.TaskContext, any) (any, error) {
+	}, stem.TaskOptions{})
+	stem.Register(e.reg, "fail", func(*stem.TaskContext, any) (any, error) {
 		return nil, errors.New("boom")
-	}, stem.TaskOptions{}))
-	must(t, stem.Register(e.reg, "parked", func(*stem.TaskContext, any) (any, error) {
+	}, stem.TaskOptions{})
+	stem.Register(e.reg, "parked", func(*stem.TaskContext, any) (any, error) {
 		return "never runs: no worker consumes its queue", nil
-	}, stem.TaskOptions{Queue: "parked"}))
-	must(t, stem.Register(e.reg, "block", func(tc *stem.TaskContext, _ any) (any, error) {
+	}, stem.TaskOptions{Queue: "parked"})
+	stem.Register(e.reg, "block", func(tc *stem.TaskContext, _ any) (any, error) {
 		e.started <- tc.TaskID()
 		select {
 		case <-e.release:
@@ -70,7 +70,7 @@ func newCLIEnv(t *testing.T) *cliEnv {
 		case <-tc.Done():
 			return nil, tc.Err()
 		}
-	}, stem.TaskOptions{}))
+	}, stem.TaskOptions{})
 	return e
 }
 
@@ -316,6 +316,10 @@ func TestGoldenWorkerCommands(t *testing.T) {
 	e.check("inspect_revoked_json", "worker", "inspect", "--include-revoked", "--json")
 	e.check("inspect_revoked_limit", "worker", "inspect", "--include-revoked", "--limit", "1")
 	e.check("inspect_revoked_limit_json", "worker", "inspect", "--include-revoked", "--limit", "1", "--json")
+	// Neither slot waits: one is free. The worker reports its (empty)
+	// buffer when asked.
+	e.check("inspect_reserved", "worker", "inspect", "--reserved")
+	e.check("inspect_reserved_json", "worker", "inspect", "--reserved", "--json")
 
 	releaseBlock()
 	e.wait(block)

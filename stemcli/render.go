@@ -54,6 +54,13 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 		if req.IncludeRevoked && len(p.Revoked) < total {
 			fmt.Fprintf(w, " (listing the newest %d; --limit 0 lists all)", len(p.Revoked))
 		}
+		if req.IncludeReserved {
+			if p.Reserved == nil {
+				fmt.Fprint(w, ", reserved tasks not reported (an older worker)")
+			} else {
+				fmt.Fprintf(w, ", %d reserved", len(p.Reserved))
+			}
+		}
 		fmt.Fprintln(w)
 		withRevoked := req.IncludeRevoked
 		if len(p.Active) > 0 {
@@ -69,6 +76,15 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 				}
 				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\t%t\t%s\t%s\t%t\n", t.ID, t.Task, t.Queue, t.Attempt,
 					(time.Duration(t.RuntimeMs) * time.Millisecond).String(), t.Isolated, prog, hb, t.Terminating)
+			}
+			tw.Flush()
+		}
+		if len(p.Reserved) > 0 {
+			tw := table(w)
+			fmt.Fprintln(tw, "  RESERVED\tTASK\tQUEUE\tATTEMPT\tWAITED")
+			for _, t := range p.Reserved {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", t.ID, t.Task, t.Queue, t.Attempt,
+					(time.Duration(t.WaitedMs) * time.Millisecond).String())
 			}
 			tw.Flush()
 		}

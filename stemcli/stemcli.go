@@ -79,7 +79,7 @@ type Config struct {
 	Resolver *stemurl.Resolver
 	// Demo, when set, adds `demo`, a self-contained tour that registers
 	// its tasks into a registry of its own with this function.
-	Demo func(*stem.Registry) error
+	Demo func(*stem.Registry)
 	// Executor, when set, builds the executor `worker start` gives its
 	// worker for isolated tasks, and the function that stops it. Default:
 	// when the registry has isolated tasks, an isolated.Pool of

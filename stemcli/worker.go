@@ -243,13 +243,19 @@ func (a *app) inspectCmd() *cobra.Command {
 	var req stemtype.InspectRequest
 	c := queryCmd[stemtype.InspectReply](a, "inspect", "Show in-flight tasks (and, if asked, the revoked cache) per worker", &controlFlags{},
 		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
-			return ctl.InspectWith(ctx, t, req)
+			return ctl.Inspect(ctx, t, req)
 		},
 		func(r *stem.Replies) { renderInspect(a.out, r, req) })
 	c.Long = `Show each worker's in-flight tasks and how many revoke records it holds.
 With --include-revoked, also list the records, newest (highest version)
-first, at most --limit of them (0 lists all: a worker may hold a million).`
+first, at most --limit of them (0 lists all: a worker may hold a million).
+With --reserved, also list the tasks each worker claimed that wait for a
+free slot (its prefetch buffer), with how long each has waited: a worker
+claims beyond its free slots only while its tasks run shorter than a few
+claim round trips, and hands waiting tasks back to the broker when every
+slot stays busy for about 100ms, so another worker can start them.`
 	c.Flags().BoolVar(&req.IncludeRevoked, "include-revoked", false, "also list each worker's revoke records")
+	c.Flags().BoolVar(&req.IncludeReserved, "reserved", false, "also list the tasks each worker claimed that wait for a free slot")
 	c.Flags().IntVar(&req.Limit, "limit", defaultRevokedLimit, "with --include-revoked: list at most this many records per worker, the newest (0: all)")
 	c.PreRunE = func(cmd *cobra.Command, _ []string) error {
 		if req.Limit < 0 {
@@ -317,7 +323,7 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 				return err
 			}
 			defer done()
-			res, err := ctl.RevokeTasks(cmd.Context(), f.target(), o)
+			res, err := ctl.Revoke(cmd.Context(), f.target(), o)
 			switch {
 			case errors.Is(err, stem.ErrStoreUnavailable):
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("%w (nothing was published)", err)}
@@ -362,7 +368,15 @@ loading revokes) ends it cleanly too, exit 0.
 
 A worker refuses to start (exit 1) while another live worker of the namespace
 holds its --id, and names that worker's host and pid. The id of a worker that
-was killed without shutting down is free 15 seconds after it was last seen.`,
+was killed without shutting down is free 15 seconds after it was last seen.
+
+Dispatch is fair: the worker claims beyond its free slots (at most
+--prefetch more, default 4 x --concurrency) only while its tasks run
+shorter than a few claim round trips, as in a drain of short tasks; for
+longer tasks it claims for free slots only, so a long task never waits
+behind this worker while another has a free slot. Tasks that wait for a
+slot while every slot stays busy for about 100ms are handed back to the
+queue for other workers. 'stem worker inspect --reserved' shows them.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Concurrency <= 0 || cfg.Prefetch < 0 {
 				return exitf(ExitUsage, "worker start: --concurrency must be positive and --prefetch not negative")
@@ -402,7 +416,7 @@ was killed without shutting down is free 15 seconds after it was last seen.`,
 	fl.StringVar(&cfg.ID, "id", "", "worker id (default host-pid-random)")
 	fl.StringArrayVar(&cfg.Queues, "queue", nil, "queue to consume (repeatable; default: the registered tasks' queues)")
 	fl.IntVar(&cfg.Concurrency, "concurrency", 10, "tasks run at once")
-	fl.IntVar(&cfg.Prefetch, "prefetch", 0, "claimed tasks waiting beyond those running (default: 4 x concurrency)")
+	fl.IntVar(&cfg.Prefetch, "prefetch", 0, "most claimed tasks waiting beyond those running, used only while tasks are short (default: 4 x concurrency)")
 	fl.DurationVar(&cfg.Lease, "lease", 30*time.Second, "lease of claimed tasks, renewed while the worker lives")
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")

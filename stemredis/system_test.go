@@ -109,7 +109,7 @@ func TestSystemUndecodableMessageIsDeadLettered(t *testing.T) {
 		t.Fatal(err)
 	}
 	reg := stem.NewRegistry()
-	reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
+	stem.Register(reg, "echo", func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }, stem.TaskOptions{})
 	w, err := stem.NewWorker(stem.WorkerConfig{Namespace: ns, Registry: reg, Broker: r.Broker, Results: r.Results,
 		Logger: quiet(), ClaimWait: 50 * time.Millisecond})
 	if err != nil {

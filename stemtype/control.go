@@ -80,6 +80,25 @@ type InspectRequest struct {
 	// newest (highest version first). Zero means every record; a negative
 	// limit is answered with an error.
 	Limit int `json:"limit,omitempty"`
+	// IncludeReserved asks for the tasks the worker claimed that wait for
+	// a free slot (its prefetch buffer) in the reply's Reserved list.
+	IncludeReserved bool `json:"includeReserved,omitempty"`
+}
+
+// ReservedTask is a task a worker claimed that waits for a free slot, in an
+// inspect reply. A worker claims beyond its free slots only while its tasks
+// run shorter than a few claim round trips, and hands waiting tasks back to
+// the broker when every slot stays busy for a short bound (see "Fair
+// dispatch" in docs/architecture.md), so WaitedMs stays small.
+type ReservedTask struct {
+	ID      string `json:"id"`
+	Task    string `json:"task"`
+	Queue   string `json:"queue"`
+	Attempt int    `json:"attempt"`
+	// ClaimedAt is when the worker claimed the task.
+	ClaimedAt time.Time `json:"claimedAt"`
+	// WaitedMs is how long the task has waited since, in milliseconds.
+	WaitedMs int64 `json:"waitedMs"`
 }
 
 // ActiveTask is one in-flight task in an inspect reply.
@@ -110,6 +129,10 @@ type InspectReply struct {
 	// or not they were asked for: a Revoked list shorter than RevokedTotal
 	// was cut at the request's Limit.
 	RevokedTotal int `json:"revokedTotal"`
+	// Reserved holds the tasks the worker claimed that wait for a free
+	// slot, longest waiting first, only when the request asked for them
+	// (then it is a list, empty or not).
+	Reserved []ReservedTask `json:"reserved,omitzero"`
 }
 
 // StatsReply is the payload of a stats reply.

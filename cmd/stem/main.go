@@ -7,8 +7,6 @@
 package main
 
 import (
-	"errors"
-	"fmt"
 	"os"
 
 	"github.com/stem-go/stem"
@@ -18,16 +16,14 @@ import (
 
 // register adds every demo task to reg. It runs in the worker and, for
 // the isolated tasks, in the worker's child processes: stemcli.Main serves
-// the child role with the same registry.
-func register(reg *stem.Registry) error {
-	return errors.Join(demotasks.Register(reg), demotasks.RegisterIsolated(reg))
+// the child role with the same registry. A bad registration panics.
+func register(reg *stem.Registry) {
+	demotasks.Register(reg)
+	demotasks.RegisterIsolated(reg)
 }
 
 func main() {
 	reg := stem.NewRegistry()
-	if err := register(reg); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
+	register(reg)
 	os.Exit(stemcli.Main(stemcli.Config{Registry: reg, Demo: register}, os.Args[1:]))
 }

@@ -31,24 +31,21 @@ type FlakyArgs struct {
 
 // Register adds the inline demo tasks to reg: demo.echo, demo.sleep,
 // demo.fail and demo.flaky.
-func Register(reg *stem.Registry) error {
+func Register(reg *stem.Registry) {
 	quickRetry := stem.ExponentialBackoff{Base: 100 * time.Millisecond, Max: 2 * time.Second, Jitter: 0.2}
-	return errors.Join(
-		reg.Add(stem.Task{Name: "demo.echo", Run: func(tc *stem.TaskContext, args stem.Args) (any, error) {
-			return args, nil
-		}}),
-		stem.Register(reg, "demo.sleep", Sleep, stem.TaskOptions{}),
-		reg.Add(stem.Task{Name: "demo.fail", Options: stem.TaskOptions{RetryPolicy: quickRetry},
-			Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-				return nil, fmt.Errorf("demo.fail always fails (attempt %d)", tc.Attempt())
-			}}),
-		stem.Register(reg, "demo.flaky", func(tc *stem.TaskContext, a FlakyArgs) (any, error) {
-			if tc.Attempt() < a.Failures {
-				return nil, fmt.Errorf("demo.flaky: failing attempt %d of %d planned failures", tc.Attempt()+1, a.Failures)
-			}
-			return map[string]int{"succeededOnAttempt": tc.Attempt()}, nil
-		}, stem.TaskOptions{MaxRetries: 5, RetryPolicy: quickRetry}),
-	)
+	stem.Register(reg, "demo.echo", func(tc *stem.TaskContext, args stem.Args) (any, error) {
+		return args, nil
+	}, stem.TaskOptions{})
+	stem.Register(reg, "demo.sleep", Sleep, stem.TaskOptions{})
+	stem.Register(reg, "demo.fail", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		return nil, fmt.Errorf("demo.fail always fails (attempt %d)", tc.Attempt())
+	}, stem.TaskOptions{RetryPolicy: quickRetry})
+	stem.Register(reg, "demo.flaky", func(tc *stem.TaskContext, a FlakyArgs) (any, error) {
+		if tc.Attempt() < a.Failures {
+			return nil, fmt.Errorf("demo.flaky: failing attempt %d of %d planned failures", tc.Attempt()+1, a.Failures)
+		}
+		return map[string]int{"succeededOnAttempt": tc.Attempt()}, nil
+	}, stem.TaskOptions{MaxRetries: 5, RetryPolicy: quickRetry})
 }
 
 // Sleep sleeps a.Seconds, calling Heartbeat and Progress every a.Heartbeat

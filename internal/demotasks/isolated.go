@@ -28,12 +28,10 @@ type CrashArgs struct {
 // child process of the worker: demo.sleep-isolated, demo.spin-isolated and
 // demo.crash-isolated. A program registers them in both roles (see package
 // isolated).
-func RegisterIsolated(reg *stem.Registry) error {
-	return errors.Join(
-		stem.RegisterIsolated(reg, "demo.sleep-isolated", SleepIsolated, stem.TaskOptions{}),
-		stem.RegisterIsolated(reg, "demo.spin-isolated", Spin, stem.TaskOptions{}),
-		stem.RegisterIsolated(reg, "demo.crash-isolated", Crash, stem.TaskOptions{}),
-	)
+func RegisterIsolated(reg *stem.Registry) {
+	stem.Register(reg, "demo.sleep-isolated", SleepIsolated, stem.TaskOptions{Isolated: true})
+	stem.Register(reg, "demo.spin-isolated", Spin, stem.TaskOptions{Isolated: true})
+	stem.Register(reg, "demo.crash-isolated", Crash, stem.TaskOptions{Isolated: true})
 }
 
 // SleepIsolated is demo.sleep in a child process: it heartbeats and

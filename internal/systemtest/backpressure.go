@@ -28,7 +28,7 @@ func testProgressNeverBlocksOnHungResults(t *testing.T, h Harness) {
 	d := open(t, h)
 	const reports = 5000 // more than the writer queues
 	done := make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "chatty", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "chatty", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		for i := range reports {
 			if err := tc.Progress(float64(i%101), nil); err != nil {
 				return nil, err
@@ -36,7 +36,7 @@ func testProgressNeverBlocksOnHungResults(t *testing.T, h Harness) {
 		}
 		close(done)
 		return "reported", nil
-	}})
+	}, stem.TaskOptions{})
 	d.enqueue("chatty", stem.EnqueueOptions{})
 	d.startWorker(stem.WorkerConfig{Results: hungResults{d.roles.Results}, ShutdownTimeout: 100 * time.Millisecond})
 	await(t, done, "the handler makes every progress report while the result backend hangs")

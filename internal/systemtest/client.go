@@ -35,9 +35,9 @@ func (b *partialPublish) Publish(ctx context.Context, envs ...*stemtype.Envelope
 // under its first id.
 func testEnqueueBatchPartialPublishReturnsIDs(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "job", Run: func(tc *stem.TaskContext, a stem.Args) (any, error) {
+	stem.Register(d.reg, "job", func(tc *stem.TaskContext, a stem.Args) (any, error) {
 		return tc.TaskID(), nil
-	}})
+	}, stem.TaskOptions{})
 	b := &partialPublish{Broker: d.roles.Broker, fail: true}
 	client, err := stem.NewClient(stem.ClientConfig{Broker: b, Results: d.roles.Results, Registry: d.reg, Logger: quiet()})
 	if err != nil {

@@ -31,8 +31,10 @@ func testBroadcastReachesEveryWorker(t *testing.T, h Harness) {
 	if got := replyIDs(r); !slices.Equal(got, ids) || len(r.Missing) != 0 || !slices.Equal(r.Live, ids) {
 		t.Fatalf("broadcast ping: replies from %v, missing %v, live %v; want each of %v", got, r.Missing, r.Live, ids)
 	}
-	if errs := r.Errors(); len(errs) != 0 {
-		t.Fatalf("error replies %+v", errs)
+	for _, rep := range stem.Decode[stemtype.PingReply](r) {
+		if rep.Err != nil {
+			t.Fatalf("worker %s: error reply: %v", rep.WorkerID, rep.Err)
+		}
 	}
 	s, err := d.ctl.Stats(ctx, target())
 	if err != nil {
@@ -64,7 +66,7 @@ func testTargetedCommand(t *testing.T, h Harness) {
 	if got := replyIDs(r); !slices.Equal(got, []string{"w2"}) || len(r.Missing) != 0 {
 		t.Fatalf("ping to w2: replies from %v, missing %v", got, r.Missing)
 	}
-	i, err := d.ctl.Inspect(ctx, target("w3"), false)
+	i, err := d.ctl.Inspect(ctx, target("w3"), stemtype.InspectRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -158,7 +160,7 @@ func testCommandToWorkerNotLiveFailsFast(t *testing.T, h Harness) {
 // worker keeps working and answering.
 func testMalformedControlMessageAnsweredWorkerKeepsWorking(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return 1, nil }})
+	stem.Register(d.reg, "echo", func(*stem.TaskContext, stem.Args) (any, error) { return 1, nil }, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{ID: "w1"})
 	ctx := context.Background()
 	bad := []byte(`{"requestId":"r-bad","type":"inspect","payload":{"includeRevoked":"yes"}}`)
@@ -190,9 +192,8 @@ func testMalformedControlMessageAnsweredWorkerKeepsWorking(t *testing.T, h Harne
 // retried tasks, with its concurrency, namespace and queues.
 func testStatsCountersAfterKnownWorkload(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "ok", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
-	d.reg.MustAdd(stem.Task{Name: "bad", Options: stem.TaskOptions{MaxRetries: 1, RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond}},
-		Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, errors.New("x") }})
+	stem.Register(d.reg, "ok", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
+	stem.Register(d.reg, "bad", func(*stem.TaskContext, stem.Args) (any, error) { return nil, errors.New("x") }, stem.TaskOptions{MaxRetries: 1, RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond}})
 	d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 3})
 	var ids []string
 	for range 3 {
@@ -245,18 +246,18 @@ func testInspectRevokedOnlyWhenAskedAndLimited(t *testing.T, h Harness) {
 	d.startWorker(stem.WorkerConfig{ID: "w1"})
 	ctx := context.Background()
 	for _, id := range []string{"r1", "r2", "r3", "r4", "r5"} { // one call each: increasing versions
-		if _, _, err := d.ctl.Revoke(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+		if _, err := d.ctl.Revoke(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 			t.Fatal(err)
 		}
 	}
-	r, err := d.ctl.InspectWith(ctx, target("w1"), stemtype.InspectRequest{})
+	r, err := d.ctl.Inspect(ctx, target("w1"), stemtype.InspectRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p, keys := inspectOf(t, r); slices.Contains(keys, "revoked") || p.RevokedTotal != 5 {
 		t.Errorf("inspect not asking for revokes: keys %v, total %d", keys, p.RevokedTotal)
 	}
-	r, err = d.ctl.InspectWith(ctx, target("w1"), stemtype.InspectRequest{IncludeRevoked: true, Limit: 2})
+	r, err = d.ctl.Inspect(ctx, target("w1"), stemtype.InspectRequest{IncludeRevoked: true, Limit: 2})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,14 +269,14 @@ func testInspectRevokedOnlyWhenAskedAndLimited(t *testing.T, h Harness) {
 	if !slices.Equal(got, []string{"r5", "r4"}) || p.RevokedTotal != 5 {
 		t.Errorf("inspect with limit 2: revoked %v of %d, want [r5 r4] of 5", got, p.RevokedTotal)
 	}
-	r, err = d.ctl.Inspect(ctx, target("w1"), true)
+	r, err = d.ctl.Inspect(ctx, target("w1"), stemtype.InspectRequest{IncludeRevoked: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if p, _ = inspectOf(t, r); len(p.Revoked) != 5 || p.RevokedTotal != 5 {
 		t.Errorf("inspect with every revoke: %d of %d", len(p.Revoked), p.RevokedTotal)
 	}
-	if _, err := d.ctl.InspectWith(ctx, target("w1"), stemtype.InspectRequest{Limit: -1}); err == nil {
+	if _, err := d.ctl.Inspect(ctx, target("w1"), stemtype.InspectRequest{Limit: -1}); err == nil {
 		t.Error("InspectWith accepted a negative limit")
 	}
 }
@@ -374,7 +375,7 @@ func testRevokeReportsMarkCancelledErrors(t *testing.T, h Harness) {
 			if _, ok := d.roles.Results.(stemdriver.ConditionalPutter); tc.conditional && !ok {
 				t.Skip("the backend's result backend has no PutIfState")
 			}
-			d.reg.MustAdd(stem.Task{Name: "later", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+			stem.Register(d.reg, "later", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 			id := d.enqueue("later", stem.EnqueueOptions{})
 			var log testutil.SyncBuffer
 			c, err := stem.NewController(stem.ControllerConfig{Namespace: d.ns, Control: d.roles.Control, Revokes: d.roles.Revokes,
@@ -383,7 +384,7 @@ func testRevokeReportsMarkCancelledErrors(t *testing.T, h Harness) {
 				t.Fatal(err)
 			}
 			ctx := context.Background()
-			res, err := c.RevokeTasks(ctx, target(), stem.RevokeOptions{TaskIDs: []string{id}})
+			res, err := c.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{id}})
 			if err != nil {
 				t.Fatalf("the revoke failed: %v", err)
 			}
@@ -394,7 +395,7 @@ func testRevokeReportsMarkCancelledErrors(t *testing.T, h Harness) {
 				t.Errorf("revoke not stored: %v %v", recs, err)
 			}
 			// Revoke, which returns no such result, logs it.
-			if _, _, err := c.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+			if _, err := c.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 				t.Fatal(err)
 			}
 			if !strings.Contains(log.String(), tc.say) {

@@ -58,10 +58,10 @@ func (f *downResults) Put(ctx context.Context, rs ...*stemtype.TaskResult) error
 func testOutcomeThatCannotBeRecordedIsNotAcknowledged(t *testing.T, h Harness) {
 	d := open(t, h)
 	ran := make(chan struct{}, 1)
-	d.reg.MustAdd(stem.Task{Name: "job", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(d.reg, "job", func(*stem.TaskContext, stem.Args) (any, error) {
 		ran <- struct{}{}
 		return "ok", nil
-	}})
+	}, stem.TaskOptions{})
 	id := d.enqueue("job", stem.EnqueueOptions{})
 	res := &downResults{ResultBackend: d.roles.Results}
 	res.down.Store(true)
@@ -110,14 +110,14 @@ func testTaskLostInPrefetchIsNotStarted(t *testing.T, h Harness) {
 	d := open(t, h)
 	release := make(chan struct{})
 	var quickRuns atomic.Int32
-	d.reg.MustAdd(stem.Task{Name: "slow", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(d.reg, "slow", func(*stem.TaskContext, stem.Args) (any, error) {
 		<-release
 		return nil, nil
-	}})
-	d.reg.MustAdd(stem.Task{Name: "quick", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	}, stem.TaskOptions{})
+	stem.Register(d.reg, "quick", func(*stem.TaskContext, stem.Args) (any, error) {
 		quickRuns.Add(1)
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	slowID := d.enqueue("slow", stem.EnqueueOptions{})
 	quickID := d.enqueue("quick", stem.EnqueueOptions{})
 	b := &lossyBroker{Broker: d.roles.Broker, results: d.roles.Results, lostID: quickID}
@@ -130,7 +130,7 @@ func testTaskLostInPrefetchIsNotStarted(t *testing.T, h Harness) {
 			lostOnce()
 		}
 	}))
-	d.startWorker(stem.WorkerConfig{Broker: b, Concurrency: 1, Prefetch: 1, Lease: h.Capabilities.ShortLease, Logger: log})
+	d.startWorker(stem.WorkerConfig{Broker: b, Concurrency: 1, Prefetch: 1, EagerPrefetch: true, Lease: h.Capabilities.ShortLease, Logger: log})
 	unblock := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock) // before the worker stops, should the case fail
 	// The renewer handles the loss of quick's lease while slow runs.
@@ -168,13 +168,13 @@ func (s *revokeOnList) List(ctx context.Context, ns string) ([]stemtype.RevokeRe
 func testRevokeDuringWorkerStartIsHonoured(t *testing.T, h Harness) {
 	d := open(t, h)
 	var ran atomic.Int32
-	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(d.reg, "victim", func(*stem.TaskContext, stem.Args) (any, error) {
 		ran.Add(1)
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	id := d.enqueue("victim", stem.EnqueueOptions{Countdown: 200 * time.Millisecond})
 	store := &revokeOnList{RevokeStore: d.roles.Revokes, revoke: func() {
-		if _, _, err := d.ctl.Revoke(context.Background(), stem.Target{Timeout: 50 * time.Millisecond},
+		if _, err := d.ctl.Revoke(context.Background(), stem.Target{Timeout: 50 * time.Millisecond},
 			stem.RevokeOptions{TaskIDs: []string{id}, Reason: "during start"}); err != nil {
 			t.Error(err)
 		}
@@ -200,11 +200,10 @@ func (b stuckBroker) Retry(ctx context.Context, _ stemdriver.Delivery, _ *stemty
 func testShutdownIsBoundedWhenTheBrokerHangs(t *testing.T, h Harness) {
 	d := open(t, h)
 	failed := make(chan struct{}, 8)
-	d.reg.MustAdd(stem.Task{Name: "fails", Options: stem.TaskOptions{MaxRetries: 3},
-		Run: func(*stem.TaskContext, stem.Args) (any, error) {
-			failed <- struct{}{}
-			return nil, errors.New("boom")
-		}})
+	stem.Register(d.reg, "fails", func(*stem.TaskContext, stem.Args) (any, error) {
+		failed <- struct{}{}
+		return nil, errors.New("boom")
+	}, stem.TaskOptions{MaxRetries: 3})
 	for range 8 {
 		d.enqueue("fails", stem.EnqueueOptions{})
 	}
@@ -292,13 +291,12 @@ func testSameReceiptInTwoQueues(t *testing.T, h Harness) {
 	started := make(chan struct{}, 2)
 	runs := map[string]*atomic.Int32{"a": {}, "b": {}}
 	for _, q := range []string{"a", "b"} {
-		d.reg.MustAdd(stem.Task{Name: "long-" + q, Options: stem.TaskOptions{Queue: q},
-			Run: func(*stem.TaskContext, stem.Args) (any, error) {
-				runs[q].Add(1)
-				started <- struct{}{}
-				<-release
-				return nil, nil
-			}})
+		stem.Register(d.reg, "long-"+q, func(*stem.TaskContext, stem.Args) (any, error) {
+			runs[q].Add(1)
+			started <- struct{}{}
+			<-release
+			return nil, nil
+		}, stem.TaskOptions{Queue: q})
 	}
 	ida := d.enqueue("long-a", stem.EnqueueOptions{})
 	idb := d.enqueue("long-b", stem.EnqueueOptions{})
@@ -345,12 +343,12 @@ func (readOnlyRevokes) Prune(context.Context, string, time.Time) (int, error) {
 func testWorkerStartsWhenRevokesCannotBePruned(t *testing.T, h Harness) {
 	d := open(t, h)
 	var ran atomic.Int32
-	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(*stem.TaskContext, stem.Args) (any, error) {
+	stem.Register(d.reg, "victim", func(*stem.TaskContext, stem.Args) (any, error) {
 		ran.Add(1)
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	id := d.enqueue("victim", stem.EnqueueOptions{})
-	if _, _, err := d.ctl.Revoke(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+	if _, err := d.ctl.Revoke(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 		t.Fatal(err)
 	}
 	d.startWorker(stem.WorkerConfig{Revokes: readOnlyRevokes{d.roles.Revokes}})
@@ -387,10 +385,9 @@ func (b *hangingExtend) ExtendLease(ctx context.Context, d stemdriver.Delivery, 
 // broker that does not answer.
 func testInlineExtendLeaseFollowsTaskContext(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "stuck-extend", Options: stem.TaskOptions{TimeLimit: 50 * time.Millisecond},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			return nil, tc.ExtendLease(time.Minute)
-		}})
+	stem.Register(d.reg, "stuck-extend", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		return nil, tc.ExtendLease(time.Minute)
+	}, stem.TaskOptions{TimeLimit: 50 * time.Millisecond})
 	b := &hangingExtend{Broker: d.roles.Broker, causes: make(chan error, 1)}
 	d.startWorker(stem.WorkerConfig{Broker: b, Lease: 30 * time.Second})
 	id := d.enqueue("stuck-extend", stem.EnqueueOptions{})

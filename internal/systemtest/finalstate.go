@@ -84,10 +84,10 @@ func (d *deployment) publishFinished(id, task string, at time.Time) {
 func testDeliveryOfFinishedTaskIsAcknowledgedWithoutRunning(t *testing.T, h Harness) {
 	d := open(t, h)
 	ran := make(chan string, 1)
-	d.reg.MustAdd(stem.Task{Name: "once", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "once", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return "again", nil
-	}})
+	}, stem.TaskOptions{})
 	ctx := context.Background()
 	id := stem.NewTaskID()
 	at := time.Now().UTC().Truncate(time.Millisecond)
@@ -149,10 +149,10 @@ func (r *countReads) GetMany(ctx context.Context, ids ...string) ([]*stemtype.Ta
 func testFirstDeliveryReadsNoResult(t *testing.T, h Harness) {
 	d := open(t, h)
 	ran := make(chan string, 100)
-	d.reg.MustAdd(stem.Task{Name: "job", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "job", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return "again", nil
-	}})
+	}, stem.TaskOptions{})
 	ctx := context.Background()
 	dup := stem.NewTaskID()
 	d.publishFinished(dup, "job", time.Now().UTC().Truncate(time.Millisecond))
@@ -209,7 +209,7 @@ func (r *noGetMany) GetMany(context.Context, ...string) ([]*stemtype.TaskResult,
 // all the same (at-least-once).
 func testClaimedTasksRunWhenFinalCheckFails(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "job", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
+	stem.Register(d.reg, "job", func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }, stem.TaskOptions{})
 	id := d.enqueue("job", stem.EnqueueOptions{})
 	d.abandonLease(h, id)
 	res := &noGetMany{ResultBackend: d.roles.Results}
@@ -251,10 +251,10 @@ func (r *finalsOnly) GetFinalMany(ctx context.Context, ids ...string) ([]*stemty
 func testClaimCheckUsesFinalGetter(t *testing.T, h Harness) {
 	d := open(t, h)
 	ran := make(chan string, 2)
-	d.reg.MustAdd(stem.Task{Name: "once", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "once", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return "ran", nil
-	}})
+	}, stem.TaskOptions{})
 	finished := stem.NewTaskID()
 	d.publishFinished(finished, "once", time.Now().UTC().Truncate(time.Millisecond))
 	d.abandonLease(h, finished) // the worker's claim is a redelivery
@@ -322,7 +322,7 @@ func testDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T, h Harness
 	res := newGatedResults(d.roles.Results)
 	secondRuns := make(chan struct{})
 	var runs atomic.Int32
-	d.reg.MustAdd(stem.Task{Name: "twice", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "twice", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		if runs.Add(1) == 1 {
 			// The writer holds the batch of this copy's started record.
 			<-res.entered
@@ -330,7 +330,7 @@ func testDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T, h Harness
 		}
 		close(secondRuns)
 		return nil, stem.NoRetry(errors.New("second copy: already done"))
-	}})
+	}, stem.TaskOptions{})
 	id := d.enqueue("twice", stem.EnqueueOptions{})
 	env := &stemtype.Envelope{ID: id, Task: "twice", Queue: stemtype.DefaultQueue, CreatedAt: time.Now().UTC()}
 	if err := d.roles.Broker.Publish(context.Background(), env); err != nil { // the duplicate
@@ -359,11 +359,11 @@ func testDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T, h Harness
 func testRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T, h Harness) {
 	d := open(t, h)
 	running, finish := make(chan struct{}), make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "steady", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(running)
 		<-finish
 		return "finished", nil
-	}})
+	}, stem.TaskOptions{})
 	id := d.enqueue("steady", stem.EnqueueOptions{})
 	slow := newGatedResults(d.roles.Results) // the worker's: its first write (started) is held
 	d.startWorker(stem.WorkerConfig{Results: slow})
@@ -371,7 +371,7 @@ func testRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T, h H
 	t.Cleanup(release) // before the worker stops, should the case fail
 	await(t, running, "the task runs")
 	await(t, slow.entered, "the worker writes the started state")
-	res, err := d.ctl.RevokeTasks(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}})
+	res, err := d.ctl.Revoke(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -390,11 +390,11 @@ func testRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T, h H
 func testTargetedRevokeNeverMarksTaskOfAnotherWorker(t *testing.T, h Harness) {
 	d := open(t, h)
 	running, finish := make(chan struct{}), make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "steady", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(running)
 		<-finish
 		return "finished", nil
-	}})
+	}, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{ID: "idle", Queues: []string{"elsewhere"}})
 	slow := newGatedResults(d.roles.Results)
 	d.startWorker(stem.WorkerConfig{ID: "busy", Results: slow})
@@ -403,7 +403,7 @@ func testTargetedRevokeNeverMarksTaskOfAnotherWorker(t *testing.T, h Harness) {
 	id := d.enqueue("steady", stem.EnqueueOptions{})
 	await(t, running, "the task runs")
 	await(t, slow.entered, "the worker writes the started state")
-	res, err := d.ctl.RevokeTasks(context.Background(), target("idle"), stem.RevokeOptions{TaskIDs: []string{id}})
+	res, err := d.ctl.Revoke(context.Background(), target("idle"), stem.RevokeOptions{TaskIDs: []string{id}})
 	if err != nil {
 		t.Fatal(err)
 	}

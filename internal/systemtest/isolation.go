@@ -16,10 +16,10 @@ func testNamespaceIsolation(t *testing.T, h Harness) {
 	a, b := open(t, h), open(t, h)
 	ran := make(chan string, 8) // "<namespace>/<task id>"
 	for _, d := range []*deployment{a, b} {
-		d.reg.MustAdd(stem.Task{Name: "probe", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		stem.Register(d.reg, "probe", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 			ran <- d.ns + "/" + tc.TaskID()
 			return d.ns, nil
-		}})
+		}, stem.TaskOptions{})
 		// The same worker id in both: a live id of one namespace does not
 		// stop a worker of the other from starting.
 		d.startWorker(stem.WorkerConfig{ID: "w"})
@@ -45,7 +45,7 @@ func testNamespaceIsolation(t *testing.T, h Harness) {
 	}
 	// A revoke in a of an id that b then uses: b's task runs.
 	shared := stem.NewTaskID()
-	if _, err := a.ctl.RevokeTasks(ctx, target(), stem.RevokeOptions{TaskIDs: []string{shared}, Reason: "only in a"}); err != nil {
+	if _, err := a.ctl.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{shared}, Reason: "only in a"}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := b.client.Enqueue(ctx, "probe", nil, stem.EnqueueOptions{ID: shared}); err != nil {
@@ -68,7 +68,7 @@ func testNamespaceIsolation(t *testing.T, h Harness) {
 		if err != nil || len(recs) != c.want {
 			t.Fatalf("revoke store of %s: %+v %v, want %d record(s)", c.d.ns, recs, err, c.want)
 		}
-		i, err := c.d.ctl.InspectWith(ctx, target(), stemtype.InspectRequest{IncludeRevoked: true})
+		i, err := c.d.ctl.Inspect(ctx, target(), stemtype.InspectRequest{IncludeRevoked: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -93,15 +93,15 @@ func testScopeIsolation(t *testing.T, h Harness) {
 	b := openWith(t, h.OpenElsewhere, a.ns)
 	ran := make(chan string, 4)
 	for _, d := range []*deployment{a, b} {
-		d.reg.MustAdd(stem.Task{Name: "probe", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		stem.Register(d.reg, "probe", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 			ran <- tc.TaskID()
 			return "ran", nil
-		}})
+		}, stem.TaskOptions{})
 		d.startWorker(stem.WorkerConfig{ID: "w1"})
 	}
 	ctx := context.Background()
 	shared := stem.NewTaskID()
-	if _, _, err := a.ctl.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{shared}, Reason: "only in a"}); err != nil {
+	if _, err := a.ctl.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{shared}, Reason: "only in a"}); err != nil {
 		t.Fatal(err)
 	}
 	// Each worker handles its commands in order: a revoke that reached it
@@ -110,7 +110,7 @@ func testScopeIsolation(t *testing.T, h Harness) {
 		d    *deployment
 		want int
 	}{{a, 1}, {b, 0}} {
-		i, err := c.d.ctl.Inspect(ctx, target("w1"), true)
+		i, err := c.d.ctl.Inspect(ctx, target("w1"), stemtype.InspectRequest{IncludeRevoked: true})
 		if err != nil {
 			t.Fatal(err)
 		}

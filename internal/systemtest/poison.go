@@ -50,8 +50,8 @@ func (d *deployment) awaitAlive(t *testing.T) {
 // would panic again), and the worker keeps working.
 func testResultThatPanicsWhenEncodedFailsTheTask(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "poison-result", Options: stem.TaskOptions{MaxRetries: 3},
-		Run: func(*stem.TaskContext, stem.Args) (any, error) { return panicResult{}, nil }})
+	stem.Register(d.reg, "poison-result", func(*stem.TaskContext, stem.Args) (any, error) { return panicResult{}, nil },
+		stem.TaskOptions{MaxRetries: 3})
 	d.startWorker(stem.WorkerConfig{})
 	r := d.wait(d.enqueue("poison-result", stem.EnqueueOptions{}))
 	if r.State != stemtype.StateFailed || r.Attempt != 0 || r.Error == nil || r.Error.Kind != "panic" ||
@@ -65,11 +65,10 @@ func testResultThatPanicsWhenEncodedFailsTheTask(t *testing.T, h Harness) {
 // task, without retry, and the worker keeps working.
 func testErrorThatPanicsFailsTheTask(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "poison-error", Options: stem.TaskOptions{MaxRetries: 3},
-		Run: func(*stem.TaskContext, stem.Args) (any, error) {
-			var e *nilError
-			return nil, e
-		}})
+	stem.Register(d.reg, "poison-error", func(*stem.TaskContext, stem.Args) (any, error) {
+		var e *nilError
+		return nil, e
+	}, stem.TaskOptions{MaxRetries: 3})
 	d.startWorker(stem.WorkerConfig{})
 	r := d.wait(d.enqueue("poison-error", stem.EnqueueOptions{}))
 	if r.State != stemtype.StateFailed || r.Attempt != 0 || r.Error == nil || r.Error.Kind != "panic" {
@@ -82,13 +81,12 @@ func testErrorThatPanicsFailsTheTask(t *testing.T, h Harness) {
 // back to the default policy (a second or so), and keeps working.
 func testRetryPolicyThatPanicsFallsBackToDefault(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "poison-policy", Options: stem.TaskOptions{MaxRetries: 1, RetryPolicy: panicPolicy{}},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if tc.Attempt() == 0 {
-				return nil, errors.New("first attempt fails")
-			}
-			return "second", nil
-		}})
+	stem.Register(d.reg, "poison-policy", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if tc.Attempt() == 0 {
+			return nil, errors.New("first attempt fails")
+		}
+		return "second", nil
+	}, stem.TaskOptions{MaxRetries: 1, RetryPolicy: panicPolicy{}})
 	d.startWorker(stem.WorkerConfig{})
 	r := d.wait(d.enqueue("poison-policy", stem.EnqueueOptions{}))
 	if r.State != stemtype.StateSucceeded || r.Attempt != 1 {

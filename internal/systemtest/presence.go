@@ -18,7 +18,7 @@ import (
 // live worker's host and pid; the first keeps working and stays listed.
 func testWorkerRefusesLiveID(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "echo", Run: func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }})
+	stem.Register(d.reg, "echo", func(*stem.TaskContext, stem.Args) (any, error) { return "ok", nil }, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{ID: "dup"})
 
 	second := d.newWorker(stem.WorkerConfig{ID: "dup"})
@@ -81,16 +81,25 @@ func testWorkerStopsWhenIDTakenWhileRunning(t *testing.T, h Harness) {
 		<-done
 		t.Fatalf("workers: %+v (%v)", ws, err)
 	}
-	if err := d.roles.Control.Withdraw(ctx, "dup", ws[0].Instance); err != nil {
-		cancel()
-		<-done
-		t.Fatal(err)
-	}
+	// The worker's presence lapses (withdrawn here) and another instance
+	// takes the id. The worker re-announces every 10ms, so it may take
+	// the id back between the two calls: then the lapse is tried again.
 	intruder := stemtype.WorkerInfo{ID: "dup", Namespace: d.ns, Host: "elsewhere", PID: 7, Instance: "intruder"}
-	if err := d.roles.Control.Announce(ctx, intruder, time.Minute); err != nil {
-		cancel()
-		<-done
-		t.Fatal(err)
+	for {
+		if err := d.roles.Control.Withdraw(ctx, "dup", ws[0].Instance); err != nil {
+			cancel()
+			<-done
+			t.Fatal(err)
+		}
+		err := d.roles.Control.Announce(ctx, intruder, time.Minute)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, stemdriver.ErrWorkerIDTaken) || ctx.Err() != nil {
+			cancel()
+			<-done
+			t.Fatal(err)
+		}
 	}
 	select {
 	case err := <-done:

@@ -42,15 +42,14 @@ func testEnqueueAndResult(t *testing.T, h Harness) {
 func testRetryThenSucceed(t *testing.T, h Harness) {
 	d := open(t, h)
 	attempts := make(chan int, 8)
-	d.reg.MustAdd(stem.Task{Name: "flaky", Options: stem.TaskOptions{MaxRetries: 5,
-		RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond, Max: 10 * time.Millisecond}},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			attempts <- tc.Attempt()
-			if tc.Attempt() < 2 {
-				return nil, errors.New("not yet")
-			}
-			return "ok", nil
-		}})
+	stem.Register(d.reg, "flaky", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		attempts <- tc.Attempt()
+		if tc.Attempt() < 2 {
+			return nil, errors.New("not yet")
+		}
+		return "ok", nil
+	}, stem.TaskOptions{MaxRetries: 5,
+		RetryPolicy: stem.ExponentialBackoff{Base: time.Millisecond, Max: 10 * time.Millisecond}})
 	_, stop := d.startWorker(stem.WorkerConfig{})
 	res := d.wait(d.enqueue("flaky", stem.EnqueueOptions{}))
 	stop()
@@ -77,13 +76,12 @@ func testRetryToFinalFailure(t *testing.T, h Harness) {
 	d := open(t, h)
 	var runs atomic.Int32
 	attempts := make(chan int, 10)
-	d.reg.MustAdd(stem.Task{Name: "always-fails", Options: stem.TaskOptions{MaxRetries: 3,
-		RetryPolicy: stem.ExponentialBackoff{Base: 10 * time.Millisecond, Max: 40 * time.Millisecond}},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			runs.Add(1)
-			attempts <- tc.Attempt()
-			return nil, errors.New("boom")
-		}})
+	stem.Register(d.reg, "always-fails", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		runs.Add(1)
+		attempts <- tc.Attempt()
+		return nil, errors.New("boom")
+	}, stem.TaskOptions{MaxRetries: 3,
+		RetryPolicy: stem.ExponentialBackoff{Base: 10 * time.Millisecond, Max: 40 * time.Millisecond}})
 	_, stop := d.startWorker(stem.WorkerConfig{})
 	res := d.wait(d.enqueue("always-fails", stem.EnqueueOptions{}))
 	stop() // every run has returned once Run returned
@@ -111,11 +109,10 @@ func testRetryToFinalFailure(t *testing.T, h Harness) {
 func testNoRetryFailsAtOnce(t *testing.T, h Harness) {
 	d := open(t, h)
 	var runs atomic.Int32
-	d.reg.MustAdd(stem.Task{Name: "permanent", Options: stem.TaskOptions{MaxRetries: 5},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			runs.Add(1)
-			return nil, stem.NoRetry(errors.New("bad input"))
-		}})
+	stem.Register(d.reg, "permanent", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		runs.Add(1)
+		return nil, stem.NoRetry(errors.New("bad input"))
+	}, stem.TaskOptions{MaxRetries: 5})
 	_, stop := d.startWorker(stem.WorkerConfig{})
 	res := d.wait(d.enqueue("permanent", stem.EnqueueOptions{}))
 	stop()
@@ -131,14 +128,14 @@ func testNoRetryFailsAtOnce(t *testing.T, h Harness) {
 // panic's message, and the worker survives to run the next task.
 func testPanicIsRecordedFailure(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "panics", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "panics", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		var m map[string]int
 		m["x"] = 1 // nil map write
 		return nil, nil
-	}})
-	d.reg.MustAdd(stem.Task{Name: "echo", Run: func(tc *stem.TaskContext, a stem.Args) (any, error) {
+	}, stem.TaskOptions{})
+	stem.Register(d.reg, "echo", func(tc *stem.TaskContext, a stem.Args) (any, error) {
 		return json.RawMessage(a), nil
-	}})
+	}, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{Concurrency: 1})
 	res := d.wait(d.enqueue("panics", stem.EnqueueOptions{}))
 	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "panic" ||
@@ -156,7 +153,7 @@ func testPanicIsRecordedFailure(t *testing.T, h Harness) {
 // naming it, at once and without a retry, and leaves the queue.
 func testUnknownTaskIsRecordedFailure(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "known", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	stem.Register(d.reg, "known", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{})
 	res := d.wait(d.enqueue("no.such.task", stem.EnqueueOptions{MaxRetries: new(5)}))
 	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "unknown_task" ||
@@ -173,10 +170,8 @@ func testUnknownTaskIsRecordedFailure(t *testing.T, h Harness) {
 func testArgumentsThatDoNotDecodeFailWithoutRetry(t *testing.T, h Harness) {
 	d := open(t, h)
 	type args struct{ N int }
-	if err := stem.Register(d.reg, "typed", func(tc *stem.TaskContext, a args) (any, error) { return a.N, nil },
-		stem.TaskOptions{MaxRetries: 3}); err != nil {
-		t.Fatal(err)
-	}
+	stem.Register(d.reg, "typed", func(tc *stem.TaskContext, a args) (any, error) { return a.N, nil },
+		stem.TaskOptions{MaxRetries: 3})
 	d.startWorker(stem.WorkerConfig{})
 	res := d.wait(d.enqueueWith("typed", json.RawMessage(`{"N":"not a number"}`), stem.EnqueueOptions{}))
 	if res.State != stemtype.StateFailed || res.Attempt != 0 || res.Error == nil ||
@@ -188,9 +183,9 @@ func testArgumentsThatDoNotDecodeFailWithoutRetry(t *testing.T, h Harness) {
 // A task enqueued with a countdown does not run before it is over.
 func testCountdownDelaysTask(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "when", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "when", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		return time.Now().UnixNano(), nil
-	}})
+	}, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{})
 	before := time.Now()
 	res := d.wait(d.enqueue("when", stem.EnqueueOptions{Countdown: 150 * time.Millisecond}))
@@ -207,14 +202,13 @@ func testCountdownDelaysTask(t *testing.T, h Harness) {
 // stem.ErrTimeLimit, and the attempt fails with kind "time_limit".
 func testTimeLimitFailsAttempt(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "slow", Options: stem.TaskOptions{TimeLimit: 50 * time.Millisecond},
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			<-tc.Done()
-			if !errors.Is(context.Cause(tc), stem.ErrTimeLimit) {
-				return nil, errors.New("cause is not ErrTimeLimit")
-			}
-			return nil, tc.Err()
-		}})
+	stem.Register(d.reg, "slow", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		<-tc.Done()
+		if !errors.Is(context.Cause(tc), stem.ErrTimeLimit) {
+			return nil, errors.New("cause is not ErrTimeLimit")
+		}
+		return nil, tc.Err()
+	}, stem.TaskOptions{TimeLimit: 50 * time.Millisecond})
 	d.startWorker(stem.WorkerConfig{})
 	res := d.wait(d.enqueue("slow", stem.EnqueueOptions{}))
 	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "time_limit" {
@@ -230,11 +224,11 @@ func testTimeLimitFailsAttempt(t *testing.T, h Harness) {
 func testProgressNaNIsRefusedAndTheTaskEnds(t *testing.T, h Harness) {
 	d := open(t, h)
 	refused := make(chan error, 1)
-	d.reg.MustAdd(stem.Task{Name: "empty-batch", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "empty-batch", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		done, total := 0.0, 0.0
 		refused <- tc.Progress(done/total*100, nil)
 		return "ok", nil
-	}})
+	}, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{})
 	id := d.enqueue("empty-batch", stem.EnqueueOptions{})
 	if err := await(t, refused, "the task reports its progress"); err == nil {
@@ -252,7 +246,7 @@ func testProgressNaNIsRefusedAndTheTaskEnds(t *testing.T, h Harness) {
 // stem.Args was the JSON null), as isolated tasks store them.
 func testRawJSONArgsAndResults(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "raw", Run: func(tc *stem.TaskContext, a stem.Args) (any, error) {
+	stem.Register(d.reg, "raw", func(tc *stem.TaskContext, a stem.Args) (any, error) {
 		var in struct{ Out string }
 		if err := a.Decode(&in); err != nil {
 			return nil, err
@@ -266,7 +260,7 @@ func testRawJSONArgsAndResults(t *testing.T, h Harness) {
 			return json.RawMessage{}, nil
 		}
 		return "none", nil
-	}})
+	}, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{})
 	// Enqueueing empty Args failed with "arguments are not valid JSON".
 	if r := d.wait(d.enqueueWith("raw", stem.Args(nil), stem.EnqueueOptions{})); r.State != stemtype.StateSucceeded ||

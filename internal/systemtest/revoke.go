@@ -24,16 +24,16 @@ func testRevokeQueuedTask(t *testing.T, h Harness) {
 	d := open(t, h)
 	gate := make(chan struct{})
 	started := make(chan string, 4)
-	d.reg.MustAdd(stem.Task{Name: "block", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		started <- tc.TaskID()
 		<-gate
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	victimRan := make(chan string, 1)
-	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "victim", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		victimRan <- tc.TaskID()
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1})
 	release := sync.OnceFunc(func() { close(gate) })
 	t.Cleanup(release) // before the worker stops, should the case fail
@@ -42,7 +42,7 @@ func testRevokeQueuedTask(t *testing.T, h Harness) {
 		t.Fatalf("started %s, want the blocker %s", got, blocker)
 	}
 	victim := d.enqueue("victim", stem.EnqueueOptions{})
-	res, err := d.ctl.RevokeTasks(context.Background(), target(),
+	res, err := d.ctl.Revoke(context.Background(), target(),
 		stem.RevokeOptions{TaskIDs: []string{victim}, Reason: "bad data", RequestedBy: "ops"})
 	if err != nil {
 		t.Fatal(err)
@@ -73,17 +73,17 @@ func testRevokeQueuedTask(t *testing.T, h Harness) {
 func testRevokeBeforeWorkerStarts(t *testing.T, h Harness) {
 	d := open(t, h)
 	ran := make(chan string, 4)
-	d.reg.MustAdd(stem.Task{Name: "victim", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "victim", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	done := make(chan string, 1)
-	d.reg.MustAdd(stem.Task{Name: "marker", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "marker", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		done <- tc.TaskID()
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	victim := d.enqueue("victim", stem.EnqueueOptions{})
-	res, err := d.ctl.RevokeTasks(context.Background(), target(),
+	res, err := d.ctl.Revoke(context.Background(), target(),
 		stem.RevokeOptions{TaskIDs: []string{victim}, Reason: "stale", RequestedBy: "cron"})
 	if err != nil || res.MarkErr != nil {
 		t.Fatalf("revoke: %v, mark: %v", err, res.MarkErr)
@@ -122,21 +122,21 @@ func testTerminateInline(t *testing.T, h Harness) {
 	var runs atomic.Int32
 	type seen struct{ heartbeat, cause error }
 	saw := make(chan seen, 1)
-	d.reg.MustAdd(stem.Task{Name: "loop", Options: stem.TaskOptions{MaxRetries: 5,
-		RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}}, // a retry would wait in the queue
-		Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if runs.Add(1) == 1 {
-				close(started)
-			}
-			<-tc.Done()
-			saw <- seen{heartbeat: tc.Heartbeat(), cause: context.Cause(tc)}
-			return "ignored result", nil
-		}})
+	// a retry would wait in the queue
+	stem.Register(d.reg, "loop", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if runs.Add(1) == 1 {
+			close(started)
+		}
+		<-tc.Done()
+		saw <- seen{heartbeat: tc.Heartbeat(), cause: context.Cause(tc)}
+		return "ignored result", nil
+	}, stem.TaskOptions{MaxRetries: 5,
+		RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}})
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1"})
 	id := d.enqueue("loop", stem.EnqueueOptions{})
 	await(t, started, "the task starts")
 	d.waitState(id, stemtype.StateStarted)
-	res, err := d.ctl.RevokeTasks(context.Background(), target("w1"),
+	res, err := d.ctl.Revoke(context.Background(), target("w1"),
 		stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, Reason: "runaway", RequestedBy: "ops"})
 	if err != nil {
 		t.Fatal(err)
@@ -186,7 +186,7 @@ func testTerminateIsolatedKillAfter(t *testing.T, h Harness) {
 		return err == nil && r.State == stemtype.StateStarted && r.Progress != nil &&
 			json.Unmarshal(r.Progress.Data, &spinner) == nil && spinner.PID > 0
 	})
-	res, err := d.ctl.RevokeTasks(context.Background(), target("w1"), stem.RevokeOptions{TaskIDs: []string{id},
+	res, err := d.ctl.Revoke(context.Background(), target("w1"), stem.RevokeOptions{TaskIDs: []string{id},
 		Terminate: true, KillAfter: 200 * time.Millisecond, Reason: "runaway", RequestedBy: "ops"})
 	if err != nil {
 		t.Fatal(err)
@@ -234,12 +234,12 @@ func testRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T, h Harness) {
 	d := open(t, h)
 	gate := make(chan struct{})
 	started := make(chan string, 4)
-	d.reg.MustAdd(stem.Task{Name: "block", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		started <- tc.TaskID()
 		<-gate
 		return nil, nil
-	}})
-	d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4})
+	}, stem.TaskOptions{})
+	d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4, EagerPrefetch: true})
 	t.Cleanup(func() { close(gate) }) // before the worker stops
 	blocker := d.enqueue("block", stem.EnqueueOptions{})
 	if got := await(t, started, "the blocker starts"); got != blocker {
@@ -248,7 +248,7 @@ func testRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T, h Harness) {
 	queued := d.enqueue("block", stem.EnqueueOptions{})
 	d.waitDepth(stemtype.DefaultQueue, 0) // w1 holds the queued task in its prefetch
 	ctx := context.Background()
-	res, err := d.ctl.RevokeTasks(ctx, target("w1"),
+	res, err := d.ctl.Revoke(ctx, target("w1"),
 		stem.RevokeOptions{TaskIDs: []string{queued}, Reason: "not needed", RequestedBy: "test"})
 	if err != nil || res.MarkErr != nil {
 		t.Fatalf("revoke: %v, mark: %v", err, res.MarkErr)
@@ -270,16 +270,16 @@ func testRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T, h Harness) {
 func testRevokeWithoutTerminateLetsRunningTaskFinish(t *testing.T, h Harness) {
 	d := open(t, h)
 	started, release := make(chan struct{}), make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "steady", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(started)
 		<-release
 		return "finished", tc.Heartbeat()
-	}})
+	}, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{})
 	id := d.enqueue("steady", stem.EnqueueOptions{})
 	await(t, started, "the task starts")
 	d.waitState(id, stemtype.StateStarted)
-	if _, _, err := d.ctl.Revoke(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
+	if _, err := d.ctl.Revoke(context.Background(), target(), stem.RevokeOptions{TaskIDs: []string{id}}); err != nil {
 		close(release)
 		t.Fatal(err)
 	}
@@ -295,7 +295,7 @@ func testRevokeWithoutTerminateLetsRunningTaskFinish(t *testing.T, h Harness) {
 func testNewerRevokeAddsTerminate(t *testing.T, h Harness) {
 	d := open(t, h)
 	started := make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "loop", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "loop", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(started)
 		for {
 			if err := tc.Heartbeat(); err != nil {
@@ -303,21 +303,21 @@ func testNewerRevokeAddsTerminate(t *testing.T, h Harness) {
 			}
 			time.Sleep(time.Millisecond) // the task's own work between checkpoints
 		}
-	}})
+	}, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{ID: "w1"})
 	id := d.enqueue("loop", stem.EnqueueOptions{})
 	await(t, started, "the task starts")
 	d.waitState(id, stemtype.StateStarted)
 	ctx := context.Background()
-	if _, r, err := d.ctl.Revoke(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{id}, Reason: "first"}); err != nil ||
-		len(r.Replies) != 1 {
+	if r, err := d.ctl.Revoke(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{id}, Reason: "first"}); err != nil ||
+		len(r.Replies.Replies) != 1 {
 		t.Fatalf("first revoke: %+v %v", r, err)
 	}
 	// w1 applied the first revoke before it replied: the task still runs.
 	if r, err := d.roles.Results.Get(ctx, id); err != nil || r.State != stemtype.StateStarted {
 		t.Fatalf("a revoke without terminate stopped the running task: %+v %v", r, err)
 	}
-	if _, _, err := d.ctl.Revoke(ctx, target("w1"),
+	if _, err := d.ctl.Revoke(ctx, target("w1"),
 		stem.RevokeOptions{TaskIDs: []string{id}, Terminate: true, Reason: "second"}); err != nil {
 		t.Fatal(err)
 	}
@@ -332,11 +332,11 @@ func testNewerRevokeAddsTerminate(t *testing.T, h Harness) {
 // and calls nothing unknown.
 func testRevokeReportsUnknownIDs(t *testing.T, h Harness) {
 	d := open(t, h)
-	d.reg.MustAdd(stem.Task{Name: "later", Run: func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }})
+	stem.Register(d.reg, "later", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{ID: "w1"})
 	known := d.enqueue("later", stem.EnqueueOptions{Countdown: time.Hour})
 	ctx := context.Background()
-	res, err := d.ctl.RevokeTasks(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{known, "mistyped"}})
+	res, err := d.ctl.Revoke(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{known, "mistyped"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -360,7 +360,7 @@ func testRevokeReportsUnknownIDs(t *testing.T, h Harness) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	res, err = c.RevokeTasks(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{"x"}})
+	res, err = c.Revoke(ctx, target("w1"), stem.RevokeOptions{TaskIDs: []string{"x"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -379,18 +379,18 @@ func testControllerDefaultExpiry(t *testing.T, h Harness) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	recs, _, err := c.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{"x"}})
-	if err != nil || len(recs) != 1 {
-		t.Fatalf("revoke: %+v %v", recs, err)
+	res, err := c.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{"x"}})
+	if err != nil || len(res.Records) != 1 {
+		t.Fatalf("revoke: %+v %v", res, err)
 	}
-	if d := recs[0].ExpiresAt.Sub(recs[0].IssuedAt); d != time.Hour {
+	if d := res.Records[0].ExpiresAt.Sub(res.Records[0].IssuedAt); d != time.Hour {
 		t.Fatalf("expiry %s, want the configured 1h", d)
 	}
-	recs, _, err = d.ctl.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{"y"}})
-	if err != nil || len(recs) != 1 {
-		t.Fatalf("revoke: %+v %v", recs, err)
+	res, err = d.ctl.Revoke(ctx, target(), stem.RevokeOptions{TaskIDs: []string{"y"}})
+	if err != nil || len(res.Records) != 1 {
+		t.Fatalf("revoke: %+v %v", res, err)
 	}
-	if d := recs[0].ExpiresAt.Sub(recs[0].IssuedAt); d != stem.DefaultRevokeExpiry {
+	if d := res.Records[0].ExpiresAt.Sub(res.Records[0].IssuedAt); d != stem.DefaultRevokeExpiry {
 		t.Fatalf("expiry %s, want DefaultRevokeExpiry", d)
 	}
 }

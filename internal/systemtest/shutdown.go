@@ -23,10 +23,10 @@ import (
 func testDeadWorkerLeaseExpires(t *testing.T, h Harness) {
 	d := open(t, h)
 	ran := make(chan string, 2)
-	d.reg.MustAdd(stem.Task{Name: "work", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "work", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ran <- tc.TaskID()
 		return "done", nil
-	}})
+	}, stem.TaskOptions{})
 	id := d.enqueue("work", stem.EnqueueOptions{})
 	ctx, cancel := context.WithTimeout(context.Background(), waitBound)
 	defer cancel()
@@ -55,19 +55,19 @@ func testWarmShutdownReleasesUnstarted(t *testing.T, h Harness) {
 	d := open(t, h)
 	gate := make(chan struct{})
 	blockStarted := make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "block", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(blockStarted)
 		<-gate
 		return "finished", nil
-	}})
+	}, stem.TaskOptions{})
 	ranOn := make(chan string, 2)
-	d.reg.MustAdd(stem.Task{Name: "next", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "next", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		ranOn <- tc.TaskID()
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	// The first worker's lease outlasts the whole test: only a release
 	// lets another worker claim what it holds.
-	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1,
+	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1, EagerPrefetch: true,
 		Lease: 10 * time.Minute, ShutdownTimeout: 10 * time.Minute})
 	release := sync.OnceFunc(func() { close(gate) })
 	t.Cleanup(release) // before the worker stops, should the case fail
@@ -101,11 +101,11 @@ func testLeaseRenewedWhileTaskRuns(t *testing.T, h Harness) {
 	d := open(t, h)
 	release := make(chan struct{})
 	var runs atomic.Int32
-	d.reg.MustAdd(stem.Task{Name: "long", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "long", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		runs.Add(1)
 		<-release
 		return nil, nil
-	}})
+	}, stem.TaskOptions{})
 	// The lease leaves the renewer (a wake-up every quarter lease, a renewal
 	// once a third of it has passed) several hundred milliseconds of slack,
 	// so a loaded -race run does not lapse it through scheduling delay.
@@ -135,11 +135,11 @@ func testExtendLeaseNeverShortensTheLease(t *testing.T, h Harness) {
 	d := open(t, h)
 	extended := make(chan error, 1)
 	release := make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "short-ask", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "short-ask", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		extended <- tc.ExtendLease(time.Millisecond)
 		<-release
 		return "done", nil
-	}})
+	}, stem.TaskOptions{})
 	d.startWorker(stem.WorkerConfig{Lease: 30 * time.Second})
 	unblock := sync.OnceFunc(func() { close(release) })
 	t.Cleanup(unblock) // before the worker stops, should the case fail
@@ -186,11 +186,11 @@ func testGracefulShutdownFinishesInflightTask(t *testing.T, h Harness) {
 			closeOnce()
 		}
 	}))
-	d.reg.MustAdd(stem.Task{Name: "finishing", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "finishing", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(started)
 		<-shuttingDown // the task's work outlives the shutdown signal
 		return "finished", tc.Err()
-	}})
+	}, stem.TaskOptions{})
 	_, stop := d.startWorker(stem.WorkerConfig{ShutdownTimeout: waitBound, Logger: log})
 	id := d.enqueue("finishing", stem.EnqueueOptions{})
 	await(t, started, "the task starts")
@@ -211,7 +211,7 @@ func testShutdownPastGraceReleasesTaskToAnotherWorker(t *testing.T, h Harness) {
 	d := open(t, h)
 	first := make(chan struct{})
 	var runs atomic.Int32
-	d.reg.MustAdd(stem.Task{Name: "stubborn", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "stubborn", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		if runs.Add(1) == 1 {
 			close(first)
 			<-tc.Done()
@@ -221,7 +221,7 @@ func testShutdownPastGraceReleasesTaskToAnotherWorker(t *testing.T, h Harness) {
 			return nil, tc.Err()
 		}
 		return "second run", nil
-	}})
+	}, stem.TaskOptions{})
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", ShutdownTimeout: 50 * time.Millisecond})
 	id := d.enqueue("stubborn", stem.EnqueueOptions{})
 	await(t, first, "the task starts")
@@ -284,11 +284,11 @@ func (c *withdrawWatch) Withdraw(ctx context.Context, id, instance string) error
 func testRunWaitsForReleaseUnderWay(t *testing.T, h Harness) {
 	d := open(t, h)
 	running := make(chan struct{})
-	d.reg.MustAdd(stem.Task{Name: "polite", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "polite", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		close(running)
 		<-tc.Done()
 		return nil, context.Cause(tc)
-	}})
+	}, stem.TaskOptions{})
 	id := d.enqueue("polite", stem.EnqueueOptions{})
 	b := &gatedRelease{Broker: d.roles.Broker, gate: make(chan struct{})}
 	openGate := sync.OnceFunc(func() { close(b.gate) })
@@ -407,14 +407,14 @@ func testCutOffWorkerLosesItsTask(t *testing.T, h Harness) {
 	firstRunning := make(chan struct{})
 	release := make(chan struct{})
 	var runs atomic.Int32
-	d.reg.MustAdd(stem.Task{Name: "work", Run: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+	stem.Register(d.reg, "work", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		if runs.Add(1) == 1 {
 			close(firstRunning)
 			<-release // ignores its context: the cut-off worker's handler runs on
 			return "late", nil
 		}
 		return "done", nil
-	}})
+	}, stem.TaskOptions{})
 	var cut atomic.Bool
 	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "cut-off", Concurrency: 1, Prefetch: 1,
 		Broker: severedBroker{d.roles.Broker, &cut}, Results: severedResults{d.roles.Results, &cut},

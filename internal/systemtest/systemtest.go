@@ -3,8 +3,8 @@
 // drivers, checking what a user sees (results, retries and failures,
 // revokes and terminate, final states that stay final, the control plane,
 // leases and shutdown, one worker per id, namespace and scope isolation,
-// and the worker's conduct when one driver fails) rather than what one
-// driver promises (that is stemdrivertest's job).
+// fair dispatch, and the worker's conduct when one driver fails) rather
+// than what one driver promises (that is stemdrivertest's job).
 //
 // A backend wires it in a few lines:
 //
@@ -184,6 +184,9 @@ func Run(t *testing.T, h Harness) {
 		// Isolation (isolation.go).
 		{"NamespaceIsolation", testNamespaceIsolation},
 		{"ScopeIsolation", testScopeIsolation},
+		// Fair dispatch (fair.go).
+		{"FairLongTasksSpread", testFairLongTasksSpread},
+		{"FairLongTaskAfterBurst", testFairLongTaskAfterBurst},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -217,25 +220,23 @@ type pidData struct {
 // a child, has the same isolated entrypoints as the worker that started it.
 func Registry() *stem.Registry {
 	reg := stem.NewRegistry()
-	reg.MustAdd(stem.Task{Name: taskSpinIsolated,
-		// A retry would wait in the queue for an hour: the case sees it.
-		Options: stem.TaskOptions{MaxRetries: 5, RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}},
-		Isolated: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-			if err := tc.Progress(0, pidData{PID: os.Getpid()}); err != nil {
-				return nil, err
+	// A retry would wait in the queue for an hour: the case sees it.
+	stem.Register(reg, taskSpinIsolated, func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if err := tc.Progress(0, pidData{PID: os.Getpid()}); err != nil {
+			return nil, err
+		}
+		start := time.Now()
+		x := uint64(1)
+		for time.Since(start) < 2*waitBound {
+			for range 1 << 16 {
+				x = x*6364136223846793005 + 1442695040888963407
 			}
-			start := time.Now()
-			x := uint64(1)
-			for time.Since(start) < 2*waitBound {
-				for range 1 << 16 {
-					x = x*6364136223846793005 + 1442695040888963407
-				}
-			}
-			return x % 1000, nil
-		}})
-	reg.MustAdd(stem.Task{Name: taskPIDIsolated, Isolated: func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		}
+		return x % 1000, nil
+	}, stem.TaskOptions{Isolated: true, MaxRetries: 5, RetryPolicy: stem.ExponentialBackoff{Base: time.Hour}})
+	stem.Register(reg, taskPIDIsolated, func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		return pidData{PID: os.Getpid()}, nil
-	}})
+	}, stem.TaskOptions{Isolated: true})
 	return reg
 }
 

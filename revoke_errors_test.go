@@ -1,0 +1,75 @@
+package stem_test
+
+import (
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemmem"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// countingControl is the memory control transport, counting publishes and
+// failing them when fail is set.
+type countingControl struct {
+	stemdriver.ControlTransport
+	published atomic.Int32
+	fail      bool
+}
+
+func (c *countingControl) Publish(ctx context.Context, targets []string, msg []byte) error {
+	if c.fail {
+		return errors.New("publish broke")
+	}
+	c.published.Add(1)
+	return c.ControlTransport.Publish(ctx, targets, msg)
+}
+
+// brokenRevokes is the memory revoke store whose writes fail.
+type brokenRevokes struct{ stemdriver.RevokeStore }
+
+func (brokenRevokes) Upsert(context.Context, ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
+	return nil, errors.New("upsert broke")
+}
+
+// TestRevokeErrors: a revoke that could not be stored publishes nothing
+// and returns no result; one stored but not published returns the stored
+// records with the error; an Inspect with a negative limit sends nothing.
+func TestRevokeErrors(t *testing.T) {
+	hub := stemmem.New()
+	opts := stemdriver.Options{Namespace: "t-revoke-errors"}
+	ctx := context.Background()
+	target := stem.Target{Timeout: time.Millisecond}
+	revoke := stem.RevokeOptions{TaskIDs: []string{"a"}}
+
+	control := &countingControl{ControlTransport: hub.Control(opts)}
+	c, err := stem.NewController(stem.ControllerConfig{Namespace: opts.Namespace, Control: control, Revokes: brokenRevokes{hub.Revokes()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := c.Revoke(ctx, target, revoke)
+	if res != nil || !errors.Is(err, stem.ErrStoreUnavailable) || control.published.Load() != 0 {
+		t.Fatalf("store down: result %+v, err %v, %d published; want nil, ErrStoreUnavailable, none", res, err, control.published.Load())
+	}
+	if _, err := c.Inspect(ctx, target, stemtype.InspectRequest{IncludeRevoked: true, Limit: -1}); err == nil || control.published.Load() != 0 {
+		t.Fatalf("negative limit: err %v, %d published; want an error and nothing sent", err, control.published.Load())
+	}
+
+	control.fail = true
+	revokes := hub.Revokes()
+	c, err = stem.NewController(stem.ControllerConfig{Namespace: opts.Namespace, Control: control, Revokes: revokes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = c.Revoke(ctx, target, revoke)
+	if !errors.Is(err, stem.ErrBrokerUnavailable) || res == nil || len(res.Records) != 1 || res.Records[0].TaskID != "a" || res.Replies != nil {
+		t.Fatalf("broker down: result %+v, err %v; want the stored record, no replies, ErrBrokerUnavailable", res, err)
+	}
+	if recs, err := revokes.List(ctx, opts.Namespace); err != nil || len(recs) != 1 {
+		t.Fatalf("the revoke was not stored: %v %v", recs, err)
+	}
+}
