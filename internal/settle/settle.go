@@ -353,20 +353,23 @@ func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 			// delivery whose settlement records no result (a task found
 			// finished already, say) goes ahead: the failed write was
 			// not its own.
-			unrecorded := 0
-			kept := batch[:0:0]
+			// Counted before Done is called, so that GaveUp includes
+			// every delivery reported done.
+			var unrecorded, kept []Settlement
 			for _, s := range batch {
 				switch {
 				case s.Delivery == nil:
 				case s.Result != nil:
-					unrecorded++
-					sh.finished(s)
+					unrecorded = append(unrecorded, s)
 				default:
 					kept = append(kept, s)
 				}
 			}
-			sh.gaveUp.Add(int64(unrecorded))
-			cfg.Logger.Error("results not written: leaving their tasks to lease expiry", "results", len(results), "tasks", unrecorded)
+			sh.gaveUp.Add(int64(len(unrecorded)))
+			cfg.Logger.Error("results not written: leaving their tasks to lease expiry", "results", len(results), "tasks", len(unrecorded))
+			for _, s := range unrecorded {
+				sh.finished(s)
+			}
 			batch = kept
 		}
 	}
