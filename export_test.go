@@ -1,5 +1,11 @@
 package stem
 
+import (
+	"time"
+
+	"github.com/stem-go/stem/internal/settle"
+)
+
 // SetTestHooks installs w's test seams; call it before w.Run, and never
 // after: progressChecked runs in TaskContext.Progress after it saw its task
 // not yet settled and before it queues its write; settled runs once a
@@ -17,6 +23,17 @@ func SetTestHooks(w *Worker, progressChecked, settled func(taskID string)) {
 // tests that send a raw command (an older controller's payload, a payload
 // the typed methods refuse).
 var ControllerSend = (*Controller).send
+
+// SetWriterGiveUp makes w's settlement writer give up on a failing result
+// write or broker settlement after d (settle.Config.GiveUpAfter) rather
+// than settle.DefaultGiveUpAfter; call it before w.Run, and never after.
+func SetWriterGiveUp(w *Worker, d time.Duration) {
+	if w.ran.Load() {
+		panic("stem: SetWriterGiveUp called after Run")
+	}
+	w.writer = settle.New(settle.Config{Broker: w.cfg.Broker, Results: w.cfg.Results, Logger: w.log,
+		Done: w.jobs.Forget, GiveUpAfter: d})
+}
 
 // AssumeShortTasks makes w's fetch policy start as if its tasks had run
 // in a nanosecond: it prefetches from its first claim until it hands its

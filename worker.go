@@ -28,7 +28,8 @@ type WorkerConfig struct {
 	// Queues the worker claims from, in priority order. Default: the
 	// queues named by the registry's tasks.
 	Queues []string
-	// Concurrency is how many tasks run at once. Default: 10.
+	// Concurrency is how many tasks run at once, at most 1,048,576.
+	// Default: 10.
 	Concurrency int
 	// Prefetch caps how many claimed tasks may wait for a free slot beyond
 	// those running, so that claims of short tasks are batched. Default:
@@ -40,7 +41,7 @@ type WorkerConfig struct {
 	// another has a free slot. Tasks that wait in the buffer while every
 	// slot stays busy for about 100ms are handed back to the broker for
 	// other workers (see "Fair dispatch" in docs/architecture.md, and
-	// `stem worker inspect --reserved`).
+	// `stem worker inspect --reserved`). At most 1,048,576.
 	Prefetch int
 	// EagerPrefetch makes the worker claim up to Concurrency + Prefetch
 	// whatever its tasks' run time and never hand waiting tasks back: the
@@ -106,6 +107,9 @@ func (c *WorkerConfig) setDefaults() error {
 	if c.Concurrency < 0 || c.Prefetch < 0 {
 		return errors.New("stem: WorkerConfig.Concurrency and Prefetch must not be negative")
 	}
+	if c.Concurrency > maxConcurrency || c.Prefetch > maxPrefetch {
+		return fmt.Errorf("stem: WorkerConfig.Concurrency must be at most %d and Prefetch at most %d", maxConcurrency, maxPrefetch)
+	}
 	if c.Namespace == "" {
 		c.Namespace = stemtype.DefaultNamespace
 	}
@@ -123,7 +127,7 @@ func (c *WorkerConfig) setDefaults() error {
 		c.Concurrency = 10
 	}
 	if c.Prefetch == 0 {
-		c.Prefetch = 4 * c.Concurrency
+		c.Prefetch = min(4*c.Concurrency, maxPrefetch)
 	}
 	if c.Lease <= 0 {
 		c.Lease = 30 * time.Second
@@ -145,6 +149,14 @@ func (c *WorkerConfig) setDefaults() error {
 	}
 	return nil
 }
+
+// The largest Concurrency and Prefetch a worker accepts: far beyond what
+// one process runs, low enough that the hand-off queue's size
+// (Concurrency + Prefetch, 4 × Concurrency by default) never overflows.
+const (
+	maxConcurrency = 1 << 20
+	maxPrefetch    = 1 << 20
+)
 
 // Worker claims tasks from a broker and runs them, answering control
 // commands and honouring revokes while it runs. Build one with NewWorker and

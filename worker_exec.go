@@ -66,7 +66,9 @@ func (s signals) Progress(pct float64, data json.RawMessage) error {
 		r.UpdatedAt = now
 		// The check above is only a shortcut: the task may settle before
 		// this write is queued, so the writer drops it then (Superseded).
-		s.w.writer.Queue(settle.Settlement{Result: &r, Superseded: s.j.SettledFlag()})
+		// Offered, not queued: a report never waits for a slow or stalled
+		// result backend (the outcome carries the last one).
+		s.w.writer.Offer(settle.Settlement{Result: &r, Superseded: s.j.SettledFlag()})
 	}
 	return nil
 }
@@ -137,26 +139,65 @@ func (w *Worker) process(parent context.Context, j *jobs.Job) {
 	case err != nil && errors.Is(cause, ErrWorkerShutdown):
 		w.log.Info("task interrupted by shutdown: released", "task_id", env.ID)
 		w.settle(j, nil, settle.Release, nil, "")
-	case err == nil:
+	default:
+		raw, terr, retryable, delay := judge(tc, task, result, err, cause)
+		w.finish(j, raw, terr, retryable, delay)
+	}
+}
+
+// judge makes a task's outcome of what its handler returned: the result
+// encoded as JSON, or the error as a TaskError with whether a retry is
+// allowed and its delay. This calls user code (the result's MarshalJSON,
+// the error's Error, Unwrap, Is and As methods: a handler returning a nil
+// *MyError as its error hands over an error whose Error may panic), so a
+// panic here is recovered like the handler's own: the task fails with
+// kind "panic", without retry (it would panic again), and the worker
+// lives on. Otherwise the task's redelivery would crash every worker of
+// the fleet in turn.
+func judge(tc *TaskContext, task *Task, result any, err, cause error) (raw json.RawMessage,
+	terr *stemtype.TaskError, retryable bool, delay time.Duration) {
+	stage := "encode task result"
+	if err != nil {
+		stage = "read task error"
+	}
+	defer func() {
+		if v := recover(); v != nil {
+			tc.Logger().Error(stage+": panicked", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			raw, retryable, delay = nil, false, 0
+			terr = &stemtype.TaskError{Kind: "panic", Message: fmt.Sprintf("stem: %s: panic: %v", stage, v)}
+		}
+	}()
+	if err == nil {
 		raw, encErr := jsonvalue.Encode[Args](result)
 		if encErr != nil {
-			w.finish(j, nil, &stemtype.TaskError{Kind: "handler", Message: "stem: encode task result: " + encErr.Error()}, false, 0)
-			return
+			return nil, &stemtype.TaskError{Kind: "handler", Message: "stem: encode task result: " + encErr.Error()}, false, 0
 		}
-		w.finish(j, raw, nil, false, 0)
-	default:
-		kind := "handler"
-		var pe *PanicError
-		switch {
-		case errors.As(err, &pe):
-			kind = "panic"
-		case errors.Is(cause, ErrTimeLimit) || errors.Is(err, ErrTimeLimit):
-			kind = "time_limit"
-			err = fmt.Errorf("%w (%s)", ErrTimeLimit, task.Options.TimeLimit)
-		}
-		delay, _ := RetryDelay(err)
-		w.finish(j, nil, &stemtype.TaskError{Kind: kind, Message: err.Error()}, !IsNoRetry(err), delay)
+		return raw, nil, false, 0
 	}
+	kind := "handler"
+	var pe *PanicError
+	switch {
+	case errors.As(err, &pe):
+		kind = "panic"
+	case errors.Is(cause, ErrTimeLimit) || errors.Is(err, ErrTimeLimit):
+		kind = "time_limit"
+		err = fmt.Errorf("%w (%s)", ErrTimeLimit, task.Options.TimeLimit)
+	}
+	delay, _ = RetryDelay(err)
+	return nil, &stemtype.TaskError{Kind: kind, Message: err.Error()}, !IsNoRetry(err), delay
+}
+
+// nextRetry returns policy's delay before attempt. A policy is user code:
+// when it panics, the default policy's delay is used, and the panic logged.
+func (w *Worker) nextRetry(policy RetryPolicy, env *stemtype.Envelope, attempt int) (d time.Duration) {
+	defer func() {
+		if v := recover(); v != nil {
+			w.log.Error("retry policy panicked: using the default policy", "task_id", env.ID, "task", env.Task,
+				"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+			d = DefaultRetryPolicy().NextRetry(attempt)
+		}
+	}()
+	return policy.NextRetry(attempt)
 }
 
 // invoke runs the handler, turning a panic into an error. kill is the
@@ -208,7 +249,7 @@ func (w *Worker) finish(j *jobs.Job, result json.RawMessage, terr *stemtype.Task
 			if t, ok := w.cfg.Registry.Lookup(env.Task); ok && t.Options.RetryPolicy != nil {
 				policy = t.Options.RetryPolicy
 			}
-			delay = policy.NextRetry(env.Attempt + 1)
+			delay = w.nextRetry(policy, env, env.Attempt+1)
 		}
 		next := *env
 		next.Attempt++

@@ -23,11 +23,16 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/stem-go/stem/internal/systemtest"
+	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
 
+// TestMain serves the child role of the system suite's isolated tasks when
+// the test binary is re-executed as one, and runs the tests otherwise.
 func TestMain(m *testing.M) {
+	isolated.ServeIfChild(systemtest.Registry())
 	goleak.VerifyTestMain(m)
 }
 

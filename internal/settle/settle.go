@@ -90,7 +90,20 @@ type Config struct {
 	// to its lease because its result could not be written, or dropped
 	// because the writer had closed. It receives Settlement.Delivery.
 	Done func(d *stemdriver.Delivery)
+	// GiveUpAfter bounds how long a running writer retries a failing
+	// result write or broker settlement of one batch before it gives up
+	// on it: the batch's deliveries are then left to their leases (Done
+	// is called, the worker stops renewing them, and another claim runs
+	// or acknowledges the task), logged as errors and counted (GaveUp).
+	// Until an operation of that kind succeeds again, later batches try
+	// it once only, so that a backend that stays down costs each batch
+	// one round trip rather than GiveUpAfter. Default:
+	// DefaultGiveUpAfter.
+	GiveUpAfter time.Duration
 }
+
+// DefaultGiveUpAfter is Config.GiveUpAfter's default.
+const DefaultGiveUpAfter = time.Minute
 
 // Shards is how many independent shards a Writer has.
 const Shards = 4
@@ -106,6 +119,10 @@ const (
 type Writer struct {
 	cfg    Config
 	shards [Shards]*shard
+	gaveUp atomic.Int64
+	// failing holds the operations (shard.retry's what) a shard gave up
+	// on and none did since: the backend is shared by every shard.
+	failing sync.Map
 }
 
 // New returns a writer over cfg.
@@ -113,13 +130,22 @@ func New(cfg Config) *Writer {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
+	if cfg.GiveUpAfter <= 0 {
+		cfg.GiveUpAfter = DefaultGiveUpAfter
+	}
 	w := &Writer{cfg: cfg}
 	for i := range w.shards {
-		w.shards[i] = &shard{cfg: &w.cfg, in: make(chan Settlement, 4*batchMax),
+		w.shards[i] = &shard{cfg: &w.cfg, gaveUp: &w.gaveUp, failing: &w.failing,
+			in:      make(chan Settlement, 4*batchMax),
 			closing: make(chan struct{}), done: make(chan struct{})}
 	}
 	return w
 }
+
+// GaveUp returns how many settlements with a delivery the writer gave up
+// on since New: their results or broker settlements failed until it
+// stopped trying, and their deliveries were left to their leases.
+func (w *Writer) GaveUp() int64 { return w.gaveUp.Load() }
 
 // ShardOf returns the index of the shard that writes task id's results
 // (FNV-1a of the id).
@@ -141,6 +167,23 @@ func (w *Writer) Queue(s Settlement) {
 		return
 	}
 	w.shards[ShardOf(s.id())].queue(s)
+}
+
+// Offer queues a bare write s (no Delivery) like Queue when its shard has
+// room, and drops it otherwise, without waiting. It is for writes that a
+// later one supersedes, such as progress reports, which must never hold up
+// the task that makes them while the result backend is slow or down (the
+// task's outcome carries its last progress). A settlement with a Delivery
+// is queued as by Queue. Offer reports whether s was queued.
+func (w *Writer) Offer(s Settlement) bool {
+	if s.Delivery != nil {
+		w.Queue(s)
+		return true
+	}
+	if s.Result == nil || w.cfg.Results == nil {
+		return false
+	}
+	return w.shards[ShardOf(s.id())].offer(s)
 }
 
 // Run runs every shard until Close; ctx bounds the retries of a failing
@@ -173,6 +216,8 @@ type shard struct {
 	finalCtx context.Context
 
 	cfg     *Config
+	gaveUp  *atomic.Int64 // the Writer's count
+	failing *sync.Map     // the Writer's
 	in      chan Settlement
 	closing chan struct{}
 	done    chan struct{}
@@ -192,6 +237,20 @@ func (sh *shard) queue(s Settlement) {
 	case sh.in <- s:
 	case <-sh.done:
 		sh.finished(s)
+	}
+}
+
+func (sh *shard) offer(s Settlement) bool {
+	select {
+	case <-sh.done:
+		return false
+	default:
+	}
+	select {
+	case sh.in <- s:
+		return true
+	default:
+		return false
 	}
 }
 
@@ -294,19 +353,23 @@ func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 			// delivery whose settlement records no result (a task found
 			// finished already, say) goes ahead: the failed write was
 			// not its own.
-			unrecorded := 0
-			kept := batch[:0:0]
+			// Counted before Done is called, so that GaveUp includes
+			// every delivery reported done.
+			var unrecorded, kept []Settlement
 			for _, s := range batch {
 				switch {
 				case s.Delivery == nil:
 				case s.Result != nil:
-					unrecorded++
-					sh.finished(s)
+					unrecorded = append(unrecorded, s)
 				default:
 					kept = append(kept, s)
 				}
 			}
-			cfg.Logger.Error("results not written: leaving their tasks to lease expiry", "results", len(results), "tasks", unrecorded)
+			sh.gaveUp.Add(int64(len(unrecorded)))
+			cfg.Logger.Error("results not written: leaving their tasks to lease expiry", "results", len(results), "tasks", len(unrecorded))
+			for _, s := range unrecorded {
+				sh.finished(s)
+			}
 			batch = kept
 		}
 	}
@@ -322,51 +385,70 @@ func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 		case Release:
 			releases = append(releases, d)
 		case Retry:
-			sh.retry(ctx, final, "retry task", func(ctx context.Context) error {
+			sh.settle(1, sh.retry(ctx, final, "retry task", func(ctx context.Context) error {
 				return cfg.Broker.Retry(ctx, d, s.Next)
-			})
+			}))
 		case DeadLetter:
-			sh.retry(ctx, final, "dead-letter message", func(ctx context.Context) error {
+			sh.settle(1, sh.retry(ctx, final, "dead-letter message", func(ctx context.Context) error {
 				return cfg.Broker.DeadLetter(ctx, d, s.Reason)
-			})
+			}))
 		}
 	}
 	if len(acks) > 0 {
-		sh.retry(ctx, final, "ack tasks", func(ctx context.Context) error { return cfg.Broker.Ack(ctx, acks...) })
+		sh.settle(len(acks), sh.retry(ctx, final, "ack tasks", func(ctx context.Context) error { return cfg.Broker.Ack(ctx, acks...) }))
 	}
 	if len(releases) > 0 {
-		sh.retry(ctx, final, "release tasks", func(ctx context.Context) error { return cfg.Broker.Release(ctx, releases...) })
+		sh.settle(len(releases), sh.retry(ctx, final, "release tasks", func(ctx context.Context) error { return cfg.Broker.Release(ctx, releases...) }))
 	}
 	for _, s := range batch {
 		sh.finished(s)
 	}
 }
 
+// settle counts n deliveries given up on when ok is false.
+func (sh *shard) settle(n int, ok bool) {
+	if !ok {
+		sh.gaveUp.Add(int64(n))
+	}
+}
+
 // retry runs op until it succeeds, the lease is gone (another worker owns
-// the task then), or ctx ends; during the final flush, or once closing, it
-// tries a few times only. The held delivery keeps its lease renewed
-// meanwhile. It reports whether op succeeded (a lost lease counts: nothing
-// is left to do).
+// the task then), ctx ends, or Config.GiveUpAfter has passed since the
+// first try; during the final flush, or once closing, it tries a few times
+// only, and while an earlier retry of the same operation (what) gave up
+// and none succeeded since, once only. The held delivery keeps its lease
+// renewed meanwhile. It reports whether op succeeded (a lost lease counts:
+// nothing is left to do); when it did not, the deliveries are left to
+// their leases.
 func (sh *shard) retry(ctx context.Context, final bool, what string, op func(context.Context) error) bool {
 	log := sh.cfg.Logger
 	backoff := 50 * time.Millisecond
+	deadline := time.Now().Add(sh.cfg.GiveUpAfter)
 	for attempt := 1; ; attempt++ {
 		octx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err := op(octx)
 		cancel()
 		if err == nil {
+			if _, was := sh.failing.LoadAndDelete(what); was {
+				log.Info(what + ": working again")
+			}
 			return true
 		}
 		if errors.Is(err, stemdriver.ErrLeaseLost) {
 			log.Warn(what+": lease lost, another worker owns the task now", "err", err)
 			return true
 		}
-		if ctx.Err() != nil || ((final || sh.isClosing()) && attempt >= 3) {
-			log.Error(what+": giving up", "err", err)
+		left := time.Until(deadline)
+		_, failing := sh.failing.Load(what)
+		if ctx.Err() != nil || ((final || sh.isClosing()) && attempt >= 3) || failing || left <= 0 {
+			if ctx.Err() == nil && !final {
+				sh.failing.Store(what, true)
+			}
+			log.Error(what+": giving up, leaving the tasks to lease expiry", "err", err, "attempts", attempt)
 			return false
 		}
 		log.Error(what+" failed: retrying", "err", err, "retry_in", backoff)
-		if !sleepCtx(ctx, backoff) {
+		if !sleepCtx(ctx, min(backoff, left)) {
 			return false
 		}
 		backoff = min(backoff*2, 5*time.Second)

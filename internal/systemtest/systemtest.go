@@ -41,7 +41,7 @@
 //
 // The cases live in files by theme (results.go, client.go, revoke.go,
 // finalstate.go, control.go, shutdown.go, faults.go, presence.go,
-// isolation.go); Run's table lists them all.
+// isolation.go, poison.go, backpressure.go); Run's table lists them all.
 package systemtest
 
 import (
@@ -125,6 +125,10 @@ func Run(t *testing.T, h Harness) {
 		{"TimeLimitFailsAttempt", testTimeLimitFailsAttempt},
 		{"ProgressNaNIsRefusedAndTheTaskEnds", testProgressNaNIsRefusedAndTheTaskEnds},
 		{"RawJSONArgsAndResults", testRawJSONArgsAndResults},
+		// User code that panics after the handler returned (poison.go).
+		{"ResultThatPanicsWhenEncodedFailsTheTask", testResultThatPanicsWhenEncodedFailsTheTask},
+		{"ErrorThatPanicsFailsTheTask", testErrorThatPanicsFailsTheTask},
+		{"RetryPolicyThatPanicsFallsBackToDefault", testRetryPolicyThatPanicsFallsBackToDefault},
 		// Enqueueing over a failing broker or result backend (client.go).
 		{"EnqueueBatchPartialPublishReturnsIDs", testEnqueueBatchPartialPublishReturnsIDs},
 		{"EnqueueBatchPendingFailurePublishesNothing", testEnqueueBatchPendingFailurePublishesNothing},
@@ -173,6 +177,7 @@ func Run(t *testing.T, h Harness) {
 		{"SameReceiptInTwoQueues", testSameReceiptInTwoQueues},
 		{"WorkerStartsWhenRevokesCannotBePruned", testWorkerStartsWhenRevokesCannotBePruned},
 		{"InlineExtendLeaseFollowsTaskContext", testInlineExtendLeaseFollowsTaskContext},
+		{"ProgressNeverBlocksOnHungResults", testProgressNeverBlocksOnHungResults}, // backpressure.go
 		// One worker per id (presence.go).
 		{"WorkerRefusesLiveID", testWorkerRefusesLiveID},
 		{"WorkerStopsWhenIDTakenWhileRunning", testWorkerStopsWhenIDTakenWhileRunning},
