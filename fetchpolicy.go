@@ -1,15 +1,8 @@
 package stem
 
 import (
-	"cmp"
-	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
-
-	"github.com/stem-go/stem/internal/jobs"
-	"github.com/stem-go/stem/internal/settle"
-	"github.com/stem-go/stem/stemtype"
 )
 
 // Fair dispatch (issue 16). A worker may claim more tasks than it has
@@ -193,64 +186,4 @@ func (p *fetchPolicy) handedBack() {
 			return
 		}
 	}
-}
-
-// handBack hands the tasks waiting in ready back to the broker when the
-// policy finds the worker stalled: no slot freed, and the oldest of them
-// waited, for the hand-back bound. Another worker with a free slot claims
-// them at once; this one claims for its free slots only from then on
-// (fetchPolicy.handedBack). Called by fetch alone, so nothing is added to
-// ready meanwhile.
-func (w *Worker) handBack(ready chan *jobs.Job) {
-	now := time.Now()
-	if !w.fair.stalled(now, time.Time{}) {
-		return // a slot freed lately: the buffer moves
-	}
-	var oldest time.Time
-	for _, j := range w.jobs.Waiting() {
-		if oldest.IsZero() || j.ClaimedAt.Before(oldest) {
-			oldest = j.ClaimedAt
-		}
-	}
-	if oldest.IsZero() || !w.fair.stalled(now, oldest) {
-		return
-	}
-	var js []*jobs.Job
-	for drained := false; !drained; {
-		select {
-		case j := <-ready:
-			js = append(js, j)
-		default:
-			drained = true
-		}
-	}
-	if len(js) == 0 {
-		return // runners took them meanwhile
-	}
-	w.fair.handedBack()
-	w.log.Info("handing back tasks waiting for a slot: every slot stayed busy", "tasks", len(js),
-		"waited", now.Sub(oldest).Round(time.Millisecond))
-	w.settleBare(settle.Release, js...)
-	for range js {
-		w.handlerDone()
-	}
-}
-
-// reserved lists the tasks the worker claimed that wait for a free slot,
-// longest waiting first.
-func (w *Worker) reserved(now time.Time) []stemtype.ReservedTask {
-	waiting := w.jobs.Waiting()
-	out := make([]stemtype.ReservedTask, 0, len(waiting))
-	for _, j := range waiting {
-		env := j.Env()
-		if env == nil {
-			continue
-		}
-		out = append(out, stemtype.ReservedTask{ID: env.ID, Task: env.Task, Queue: env.Queue,
-			Attempt: env.Attempt, ClaimedAt: j.ClaimedAt.UTC(), WaitedMs: now.Sub(j.ClaimedAt).Milliseconds()})
-	}
-	slices.SortFunc(out, func(a, b stemtype.ReservedTask) int {
-		return cmp.Or(a.ClaimedAt.Compare(b.ClaimedAt), strings.Compare(a.ID, b.ID))
-	})
-	return out
 }

@@ -547,3 +547,44 @@ func (w *Worker) handlerDone() {
 	default:
 	}
 }
+
+// handBack hands the tasks waiting in ready back to the broker when the
+// policy finds the worker stalled: no slot freed, and the oldest of them
+// waited, for the hand-back bound. Another worker with a free slot claims
+// them at once; this one claims for its free slots only from then on
+// (fetchPolicy.handedBack). Called by fetch alone, so nothing is added to
+// ready meanwhile.
+func (w *Worker) handBack(ready chan *jobs.Job) {
+	now := time.Now()
+	if !w.fair.stalled(now, time.Time{}) {
+		return // a slot freed lately: the buffer moves
+	}
+	var oldest time.Time
+	for _, j := range w.jobs.Waiting() {
+		if oldest.IsZero() || j.ClaimedAt.Before(oldest) {
+			oldest = j.ClaimedAt
+		}
+	}
+	if oldest.IsZero() || !w.fair.stalled(now, oldest) {
+		return
+	}
+	var js []*jobs.Job
+	for drained := false; !drained; {
+		select {
+		case j := <-ready:
+			js = append(js, j)
+		default:
+			drained = true
+		}
+	}
+	if len(js) == 0 {
+		return // runners took them meanwhile
+	}
+	w.fair.handedBack()
+	w.log.Info("handing back tasks waiting for a slot: every slot stayed busy", "tasks", len(js),
+		"waited", now.Sub(oldest).Round(time.Millisecond))
+	w.settleBare(settle.Release, js...)
+	for range js {
+		w.handlerDone()
+	}
+}

@@ -1,12 +1,14 @@
 package stem
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/stem-go/stem/stemdriver"
@@ -328,4 +330,23 @@ func (w *Worker) presence(ctx context.Context, stop context.CancelCauseFunc) {
 			w.log.Warn("announce presence", "err", err)
 		}
 	})
+}
+
+// reserved lists the tasks the worker claimed that wait for a free slot,
+// longest waiting first.
+func (w *Worker) reserved(now time.Time) []stemtype.ReservedTask {
+	waiting := w.jobs.Waiting()
+	out := make([]stemtype.ReservedTask, 0, len(waiting))
+	for _, j := range waiting {
+		env := j.Env()
+		if env == nil {
+			continue
+		}
+		out = append(out, stemtype.ReservedTask{ID: env.ID, Task: env.Task, Queue: env.Queue,
+			Attempt: env.Attempt, ClaimedAt: j.ClaimedAt.UTC(), WaitedMs: now.Sub(j.ClaimedAt).Milliseconds()})
+	}
+	slices.SortFunc(out, func(a, b stemtype.ReservedTask) int {
+		return cmp.Or(a.ClaimedAt.Compare(b.ClaimedAt), strings.Compare(a.ID, b.ID))
+	})
+	return out
 }
