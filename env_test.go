@@ -59,6 +59,14 @@ func quiet() *slog.Logger {
 // returns it with a stop function that waits for Run to return.
 func (e *env) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	e.t.Helper()
+	w := e.newWorker(cfg)
+	return w, systemtest.RunWorker(e.t, w)
+}
+
+// newWorker builds a worker over e's drivers, with cfg's other settings
+// and quick defaults for tests.
+func (e *env) newWorker(cfg stem.WorkerConfig) *stem.Worker {
+	e.t.Helper()
 	cfg.Registry, cfg.Broker, cfg.Results, cfg.Namespace = e.reg, e.broker, e.results, e.ns
 	if cfg.Revokes == nil {
 		cfg.Revokes = e.revokes
@@ -76,7 +84,7 @@ func (e *env) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	return w, systemtest.RunWorker(e.t, w)
+	return w
 }
 
 func (e *env) enqueue(task string, args any, opts stem.EnqueueOptions) string {

@@ -3,7 +3,6 @@ package stem_test
 import (
 	"sync"
 	"testing"
-	"time"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/internal/systemtest"
@@ -20,23 +19,7 @@ type hooks struct {
 // each other's.
 func (e *env) startHookedWorker(cfg stem.WorkerConfig, h hooks) (*stem.Worker, func()) {
 	e.t.Helper()
-	cfg.Registry, cfg.Broker, cfg.Results, cfg.Namespace = e.reg, e.broker, e.results, e.ns
-	if cfg.Revokes == nil {
-		cfg.Revokes = e.revokes
-	}
-	if cfg.Control == nil {
-		cfg.Control = e.control
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = quiet()
-	}
-	if cfg.ClaimWait == 0 {
-		cfg.ClaimWait = 50 * time.Millisecond
-	}
-	w, err := stem.NewWorker(cfg)
-	if err != nil {
-		e.t.Fatal(err)
-	}
+	w := e.newWorker(cfg)
 	stem.SetTestHooks(w, h.progressChecked, h.settled)
 	return w, systemtest.RunWorker(e.t, w)
 }
