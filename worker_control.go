@@ -263,7 +263,7 @@ func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
 		Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
 		Concurrency: w.cfg.Concurrency, Prefetch: w.cfg.Prefetch, Inflight: w.jobs.Running(),
 		Processed: w.processed.Load(), Succeeded: w.succeeded.Load(), Failed: w.failed.Load(),
-		Retried: w.retried.Load(), Cancelled: w.cancelled.Load(),
+		Retried: w.retried.Load(), Cancelled: w.cancelled.Load(), ResultsGivenUp: w.writer.GaveUp(),
 		Queues: make(map[string]int64, len(w.cfg.Queues)), UptimeMs: now.Sub(w.started).Milliseconds(), Timestamp: now,
 	}
 	if w.cfg.Stores != nil {

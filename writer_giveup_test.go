@@ -79,4 +79,8 @@ func TestUnrecordableOutcomeGoesToAnotherWorker(t *testing.T) {
 	if n := runs.Load(); n != 2 {
 		t.Fatalf("the task ran %d times, want 2 (once on each worker)", n)
 	}
+	// The lease lapsed only once the writer gave up: stats say so.
+	if st := a.Stats(context.Background()); st.ResultsGivenUp < 1 {
+		t.Fatalf("stats of the broken worker: resultsGivenUp %d, want at least 1", st.ResultsGivenUp)
+	}
 }

@@ -137,20 +137,25 @@ type InspectReply struct {
 
 // StatsReply is the payload of a stats reply.
 type StatsReply struct {
-	Namespace   string           `json:"namespace"`
-	Host        string           `json:"host"`
-	PID         int              `json:"pid"`
-	Concurrency int              `json:"concurrency"`
-	Prefetch    int              `json:"prefetch"`
-	Inflight    int              `json:"inflight"`
-	Processed   int64            `json:"processed"`
-	Succeeded   int64            `json:"succeeded"`
-	Failed      int64            `json:"failed"`
-	Retried     int64            `json:"retried"`
-	Cancelled   int64            `json:"cancelled"`
-	Queues      map[string]int64 `json:"queues"`
-	UptimeMs    int64            `json:"uptimeMs"`
-	Timestamp   time.Time        `json:"timestamp"`
+	Namespace   string `json:"namespace"`
+	Host        string `json:"host"`
+	PID         int    `json:"pid"`
+	Concurrency int    `json:"concurrency"`
+	Prefetch    int    `json:"prefetch"`
+	Inflight    int    `json:"inflight"`
+	Processed   int64  `json:"processed"`
+	Succeeded   int64  `json:"succeeded"`
+	Failed      int64  `json:"failed"`
+	Retried     int64  `json:"retried"`
+	Cancelled   int64  `json:"cancelled"`
+	// ResultsGivenUp counts the settled tasks whose outcome the worker
+	// could not record (or acknowledge) before its writer gave up: they
+	// were left to lease expiry and run again elsewhere. Non-zero means
+	// the result backend or broker is failing.
+	ResultsGivenUp int64            `json:"resultsGivenUp"`
+	Queues         map[string]int64 `json:"queues"`
+	UptimeMs       int64            `json:"uptimeMs"`
+	Timestamp      time.Time        `json:"timestamp"`
 	// Stores are the worker's backends (redacted URLs), when its program
 	// described them (WorkerConfig.Stores).
 	Stores *StoreInfo `json:"stores,omitempty"`
