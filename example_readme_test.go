@@ -2,6 +2,7 @@ package stem_test
 
 import (
 	"context"
+	"log"
 	"os"
 	"regexp"
 	"strings"
@@ -40,25 +41,35 @@ func Example_readme() {
 		return "sent", nil
 	}, stem.TaskOptions{Queue: "mail", MaxRetries: 3, TimeLimit: time.Minute})
 
-	urls := stemurl.FromEnv(os.Getenv)
-	r := stemurl.New()
-	opts := stemdriver.Options{Namespace: "stem"}
-	broker, _ := r.OpenBroker(ctx, urls.Broker, opts)
-	results, _ := r.OpenResults(ctx, urls.Results, opts)
+	// The four stores, from STEM_BROKER_URL, STEM_RESULT_BACKEND_URL and
+	// STEM_REVOKE_STORE_URL (the embedded default when unset)
+	stores, err := stemurl.New().Open(ctx, stemurl.FromEnv(os.Getenv), stemurl.AllRoles,
+		stemdriver.Options{Namespace: "stem"})
+	if err != nil {
+		log.Fatal(err) // matches stemdriver.ErrBadConfig when the URLs can never work
+	}
+	defer stores.Close()
 
 	// Producer
-	client, _ := stem.NewClient(stem.ClientConfig{Broker: broker, Results: results, Registry: reg})
-	id, _ := client.Enqueue(ctx, "email.send", EmailArgs{To: "a@example.com"}, stem.EnqueueOptions{Countdown: time.Minute})
-	res, _ := client.Wait(ctx, id) // res.State: succeeded, failed or cancelled
+	client, err := stem.NewClient(stem.ClientConfig{Broker: stores.Broker, Results: stores.Results, Registry: reg})
+	if err != nil {
+		log.Fatal(err)
+	}
+	id, err := client.Enqueue(ctx, "email.send", EmailArgs{To: "a@example.com"}, stem.EnqueueOptions{Countdown: time.Minute})
+	if err != nil {
+		log.Fatal(err)
+	}
+	res, err := client.Wait(ctx, id) // res.State: succeeded, failed or cancelled
 
 	// Worker (in another process): runs until ctx is cancelled, then shuts down warmly
-	revokes, _ := r.OpenRevokes(ctx, urls.Revokes, opts)
-	control, _ := r.OpenControl(ctx, urls.Broker, opts)
-	w, _ := stem.NewWorker(stem.WorkerConfig{Registry: reg, Broker: broker, Results: results,
-		Revokes: revokes, Control: control, Concurrency: 20})
-	_ = w.Run(ctx)
+	w, err := stem.NewWorker(stem.WorkerConfig{Registry: reg, Broker: stores.Broker, Results: stores.Results,
+		Revokes: stores.Revokes, Control: stores.Control, Concurrency: 20})
+	if err != nil {
+		log.Fatal(err)
+	}
+	err = w.Run(ctx)
 	// README end
-	_ = res
+	_, _ = res, err
 }
 
 // TestREADMEExample checks that the README's "A task in Go" is
