@@ -2,31 +2,12 @@ package systemtest
 
 import (
 	"fmt"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/stemtype"
 )
-
-// gatedTask registers name as a task that sends its id on started once it
-// runs, then blocks until release is called (or its context ends). The
-// case registers release with t.Cleanup after it started its workers, so
-// that it runs before they stop, should the case fail.
-func gatedTask(d *deployment, name string, started chan<- string) (release func()) {
-	gate := make(chan struct{})
-	stem.Register(d.reg, name, func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		started <- tc.TaskID()
-		select {
-		case <-gate:
-			return "released", nil
-		case <-tc.Done():
-			return nil, tc.Err()
-		}
-	}, stem.TaskOptions{})
-	return sync.OnceFunc(func() { close(gate) })
-}
 
 // W workers of concurrency C and W×C long tasks enqueued one at a time:
 // each starts while every other still runs. No task waits in one worker's

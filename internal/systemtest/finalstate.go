@@ -358,12 +358,7 @@ func testDuplicateCopyInSameBatchNeverReplacesFinalState(t *testing.T, h Harness
 // recorded.
 func testRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T, h Harness) {
 	d := open(t, h)
-	running, finish := make(chan struct{}), make(chan struct{})
-	stem.Register(d.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		close(running)
-		<-finish
-		return "finished", nil
-	}, stem.TaskOptions{})
+	running, finish := steadyTask(d)
 	id := d.enqueue("steady", stem.EnqueueOptions{})
 	slow := newGatedResults(d.roles.Results) // the worker's: its first write (started) is held
 	d.startWorker(stem.WorkerConfig{Results: slow})
@@ -389,12 +384,7 @@ func testRevokeOfTaskWhoseStartIsNotRecordedYetKeepsItsOutcome(t *testing.T, h H
 // controller cannot know it is held, and marks nothing.
 func testTargetedRevokeNeverMarksTaskOfAnotherWorker(t *testing.T, h Harness) {
 	d := open(t, h)
-	running, finish := make(chan struct{}), make(chan struct{})
-	stem.Register(d.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		close(running)
-		<-finish
-		return "finished", nil
-	}, stem.TaskOptions{})
+	running, finish := steadyTask(d)
 	d.startWorker(stem.WorkerConfig{ID: "idle", Queues: []string{"elsewhere"}})
 	slow := newGatedResults(d.roles.Results)
 	d.startWorker(stem.WorkerConfig{ID: "busy", Results: slow})
@@ -414,4 +404,17 @@ func testTargetedRevokeNeverMarksTaskOfAnotherWorker(t *testing.T, h Harness) {
 	if r := d.wait(id); r.State != stemtype.StateSucceeded {
 		t.Fatalf("the task running on another worker ended %s %+v, want succeeded", r.State, r.Error)
 	}
+}
+
+// steadyTask registers "steady", a task that closes running once it runs,
+// then returns "finished" once finish is closed (it ignores revokes
+// without terminate, as a task between checkpoints does).
+func steadyTask(d *deployment) (running, finish chan struct{}) {
+	running, finish = make(chan struct{}), make(chan struct{})
+	stem.Register(d.reg, "steady", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		close(running)
+		<-finish
+		return "finished", nil
+	}, stem.TaskOptions{})
+	return running, finish
 }

@@ -7,7 +7,6 @@ import (
 	"os"
 	"slices"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -22,20 +21,14 @@ import (
 // on with the tasks after it.
 func testRevokeQueuedTask(t *testing.T, h Harness) {
 	d := open(t, h)
-	gate := make(chan struct{})
 	started := make(chan string, 4)
-	stem.Register(d.reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		started <- tc.TaskID()
-		<-gate
-		return nil, nil
-	}, stem.TaskOptions{})
+	release := gatedTask(d, "block", started)
 	victimRan := make(chan string, 1)
 	stem.Register(d.reg, "victim", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
 		victimRan <- tc.TaskID()
 		return nil, nil
 	}, stem.TaskOptions{})
 	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 1})
-	release := sync.OnceFunc(func() { close(gate) })
 	t.Cleanup(release) // before the worker stops, should the case fail
 	blocker := d.enqueue("block", stem.EnqueueOptions{})
 	if got := await(t, started, "the blocker starts"); got != blocker {
@@ -232,15 +225,10 @@ func testTerminateIsolatedKillAfter(t *testing.T, h Harness) {
 // the worker does not report it as held.
 func testRevokeOfPrefetchedTaskIsMarkedAtOnce(t *testing.T, h Harness) {
 	d := open(t, h)
-	gate := make(chan struct{})
 	started := make(chan string, 4)
-	stem.Register(d.reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
-		started <- tc.TaskID()
-		<-gate
-		return nil, nil
-	}, stem.TaskOptions{})
+	release := gatedTask(d, "block", started)
 	d.startWorker(stem.WorkerConfig{ID: "w1", Concurrency: 1, Prefetch: 4, EagerPrefetch: true})
-	t.Cleanup(func() { close(gate) }) // before the worker stops
+	t.Cleanup(release) // before the worker stops
 	blocker := d.enqueue("block", stem.EnqueueOptions{})
 	if got := await(t, started, "the blocker starts"); got != blocker {
 		t.Fatalf("started %s, want the blocker %s", got, blocker)

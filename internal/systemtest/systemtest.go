@@ -53,6 +53,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -474,4 +475,22 @@ func noneOf(t *testing.T, ch <-chan string, what string) {
 		t.Fatalf("%s: task %s ran", what, got)
 	default:
 	}
+}
+
+// gatedTask registers name as a task that sends its id on started once it
+// runs, then blocks until release is called (or its context ends). The
+// case registers release with t.Cleanup after it started its workers, so
+// that it runs before they stop, should the case fail.
+func gatedTask(d *deployment, name string, started chan<- string) (release func()) {
+	gate := make(chan struct{})
+	stem.Register(d.reg, name, func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		started <- tc.TaskID()
+		select {
+		case <-gate:
+			return "released", nil
+		case <-tc.Done():
+			return nil, tc.Err()
+		}
+	}, stem.TaskOptions{})
+	return sync.OnceFunc(func() { close(gate) })
 }
