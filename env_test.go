@@ -67,24 +67,8 @@ func (e *env) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 // and quick defaults for tests.
 func (e *env) newWorker(cfg stem.WorkerConfig) *stem.Worker {
 	e.t.Helper()
-	cfg.Registry, cfg.Broker, cfg.Results, cfg.Namespace = e.reg, e.broker, e.results, e.ns
-	if cfg.Revokes == nil {
-		cfg.Revokes = e.revokes
-	}
-	if cfg.Control == nil {
-		cfg.Control = e.control
-	}
-	if cfg.Logger == nil {
-		cfg.Logger = quiet()
-	}
-	if cfg.ClaimWait == 0 {
-		cfg.ClaimWait = 50 * time.Millisecond
-	}
-	w, err := stem.NewWorker(cfg)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	return w
+	return systemtest.NewWorker(e.t, e.ns, e.reg,
+		systemtest.Roles{Broker: e.broker, Results: e.results, Revokes: e.revokes, Control: e.control}, cfg)
 }
 
 func (e *env) enqueue(task string, args any, opts stem.EnqueueOptions) string {

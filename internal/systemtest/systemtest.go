@@ -306,23 +306,31 @@ func (d *deployment) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	return w, RunWorker(d.t, w)
 }
 
-// newWorker returns a worker of the deployment with cfg, not started. A
-// role cfg sets (a wrapper around the deployment's, injecting a fault) is
-// kept; the others are the deployment's.
+// newWorker returns a worker of the deployment with cfg, not started (see
+// NewWorker).
 func (d *deployment) newWorker(cfg stem.WorkerConfig) *stem.Worker {
 	d.t.Helper()
-	cfg.Namespace, cfg.Registry = d.ns, d.reg
+	return NewWorker(d.t, d.ns, d.reg, d.roles, cfg)
+}
+
+// NewWorker returns a worker of namespace ns and registry reg with cfg,
+// not started. A role cfg sets (a wrapper around one of r's, injecting a
+// fault) is kept; the others are r's. Without a logger it logs nothing,
+// and it claims with a short ClaimWait, so that tests stop quickly.
+func NewWorker(t testing.TB, ns string, reg *stem.Registry, r Roles, cfg stem.WorkerConfig) *stem.Worker {
+	t.Helper()
+	cfg.Namespace, cfg.Registry = ns, reg
 	if cfg.Broker == nil {
-		cfg.Broker = d.roles.Broker
+		cfg.Broker = r.Broker
 	}
 	if cfg.Results == nil {
-		cfg.Results = d.roles.Results
+		cfg.Results = r.Results
 	}
 	if cfg.Revokes == nil {
-		cfg.Revokes = d.roles.Revokes
+		cfg.Revokes = r.Revokes
 	}
 	if cfg.Control == nil {
-		cfg.Control = d.roles.Control
+		cfg.Control = r.Control
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = quiet()
@@ -332,7 +340,7 @@ func (d *deployment) newWorker(cfg stem.WorkerConfig) *stem.Worker {
 	}
 	w, err := stem.NewWorker(cfg)
 	if err != nil {
-		d.t.Fatal(err)
+		t.Fatal(err)
 	}
 	return w
 }
