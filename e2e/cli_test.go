@@ -15,64 +15,66 @@ var taskIDRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
 // and a worker running demo.echo to succeeded.
 func TestEnqueueAndStatus(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, redisStore)
+	eachBackend(t, func(t *testing.T, store storeKind) {
+		c := newCluster(t, store)
 
-	r := c.run("enqueue", "demo.echo", "--args", `{"a":1}`)
-	if r.code != 0 {
-		t.Fatalf("enqueue: %s", r)
-	}
-	id := strings.TrimSuffix(r.stdout, "\n")
-	if !taskIDRe.MatchString(id) || r.stdout != id+"\n" {
-		t.Fatalf("enqueue printed %q, want a task id and one newline", r.stdout)
-	}
+		r := c.run("enqueue", "demo.echo", "--args", `{"a":1}`)
+		if r.code != 0 {
+			t.Fatalf("enqueue: %s", r)
+		}
+		id := strings.TrimSuffix(r.stdout, "\n")
+		if !taskIDRe.MatchString(id) || r.stdout != id+"\n" {
+			t.Fatalf("enqueue printed %q, want a task id and one newline", r.stdout)
+		}
 
-	var enq map[string]json.RawMessage
-	out := c.must("enqueue", "demo.echo", "--args", `{"b":2}`, "--json")
-	decodeOne(t, out, &enq)
-	if got, want := keysOf(t, []byte(out)), []string{"id", "queue", "task"}; !slices.Equal(got, want) {
-		t.Errorf("enqueue --json fields = %v, want %v", got, want)
-	}
-	var e struct{ ID, Task, Queue string }
-	decodeOne(t, out, &e)
-	if !taskIDRe.MatchString(e.ID) || e.ID == id || e.Task != "demo.echo" || e.Queue != "default" {
-		t.Errorf("enqueue --json = %s", out)
-	}
+		var enq map[string]json.RawMessage
+		out := c.must("enqueue", "demo.echo", "--args", `{"b":2}`, "--json")
+		decodeOne(t, out, &enq)
+		if got, want := keysOf(t, []byte(out)), []string{"id", "queue", "task"}; !slices.Equal(got, want) {
+			t.Errorf("enqueue --json fields = %v, want %v", got, want)
+		}
+		var e struct{ ID, Task, Queue string }
+		decodeOne(t, out, &e)
+		if !taskIDRe.MatchString(e.ID) || e.ID == id || e.Task != "demo.echo" || e.Queue != "default" {
+			t.Errorf("enqueue --json = %s", out)
+		}
 
-	if got := c.must("task", "status", id); got != "pending\n" {
-		t.Errorf("status before any worker = %q, want %q", got, "pending\n")
-	}
-	raw := c.must("task", "status", id, "--json")
-	want := []string{"attempt", "error", "id", "meta", "progress", "result", "state", "task"}
-	if got := keysOf(t, []byte(raw)); !slices.Equal(got, want) {
-		t.Errorf("status --json fields = %v, want %v", got, want)
-	}
-	s := c.status(id)
-	if s.ID != id || s.Task != "demo.echo" || s.State != "pending" || s.Attempt != 0 || s.Error != nil {
-		t.Errorf("pending status = %+v", s)
-	}
+		if got := c.must("task", "status", id); got != "pending\n" {
+			t.Errorf("status before any worker = %q, want %q", got, "pending\n")
+		}
+		raw := c.must("task", "status", id, "--json")
+		want := []string{"attempt", "error", "id", "meta", "progress", "result", "state", "task"}
+		if got := keysOf(t, []byte(raw)); !slices.Equal(got, want) {
+			t.Errorf("status --json fields = %v, want %v", got, want)
+		}
+		s := c.status(id)
+		if s.ID != id || s.Task != "demo.echo" || s.State != "pending" || s.Attempt != 0 || s.Error != nil {
+			t.Errorf("pending status = %+v", s)
+		}
 
-	c.startWorker("w1")
-	s = c.waitState(id, "succeeded")
-	if !jsonEqual(t, s.Result, `{"a":1}`) {
-		t.Errorf("result = %s, want {\"a\":1}", s.Result)
-	}
-	if s.Attempt != 0 || s.Error != nil || s.Task != "demo.echo" || s.ID != id {
-		t.Errorf("succeeded status = %+v", s)
-	}
-	raw = c.must("task", "status", id, "--json")
-	if got := keysOf(t, []byte(raw)); !slices.Equal(got, want) {
-		t.Errorf("status --json fields after success = %v, want %v", got, want)
-	}
-	if got := c.must("task", "status", id); got != "succeeded\n" {
-		t.Errorf("status = %q, want %q", got, "succeeded\n")
-	}
-	c.waitState(e.ID, "succeeded")
+		c.startWorker("w1")
+		s = c.waitState(id, "succeeded")
+		if !jsonEqual(t, s.Result, `{"a":1}`) {
+			t.Errorf("result = %s, want {\"a\":1}", s.Result)
+		}
+		if s.Attempt != 0 || s.Error != nil || s.Task != "demo.echo" || s.ID != id {
+			t.Errorf("succeeded status = %+v", s)
+		}
+		raw = c.must("task", "status", id, "--json")
+		if got := keysOf(t, []byte(raw)); !slices.Equal(got, want) {
+			t.Errorf("status --json fields after success = %v, want %v", got, want)
+		}
+		if got := c.must("task", "status", id); got != "succeeded\n" {
+			t.Errorf("status = %q, want %q", got, "succeeded\n")
+		}
+		c.waitState(e.ID, "succeeded")
 
-	// A task that was never enqueued has no state: a clear error, not 0.
-	r = c.run("task", "status", strings.Repeat("0", 32))
-	if r.code == 0 || r.stdout != "" || !strings.Contains(r.stderr, strings.Repeat("0", 32)) {
-		t.Errorf("status of an unknown id: %s", r)
-	}
+		// A task that was never enqueued has no state: a clear error, not 0.
+		r = c.run("task", "status", strings.Repeat("0", 32))
+		if r.code == 0 || r.stdout != "" || !strings.Contains(r.stderr, strings.Repeat("0", 32)) {
+			t.Errorf("status of an unknown id: %s", r)
+		}
+	})
 }
 
 func jsonEqual(t *testing.T, got json.RawMessage, want string) bool {

@@ -153,37 +153,69 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-// cluster is one test's stem deployment: a namespace of its own on the test
-// Redis, and the environment every command of the test runs with.
+// cluster is one test's stem deployment: a namespace of its own on the
+// test backend, and the environment every command of the test runs with.
 type cluster struct {
-	t     *testing.T
-	ns    string
+	t  *testing.T
+	ns string
+	// url is the broker's URL (the result backend, the control transport
+	// and, by fallback, the revoke store share it).
+	url string
+	// redis is the test Redis's URL, set on the Redis backend only.
 	redis string
 	vars  map[string]string
 }
 
-// storeKind selects the revoke store of a cluster.
-type storeKind string
+// backend is the kind of server a cluster's broker runs on.
+type backend string
 
 const (
-	redisStore storeKind = "redis" // the broker's Redis (by fallback)
-	fileStore  storeKind = "file"  // the shared file, via STEM_REVOKE_STORE_URL
+	onRedis    backend = "redis"
+	onSQLite   backend = "sqlite"
+	onPostgres backend = "postgres"
 )
 
-// newCluster returns a cluster whose broker and results are the test Redis
-// (through STEM_BROKER_URL) and whose revoke store is of kind store.
+// backends are those the control-plane tests run on.
+var backends = []backend{onRedis}
+
+// storeKind selects the backend of a cluster and its revoke store: the
+// broker's own store by fallback, or the shared revoke file.
+type storeKind struct {
+	backend backend
+	file    bool // the shared file, via STEM_REVOKE_STORE_URL
+}
+
+var (
+	redisStore = storeKind{backend: onRedis}             // the broker's Redis (by fallback)
+	fileStore  = storeKind{backend: onRedis, file: true} // the shared file beside Redis
+)
+
+func (k storeKind) String() string {
+	if k.file {
+		return "file"
+	}
+	return string(k.backend)
+}
+
+// newCluster returns a cluster whose broker and results are the test
+// backend of store (through STEM_BROKER_URL), in a namespace of its own,
+// and whose revoke store is of kind store.
 func newCluster(t *testing.T, store storeKind) *cluster {
 	t.Helper()
-	u := testutil.NeedRedis(t)
 	ns := "e2e-" + randomHex(6)
-	c := &cluster{t: t, ns: ns, redis: u, vars: map[string]string{
-		"STEM_BROKER_URL": u,
-		"STEM_NAMESPACE":  ns,
-	}}
-	if store == fileStore {
+	c := &cluster{t: t, ns: ns, vars: map[string]string{"STEM_NAMESPACE": ns}}
+	switch store.backend {
+	case onRedis:
+		c.redis = testutil.NeedRedis(t)
+		c.url = c.redis
+		testutil.CleanupNamespace(t, c.redis, ns)
+	default:
+		c.url = backendURL(t, store.backend)
+	}
+	c.vars["STEM_BROKER_URL"] = c.url
+	if store.file {
 		c.vars["STEM_REVOKE_STORE_URL"] = "file://" + sharedRevokeFile
 	}
-	testutil.CleanupNamespace(t, u, ns)
 	return c
 }
 
@@ -573,12 +605,28 @@ func hasRecord(recs []stemtype.RevokeRecord, taskID string) bool {
 	return slices.ContainsFunc(recs, func(r stemtype.RevokeRecord) bool { return r.TaskID == taskID })
 }
 
-// storeKinds runs f as one subtest per revoke store kind.
+// storeKinds runs f as one subtest per revoke store kind: the broker's
+// own store on each backend, and the shared file beside Redis.
 func storeKinds(t *testing.T, f func(t *testing.T, store storeKind)) {
-	for _, k := range []storeKind{redisStore, fileStore} {
-		t.Run(string(k), func(t *testing.T) {
+	kinds := []storeKind{fileStore}
+	for _, b := range backends {
+		kinds = append(kinds, storeKind{backend: b})
+	}
+	for _, k := range kinds {
+		t.Run(k.String(), func(t *testing.T) {
 			t.Parallel()
 			f(t, k)
+		})
+	}
+}
+
+// eachBackend runs f as one subtest per backend, each with its broker's
+// own revoke store.
+func eachBackend(t *testing.T, f func(t *testing.T, store storeKind)) {
+	for _, b := range backends {
+		t.Run(string(b), func(t *testing.T) {
+			t.Parallel()
+			f(t, storeKind{backend: b})
 		})
 	}
 }

@@ -206,19 +206,21 @@ func TestExpiredRevokeNotHonoured(t *testing.T) {
 // Wait, an operator) was told something false.
 func TestCancelledIsFinal(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, redisStore)
-	id := c.enqueue("demo.echo", `{"a":1}`)
-	r := c.run("worker", "revoke", "--task", id, "--expires-in", "1ms", "--timeout", "200ms")
-	if r.code != 70 {
-		t.Fatalf("revoke with no worker: want exit 70, got %s", r)
-	}
-	before := c.status(id)
-	c.startWorker("w1")
-	c.waitStats("w1", "the task processed", func(s stemtype.StatsReply) bool { return s.Processed == 1 })
-	after := c.status(id)
-	if before.State == "cancelled" && after.State != "cancelled" {
-		t.Errorf("task read %q after a revoke that expired in 1ms, then ran to %q: a final state was left", before.State, after.State)
-	}
+	eachBackend(t, func(t *testing.T, store storeKind) {
+		c := newCluster(t, store)
+		id := c.enqueue("demo.echo", `{"a":1}`)
+		r := c.run("worker", "revoke", "--task", id, "--expires-in", "1ms", "--timeout", "200ms")
+		if r.code != 70 {
+			t.Fatalf("revoke with no worker: want exit 70, got %s", r)
+		}
+		before := c.status(id)
+		c.startWorker("w1")
+		c.waitStats("w1", "the task processed", func(s stemtype.StatsReply) bool { return s.Processed == 1 })
+		after := c.status(id)
+		if before.State == "cancelled" && after.State != "cancelled" {
+			t.Errorf("task read %q after a revoke that expired in 1ms, then ran to %q: a final state was left", before.State, after.State)
+		}
+	})
 }
 
 // TestRevokeStoreUnreachable: when the revoke store cannot be written, the
@@ -470,31 +472,33 @@ func testResyncHonoursMissedRevoke(t *testing.T, store storeKind) {
 // task runs until the test opens its gate, after the revoke.
 func TestRevokeRunningWithoutTerminate(t *testing.T) {
 	t.Parallel()
-	c := newCluster(t, redisStore)
-	c.startWorker("w1")
-	g := newGate(t)
-	id := c.enqueue("demo.sleep", g.sleepArgs())
-	c.waitState(id, "started")
-	r := c.run("worker", "revoke", "--task", id, "--worker", "w1", "--json")
-	if r.code != 0 {
-		t.Fatalf("revoke: %s", r)
-	}
-	if p := revokeReply(t, r, "w1"); !slices.Equal(p.Tasks, []string{id}) || len(p.Inflight) != 0 {
-		t.Errorf("revoke without --terminate: reply %s, want the task applied and not signalled", mustJSON(p))
-	}
-	if s := c.status(id); s.State != "started" || len(s.Meta) != 0 {
-		t.Errorf("status of the running task right after the revoke = %+v, want started, not revoked", s)
-	}
-	g.open(t)
-	if s := c.waitState(id, "succeeded"); len(s.Meta) != 0 {
-		t.Errorf("the running task finished with revoke metadata: %+v", s)
-	}
+	eachBackend(t, func(t *testing.T, store storeKind) {
+		c := newCluster(t, store)
+		c.startWorker("w1")
+		g := newGate(t)
+		id := c.enqueue("demo.sleep", g.sleepArgs())
+		c.waitState(id, "started")
+		r := c.run("worker", "revoke", "--task", id, "--worker", "w1", "--json")
+		if r.code != 0 {
+			t.Fatalf("revoke: %s", r)
+		}
+		if p := revokeReply(t, r, "w1"); !slices.Equal(p.Tasks, []string{id}) || len(p.Inflight) != 0 {
+			t.Errorf("revoke without --terminate: reply %s, want the task applied and not signalled", mustJSON(p))
+		}
+		if s := c.status(id); s.State != "started" || len(s.Meta) != 0 {
+			t.Errorf("status of the running task right after the revoke = %+v, want started, not revoked", s)
+		}
+		g.open(t)
+		if s := c.waitState(id, "succeeded"); len(s.Meta) != 0 {
+			t.Errorf("the running task finished with revoke metadata: %+v", s)
+		}
 
-	// A finished task keeps its outcome when revoked afterwards.
-	c.must("worker", "revoke", "--task", id, "--worker", "w1")
-	if s := c.status(id); s.State != "succeeded" || len(s.Meta) != 0 {
-		t.Errorf("status of a finished task after a revoke = %+v, want succeeded untouched", s)
-	}
+		// A finished task keeps its outcome when revoked afterwards.
+		c.must("worker", "revoke", "--task", id, "--worker", "w1")
+		if s := c.status(id); s.State != "succeeded" || len(s.Meta) != 0 {
+			t.Errorf("status of a finished task after a revoke = %+v, want succeeded untouched", s)
+		}
+	})
 }
 
 // TestRevokeSeveralTasks: one call revokes several tasks, every record
