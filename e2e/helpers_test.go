@@ -45,6 +45,9 @@ var (
 	// sharedRevokeFile is the file revoke store every file-store test
 	// shares (namespaces keep them apart), as several hosts would.
 	sharedRevokeFile string
+	// ledgerBin is the ledgerworker binary TestMain builds: the stem CLI
+	// with a task that logs each execution to a file.
+	ledgerBin string
 )
 
 func TestMain(m *testing.M) {
@@ -80,12 +83,15 @@ func runMain(m *testing.M) int {
 	if raceEnabled {
 		args = append(args, "-race")
 	}
-	args = append(args, "-o", stemBin, "./cmd/stem")
-	build := exec.Command("go", args...)
-	build.Dir = root
-	if out, err := build.CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "e2e: go %s: %v\n%s", strings.Join(args, " "), err, out)
-		return 1
+	ledgerBin = filepath.Join(dir, "ledgerworker")
+	for bin, pkg := range map[string]string{stemBin: "./cmd/stem", ledgerBin: "./e2e/ledgerworker"} {
+		args := append(slices.Clone(args), "-o", bin, pkg)
+		build := exec.Command("go", args...)
+		build.Dir = root
+		if out, err := build.CombinedOutput(); err != nil {
+			fmt.Fprintf(os.Stderr, "e2e: go %s: %v\n%s", strings.Join(args, " "), err, out)
+			return 1
+		}
 	}
 	return m.Run()
 }
@@ -164,6 +170,8 @@ type cluster struct {
 	// redis is the test Redis's URL, set on the Redis backend only.
 	redis string
 	vars  map[string]string
+	// bin is the binary spawnWorker starts; "" means stem.
+	bin string
 }
 
 // backend is the kind of server a cluster's broker runs on.
@@ -339,7 +347,11 @@ func (c *cluster) spawnWorker(vars map[string]string, id string, flags ...string
 	c.t.Helper()
 	t := c.t
 	args := append([]string{"worker", "start", "--id", id}, flags...)
-	cmd := exec.Command(stemBin, args...)
+	bin := stemBin
+	if c.bin != "" {
+		bin = c.bin
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Env = environ(c.vars, vars)
 	w := &worker{id: id, cmd: cmd, stderr: &testutil.SyncBuffer{}, done: make(chan struct{})}
 	cmd.Stdout, cmd.Stderr = w.stderr, w.stderr
