@@ -1,0 +1,126 @@
+// Package stemsqlite is stem's SQLite backend: broker, result backend,
+// revoke store and control transport in one database file, on
+// modernc.org/sqlite (pure Go, no cgo, so `go install` works everywhere).
+// Several worker processes and the CLI share one file; no server is needed.
+//
+// # URL
+//
+//	sqlite:///absolute/path/stem.db[?result_ttl=24h]
+//	sqlite://relative/path/stem.db   (relative to the working directory)
+//
+// The path may be percent-encoded; it cannot hold '?' or NUL. The one
+// option is result_ttl, a Go duration, how long results are kept
+// (DefaultResultTTL; 0 keeps them until overwritten). An unknown option, or
+// a bad value, is an error matching stemdriver.ErrBadConfig. The file is
+// created, with its schema, when it does not exist; its directory is not: a
+// missing directory is an error naming it. PathFromURL gives the path of a
+// URL, for a caller that creates the directory itself.
+//
+// A file that is not SQLite (its first bytes are not SQLite's header) is
+// refused with an error naming it, and left untouched; so is a SQLite file
+// that holds another program's tables, and one whose schema is newer than
+// this code knows.
+//
+// # One handle per file per process
+//
+// Every driver opened on one file in one process shares one handle
+// (counted; closed with the last driver): a write pool of exactly one
+// connection, a read pool of a few, the change watcher's own connection,
+// and the pruner. The file is in WAL mode (readers never block the writer,
+// nor it them) with synchronous=NORMAL (a commit survives a crash of the
+// process; a power loss may lose the last commits, never corrupt the file)
+// and a busy timeout.
+//
+// One write connection per process is deliberate: SQLite has one writer
+// at a time per file anyway, so more connections would only move the queue
+// of a process's writers from Go's pool, which is fair and honours
+// contexts, onto the file lock, where they would spin in the busy handler
+// against each other. Every write is one transaction begun IMMEDIATE
+// (taking the write lock at BEGIN), so two transactions never both read
+// and then deadlock upgrading to write. Between processes, a writer waits
+// for the lock in SQLite's busy handler (which gives up when the call's
+// context ends), and a write that still finds the file busy is run again,
+// whole, until it succeeds or the context ends: "database is locked"
+// never reaches a caller. That wait is the one retry this driver does; it
+// is logged at debug level. Any other error is returned at once.
+//
+// # Wake-ups across processes
+//
+// A Claim with Wait, a control subscription and a Replies call block until
+// the file changes. The handle's watcher reads PRAGMA data_version on its
+// own connection, which never writes, every 4 ms while someone in the
+// process waits, and not at all otherwise. data_version changes whenever
+// another connection, of any process, commits to the file, so one cheap
+// read (no table is touched, no lock is taken) tells every waiter of the
+// process that something may have changed; they then read what they wait
+// for. Writes of the process wake its waiters at once, and a blocked Claim
+// also wakes when the first delayed message or expiring lease of its
+// queues becomes due. An idle worker thus costs one PRAGMA every 4 ms
+// (well under 1% of a core) and picks a task up within a poll interval
+// plus a claim.
+//
+// The alternatives: a wake table that publishers bump would cost a write
+// per publish and still need polling to be seen by other processes, so it
+// adds a write and saves nothing; file change notification (inotify,
+// fsnotify) would need a dependency, is platform-specific, and fires on
+// the WAL file's every write, checkpoints included, so a reader would have
+// to filter it anyway.
+//
+// # Schema
+//
+// The schema is versioned with PRAGMA user_version and migrated by the
+// library in one IMMEDIATE transaction, so several processes opening a new
+// file at once create it once. Every table has a namespace column:
+// namespaces in one file never mix. All times are ns since the Unix epoch.
+//
+//	stem_tasks         one row per message: namespace, queue, priority,
+//	                   sort_at (publish stamp, or NotBefore when delayed),
+//	                   state (0 ready, 1 delayed, 2 leased), visible_at (when
+//	                   a delayed or leased row is claimable), claims (count),
+//	                   task_id, body (the envelope's JSON)
+//	stem_dead_letters  dead-lettered messages: raw body, reason, time
+//	stem_results       one row per task: state, final flag, body, expires_at
+//	stem_revokes       one row per namespace and task: version, expires_at, body
+//	stem_control       control messages: seq, namespace, target ('*' for all),
+//	                   body, created_at
+//	stem_replies       control replies: seq, namespace, request_id, body
+//	stem_presence      announced workers: namespace, worker_id, instance,
+//	                   body, expires_at
+//
+// # Broker
+//
+// A claim is one write transaction per call: for each queue, rows whose
+// delay or lease has passed become ready, then one UPDATE ... RETURNING
+// leases the first ready rows by priority (higher first), then sort_at,
+// then publish order, counting the claim. The receipt is "row.claims": a
+// holder's Ack, ExtendLease, Retry, Release or DeadLetter matches the row
+// only while its claim count is the holder's, so ErrLeaseLost is exact (a
+// lease that expired stays the holder's until another Claim takes the
+// row), and Redelivered is exactly "claimed before". Ack deletes the row;
+// Retry deletes it and inserts next in one transaction; Release makes it
+// ready in its old place; DeadLetter moves its raw bytes, with the reason,
+// to stem_dead_letters (Broker.DeadLetters lists them; they are kept until
+// deleted by hand). A due delayed message takes its place by NotBefore
+// among messages published at that time, so retries are not starved by a
+// backlog.
+//
+// # Results, revokes, control
+//
+// A result write is one upsert whose update applies only when the stored
+// state is not final (or expired), so final states are final against every
+// writer. GetMany and GetFinalMany are one query each. Revoke upserts read
+// and write each record in one transaction (version max(stored+1,
+// proposed)); Prune uses the caller's clock, as a file has none.
+// Control messages are rows that each subscription reads after its cursor
+// (the highest seq when it subscribed), so a subscription sees exactly the
+// messages published after Subscribe returned; a slow subscriber is held
+// back, never handed a gap, while the rows are kept.
+//
+// # Retention
+//
+// Each handle prunes the whole file when it opens and once a minute, in
+// batches of 1000 rows: results past their expiry, control messages and
+// replies older than 5 minutes, presence past its ttl. Acknowledged tasks
+// are deleted at once. Revoke records are pruned by their store's Prune;
+// dead letters are kept.
+package stemsqlite

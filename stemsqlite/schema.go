@@ -1,0 +1,134 @@
+package stemsqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+)
+
+// schemaVersion is the schema this code writes, kept in PRAGMA
+// user_version. A file at a higher version was written by a newer stem and
+// is refused.
+const schemaVersion = 1
+
+// migrations[i] takes a file from user_version i to i+1.
+var migrations = []string{
+	// 0 -> 1: the first schema.
+	`
+CREATE TABLE stem_tasks (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT, -- publish order; the receipt's first half
+	namespace  TEXT    NOT NULL,
+	queue      TEXT    NOT NULL,
+	priority   INTEGER NOT NULL,
+	sort_at    INTEGER NOT NULL, -- place in the queue: publish stamp, or NotBefore when delayed (ns)
+	state      INTEGER NOT NULL, -- 0 ready, 1 delayed, 2 leased
+	visible_at INTEGER NOT NULL, -- when a delayed or leased row is claimable again (ns)
+	claims     INTEGER NOT NULL DEFAULT 0, -- claims so far; the receipt's second half
+	task_id    TEXT    NOT NULL,
+	body       BLOB    NOT NULL  -- the envelope's JSON, as published
+);
+CREATE INDEX stem_tasks_ready ON stem_tasks (namespace, queue, priority DESC, sort_at, id) WHERE state = 0;
+CREATE INDEX stem_tasks_waiting ON stem_tasks (namespace, queue, visible_at) WHERE state <> 0;
+
+CREATE TABLE stem_dead_letters (
+	id         INTEGER PRIMARY KEY AUTOINCREMENT,
+	namespace  TEXT    NOT NULL,
+	queue      TEXT    NOT NULL,
+	task_id    TEXT    NOT NULL,
+	body       BLOB    NOT NULL,
+	reason     TEXT    NOT NULL,
+	created_at INTEGER NOT NULL
+);
+CREATE INDEX stem_dead_letters_queue ON stem_dead_letters (namespace, queue, id);
+
+CREATE TABLE stem_results (
+	namespace  TEXT    NOT NULL,
+	id         TEXT    NOT NULL,
+	state      TEXT    NOT NULL,
+	final      INTEGER NOT NULL, -- 1 when state is succeeded, failed or cancelled
+	body       BLOB    NOT NULL, -- the result's JSON
+	expires_at INTEGER NOT NULL, -- ns; 0 never
+	PRIMARY KEY (namespace, id)
+);
+CREATE INDEX stem_results_expiry ON stem_results (expires_at) WHERE expires_at > 0;
+
+CREATE TABLE stem_revokes (
+	namespace  TEXT    NOT NULL,
+	task_id    TEXT    NOT NULL,
+	version    INTEGER NOT NULL,
+	expires_at INTEGER NOT NULL, -- ns; 0 never
+	body       BLOB    NOT NULL, -- the record's JSON, with its stored version
+	PRIMARY KEY (namespace, task_id)
+);
+
+CREATE TABLE stem_control (
+	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+	namespace  TEXT    NOT NULL,
+	target     TEXT    NOT NULL, -- a worker id, or '*' for every worker
+	body       BLOB    NOT NULL,
+	created_at INTEGER NOT NULL
+);
+CREATE INDEX stem_control_created ON stem_control (created_at);
+
+CREATE TABLE stem_replies (
+	seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+	namespace  TEXT    NOT NULL,
+	request_id TEXT    NOT NULL,
+	body       BLOB    NOT NULL,
+	created_at INTEGER NOT NULL
+);
+CREATE INDEX stem_replies_request ON stem_replies (namespace, request_id, seq);
+CREATE INDEX stem_replies_created ON stem_replies (created_at);
+
+CREATE TABLE stem_presence (
+	namespace  TEXT    NOT NULL,
+	worker_id  TEXT    NOT NULL,
+	instance   TEXT    NOT NULL,
+	body       BLOB    NOT NULL, -- the WorkerInfo's JSON
+	expires_at INTEGER NOT NULL,
+	PRIMARY KEY (namespace, worker_id)
+);
+CREATE INDEX stem_presence_expiry ON stem_presence (expires_at);
+`,
+}
+
+// migrate brings the file's schema to schemaVersion in one write
+// transaction, so that processes opening a new file at once create it once:
+// the first takes the write lock and creates the tables, the others wait
+// for the lock and then find the version already set.
+func (s *store) migrate(ctx context.Context, logger *slog.Logger) error {
+	return s.writeTx(ctx, logger, "migrate", func(tx *sql.Tx) error {
+		var v int
+		if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
+			return err
+		}
+		if v > schemaVersion {
+			return fmt.Errorf("schema version %d is newer than this stem knows (%d): upgrade stem, or use another file", v, schemaVersion)
+		}
+		if v < 0 {
+			return fmt.Errorf("schema version %d is not one stem writes: is this file another program's?", v)
+		}
+		if v == schemaVersion {
+			return nil
+		}
+		if v == 0 {
+			// A file at version 0 with tables of its own is another
+			// program's database: leave it alone.
+			var n int
+			if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'").Scan(&n); err != nil {
+				return err
+			}
+			if n > 0 {
+				return fmt.Errorf("the file holds %d tables or indexes of another program and no stem schema version: use a file of stem's own", n)
+			}
+		}
+		for ; v < schemaVersion; v++ {
+			if _, err := tx.ExecContext(ctx, migrations[v]); err != nil {
+				return fmt.Errorf("migrate schema from version %d: %w", v, err)
+			}
+		}
+		_, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", schemaVersion))
+		return err
+	})
+}

@@ -1,0 +1,151 @@
+package stemsqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// watcher tells waiters that the file may have changed. It reads PRAGMA
+// data_version on one connection of its own that never writes: the value
+// changes whenever another connection, of this process or any other,
+// commits a change to the file. It polls only while someone waits (a
+// blocked Claim, a subscription, a Replies call); writes of this process
+// also wake waiters at once through notify.
+type watcher struct {
+	logger *slog.Logger
+	db     *sql.DB
+	conn   *sql.Conn
+
+	mu      sync.Mutex
+	ch      chan struct{} // closed and replaced on every change
+	waiters int
+	kick    chan struct{} // one token: waiters went from 0 to 1
+}
+
+// newWatcher opens the watcher's connection to path.
+func newWatcher(ctx context.Context, path string, logger *slog.Logger) (*watcher, error) {
+	db, err := sql.Open("sqlite", dsn(path, "_pragma", "query_only(1)"))
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxOpenConns(1)
+	conn, err := db.Conn(ctx)
+	if err != nil {
+		_ = db.Close()
+		return nil, err
+	}
+	return &watcher{logger: logger, db: db, conn: conn, ch: make(chan struct{}), kick: make(chan struct{}, 1)}, nil
+}
+
+// wait registers a waiter and returns the channel closed at the next change.
+// The caller reads the data it waits on after wait, so that a change
+// committed after that read closes the channel it holds; done unregisters.
+func (w *watcher) wait() (ch <-chan struct{}, done func()) {
+	w.mu.Lock()
+	w.waiters++
+	if w.waiters == 1 {
+		select {
+		case w.kick <- struct{}{}:
+		default:
+		}
+	}
+	ch = w.ch
+	w.mu.Unlock()
+	var once sync.Once
+	return ch, func() {
+		once.Do(func() {
+			w.mu.Lock()
+			w.waiters--
+			w.mu.Unlock()
+		})
+	}
+}
+
+// current returns the channel closed at the next change, for a waiter
+// already registered with wait.
+func (w *watcher) current() <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.ch
+}
+
+// notify wakes every waiter.
+func (w *watcher) notify() {
+	w.mu.Lock()
+	close(w.ch)
+	w.ch = make(chan struct{})
+	w.mu.Unlock()
+}
+
+func (w *watcher) idle() bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.waiters == 0
+}
+
+// version reads PRAGMA data_version.
+func (w *watcher) version(ctx context.Context) (int64, error) {
+	var v int64
+	err := w.conn.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v)
+	return v, err
+}
+
+// run polls data_version every pollInterval while someone waits, and
+// notifies on every change, until ctx ends. The last value seen is kept
+// across idle spells, so a change made while nobody polled wakes the
+// first waiter after it (at worst once for nothing).
+func (w *watcher) run(ctx context.Context) {
+	last, err := w.version(ctx)
+	if err != nil && ctx.Err() == nil {
+		w.logger.Warn("stem: sqlite: change watcher: read data_version", "error", err)
+	}
+	t := time.NewTicker(pollInterval)
+	defer t.Stop()
+	for {
+		if w.idle() {
+			t.Stop()
+			select {
+			case <-ctx.Done():
+				return
+			case <-w.kick:
+			}
+			t.Reset(pollInterval)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		v, err := w.version(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			// Wake everyone: they read the file themselves and report
+			// what fails there. Then back off to the next tick.
+			w.logger.Debug("stem: sqlite: change watcher: read data_version", "error", err)
+			w.notify()
+			continue
+		}
+		if v != last {
+			last = v
+			w.notify()
+		}
+	}
+}
+
+// close closes the watcher's connection; run must have returned.
+func (w *watcher) close() error {
+	err := w.conn.Close()
+	if cerr := w.db.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("change watcher: %w", err)
+	}
+	return nil
+}
