@@ -29,7 +29,8 @@ func TestExitCodes(t *testing.T) {
 		say  []string // on stderr
 	}{
 		{"unknown scheme", map[string]string{"STEM_BROKER_URL": "amqp://guest@127.0.0.1:1/"}, []string{"enqueue", "demo.echo"}, 78, []string{"amqp://", "scheme"}},
-		{"sqlite not yet supported", map[string]string{"STEM_BROKER_URL": "sqlite:///tmp/stem.db"}, ping, 78, []string{"sqlite", "not supported yet"}},
+		{"sqlite unknown URL option", map[string]string{"STEM_BROKER_URL": "sqlite://" + tmpDir + "/opt.db?bogus=1"}, ping, 78, []string{"bogus"}},
+		{"sqlite file in a missing directory", map[string]string{"STEM_BROKER_URL": "sqlite://" + tmpDir + "/no-such-dir/stem.db"}, ping, 69, []string{"no-such-dir"}},
 		{"postgres not yet supported", map[string]string{"STEM_RESULT_BACKEND_URL": "postgres://127.0.0.1:1/stem"}, []string{"task", "status", "abc"}, 78, []string{"postgres", "not supported yet"}},
 		{"postgres revoke store", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": "postgresql://127.0.0.1:1/stem"}, revoke, 78, []string{"postgresql", "STEM_REVOKE_STORE_URL"}},
 		{"malformed URL", map[string]string{"STEM_BROKER_URL": "redis://u:pa%zz@127.0.0.1:1/0"}, []string{"enqueue", "demo.echo"}, 78, []string{"invalid URL"}},

@@ -43,7 +43,9 @@ func TestFleetSurvivesSIGKILL(t *testing.T) {
 		c.bin = ledgerBin
 		ledger := filepath.Join(t.TempDir(), "ledger")
 		c.vars["LEDGER_FILE"] = ledger
-		flags := []string{"--lease", "2s", "--concurrency", "4"}
+		// A lease long enough to be renewed on a loaded machine, short
+		// enough to re-claim the killed worker's tasks soon.
+		flags := []string{"--lease", "8s", "--concurrency", "4"}
 		victim := c.startWorker("f1", flags...)
 		others := []*worker{c.startWorker("f2", flags...), c.startWorker("f3", flags...)}
 

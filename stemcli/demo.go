@@ -24,8 +24,8 @@ func (a *app) demoCmd() *cobra.Command {
 	return &cobra.Command{
 		Use:   "demo",
 		Short: "A self-contained tour: producer, two workers and the control plane in one process",
-		Long: `Run a producer, two workers and the control plane in this process on the
-embedded default (` + stemurl.DefaultURL + `, no server needed), and narrate what happens:
+		Long: `Run a producer, two workers and the control plane in this process on an
+in-process store (memory://, no server needed), and narrate what happens:
 tasks enqueued, run, retried, failed and succeeded; then ping, inspect and stats;
 a queued task revoked (it never runs), a running one terminated at its next
 heartbeat, and a runaway isolated one killed with --kill-after.`,
@@ -46,10 +46,10 @@ func (a *app) demo(ctx context.Context) error {
 	reg := stem.NewRegistry()
 	a.cfg.Demo(reg)
 	// A Resolver of its own: the demo's memory:// hub is its alone.
-	const url = stemurl.DefaultURL
+	const url, from = "memory://", "demo"
 	opts := stemdriver.Options{Namespace: a.namespace(), Logger: a.logger("error")}
 	o, err := openStores(ctx, stemurl.New(), stemurl.URLs{Broker: url, Results: url, Revokes: url,
-		BrokerFrom: stemurl.FromDefault, ResultsFrom: stemurl.FromDefault, RevokesFrom: stemurl.FromDefault}, stemurl.AllRoles, opts)
+		BrokerFrom: from, ResultsFrom: from, RevokesFrom: from}, stemurl.AllRoles, opts)
 	if err != nil {
 		return err
 	}

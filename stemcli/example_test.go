@@ -27,10 +27,11 @@ func Example() {
 	}, stem.TaskOptions{})
 
 	resolver := stemurl.New()
+	env := map[string]string{stemurl.EnvBroker: "memory://"} // in place of os.Getenv
 	run := func(args ...string) (int, string) {
 		var out bytes.Buffer
 		code := stemcli.Main(stemcli.Config{Registry: reg, Resolver: resolver, Name: "myapp",
-			Stdout: &out, Stderr: io.Discard, Getenv: func(string) string { return "" }}, args)
+			Stdout: &out, Stderr: io.Discard, Getenv: func(k string) string { return env[k] }}, args)
 		return code, strings.TrimSpace(out.String())
 	}
 

@@ -48,10 +48,12 @@ func newCLIEnv(t *testing.T) *cliEnv {
 		t:        t,
 		resolver: stemurl.New(),
 		reg:      stem.NewRegistry(),
-		env:      map[string]string{},
-		ids:      map[string]string{},
-		started:  make(chan string, 1),
-		release:  make(chan struct{}),
+		// The in-process backend, shared through e.resolver, in place
+		// of the embedded default's file.
+		env:     map[string]string{stemurl.EnvBroker: "memory://"},
+		ids:     map[string]string{},
+		started: make(chan string, 1),
+		release: make(chan struct{}),
 	}
 	stem.Register(e.reg, "ok", func(_ *stem.TaskContext, args map[string]int) (any, error) {
 		return map[string]int{"sum": args["a"] + args["b"]}, nil
@@ -282,9 +284,9 @@ func TestGoldenWorkerCommands(t *testing.T) {
 	e.check("ping", "worker", "ping")
 	e.check("ping_json", "worker", "ping", "--json")
 	e.check("ping_other_namespace", "--namespace", "other", "worker", "ping", "--timeout", "200ms")
-	e.env = map[string]string{"STEM_NAMESPACE": "other"}
+	e.env = map[string]string{"STEM_NAMESPACE": "other", "STEM_BROKER_URL": "memory://"}
 	e.check("stats_other_namespace_env", "worker", "stats", "--worker", "w1", "--timeout", "200ms")
-	e.env = map[string]string{}
+	e.env = map[string]string{"STEM_BROKER_URL": "memory://"}
 	e.check("ping_missing", "worker", "ping", "--worker", "w1", "--worker", "w9", "--timeout", "200ms")
 
 	ok := e.enqueue("ok", "--args", `{"a":1,"b":1}`)

@@ -57,7 +57,7 @@ func TestBlankConnectionFlagsAreUsageErrors(t *testing.T) {
 // of spaces that no other command of the fleet would find.
 func TestBlankNamespaceVariableIsAConfigError(t *testing.T) {
 	e := newCLIEnv(t)
-	e.env = map[string]string{"STEM_NAMESPACE": "  "}
+	e.env = map[string]string{"STEM_NAMESPACE": "  ", "STEM_BROKER_URL": "memory://"}
 	for _, args := range [][]string{
 		{"enqueue", "ok"},
 		{"worker", "ping", "--timeout", "100ms"},

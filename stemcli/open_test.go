@@ -13,7 +13,7 @@ import (
 // broker's URL.
 func TestStatusOpensOnlyTheResultBackend(t *testing.T) {
 	e := newCLIEnv(t)
-	id := e.enqueue("parked") // recorded pending in memory:// (the default hub)
+	id := e.enqueue("parked") // recorded pending in memory:// (newCLIEnv's STEM_BROKER_URL)
 	e.env = map[string]string{"STEM_BROKER_URL": "redis://127.0.0.1:1/0", "STEM_RESULT_BACKEND_URL": "memory://"}
 	if code, out, errOut := e.run("task", "status", id); code != 0 || out != "pending\n" {
 		t.Fatalf("status with an unreachable broker: exit %d, stdout %q\nstderr:\n%s", code, out, errOut)

@@ -127,7 +127,14 @@ func New(cfg Config) *cobra.Command {
 Connections come from --broker, --backend and --revoke-store, else from
 STEM_BROKER_URL, STEM_RESULT_BACKEND_URL and STEM_REVOKE_STORE_URL (the
 revoke store falls back to the result backend's URL, then the broker's).
-With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
+With nothing set, every store is the embedded default, one SQLite file that
+every command and worker of this user on this host shares, so a worker
+started in one terminal is reached from another:
+
+  ` + stemurl.Default(cfg.Getenv) + `
+
+It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STATE_HOME/stem, else in
+~/.local/state/stem; the directory is created on first use.`,
 	}
 	root.SetOut(cfg.Stdout)
 	root.SetErr(cfg.Stderr)
@@ -146,7 +153,7 @@ With nothing set, the embedded default (` + stemurl.DefaultURL + `) is used.`,
 		return &ExitError{Code: ExitUsage, Err: fmt.Errorf("%w\nSee '%s --help'.", err, c.CommandPath())}
 	})
 	pf := root.PersistentFlags()
-	pf.StringVar(&a.broker, "broker", "", "broker URL (default $STEM_BROKER_URL, else "+stemurl.DefaultURL+")")
+	pf.StringVar(&a.broker, "broker", "", "broker URL (default $STEM_BROKER_URL, else the embedded default)")
 	pf.StringVar(&a.backend, "backend", "", "result backend URL (default $STEM_RESULT_BACKEND_URL, else the broker URL)")
 	pf.StringVar(&a.revoke, "revoke-store", "", "revoke store URL (default $STEM_REVOKE_STORE_URL, $STEM_RESULT_BACKEND_URL, $STEM_BROKER_URL)")
 	pf.StringVar(&a.nsFlag, "namespace", "", "namespace (default $STEM_NAMESPACE, else "+stemtype.DefaultNamespace+")")

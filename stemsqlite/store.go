@@ -57,6 +57,7 @@ type store struct {
 	shared bool // registered in stores
 
 	write *sql.DB // one connection: in-process writers queue in Go, not on the file lock
+	wlock *writeLock
 	read  *sql.DB // query_only connections for reads
 	watch *watcher
 
@@ -206,6 +207,9 @@ func openStore(ctx context.Context, path string, logger *slog.Logger) (_ *store,
 			s.closeDBs()
 		}
 	}()
+	if s.wlock, err = openWriteLock(path); err != nil {
+		return nil, err
+	}
 	// Every write transaction begins IMMEDIATE: it takes the write lock
 	// at BEGIN, so that two transactions never both hold a read snapshot
 	// and then deadlock upgrading it (SQLITE_BUSY that no wait can mend).
@@ -280,6 +284,9 @@ func (s *store) closeDBs() error {
 			errs = append(errs, db.Close())
 		}
 	}
+	if s.wlock != nil {
+		errs = append(errs, s.wlock.close())
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stem: sqlite: close %s: %w", s.path, err)
 	}
@@ -332,6 +339,10 @@ func (s *store) retryBusy(ctx context.Context, logger *slog.Logger, op string, f
 // writeTx runs fn in a write transaction (BEGIN IMMEDIATE) and commits it,
 // running the whole transaction again while the file is busy.
 func (s *store) writeTx(ctx context.Context, logger *slog.Logger, op string, fn func(tx *sql.Tx) error) error {
+	if err := s.wlock.lock(ctx); err != nil {
+		return fmt.Errorf("stem: sqlite: %s: %w", op, err)
+	}
+	defer s.wlock.unlock()
 	return s.retryBusy(ctx, logger, op, func() error {
 		tx, err := s.write.BeginTx(ctx, nil)
 		if err != nil {

@@ -175,7 +175,9 @@ func TestConfigErrorsMatchErrBadConfig(t *testing.T) {
 		say             string
 	}{
 		{"unknown scheme", "broker", "amqp://guest@localhost", true, "scheme"},
-		{"sqlite not yet", "broker", "sqlite:///var/lib/stem.db", true, "not supported yet"},
+		{"postgres not yet, broker", "broker", "postgres://u:pw@127.0.0.1:1/db", true, "not supported yet"},
+		{"sqlite without a path", "broker", "sqlite://", true, "names no file"},
+		{"sqlite unknown option", "broker", "sqlite:///nonexistent-dir/stem.db?bogus=1", true, "bogus"},
 		{"postgres not yet", "results", "postgres://u:pw@localhost/stem", true, "not supported yet"},
 		{"postgresql not yet", "revokes", "postgresql://localhost/stem", true, "not supported yet"},
 		{"empty", "broker", "", true, "no broker URL"},
@@ -194,6 +196,7 @@ func TestConfigErrorsMatchErrBadConfig(t *testing.T) {
 		{"port out of range, control", "control", "redis://127.0.0.1:70000/0", true, "port"},
 		{"unreachable redis", "broker", "redis://127.0.0.1:1/0", false, "127.0.0.1:1"},
 		{"missing directory", "revokes", missingDir, false, "no-such-dir"},
+		{"sqlite missing directory", "control", "sqlite://" + strings.TrimPrefix(missingDir, "file://") + ".db", false, "no-such-dir"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var err error

@@ -29,24 +29,24 @@ const (
 // source is one place a URL may come from.
 type source struct{ from, value string }
 
-// first returns the first source with a value, else DefaultURL.
-func first(sources ...source) (string, string) {
+// first returns the first source with a value, else def.
+func first(def string, sources ...source) (string, string) {
 	for _, s := range sources {
 		if s.value != "" {
 			return s.value, s.from
 		}
 	}
-	return DefaultURL, FromDefault
+	return def, FromDefault
 }
 
 // Resolve is the one place that decides which URL each store is opened
 // from, given the command line's flags and the environment (getenv is
 // os.Getenv in programs). The first of each list that is set wins:
 //
-//	broker:         --broker, STEM_BROKER_URL, DefaultURL
-//	result backend: --backend, STEM_RESULT_BACKEND_URL, --broker, STEM_BROKER_URL, DefaultURL
+//	broker:         --broker, STEM_BROKER_URL, Default(getenv)
+//	result backend: --backend, STEM_RESULT_BACKEND_URL, --broker, STEM_BROKER_URL, Default(getenv)
 //	revoke store:   --revoke-store, STEM_REVOKE_STORE_URL, --backend, STEM_RESULT_BACKEND_URL,
-//	                --broker, STEM_BROKER_URL, DefaultURL
+//	                --broker, STEM_BROKER_URL, Default(getenv)
 //
 // So a flag overrides its own variable, and a store without a URL of its
 // own shares the next store's. The control transport always uses the
@@ -56,10 +56,11 @@ func Resolve(getenv func(string) string, f Flags) URLs {
 	broker := []source{{FromBrokerFlag, f.Broker}, {EnvBroker, getenv(EnvBroker)}}
 	results := append([]source{{FromResultsFlag, f.Results}, {EnvResults, getenv(EnvResults)}}, broker...)
 	revokes := append([]source{{FromRevokesFlag, f.Revokes}, {EnvRevokeStore, getenv(EnvRevokeStore)}}, results...)
+	def := Default(getenv)
 	var u URLs
-	u.Broker, u.BrokerFrom = first(broker...)
-	u.Results, u.ResultsFrom = first(results...)
-	u.Revokes, u.RevokesFrom = first(revokes...)
+	u.Broker, u.BrokerFrom = first(def, broker...)
+	u.Results, u.ResultsFrom = first(def, results...)
+	u.Revokes, u.RevokesFrom = first(def, revokes...)
 	return u
 }
 
@@ -228,19 +229,28 @@ func (o *Opened) open(ctx context.Context, role Role) error {
 		err       error
 	)
 	switch role {
+	case RoleResults:
+		url, from = o.URLs.Results, o.URLs.ResultsFrom
+	case RoleRevokes:
+		url, from = o.URLs.Revokes, o.URLs.RevokesFrom
+	}
+	if from == FromDefault {
+		if err := prepareDefault(url); err != nil {
+			return &OpenError{Role: role, URL: Redact(url), From: from, Err: err}
+		}
+	}
+	switch role {
 	case RoleBroker:
 		var b stemdriver.Broker
 		if b, err = o.r.OpenBroker(ctx, url, o.opts); err == nil {
 			o.Broker, closer = b, b.Close
 		}
 	case RoleResults:
-		url, from = o.URLs.Results, o.URLs.ResultsFrom
 		var res stemdriver.ResultBackend
 		if res, err = o.r.OpenResults(ctx, url, o.opts); err == nil {
 			o.Results, closer = res, res.Close
 		}
 	case RoleRevokes:
-		url, from = o.URLs.Revokes, o.URLs.RevokesFrom
 		var rev stemdriver.RevokeStore
 		if rev, err = o.r.OpenRevokes(ctx, url, o.opts); err == nil {
 			o.Revokes, closer = rev, rev.Close

@@ -17,8 +17,8 @@ func TestResolvePrecedence(t *testing.T) {
 	const (
 		fb, fr, fs = "redis://flag-broker/0", "redis://flag-results/1", "file:///flag/revokes"
 		eb, er, es = "redis://env-broker/0", "redis://env-results/1", "file:///env/revokes"
-		def        = stemurl.DefaultURL
 	)
+	def := stemurl.Default(func(string) string { return "" }) // no state directory in these environments
 	env := func(b, r, s string) map[string]string {
 		return map[string]string{stemurl.EnvBroker: b, stemurl.EnvResults: r, stemurl.EnvRevokeStore: s}
 	}
@@ -68,7 +68,7 @@ func TestResolvePrecedence(t *testing.T) {
 func TestOpenOpensExactlyTheRoles(t *testing.T) {
 	ctx := context.Background()
 	r := stemurl.New()
-	u := stemurl.Resolve(func(string) string { return "" }, stemurl.Flags{})
+	u := stemurl.Resolve(homeIn(t), stemurl.Flags{})
 	o, err := r.Open(ctx, u, stemurl.RoleResults|stemurl.RoleControl, stemdriver.Options{Namespace: "t"})
 	if err != nil {
 		t.Fatal(err)
@@ -105,7 +105,7 @@ func TestOpenErrors(t *testing.T) {
 	ctx := context.Background()
 	r := stemurl.New()
 	opts := stemdriver.Options{Namespace: "t"}
-	u := stemurl.Resolve(func(string) string { return "" }, stemurl.Flags{Revokes: "ftp://u:hunter2@h/x"})
+	u := stemurl.Resolve(homeIn(t), stemurl.Flags{Revokes: "ftp://u:hunter2@h/x"})
 	o, err := r.Open(ctx, u, stemurl.RoleResults, opts)
 	if err != nil {
 		t.Fatal(err)
@@ -133,5 +133,17 @@ func TestOpenErrors(t *testing.T) {
 	if _, err := r.Open(ctx, u, stemurl.RoleControl, opts); !errors.As(err, &oe) || oe.Role != stemurl.RoleControl ||
 		errors.Is(err, stemdriver.ErrBadConfig) || !strings.HasPrefix(err.Error(), "cannot open broker redis://127.0.0.1:1/0: ") {
 		t.Fatalf("Open(control at a closed port) = %v, want an unreachable broker", err)
+	}
+}
+
+// homeIn returns an environment whose state directory (STEM_HOME) is a
+// directory of t's own, so that the embedded default is a file of t's.
+func homeIn(t *testing.T) func(string) string {
+	dir := t.TempDir()
+	return func(k string) string {
+		if k == stemurl.EnvHome {
+			return dir
+		}
+		return ""
 	}
 }

@@ -17,11 +17,14 @@
 //
 // Schemes:
 //
+//	sqlite://PATH              a SQLite file, every role (package stemsqlite); the embedded default
 //	memory://[NAME]            in-process (tests, demos, one process only)
 //	redis://, rediss://        Redis (package stemredis)
 //	file://PATH or a bare path newline-delimited JSON revoke store (package stemfile)
 //
-// sqlite:// and postgres:// are planned. An unknown or not yet supported
+// With nothing configured, every store is the SQLite file Default names
+// (stem.db in StateDir), shared by every program and command of the user
+// on the host. postgres:// is planned. An unknown or not yet supported
 // scheme is an error, never a silent fallback. Every error of a URL that
 // can never work (a scheme, a malformed URL, an unknown option, a bad
 // database number) matches stemdriver.ErrBadConfig, so that callers tell it
@@ -43,6 +46,7 @@ import (
 	"github.com/stem-go/stem/stemfile"
 	"github.com/stem-go/stem/stemmem"
 	"github.com/stem-go/stem/stemredis"
+	"github.com/stem-go/stem/stemsqlite"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -53,11 +57,6 @@ const (
 	EnvRevokeStore = "STEM_REVOKE_STORE_URL"
 	EnvNamespace   = "STEM_NAMESPACE"
 )
-
-// DefaultURL is the embedded default used when nothing is configured. It is
-// memory:// until the SQLite backend lands: it needs no server, but only one
-// process sees it.
-const DefaultURL = "memory://"
 
 // Resolver opens backends from URLs. memory:// URLs with the same name
 // opened from one Resolver share one in-process hub, so a broker and a
@@ -108,7 +107,7 @@ func memoryName(raw string) (string, error) {
 }
 
 // notYet are schemes DESIGN.md promises that have no backend yet.
-var notYet = map[string]bool{"sqlite": true, "postgres": true, "postgresql": true}
+var notYet = map[string]bool{"postgres": true, "postgresql": true}
 
 // unknown is the configuration error of a URL no backend of role opens.
 func unknown(role, raw string, supported string) error {
@@ -170,8 +169,10 @@ func (r *Resolver) OpenBroker(ctx context.Context, raw string, opts stemdriver.O
 			return nil, err
 		}
 		return stemredis.OpenBroker(ctx, raw, opts)
+	case "sqlite":
+		return stemsqlite.OpenBroker(ctx, raw, opts)
 	}
-	return nil, unknown("broker", raw, "memory://, redis://, rediss://")
+	return nil, unknown("broker", raw, "sqlite://, memory://, redis://, rediss://")
 }
 
 // OpenResults opens a result backend.
@@ -188,8 +189,10 @@ func (r *Resolver) OpenResults(ctx context.Context, raw string, opts stemdriver.
 			return nil, err
 		}
 		return stemredis.OpenResults(ctx, raw, opts)
+	case "sqlite":
+		return stemsqlite.OpenResults(ctx, raw, opts)
 	}
-	return nil, unknown("result backend", raw, "memory://, redis://, rediss://")
+	return nil, unknown("result backend", raw, "sqlite://, memory://, redis://, rediss://")
 }
 
 // OpenRevokes opens a revoke store. A string without a scheme is a file
@@ -207,6 +210,8 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 			return nil, err
 		}
 		return stemredis.OpenRevokes(ctx, raw, opts)
+	case "sqlite":
+		return stemsqlite.OpenRevokes(ctx, raw, opts)
 	case "file":
 		path, err := filePath(raw)
 		if err != nil {
@@ -227,7 +232,7 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 			return openFile(raw, opts)
 		}
 	}
-	return nil, unknown("revoke store", raw, "memory://, redis://, rediss://, file:// or a bare path")
+	return nil, unknown("revoke store", raw, "sqlite://, memory://, redis://, rediss://, file:// or a bare path")
 }
 
 // openFile opens the file revoke store at path. A path that exists but is
@@ -259,8 +264,10 @@ func (r *Resolver) OpenControl(ctx context.Context, raw string, opts stemdriver.
 			return nil, err
 		}
 		return stemredis.OpenControl(ctx, raw, opts)
+	case "sqlite":
+		return stemsqlite.OpenControl(ctx, raw, opts)
 	}
-	return nil, unknown("control transport", raw, "memory://, redis://, rediss://")
+	return nil, unknown("control transport", raw, "sqlite://, memory://, redis://, rediss://")
 }
 
 // URLs are the backend URLs a program uses, with where each came from.
@@ -278,10 +285,10 @@ type URLs struct {
 
 // FromEnv resolves the URLs from the environment alone (getenv is
 // os.Getenv in programs): Resolve without flags. The broker comes from
-// STEM_BROKER_URL, else DefaultURL; the result backend from
+// STEM_BROKER_URL, else Default(getenv); the result backend from
 // STEM_RESULT_BACKEND_URL, else the broker's URL; the revoke store from
 // STEM_REVOKE_STORE_URL, then STEM_RESULT_BACKEND_URL, then
-// STEM_BROKER_URL, else DefaultURL.
+// STEM_BROKER_URL, else Default(getenv).
 func FromEnv(getenv func(string) string) URLs {
 	return Resolve(getenv, Flags{})
 }
@@ -297,7 +304,7 @@ func (u URLs) Check() error {
 	if scheme(u.Revokes) == "memory" && scheme(u.Broker) != "memory" {
 		return badConfig("stem: revoke store %s (from %s) is in-process only and cannot be durable beside broker %s: "+
 			"workers would get revokes that no store holds, and workers that start later or re-sync would never see them; "+
-			"point %s (or --revoke-store) at a shared store: redis://, rediss:// or file://PATH",
+			"point %s (or --revoke-store) at a shared store: sqlite://PATH, redis://, rediss:// or file://PATH",
 			Redact(u.Revokes), u.RevokesFrom, Redact(u.Broker), EnvRevokeStore)
 	}
 	return nil

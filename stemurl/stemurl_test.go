@@ -13,17 +13,18 @@ import (
 
 func TestFromEnvResolutionOrder(t *testing.T) {
 	const b, r, s = "redis://broker/0", "redis://results/1", "file:///var/lib/stem/revokes"
+	def := stemurl.Default(func(string) string { return "" }) // no state directory in these environments
 	for _, tc := range []struct {
 		name                string
 		env                 map[string]string
 		broker, res, revoke string
 		from                string
 	}{
-		{"nothing set", nil, stemurl.DefaultURL, stemurl.DefaultURL, stemurl.DefaultURL, "default"},
+		{"nothing set", nil, def, def, def, "default"},
 		{"broker only", map[string]string{stemurl.EnvBroker: b}, b, b, b, stemurl.EnvBroker},
-		{"results only", map[string]string{stemurl.EnvResults: r}, stemurl.DefaultURL, r, r, stemurl.EnvResults},
+		{"results only", map[string]string{stemurl.EnvResults: r}, def, r, r, stemurl.EnvResults},
 		{"broker and results", map[string]string{stemurl.EnvBroker: b, stemurl.EnvResults: r}, b, r, r, stemurl.EnvResults},
-		{"revoke store only", map[string]string{stemurl.EnvRevokeStore: s}, stemurl.DefaultURL, stemurl.DefaultURL, s, stemurl.EnvRevokeStore},
+		{"revoke store only", map[string]string{stemurl.EnvRevokeStore: s}, def, def, s, stemurl.EnvRevokeStore},
 		{"revoke store and broker", map[string]string{stemurl.EnvRevokeStore: s, stemurl.EnvBroker: b}, b, b, s, stemurl.EnvRevokeStore},
 		{"all three", map[string]string{stemurl.EnvRevokeStore: s, stemurl.EnvResults: r, stemurl.EnvBroker: b}, b, r, s, stemurl.EnvRevokeStore},
 	} {
