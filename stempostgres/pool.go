@@ -138,6 +138,8 @@ func (c *config) openError(err error) error {
 			return stemdriver.BadConfig(c.errorf(err, "the server refused the URL's credentials"))
 		case "3D000": // invalid_catalog_name
 			return stemdriver.BadConfig(c.errorf(err, "no such database"))
+		case "42704", "22023": // undefined_object, invalid_parameter_value: an unknown or bad URL option
+			return stemdriver.BadConfig(c.errorf(err, "the server refused a URL option"))
 		}
 	}
 	return c.errorf(err, "cannot connect")
