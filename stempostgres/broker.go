@@ -33,7 +33,8 @@ type Broker struct {
 	role
 	db      db // the pool, or a caller's transaction (InTx)
 	channel string
-	parent  *Broker // set on an InTx view
+	parent  *Broker       // set on an InTx view
+	done    chan struct{} // closed by Close; a view shares its parent's
 }
 
 var _ stemdriver.Broker = (*Broker)(nil)
@@ -45,7 +46,7 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 	if err != nil {
 		return nil, err
 	}
-	return &Broker{role: role{s: s, name: "broker", ns: cfg.namespace, log: cfg.logger}, db: s.pool, channel: channelName("b", s.schema)}, nil
+	return &Broker{role: role{s: s, name: "broker", ns: cfg.namespace, log: cfg.logger}, db: s.pool, channel: channelName("b", s.schema), done: make(chan struct{})}, nil
 }
 
 // InTx returns a view of b whose Publish (and every other method) runs in
@@ -53,7 +54,7 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 // only if tx commits, and idle workers are notified at commit. The view's
 // Close does nothing; it must not be used after tx ends.
 func (b *Broker) InTx(tx pgx.Tx) stemdriver.Broker {
-	return &Broker{role: role{s: b.s, name: "broker (in transaction)", ns: b.ns, log: b.log}, db: tx, channel: b.channel, parent: b}
+	return &Broker{role: role{s: b.s, name: "broker (in transaction)", ns: b.ns, log: b.log}, db: tx, channel: b.channel, parent: b, done: b.done}
 }
 
 // checkOpen also fails a view whose broker was closed.
@@ -156,8 +157,8 @@ func (b *Broker) Claim(ctx context.Context, req stemdriver.ClaimRequest) ([]stem
 			// claim and the registration is not missed.
 			registered = true
 			if w, err = b.wait(ctx, req.Queues); err != nil {
-				if ctx.Err() != nil {
-					return nil, nil
+				if cerr := ctx.Err(); cerr != nil {
+					return nil, cerr
 				}
 				// No listener: poll.
 				b.log.Warn("stem: postgres broker: cannot listen for publishes; polling", "error", err.Error())
@@ -179,7 +180,10 @@ func (b *Broker) Claim(ctx context.Context, req stemdriver.ClaimRequest) ([]stem
 		select {
 		case <-ctx.Done():
 			timer.Stop()
-			return nil, nil
+			return nil, ctx.Err()
+		case <-b.done:
+			timer.Stop()
+			return nil, b.checkOpen()
 		case <-wake:
 		case <-timer.C:
 		}
@@ -437,7 +441,11 @@ func (b *Broker) Close() error {
 	if b.parent != nil {
 		return nil
 	}
-	b.closeRole()
+	b.once.Do(func() {
+		b.closed.Store(true)
+		close(b.done)
+		b.s.release()
+	})
 	return nil
 }
 

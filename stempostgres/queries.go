@@ -81,13 +81,18 @@ RETURNING id, claims, priority, due_at, payload`
 
 	held := `namespace = $1 AND queue = $2 AND id = $3 AND claims = $4 AND leased`
 	q.extend = `UPDATE ` + t + ` SET visible_at = now() + $5 * interval '1 microsecond' WHERE ` + held
-	q.ack = `DELETE FROM ` + t + ` t USING unnest($2::text[], $3::bigint[], $4::int[]) AS u(queue, id, claims)
-WHERE t.id = u.id AND t.namespace = $1 AND t.queue = u.queue AND t.claims = u.claims AND t.leased
+	// Ack and Release find their rows by id = ANY($3) (the primary key, at
+	// every table size: a join with unnest chose a sequential scan), and
+	// check each row's claim count and queue at the id's position in the
+	// arrays.
+	many := `t.id = ANY($3::bigint[]) AND t.namespace = $1 AND t.leased
+	AND t.claims = ($4::int[])[array_position($3::bigint[], t.id)]
+	AND t.queue = ($2::text[])[array_position($3::bigint[], t.id)]`
+	q.ack = `DELETE FROM ` + t + ` t WHERE ` + many + `
 RETURNING t.id, t.claims`
 	q.release = `WITH rel AS (
 	UPDATE ` + t + ` t SET leased = false, visible_at = now(), due_at = now()
-	FROM unnest($2::text[], $3::bigint[], $4::int[]) AS u(queue, id, claims)
-	WHERE t.id = u.id AND t.namespace = $1 AND t.queue = u.queue AND t.claims = u.claims AND t.leased
+	WHERE ` + many + `
 	RETURNING t.id, t.claims, t.queue),
 n AS (SELECT pg_notify($5, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM rel) d)
 SELECT id, claims, (SELECT count(*) FROM n) FROM rel`
