@@ -22,6 +22,10 @@ type handler struct {
 // listener is a process's one LISTEN connection per shared pool. It LISTENs
 // on the channels its handlers need, reconnects when the connection drops
 // (a restart, pg_terminate_backend), and then calls every handler's reset.
+// It never UNLISTENs: a channel stays listened while the connection lasts
+// (there are three per namespace in use), so that a handler added again
+// never races an UNLISTEN; notifications of a channel without handlers are
+// dropped.
 type listener struct {
 	cfg      *pgx.ConnConfig
 	log      *slog.Logger
@@ -94,7 +98,6 @@ func (l *listener) add(ctx context.Context, channel string, h *handler) (func(),
 			delete(hs, h)
 			if len(hs) == 0 {
 				delete(l.handlers, channel)
-				l.kickLocked()
 			}
 		}
 	}
@@ -179,36 +182,23 @@ func (l *listener) serve(conn *pgx.Conn, reconnected bool) error {
 			l.mu.Unlock()
 			return nil
 		}
-		var listen, unlisten []string
+		var listen []string
 		if l.dirty {
 			for ch := range l.handlers {
 				if !l.listening[ch] {
 					listen = append(listen, ch)
 				}
 			}
-			for ch := range l.listening {
-				if l.handlers[ch] == nil {
-					unlisten = append(unlisten, ch)
-				}
-			}
 			l.dirty = false
 		}
 		l.mu.Unlock()
 
-		for _, ch := range unlisten {
-			if _, err := conn.Exec(l.ctx, "UNLISTEN "+quoteIdent(ch)); err != nil {
-				return err
-			}
-		}
 		for _, ch := range listen {
 			if _, err := conn.Exec(l.ctx, "LISTEN "+quoteIdent(ch)); err != nil {
 				return err
 			}
 		}
 		l.mu.Lock()
-		for _, ch := range unlisten {
-			delete(l.listening, ch)
-		}
 		for _, ch := range listen {
 			l.listening[ch] = true
 			for _, a := range l.acks[ch] {
