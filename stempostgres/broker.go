@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"sort"
 	"strconv"
@@ -80,6 +81,9 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	for i, env := range envs {
 		if err := env.Validate(); err != nil {
 			return fmt.Errorf("stem: postgres broker: publish: %w", err)
+		}
+		if env.Priority < math.MinInt32 || env.Priority > math.MaxInt32 {
+			return fmt.Errorf("stem: postgres broker: publish: envelope %s: priority %d out of the 32-bit range", env.ID, env.Priority)
 		}
 		raw, err := json.Marshal(env)
 		if err != nil {
@@ -377,6 +381,9 @@ func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtyp
 	}
 	if err := next.Validate(); err != nil {
 		return fmt.Errorf("stem: postgres broker: retry: %w", err)
+	}
+	if next.Priority < math.MinInt32 || next.Priority > math.MaxInt32 {
+		return fmt.Errorf("stem: postgres broker: retry: envelope %s: priority %d out of the 32-bit range", next.ID, next.Priority)
 	}
 	raw, err := json.Marshal(next)
 	if err != nil {

@@ -29,6 +29,12 @@ const (
 	optResultTTL  = "result_ttl"
 )
 
+// DefaultPoolMaxConns is the size of a process's pool per URL when the URL
+// sets no pool_max_conns (pgx's default, the number of CPUs but at least 4,
+// when that is larger): a worker claims, settles, renews leases and
+// listens for control at once.
+const DefaultPoolMaxConns = 10
+
 // defaultAppName is the application_name of stem's connections when the URL
 // sets none, so that an operator can find them in pg_stat_activity.
 const defaultAppName = "stem"
@@ -112,6 +118,9 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 			reason = msg
 		}
 		return nil, badConfig("stem: postgres: URL %s: %s", shown, reason)
+	}
+	if !q.Has("pool_max_conns") {
+		pc.MaxConns = max(pc.MaxConns, DefaultPoolMaxConns)
 	}
 	if _, ok := pc.ConnConfig.RuntimeParams["application_name"]; !ok {
 		pc.ConnConfig.RuntimeParams["application_name"] = defaultAppName

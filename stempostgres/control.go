@@ -59,6 +59,7 @@ func OpenControl(ctx context.Context, url string, opts stemdriver.Options) (*Con
 		cmdChannel:   channelName("c", s.schema, cfg.namespace),
 		replyChannel: channelName("r", s.schema, cfg.namespace),
 		subs:         make(map[*subscription]struct{}),
+		lastPrune:    time.Now(),
 	}, nil
 }
 

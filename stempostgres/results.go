@@ -47,7 +47,7 @@ func OpenResults(ctx context.Context, url string, opts stemdriver.Options) (*Res
 	if err != nil {
 		return nil, err
 	}
-	return &Results{role: role{s: s, name: "results", ns: cfg.namespace, log: cfg.logger}, db: s.pool, ttl: cfg.resultTTL}, nil
+	return &Results{role: role{s: s, name: "results", ns: cfg.namespace, log: cfg.logger}, db: s.pool, ttl: cfg.resultTTL, lastPrune: time.Now()}, nil
 }
 
 // InTx returns a view of r that writes (and reads) in tx, the caller's
@@ -132,7 +132,7 @@ func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) erro
 }
 
 // maybePrune deletes expired results in the background at most once a
-// minute per Results.
+// minute per Results, the first a minute after it opened.
 func (r *Results) maybePrune() {
 	if r.parent != nil || r.ttl <= 0 {
 		return
