@@ -27,6 +27,9 @@ const PollInterval = time.Second
 // publishChunk is the most envelopes one INSERT statement carries.
 const publishChunk = 5000
 
+// finishMax is the most deliveries one Ack or Release statement carries.
+const finishMax = 1000
+
 // Broker is a stemdriver.Broker on Postgres: one row per message in
 // stem_tasks, claimed with FOR UPDATE SKIP LOCKED, leased until a server
 // time, and deleted by Ack. It is safe for concurrent use.
@@ -160,7 +163,10 @@ func (b *Broker) Claim(ctx context.Context, req stemdriver.ClaimRequest) ([]stem
 			// Register, then claim again: a publish between the first
 			// claim and the registration is not missed.
 			registered = true
-			if w, err = b.wait(ctx, req.Queues); err != nil {
+			wctx, cancel := context.WithDeadline(ctx, deadline)
+			w, err = b.wait(wctx, req.Queues)
+			cancel()
+			if err != nil {
 				if cerr := ctx.Err(); cerr != nil {
 					return nil, cerr
 				}
@@ -332,31 +338,14 @@ func (b *Broker) finish(ctx context.Context, op, sql string, ds []stemdriver.Del
 	}
 	queues, ids, claims, _ := held(ds) // receipts not ours are reported lost below
 	done := make(map[string]bool, len(ids))
-	if len(ids) > 0 {
-		args := []any{b.ns, queues, ids, claims}
+	// Chunks bound the statement's array_position lookups.
+	for start := 0; start < len(ids); start += finishMax {
+		end := min(start+finishMax, len(ids))
+		args := []any{b.ns, queues[start:end], ids[start:end], claims[start:end]}
 		if op == "release" {
 			args = append(args, b.channel)
 		}
-		rows, err := b.db.Query(ctx, sql, args...)
-		if err != nil {
-			return b.errorf(err, "%s %d deliveries", op, len(ds))
-		}
-		for rows.Next() {
-			var id int64
-			var c int32
-			var rest []any
-			dst := []any{&id, &c}
-			if op == "release" {
-				var n int64
-				rest = append(rest, &n)
-			}
-			if err := rows.Scan(append(dst, rest...)...); err != nil {
-				rows.Close()
-				return b.errorf(err, "%s %d deliveries", op, len(ds))
-			}
-			done[receipt(id, c)] = true
-		}
-		if err := rows.Err(); err != nil {
+		if err := b.finishChunk(ctx, sql, args, op == "release", done); err != nil {
 			return b.errorf(err, "%s %d deliveries", op, len(ds))
 		}
 	}
@@ -371,6 +360,30 @@ func (b *Broker) finish(ctx context.Context, op, sql string, ds []stemdriver.Del
 		return fmt.Errorf("stem: postgres broker: %s: %d of %d deliveries no longer held (first %s): %w", op, len(lost), len(ds), lost[0], stemdriver.ErrLeaseLost)
 	}
 	return nil
+}
+
+// finishChunk runs Ack's or Release's statement once, recording the
+// receipts it acted on in done.
+func (b *Broker) finishChunk(ctx context.Context, sql string, args []any, counted bool, done map[string]bool) error {
+	rows, err := b.db.Query(ctx, sql, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var c int32
+		var n int64
+		dst := []any{&id, &c}
+		if counted {
+			dst = append(dst, &n)
+		}
+		if err := rows.Scan(dst...); err != nil {
+			return err
+		}
+		done[receipt(id, c)] = true
+	}
+	return rows.Err()
 }
 
 // Retry replaces d's message with next (a new row, first claimed with
@@ -525,13 +538,19 @@ func (h *brokerHub) start(ctx context.Context, lis *listener, channel string) er
 	if started {
 		return nil
 	}
-	_, err := lis.add(ctx, channel, &handler{notify: h.notify, reset: h.reset})
-	if err != nil {
+	// Wait a little for the LISTEN, not for ever: while the listener
+	// reconnects, idle Claims poll; the handler stays registered and
+	// hears notifications once the listener is back.
+	actx, cancel := context.WithTimeout(ctx, PollInterval)
+	remove, err := lis.add(actx, channel, &handler{notify: h.notify, reset: h.reset})
+	cancel()
+	if remove == nil {
 		return err
 	}
 	h.mu.Lock()
 	if h.started {
 		h.mu.Unlock()
+		remove() // another Claim registered the hub meanwhile
 		return nil
 	}
 	h.started = true

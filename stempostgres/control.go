@@ -14,6 +14,8 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -122,6 +124,9 @@ func (c *Control) Subscribe(ctx context.Context, workerID string) (stemdriver.Co
 	}
 	remove, err := c.s.lis.add(ctx, c.cmdChannel, &handler{notify: s.enqueue})
 	if err != nil {
+		if remove != nil {
+			remove()
+		}
 		return nil, c.errorf(err, "subscribe worker %q of namespace %q", workerID, c.ns)
 	}
 	s.remove = remove
@@ -306,7 +311,10 @@ func (c *Control) Replies(ctx context.Context, requestID string, fn func(msg []b
 		}
 	}
 	want := replyPayload(requestID)
-	remove, err := c.s.lis.add(ctx, c.replyChannel, &handler{
+	// Wait a little for the LISTEN, not for ever: while the listener
+	// reconnects, Replies polls.
+	actx, cancel := context.WithTimeout(ctx, PollInterval)
+	remove, err := c.s.lis.add(actx, c.replyChannel, &handler{
 		notify: func(p string) {
 			if p == want {
 				poke()
@@ -314,13 +322,15 @@ func (c *Control) Replies(ctx context.Context, requestID string, fn func(msg []b
 		},
 		reset: poke,
 	})
-	if err != nil {
-		if cerr := ctx.Err(); cerr != nil {
-			return cerr
-		}
-		c.log.Warn("stem: postgres control: cannot listen for replies; polling", "error", err.Error())
-	} else {
+	cancel()
+	if remove != nil {
 		defer remove()
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return cerr
+	}
+	if err != nil && remove == nil {
+		return c.errorf(err, "read replies to request %q", requestID)
 	}
 	var last int64
 	for {
@@ -382,7 +392,7 @@ func (c *Control) maybePrune() {
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		for _, q := range []string{c.s.q.pruneReplies, c.s.q.pruneControl} {
+		for _, q := range []string{c.s.q.pruneReplies, c.s.q.pruneControl, c.s.q.pruneWorkers} {
 			if c.closed.Load() {
 				return
 			}
@@ -425,6 +435,14 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	}
 	if stored == 1 {
 		return nil
+	}
+	if holderRaw == nil {
+		// The holder committed after the statement's snapshot (the upsert
+		// saw it, the read did not): read it again.
+		err := c.s.pool.QueryRow(ctx, c.s.q.holder, c.ns, info.ID).Scan(&holderRaw)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return c.errorf(err, "announce worker %q: read the live announcement", info.ID)
+		}
 	}
 	var holder stemtype.WorkerInfo
 	if err := json.Unmarshal(holderRaw, &holder); err != nil || holder.ID == "" {

@@ -67,7 +67,10 @@ func newListener(cfg *pgx.ConnConfig, log *slog.Logger, shown, password string) 
 
 // add registers h for channel and returns once the channel is LISTENed on
 // the listener's connection (so that a NOTIFY sent after add returns is
-// seen), or when ctx ends. The returned function removes h.
+// seen), or when ctx ends: then it returns ctx's error with h still
+// registered (the channel is LISTENed once the listener connects), and the
+// caller decides whether to keep it. The returned function removes h. It
+// fails, registering nothing, once the listener is closed.
 func (l *listener) add(ctx context.Context, channel string, h *handler) (func(), error) {
 	l.mu.Lock()
 	if l.ctx.Err() != nil {
@@ -105,8 +108,7 @@ func (l *listener) add(ctx context.Context, channel string, h *handler) (func(),
 		select {
 		case <-ack:
 		case <-ctx.Done():
-			remove()
-			return nil, ctx.Err()
+			return remove, ctx.Err()
 		case <-l.ctx.Done():
 			remove()
 			return nil, errors.New("listener closed")

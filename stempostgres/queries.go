@@ -42,9 +42,11 @@ type queries struct {
 	reply         string // $1 ns, $2 request id, $3 body, $4 channel, $5 payload
 	replies       string // $1 ns, $2 request id, $3 after id
 	announce      string // $1 ns, $2 id, $3 instance, $4 info, $5 ttl µs
+	holder        string // $1 ns, $2 id
 	withdraw      string // $1 ns, $2 id, $3 instance
 	workers       string // $1 ns
 	pruneReplies  string // none
+	pruneWorkers  string // none: announcements expired an hour ago
 	notify        string // $1 channel, $2 payload
 	finalStateSQL string
 }
@@ -149,6 +151,7 @@ SELECT pg_notify($4, $5) FROM ins`
 	q.replies = `SELECT id, body FROM ` + s + `.stem_control_replies WHERE namespace = $1 AND request_id = $2 AND id > $3
 	AND created_at > now() - interval '2 minutes' ORDER BY id LIMIT 500`
 	q.pruneReplies = `DELETE FROM ` + s + `.stem_control_replies WHERE created_at < now() - interval '2 minutes'`
+	q.pruneWorkers = `DELETE FROM ` + s + `.stem_workers WHERE expires_at < now() - interval '1 hour'`
 	w := s + ".stem_workers"
 	// The check and the write are one statement: the upsert takes the row
 	// only when it is this instance's or expired; otherwise it returns no
@@ -160,6 +163,7 @@ SELECT pg_notify($4, $5) FROM ins`
 	WHERE w.instance = excluded.instance OR w.expires_at <= now()
 	RETURNING 1)
 SELECT (SELECT count(*) FROM up), (SELECT info FROM ` + w + ` WHERE namespace = $1 AND id = $2)`
+	q.holder = `SELECT info FROM ` + w + ` WHERE namespace = $1 AND id = $2`
 	q.withdraw = `DELETE FROM ` + w + ` WHERE namespace = $1 AND id = $2 AND instance = $3`
 	q.workers = `SELECT info FROM ` + w + ` WHERE namespace = $1 AND expires_at > now() ORDER BY id`
 	return q
