@@ -101,16 +101,43 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	run := func(ctx context.Context, q db) error {
 		for start := 0; start < n; start += publishChunk {
 			end := min(start+publishChunk, n)
-			if _, err := q.Exec(ctx, b.s.q.publish, b.ns, queues[start:end], prios[start:end], nbs[start:end], ids[start:end], payloads[start:end], b.channel); err != nil {
+			if _, err := q.Exec(ctx, b.s.q.publish, b.ns, queues[start:end], prios[start:end], nbs[start:end], ids[start:end], payloads[start:end], b.txChannel()); err != nil {
 				return b.errorf(err, "publish %d envelopes (first %s)", end-start, ids[start])
 			}
 		}
 		return nil
 	}
+	var err error
 	if n <= publishChunk {
-		return run(ctx, b.db)
+		err = run(ctx, b.db)
+	} else {
+		err = pgx.BeginFunc(ctx, b.db, func(tx pgx.Tx) error { return run(ctx, tx) })
 	}
-	return pgx.BeginFunc(ctx, b.db, func(tx pgx.Tx) error { return run(ctx, tx) })
+	if err != nil {
+		return err
+	}
+	if b.parent == nil {
+		now := time.Now()
+		var ready []string
+		for i, q := range queues {
+			if p := brokerPayload(b.ns, q); (nbs[i] == nil || !nbs[i].After(now)) && !slices.Contains(ready, p) {
+				ready = append(ready, p)
+			}
+		}
+		b.s.notes.send(b.channel, ready...)
+	}
+	return nil
+}
+
+// txChannel is the channel the statements of b notify within their
+// transaction: a view's (InTx), so that workers wake at the caller's
+// commit; none for the broker itself, whose writes commit alone and are
+// notified after (see notifier).
+func (b *Broker) txChannel() string {
+	if b.parent != nil {
+		return b.channel
+	}
+	return ""
 }
 
 // claimed is one row a claim returned.
@@ -343,11 +370,20 @@ func (b *Broker) finish(ctx context.Context, op, sql string, ds []stemdriver.Del
 		end := min(start+finishMax, len(ids))
 		args := []any{b.ns, queues[start:end], ids[start:end], claims[start:end]}
 		if op == "release" {
-			args = append(args, b.channel)
+			args = append(args, b.txChannel())
 		}
 		if err := b.finishChunk(ctx, sql, args, op == "release", done); err != nil {
 			return b.errorf(err, "%s %d deliveries", op, len(ds))
 		}
+	}
+	if op == "release" && b.parent == nil && len(done) > 0 {
+		var ps []string
+		for _, q := range queues {
+			if p := brokerPayload(b.ns, q); !slices.Contains(ps, p) {
+				ps = append(ps, p)
+			}
+		}
+		b.s.notes.send(b.channel, ps...)
 	}
 	var lost []string
 	for _, d := range ds {
@@ -412,12 +448,15 @@ func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtyp
 		nb = &t
 	}
 	var stored, notified int64
-	err = b.db.QueryRow(ctx, b.s.q.retry, b.ns, d.Queue, id, claims, next.Queue, int32(next.Priority), nb, next.ID, raw, b.channel).Scan(&stored, &notified)
+	err = b.db.QueryRow(ctx, b.s.q.retry, b.ns, d.Queue, id, claims, next.Queue, int32(next.Priority), nb, next.ID, raw, b.txChannel()).Scan(&stored, &notified)
 	if err != nil {
 		return b.errorf(err, "retry %s in queue %q", d.Receipt, d.Queue)
 	}
 	if stored == 0 {
 		return b.lost("retry", d)
+	}
+	if b.parent == nil && !next.NotBefore.After(time.Now()) {
+		b.s.notes.send(b.channel, brokerPayload(b.ns, next.Queue))
 	}
 	return nil
 }

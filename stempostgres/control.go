@@ -279,8 +279,8 @@ func replyPayload(requestID string) string {
 	return "#" + hex.EncodeToString(h[:])
 }
 
-// Reply stores msg under requestID (kept at least two minutes) and
-// notifies waiting Replies, in one statement.
+// Reply stores msg under requestID (kept at least two minutes), then
+// notifies waiting Replies (see notifier).
 func (c *Control) Reply(ctx context.Context, requestID string, msg []byte) error {
 	if err := c.checkOpen(); err != nil {
 		return err
@@ -288,9 +288,10 @@ func (c *Control) Reply(ctx context.Context, requestID string, msg []byte) error
 	if requestID == "" {
 		return errors.New("stem: postgres control: reply: no request id")
 	}
-	if _, err := c.s.pool.Exec(ctx, c.s.q.reply, c.ns, requestID, msg, c.replyChannel, replyPayload(requestID)); err != nil {
+	if _, err := c.s.pool.Exec(ctx, c.s.q.reply, c.ns, requestID, msg); err != nil {
 		return c.errorf(err, "reply to request %q", requestID)
 	}
+	c.s.notes.send(c.replyChannel, replyPayload(requestID))
 	c.maybePrune()
 	return nil
 }

@@ -53,7 +53,10 @@
 // # Notifications
 //
 // One LISTEN connection per pool wakes idle Claims at once when a Publish,
-// Retry or Release commits (NOTIFY in the same statement), carries control
+// Retry or Release commits (NOTIFY right after the write's own commit,
+// coalesced per process, since PostgreSQL serialises the commits of
+// notifying transactions; within the caller's transaction for InTx
+// views), carries control
 // commands (channels named after the schema and namespace, hashed to fit
 // 63 bytes) and wakes Replies. When it drops (a restart,
 // pg_terminate_backend) it reconnects and every waiter polls again; idle

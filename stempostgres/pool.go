@@ -27,6 +27,7 @@ type shared struct {
 	q        *queries
 	lis      *listener
 	hub      *brokerHub
+	notes    *notifier
 	refs     int // guarded by registry.mu
 }
 
@@ -108,6 +109,7 @@ func connect(ctx context.Context, cfg *config) (*shared, error) {
 		password: cfg.password,
 		q:        newQueries(cfg.schema),
 		hub:      newBrokerHub(),
+		notes:    newNotifier(pool, cfg.logger),
 	}
 	s.lis = newListener(cfg.connConfig(), cfg.logger, cfg.shown, cfg.password)
 	return s, nil
@@ -123,6 +125,7 @@ func (s *shared) release() {
 	}
 	registry.mu.Unlock()
 	if last {
+		s.notes.close()
 		s.lis.close()
 		s.pool.Close()
 	}

@@ -13,12 +13,12 @@ type queries struct {
 	schema string
 
 	// Broker.
-	publish     string // $1 ns, $2 queues[], $3 priorities[], $4 not_befores[], $5 task_ids[], $6 payloads[], $7 channel
+	publish     string // $1 ns, $2 queues[], $3 priorities[], $4 not_befores[], $5 task_ids[], $6 payloads[], $7 channel ('' for none)
 	claim       string // $1 ns, $2 queue, $3 max, $4 lease µs
 	extend      string // $1 ns, $2 queue, $3 id, $4 claims, $5 lease µs
 	ack         string // $1 ns, $2 queues[], $3 ids[], $4 claims[]
-	release     string // $1 ns, $2 queues[], $3 ids[], $4 claims[], $5 channel
-	retry       string // $1 ns, $2 queue, $3 id, $4 claims, $5 new queue, $6 priority, $7 not_before, $8 task_id, $9 payload, $10 channel
+	release     string // $1 ns, $2 queues[], $3 ids[], $4 claims[], $5 channel ('' for none)
+	retry       string // $1 ns, $2 queue, $3 id, $4 claims, $5 new queue, $6 priority, $7 not_before, $8 task_id, $9 payload, $10 channel ('' for none)
 	deadLetter  string // $1 ns, $2 queue, $3 id, $4 claims, $5 reason
 	depth       string // $1 ns, $2 queue
 	nextVisible string // $1 ns, $2 queues[]
@@ -39,7 +39,7 @@ type queries struct {
 	storeControl  string // $1 ns, $2 targets[], $3 body, $4 channel
 	loadControl   string // $1 id
 	pruneControl  string // none
-	reply         string // $1 ns, $2 request id, $3 body, $4 channel, $5 payload
+	reply         string // $1 ns, $2 request id, $3 body
 	replies       string // $1 ns, $2 request id, $3 after id
 	announce      string // $1 ns, $2 id, $3 instance, $4 info, $5 ttl µs
 	holder        string // $1 ns, $2 id
@@ -67,7 +67,7 @@ func newQueries(schema string) *queries {
 	SELECT $1, u.queue, u.priority, greatest(now(), u.nb), greatest(now(), u.nb), u.task_id, u.payload
 	FROM unnest($2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::bytea[]) AS u(queue, priority, nb, task_id, payload)
 	RETURNING queue, visible_at <= now() AS ready)
-SELECT count(*) FROM (SELECT pg_notify($7, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM ins WHERE ready) d) n`
+SELECT count(*) FROM (SELECT pg_notify($7, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM ins WHERE ready AND $7 <> '') d) n`
 
 	// The claim plan: = ANY(ARRAY(subquery)) keeps the index scan at every
 	// table size (IN (subquery) turned into a sequential scan of the whole
@@ -96,7 +96,7 @@ RETURNING t.id, t.claims`
 	UPDATE ` + t + ` t SET leased = false, visible_at = now(), due_at = now()
 	WHERE ` + many + `
 	RETURNING t.id, t.claims, t.queue),
-n AS (SELECT pg_notify($5, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM rel) d)
+n AS (SELECT pg_notify($5, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM rel WHERE $5 <> '') d)
 SELECT id, claims, (SELECT count(*) FROM n) FROM rel`
 	q.retry = `WITH del AS (
 	DELETE FROM ` + t + ` WHERE ` + held + ` RETURNING id),
@@ -104,7 +104,7 @@ ins AS (
 	INSERT INTO ` + t + ` (namespace, queue, priority, visible_at, due_at, task_id, payload)
 	SELECT $1, $5, $6, greatest(now(), $7::timestamptz), greatest(now(), $7::timestamptz), $8, $9 FROM del
 	RETURNING queue, visible_at <= now() AS ready)
-SELECT count(*), count(pg_notify($10, ` + notifyPayloadSQL("$1", "queue") + `)) FILTER (WHERE ready) FROM ins`
+SELECT count(*), count(pg_notify($10, ` + notifyPayloadSQL("$1", "queue") + `)) FILTER (WHERE ready AND $10 <> '') FROM ins`
 	q.deadLetter = `WITH del AS (
 	DELETE FROM ` + t + ` WHERE ` + held + ` RETURNING namespace, queue, task_id, payload)
 INSERT INTO ` + s + `.stem_dead_letters (namespace, queue, task_id, payload, reason)
@@ -145,9 +145,7 @@ RETURNING namespace, task_id, version`
 SELECT pg_notify($4, 'r' || id) FROM ins`
 	q.loadControl = `SELECT targets, body FROM ` + s + `.stem_control_messages WHERE id = $1`
 	q.pruneControl = `DELETE FROM ` + s + `.stem_control_messages WHERE created_at < now() - interval '1 minute'`
-	q.reply = `WITH ins AS (
-	INSERT INTO ` + s + `.stem_control_replies (namespace, request_id, body) VALUES ($1, $2, $3) RETURNING id)
-SELECT pg_notify($4, $5) FROM ins`
+	q.reply = `INSERT INTO ` + s + `.stem_control_replies (namespace, request_id, body) VALUES ($1, $2, $3)`
 	q.replies = `SELECT id, body FROM ` + s + `.stem_control_replies WHERE namespace = $1 AND request_id = $2 AND id > $3
 	AND created_at > now() - interval '2 minutes' ORDER BY id LIMIT 500`
 	q.pruneReplies = `DELETE FROM ` + s + `.stem_control_replies WHERE created_at < now() - interval '2 minutes'`
