@@ -70,8 +70,9 @@ func (b *Broker) checkOpen() error {
 }
 
 // Publish stores envs as new rows in one INSERT per 5000 (in one
-// transaction when there are more), with one NOTIFY per queue that got a
-// ready message, sent when the rows commit.
+// transaction when there are more), then notifies idle Claims of each
+// queue (see notifier; an InTx view notifies within the caller's
+// transaction, so they wake at its commit).
 func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error {
 	if err := b.checkOpen(); err != nil {
 		return err
@@ -117,14 +118,14 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 		return err
 	}
 	if b.parent == nil {
-		now := time.Now()
-		var ready []string
-		for i, q := range queues {
-			if p := brokerPayload(b.ns, q); (nbs[i] == nil || !nbs[i].After(now)) && !slices.Contains(ready, p) {
-				ready = append(ready, p)
+		// Delayed messages too: an idle Claim re-arms its timer for them.
+		var ps []string
+		for _, q := range queues {
+			if p := brokerPayload(b.ns, q); !slices.Contains(ps, p) {
+				ps = append(ps, p)
 			}
 		}
-		b.s.notes.send(b.channel, ready...)
+		b.s.notes.send(b.channel, ps...)
 	}
 	return nil
 }
@@ -349,7 +350,7 @@ func (b *Broker) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
 }
 
 // Release makes the held deliveries of ds ready again at once, in one
-// statement that also notifies idle workers. Deliveries no longer held are
+// statement, and notifies idle Claims. Deliveries no longer held are
 // reported with an error matching stemdriver.ErrLeaseLost.
 func (b *Broker) Release(ctx context.Context, ds ...stemdriver.Delivery) error {
 	return b.finish(ctx, "release", b.s.q.release, ds)
@@ -455,7 +456,7 @@ func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtyp
 	if stored == 0 {
 		return b.lost("retry", d)
 	}
-	if b.parent == nil && !next.NotBefore.After(time.Now()) {
+	if b.parent == nil {
 		b.s.notes.send(b.channel, brokerPayload(b.ns, next.Queue))
 	}
 	return nil

@@ -60,14 +60,16 @@ func newQueries(schema string) *queries {
 	r := s + ".stem_results"
 	q := &queries{schema: schema}
 
-	// One statement: the rows, then one NOTIFY per queue that got a ready
-	// row (Postgres folds equal notifications of one transaction).
+	// One statement: the rows, then (in a caller's transaction) one NOTIFY
+	// per queue, delayed rows included, so that idle Claims re-arm their
+	// timer for the next due row (Postgres folds equal notifications of
+	// one transaction).
 	q.publish = `WITH ins AS (
 	INSERT INTO ` + t + ` (namespace, queue, priority, visible_at, due_at, task_id, payload)
 	SELECT $1, u.queue, u.priority, greatest(now(), u.nb), greatest(now(), u.nb), u.task_id, u.payload
 	FROM unnest($2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::bytea[]) AS u(queue, priority, nb, task_id, payload)
-	RETURNING queue, visible_at <= now() AS ready)
-SELECT count(*) FROM (SELECT pg_notify($7, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM ins WHERE ready AND $7 <> '') d) n`
+	RETURNING queue)
+SELECT count(*) FROM (SELECT pg_notify($7, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM ins WHERE $7 <> '') d) n`
 
 	// The claim plan: = ANY(ARRAY(subquery)) keeps the index scan at every
 	// table size (IN (subquery) turned into a sequential scan of the whole
@@ -103,8 +105,8 @@ SELECT id, claims, (SELECT count(*) FROM n) FROM rel`
 ins AS (
 	INSERT INTO ` + t + ` (namespace, queue, priority, visible_at, due_at, task_id, payload)
 	SELECT $1, $5, $6, greatest(now(), $7::timestamptz), greatest(now(), $7::timestamptz), $8, $9 FROM del
-	RETURNING queue, visible_at <= now() AS ready)
-SELECT count(*), count(pg_notify($10, ` + notifyPayloadSQL("$1", "queue") + `)) FILTER (WHERE ready AND $10 <> '') FROM ins`
+	RETURNING queue)
+SELECT count(*), count(pg_notify($10, ` + notifyPayloadSQL("$1", "queue") + `)) FILTER (WHERE $10 <> '') FROM ins`
 	q.deadLetter = `WITH del AS (
 	DELETE FROM ` + t + ` WHERE ` + held + ` RETURNING namespace, queue, task_id, payload)
 INSERT INTO ` + s + `.stem_dead_letters (namespace, queue, task_id, payload, reason)
