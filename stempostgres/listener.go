@@ -217,17 +217,23 @@ func (l *listener) serve(conn *pgx.Conn, reconnected bool) error {
 				}
 			}
 		}
-		if l.dirty {
-			l.mu.Unlock()
-			continue
+		dirty := l.dirty
+		var wctx context.Context
+		var cancel context.CancelFunc
+		if !dirty {
+			wctx, cancel = context.WithCancel(l.ctx)
+			l.interrupt = cancel
 		}
-		wctx, cancel := context.WithCancel(l.ctx)
-		l.interrupt = cancel
 		l.mu.Unlock()
+		// Waiters poll again: notifications were missed while the
+		// connection was down.
 		for _, h := range resets {
 			if h.reset != nil {
 				h.reset()
 			}
+		}
+		if dirty {
+			continue
 		}
 
 		for {
