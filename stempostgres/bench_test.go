@@ -1,0 +1,230 @@
+package stempostgres_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/testutil"
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stempostgres"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// The benchmarks run in a fresh schema each, on STEM_TEST_POSTGRES_URL.
+// Compare figures measured in one run on one machine only.
+
+func benchEnvelopes(prefix string, n int) []*stemtype.Envelope {
+	out := make([]*stemtype.Envelope, n)
+	now := time.Now().UTC()
+	for i := range out {
+		out[i] = &stemtype.Envelope{ID: fmt.Sprintf("%s-%d", prefix, i), Task: "bench.noop", Args: json.RawMessage(`{"n":1}`), Queue: "bench", CreatedAt: now}
+	}
+	return out
+}
+
+func benchBroker(b *testing.B, u string) *stempostgres.Broker {
+	return opened[*stempostgres.Broker](b)(stempostgres.OpenBroker(context.Background(), u, stemdriver.Options{Namespace: "bench", Logger: quiet()}))
+}
+
+// BenchmarkPublish publishes b.N envelopes one call per envelope (8
+// producers) and in batches of 1000.
+func BenchmarkPublish(b *testing.B) {
+	for _, batch := range []int{1, 1000} {
+		b.Run(fmt.Sprintf("batch=%d", batch), func(b *testing.B) {
+			br := benchBroker(b, testutil.PostgresSchema(b))
+			ctx := context.Background()
+			envs := benchEnvelopes("p", b.N)
+			var next atomic.Int64
+			producers := 1
+			if batch == 1 {
+				producers = 8
+			}
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for range producers {
+				wg.Go(func() {
+					for {
+						start := int(next.Add(int64(batch))) - batch
+						if start >= b.N {
+							return
+						}
+						if err := br.Publish(ctx, envs[start:min(start+batch, b.N)]...); err != nil {
+							b.Error(err)
+							return
+						}
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+		})
+	}
+}
+
+// BenchmarkClaimAck drains b.N published envelopes with 50 concurrent
+// consumers, each claiming up to 100 at a time and acknowledging each
+// batch with one Ack; with results, each batch's final results are written
+// with one Put first, as a worker does.
+func BenchmarkClaimAck(b *testing.B) {
+	for _, withResults := range []bool{false, true} {
+		b.Run(fmt.Sprintf("results=%v", withResults), func(b *testing.B) {
+			u := testutil.PostgresSchema(b)
+			br := benchBroker(b, u)
+			res := opened[*stempostgres.Results](b)(stempostgres.OpenResults(context.Background(), u, stemdriver.Options{Namespace: "bench", Logger: quiet()}))
+			ctx := context.Background()
+			envs := benchEnvelopes("d", b.N)
+			for start := 0; start < b.N; start += 1000 {
+				if err := br.Publish(ctx, envs[start:min(start+1000, b.N)]...); err != nil {
+					b.Fatal(err)
+				}
+			}
+			var left atomic.Int64
+			left.Store(int64(b.N))
+			b.ResetTimer()
+			var wg sync.WaitGroup
+			for i := range 50 {
+				wg.Go(func() {
+					for left.Load() > 0 {
+						ds, err := br.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"bench"}, Consumer: fmt.Sprintf("c%d", i), Max: 100, Lease: time.Minute, Wait: 20 * time.Millisecond})
+						if err != nil {
+							b.Error(err)
+							return
+						}
+						if len(ds) == 0 {
+							continue
+						}
+						if withResults {
+							now := time.Now().UTC()
+							rs := make([]*stemtype.TaskResult, len(ds))
+							for j, d := range ds {
+								rs[j] = &stemtype.TaskResult{ID: d.Envelope.ID, Task: d.Envelope.Task, Queue: d.Queue, State: stemtype.StateSucceeded, Result: json.RawMessage(`null`), FinishedAt: now, UpdatedAt: now}
+							}
+							if err := res.Put(ctx, rs...); err != nil {
+								b.Error(err)
+								return
+							}
+						}
+						if err := br.Ack(ctx, ds...); err != nil {
+							b.Error(err)
+							return
+						}
+						left.Add(-int64(len(ds)))
+					}
+				})
+			}
+			wg.Wait()
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "tasks/s")
+		})
+	}
+}
+
+// BenchmarkWorkerDrain measures what a user sees: one stem.Worker at
+// concurrency 50 (defaults otherwise, results recorded) drains 20,000
+// no-op tasks enqueued beforehand with EnqueueBatch. One op is one drain.
+func BenchmarkWorkerDrain(b *testing.B) {
+	const n = 20000
+	u := testutil.PostgresSchema(b)
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer()
+		ns := fmt.Sprintf("drain%d", i)
+		ctx := context.Background()
+		opts := stemdriver.Options{Namespace: ns, Logger: quiet()}
+		broker := opened[*stempostgres.Broker](b)(stempostgres.OpenBroker(ctx, u, opts))
+		results := opened[*stempostgres.Results](b)(stempostgres.OpenResults(ctx, u, opts))
+		reg := stem.NewRegistry()
+		var count atomic.Int64
+		done := make(chan struct{})
+		stem.Register(reg, "noop", func(*stem.TaskContext, stem.Args) (any, error) {
+			if count.Add(1) == n {
+				close(done)
+			}
+			return nil, nil
+		}, stem.TaskOptions{})
+		client, err := stem.NewClient(stem.ClientConfig{Broker: broker, Results: results, Registry: reg})
+		if err != nil {
+			b.Fatal(err)
+		}
+		reqs := make([]stem.EnqueueRequest, n)
+		for j := range reqs {
+			reqs[j] = stem.EnqueueRequest{Task: "noop"}
+		}
+		if _, err := client.EnqueueBatch(ctx, reqs); err != nil {
+			b.Fatal(err)
+		}
+		w, err := stem.NewWorker(stem.WorkerConfig{Namespace: ns, Registry: reg, Broker: broker, Results: results, Concurrency: 50, Logger: quiet()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		wctx, cancel := context.WithCancel(ctx)
+		ran := make(chan error, 1)
+		b.StartTimer()
+		start := time.Now()
+		go func() { ran <- w.Run(wctx) }()
+		<-done
+		b.ReportMetric(n/time.Since(start).Seconds(), "tasks/s")
+		cancel()
+		if err := <-ran; err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkIdlePickup measures how long a message published to an idle
+// queue takes to reach a consumer blocked in Claim (woken by NOTIFY); it
+// reports the median and 99th percentile.
+func BenchmarkIdlePickup(b *testing.B) {
+	u := testutil.PostgresSchema(b)
+	producer, consumer := benchBroker(b, u), benchBroker(b, u)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	got := make(chan time.Time)
+	errc := make(chan error, 1)
+	go func() {
+		for {
+			ds, err := consumer.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"idle"}, Consumer: "c", Max: 1, Lease: time.Minute, Wait: time.Minute})
+			if err != nil {
+				errc <- err
+				return
+			}
+			at := time.Now()
+			for _, d := range ds {
+				if err := consumer.Ack(ctx, d); err != nil {
+					errc <- err
+					return
+				}
+				got <- at
+			}
+		}
+	}()
+	env := benchEnvelopes("idle", 1)[0]
+	env.Queue = "idle"
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		if err := producer.Publish(ctx, env); err != nil {
+			b.Fatal(err)
+		}
+		select {
+		case at := <-got:
+			lat = append(lat, at.Sub(start))
+		case err := <-errc:
+			b.Fatal(err)
+		}
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+	cancel()
+	<-errc
+}

@@ -1,0 +1,618 @@
+package stempostgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// PollInterval is the longest an idle Claim waits without looking at the
+// table: a notification lost while the listener reconnects delays work by
+// at most this much.
+const PollInterval = time.Second
+
+// publishChunk is the most envelopes one INSERT statement carries.
+const publishChunk = 5000
+
+// finishMax is the most deliveries one Ack or Release statement carries.
+const finishMax = 1000
+
+// Broker is a stemdriver.Broker on Postgres: one row per message in
+// stem_tasks, claimed with FOR UPDATE SKIP LOCKED, leased until a server
+// time, and deleted by Ack. It is safe for concurrent use.
+type Broker struct {
+	role
+	db      db // the pool, or a caller's transaction (InTx)
+	channel string
+	parent  *Broker       // set on an InTx view
+	done    chan struct{} // closed by Close; a view shares its parent's
+}
+
+var _ stemdriver.Broker = (*Broker)(nil)
+
+// OpenBroker connects to the Postgres server at url, migrates its schema
+// when needed, and returns a broker for opts.Namespace.
+func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Broker, error) {
+	s, cfg, err := openShared(ctx, url, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Broker{role: role{s: s, name: "broker", ns: cfg.namespace, log: cfg.logger}, db: s.pool, channel: channelName("b", s.schema), done: make(chan struct{})}, nil
+}
+
+// InTx returns a view of b whose Publish (and every other method) runs in
+// tx, the caller's transaction: a task published through it exists if and
+// only if tx commits, and idle workers are notified at commit. The view's
+// Close does nothing; it must not be used after tx ends.
+func (b *Broker) InTx(tx pgx.Tx) stemdriver.Broker {
+	return &Broker{role: role{s: b.s, name: "broker (in transaction)", ns: b.ns, log: b.log}, db: tx, channel: b.channel, parent: b, done: b.done}
+}
+
+// checkOpen also fails a view whose broker was closed.
+func (b *Broker) checkOpen() error {
+	if b.parent != nil {
+		return b.parent.checkOpen()
+	}
+	return b.role.checkOpen()
+}
+
+// Publish stores envs as new rows in one INSERT per 5000 (in one
+// transaction when there are more), then notifies idle Claims of each
+// queue (see notifier; an InTx view notifies within the caller's
+// transaction, so they wake at its commit).
+func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if len(envs) == 0 {
+		return nil
+	}
+	n := len(envs)
+	queues, prios, nbs, ids, payloads := make([]string, n), make([]int32, n), make([]*time.Time, n), make([]string, n), make([][]byte, n)
+	for i, env := range envs {
+		if err := env.Validate(); err != nil {
+			return fmt.Errorf("stem: postgres broker: publish: %w", err)
+		}
+		if env.Priority < math.MinInt32 || env.Priority > math.MaxInt32 {
+			return fmt.Errorf("stem: postgres broker: publish: envelope %s: priority %d out of the 32-bit range", env.ID, env.Priority)
+		}
+		raw, err := json.Marshal(env)
+		if err != nil {
+			return fmt.Errorf("stem: postgres broker: publish: encode envelope %s: %w", env.ID, err)
+		}
+		queues[i], prios[i], ids[i], payloads[i] = env.Queue, int32(env.Priority), env.ID, raw
+		if !env.NotBefore.IsZero() {
+			t := env.NotBefore
+			nbs[i] = &t
+		}
+	}
+	run := func(ctx context.Context, q db) error {
+		for start := 0; start < n; start += publishChunk {
+			end := min(start+publishChunk, n)
+			if _, err := q.Exec(ctx, b.s.q.publish, b.ns, queues[start:end], prios[start:end], nbs[start:end], ids[start:end], payloads[start:end], b.txChannel()); err != nil {
+				return b.errorf(err, "publish %d envelopes (first %s)", end-start, ids[start])
+			}
+		}
+		return nil
+	}
+	var err error
+	if n <= publishChunk {
+		err = run(ctx, b.db)
+	} else {
+		err = pgx.BeginFunc(ctx, b.db, func(tx pgx.Tx) error { return run(ctx, tx) })
+	}
+	if err != nil {
+		return err
+	}
+	if b.parent == nil {
+		// Delayed messages too: an idle Claim re-arms its timer for them.
+		var ps []string
+		for _, q := range queues {
+			if p := brokerPayload(b.ns, q); !slices.Contains(ps, p) {
+				ps = append(ps, p)
+			}
+		}
+		b.s.notes.send(b.channel, ps...)
+	}
+	return nil
+}
+
+// txChannel is the channel the statements of b notify within their
+// transaction: a view's (InTx), so that workers wake at the caller's
+// commit; none for the broker itself, whose writes commit alone and are
+// notified after (see notifier).
+func (b *Broker) txChannel() string {
+	if b.parent != nil {
+		return b.channel
+	}
+	return ""
+}
+
+// claimed is one row a claim returned.
+type claimed struct {
+	id       int64
+	claims   int32
+	priority int32
+	due      time.Time
+	payload  []byte
+}
+
+// Claim leases up to req.Max ready messages of req.Queues, read in order,
+// with one UPDATE per queue. When none is ready and req.Wait is set, it
+// waits for a NOTIFY of a publish to one of the queues, the next delayed
+// message or expiring lease, or PollInterval, and claims again.
+func (b *Broker) Claim(ctx context.Context, req stemdriver.ClaimRequest) ([]stemdriver.Delivery, error) {
+	if err := b.checkOpen(); err != nil {
+		return nil, err
+	}
+	if len(req.Queues) == 0 {
+		return nil, errors.New("stem: postgres broker: claim: no queues")
+	}
+	if req.Max < 1 {
+		return nil, fmt.Errorf("stem: postgres broker: claim: max is %d, want at least 1", req.Max)
+	}
+	if req.Lease <= 0 {
+		return nil, fmt.Errorf("stem: postgres broker: claim: lease is %v, want a positive duration", req.Lease)
+	}
+	var deadline time.Time
+	if req.Wait > 0 {
+		deadline = time.Now().Add(req.Wait)
+	}
+	var w *waiter
+	registered := false
+	defer func() {
+		if w != nil {
+			w.remove()
+		}
+	}()
+	for {
+		ds, err := b.claimOnce(ctx, req)
+		if len(ds) > 0 || err != nil || deadline.IsZero() {
+			return ds, err
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, nil
+		}
+		if !registered {
+			// Register, then claim again: a publish between the first
+			// claim and the registration is not missed.
+			registered = true
+			wctx, cancel := context.WithDeadline(ctx, deadline)
+			w, err = b.wait(wctx, req.Queues)
+			cancel()
+			if err != nil {
+				if cerr := ctx.Err(); cerr != nil {
+					return nil, cerr
+				}
+				// No listener: poll.
+				b.log.Warn("stem: postgres broker: cannot listen for publishes; polling", "error", err.Error())
+			}
+			continue
+		}
+		pause := min(left, PollInterval)
+		var next *float64 // seconds to the next delayed message or lease end
+		if err := b.db.QueryRow(ctx, b.s.q.nextVisible, b.ns, req.Queues).Scan(&next); err == nil && next != nil {
+			if d := time.Duration(*next * float64(time.Second)); d < pause {
+				pause = max(d, time.Millisecond)
+			}
+		}
+		timer := time.NewTimer(pause)
+		var wake <-chan struct{}
+		if w != nil {
+			wake = w.ch
+		}
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return nil, ctx.Err()
+		case <-b.done:
+			timer.Stop()
+			return nil, b.checkOpen()
+		case <-wake:
+		case <-timer.C:
+		}
+		timer.Stop()
+	}
+}
+
+// claimOnce claims from each queue in order until req.Max is reached.
+func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]stemdriver.Delivery, error) {
+	var out []stemdriver.Delivery
+	lease := req.Lease.Microseconds()
+	for _, queue := range req.Queues {
+		want := req.Max - len(out)
+		if want <= 0 {
+			break
+		}
+		rows, err := b.db.Query(ctx, b.s.q.claim, b.ns, queue, want, lease)
+		if err != nil {
+			return out, b.errorf(err, "claim from queue %q", queue)
+		}
+		var got []claimed
+		for rows.Next() {
+			var c claimed
+			if err := rows.Scan(&c.id, &c.claims, &c.priority, &c.due, &c.payload); err != nil {
+				rows.Close()
+				return out, b.errorf(err, "claim from queue %q", queue)
+			}
+			got = append(got, c)
+		}
+		if err := rows.Err(); err != nil {
+			// The claim's transaction failed: no row was leased.
+			return out, b.errorf(err, "claim from queue %q", queue)
+		}
+		sort.Slice(got, func(i, j int) bool {
+			a, c := got[i], got[j]
+			if a.priority != c.priority {
+				return a.priority > c.priority
+			}
+			if !a.due.Equal(c.due) {
+				return a.due.Before(c.due)
+			}
+			return a.id < c.id
+		})
+		for _, c := range got {
+			d := stemdriver.Delivery{Raw: c.payload, Queue: queue, Receipt: receipt(c.id, c.claims), Redelivered: c.claims > 1}
+			var env stemtype.Envelope
+			if err := json.Unmarshal(c.payload, &env); err != nil {
+				d.DecodeErr = fmt.Errorf("stem: postgres broker: message %d in queue %q: undecodable envelope: %w", c.id, queue, err)
+			} else {
+				d.Envelope = &env
+			}
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+// receipt is a claim's handle: the row id and its claim count.
+func receipt(id int64, claims int32) string {
+	return strconv.FormatInt(id, 10) + "." + strconv.FormatInt(int64(claims), 10)
+}
+
+// parseReceipt splits a receipt; ok is false for one this package did not
+// issue.
+func parseReceipt(s string) (id int64, claims int32, ok bool) {
+	a, c, found := strings.Cut(s, ".")
+	if !found {
+		return 0, 0, false
+	}
+	id, err1 := strconv.ParseInt(a, 10, 64)
+	n, err2 := strconv.ParseInt(c, 10, 32)
+	if err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	return id, int32(n), true
+}
+
+// lost is the error of an operation on a delivery no longer held.
+func (b *Broker) lost(op string, d stemdriver.Delivery) error {
+	return fmt.Errorf("stem: postgres broker: %s %s in queue %q: %w", op, d.Receipt, d.Queue, stemdriver.ErrLeaseLost)
+}
+
+// ExtendLease pushes d's lease to the server's now plus lease while d is
+// held.
+func (b *Broker) ExtendLease(ctx context.Context, d stemdriver.Delivery, lease time.Duration) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	id, claims, ok := parseReceipt(d.Receipt)
+	if !ok {
+		return b.lost("extend lease of", d)
+	}
+	tag, err := b.db.Exec(ctx, b.s.q.extend, b.ns, d.Queue, id, claims, lease.Microseconds())
+	if err != nil {
+		return b.errorf(err, "extend lease of %s in queue %q", d.Receipt, d.Queue)
+	}
+	if tag.RowsAffected() == 0 {
+		return b.lost("extend lease of", d)
+	}
+	return nil
+}
+
+// held splits ds into the arrays of a statement over several deliveries;
+// bad lists the receipts this package did not issue.
+func held(ds []stemdriver.Delivery) (queues []string, ids []int64, claims []int32, bad []string) {
+	// By row id, so that statements over several rows lock them in one
+	// order.
+	ds = slices.Clone(ds)
+	slices.SortFunc(ds, func(a, b stemdriver.Delivery) int { return strings.Compare(a.Receipt, b.Receipt) })
+	for _, d := range ds {
+		id, c, ok := parseReceipt(d.Receipt)
+		if !ok {
+			bad = append(bad, d.Receipt)
+			continue
+		}
+		queues, ids, claims = append(queues, d.Queue), append(ids, id), append(claims, c)
+	}
+	return queues, ids, claims, bad
+}
+
+// Ack deletes the held deliveries of ds in one statement. Deliveries no
+// longer held are left alone and reported with an error matching
+// stemdriver.ErrLeaseLost.
+func (b *Broker) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
+	return b.finish(ctx, "ack", b.s.q.ack, ds)
+}
+
+// Release makes the held deliveries of ds ready again at once, in one
+// statement, and notifies idle Claims. Deliveries no longer held are
+// reported with an error matching stemdriver.ErrLeaseLost.
+func (b *Broker) Release(ctx context.Context, ds ...stemdriver.Delivery) error {
+	return b.finish(ctx, "release", b.s.q.release, ds)
+}
+
+// finish runs Ack's or Release's statement over ds.
+func (b *Broker) finish(ctx context.Context, op, sql string, ds []stemdriver.Delivery) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if len(ds) == 0 {
+		return nil
+	}
+	queues, ids, claims, _ := held(ds) // receipts not ours are reported lost below
+	done := make(map[string]bool, len(ids))
+	// Chunks bound the statement's array_position lookups.
+	for start := 0; start < len(ids); start += finishMax {
+		end := min(start+finishMax, len(ids))
+		args := []any{b.ns, queues[start:end], ids[start:end], claims[start:end]}
+		if op == "release" {
+			args = append(args, b.txChannel())
+		}
+		if err := b.finishChunk(ctx, sql, args, op == "release", done); err != nil {
+			return b.errorf(err, "%s %d deliveries", op, len(ds))
+		}
+	}
+	if op == "release" && b.parent == nil && len(done) > 0 {
+		var ps []string
+		for _, q := range queues {
+			if p := brokerPayload(b.ns, q); !slices.Contains(ps, p) {
+				ps = append(ps, p)
+			}
+		}
+		b.s.notes.send(b.channel, ps...)
+	}
+	var lost []string
+	for _, d := range ds {
+		if !done[d.Receipt] {
+			lost = append(lost, d.Receipt)
+		}
+		delete(done, d.Receipt) // the same delivery twice: the second is lost
+	}
+	if len(lost) > 0 {
+		return fmt.Errorf("stem: postgres broker: %s: %d of %d deliveries no longer held (first %s): %w", op, len(lost), len(ds), lost[0], stemdriver.ErrLeaseLost)
+	}
+	return nil
+}
+
+// finishChunk runs Ack's or Release's statement once, recording the
+// receipts it acted on in done.
+func (b *Broker) finishChunk(ctx context.Context, sql string, args []any, counted bool, done map[string]bool) error {
+	rows, err := b.db.Query(ctx, sql, args...)
+	if err != nil {
+		return err
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id int64
+		var c int32
+		var n int64
+		dst := []any{&id, &c}
+		if counted {
+			dst = append(dst, &n)
+		}
+		if err := rows.Scan(dst...); err != nil {
+			return err
+		}
+		done[receipt(id, c)] = true
+	}
+	return rows.Err()
+}
+
+// Retry replaces d's message with next (a new row, first claimed with
+// Redelivered false) in one statement, only while d is held.
+func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtype.Envelope) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	if err := next.Validate(); err != nil {
+		return fmt.Errorf("stem: postgres broker: retry: %w", err)
+	}
+	if next.Priority < math.MinInt32 || next.Priority > math.MaxInt32 {
+		return fmt.Errorf("stem: postgres broker: retry: envelope %s: priority %d out of the 32-bit range", next.ID, next.Priority)
+	}
+	raw, err := json.Marshal(next)
+	if err != nil {
+		return fmt.Errorf("stem: postgres broker: retry: encode envelope %s: %w", next.ID, err)
+	}
+	id, claims, ok := parseReceipt(d.Receipt)
+	if !ok {
+		return b.lost("retry", d)
+	}
+	var nb *time.Time
+	if !next.NotBefore.IsZero() {
+		t := next.NotBefore
+		nb = &t
+	}
+	var stored, notified int64
+	err = b.db.QueryRow(ctx, b.s.q.retry, b.ns, d.Queue, id, claims, next.Queue, int32(next.Priority), nb, next.ID, raw, b.txChannel()).Scan(&stored, &notified)
+	if err != nil {
+		return b.errorf(err, "retry %s in queue %q", d.Receipt, d.Queue)
+	}
+	if stored == 0 {
+		return b.lost("retry", d)
+	}
+	if b.parent == nil {
+		b.s.notes.send(b.channel, brokerPayload(b.ns, next.Queue))
+	}
+	return nil
+}
+
+// DeadLetter moves d's message, with reason, to stem_dead_letters in one
+// statement, only while d is held.
+func (b *Broker) DeadLetter(ctx context.Context, d stemdriver.Delivery, reason string) error {
+	if err := b.checkOpen(); err != nil {
+		return err
+	}
+	id, claims, ok := parseReceipt(d.Receipt)
+	if !ok {
+		return b.lost("dead-letter", d)
+	}
+	tag, err := b.db.Exec(ctx, b.s.q.deadLetter, b.ns, d.Queue, id, claims, reason)
+	if err != nil {
+		return b.errorf(err, "dead-letter %s in queue %q", d.Receipt, d.Queue)
+	}
+	if tag.RowsAffected() == 0 {
+		return b.lost("dead-letter", d)
+	}
+	return nil
+}
+
+// Depth counts the queue's ready and delayed messages, those whose lease
+// expired included, and excludes held ones.
+func (b *Broker) Depth(ctx context.Context, queue string) (int64, error) {
+	if err := b.checkOpen(); err != nil {
+		return 0, err
+	}
+	var n int64
+	if err := b.db.QueryRow(ctx, b.s.q.depth, b.ns, queue).Scan(&n); err != nil {
+		return 0, b.errorf(err, "depth of queue %q", queue)
+	}
+	return n, nil
+}
+
+// Close releases the broker's share of the connection pool. Closing an
+// InTx view does nothing.
+func (b *Broker) Close() error {
+	if b.parent != nil {
+		return nil
+	}
+	b.once.Do(func() {
+		b.closed.Store(true)
+		close(b.done)
+		b.s.release()
+	})
+	return nil
+}
+
+// waiter is one idle Claim waiting for a publish to its queues.
+type waiter struct {
+	ch     chan struct{}
+	keys   []string
+	remove func()
+}
+
+// wait registers a waiter for queues with the pool's broker hub.
+func (b *Broker) wait(ctx context.Context, queues []string) (*waiter, error) {
+	hub := b.s.hub
+	if err := hub.start(ctx, b.s.lis, b.channel); err != nil {
+		return nil, err
+	}
+	w := &waiter{ch: make(chan struct{}, 1)}
+	for _, q := range queues {
+		w.keys = append(w.keys, brokerPayload(b.ns, q))
+	}
+	hub.mu.Lock()
+	for _, k := range w.keys {
+		set := hub.waiters[k]
+		if set == nil {
+			set = make(map[*waiter]struct{})
+			hub.waiters[k] = set
+		}
+		set[w] = struct{}{}
+	}
+	hub.mu.Unlock()
+	w.remove = func() {
+		hub.mu.Lock()
+		defer hub.mu.Unlock()
+		for _, k := range w.keys {
+			delete(hub.waiters[k], w)
+			if len(hub.waiters[k]) == 0 {
+				delete(hub.waiters, k)
+			}
+		}
+	}
+	return w, nil
+}
+
+// poke wakes w without blocking.
+func (w *waiter) poke() {
+	select {
+	case w.ch <- struct{}{}:
+	default:
+	}
+}
+
+// brokerHub dispatches the broker channel's notifications of one shared
+// pool to the idle Claims waiting for them. Its handler stays registered
+// for the pool's life, so idle Claims never LISTEN themselves.
+type brokerHub struct {
+	mu      sync.Mutex
+	started bool
+	waiters map[string]map[*waiter]struct{} // by notification payload
+}
+
+func newBrokerHub() *brokerHub {
+	return &brokerHub{waiters: make(map[string]map[*waiter]struct{})}
+}
+
+// start registers the hub's handler once (again after a failure).
+func (h *brokerHub) start(ctx context.Context, lis *listener, channel string) error {
+	h.mu.Lock()
+	started := h.started
+	h.mu.Unlock()
+	if started {
+		return nil
+	}
+	// Wait a little for the LISTEN, not for ever: while the listener
+	// reconnects, idle Claims poll; the handler stays registered and
+	// hears notifications once the listener is back.
+	actx, cancel := context.WithTimeout(ctx, PollInterval)
+	remove, err := lis.add(actx, channel, &handler{notify: h.notify, reset: h.reset})
+	cancel()
+	if remove == nil {
+		return err
+	}
+	h.mu.Lock()
+	if h.started {
+		h.mu.Unlock()
+		remove() // another Claim registered the hub meanwhile
+		return nil
+	}
+	h.started = true
+	h.mu.Unlock()
+	return nil
+}
+
+func (h *brokerHub) notify(payload string) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for w := range h.waiters[payload] {
+		w.poke()
+	}
+}
+
+// reset wakes every waiter: notifications may have been missed.
+func (h *brokerHub) reset() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, set := range h.waiters {
+		for w := range set {
+			w.poke()
+		}
+	}
+}

@@ -1,0 +1,76 @@
+// Package stempostgres is stem's Postgres backend: a broker, a result
+// backend, a revoke store and a control transport, each opened from a URL,
+// sharing one connection pool per URL in a process.
+//
+// # URL
+//
+//	postgres://[user[:password]@]host[:port]/database[?option=value...]
+//	postgresql://...
+//
+// The options are pgx's (sslmode, sslrootcert, sslcert, sslkey,
+// connect_timeout, pool_max_conns, application_name, ...) plus two of
+// stem's, which pgx never sees:
+//   - search_path=NAME: the one schema stem's tables live in (default
+//     public); it is created when missing. Every statement names it, so the
+//     session's own search_path does not matter. A deployment is a
+//     namespace in one database and schema: two schemas never see each
+//     other's tasks, results, revokes, commands, replies or workers.
+//   - result_ttl=DURATION: how long a result is kept after its last write
+//     (default 24h; 0 keeps results forever).
+//
+// TLS follows sslmode as pgx parses it. A URL whose host is not loopback
+// and whose sslmode lets the connection fall back to plaintext (disable,
+// allow, prefer, or none given) is opened with a warning in the log. The
+// password is never printed: errors and logs show the URL without user
+// information or query. Connections carry application_name=stem unless the
+// URL sets another.
+//
+// # Schema
+//
+// The Open functions migrate the schema on their first use in a process,
+// under an advisory lock, so that workers starting at once are safe;
+// Migrate does the same alone, and SQL prints the statements for those who
+// run migrations themselves. The version table is stem_migrations. Tables,
+// each with a namespace column:
+//   - stem_tasks: one row per message (bytea JSON envelope), claimed with
+//     UPDATE ... WHERE id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED
+//     LIMIT n)), leased until the server's now() plus the lease, and
+//     deleted by Ack, so that the table holds only unfinished work.
+//   - stem_dead_letters: messages removed by DeadLetter, with the reason.
+//   - stem_results: one row per task, upserted with final states final in
+//     the statement's WHERE; expired rows are deleted once a minute.
+//   - stem_revokes: one row per namespace and task, upserted with version
+//     greatest(stored+1, proposed).
+//   - stem_control_messages, stem_control_replies, stem_workers: the
+//     control plane's large messages, replies and presence.
+//
+// # Transactional enqueue
+//
+// (*Broker).InTx and (*Results).InTx return views that write in the
+// caller's pgx.Tx, so a task enqueued through them exists if and only if the
+// transaction commits (see the example).
+//
+// # Notifications
+//
+// One LISTEN connection per pool wakes idle Claims at once when a Publish,
+// Retry or Release commits (NOTIFY right after the write's own commit,
+// coalesced per process, since PostgreSQL serialises the commits of
+// notifying transactions; within the caller's transaction for InTx
+// views), carries control
+// commands (channels named after the schema and namespace, hashed to fit
+// 63 bytes) and wakes Replies. When it drops (a restart,
+// pg_terminate_backend) it reconnects and every waiter polls again; idle
+// Claims and Replies also poll every PollInterval, so a lost notification
+// delays work and never loses it.
+//
+// Limits, stated honestly:
+//   - Control commands are best effort, as the contract allows: a worker
+//     whose listener is reconnecting misses what is published meanwhile
+//     (the worker's periodic revoke re-sync covers revokes).
+//   - Leases and delays use the server's clock; NotBefore is a client time
+//     compared with it.
+//   - Acknowledged tasks leave no row, so a finished task is known only to
+//     the result backend.
+//   - Priorities: higher first within a queue; the claim index scans a
+//     priority's held rows before the next priority's ready ones.
+package stempostgres

@@ -1,0 +1,203 @@
+package stempostgres
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"strings"
+)
+
+// queries are every statement of the package, with the schema's tables
+// qualified, built once per schema. Parameters are numbered as each
+// method's comment says.
+type queries struct {
+	schema string
+
+	// Broker.
+	publish     string // $1 ns, $2 queues[], $3 priorities[], $4 not_befores[], $5 task_ids[], $6 payloads[], $7 channel ('' for none)
+	claim       string // $1 ns, $2 queue, $3 max, $4 lease µs
+	extend      string // $1 ns, $2 queue, $3 id, $4 claims, $5 lease µs
+	ack         string // $1 ns, $2 queues[], $3 ids[], $4 claims[]
+	release     string // $1 ns, $2 queues[], $3 ids[], $4 claims[], $5 channel ('' for none)
+	retry       string // $1 ns, $2 queue, $3 id, $4 claims, $5 new queue, $6 priority, $7 not_before, $8 task_id, $9 payload, $10 channel ('' for none)
+	deadLetter  string // $1 ns, $2 queue, $3 id, $4 claims, $5 reason
+	depth       string // $1 ns, $2 queue
+	nextVisible string // $1 ns, $2 queues[]
+
+	// Results.
+	putResults   string // $1 ns, $2 ids[], $3 states[], $4 bodies[], $5 ttl µs (0: forever)
+	putIfState   string // $1 ns, $2 id, $3 state, $4 body, $5 ttl µs, $6 states[]
+	getResults   string // $1 ns, $2 ids[]
+	getFinals    string // $1 ns, $2 ids[]
+	pruneResults string // none
+
+	// Revokes.
+	upsertRevokes string // $1 nss[], $2 task_ids[], $3 versions[], $4 bodies[], $5 expires[]
+	listRevokes   string // $1 ns
+	pruneRevokes  string // $1 ns
+
+	// Control.
+	storeControl  string // $1 ns, $2 targets[], $3 body, $4 channel
+	loadControl   string // $1 id
+	pruneControl  string // none
+	reply         string // $1 ns, $2 request id, $3 body
+	replies       string // $1 ns, $2 request id, $3 after id
+	announce      string // $1 ns, $2 id, $3 instance, $4 info, $5 ttl µs
+	holder        string // $1 ns, $2 id
+	withdraw      string // $1 ns, $2 id, $3 instance
+	workers       string // $1 ns
+	pruneReplies  string // none
+	pruneWorkers  string // none: announcements expired an hour ago
+	notify        string // $1 channel, $2 payload
+	finalStateSQL string
+}
+
+// finalStates is the SQL list of final states.
+const finalStates = "('succeeded','failed','cancelled')"
+
+func newQueries(schema string) *queries {
+	s := quoteIdent(schema)
+	t := s + ".stem_tasks"
+	r := s + ".stem_results"
+	q := &queries{schema: schema}
+
+	// One statement: the rows, then (in a caller's transaction) one NOTIFY
+	// per queue, delayed rows included, so that idle Claims re-arm their
+	// timer for the next due row (Postgres folds equal notifications of
+	// one transaction).
+	q.publish = `WITH ins AS (
+	INSERT INTO ` + t + ` (namespace, queue, priority, visible_at, due_at, task_id, payload)
+	SELECT $1, u.queue, u.priority, greatest(now(), u.nb), greatest(now(), u.nb), u.task_id, u.payload
+	FROM unnest($2::text[], $3::int[], $4::timestamptz[], $5::text[], $6::bytea[]) AS u(queue, priority, nb, task_id, payload)
+	RETURNING queue)
+SELECT count(*) FROM (SELECT pg_notify($7, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM ins WHERE $7 <> '') d) n`
+
+	// The claim plan: = ANY(ARRAY(subquery)) keeps the index scan at every
+	// table size (IN (subquery) turned into a sequential scan of the whole
+	// table at 20k-50k rows on PostgreSQL 15; see PERFORMANCE.md).
+	q.claim = `UPDATE ` + t + ` SET claims = claims + 1, leased = true, visible_at = now() + $4 * interval '1 microsecond'
+WHERE id = ANY(ARRAY(
+	SELECT id FROM ` + t + `
+	WHERE namespace = $1 AND queue = $2 AND visible_at <= now()
+	ORDER BY priority DESC, visible_at, id
+	LIMIT $3
+	FOR UPDATE SKIP LOCKED))
+RETURNING id, claims, priority, due_at, payload`
+
+	held := `namespace = $1 AND queue = $2 AND id = $3 AND claims = $4 AND leased`
+	q.extend = `UPDATE ` + t + ` SET visible_at = now() + $5 * interval '1 microsecond' WHERE ` + held
+	// Ack and Release find their rows by id = ANY($3) (the primary key, at
+	// every table size: a join with unnest chose a sequential scan), and
+	// check each row's claim count and queue at the id's position in the
+	// arrays.
+	many := `t.id = ANY($3::bigint[]) AND t.namespace = $1 AND t.leased
+	AND t.claims = ($4::int[])[array_position($3::bigint[], t.id)]
+	AND t.queue = ($2::text[])[array_position($3::bigint[], t.id)]`
+	q.ack = `DELETE FROM ` + t + ` t WHERE ` + many + `
+RETURNING t.id, t.claims`
+	q.release = `WITH rel AS (
+	UPDATE ` + t + ` t SET leased = false, visible_at = now(), due_at = now()
+	WHERE ` + many + `
+	RETURNING t.id, t.claims, t.queue),
+n AS (SELECT pg_notify($5, ` + notifyPayloadSQL("$1", "queue") + `) FROM (SELECT DISTINCT queue FROM rel WHERE $5 <> '') d)
+SELECT id, claims, (SELECT count(*) FROM n) FROM rel`
+	q.retry = `WITH del AS (
+	DELETE FROM ` + t + ` WHERE ` + held + ` RETURNING id),
+ins AS (
+	INSERT INTO ` + t + ` (namespace, queue, priority, visible_at, due_at, task_id, payload)
+	SELECT $1, $5, $6, greatest(now(), $7::timestamptz), greatest(now(), $7::timestamptz), $8, $9 FROM del
+	RETURNING queue)
+SELECT count(*), count(pg_notify($10, ` + notifyPayloadSQL("$1", "queue") + `)) FILTER (WHERE $10 <> '') FROM ins`
+	q.deadLetter = `WITH del AS (
+	DELETE FROM ` + t + ` WHERE ` + held + ` RETURNING namespace, queue, task_id, payload)
+INSERT INTO ` + s + `.stem_dead_letters (namespace, queue, task_id, payload, reason)
+SELECT namespace, queue, task_id, payload, $5 FROM del`
+	q.depth = `SELECT count(*) FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND NOT (leased AND visible_at > now())`
+	q.nextVisible = `SELECT extract(epoch FROM min(visible_at) - now()) FROM ` + t + ` WHERE namespace = $1 AND queue = ANY($2::text[]) AND visible_at > now()`
+
+	// Results: final states are final, in the upsert's WHERE.
+	expires := `CASE WHEN $5::bigint > 0 THEN now() + $5::bigint * interval '1 microsecond' END`
+	live := `(r.expires_at IS NULL OR r.expires_at > now())`
+	q.putResults = `INSERT INTO ` + r + ` AS r (namespace, id, state, body, expires_at)
+SELECT $1, u.id, u.state, u.body, ` + expires + `
+FROM unnest($2::text[], $3::text[], $4::bytea[]) AS u(id, state, body)
+ORDER BY u.id -- rows locked in one order: concurrent writers never deadlock
+ON CONFLICT (namespace, id) DO UPDATE SET state = excluded.state, body = excluded.body, expires_at = excluded.expires_at
+WHERE r.state NOT IN ` + finalStates + ` OR NOT ` + live
+	q.putIfState = `UPDATE ` + r + ` AS r SET state = $3, body = $4, expires_at = ` + expires + `
+WHERE r.namespace = $1 AND r.id = $2 AND r.state = ANY($6::text[]) AND r.state NOT IN ` + finalStates + ` AND ` + live
+	q.getResults = `SELECT r.id, r.body FROM ` + r + ` r WHERE r.namespace = $1 AND r.id = ANY($2::text[]) AND ` + live
+	q.getFinals = q.getResults + ` AND r.state IN ` + finalStates
+	q.pruneResults = `DELETE FROM ` + r + ` WHERE expires_at <= now()`
+
+	// Revokes: the causal version rule in the upsert.
+	v := s + ".stem_revokes"
+	q.upsertRevokes = `INSERT INTO ` + v + ` AS v (namespace, task_id, version, body, expires_at)
+SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::timestamptz[]) AS u(ns, task_id, version, body, expires_at)
+ORDER BY u.ns, u.task_id -- rows locked in one order: concurrent writers never deadlock
+ON CONFLICT (namespace, task_id) DO UPDATE
+SET version = greatest(v.version + 1, excluded.version), body = excluded.body, expires_at = excluded.expires_at
+RETURNING namespace, task_id, version`
+	q.listRevokes = `SELECT version, body FROM ` + v + ` WHERE namespace = $1`
+	q.pruneRevokes = `DELETE FROM ` + v + ` WHERE namespace = $1 AND expires_at <= now()`
+
+	// Control.
+	q.notify = `SELECT pg_notify($1, $2)`
+	q.storeControl = `WITH ins AS (
+	INSERT INTO ` + s + `.stem_control_messages (namespace, targets, body) VALUES ($1, $2, $3) RETURNING id)
+SELECT pg_notify($4, 'r' || id) FROM ins`
+	q.loadControl = `SELECT targets, body FROM ` + s + `.stem_control_messages WHERE id = $1`
+	q.pruneControl = `DELETE FROM ` + s + `.stem_control_messages WHERE created_at < now() - interval '1 minute'`
+	q.reply = `INSERT INTO ` + s + `.stem_control_replies (namespace, request_id, body) VALUES ($1, $2, $3)`
+	q.replies = `SELECT id, body FROM ` + s + `.stem_control_replies WHERE namespace = $1 AND request_id = $2 AND id > $3
+	AND created_at > now() - interval '2 minutes' ORDER BY id LIMIT 500`
+	q.pruneReplies = `DELETE FROM ` + s + `.stem_control_replies WHERE created_at < now() - interval '2 minutes'`
+	q.pruneWorkers = `DELETE FROM ` + s + `.stem_workers WHERE expires_at < now() - interval '1 hour'`
+	w := s + ".stem_workers"
+	// The check and the write are one statement: the upsert takes the row
+	// only when it is this instance's or expired; otherwise it returns no
+	// row and the holder is read (from the statement's snapshot).
+	q.announce = `WITH up AS (
+	INSERT INTO ` + w + ` AS w (namespace, id, instance, info, expires_at)
+	VALUES ($1, $2, $3, $4, now() + $5 * interval '1 microsecond')
+	ON CONFLICT (namespace, id) DO UPDATE SET instance = excluded.instance, info = excluded.info, expires_at = excluded.expires_at
+	WHERE w.instance = excluded.instance OR w.expires_at <= now()
+	RETURNING 1)
+SELECT (SELECT count(*) FROM up), (SELECT info FROM ` + w + ` WHERE namespace = $1 AND id = $2)`
+	q.holder = `SELECT info FROM ` + w + ` WHERE namespace = $1 AND id = $2`
+	q.withdraw = `DELETE FROM ` + w + ` WHERE namespace = $1 AND id = $2 AND instance = $3`
+	q.workers = `SELECT info FROM ` + w + ` WHERE namespace = $1 AND expires_at > now() ORDER BY id`
+	return q
+}
+
+// notifyPayloadSQL is the SQL of a broker notification's payload:
+// "<len(ns)>:<ns><queue>", so that neither name needs escaping.
+func notifyPayloadSQL(ns, queue string) string {
+	return `length(` + ns + `)::text || ':' || ` + ns + ` || ` + queue
+}
+
+// brokerPayload is notifyPayloadSQL's value in Go.
+func brokerPayload(ns, queue string) string {
+	return itoa(len([]rune(ns))) + ":" + ns + queue
+}
+
+// channelName returns a NOTIFY channel for kind ("b" broker, "c" control,
+// "r" replies) in the scope parts: stem_<kind>_ and a hash, so that it
+// fits the 63 bytes of an identifier whatever the names.
+func channelName(kind string, parts ...string) string {
+	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
+	return "stem_" + kind + "_" + hex.EncodeToString(h[:12])
+}
+
+func itoa(n int) string {
+	if n == 0 {
+		return "0"
+	}
+	var b [20]byte
+	i := len(b)
+	for n > 0 {
+		i--
+		b[i] = byte('0' + n%10)
+		n /= 10
+	}
+	return string(b[i:])
+}

@@ -1,0 +1,163 @@
+package stempostgres
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// Revokes is a stemdriver.RevokeStore on Postgres: one row per namespace
+// and task in stem_revokes, written by an upsert that assigns the version
+// max(stored+1, proposed) in the same statement. Records carry their
+// namespace, so opts.Namespace is not used. It is safe for concurrent use.
+type Revokes struct {
+	role
+}
+
+var _ stemdriver.RevokeStore = (*Revokes)(nil)
+
+// OpenRevokes connects to the Postgres server at url, migrates its schema
+// when needed, and returns a revoke store.
+func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Revokes, error) {
+	s, cfg, err := openShared(ctx, url, opts)
+	if err != nil {
+		return nil, err
+	}
+	return &Revokes{role: role{s: s, name: "revokes", ns: cfg.namespace, log: cfg.logger}}, nil
+}
+
+// Upsert stores recs with one INSERT ... ON CONFLICT DO UPDATE SET version
+// = greatest(stored+1, proposed) per run of records without a repeated
+// task (a task given twice starts the next run, applied after), and
+// returns them in input order with the versions assigned. A task stored at
+// the highest int64 version makes its statement fail (bigint out of
+// range), storing nothing of its run.
+func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	out := make([]stemtype.RevokeRecord, len(recs))
+	copy(out, recs)
+	if len(recs) == 0 {
+		return out, nil
+	}
+	type group struct {
+		idx        []int
+		nss, tasks []string
+		versions   []int64
+		bodies     [][]byte
+		expires    []*time.Time
+	}
+	var groups []*group
+	var g *group
+	var seen map[[2]string]bool
+	for i, r := range recs {
+		if err := r.Validate(); err != nil {
+			return nil, fmt.Errorf("stem: postgres revokes: upsert: %w", err)
+		}
+		body, err := json.Marshal(r)
+		if err != nil {
+			return nil, fmt.Errorf("stem: postgres revokes: upsert: encode record of task %q: %w", r.TaskID, err)
+		}
+		k := [2]string{r.Namespace, r.TaskID}
+		if g == nil || seen[k] {
+			g = &group{}
+			groups = append(groups, g)
+			seen = make(map[[2]string]bool)
+		}
+		seen[k] = true
+		var exp *time.Time
+		if !r.ExpiresAt.IsZero() {
+			t := r.ExpiresAt
+			exp = &t
+		}
+		g.idx = append(g.idx, i)
+		g.nss, g.tasks, g.versions = append(g.nss, r.Namespace), append(g.tasks, r.TaskID), append(g.versions, r.Version)
+		g.bodies, g.expires = append(g.bodies, body), append(g.expires, exp)
+	}
+	// Runs go one statement (one transaction) each: runs of one call in
+	// one transaction could deadlock with another call's.
+	for _, g := range groups {
+		rows, err := s.s.pool.Query(ctx, s.s.q.upsertRevokes, g.nss, g.tasks, g.versions, g.bodies, g.expires)
+		if err != nil {
+			return nil, s.errorf(err, "upsert %d revoke records (first task %q)", len(recs), recs[0].TaskID)
+		}
+		assigned := make(map[[2]string]int64, len(g.idx))
+		for rows.Next() {
+			var ns, task string
+			var v int64
+			if err := rows.Scan(&ns, &task, &v); err != nil {
+				rows.Close()
+				return nil, s.errorf(err, "upsert %d revoke records (first task %q)", len(recs), recs[0].TaskID)
+			}
+			assigned[[2]string{ns, task}] = v
+		}
+		if err := rows.Err(); err != nil {
+			return nil, s.errorf(err, "upsert %d revoke records (first task %q)", len(recs), recs[0].TaskID)
+		}
+		for _, i := range g.idx {
+			v, ok := assigned[[2]string{recs[i].Namespace, recs[i].TaskID}]
+			if !ok {
+				return nil, fmt.Errorf("stem: postgres revokes: upsert: no version returned for task %q", recs[i].TaskID)
+			}
+			out[i].Version = v
+		}
+	}
+	return out, nil
+}
+
+// List returns every stored record of namespace, expired ones included
+// until pruned, with their stored versions.
+func (s *Revokes) List(ctx context.Context, namespace string) ([]stemtype.RevokeRecord, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, err
+	}
+	rows, err := s.s.pool.Query(ctx, s.s.q.listRevokes, namespace)
+	if err != nil {
+		return nil, s.errorf(err, "list revokes of namespace %q", namespace)
+	}
+	defer rows.Close()
+	var out []stemtype.RevokeRecord
+	for rows.Next() {
+		var v int64
+		var body []byte
+		if err := rows.Scan(&v, &body); err != nil {
+			return nil, s.errorf(err, "list revokes of namespace %q", namespace)
+		}
+		var r stemtype.RevokeRecord
+		if err := json.Unmarshal(body, &r); err != nil {
+			s.log.Warn("stem: postgres revokes: skipping an undecodable record", "namespace", namespace, "error", err.Error())
+			continue
+		}
+		r.Version = v
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, s.errorf(err, "list revokes of namespace %q", namespace)
+	}
+	return out, nil
+}
+
+// Prune deletes the namespace's records that expired at or before the
+// server's now (now is ignored, so that workers whose clocks disagree prune
+// alike) and returns how many it deleted.
+func (s *Revokes) Prune(ctx context.Context, namespace string, _ time.Time) (int, error) {
+	if err := s.checkOpen(); err != nil {
+		return 0, err
+	}
+	tag, err := s.s.pool.Exec(ctx, s.s.q.pruneRevokes, namespace)
+	if err != nil {
+		return 0, s.errorf(err, "prune revokes of namespace %q", namespace)
+	}
+	return int(tag.RowsAffected()), nil
+}
+
+// Close releases the store's share of the connection pool.
+func (s *Revokes) Close() error {
+	s.closeRole()
+	return nil
+}
