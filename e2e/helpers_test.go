@@ -196,7 +196,7 @@ const (
 )
 
 // backends are those the control-plane tests run on.
-var backends = []backend{onRedis, onSQLite}
+var backends = []backend{onRedis, onSQLite, onPostgres}
 
 // storeKind selects the backend of a cluster and its revoke store: the
 // broker's own store by fallback, or the shared revoke file.

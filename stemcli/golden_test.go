@@ -355,7 +355,7 @@ func TestGoldenErrors(t *testing.T) {
 		{"usage_start_empty_queue", nil, []string{"worker", "start", "--queue", " "}},
 		{"config_log_level", map[string]string{"STEM_LOG_LEVEL": "loud"}, []string{"worker", "ping"}},
 		{"config_unknown_scheme", nil, []string{"--broker", "bogus://h", "worker", "ping"}},
-		{"config_not_yet_scheme", map[string]string{"STEM_BROKER_URL": "postgres://u:secret@h/db"}, []string{"enqueue", "ok"}},
+		{"config_postgres_bad_query", map[string]string{"STEM_BROKER_URL": "postgres://u:secret@h/db?search_path=a;"}, []string{"enqueue", "ok"}},
 		{"config_memory_revokes_beside_redis", nil, []string{"--broker", "redis://127.0.0.1:1/0", "--revoke-store", "memory://", "worker", "revoke", "--task", "x"}},
 		{"config_revoke_expiry", map[string]string{"STEM_REVOKE_DEFAULT_EXPIRY": "soon"}, []string{"worker", "revoke", "--task", "x"}},
 	} {

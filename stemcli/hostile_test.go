@@ -80,7 +80,7 @@ func TestBlankNamespaceVariableIsAConfigError(t *testing.T) {
 // for the workers, which refuse to start with it.
 func TestRevokeRefusesAResultBackendURLThatCanNeverWork(t *testing.T) {
 	e := newCLIEnv(t)
-	for _, backend := range []string{"ftp://u:hunter2@h", "postgres://h/stem", "memory://%zz"} {
+	for _, backend := range []string{"ftp://u:hunter2@h", "postgres://127.0.0.1:1/stem?search_path=a,b", "memory://%zz"} {
 		store := filepath.Join(t.TempDir(), "revokes.ndjson")
 		const id = "0123456789abcdef0123456789abcdef"
 		code, out, errOut := e.run("--backend", backend, "--revoke-store", "file://"+store,

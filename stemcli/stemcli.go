@@ -162,7 +162,7 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd())
 	task := &cobra.Command{Use: "task", Short: "Read task state"}
 	task.AddCommand(a.statusCmd())
-	root.AddCommand(worker, task, a.enqueueCmd(), a.benchCmd())
+	root.AddCommand(worker, task, a.enqueueCmd(), a.benchCmd(), a.migrateCmd())
 	if cfg.Demo != nil {
 		root.AddCommand(a.demoCmd())
 	}

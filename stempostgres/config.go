@@ -76,7 +76,12 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	if u.User != nil {
 		cfg.password, _ = u.User.Password()
 	}
-	q := u.Query()
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		// url.Query would drop what it cannot parse, search_path
+		// included, and open the public schema: another deployment's.
+		return nil, badConfig("stem: postgres: URL %s: the query does not parse (percent-encode ';', '%%' and '&' in values)", shown)
+	}
 	if pw := q.Get("password"); pw != "" {
 		cfg.password = pw
 	}
@@ -211,4 +216,16 @@ func scrub(err error, password string) error {
 // dedicated connection (the listener).
 func (c *config) connConfig() *pgx.ConnConfig {
 	return c.pool.ConnConfig.Copy()
+}
+
+// SchemaFromURL returns the schema a postgres:// URL names (its
+// search_path option, default DefaultSchema), checking the URL as the Open
+// functions do; its errors match stemdriver.ErrBadConfig and never show the
+// password. With SQL, it prints the migrations of a URL's schema.
+func SchemaFromURL(rawURL string) (string, error) {
+	cfg, err := parseConfig(rawURL, stemdriver.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		return "", err
+	}
+	return cfg.schema, nil
 }

@@ -25,6 +25,11 @@ func TestBadURLs(t *testing.T) {
 		{"result_ttl", "postgres://u:" + pw + "@127.0.0.1/db?result_ttl=soon", "result_ttl"},
 		{"sslmode", "postgres://u:" + pw + "@127.0.0.1/db?sslmode=sometimes", "sslmode"},
 		{"unencoded password", "postgres://u:pa/ss" + pw + "@127.0.0.1/db", "invalid URL"},
+		// A query that does not parse must not lose its options: read
+		// without search_path, it would open the public schema, another
+		// deployment's.
+		{"semicolon in the query", "postgres://u:" + pw + "@127.0.0.1/db?search_path=tenant_a;", "query"},
+		{"bad escape in the query", "postgres://u:" + pw + "@127.0.0.1/db?search_path=tenant%zz", "query"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

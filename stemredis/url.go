@@ -75,7 +75,11 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 		cfg.logger = slog.Default()
 	}
 
-	q := u.Query()
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		// url.Query would drop what it cannot parse without a word.
+		return nil, badConfig("stem: redis: URL %s: the query does not parse (percent-encode ';', '%%' and '&' in values)", shown)
+	}
 	take := func(name string) (string, bool) {
 		v, ok := q[name]
 		if !ok {

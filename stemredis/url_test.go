@@ -56,6 +56,9 @@ func TestParseConfigRejectsBadURLsWithoutShowingThePassword(t *testing.T) {
 		{"redis://:s3cret@localhost/notanumber", "database"},
 		{"redis://:s3cret@local host:99999/0", "invalid"},
 		{"redis://:s3cret@localhost:bad/0", "invalid"},
+		// A query that does not parse loses nothing silently.
+		{"redis://:s3cret@localhost/0?result_ttl=1h;", "query"},
+		{"redis://:s3cret@localhost/0?result_ttl=1%zz", "query"},
 	} {
 		_, err := parseConfig(tc.url, stemdriver.Options{})
 		if err == nil {

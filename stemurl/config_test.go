@@ -175,11 +175,12 @@ func TestConfigErrorsMatchErrBadConfig(t *testing.T) {
 		say             string
 	}{
 		{"unknown scheme", "broker", "amqp://guest@localhost", true, "scheme"},
-		{"postgres not yet, broker", "broker", "postgres://u:pw@127.0.0.1:1/db", true, "not supported yet"},
+		{"postgres unreachable", "broker", "postgres://u:pw@127.0.0.1:1/db?connect_timeout=2", false, "127.0.0.1:1"},
+		{"postgres port out of range", "broker", "postgres://u:pw@127.0.0.1:99999/db", true, "port"},
 		{"sqlite without a path", "broker", "sqlite://", true, "names no file"},
 		{"sqlite unknown option", "broker", "sqlite:///nonexistent-dir/stem.db?bogus=1", true, "bogus"},
-		{"postgres not yet", "results", "postgres://u:pw@localhost/stem", true, "not supported yet"},
-		{"postgresql not yet", "revokes", "postgresql://localhost/stem", true, "not supported yet"},
+		{"postgres schema list", "results", "postgres://u:pw@localhost/stem?search_path=a,b", true, "schema"},
+		{"postgresql query that does not parse", "revokes", "postgresql://localhost/stem?search_path=a;", true, "query"},
 		{"empty", "broker", "", true, "no broker URL"},
 		{"malformed redis", "broker", "redis://u:pa%zz@localhost/0", true, "invalid"},
 		{"unknown redis option", "results", "redis://localhost/0?bogus=1", true, "bogus"},
@@ -248,7 +249,7 @@ func TestCheckRefusesANonDurableRevokeStore(t *testing.T) {
 		{"redis beside memory", stemurl.URLs{Broker: "memory://", Results: "memory://", Revokes: "redis://h/0", RevokesFrom: stemurl.EnvRevokeStore}, true},
 		{"memory beside redis", stemurl.URLs{Broker: "redis://:pw1234@h/0", Results: "redis://h/0", Revokes: "memory://", RevokesFrom: stemurl.EnvRevokeStore}, false},
 		{"named memory beside redis", stemurl.URLs{Broker: "rediss://h/0", Results: "rediss://h/0", Revokes: "MEMORY://x", RevokesFrom: "--revoke-store"}, false},
-		{"memory beside an unsupported broker", stemurl.URLs{Broker: "postgres://h/0", Results: "postgres://h/0", Revokes: "memory://", RevokesFrom: stemurl.EnvResults}, false},
+		{"memory beside postgres", stemurl.URLs{Broker: "postgres://h/0", Results: "postgres://h/0", Revokes: "memory://", RevokesFrom: stemurl.EnvResults}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.u.Check()

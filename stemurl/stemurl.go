@@ -18,13 +18,14 @@
 // Schemes:
 //
 //	sqlite://PATH              a SQLite file, every role (package stemsqlite); the embedded default
+//	postgres://, postgresql:// PostgreSQL, every role (package stempostgres)
 //	memory://[NAME]            in-process (tests, demos, one process only)
 //	redis://, rediss://        Redis (package stemredis)
 //	file://PATH or a bare path newline-delimited JSON revoke store (package stemfile)
 //
 // With nothing configured, every store is the SQLite file Default names
 // (stem.db in StateDir), shared by every program and command of the user
-// on the host. postgres:// is planned. An unknown or not yet supported
+// on the host. An unknown
 // scheme is an error, never a silent fallback. Every error of a URL that
 // can never work (a scheme, a malformed URL, an unknown option, a bad
 // database number) matches stemdriver.ErrBadConfig, so that callers tell it
@@ -45,6 +46,7 @@ import (
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemfile"
 	"github.com/stem-go/stem/stemmem"
+	"github.com/stem-go/stem/stempostgres"
 	"github.com/stem-go/stem/stemredis"
 	"github.com/stem-go/stem/stemsqlite"
 	"github.com/stem-go/stem/stemtype"
@@ -106,16 +108,10 @@ func memoryName(raw string) (string, error) {
 	return u.Host + u.Path, nil
 }
 
-// notYet are schemes DESIGN.md promises that have no backend yet.
-var notYet = map[string]bool{"postgres": true, "postgresql": true}
-
 // unknown is the configuration error of a URL no backend of role opens.
 func unknown(role, raw string, supported string) error {
 	if raw == "" {
 		return badConfig("stem: no %s URL given", role)
-	}
-	if s := scheme(raw); notYet[s] {
-		return badConfig("stem: %s URL %q: the %s:// backend is not supported yet; scheme must be one of %s", role, Redact(raw), s, supported)
 	}
 	return badConfig("stem: unsupported %s URL %q: scheme must be one of %s", role, Redact(raw), supported)
 }
@@ -171,8 +167,13 @@ func (r *Resolver) OpenBroker(ctx context.Context, raw string, opts stemdriver.O
 		return stemredis.OpenBroker(ctx, raw, opts)
 	case "sqlite":
 		return stemsqlite.OpenBroker(ctx, raw, opts)
+	case "postgres", "postgresql":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
+		return stempostgres.OpenBroker(ctx, raw, opts)
 	}
-	return nil, unknown("broker", raw, "sqlite://, memory://, redis://, rediss://")
+	return nil, unknown("broker", raw, "sqlite://, postgres://, memory://, redis://, rediss://")
 }
 
 // OpenResults opens a result backend.
@@ -191,8 +192,13 @@ func (r *Resolver) OpenResults(ctx context.Context, raw string, opts stemdriver.
 		return stemredis.OpenResults(ctx, raw, opts)
 	case "sqlite":
 		return stemsqlite.OpenResults(ctx, raw, opts)
+	case "postgres", "postgresql":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
+		return stempostgres.OpenResults(ctx, raw, opts)
 	}
-	return nil, unknown("result backend", raw, "sqlite://, memory://, redis://, rediss://")
+	return nil, unknown("result backend", raw, "sqlite://, postgres://, memory://, redis://, rediss://")
 }
 
 // OpenRevokes opens a revoke store. A string without a scheme is a file
@@ -212,6 +218,11 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 		return stemredis.OpenRevokes(ctx, raw, opts)
 	case "sqlite":
 		return stemsqlite.OpenRevokes(ctx, raw, opts)
+	case "postgres", "postgresql":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
+		return stempostgres.OpenRevokes(ctx, raw, opts)
 	case "file":
 		path, err := filePath(raw)
 		if err != nil {
@@ -232,7 +243,7 @@ func (r *Resolver) OpenRevokes(ctx context.Context, raw string, opts stemdriver.
 			return openFile(raw, opts)
 		}
 	}
-	return nil, unknown("revoke store", raw, "sqlite://, memory://, redis://, rediss://, file:// or a bare path")
+	return nil, unknown("revoke store", raw, "sqlite://, postgres://, memory://, redis://, rediss://, file:// or a bare path")
 }
 
 // openFile opens the file revoke store at path. A path that exists but is
@@ -266,8 +277,13 @@ func (r *Resolver) OpenControl(ctx context.Context, raw string, opts stemdriver.
 		return stemredis.OpenControl(ctx, raw, opts)
 	case "sqlite":
 		return stemsqlite.OpenControl(ctx, raw, opts)
+	case "postgres", "postgresql":
+		if err := checkPort(raw); err != nil {
+			return nil, err
+		}
+		return stempostgres.OpenControl(ctx, raw, opts)
 	}
-	return nil, unknown("control transport", raw, "sqlite://, memory://, redis://, rediss://")
+	return nil, unknown("control transport", raw, "sqlite://, postgres://, memory://, redis://, rediss://")
 }
 
 // URLs are the backend URLs a program uses, with where each came from.
@@ -304,7 +320,7 @@ func (u URLs) Check() error {
 	if scheme(u.Revokes) == "memory" && scheme(u.Broker) != "memory" {
 		return badConfig("stem: revoke store %s (from %s) is in-process only and cannot be durable beside broker %s: "+
 			"workers would get revokes that no store holds, and workers that start later or re-sync would never see them; "+
-			"point %s (or --revoke-store) at a shared store: sqlite://PATH, redis://, rediss:// or file://PATH",
+			"point %s (or --revoke-store) at a shared store: sqlite://PATH, postgres://, redis://, rediss:// or file://PATH",
 			Redact(u.Revokes), u.RevokesFrom, Redact(u.Broker), EnvRevokeStore)
 	}
 	return nil
