@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+)
+
+// printTable reads the -json lines of several runs from path and writes a
+// markdown table: one row per configuration (system, backend, fetch
+// cooldown) in the order first met, one column per figure, each cell the
+// median of its runs (with the run count when more than one).
+func printTable(path string, w io.Writer) error {
+	file, err := os.Open(path)
+	if err != nil {
+		return err
+	}
+	defer file.Close()
+	figs, err := readFigures(file, path)
+	if err != nil {
+		return err
+	}
+	return writeTable(figs, w)
+}
+
+// readFigures parses one figure per non-empty line of r; name says where
+// a bad line is.
+func readFigures(r io.Reader, name string) ([]figure, error) {
+	var figs []figure
+	sc := bufio.NewScanner(r)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" {
+			continue
+		}
+		var f figure
+		if err := json.Unmarshal([]byte(line), &f); err != nil {
+			return nil, fmt.Errorf("%s:%d: not a figure: %w", name, n, err)
+		}
+		if f.System == "" || f.Scenario == "" {
+			return nil, fmt.Errorf("%s:%d: a figure needs system and scenario", name, n)
+		}
+		figs = append(figs, f)
+	}
+	if err := sc.Err(); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	if len(figs) == 0 {
+		return nil, fmt.Errorf("%s: no figures", name)
+	}
+	return figs, nil
+}
+
+// column is one figure of the table.
+type column struct {
+	scenario    string
+	concurrency int // drain only: each concurrency has a column
+}
+
+func (c column) title() string {
+	switch c.scenario {
+	case "drain":
+		return fmt.Sprintf("drain C=%d", c.concurrency)
+	case "pickup":
+		return "idle pickup p50 / p99"
+	case "idlecpu":
+		return "idle CPU"
+	case "cancel":
+		return "cancel to ctx done p50 / p99"
+	}
+	return c.scenario
+}
+
+// order sorts columns: drains by concurrency, then pickup, idle CPU, cancel.
+func (c column) order() int {
+	switch c.scenario {
+	case "drain":
+		return c.concurrency
+	case "pickup":
+		return 1 << 30
+	case "idlecpu":
+		return 1<<30 + 1
+	}
+	return 1<<30 + 2
+}
+
+// writeTable writes figs as a markdown table.
+func writeTable(figs []figure, w io.Writer) error {
+	var rows []string
+	var cols []column
+	cells := map[string]map[column][]figure{}
+	for _, f := range figs {
+		row := f.label()
+		if cells[row] == nil {
+			rows = append(rows, row)
+			cells[row] = map[column][]figure{}
+		}
+		c := column{scenario: f.Scenario}
+		if f.Scenario == "drain" {
+			c.concurrency = f.Concurrency
+		}
+		if !slices.Contains(cols, c) {
+			cols = append(cols, c)
+		}
+		cells[row][c] = append(cells[row][c], f)
+	}
+	slices.SortStableFunc(cols, func(a, b column) int { return a.order() - b.order() })
+	var b strings.Builder
+	b.WriteString("| system |")
+	for _, c := range cols {
+		b.WriteString(" " + c.title() + " |")
+	}
+	b.WriteString("\n|---|")
+	b.WriteString(strings.Repeat("---|", len(cols)))
+	b.WriteString("\n")
+	for _, row := range rows {
+		b.WriteString("| " + row + " |")
+		for _, c := range cols {
+			b.WriteString(" " + cell(cells[row][c]) + " |")
+		}
+		b.WriteString("\n")
+	}
+	_, err := io.WriteString(w, b.String())
+	return err
+}
+
+// cell formats the median of one configuration's runs of one figure.
+func cell(fs []figure) string {
+	if len(fs) == 0 {
+		return ""
+	}
+	med := func(get func(figure) float64) float64 {
+		v := make([]float64, len(fs))
+		for i, f := range fs {
+			v[i] = get(f)
+		}
+		return median(v)
+	}
+	var s string
+	switch fs[0].Scenario {
+	case "drain":
+		s = rate(med(func(f figure) float64 { return f.TasksPerSec }))
+	case "pickup", "cancel":
+		s = fmt.Sprintf("%s / %s ms", num(med(func(f figure) float64 { return f.P50Ms })),
+			num(med(func(f figure) float64 { return f.P99Ms })))
+	case "idlecpu":
+		s = fmt.Sprintf("%.2f%%", med(func(f figure) float64 { return f.CPUPercent }))
+	}
+	if len(fs) > 1 {
+		s += fmt.Sprintf(" (median of %d)", len(fs))
+	}
+	return s
+}
+
+// median of v (the mean of the middle two for an even count).
+func median(v []float64) float64 {
+	s := slices.Clone(v)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// rate formats tasks per second: 512/s, 4.8k/s, 121k/s.
+func rate(v float64) string {
+	switch {
+	case v >= 100000:
+		return fmt.Sprintf("%.0fk/s", v/1000)
+	case v >= 1000:
+		return fmt.Sprintf("%.1fk/s", v/1000)
+	}
+	return fmt.Sprintf("%.0f/s", v)
+}
+
+// num formats milliseconds with three significant digits or so.
+func num(v float64) string {
+	switch {
+	case v >= 100:
+		return fmt.Sprintf("%.0f", v)
+	case v >= 10:
+		return fmt.Sprintf("%.1f", v)
+	}
+	return fmt.Sprintf("%.2f", v)
+}
