@@ -27,7 +27,7 @@ func testOpts(ns string) stemdriver.Options {
 }
 
 // opened fails t on an open error and closes the driver when t ends.
-func opened[D interface{ Close() error }](t *testing.T) func(D, error) D {
+func opened[D interface{ Close() error }](t testing.TB) func(D, error) D {
 	return func(d D, err error) D {
 		t.Helper()
 		if err != nil {

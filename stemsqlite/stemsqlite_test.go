@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -28,12 +29,20 @@ type handle struct {
 
 // openHandle opens a private handle of the file of u (bypassing the
 // process's shared one) and the roles of ns on it, all closed when t ends.
-func openHandle(t *testing.T, u, ns string) *handle {
+func openHandle(t testing.TB, u, ns string) *handle {
+	t.Helper()
+	return openHandleWith(t, u, ns, false)
+}
+
+// openHandleWith is openHandle with the change watcher polling only, as on
+// a platform without a WAL notifier, when pollOnly is set.
+func openHandleWith(t testing.TB, u, ns string, pollOnly bool) *handle {
 	t.Helper()
 	cfg, err := parseConfig(u, testOpts(ns))
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.pollOnly = pollOnly
 	st, err := openPrivate(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +68,7 @@ func openHandle(t *testing.T, u, ns string) *handle {
 	return h
 }
 
-func tempURL(t *testing.T, name string) (u, path string) {
+func tempURL(t testing.TB, name string) (u, path string) {
 	path = filepath.Join(t.TempDir(), name)
 	return "sqlite://" + path, path
 }
@@ -369,35 +378,43 @@ func TestTwoHandlesHeavyWritesNeverSeeBusy(t *testing.T) {
 }
 
 // A Claim blocked on one handle wakes for a publish through another (another
-// process): only the data_version watcher can wake it.
+// process): only the change watcher can wake it, with its WAL notifier and
+// by polling alone.
 func TestClaimWakesForPublishOfAnotherHandle(t *testing.T) {
-	u, _ := tempURL(t, "wake.db")
-	ctx := testCtx(t)
-	a, b := openHandle(t, u, "wake"), openHandle(t, u, "wake")
-	got := make(chan []stemdriver.Delivery, 1)
-	errc := make(chan error, 1)
-	go func() {
-		ds, err := a.broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: 1,
-			Lease: time.Minute, Wait: time.Hour})
-		if err != nil {
-			errc <- err
-			return
-		}
-		got <- ds
-	}()
-	waitForWaiter(t, a.st)
-	if err := b.broker.Publish(ctx, env("cross", "q")); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case ds := <-got:
-		if len(ds) != 1 || ds[0].Envelope.ID != "cross" {
-			t.Fatalf("claimed %+v, want the message published through the other handle", ds)
-		}
-	case err := <-errc:
-		t.Fatal(err)
-	case <-ctx.Done():
-		t.Fatal("a Claim blocked on one handle never woke for a publish through another")
+	for _, pollOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pollOnly=%v", pollOnly), func(t *testing.T) {
+			u, _ := tempURL(t, "wake.db")
+			ctx := testCtx(t)
+			a, b := openHandleWith(t, u, "wake", pollOnly), openHandle(t, u, "wake")
+			if got := a.st.watch.wal != nil; got == pollOnly && runtime.GOOS == "linux" {
+				t.Fatalf("watcher has a WAL notifier: %v, want %v", got, !pollOnly)
+			}
+			got := make(chan []stemdriver.Delivery, 1)
+			errc := make(chan error, 1)
+			go func() {
+				ds, err := a.broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: 1,
+					Lease: time.Minute, Wait: time.Hour})
+				if err != nil {
+					errc <- err
+					return
+				}
+				got <- ds
+			}()
+			waitForWaiter(t, a.st)
+			if err := b.broker.Publish(ctx, env("cross", "q")); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case ds := <-got:
+				if len(ds) != 1 || ds[0].Envelope.ID != "cross" {
+					t.Fatalf("claimed %+v, want the message published through the other handle", ds)
+				}
+			case err := <-errc:
+				t.Fatal(err)
+			case <-ctx.Done():
+				t.Fatal("a Claim blocked on one handle never woke for a publish through another")
+			}
+		})
 	}
 }
 

@@ -30,8 +30,15 @@ const (
 	// lock in WAL mode, so a few run beside the writer.
 	readConns = 4
 	// pollInterval is how often the watcher reads PRAGMA data_version
-	// while someone waits for a change.
+	// while someone waits for a change, where it has no WAL notifier.
 	pollInterval = 4 * time.Millisecond
+	// With a WAL notifier, the watcher reads data_version every
+	// burstInterval for burstLen after the WAL file was written, and
+	// every slowPoll otherwise (a safety net: an idle process wakes a few
+	// times a second, not 250).
+	burstInterval = 2 * time.Millisecond
+	burstLen      = 20 * time.Millisecond
+	slowPoll      = 250 * time.Millisecond
 	// pruneInterval is how often the shared handle deletes expired rows.
 	pruneInterval = time.Minute
 	// pruneBatch bounds the rows one prune statement deletes, so that the
@@ -89,7 +96,7 @@ func acquire(ctx context.Context, cfg *config) (*store, error) {
 		s.refs++
 		return s, nil
 	}
-	s, err := openStore(ctx, abs, cfg.logger)
+	s, err := openStore(ctx, abs, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -106,7 +113,7 @@ func openPrivate(ctx context.Context, cfg *config) (*store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := openStore(ctx, abs, cfg.logger)
+	s, err := openStore(ctx, abs, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -196,7 +203,8 @@ func dsn(path string, extra ...string) string {
 
 // openStore opens path: it checks the file, switches it to WAL, migrates its
 // schema and starts the watcher and the pruner.
-func openStore(ctx context.Context, path string, logger *slog.Logger) (_ *store, err error) {
+func openStore(ctx context.Context, path string, cfg *config) (_ *store, err error) {
+	logger := cfg.logger
 	if err := checkFile(path); err != nil {
 		return nil, err
 	}
@@ -243,7 +251,7 @@ func openStore(ctx context.Context, path string, logger *slog.Logger) (_ *store,
 
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.watch, err = newWatcher(ctx, path, logger)
+	s.watch, err = newWatcher(ctx, path, logger, !cfg.pollOnly)
 	if err != nil {
 		cancel()
 		return nil, s.openErr(err)
