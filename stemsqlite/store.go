@@ -70,7 +70,8 @@ type store struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 
-	refs int // guarded by stores.mu (or by nothing for a private store)
+	refs    int    // guarded by stores.mu
+	untrack func() // counts the handle out of openFiles; guarded by stores.mu
 
 	clockMu   sync.Mutex
 	lastClock int64 // the last publish order stamp given, ns
@@ -113,6 +114,8 @@ func openPrivate(ctx context.Context, cfg *config) (*store, error) {
 	if err != nil {
 		return nil, err
 	}
+	stores.mu.Lock()
+	defer stores.mu.Unlock()
 	s, err := openStore(ctx, abs, cfg)
 	if err != nil {
 		return nil, err
@@ -136,11 +139,19 @@ func (s *store) release() error {
 	if last && s.shared {
 		delete(stores.m, s.path)
 	}
-	stores.mu.Unlock()
 	if !last {
+		stores.mu.Unlock()
 		return nil
 	}
-	return s.close()
+	// Closed under the lock, so that no open of the file checks its
+	// header while this handle's descriptors are still open.
+	defer stores.mu.Unlock()
+	err := s.close()
+	if s.untrack != nil {
+		s.untrack()
+		s.untrack = nil
+	}
+	return err
 }
 
 // absPath resolves p against the working directory.
@@ -152,9 +163,16 @@ func absPath(p string) (string, error) {
 	return abs, nil
 }
 
+// openFiles counts the handles of this process open on each file, by
+// device and inode, guarded by stores.mu.
+var openFiles = map[fileKey]int{}
+
 // checkFile reports a path that cannot be a database: a missing parent
 // directory, a directory, or a file that is neither empty nor SQLite. It
-// only reads, so a file it refuses is left untouched.
+// only reads, so a file it refuses is left untouched. It reads the header
+// only of a file that no handle of this process has open: closing any
+// descriptor of a file drops every POSIX lock the process holds on it,
+// SQLite's included. stores.mu must be held.
 func checkFile(path string) error {
 	dir := filepath.Dir(path)
 	if fi, err := os.Stat(dir); err != nil {
@@ -165,17 +183,24 @@ func checkFile(path string) error {
 	} else if !fi.IsDir() {
 		return fmt.Errorf("stem: sqlite: database %s: %s is not a directory", path, dir)
 	}
-	f, err := os.Open(path)
+	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil // created on open
 	}
 	if err != nil {
 		return fmt.Errorf("stem: sqlite: database %s: %w", path, err)
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+	if fi.IsDir() {
 		return fmt.Errorf("stem: sqlite: database %s is a directory", path)
 	}
+	if k, ok := keyOf(fi); ok && openFiles[k] > 0 {
+		return nil // open here already, so SQLite
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("stem: sqlite: database %s: %w", path, err)
+	}
+	defer f.Close()
 	head := make([]byte, len(sqliteHeader))
 	n, err := io.ReadFull(f, head)
 	switch {
@@ -187,6 +212,24 @@ func checkFile(path string) error {
 		return fmt.Errorf("stem: sqlite: %s: %w (left untouched)", path, errNotSQLite)
 	}
 	return nil
+}
+
+// track counts s among the handles open on its file (once the file
+// exists), and returns the function that counts it out. stores.mu must be
+// held by both.
+func (s *store) track() {
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return
+	}
+	if k, ok := keyOf(fi); ok {
+		openFiles[k]++
+		s.untrack = func() {
+			if openFiles[k]--; openFiles[k] <= 0 {
+				delete(openFiles, k)
+			}
+		}
+	}
 }
 
 // dsn is the modernc.org/sqlite data source name of path with the
@@ -256,6 +299,7 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 		cancel()
 		return nil, s.openErr(err)
 	}
+	s.track()
 	s.done.Go(func() { s.watch.run(bg) })
 	s.done.Go(func() { s.pruneLoop(bg) })
 	return s, nil
