@@ -41,7 +41,13 @@
 // for the lock in SQLite's busy handler (which gives up when the call's
 // context ends), and a write that still finds the file busy is run again,
 // whole, until it succeeds or the context ends: "database is locked"
-// never reaches a caller. That wait is the one retry this driver does; it
+// never reaches a caller. Before that, on Unix, stem's writers of all
+// processes queue on an flock of PATH-stemlock (a file created beside the
+// database, never deleted): SQLite's busy handler polls with sleeps of up
+// to 100 ms, so a writer could wait long after the lock was free, while the
+// flock wakes the next writer as soon as it is released (with three busy
+// worker processes, the longest write wait fell from 0.3-0.65 s to
+// 0.13-0.26 s). Where flock fails the driver goes on without it. That wait is the one retry this driver does; it
 // is logged at debug level. Any other error is returned at once.
 //
 // # Wake-ups across processes

@@ -158,7 +158,7 @@ func TestGarbageFileIsRefusedAndLeftUntouched(t *testing.T) {
 	if err != nil || !bytes.Equal(got, garbage) {
 		t.Fatalf("garbage file changed by the open (%v)", err)
 	}
-	for _, side := range []string{"-wal", "-shm", "-journal"} {
+	for _, side := range []string{"-wal", "-shm", "-journal", lockSuffix} {
 		if _, err := os.Stat(path + side); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("open of a garbage file left %s%s (%v)", path, side, err)
 		}
@@ -702,5 +702,44 @@ func TestRetryBusyWaitsForTheLock(t *testing.T) {
 	}
 	if isBusy(err) {
 		t.Fatalf("retryBusy returned a busy error: %v", err)
+	}
+}
+
+// The write lock of one handle (process) holds off the writers of another
+// until released; a writer that gives up waiting leaves the lock usable.
+func TestWriteLockAcrossHandles(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no flock")
+	}
+	ctx := testCtx(t)
+	u, _ := tempURL(t, "wlock.db")
+	a, b := openHandle(t, u, "l"), openHandle(t, u, "l")
+	unlockA, err := a.st.wlock.lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := b.st.wlock.lock(short)
+		errc <- err
+	}()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("lock given up while the other handle held it: %v", err)
+	}
+	published := make(chan error, 1)
+	go func() { published <- b.broker.Publish(ctx, env("after", "q")) }()
+	select {
+	case err := <-published:
+		t.Fatalf("publish through another handle while the lock was held: %v", err)
+	default:
+	}
+	unlockA()
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	if d, err := a.broker.Depth(ctx, "q"); err != nil || d != 1 {
+		t.Fatalf("depth %d, %v", d, err)
 	}
 }

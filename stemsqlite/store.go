@@ -66,6 +66,7 @@ type store struct {
 	write *sql.DB // one connection: in-process writers queue in Go, not on the file lock
 	read  *sql.DB // query_only connections for reads
 	watch *watcher
+	wlock *writeLock // queues the writers of every stem process on the file
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -281,6 +282,9 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 	}); err != nil {
 		return nil, s.openErr(err)
 	}
+	if s.wlock, err = newWriteLock(path); err != nil {
+		return nil, s.openErr(err)
+	}
 	if err := s.migrate(ctx, logger); err != nil {
 		return nil, s.openErr(err)
 	}
@@ -332,6 +336,9 @@ func (s *store) closeDBs() error {
 			errs = append(errs, db.Close())
 		}
 	}
+	if s.wlock != nil {
+		errs = append(errs, s.wlock.close())
+	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("stem: sqlite: close %s: %w", s.path, err)
 	}
@@ -382,8 +389,15 @@ func (s *store) retryBusy(ctx context.Context, logger *slog.Logger, op string, f
 }
 
 // writeTx runs fn in a write transaction (BEGIN IMMEDIATE) and commits it,
-// running the whole transaction again while the file is busy.
+// running the whole transaction again while the file is busy. It holds the
+// handle's writeLock throughout, so writers of all stem processes take
+// turns promptly.
 func (s *store) writeTx(ctx context.Context, logger *slog.Logger, op string, fn func(tx *sql.Tx) error) error {
+	unlock, err := s.wlock.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	return s.retryBusy(ctx, logger, op, func() error {
 		tx, err := s.write.BeginTx(ctx, nil)
 		if err != nil {
