@@ -139,18 +139,15 @@ func (b *Broker) Claim(ctx context.Context, req stemdriver.ClaimRequest) ([]stem
 			timer.Stop()
 		}
 	}()
-	for first := true; ; first = false {
+	for {
 		now := time.Now()
 		var (
 			next int64 // when a delayed or leased message becomes claimable; 0 none
 			ds   []stemdriver.Delivery
-			err  error
 		)
-		ready := true
-		if !first {
-			// Woken: look before taking the write lock.
-			ready, next, err = b.anyReady(ctx, req.Queues, now)
-		}
+		// Look before taking the write lock: an idle consumer's claims
+		// then never queue behind, or hold up, other writers.
+		ready, next, err := b.anyReady(ctx, req.Queues, now)
 		if err == nil && ready {
 			ds, next, err = b.claimOnce(ctx, req, now)
 		}

@@ -41,30 +41,46 @@
 // for the lock in SQLite's busy handler (which gives up when the call's
 // context ends), and a write that still finds the file busy is run again,
 // whole, until it succeeds or the context ends: "database is locked"
-// never reaches a caller. That wait is the one retry this driver does; it
+// never reaches a caller. Before that, on Unix, stem's writers of all
+// processes queue on an flock of PATH-stemlock (a file created beside the
+// database, never deleted): SQLite's busy handler polls with sleeps of up
+// to 100 ms, so a writer could wait long after the lock was free, while the
+// flock wakes the next writer as soon as it is released (with three busy
+// worker processes, the longest write wait fell from 0.3-0.65 s to
+// 0.13-0.26 s). Where flock fails the driver goes on without it. That wait is the one retry this driver does; it
 // is logged at debug level. Any other error is returned at once.
 //
 // # Wake-ups across processes
 //
 // A Claim with Wait, a control subscription and a Replies call block until
 // the file changes. The handle's watcher reads PRAGMA data_version on its
-// own connection, which never writes, every 4 ms while someone in the
-// process waits, and not at all otherwise. data_version changes whenever
-// another connection, of any process, commits to the file, so one cheap
-// read (no table is touched, no lock is taken) tells every waiter of the
-// process that something may have changed; they then read what they wait
-// for. Writes of the process wake its waiters at once, and a blocked Claim
-// also wakes when the first delayed message or expiring lease of its
-// queues becomes due. An idle worker thus costs one PRAGMA every 4 ms
-// (well under 1% of a core) and picks a task up within a poll interval
-// plus a claim.
+// own connection, which never writes: the value changes whenever another
+// connection, of any process, commits to the file, so one cheap read (no
+// table is touched, no lock is taken) tells every waiter of the process
+// that something may have changed; they then read what they wait for. The
+// watcher reads it only while someone in the process waits. Writes of the
+// process wake its waiters at once, and a blocked Claim also wakes when the
+// first delayed message or expiring lease of its queues becomes due.
+//
+// When to read data_version: on Linux, an inotify watch of the file's
+// directory (standard library only) says when the WAL file is written, by
+// any process; the watcher then reads data_version every 2 ms for 20 ms
+// (the write event may come just before the commit is visible), and every
+// 250 ms otherwise, as a safety net. Elsewhere, or when inotify cannot be
+// had, it reads data_version every 4 ms while someone waits. Measured on a
+// 2-core VM: a Go timer firing every 4 ms alone costs about 2.5% of a
+// core there and polling data_version every 4 ms about 7%, against the
+// target of 1% for an idle worker; with the WAL notifier an idle worker
+// costs about 0.4%, and a task published by another process is picked up
+// in about 1.5 ms (p50).
 //
 // The alternatives: a wake table that publishers bump would cost a write
 // per publish and still need polling to be seen by other processes, so it
-// adds a write and saves nothing; file change notification (inotify,
-// fsnotify) would need a dependency, is platform-specific, and fires on
-// the WAL file's every write, checkpoints included, so a reader would have
-// to filter it anyway.
+// adds a write and saves nothing; file change notification alone (inotify,
+// or the fsnotify module, which we do not depend on) fires on every write
+// of the WAL, commits or not, before a commit is visible, and not at all
+// on some platforms and file systems, so here it only says when to look,
+// and data_version says whether anything was committed.
 //
 // # Schema
 //

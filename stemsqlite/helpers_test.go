@@ -12,22 +12,26 @@ import (
 	"github.com/stem-go/stem/stemdriver"
 )
 
-// TestMain serves the child role of the system suite's isolated tasks when
-// a Pool re-executed the test binary, and otherwise checks that no test
+// TestMain serves as a worker process of TestProcessesShareOneFile, or the
+// child role of the system suite's isolated tasks, when the test binary was
+// re-executed for it, and otherwise checks that no test
 // leaves a goroutine behind.
 func TestMain(m *testing.M) {
+	serveChildWorker()
 	isolated.ServeIfChild(systemtest.Registry())
 	goleak.VerifyTestMain(m)
 }
 
 func quiet() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-func testOpts(ns string) stemdriver.Options {
-	return stemdriver.Options{Namespace: ns, Logger: quiet()}
+func testOpts(ns string) stemdriver.Options { return testOptsWith(ns, quiet()) }
+
+func testOptsWith(ns string, logger *slog.Logger) stemdriver.Options {
+	return stemdriver.Options{Namespace: ns, Logger: logger}
 }
 
 // opened fails t on an open error and closes the driver when t ends.
-func opened[D interface{ Close() error }](t *testing.T) func(D, error) D {
+func opened[D interface{ Close() error }](t testing.TB) func(D, error) D {
 	return func(d D, err error) D {
 		t.Helper()
 		if err != nil {

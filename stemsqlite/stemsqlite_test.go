@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -28,12 +29,20 @@ type handle struct {
 
 // openHandle opens a private handle of the file of u (bypassing the
 // process's shared one) and the roles of ns on it, all closed when t ends.
-func openHandle(t *testing.T, u, ns string) *handle {
+func openHandle(t testing.TB, u, ns string) *handle {
+	t.Helper()
+	return openHandleWith(t, u, ns, false)
+}
+
+// openHandleWith is openHandle with the change watcher polling only, as on
+// a platform without a WAL notifier, when pollOnly is set.
+func openHandleWith(t testing.TB, u, ns string, pollOnly bool) *handle {
 	t.Helper()
 	cfg, err := parseConfig(u, testOpts(ns))
 	if err != nil {
 		t.Fatal(err)
 	}
+	cfg.pollOnly = pollOnly
 	st, err := openPrivate(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -59,7 +68,7 @@ func openHandle(t *testing.T, u, ns string) *handle {
 	return h
 }
 
-func tempURL(t *testing.T, name string) (u, path string) {
+func tempURL(t testing.TB, name string) (u, path string) {
 	path = filepath.Join(t.TempDir(), name)
 	return "sqlite://" + path, path
 }
@@ -149,7 +158,7 @@ func TestGarbageFileIsRefusedAndLeftUntouched(t *testing.T) {
 	if err != nil || !bytes.Equal(got, garbage) {
 		t.Fatalf("garbage file changed by the open (%v)", err)
 	}
-	for _, side := range []string{"-wal", "-shm", "-journal"} {
+	for _, side := range []string{"-wal", "-shm", "-journal", lockSuffix} {
 		if _, err := os.Stat(path + side); !errors.Is(err, os.ErrNotExist) {
 			t.Errorf("open of a garbage file left %s%s (%v)", path, side, err)
 		}
@@ -369,35 +378,43 @@ func TestTwoHandlesHeavyWritesNeverSeeBusy(t *testing.T) {
 }
 
 // A Claim blocked on one handle wakes for a publish through another (another
-// process): only the data_version watcher can wake it.
+// process): only the change watcher can wake it, with its WAL notifier and
+// by polling alone.
 func TestClaimWakesForPublishOfAnotherHandle(t *testing.T) {
-	u, _ := tempURL(t, "wake.db")
-	ctx := testCtx(t)
-	a, b := openHandle(t, u, "wake"), openHandle(t, u, "wake")
-	got := make(chan []stemdriver.Delivery, 1)
-	errc := make(chan error, 1)
-	go func() {
-		ds, err := a.broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: 1,
-			Lease: time.Minute, Wait: time.Hour})
-		if err != nil {
-			errc <- err
-			return
-		}
-		got <- ds
-	}()
-	waitForWaiter(t, a.st)
-	if err := b.broker.Publish(ctx, env("cross", "q")); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case ds := <-got:
-		if len(ds) != 1 || ds[0].Envelope.ID != "cross" {
-			t.Fatalf("claimed %+v, want the message published through the other handle", ds)
-		}
-	case err := <-errc:
-		t.Fatal(err)
-	case <-ctx.Done():
-		t.Fatal("a Claim blocked on one handle never woke for a publish through another")
+	for _, pollOnly := range []bool{false, true} {
+		t.Run(fmt.Sprintf("pollOnly=%v", pollOnly), func(t *testing.T) {
+			u, _ := tempURL(t, "wake.db")
+			ctx := testCtx(t)
+			a, b := openHandleWith(t, u, "wake", pollOnly), openHandle(t, u, "wake")
+			if got := a.st.watch.wal != nil; got == pollOnly && runtime.GOOS == "linux" {
+				t.Fatalf("watcher has a WAL notifier: %v, want %v", got, !pollOnly)
+			}
+			got := make(chan []stemdriver.Delivery, 1)
+			errc := make(chan error, 1)
+			go func() {
+				ds, err := a.broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: 1,
+					Lease: time.Minute, Wait: time.Hour})
+				if err != nil {
+					errc <- err
+					return
+				}
+				got <- ds
+			}()
+			waitForWaiter(t, a.st)
+			if err := b.broker.Publish(ctx, env("cross", "q")); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case ds := <-got:
+				if len(ds) != 1 || ds[0].Envelope.ID != "cross" {
+					t.Fatalf("claimed %+v, want the message published through the other handle", ds)
+				}
+			case err := <-errc:
+				t.Fatal(err)
+			case <-ctx.Done():
+				t.Fatal("a Claim blocked on one handle never woke for a publish through another")
+			}
+		})
 	}
 }
 
@@ -685,5 +702,44 @@ func TestRetryBusyWaitsForTheLock(t *testing.T) {
 	}
 	if isBusy(err) {
 		t.Fatalf("retryBusy returned a busy error: %v", err)
+	}
+}
+
+// The write lock of one handle (process) holds off the writers of another
+// until released; a writer that gives up waiting leaves the lock usable.
+func TestWriteLockAcrossHandles(t *testing.T) {
+	if runtime.GOOS == "windows" {
+		t.Skip("no flock")
+	}
+	ctx := testCtx(t)
+	u, _ := tempURL(t, "wlock.db")
+	a, b := openHandle(t, u, "l"), openHandle(t, u, "l")
+	unlockA, err := a.st.wlock.lock(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := b.st.wlock.lock(short)
+		errc <- err
+	}()
+	cancel()
+	if err := <-errc; !errors.Is(err, context.Canceled) {
+		t.Fatalf("lock given up while the other handle held it: %v", err)
+	}
+	published := make(chan error, 1)
+	go func() { published <- b.broker.Publish(ctx, env("after", "q")) }()
+	select {
+	case err := <-published:
+		t.Fatalf("publish through another handle while the lock was held: %v", err)
+	default:
+	}
+	unlockA()
+	if err := <-published; err != nil {
+		t.Fatal(err)
+	}
+	if d, err := a.broker.Depth(ctx, "q"); err != nil || d != 1 {
+		t.Fatalf("depth %d, %v", d, err)
 	}
 }

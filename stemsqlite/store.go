@@ -30,8 +30,15 @@ const (
 	// lock in WAL mode, so a few run beside the writer.
 	readConns = 4
 	// pollInterval is how often the watcher reads PRAGMA data_version
-	// while someone waits for a change.
+	// while someone waits for a change, where it has no WAL notifier.
 	pollInterval = 4 * time.Millisecond
+	// With a WAL notifier, the watcher reads data_version every
+	// burstInterval for burstLen after the WAL file was written, and
+	// every slowPoll otherwise (a safety net: an idle process wakes a few
+	// times a second, not 250).
+	burstInterval = 2 * time.Millisecond
+	burstLen      = 20 * time.Millisecond
+	slowPoll      = 250 * time.Millisecond
 	// pruneInterval is how often the shared handle deletes expired rows.
 	pruneInterval = time.Minute
 	// pruneBatch bounds the rows one prune statement deletes, so that the
@@ -57,14 +64,15 @@ type store struct {
 	shared bool // registered in stores
 
 	write *sql.DB // one connection: in-process writers queue in Go, not on the file lock
-	wlock *writeLock
 	read  *sql.DB // query_only connections for reads
 	watch *watcher
+	wlock *writeLock // queues the writers of every stem process on the file
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 
-	refs int // guarded by stores.mu (or by nothing for a private store)
+	refs    int    // guarded by stores.mu
+	untrack func() // counts the handle out of openFiles; guarded by stores.mu
 
 	clockMu   sync.Mutex
 	lastClock int64 // the last publish order stamp given, ns
@@ -90,7 +98,7 @@ func acquire(ctx context.Context, cfg *config) (*store, error) {
 		s.refs++
 		return s, nil
 	}
-	s, err := openStore(ctx, abs, cfg.logger)
+	s, err := openStore(ctx, abs, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -107,7 +115,9 @@ func openPrivate(ctx context.Context, cfg *config) (*store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := openStore(ctx, abs, cfg.logger)
+	stores.mu.Lock()
+	defer stores.mu.Unlock()
+	s, err := openStore(ctx, abs, cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -130,11 +140,19 @@ func (s *store) release() error {
 	if last && s.shared {
 		delete(stores.m, s.path)
 	}
-	stores.mu.Unlock()
 	if !last {
+		stores.mu.Unlock()
 		return nil
 	}
-	return s.close()
+	// Closed under the lock, so that no open of the file checks its
+	// header while this handle's descriptors are still open.
+	defer stores.mu.Unlock()
+	err := s.close()
+	if s.untrack != nil {
+		s.untrack()
+		s.untrack = nil
+	}
+	return err
 }
 
 // absPath resolves p against the working directory.
@@ -146,9 +164,16 @@ func absPath(p string) (string, error) {
 	return abs, nil
 }
 
+// openFiles counts the handles of this process open on each file, by
+// device and inode, guarded by stores.mu.
+var openFiles = map[fileKey]int{}
+
 // checkFile reports a path that cannot be a database: a missing parent
 // directory, a directory, or a file that is neither empty nor SQLite. It
-// only reads, so a file it refuses is left untouched.
+// only reads, so a file it refuses is left untouched. It reads the header
+// only of a file that no handle of this process has open: closing any
+// descriptor of a file drops every POSIX lock the process holds on it,
+// SQLite's included. stores.mu must be held.
 func checkFile(path string) error {
 	dir := filepath.Dir(path)
 	if fi, err := os.Stat(dir); err != nil {
@@ -159,17 +184,24 @@ func checkFile(path string) error {
 	} else if !fi.IsDir() {
 		return fmt.Errorf("stem: sqlite: database %s: %s is not a directory", path, dir)
 	}
-	f, err := os.Open(path)
+	fi, err := os.Stat(path)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil // created on open
 	}
 	if err != nil {
 		return fmt.Errorf("stem: sqlite: database %s: %w", path, err)
 	}
-	defer f.Close()
-	if fi, err := f.Stat(); err == nil && fi.IsDir() {
+	if fi.IsDir() {
 		return fmt.Errorf("stem: sqlite: database %s is a directory", path)
 	}
+	if k, ok := keyOf(fi); ok && openFiles[k] > 0 {
+		return nil // open here already, so SQLite
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return fmt.Errorf("stem: sqlite: database %s: %w", path, err)
+	}
+	defer f.Close()
 	head := make([]byte, len(sqliteHeader))
 	n, err := io.ReadFull(f, head)
 	switch {
@@ -181,6 +213,24 @@ func checkFile(path string) error {
 		return fmt.Errorf("stem: sqlite: %s: %w (left untouched)", path, errNotSQLite)
 	}
 	return nil
+}
+
+// track counts s among the handles open on its file (once the file
+// exists), and returns the function that counts it out. stores.mu must be
+// held by both.
+func (s *store) track() {
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		return
+	}
+	if k, ok := keyOf(fi); ok {
+		openFiles[k]++
+		s.untrack = func() {
+			if openFiles[k]--; openFiles[k] <= 0 {
+				delete(openFiles, k)
+			}
+		}
+	}
 }
 
 // dsn is the modernc.org/sqlite data source name of path with the
@@ -197,7 +247,8 @@ func dsn(path string, extra ...string) string {
 
 // openStore opens path: it checks the file, switches it to WAL, migrates its
 // schema and starts the watcher and the pruner.
-func openStore(ctx context.Context, path string, logger *slog.Logger) (_ *store, err error) {
+func openStore(ctx context.Context, path string, cfg *config) (_ *store, err error) {
+	logger := cfg.logger
 	if err := checkFile(path); err != nil {
 		return nil, err
 	}
@@ -207,9 +258,6 @@ func openStore(ctx context.Context, path string, logger *slog.Logger) (_ *store,
 			s.closeDBs()
 		}
 	}()
-	if s.wlock, err = openWriteLock(path); err != nil {
-		return nil, err
-	}
 	// Every write transaction begins IMMEDIATE: it takes the write lock
 	// at BEGIN, so that two transactions never both hold a read snapshot
 	// and then deadlock upgrading it (SQLITE_BUSY that no wait can mend).
@@ -234,6 +282,9 @@ func openStore(ctx context.Context, path string, logger *slog.Logger) (_ *store,
 	}); err != nil {
 		return nil, s.openErr(err)
 	}
+	if s.wlock, err = newWriteLock(path); err != nil {
+		return nil, s.openErr(err)
+	}
 	if err := s.migrate(ctx, logger); err != nil {
 		return nil, s.openErr(err)
 	}
@@ -247,11 +298,12 @@ func openStore(ctx context.Context, path string, logger *slog.Logger) (_ *store,
 
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.watch, err = newWatcher(ctx, path, logger)
+	s.watch, err = newWatcher(ctx, path, logger, !cfg.pollOnly)
 	if err != nil {
 		cancel()
 		return nil, s.openErr(err)
 	}
+	s.track()
 	s.done.Go(func() { s.watch.run(bg) })
 	s.done.Go(func() { s.pruneLoop(bg) })
 	return s, nil
@@ -337,12 +389,15 @@ func (s *store) retryBusy(ctx context.Context, logger *slog.Logger, op string, f
 }
 
 // writeTx runs fn in a write transaction (BEGIN IMMEDIATE) and commits it,
-// running the whole transaction again while the file is busy.
+// running the whole transaction again while the file is busy. It holds the
+// handle's writeLock throughout, so writers of all stem processes take
+// turns promptly.
 func (s *store) writeTx(ctx context.Context, logger *slog.Logger, op string, fn func(tx *sql.Tx) error) error {
-	if err := s.wlock.lock(ctx); err != nil {
-		return fmt.Errorf("stem: sqlite: %s: %w", op, err)
+	unlock, err := s.wlock.lock(ctx)
+	if err != nil {
+		return err
 	}
-	defer s.wlock.unlock()
+	defer unlock()
 	return s.retryBusy(ctx, logger, op, func() error {
 		tx, err := s.write.BeginTx(ctx, nil)
 		if err != nil {

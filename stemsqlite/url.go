@@ -29,6 +29,9 @@ type config struct {
 	namespace string
 	logger    *slog.Logger
 	resultTTL time.Duration
+	// pollOnly makes the change watcher poll data_version without a WAL
+	// notifier, as on platforms that have none (tests set it).
+	pollOnly bool
 }
 
 // PathFromURL returns the file path of a sqlite:// URL, as written in it

@@ -12,13 +12,15 @@ import (
 // watcher tells waiters that the file may have changed. It reads PRAGMA
 // data_version on one connection of its own that never writes: the value
 // changes whenever another connection, of this process or any other,
-// commits a change to the file. It polls only while someone waits (a
-// blocked Claim, a subscription, a Replies call); writes of this process
-// also wake waiters at once through notify.
+// commits a change to the file. It reads it only while someone waits (a
+// blocked Claim, a subscription, a Replies call), when told the WAL file
+// was written (see walNotifier) or on a timer; writes of this process also
+// wake waiters at once through notify.
 type watcher struct {
 	logger *slog.Logger
 	db     *sql.DB
 	conn   *sql.Conn
+	wal    *walNotifier // nil: poll every pollInterval
 
 	mu      sync.Mutex
 	ch      chan struct{} // closed and replaced on every change
@@ -26,8 +28,9 @@ type watcher struct {
 	kick    chan struct{} // one token: waiters went from 0 to 1
 }
 
-// newWatcher opens the watcher's connection to path.
-func newWatcher(ctx context.Context, path string, logger *slog.Logger) (*watcher, error) {
+// newWatcher opens the watcher's connection to path and, when notifier is
+// set and the platform has one, a WAL notifier.
+func newWatcher(ctx context.Context, path string, logger *slog.Logger, notifier bool) (*watcher, error) {
 	db, err := sql.Open("sqlite", dsn(path, "_pragma", "query_only(1)"))
 	if err != nil {
 		return nil, err
@@ -38,7 +41,13 @@ func newWatcher(ctx context.Context, path string, logger *slog.Logger) (*watcher
 		_ = db.Close()
 		return nil, err
 	}
-	return &watcher{logger: logger, db: db, conn: conn, ch: make(chan struct{}), kick: make(chan struct{}, 1)}, nil
+	w := &watcher{logger: logger, db: db, conn: conn, ch: make(chan struct{}), kick: make(chan struct{}, 1)}
+	if notifier {
+		if w.wal, err = newWALNotifier(path); err != nil {
+			logger.Debug("stem: sqlite: change watcher: polling data_version", "path", path, "reason", err)
+		}
+	}
+	return w, nil
 }
 
 // wait registers a waiter and returns the channel closed at the next change.
@@ -90,35 +99,53 @@ func (w *watcher) idle() bool {
 // version reads PRAGMA data_version.
 func (w *watcher) version(ctx context.Context) (int64, error) {
 	var v int64
-	err := w.conn.QueryRowContext(ctx, "PRAGMA data_version").Scan(&v)
+	err := w.conn.QueryRowContext(context.WithoutCancel(ctx), "PRAGMA data_version").Scan(&v)
 	return v, err
 }
 
-// run polls data_version every pollInterval while someone waits, and
-// notifies on every change, until ctx ends. The last value seen is kept
-// across idle spells, so a change made while nobody polled wakes the
-// first waiter after it (at worst once for nothing).
+// run reads data_version while someone waits, and notifies on every
+// change, until ctx ends. With a WAL notifier (Linux) it reads it when the
+// WAL file is written and then every burstInterval for burstLen (the event
+// may come before the commit is visible), and every slowPoll otherwise, in
+// case an event was missed; without one, every pollInterval. The last value
+// seen is kept across idle spells, so a change made while nobody waited
+// wakes the first waiter after it (at worst once for nothing).
 func (w *watcher) run(ctx context.Context) {
 	last, err := w.version(ctx)
 	if err != nil && ctx.Err() == nil {
 		w.logger.Warn("stem: sqlite: change watcher: read data_version", "error", err)
 	}
-	t := time.NewTicker(pollInterval)
-	defer t.Stop()
+	var events <-chan struct{}
+	if w.wal != nil {
+		events = w.wal.C()
+	}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	var burstUntil time.Time
 	for {
 		if w.idle() {
-			t.Stop()
 			select {
 			case <-ctx.Done():
 				return
 			case <-w.kick:
 			}
-			t.Reset(pollInterval)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
+		} else {
+			wait := pollInterval
+			if events != nil {
+				wait = slowPoll
+				if time.Now().Before(burstUntil) {
+					wait = burstInterval
+				}
+			}
+			timer.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return
+			case <-timer.C:
+			case <-events:
+				burstUntil = time.Now().Add(burstLen)
+				timer.Stop()
+			}
 		}
 		v, err := w.version(ctx)
 		if err != nil {
@@ -126,7 +153,7 @@ func (w *watcher) run(ctx context.Context) {
 				return
 			}
 			// Wake everyone: they read the file themselves and report
-			// what fails there. Then back off to the next tick.
+			// what fails there.
 			w.logger.Debug("stem: sqlite: change watcher: read data_version", "error", err)
 			w.notify()
 			continue
@@ -143,6 +170,11 @@ func (w *watcher) close() error {
 	err := w.conn.Close()
 	if cerr := w.db.Close(); err == nil {
 		err = cerr
+	}
+	if w.wal != nil {
+		if cerr := w.wal.Close(); err == nil {
+			err = cerr
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("change watcher: %w", err)

@@ -4,21 +4,19 @@ package stemsqlite
 
 import "context"
 
-// writeLock serialises the writers of this process; across processes,
-// SQLite's busy handler and writeTx's retry do the waiting (no flock here).
+// writeLock orders the writers of the process; between processes SQLite's
+// own lock keeps them apart (there is no flock here).
 type writeLock struct{ sem chan struct{} }
 
-func openWriteLock(string) (*writeLock, error) { return &writeLock{sem: make(chan struct{}, 1)}, nil }
+func newWriteLock(string) (*writeLock, error) { return &writeLock{sem: make(chan struct{}, 1)}, nil }
 
-func (l *writeLock) lock(ctx context.Context) error {
+func (l *writeLock) lock(ctx context.Context) (func(), error) {
 	select {
 	case l.sem <- struct{}{}:
-		return nil
+		return func() { <-l.sem }, nil
 	case <-ctx.Done():
-		return ctx.Err()
+		return nil, ctx.Err()
 	}
 }
-
-func (l *writeLock) unlock() { <-l.sem }
 
 func (l *writeLock) close() error { return nil }
