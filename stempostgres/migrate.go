@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/stem-go/stem/stemdriver"
 )
 
 //go:embed migrations/*.sql
@@ -141,8 +143,8 @@ func migrateConn(ctx context.Context, conn interface {
 	}
 	ms := migrations()
 	if latest > ms[len(ms)-1].version {
-		return fmt.Errorf("stem: postgres at %s: schema %q is at version %d, newer than this stem knows (%d): upgrade stem",
-			cfg.shown, cfg.schema, latest, ms[len(ms)-1].version)
+		return stemdriver.BadConfig(fmt.Errorf("stem: postgres at %s: schema %q is at version %d, newer than this stem knows (%d): upgrade stem",
+			cfg.shown, cfg.schema, latest, ms[len(ms)-1].version))
 	}
 	applied := false
 	for _, m := range ms {

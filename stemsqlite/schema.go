@@ -5,6 +5,8 @@ import (
 	"database/sql"
 	"fmt"
 	"log/slog"
+
+	"github.com/stem-go/stem/stemdriver"
 )
 
 // schemaVersion is the schema this code writes, kept in PRAGMA
@@ -104,10 +106,10 @@ func (s *store) migrate(ctx context.Context, logger *slog.Logger) error {
 			return err
 		}
 		if v > schemaVersion {
-			return fmt.Errorf("schema version %d is newer than this stem knows (%d): upgrade stem, or use another file", v, schemaVersion)
+			return stemdriver.BadConfig(fmt.Errorf("schema version %d is newer than this stem knows (%d): upgrade stem, or use another file", v, schemaVersion))
 		}
 		if v < 0 {
-			return fmt.Errorf("schema version %d is not one stem writes: is this file another program's?", v)
+			return stemdriver.BadConfig(fmt.Errorf("schema version %d is not one stem writes: is this file another program's?", v))
 		}
 		if v == schemaVersion {
 			return nil

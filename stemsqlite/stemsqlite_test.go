@@ -200,7 +200,7 @@ func TestNewerSchemaVersionIsRefused(t *testing.T) {
 	}
 	_ = db.Close()
 	_, err = OpenBroker(ctx, u, testOpts("x"))
-	if err == nil || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "newer than this stem knows") {
+	if !errors.Is(err, stemdriver.ErrBadConfig) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "newer than this stem knows") {
 		t.Fatalf("open of a file with a newer schema: %v", err)
 	}
 }

@@ -17,6 +17,8 @@ import (
 
 	"modernc.org/sqlite"
 	sqlite3 "modernc.org/sqlite/lib"
+
+	"github.com/stem-go/stem/stemdriver"
 )
 
 // Tuning of the shared handle.
@@ -192,7 +194,7 @@ func checkFile(path string) error {
 		return fmt.Errorf("stem: sqlite: database %s: %w", path, err)
 	}
 	if fi.IsDir() {
-		return fmt.Errorf("stem: sqlite: database %s is a directory", path)
+		return badConfig("stem: sqlite: database %s is a directory", path)
 	}
 	if k, ok := keyOf(fi); ok && openFiles[k] > 0 {
 		return nil // open here already, so SQLite
@@ -210,7 +212,7 @@ func checkFile(path string) error {
 	case err != nil && err != io.ErrUnexpectedEOF:
 		return fmt.Errorf("stem: sqlite: database %s: %w", path, err)
 	case !bytes.Equal(head[:n], sqliteHeader):
-		return fmt.Errorf("stem: sqlite: %s: %w (left untouched)", path, errNotSQLite)
+		return stemdriver.BadConfig(fmt.Errorf("stem: sqlite: %s: %w (left untouched)", path, errNotSQLite))
 	}
 	return nil
 }
@@ -312,7 +314,7 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 // openErr words an error met while opening the file.
 func (s *store) openErr(err error) error {
 	if isCode(err, sqlite3.SQLITE_NOTADB) {
-		return fmt.Errorf("stem: sqlite: %s: %w (left untouched)", s.path, errNotSQLite)
+		return stemdriver.BadConfig(fmt.Errorf("stem: sqlite: %s: %w (left untouched)", s.path, errNotSQLite))
 	}
 	return fmt.Errorf("stem: sqlite: open %s: %w", s.path, err)
 }

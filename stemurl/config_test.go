@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -197,6 +198,8 @@ func TestConfigErrorsMatchErrBadConfig(t *testing.T) {
 		{"port out of range, control", "control", "redis://127.0.0.1:70000/0", true, "port"},
 		{"unreachable redis", "broker", "redis://127.0.0.1:1/0", false, "127.0.0.1:1"},
 		{"missing directory", "revokes", missingDir, false, "no-such-dir"},
+		{"sqlite file that is not SQLite", "broker", "sqlite://" + garbageFile(t), true, "not a SQLite database"},
+		{"sqlite path that is a directory", "results", "sqlite://" + t.TempDir(), true, "directory"},
 		{"sqlite missing directory", "control", "sqlite://" + strings.TrimPrefix(missingDir, "file://") + ".db", false, "no-such-dir"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -277,4 +280,13 @@ func TestStoresAreRedacted(t *testing.T) {
 	if s.Broker != "redis://:xxxxx@h/0" || s.Control != s.Broker || s.Results != "redis://u:xxxxx@h/1" || s.Revokes != "file:///r.ndjson" {
 		t.Errorf("Stores = %+v", s)
 	}
+}
+
+// garbageFile returns the path of a file that holds text, not a database.
+func garbageFile(t *testing.T) string {
+	p := filepath.Join(t.TempDir(), "notes.db")
+	if err := os.WriteFile(p, []byte("not a database, just notes\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
 }
