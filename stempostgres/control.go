@@ -431,7 +431,16 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	}
 	var stored int64
 	var holderRaw []byte
-	if err := c.s.pool.QueryRow(ctx, c.s.q.announce, c.ns, info.ID, info.Instance, raw, max(ttl.Microseconds(), 1)).Scan(&stored, &holderRaw); err != nil {
+	// Presence is soft state, refreshed every few seconds: its commit does
+	// not wait for the disk (a database crash may undo the last
+	// announcement, which the next one restores), so that a slow disk
+	// never lets a live worker's short ttl lapse.
+	batch := &pgx.Batch{}
+	batch.Queue(relaxedCommitSQL)
+	batch.Queue(c.s.q.announce, c.ns, info.ID, info.Instance, raw, max(ttl.Microseconds(), 1)).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&stored, &holderRaw)
+	})
+	if err := c.s.pool.SendBatch(ctx, batch).Close(); err != nil {
 		return c.errorf(err, "announce worker %q", info.ID)
 	}
 	if stored == 1 {
@@ -440,7 +449,7 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	if holderRaw == nil {
 		// The holder committed after the statement's snapshot (the upsert
 		// saw it, the read did not): read it again.
-		err := c.s.pool.QueryRow(ctx, c.s.q.holder, c.ns, info.ID).Scan(&holderRaw)
+		err := c.s.pool.QueryRow(ctx, c.s.q.holder, c.ns, info.ID, info.Instance).Scan(&holderRaw)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return c.errorf(err, "announce worker %q: read the live announcement", info.ID)
 		}
@@ -451,6 +460,10 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	}
 	return &stemdriver.WorkerIDTakenError{Live: holder}
 }
+
+// relaxedCommitSQL turns off the wait for the disk at the commit of the
+// implicit transaction it runs in.
+const relaxedCommitSQL = `SELECT set_config('synchronous_commit', 'off', true)`
 
 // Withdraw forgets workerID at once when its announcement is instance's,
 // and does nothing otherwise.
