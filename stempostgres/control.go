@@ -333,12 +333,16 @@ func (c *Control) Replies(ctx context.Context, requestID string, fn func(msg []b
 	if err != nil && remove == nil {
 		return c.errorf(err, "read replies to request %q", requestID)
 	}
-	var last int64
+	// Reply ids are assigned at insert, and concurrent replies commit in
+	// any order: a reply with a lower id may become visible after one
+	// with a higher id, so Replies remembers every id it delivered rather
+	// than the highest.
+	seen := []int64{} // not nil: NULL would match no row
 	for {
 		if err := c.checkOpen(); err != nil {
 			return err
 		}
-		rows, err := c.s.pool.Query(ctx, c.s.q.replies, c.ns, requestID, last)
+		rows, err := c.s.pool.Query(ctx, c.s.q.replies, c.ns, requestID, seen)
 		if err != nil {
 			if cerr := ctx.Err(); cerr != nil {
 				return cerr
@@ -347,11 +351,13 @@ func (c *Control) Replies(ctx context.Context, requestID string, fn func(msg []b
 		}
 		var bodies [][]byte
 		for rows.Next() {
+			var id int64
 			var body []byte
-			if err := rows.Scan(&last, &body); err != nil {
+			if err := rows.Scan(&id, &body); err != nil {
 				rows.Close()
 				return c.errorf(err, "read replies to request %q", requestID)
 			}
+			seen = append(seen, id)
 			bodies = append(bodies, body)
 		}
 		if err := rows.Err(); err != nil {

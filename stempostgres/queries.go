@@ -149,7 +149,7 @@ SELECT pg_notify($4, 'r' || id) FROM ins`
 	q.loadControl = `SELECT targets, body FROM ` + s + `.stem_control_messages WHERE id = $1`
 	q.pruneControl = `DELETE FROM ` + s + `.stem_control_messages WHERE created_at < now() - interval '1 minute'`
 	q.reply = `INSERT INTO ` + s + `.stem_control_replies (namespace, request_id, body) VALUES ($1, $2, $3)`
-	q.replies = `SELECT id, body FROM ` + s + `.stem_control_replies WHERE namespace = $1 AND request_id = $2 AND id > $3
+	q.replies = `SELECT id, body FROM ` + s + `.stem_control_replies WHERE namespace = $1 AND request_id = $2 AND id <> ALL($3::bigint[])
 	AND created_at > now() - interval '2 minutes' ORDER BY id LIMIT 500`
 	q.pruneReplies = `DELETE FROM ` + s + `.stem_control_replies WHERE created_at < now() - interval '2 minutes'`
 	q.pruneWorkers = `DELETE FROM ` + s + `.stem_workers WHERE expires_at < now() - interval '1 hour'`
