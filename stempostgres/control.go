@@ -333,12 +333,16 @@ func (c *Control) Replies(ctx context.Context, requestID string, fn func(msg []b
 	if err != nil && remove == nil {
 		return c.errorf(err, "read replies to request %q", requestID)
 	}
-	var last int64
+	// Reply ids are assigned at insert, and concurrent replies commit in
+	// any order: a reply with a lower id may become visible after one
+	// with a higher id, so Replies remembers every id it delivered rather
+	// than the highest.
+	seen := []int64{} // not nil: NULL would match no row
 	for {
 		if err := c.checkOpen(); err != nil {
 			return err
 		}
-		rows, err := c.s.pool.Query(ctx, c.s.q.replies, c.ns, requestID, last)
+		rows, err := c.s.pool.Query(ctx, c.s.q.replies, c.ns, requestID, seen)
 		if err != nil {
 			if cerr := ctx.Err(); cerr != nil {
 				return cerr
@@ -347,11 +351,13 @@ func (c *Control) Replies(ctx context.Context, requestID string, fn func(msg []b
 		}
 		var bodies [][]byte
 		for rows.Next() {
+			var id int64
 			var body []byte
-			if err := rows.Scan(&last, &body); err != nil {
+			if err := rows.Scan(&id, &body); err != nil {
 				rows.Close()
 				return c.errorf(err, "read replies to request %q", requestID)
 			}
+			seen = append(seen, id)
 			bodies = append(bodies, body)
 		}
 		if err := rows.Err(); err != nil {
@@ -431,7 +437,16 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	}
 	var stored int64
 	var holderRaw []byte
-	if err := c.s.pool.QueryRow(ctx, c.s.q.announce, c.ns, info.ID, info.Instance, raw, max(ttl.Microseconds(), 1)).Scan(&stored, &holderRaw); err != nil {
+	// Presence is soft state, refreshed every few seconds: its commit does
+	// not wait for the disk (a database crash may undo the last
+	// announcement, which the next one restores), so that a slow disk
+	// never lets a live worker's short ttl lapse.
+	batch := &pgx.Batch{}
+	batch.Queue(relaxedCommitSQL)
+	batch.Queue(c.s.q.announce, c.ns, info.ID, info.Instance, raw, max(ttl.Microseconds(), 1)).QueryRow(func(row pgx.Row) error {
+		return row.Scan(&stored, &holderRaw)
+	})
+	if err := c.s.pool.SendBatch(ctx, batch).Close(); err != nil {
 		return c.errorf(err, "announce worker %q", info.ID)
 	}
 	if stored == 1 {
@@ -440,7 +455,7 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	if holderRaw == nil {
 		// The holder committed after the statement's snapshot (the upsert
 		// saw it, the read did not): read it again.
-		err := c.s.pool.QueryRow(ctx, c.s.q.holder, c.ns, info.ID).Scan(&holderRaw)
+		err := c.s.pool.QueryRow(ctx, c.s.q.holder, c.ns, info.ID, info.Instance).Scan(&holderRaw)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return c.errorf(err, "announce worker %q: read the live announcement", info.ID)
 		}
@@ -451,6 +466,10 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	}
 	return &stemdriver.WorkerIDTakenError{Live: holder}
 }
+
+// relaxedCommitSQL turns off the wait for the disk at the commit of the
+// implicit transaction it runs in.
+const relaxedCommitSQL = `SELECT set_config('synchronous_commit', 'off', true)`
 
 // Withdraw forgets workerID at once when its announcement is instance's,
 // and does nothing otherwise.

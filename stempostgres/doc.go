@@ -73,4 +73,10 @@
 //     the result backend.
 //   - Priorities: higher first within a queue; the claim index scans a
 //     priority's held rows before the next priority's ready ones.
+//   - Presence (Announce) commits without waiting for the disk: it is
+//     refreshed every few seconds, and a database crash may undo the last
+//     announcement until the next one.
+//   - A NOTIFY follows its write's commit from the same process; if the
+//     process dies in between, idle workers find the work at their next
+//     poll (PollInterval).
 package stempostgres

@@ -3,7 +3,9 @@ package stempostgres
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"strconv"
 	"strings"
+	"unicode/utf8"
 )
 
 // queries are every statement of the package, with the schema's tables
@@ -36,19 +38,18 @@ type queries struct {
 	pruneRevokes  string // $1 ns
 
 	// Control.
-	storeControl  string // $1 ns, $2 targets[], $3 body, $4 channel
-	loadControl   string // $1 id
-	pruneControl  string // none
-	reply         string // $1 ns, $2 request id, $3 body
-	replies       string // $1 ns, $2 request id, $3 after id
-	announce      string // $1 ns, $2 id, $3 instance, $4 info, $5 ttl µs
-	holder        string // $1 ns, $2 id
-	withdraw      string // $1 ns, $2 id, $3 instance
-	workers       string // $1 ns
-	pruneReplies  string // none
-	pruneWorkers  string // none: announcements expired an hour ago
-	notify        string // $1 channel, $2 payload
-	finalStateSQL string
+	storeControl string // $1 ns, $2 targets[], $3 body, $4 channel
+	loadControl  string // $1 id
+	pruneControl string // none
+	reply        string // $1 ns, $2 request id, $3 body
+	replies      string // $1 ns, $2 request id, $3 after id
+	announce     string // $1 ns, $2 id, $3 instance, $4 info, $5 ttl µs
+	holder       string // $1 ns, $2 id
+	withdraw     string // $1 ns, $2 id, $3 instance
+	workers      string // $1 ns
+	pruneReplies string // none
+	pruneWorkers string // none: announcements expired an hour ago
+	notify       string // $1 channel, $2 payload
 }
 
 // finalStates is the SQL list of final states.
@@ -148,7 +149,7 @@ SELECT pg_notify($4, 'r' || id) FROM ins`
 	q.loadControl = `SELECT targets, body FROM ` + s + `.stem_control_messages WHERE id = $1`
 	q.pruneControl = `DELETE FROM ` + s + `.stem_control_messages WHERE created_at < now() - interval '1 minute'`
 	q.reply = `INSERT INTO ` + s + `.stem_control_replies (namespace, request_id, body) VALUES ($1, $2, $3)`
-	q.replies = `SELECT id, body FROM ` + s + `.stem_control_replies WHERE namespace = $1 AND request_id = $2 AND id > $3
+	q.replies = `SELECT id, body FROM ` + s + `.stem_control_replies WHERE namespace = $1 AND request_id = $2 AND id <> ALL($3::bigint[])
 	AND created_at > now() - interval '2 minutes' ORDER BY id LIMIT 500`
 	q.pruneReplies = `DELETE FROM ` + s + `.stem_control_replies WHERE created_at < now() - interval '2 minutes'`
 	q.pruneWorkers = `DELETE FROM ` + s + `.stem_workers WHERE expires_at < now() - interval '1 hour'`
@@ -162,8 +163,8 @@ SELECT pg_notify($4, 'r' || id) FROM ins`
 	ON CONFLICT (namespace, id) DO UPDATE SET instance = excluded.instance, info = excluded.info, expires_at = excluded.expires_at
 	WHERE w.instance = excluded.instance OR w.expires_at <= now()
 	RETURNING 1)
-SELECT (SELECT count(*) FROM up), (SELECT info FROM ` + w + ` WHERE namespace = $1 AND id = $2)`
-	q.holder = `SELECT info FROM ` + w + ` WHERE namespace = $1 AND id = $2`
+SELECT (SELECT count(*) FROM up), (SELECT info FROM ` + w + ` WHERE namespace = $1 AND id = $2 AND instance <> $3)`
+	q.holder = `SELECT info FROM ` + w + ` WHERE namespace = $1 AND id = $2 AND instance <> $3`
 	q.withdraw = `DELETE FROM ` + w + ` WHERE namespace = $1 AND id = $2 AND instance = $3`
 	q.workers = `SELECT info FROM ` + w + ` WHERE namespace = $1 AND expires_at > now() ORDER BY id`
 	return q
@@ -177,7 +178,7 @@ func notifyPayloadSQL(ns, queue string) string {
 
 // brokerPayload is notifyPayloadSQL's value in Go.
 func brokerPayload(ns, queue string) string {
-	return itoa(len([]rune(ns))) + ":" + ns + queue
+	return strconv.Itoa(utf8.RuneCountInString(ns)) + ":" + ns + queue
 }
 
 // channelName returns a NOTIFY channel for kind ("b" broker, "c" control,
@@ -186,18 +187,4 @@ func brokerPayload(ns, queue string) string {
 func channelName(kind string, parts ...string) string {
 	h := sha256.Sum256([]byte(strings.Join(parts, "\x00")))
 	return "stem_" + kind + "_" + hex.EncodeToString(h[:12])
-}
-
-func itoa(n int) string {
-	if n == 0 {
-		return "0"
-	}
-	var b [20]byte
-	i := len(b)
-	for n > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	return string(b[i:])
 }
