@@ -82,6 +82,9 @@
 // on some platforms and file systems, so here it only says when to look,
 // and data_version says whether anything was committed.
 //
+// The statements of the write paths are prepared once, on the write
+// connection, when the handle opens.
+//
 // # Schema
 //
 // The schema is versioned with PRAGMA user_version and migrated by the
@@ -105,10 +108,12 @@
 //
 // # Broker
 //
-// A claim is one write transaction per call: for each queue, rows whose
-// delay or lease has passed become ready, then one UPDATE ... RETURNING
-// leases the first ready rows by priority (higher first), then sort_at,
-// then publish order, counting the claim. The receipt is "row.claims": a
+// A claim first reads whether any of its queues has a claimable row, so
+// that an idle consumer never takes the write lock; then, in one write
+// transaction, for each queue rows whose delay or lease has passed become
+// ready, and one UPDATE ... RETURNING leases the first ready rows by
+// priority (higher first), then sort_at, then publish order, counting the
+// claim. The receipt is "row.claims": a
 // holder's Ack, ExtendLease, Retry, Release or DeadLetter matches the row
 // only while its claim count is the holder's, so ErrLeaseLost is exact (a
 // lease that expired stays the holder's until another Claim takes the
