@@ -47,6 +47,30 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 const insertTask = `INSERT INTO stem_tasks (namespace, queue, priority, sort_at, state, visible_at, task_id, body)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`
 
+// heldWhere selects the row of a delivery while it is held: its claim count
+// is still the one of the delivery's claim.
+const heldWhere = `id = ?1 AND claims = ?2 AND namespace = ?3 AND queue = ?4`
+
+// The broker's write statements (see writeQueries).
+var (
+	_ = wq(insertTask)
+	// qPromote makes the delayed messages now due, and those whose
+	// lease expired, ready.
+	qPromote = wq(`UPDATE stem_tasks SET state = 0
+WHERE namespace = ?1 AND queue = ?2 AND state <> 0 AND visible_at <= ?3`)
+	// qClaim leases the first ready messages of a queue.
+	qClaim = wq(`UPDATE stem_tasks SET state = 2, visible_at = ?4, claims = claims + 1
+WHERE id IN (SELECT id FROM stem_tasks WHERE namespace = ?1 AND queue = ?2 AND state = 0
+	ORDER BY priority DESC, sort_at, id LIMIT ?3)
+RETURNING id, claims, priority, sort_at, body`)
+	// qNextDue is when a queue's first delayed or leased message becomes
+	// claimable.
+	qNextDue = wq(`SELECT min(visible_at) FROM stem_tasks WHERE namespace = ?1 AND queue = ?2 AND state <> 0`)
+	qExtend  = wq(`UPDATE stem_tasks SET state = 2, visible_at = ?5 WHERE ` + heldWhere)
+	qDelete  = wq(`DELETE FROM stem_tasks WHERE ` + heldWhere)
+	qRelease = wq(`UPDATE stem_tasks SET state = 0, visible_at = 0 WHERE ` + heldWhere)
+)
+
 // insert stores env (encoded as raw) as a new message.
 func (b *Broker) insert(ctx context.Context, stmt *sql.Stmt, env *stemtype.Envelope, raw []byte, now time.Time, stamp int64) error {
 	sortAt, state, visible := stamp, rowReady, int64(0)
@@ -82,11 +106,10 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	now := time.Now()
 	stamp := b.st.stamp(now)
 	err := b.st.writeTx(ctx, b.logger, "publish", func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, insertTask)
+		stmt, err := b.st.txPrepare(ctx, tx, insertTask)
 		if err != nil {
 			return err
 		}
-		defer stmt.Close()
 		for i, env := range envs {
 			if err := b.insert(ctx, stmt, env, raws[i], now, stamp); err != nil {
 				return err
@@ -220,14 +243,10 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest, now
 		rows, next = rows[:0], 0
 		for _, q := range req.Queues {
 			// Delayed messages now due and expired leases become ready.
-			if _, err := tx.ExecContext(ctx, `UPDATE stem_tasks SET state = 0
-WHERE namespace = ?1 AND queue = ?2 AND state <> 0 AND visible_at <= ?3`, b.ns, q, n); err != nil {
+			if _, err := b.st.txExec(ctx, tx, qPromote, b.ns, q, n); err != nil {
 				return fmt.Errorf("queue %q: promote due messages: %w", q, err)
 			}
-			res, err := tx.QueryContext(ctx, `UPDATE stem_tasks SET state = 2, visible_at = ?4, claims = claims + 1
-WHERE id IN (SELECT id FROM stem_tasks WHERE namespace = ?1 AND queue = ?2 AND state = 0
-	ORDER BY priority DESC, sort_at, id LIMIT ?3)
-RETURNING id, claims, priority, sort_at, body`, b.ns, q, req.Max-len(rows), leaseUntil)
+			res, err := b.st.txQuery(ctx, tx, qClaim, b.ns, q, req.Max-len(rows), leaseUntil)
 			if err != nil {
 				return fmt.Errorf("queue %q: %w", q, err)
 			}
@@ -257,8 +276,7 @@ RETURNING id, claims, priority, sort_at, body`, b.ns, q, req.Max-len(rows), leas
 		}
 		for _, q := range req.Queues {
 			var nextQ sql.NullInt64
-			if err := tx.QueryRowContext(ctx, `SELECT min(visible_at) FROM stem_tasks
-WHERE namespace = ?1 AND queue = ?2 AND state <> 0`, b.ns, q).Scan(&nextQ); err != nil {
+			if err := b.st.txQueryRow(ctx, tx, qNextDue, b.ns, q).Scan(&nextQ); err != nil {
 				return fmt.Errorf("queue %q: next due message: %w", q, err)
 			}
 			if nextQ.Valid && (next == 0 || nextQ.Int64 < next) {
@@ -321,10 +339,6 @@ func leaseLost(op string, d stemdriver.Delivery) error {
 	return fmt.Errorf("stem: sqlite broker %s: receipt %q of queue %q: %w", op, d.Receipt, d.Queue, stemdriver.ErrLeaseLost)
 }
 
-// heldWhere selects the row of a delivery while it is held: its claim count
-// is still the one of the delivery's claim.
-const heldWhere = `id = ?1 AND claims = ?2 AND namespace = ?3 AND queue = ?4`
-
 // ExtendLease pushes the lease of d to now+lease. A holder whose lease
 // expired keeps the message until another consumer re-claims it.
 func (b *Broker) ExtendLease(ctx context.Context, d stemdriver.Delivery, lease time.Duration) error {
@@ -340,8 +354,7 @@ func (b *Broker) ExtendLease(ctx context.Context, d stemdriver.Delivery, lease t
 	}
 	var n int64
 	err = b.st.writeTx(ctx, b.logger, "extend lease", func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `UPDATE stem_tasks SET state = 2, visible_at = ?5 WHERE `+heldWhere,
-			rc.id, rc.claims, b.ns, d.Queue, nanos(time.Now().Add(lease)))
+		res, err := b.st.txExec(ctx, tx, qExtend, rc.id, rc.claims, b.ns, d.Queue, nanos(time.Now().Add(lease)))
 		if err != nil {
 			return err
 		}
@@ -377,11 +390,10 @@ func (b *Broker) eachHeld(ctx context.Context, op, query string, ds []stemdriver
 	var lost []error
 	err := b.st.writeTx(ctx, b.logger, op, func(tx *sql.Tx) error {
 		lost, changed = lost[:0], false
-		stmt, err := tx.PrepareContext(ctx, query)
+		stmt, err := b.st.txPrepare(ctx, tx, query)
 		if err != nil {
 			return err
 		}
-		defer stmt.Close()
 		for i, d := range ds {
 			if rcs[i].id == 0 {
 				continue
@@ -412,7 +424,7 @@ func (b *Broker) eachHeld(ctx context.Context, op, query string, ds []stemdriver
 // held are reported, joined, with errors matching stemdriver.ErrLeaseLost;
 // the others are still deleted.
 func (b *Broker) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
-	_, err := b.eachHeld(ctx, "ack", `DELETE FROM stem_tasks WHERE `+heldWhere, ds)
+	_, err := b.eachHeld(ctx, "ack", qDelete, ds)
 	return err
 }
 
@@ -421,7 +433,7 @@ func (b *Broker) Ack(ctx context.Context, ds ...stemdriver.Delivery) error {
 // longer held are left alone and reported with errors matching
 // stemdriver.ErrLeaseLost.
 func (b *Broker) Release(ctx context.Context, ds ...stemdriver.Delivery) error {
-	changed, err := b.eachHeld(ctx, "release", `UPDATE stem_tasks SET state = 0, visible_at = 0 WHERE `+heldWhere, ds)
+	changed, err := b.eachHeld(ctx, "release", qRelease, ds)
 	if changed {
 		b.st.watch.notify()
 	}
@@ -450,7 +462,7 @@ func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtyp
 	stamp := b.st.stamp(now)
 	var held bool
 	err = b.st.writeTx(ctx, b.logger, "retry", func(tx *sql.Tx) error {
-		res, err := tx.ExecContext(ctx, `DELETE FROM stem_tasks WHERE `+heldWhere, rc.id, rc.claims, b.ns, d.Queue)
+		res, err := b.st.txExec(ctx, tx, qDelete, rc.id, rc.claims, b.ns, d.Queue)
 		if err != nil {
 			return err
 		}
@@ -461,11 +473,10 @@ func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtyp
 		if held = n == 1; !held {
 			return nil
 		}
-		stmt, err := tx.PrepareContext(ctx, insertTask)
+		stmt, err := b.st.txPrepare(ctx, tx, insertTask)
 		if err != nil {
 			return err
 		}
-		defer stmt.Close()
 		return b.insert(ctx, stmt, next, raw, now, stamp)
 	})
 	if err != nil {

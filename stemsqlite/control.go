@@ -50,6 +50,17 @@ func OpenControl(ctx context.Context, url string, opts stemdriver.Options) (*Con
 	return &Control{role: r, subs: make(map[*subscription]struct{})}, nil
 }
 
+// The control transport's write statements (see writeQueries).
+var (
+	qControlInsert = wq(`INSERT INTO stem_control (namespace, target, body, created_at) VALUES (?1, ?2, ?3, ?4)`)
+	qReplyInsert   = wq(`INSERT INTO stem_replies (namespace, request_id, body, created_at) VALUES (?1, ?2, ?3, ?4)`)
+	qPresenceGet   = wq(`SELECT instance, body FROM stem_presence WHERE namespace = ?1 AND worker_id = ?2 AND expires_at > ?3`)
+	qPresencePut   = wq(`INSERT INTO stem_presence (namespace, worker_id, instance, body, expires_at)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (namespace, worker_id) DO UPDATE SET
+	instance = excluded.instance, body = excluded.body, expires_at = excluded.expires_at`)
+)
+
 // Publish stores msg once for every target (once for all workers when
 // targets is empty or holds stemtype.BroadcastTarget), in one transaction,
 // and wakes the subscriptions.
@@ -64,8 +75,7 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 	now := nanos(time.Now())
 	err := c.st.writeTx(ctx, c.logger, "control publish", func(tx *sql.Tx) error {
 		for _, t := range to {
-			if _, err := tx.ExecContext(ctx, `INSERT INTO stem_control (namespace, target, body, created_at) VALUES (?1, ?2, ?3, ?4)`,
-				c.ns, t, msg, now); err != nil {
+			if _, err := c.st.txExec(ctx, tx, qControlInsert, c.ns, t, msg, now); err != nil {
 				return err
 			}
 		}
@@ -225,8 +235,7 @@ func (c *Control) Reply(ctx context.Context, requestID string, msg []byte) error
 		return errors.New("stem: sqlite control reply: empty request id")
 	}
 	err := c.st.writeTx(ctx, c.logger, "reply", func(tx *sql.Tx) error {
-		_, err := tx.ExecContext(ctx, `INSERT INTO stem_replies (namespace, request_id, body, created_at) VALUES (?1, ?2, ?3, ?4)`,
-			c.ns, requestID, msg, nanos(time.Now()))
+		_, err := c.st.txExec(ctx, tx, qReplyInsert, c.ns, requestID, msg, nanos(time.Now()))
 		return err
 	})
 	if err != nil {
@@ -321,8 +330,7 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 		now := time.Now()
 		var instance string
 		var live []byte
-		err := tx.QueryRowContext(ctx, `SELECT instance, body FROM stem_presence
-WHERE namespace = ?1 AND worker_id = ?2 AND expires_at > ?3`, c.ns, info.ID, nanos(now)).Scan(&instance, &live)
+		err := c.st.txQueryRow(ctx, tx, qPresenceGet, c.ns, info.ID, nanos(now)).Scan(&instance, &live)
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 		case err != nil:
@@ -335,11 +343,7 @@ WHERE namespace = ?1 AND worker_id = ?2 AND expires_at > ?3`, c.ns, info.ID, nan
 			taken = &stemdriver.WorkerIDTakenError{Live: held}
 			return nil
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO stem_presence (namespace, worker_id, instance, body, expires_at)
-VALUES (?1, ?2, ?3, ?4, ?5)
-ON CONFLICT (namespace, worker_id) DO UPDATE SET
-	instance = excluded.instance, body = excluded.body, expires_at = excluded.expires_at`,
-			c.ns, info.ID, info.Instance, body, nanos(now.Add(ttl)))
+		_, err = c.st.txExec(ctx, tx, qPresencePut, c.ns, info.ID, info.Instance, body, nanos(now.Add(ttl)))
 		return err
 	})
 	if err != nil {

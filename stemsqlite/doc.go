@@ -47,7 +47,9 @@
 // to 100 ms, so a writer could wait long after the lock was free, while the
 // flock wakes the next writer as soon as it is released (with three busy
 // worker processes, the longest write wait fell from 0.3-0.65 s to
-// 0.13-0.26 s). Where flock fails the driver goes on without it. That wait is the one retry this driver does; it
+// 0.13-0.26 s). Where flock fails the driver goes on without it. The
+// statements of the write paths are prepared once, on the write
+// connection, when the handle opens. That wait is the one retry this driver does; it
 // is logged at debug level. Any other error is returned at once.
 //
 // # Wake-ups across processes
@@ -67,7 +69,9 @@
 // any process; the watcher then reads data_version every 2 ms for 20 ms
 // (the write event may come just before the commit is visible), and every
 // 250 ms otherwise, as a safety net. Elsewhere, or when inotify cannot be
-// had, it reads data_version every 4 ms while someone waits. Measured on a
+// had, it reads data_version every 4 ms while someone waits. (The watch is
+// on the directory, so a database in a busy directory such as /tmp costs a
+// little for every write there; the default state directory is stem's own.) Measured on a
 // 2-core VM: a Go timer firing every 4 ms alone costs about 2.5% of a
 // core there and polling data_version every 4 ms about 7%, against the
 // target of 1% for an idle worker; with the WAL notifier an idle worker
@@ -105,10 +109,12 @@
 //
 // # Broker
 //
-// A claim is one write transaction per call: for each queue, rows whose
-// delay or lease has passed become ready, then one UPDATE ... RETURNING
-// leases the first ready rows by priority (higher first), then sort_at,
-// then publish order, counting the claim. The receipt is "row.claims": a
+// A claim first reads whether any of its queues has a claimable row, so
+// that an idle consumer never takes the write lock; then, in one write
+// transaction, for each queue rows whose delay or lease has passed become
+// ready, and one UPDATE ... RETURNING leases the first ready rows by
+// priority (higher first), then sort_at, then publish order, counting the
+// claim. The receipt is "row.claims": a
 // holder's Ack, ExtendLease, Retry, Release or DeadLetter matches the row
 // only while its claim count is the holder's, so ErrLeaseLost is exact (a
 // lease that expired stays the holder's until another Claim takes the
@@ -138,5 +144,9 @@
 // batches of 1000 rows: results past their expiry, control messages and
 // replies older than 5 minutes, presence past its ttl. Acknowledged tasks
 // are deleted at once. Revoke records are pruned by their store's Prune;
-// dead letters are kept.
+// dead letters are kept. The file does not shrink (no VACUUM): the pages of
+// deleted rows are reused. Measured: 223,000 no-op tasks in 20 s left a
+// 48 MB file (the kept results, about 214 B a task) and a WAL of 4 MB (the
+// automatic checkpoint's size); pruned a day on, all but 20 of its pages
+// were free for reuse.
 package stemsqlite

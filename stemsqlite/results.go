@@ -40,11 +40,11 @@ func OpenResults(ctx context.Context, url string, opts stemdriver.Options) (*Res
 
 // putResult upserts a result unless the stored one of its id is final (and
 // not yet expired): the check and the write are one statement.
-const putResult = `INSERT INTO stem_results (namespace, id, state, final, body, expires_at)
+var putResult = wq(`INSERT INTO stem_results (namespace, id, state, final, body, expires_at)
 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
 ON CONFLICT (namespace, id) DO UPDATE SET
 	state = excluded.state, final = excluded.final, body = excluded.body, expires_at = excluded.expires_at
-WHERE stem_results.final = 0 OR (stem_results.expires_at > 0 AND stem_results.expires_at <= ?7)`
+WHERE stem_results.final = 0 OR (stem_results.expires_at > 0 AND stem_results.expires_at <= ?7)`)
 
 // expiry returns when a result written at now expires (ns; 0 never).
 func (r *Results) expiry(now time.Time) int64 {
@@ -93,11 +93,10 @@ func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) erro
 	now := time.Now()
 	exp, n := r.expiry(now), nanos(now)
 	err := r.st.writeTx(ctx, r.logger, "put results", func(tx *sql.Tx) error {
-		stmt, err := tx.PrepareContext(ctx, putResult)
+		stmt, err := r.st.txPrepare(ctx, tx, putResult)
 		if err != nil {
 			return err
 		}
-		defer stmt.Close()
 		for i, res := range results {
 			if _, err := stmt.ExecContext(ctx, r.ns, res.ID, string(res.State), finalFlag(res.State), raws[i], exp, n); err != nil {
 				return err

@@ -35,6 +35,15 @@ func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Rev
 	return &Revokes{role: r}, nil
 }
 
+// The revoke store's write statements (see writeQueries).
+var (
+	qRevokeGet = wq(`SELECT version FROM stem_revokes WHERE namespace = ?1 AND task_id = ?2`)
+	qRevokePut = wq(`INSERT INTO stem_revokes (namespace, task_id, version, expires_at, body)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (namespace, task_id) DO UPDATE SET
+	version = excluded.version, expires_at = excluded.expires_at, body = excluded.body`)
+)
+
 // Upsert stores every record, each with version max(stored+1, proposed),
 // in one write transaction (so each record's read and write are one atomic
 // step against every other writer, in any process), and returns them in
@@ -57,19 +66,14 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	err := s.st.writeTx(ctx, s.logger, "revoke upsert", func(tx *sql.Tx) error {
 		copy(out, recs)
 		full = nil
-		get, err := tx.PrepareContext(ctx, `SELECT version FROM stem_revokes WHERE namespace = ?1 AND task_id = ?2`)
+		get, err := s.st.txPrepare(ctx, tx, qRevokeGet)
 		if err != nil {
 			return err
 		}
-		defer get.Close()
-		put, err := tx.PrepareContext(ctx, `INSERT INTO stem_revokes (namespace, task_id, version, expires_at, body)
-VALUES (?1, ?2, ?3, ?4, ?5)
-ON CONFLICT (namespace, task_id) DO UPDATE SET
-	version = excluded.version, expires_at = excluded.expires_at, body = excluded.body`)
+		put, err := s.st.txPrepare(ctx, tx, qRevokePut)
 		if err != nil {
 			return err
 		}
-		defer put.Close()
 		for i := range out {
 			rec := &out[i]
 			var stored int64

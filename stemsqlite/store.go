@@ -68,7 +68,8 @@ type store struct {
 	write *sql.DB // one connection: in-process writers queue in Go, not on the file lock
 	read  *sql.DB // query_only connections for reads
 	watch *watcher
-	wlock *writeLock // queues the writers of every stem process on the file
+	wlock *writeLock           // queues the writers of every stem process on the file
+	stmts map[string]*sql.Stmt // writeQueries, prepared on the write connection; read-only after open
 
 	cancel context.CancelFunc
 	done   sync.WaitGroup
@@ -290,6 +291,14 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 	if err := s.migrate(ctx, logger); err != nil {
 		return nil, s.openErr(err)
 	}
+	s.stmts = make(map[string]*sql.Stmt, len(writeQueries))
+	for _, q := range writeQueries {
+		st, err := s.write.PrepareContext(ctx, q)
+		if err != nil {
+			return nil, s.openErr(fmt.Errorf("prepare %q: %w", q, err))
+		}
+		s.stmts[q] = st
+	}
 
 	s.read, err = sql.Open("sqlite", dsn(path, "_pragma", "query_only(1)"))
 	if err != nil {
@@ -330,6 +339,9 @@ func (s *store) close() error {
 
 func (s *store) closeDBs() error {
 	var errs []error
+	for _, st := range s.stmts {
+		errs = append(errs, st.Close())
+	}
 	if s.watch != nil {
 		errs = append(errs, s.watch.close())
 	}
@@ -499,4 +511,48 @@ func (s *store) prune(ctx context.Context, now time.Time) (int64, error) {
 		}
 	}
 	return total, nil
+}
+
+// writeQueries are the statements of the write paths, prepared once on the
+// write connection when the handle opens: parsing SQL is a large part of a
+// small transaction's cost (a third of an Announce's).
+var writeQueries []string
+
+// wq registers q among writeQueries and returns it.
+func wq(q string) string {
+	writeQueries = append(writeQueries, q)
+	return q
+}
+
+// txPrepare returns q as a statement of tx: the prepared one when q is a
+// write query, else q prepared on tx. Either is closed with tx.
+func (s *store) txPrepare(ctx context.Context, tx *sql.Tx, q string) (*sql.Stmt, error) {
+	if st := s.stmts[q]; st != nil {
+		return tx.StmtContext(ctx, st), nil
+	}
+	return tx.PrepareContext(ctx, q)
+}
+
+// txExec runs q with args in tx.
+func (s *store) txExec(ctx context.Context, tx *sql.Tx, q string, args ...any) (sql.Result, error) {
+	if st := s.stmts[q]; st != nil {
+		return tx.StmtContext(ctx, st).ExecContext(ctx, args...)
+	}
+	return tx.ExecContext(ctx, q, args...)
+}
+
+// txQuery runs q with args in tx and returns its rows.
+func (s *store) txQuery(ctx context.Context, tx *sql.Tx, q string, args ...any) (*sql.Rows, error) {
+	if st := s.stmts[q]; st != nil {
+		return tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	return tx.QueryContext(ctx, q, args...)
+}
+
+// txQueryRow runs q with args in tx and returns its one row.
+func (s *store) txQueryRow(ctx context.Context, tx *sql.Tx, q string, args ...any) *sql.Row {
+	if st := s.stmts[q]; st != nil {
+		return tx.StmtContext(ctx, st).QueryRowContext(ctx, args...)
+	}
+	return tx.QueryRowContext(ctx, q, args...)
 }
