@@ -188,3 +188,33 @@ func TestClaimPlanUsesIndex(t *testing.T) {
 		}
 	}
 }
+
+// A message whose notification never comes (written behind the driver's
+// back, as when a publisher dies between its commit and its NOTIFY) still
+// reaches a Claim that is waiting: idle Claims poll.
+func TestClaimFindsUnnotifiedMessage(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	r := roles(t, u, "poll")
+	admin := adminConn(t)
+	got := make(chan []stemdriver.Delivery, 1)
+	errc := make(chan error, 1)
+	go func() {
+		ds, err := r.Broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: 1, Lease: time.Minute, Wait: 20 * time.Second})
+		errc <- err
+		got <- ds
+	}()
+	raw, err := json.Marshal(envelope("silent", "q"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.Exec(ctx, "INSERT INTO "+table(t, u, "stem_tasks")+" (namespace, queue, visible_at, due_at, task_id, payload) VALUES ('poll', 'q', now(), now(), 'silent', $1)", raw); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
+	}
+	if ds := <-got; len(ds) != 1 || ds[0].Envelope == nil || ds[0].Envelope.ID != "silent" {
+		t.Fatalf("waiting Claim returned %+v, want the unnotified message", ds)
+	}
+}
