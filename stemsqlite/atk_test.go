@@ -1,0 +1,55 @@
+package stemsqlite
+
+import (
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stem-go/stem/stemdriver"
+)
+
+// A released delivery is no longer held (stemdriver.Broker contract): its
+// old receipt must not ack, extend, retry, dead-letter or release the
+// message, which stays ready for the next Claim.
+func TestReleasedDeliveryIsNotHeld(t *testing.T) {
+	ops := map[string]func(b *Broker, d stemdriver.Delivery) error{
+		"Ack": func(b *Broker, d stemdriver.Delivery) error { return b.Ack(t.Context(), d) },
+		"ExtendLease": func(b *Broker, d stemdriver.Delivery) error {
+			return b.ExtendLease(t.Context(), d, time.Hour)
+		},
+		"Retry": func(b *Broker, d stemdriver.Delivery) error {
+			next := *d.Envelope
+			next.Attempt++
+			return b.Retry(t.Context(), d, &next)
+		},
+		"DeadLetter": func(b *Broker, d stemdriver.Delivery) error { return b.DeadLetter(t.Context(), d, "late") },
+		"Release":    func(b *Broker, d stemdriver.Delivery) error { return b.Release(t.Context(), d) },
+	}
+	for name, op := range ops {
+		t.Run(name, func(t *testing.T) {
+			ctx := testCtx(t)
+			u, _ := tempURL(t, "released.db")
+			b := opened[*Broker](t)(OpenBroker(ctx, u, testOpts("rel")))
+			if err := b.Publish(ctx, env("t1", "q")); err != nil {
+				t.Fatal(err)
+			}
+			ds, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "w", Max: 1, Lease: time.Hour})
+			if err != nil || len(ds) != 1 {
+				t.Fatalf("Claim = %d deliveries, %v", len(ds), err)
+			}
+			if err := b.Release(ctx, ds[0]); err != nil {
+				t.Fatalf("Release: %v", err)
+			}
+			if err := op(b, ds[0]); !errors.Is(err, stemdriver.ErrLeaseLost) {
+				t.Errorf("%s of a released delivery = %v, want ErrLeaseLost", name, err)
+			}
+			if n, err := b.Depth(ctx, "q"); err != nil || n != 1 {
+				t.Errorf("Depth after %s of a released delivery = %d, %v; want 1 (the message ready)", name, n, err)
+			}
+			again, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "w2", Max: 2, Lease: time.Hour})
+			if err != nil || len(again) != 1 || again[0].Envelope.ID != "t1" || again[0].Envelope.Attempt != 0 {
+				t.Fatalf("Claim after %s of a released delivery = %+v, %v; want t1 unchanged", name, again, err)
+			}
+		})
+	}
+}
