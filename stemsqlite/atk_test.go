@@ -1,7 +1,11 @@
 package stemsqlite
 
 import (
+	"context"
 	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
 	"testing"
 	"time"
 
@@ -51,5 +55,40 @@ func TestReleasedDeliveryIsNotHeld(t *testing.T) {
 				t.Fatalf("Claim after %s of a released delivery = %+v, %v; want t1 unchanged", name, again, err)
 			}
 		})
+	}
+}
+
+// A database opened through a symlink in another directory (a state
+// directory linked to a data disk) is watched where SQLite keeps its WAL
+// file, beside the real file: otherwise a process that opened the link
+// hears of other processes' writes only from the slow safety-net poll.
+func TestWALNotifierThroughSymlink(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("the WAL notifier is Linux's")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	real := filepath.Join(t.TempDir(), "real.db")
+	link := filepath.Join(t.TempDir(), "link.db")
+	a := openHandle(t, "sqlite://"+real, "sym")
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	b := openHandle(t, "sqlite://"+link, "sym")
+	if b.st.watch.wal == nil {
+		t.Fatal("no WAL notifier for the handle opened through the link")
+	}
+	// Drain a token left by b's own open.
+	select {
+	case <-b.st.watch.wal.C():
+	default:
+	}
+	if err := a.broker.Publish(ctx, env("t1", "q")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-b.st.watch.wal.C():
+	case <-ctx.Done():
+		t.Fatal("the WAL notifier of the handle opened through a symlink never heard of the other handle's write")
 	}
 }
