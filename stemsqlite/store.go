@@ -285,7 +285,11 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 	}); err != nil {
 		return nil, s.openErr(err)
 	}
-	if s.wlock, err = newWriteLock(path); err != nil {
+	// SQLite follows symlinks: the WAL file lives beside the real file,
+	// so the lock file and the WAL watch go there too, and processes that
+	// open the file by different paths share them.
+	real := realPath(path)
+	if s.wlock, err = newWriteLock(real); err != nil {
 		return nil, s.openErr(err)
 	}
 	if err := s.migrate(ctx, logger); err != nil {
@@ -309,7 +313,7 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.watch, err = newWatcher(ctx, path, logger, !cfg.pollOnly)
+	s.watch, err = newWatcher(ctx, path, real, logger, !cfg.pollOnly)
 	if err != nil {
 		cancel()
 		return nil, s.openErr(err)
@@ -318,6 +322,15 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 	s.done.Go(func() { s.watch.run(bg) })
 	s.done.Go(func() { s.pruneLoop(bg) })
 	return s, nil
+}
+
+// realPath returns path with its symlinks resolved, as SQLite resolves
+// them to place the WAL file, or path itself when that fails.
+func realPath(path string) string {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		return r
+	}
+	return path
 }
 
 // openErr words an error met while opening the file.
