@@ -3,12 +3,18 @@ package stempostgres_test
 import (
 	"context"
 	"errors"
+	"fmt"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stempostgres"
+	"github.com/stem-go/stem/stemtype"
 )
 
 // A libpq key=value connection string, or a URL without "//", is not the
@@ -38,5 +44,99 @@ func TestKeyValueConnStringIsRefusedWithoutThePassword(t *testing.T) {
 		if _, err := stempostgres.SchemaFromURL(u); err == nil || strings.Contains(err.Error(), pw) {
 			t.Errorf("SchemaFromURL(%q) = %v; want an error without the password", strings.ReplaceAll(u, pw, "xxxxx"), err != nil)
 		}
+	}
+}
+
+// Schema names that need quoting work for every role: tasks, results,
+// revokes, control messages (short and long), replies and presence.
+func TestSchemaNamesNeedingQuotes(t *testing.T) {
+	base := testutil.NeedPostgres(t)
+	suffix := fmt.Sprintf("%x", time.Now().UnixNano())
+	names := []string{
+		"Tenant-A " + suffix,
+		`q"uo'te.dot ` + suffix,
+		// 63 bytes exactly, multi-byte runes included.
+		func() string {
+			s := "é_" + suffix + "_"
+			for len(s)+2 <= 63 {
+				s += "é"
+			}
+			for len(s) < 63 {
+				s += "x"
+			}
+			return s
+		}(),
+	}
+	for _, schema := range names {
+		t.Run(schema, func(t *testing.T) {
+			if len(schema) > 63 {
+				t.Fatalf("schema name %d bytes", len(schema))
+			}
+			t.Cleanup(func() {
+				conn := adminConn(t)
+				if _, err := conn.Exec(context.Background(), "DROP SCHEMA IF EXISTS "+pgx.Identifier{schema}.Sanitize()+" CASCADE"); err != nil {
+					t.Errorf("drop schema: %v", err)
+				}
+			})
+			pu, err := url.Parse(base)
+			if err != nil {
+				t.Fatal(err)
+			}
+			q := pu.Query()
+			q.Set("search_path", schema)
+			pu.RawQuery = q.Encode()
+			u := pu.String()
+			if got, err := stempostgres.SchemaFromURL(u); err != nil || got != schema {
+				t.Fatalf("SchemaFromURL = %q, %v", got, err)
+			}
+			ctx := boundCtx(t)
+			r := roles(t, u, "ns")
+			sub, err := r.Control.Subscribe(ctx, "w1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sub.Close()
+			if err := r.Broker.Publish(ctx, envelope("t1", "q")); err != nil {
+				t.Fatal(err)
+			}
+			ds, err := r.Broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "w1", Max: 1, Lease: time.Minute})
+			if err != nil || len(ds) != 1 {
+				t.Fatalf("claim: %d, %v", len(ds), err)
+			}
+			if err := r.Broker.Ack(ctx, ds...); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Results.Put(ctx, &stemtype.TaskResult{ID: "t1", State: stemtype.StateSucceeded}); err != nil {
+				t.Fatal(err)
+			}
+			if got, err := r.Results.Get(ctx, "t1"); err != nil || got.State != stemtype.StateSucceeded {
+				t.Fatalf("Get = %+v, %v", got, err)
+			}
+			if _, err := r.Revokes.Upsert(ctx, stemtype.RevokeRecord{Namespace: "ns", TaskID: "t1", Version: 1}); err != nil {
+				t.Fatal(err)
+			}
+			for _, m := range []string{"short", strings.Repeat("l", 9000)} {
+				if err := r.Control.Publish(ctx, nil, []byte(m)); err != nil {
+					t.Fatal(err)
+				}
+				select {
+				case got := <-sub.C():
+					if string(got) != m {
+						t.Fatalf("control message %.20q, want %.20q", got, m)
+					}
+				case <-ctx.Done():
+					t.Fatalf("control message of %d bytes never arrived", len(m))
+				}
+			}
+			if err := r.Control.Reply(ctx, "req", []byte("reply")); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Control.Replies(ctx, "req", func([]byte) bool { return false }); err != nil {
+				t.Fatal(err)
+			}
+			if err := r.Control.Announce(ctx, stemtype.WorkerInfo{ID: "w1", Instance: "i"}, time.Minute); err != nil {
+				t.Fatal(err)
+			}
+		})
 	}
 }
