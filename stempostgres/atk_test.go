@@ -140,3 +140,49 @@ func TestSchemaNamesNeedingQuotes(t *testing.T) {
 		})
 	}
 }
+
+// Ack and Release of several deliveries act on the held ones (stemdriver
+// contract), also when a stale delivery of the same message (its lease
+// expired and the message was claimed again) comes in the same call.
+func TestAckWithStaleDeliveryOfSameMessage(t *testing.T) {
+	for _, op := range []string{"Ack", "Release"} {
+		t.Run(op, func(t *testing.T) {
+			u := testutil.PostgresSchema(t)
+			ctx := boundCtx(t)
+			b := opened[*stempostgres.Broker](t)(stempostgres.OpenBroker(ctx, u, stemdriver.Options{Namespace: "stale", Logger: quiet()}))
+			if err := b.Publish(ctx, envelope("t1", "q")); err != nil {
+				t.Fatal(err)
+			}
+			stale, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "w", Max: 1, Lease: time.Millisecond})
+			if err != nil || len(stale) != 1 {
+				t.Fatalf("first claim: %d, %v", len(stale), err)
+			}
+			// Claim waits for the lease's end.
+			current, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "w", Max: 1, Lease: time.Hour, Wait: bound})
+			if err != nil || len(current) != 1 || !current[0].Redelivered {
+				t.Fatalf("second claim: %+v, %v", current, err)
+			}
+			var call error
+			switch op {
+			case "Ack":
+				call = b.Ack(ctx, stale[0], current[0])
+			case "Release":
+				call = b.Release(ctx, stale[0], current[0])
+			}
+			if !errors.Is(call, stemdriver.ErrLeaseLost) {
+				t.Errorf("%s(stale, current) = %v, want ErrLeaseLost for the stale one", op, call)
+			}
+			conn := adminConn(t)
+			var rows, held int
+			if err := conn.QueryRow(ctx, "SELECT count(*), count(*) FILTER (WHERE leased) FROM "+table(t, u, "stem_tasks")).Scan(&rows, &held); err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case op == "Ack" && rows != 0:
+				t.Errorf("after Ack(stale, current): %d rows left, want the held delivery acked", rows)
+			case op == "Release" && (rows != 1 || held != 0):
+				t.Errorf("after Release(stale, current): %d rows, %d leased; want the held delivery released", rows, held)
+			}
+		})
+	}
+}
