@@ -3,13 +3,16 @@ package stemsqlite
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
 )
 
 // A released delivery is no longer held (stemdriver.Broker contract): its
@@ -90,5 +93,76 @@ func TestWALNotifierThroughSymlink(t *testing.T) {
 	case <-b.st.watch.wal.C():
 	case <-ctx.Done():
 		t.Fatal("the WAL notifier of the handle opened through a symlink never heard of the other handle's write")
+	}
+}
+
+// Final states are final against writers of other processes: two handles
+// of one file race finals, starts and progress writes of the same tasks;
+// once a reader sees a final state, it never changes.
+func TestFinalStateFinalAcrossHandles(t *testing.T) {
+	ctx := testCtx(t)
+	u, _ := tempURL(t, "final.db")
+	hs := []*handle{openHandle(t, u, "fin"), openHandle(t, u, "fin")}
+	const tasks, rounds = 5, 20
+	states := []stemtype.State{stemtype.StateStarted, stemtype.StateSucceeded, stemtype.StateRetry, stemtype.StateFailed, stemtype.StatePending, stemtype.StateCancelled}
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Go(func() {
+			h := hs[w%2]
+			for r := range rounds {
+				for k := range tasks {
+					id := fmt.Sprintf("t%d", k)
+					st := states[(w+r+k)%len(states)]
+					res := &stemtype.TaskResult{ID: id, State: st, WorkerID: fmt.Sprintf("w%d", w)}
+					var err error
+					if r%3 == 0 {
+						_, err = h.results.PutIfState(ctx, res, states...)
+					} else {
+						// A batch with the id twice: the later applies after.
+						err = h.results.Put(ctx, res, &stemtype.TaskResult{ID: id, State: stemtype.StateStarted})
+					}
+					if err != nil {
+						t.Error(err)
+						return
+					}
+				}
+			}
+		})
+	}
+	first := map[string]stemtype.TaskResult{}
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	check := func() {
+		for k := range tasks {
+			id := fmt.Sprintf("t%d", k)
+			for _, h := range hs {
+				got, err := h.results.Get(ctx, id)
+				if errors.Is(err, stemdriver.ErrNotFound) {
+					continue
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if f, ok := first[id]; ok {
+					if got.State != f.State || got.WorkerID != f.WorkerID {
+						t.Fatalf("task %s: final %s by %s replaced by %s by %s", id, f.State, f.WorkerID, got.State, got.WorkerID)
+					}
+				} else if got.State.Final() {
+					first[id] = *got
+				}
+			}
+		}
+	}
+	for {
+		select {
+		case <-done:
+			check()
+			if len(first) != tasks {
+				t.Fatalf("%d of %d tasks reached a final state", len(first), tasks)
+			}
+			return
+		default:
+			check()
+		}
 	}
 }
