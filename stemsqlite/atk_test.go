@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -164,5 +165,46 @@ func TestFinalStateFinalAcrossHandles(t *testing.T) {
 		default:
 			check()
 		}
+	}
+}
+
+// A database file deleted (or replaced) while a process has it open must
+// not split the deployment silently: the process would go on with the old,
+// unlinked file while new processes create and use a new one. Operations
+// of the old handle fail with an error naming the file.
+func TestDeletedFileIsAnError(t *testing.T) {
+	for _, how := range []string{"deleted", "replaced"} {
+		t.Run(how, func(t *testing.T) {
+			ctx := testCtx(t)
+			u, p := tempURL(t, "del.db")
+			a := openHandle(t, u, "d")
+			if err := a.broker.Publish(ctx, env("before", "q")); err != nil {
+				t.Fatal(err)
+			}
+			for _, suffix := range []string{"", "-wal", "-shm"} {
+				if err := os.Remove(p + suffix); err != nil && !os.IsNotExist(err) {
+					t.Fatal(err)
+				}
+			}
+			if how == "replaced" {
+				// Another process creates the file anew.
+				b := openHandle(t, u, "d")
+				if err := b.broker.Publish(ctx, env("after", "q")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ds, err := a.broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Max: 1, Lease: time.Minute})
+			if err == nil {
+				t.Errorf("Claim on the %s file's old handle = %d deliveries, no error", how, len(ds))
+			} else if !strings.Contains(err.Error(), p) {
+				t.Errorf("Claim error %q does not name the file", err)
+			}
+			if err := a.broker.Publish(ctx, env("lost", "q")); err == nil {
+				t.Errorf("Publish on the %s file's old handle succeeded: the message is lost to every new process", how)
+			}
+			if _, err := a.results.Get(ctx, "x"); err == nil || errors.Is(err, stemdriver.ErrNotFound) {
+				t.Errorf("Get on the %s file's old handle = %v, want an error about the file", how, err)
+			}
+		})
 	}
 }
