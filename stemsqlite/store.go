@@ -74,6 +74,9 @@ type store struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 
+	key   fileKey // the file's identity when opened
+	keyed bool    // key is set (Unix)
+
 	refs    int    // guarded by stores.mu
 	untrack func() // counts the handle out of openFiles; guarded by stores.mu
 
@@ -227,6 +230,7 @@ func (s *store) track() {
 		return
 	}
 	if k, ok := keyOf(fi); ok {
+		s.key, s.keyed = k, true
 		openFiles[k]++
 		s.untrack = func() {
 			if openFiles[k]--; openFiles[k] <= 0 {
@@ -234,6 +238,31 @@ func (s *store) track() {
 			}
 		}
 	}
+}
+
+// errFileGone says that the database file was deleted, or replaced by
+// another file, while this process had it open.
+var errFileGone = errors.New("was deleted or replaced while open: this process still holds the old file, which no new process sees; restart it")
+
+// gone returns an error when the path of s no longer names the file s
+// opened (it was deleted, or replaced by another file): every operation
+// on the old file would be invisible to processes that open the path now.
+// A failure to look is not reported: the operations report their own.
+func (s *store) gone() error {
+	if !s.keyed {
+		return nil
+	}
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("stem: sqlite: database %s %w", s.path, errFileGone)
+		}
+		return nil
+	}
+	if k, ok := keyOf(fi); ok && k != s.key {
+		return fmt.Errorf("stem: sqlite: database %s %w", s.path, errFileGone)
+	}
+	return nil
 }
 
 // dsn is the modernc.org/sqlite data source name of path with the
