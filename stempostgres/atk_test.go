@@ -1,9 +1,11 @@
 package stempostgres_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 	"testing"
@@ -184,5 +186,22 @@ func TestAckWithStaleDeliveryOfSameMessage(t *testing.T) {
 				t.Errorf("after Release(stale, current): %d rows, %d leased; want the held delivery released", rows, held)
 			}
 		})
+	}
+}
+
+// A URL listing several hosts falls back to each in turn: a remote one
+// reachable without TLS deserves the plaintext warning even when the
+// first host is loopback.
+func TestPlaintextWarningForFallbackHost(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	// Port 1 refuses at once; 192.0.2.1 (TEST-NET-1) never answers.
+	if b, err := stempostgres.OpenBroker(ctx, "postgres://u:pw@127.0.0.1:1,192.0.2.1:5432/db?connect_timeout=1", stemdriver.Options{Logger: log}); err == nil {
+		b.Close()
+	}
+	if logs := buf.String(); !strings.Contains(logs, "plaintext") {
+		t.Errorf("logs %q, want a plaintext warning for the fallback host", logs)
 	}
 }
