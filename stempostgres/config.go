@@ -143,7 +143,11 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	cfg.key = connString + "\x00" + cfg.schema
 	switch sslmode {
 	case "", "disable", "allow", "prefer":
+		// Every host of a multi-host URL may be the one reached.
 		cfg.plaintext = !loopback(pc.ConnConfig.Host)
+		for _, fb := range pc.ConnConfig.Fallbacks {
+			cfg.plaintext = cfg.plaintext || !loopback(fb.Host)
+		}
 	}
 	return cfg, nil
 }
