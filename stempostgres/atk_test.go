@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net/url"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -203,5 +204,57 @@ func TestPlaintextWarningForFallbackHost(t *testing.T) {
 	}
 	if logs := buf.String(); !strings.Contains(logs, "plaintext") {
 		t.Errorf("logs %q, want a plaintext warning for the fallback host", logs)
+	}
+}
+
+// Revoke upserts of one task from two pools (two processes) are causally
+// ordered: every upsert gets a version of its own, higher than any stored
+// before it, and the stored record is the one with the highest version.
+func TestRevokeVersionsAcrossPools(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	opts := stemdriver.Options{Namespace: "rv", Logger: quiet()}
+	stores := []*stempostgres.Revokes{
+		opened[*stempostgres.Revokes](t)(stempostgres.OpenRevokes(ctx, u+"&application_name=stem_a", opts)),
+		opened[*stempostgres.Revokes](t)(stempostgres.OpenRevokes(ctx, u+"&application_name=stem_b", opts)),
+	}
+	const writers, each = 4, 25
+	var mu sync.Mutex
+	seen := map[int64]string{}
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				who := fmt.Sprintf("w%d-%d", w, i)
+				// The proposed version lags far behind: only the stored
+				// one orders the writes.
+				out, err := stores[w%2].Upsert(ctx, stemtype.RevokeRecord{Namespace: "rv", TaskID: "t", Version: 1, Reason: who})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if prev, dup := seen[out[0].Version]; dup {
+					t.Errorf("version %d given to %s and %s", out[0].Version, prev, who)
+				}
+				seen[out[0].Version] = who
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	var top int64
+	for v := range seen {
+		top = max(top, v)
+	}
+	recs, err := stores[0].List(ctx, "rv")
+	if err != nil || len(recs) != 1 {
+		t.Fatalf("List = %+v, %v", recs, err)
+	}
+	if recs[0].Version != top || recs[0].Reason != seen[top] {
+		t.Errorf("stored %d (%s), want the highest assigned, %d (%s)", recs[0].Version, recs[0].Reason, top, seen[top])
+	}
+	if len(seen) != writers*each {
+		t.Errorf("%d versions for %d upserts", len(seen), writers*each)
 	}
 }
