@@ -208,3 +208,27 @@ func TestDeletedFileIsAnError(t *testing.T) {
 		})
 	}
 }
+
+// One handle per file per process, whatever path names the file: a
+// symlink to it (or to its directory) shares the handle opened by the
+// real path, so that the process's writers queue in Go on one connection.
+func TestOneHandleThroughSymlinks(t *testing.T) {
+	ctx := testCtx(t)
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real.db")
+	links := t.TempDir()
+	fileLink, dirLink := filepath.Join(links, "file.db"), filepath.Join(links, "dir")
+	if err := os.Symlink(real, fileLink); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir, dirLink); err != nil {
+		t.Fatal(err)
+	}
+	b := opened[*Broker](t)(OpenBroker(ctx, "sqlite://"+real, testOpts("a")))
+	for _, p := range []string{fileLink, filepath.Join(dirLink, "real.db")} {
+		r := opened[*Results](t)(OpenResults(ctx, "sqlite://"+p, testOpts("a")))
+		if r.st != b.st {
+			t.Errorf("%s: a second handle of the file opened as %s", p, real)
+		}
+	}
+}
