@@ -63,7 +63,8 @@ var sqliteHeader = []byte("SQLite format 3\x00")
 type store struct {
 	path   string // absolute
 	logger *slog.Logger
-	shared bool // registered in stores
+	shared bool   // registered in stores
+	mapKey string // its key in stores: path with its symlinks resolved
 
 	write *sql.DB // one connection: in-process writers queue in Go, not on the file lock
 	read  *sql.DB // query_only connections for reads
@@ -85,7 +86,7 @@ type store struct {
 }
 
 // stores holds the shared handle of every file open in the process, by
-// absolute path.
+// absolute path with symlinks resolved (canonicalPath).
 var stores = struct {
 	mu sync.Mutex
 	m  map[string]*store
@@ -98,9 +99,10 @@ func acquire(ctx context.Context, cfg *config) (*store, error) {
 	if err != nil {
 		return nil, err
 	}
+	key := canonicalPath(abs)
 	stores.mu.Lock()
 	defer stores.mu.Unlock()
-	if s := stores.m[abs]; s != nil {
+	if s := stores.m[key]; s != nil {
 		s.refs++
 		return s, nil
 	}
@@ -110,8 +112,22 @@ func acquire(ctx context.Context, cfg *config) (*store, error) {
 	}
 	s.shared = true
 	s.refs = 1
-	stores.m[abs] = s
+	s.mapKey = key
+	stores.m[key] = s
 	return s, nil
+}
+
+// canonicalPath returns the absolute path abs with its symlinks resolved,
+// those of its directory alone when the file does not exist yet, so that
+// every path of one file gives one key of stores.
+func canonicalPath(abs string) string {
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		return r
+	}
+	if d, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+		return filepath.Join(d, filepath.Base(abs))
+	}
+	return abs
 }
 
 // openPrivate opens a handle of the file of cfg that no other open shares,
@@ -144,7 +160,7 @@ func (s *store) release() error {
 	s.refs--
 	last := s.refs == 0
 	if last && s.shared {
-		delete(stores.m, s.path)
+		delete(stores.m, s.mapKey)
 	}
 	if !last {
 		stores.mu.Unlock()
