@@ -258,3 +258,29 @@ func TestRevokeVersionsAcrossPools(t *testing.T) {
 		t.Errorf("%d versions for %d upserts", len(seen), writers*each)
 	}
 }
+
+// ExtendLease with a lease that is not positive is refused, as Claim
+// refuses one: it must not hand the message to another consumer while
+// the holder is told its lease was extended.
+func TestExtendLeaseNonPositiveIsRefused(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	b := opened[*stempostgres.Broker](t)(stempostgres.OpenBroker(ctx, u, stemdriver.Options{Namespace: "ext", Logger: quiet()}))
+	if err := b.Publish(ctx, envelope("t1", "q")); err != nil {
+		t.Fatal(err)
+	}
+	ds, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "w", Max: 1, Lease: time.Hour})
+	if err != nil || len(ds) != 1 {
+		t.Fatalf("claim: %d, %v", len(ds), err)
+	}
+	for _, lease := range []time.Duration{0, -time.Minute} {
+		err := b.ExtendLease(ctx, ds[0], lease)
+		if err == nil {
+			t.Errorf("ExtendLease(%v) = nil, want an error", lease)
+		}
+		other, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "w2", Max: 1, Lease: time.Hour})
+		if err != nil || len(other) != 0 {
+			t.Fatalf("after ExtendLease(%v), another consumer claimed %d (%v): the lease was cut short", lease, len(other), err)
+		}
+	}
+}
