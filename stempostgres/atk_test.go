@@ -284,3 +284,38 @@ func TestExtendLeaseNonPositiveIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// Control messages and replies are opaque bytes, the empty (nil) message
+// included: it is delivered as an empty message, not refused.
+func TestEmptyControlMessageAndReply(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	c := opened[*stempostgres.Control](t)(stempostgres.OpenControl(ctx, u, stemdriver.Options{Namespace: "e", Logger: quiet()}))
+	sub, err := c.Subscribe(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	// Targets long enough to send the message through the table.
+	long := strings.Repeat("w", 8000)
+	for _, targets := range [][]string{nil, {"w", long}} {
+		if err := c.Publish(ctx, targets, nil); err != nil {
+			t.Fatalf("Publish of a nil message to %d targets: %v", len(targets), err)
+		}
+		select {
+		case m := <-sub.C():
+			if len(m) != 0 {
+				t.Fatalf("got %q, want an empty message", m)
+			}
+		case <-ctx.Done():
+			t.Fatal("the empty message never arrived")
+		}
+	}
+	if err := c.Reply(ctx, "r", nil); err != nil {
+		t.Fatalf("Reply of a nil message: %v", err)
+	}
+	n := -1
+	if err := c.Replies(ctx, "r", func(m []byte) bool { n = len(m); return false }); err != nil || n != 0 {
+		t.Fatalf("Replies = %v, message of %d bytes; want one empty reply", err, n)
+	}
+}

@@ -232,3 +232,34 @@ func TestOneHandleThroughSymlinks(t *testing.T) {
 		}
 	}
 }
+
+// Control messages and replies are opaque bytes, the empty (nil) message
+// included: it is delivered as an empty message, not refused.
+func TestEmptyControlMessageAndReply(t *testing.T) {
+	ctx := testCtx(t)
+	u, _ := tempURL(t, "empty.db")
+	c := opened[*Control](t)(OpenControl(ctx, u, testOpts("e")))
+	sub, err := c.Subscribe(ctx, "w")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := c.Publish(ctx, nil, nil); err != nil {
+		t.Fatalf("Publish of a nil message: %v", err)
+	}
+	select {
+	case m := <-sub.C():
+		if len(m) != 0 {
+			t.Fatalf("got %q, want an empty message", m)
+		}
+	case <-ctx.Done():
+		t.Fatal("the empty message never arrived")
+	}
+	if err := c.Reply(ctx, "r", nil); err != nil {
+		t.Fatalf("Reply of a nil message: %v", err)
+	}
+	n := -1
+	if err := c.Replies(ctx, "r", func(m []byte) bool { n = len(m); return false }); err != nil || n != 0 {
+		t.Fatalf("Replies = %v, message of %d bytes; want one empty reply", err, n)
+	}
+}
