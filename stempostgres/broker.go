@@ -310,6 +310,9 @@ func (b *Broker) ExtendLease(ctx context.Context, d stemdriver.Delivery, lease t
 	if err := b.checkOpen(); err != nil {
 		return err
 	}
+	if lease <= 0 {
+		return fmt.Errorf("stem: postgres broker: extend lease of %s in queue %q: lease is %v, want a positive duration", d.Receipt, d.Queue, lease)
+	}
 	id, claims, ok := parseReceipt(d.Receipt)
 	if !ok {
 		return b.lost("extend lease of", d)

@@ -62,10 +62,17 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 		// password: say nothing of the URL.
 		return nil, badConfig("stem: postgres: invalid URL (percent-encode '/', '?', '#', '%%' and '@' in user names and passwords)")
 	}
-	shown := shownURL(u)
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
-		return nil, badConfig("stem: postgres: URL %s: scheme must be postgres or postgresql", shown)
+		// Not a URL of ours (a key=value connection string parses as a
+		// path, password and all): show the scheme alone.
+		return nil, badConfig("stem: postgres: URL with scheme %q: scheme must be postgres or postgresql (postgres://host/database; key=value connection strings are not taken)", u.Scheme)
 	}
+	if u.Opaque != "" {
+		// postgres:key=value...: pgx would read it as a key=value
+		// connection string, not as a URL.
+		return nil, badConfig("stem: postgres: URL %s:...: want %s://host/database (key=value connection strings are not taken)", u.Scheme, u.Scheme)
+	}
+	shown := shownURL(u)
 	cfg := &config{schema: DefaultSchema, shown: shown, namespace: opts.Namespace, logger: opts.Logger, resultTTL: DefaultResultTTL}
 	if cfg.namespace == "" {
 		cfg.namespace = stemtype.DefaultNamespace
@@ -136,7 +143,11 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	cfg.key = connString + "\x00" + cfg.schema
 	switch sslmode {
 	case "", "disable", "allow", "prefer":
+		// Every host of a multi-host URL may be the one reached.
 		cfg.plaintext = !loopback(pc.ConnConfig.Host)
+		for _, fb := range pc.ConnConfig.Fallbacks {
+			cfg.plaintext = cfg.plaintext || !loopback(fb.Host)
+		}
 	}
 	return cfg, nil
 }

@@ -73,6 +73,9 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
+	if msg == nil {
+		msg = []byte{} // an empty message, not NULL
+	}
 	if slices.Contains(targets, stemtype.BroadcastTarget) {
 		targets = nil
 	}
@@ -287,6 +290,9 @@ func (c *Control) Reply(ctx context.Context, requestID string, msg []byte) error
 	}
 	if requestID == "" {
 		return errors.New("stem: postgres control: reply: no request id")
+	}
+	if msg == nil {
+		msg = []byte{} // an empty reply, not NULL
 	}
 	if _, err := c.s.pool.Exec(ctx, c.s.q.reply, c.ns, requestID, msg); err != nil {
 		return c.errorf(err, "reply to request %q", requestID)

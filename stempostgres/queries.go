@@ -88,11 +88,12 @@ RETURNING id, claims, priority, due_at, payload`
 	q.extend = `UPDATE ` + t + ` SET visible_at = now() + $5 * interval '1 microsecond' WHERE ` + held
 	// Ack and Release find their rows by id = ANY($3) (the primary key, at
 	// every table size: a join with unnest chose a sequential scan), and
-	// check each row's claim count and queue at the id's position in the
-	// arrays.
+	// check each row's claim count and queue against every delivery of
+	// its id: a call may carry a stale delivery of a message (an earlier
+	// claim's) beside the held one.
 	many := `t.id = ANY($3::bigint[]) AND t.namespace = $1 AND t.leased
-	AND t.claims = ($4::int[])[array_position($3::bigint[], t.id)]
-	AND t.queue = ($2::text[])[array_position($3::bigint[], t.id)]`
+	AND EXISTS (SELECT 1 FROM unnest($3::bigint[], $4::int[], $2::text[]) AS d(id, claims, queue)
+		WHERE d.id = t.id AND d.claims = t.claims AND d.queue = t.queue)`
 	q.ack = `DELETE FROM ` + t + ` t WHERE ` + many + `
 RETURNING t.id, t.claims`
 	q.release = `WITH rel AS (

@@ -48,8 +48,12 @@ const insertTask = `INSERT INTO stem_tasks (namespace, queue, priority, sort_at,
 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)`
 
 // heldWhere selects the row of a delivery while it is held: its claim count
-// is still the one of the delivery's claim.
-const heldWhere = `id = ?1 AND claims = ?2 AND namespace = ?3 AND queue = ?4`
+// is still the one of the delivery's claim, and it was not released. A row
+// of that claim count that is ready again is held still when its lease
+// expired (visible_at is the lease's end) until another claim takes it, and
+// not when Release made it ready (visible_at 0): a released delivery's
+// receipt must not ack, extend, retry or dead-letter the message.
+const heldWhere = `id = ?1 AND claims = ?2 AND namespace = ?3 AND queue = ?4 AND (state = 2 OR visible_at > 0)`
 
 // The broker's write statements (see writeQueries).
 var (

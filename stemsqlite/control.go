@@ -68,6 +68,9 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 	if err := c.check(ctx, "publish"); err != nil {
 		return err
 	}
+	if msg == nil {
+		msg = []byte{} // an empty message, not NULL
+	}
 	to := []string{stemtype.BroadcastTarget}
 	if len(targets) > 0 && !slices.Contains(targets, stemtype.BroadcastTarget) {
 		to = slices.Compact(slices.Sorted(slices.Values(targets)))
@@ -233,6 +236,9 @@ func (c *Control) Reply(ctx context.Context, requestID string, msg []byte) error
 	}
 	if requestID == "" {
 		return errors.New("stem: sqlite control reply: empty request id")
+	}
+	if msg == nil {
+		msg = []byte{} // an empty reply, not NULL
 	}
 	err := c.st.writeTx(ctx, c.logger, "reply", func(tx *sql.Tx) error {
 		_, err := c.st.txExec(ctx, tx, qReplyInsert, c.ns, requestID, msg, nanos(time.Now()))

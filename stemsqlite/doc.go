@@ -52,6 +52,12 @@
 // connection, when the handle opens. That wait is the one retry this driver does; it
 // is logged at debug level. Any other error is returned at once.
 //
+// A file deleted or replaced while a process has it open (an operator's
+// rm, a restored backup moved over it) would leave that process working
+// on a file no new process sees: every operation checks that the path
+// still names the file opened, and otherwise fails with an error naming
+// it, so that the process is restarted rather than silently split off.
+//
 // # Wake-ups across processes
 //
 // A Claim with Wait, a control subscription and a Replies call block until
@@ -116,9 +122,10 @@
 // priority (higher first), then sort_at, then publish order, counting the
 // claim. The receipt is "row.claims": a
 // holder's Ack, ExtendLease, Retry, Release or DeadLetter matches the row
-// only while its claim count is the holder's, so ErrLeaseLost is exact (a
-// lease that expired stays the holder's until another Claim takes the
-// row), and Redelivered is exactly "claimed before". Ack deletes the row;
+// only while its claim count is the holder's and it did not Release it, so
+// ErrLeaseLost is exact (a lease that expired stays the holder's until
+// another Claim takes the row), and Redelivered is exactly "claimed
+// before". Ack deletes the row;
 // Retry deletes it and inserts next in one transaction; Release makes it
 // ready in its old place; DeadLetter moves its raw bytes, with the reason,
 // to stem_dead_letters (Broker.DeadLetters lists them; they are kept until

@@ -43,14 +43,21 @@ func newRole(st *store, cfg *config, name string) *role {
 }
 
 // check returns an error matching stemdriver.ErrClosed once the role is
-// closed, and ctx's error once ctx ended.
+// closed, ctx's error once ctx ended, and an error naming the file when
+// the file was deleted or replaced while open (see store.gone).
 func (r *role) check(ctx context.Context, op string) error {
 	select {
 	case <-r.closed:
 		return fmt.Errorf("stem: sqlite %s %s: %w", r.name, op, stemdriver.ErrClosed)
 	default:
 	}
-	return ctx.Err()
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := r.st.gone(); err != nil {
+		return fmt.Errorf("stem: sqlite %s %s: %w", r.name, op, err)
+	}
+	return nil
 }
 
 // isClosed reports whether the role was closed.

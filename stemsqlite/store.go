@@ -63,7 +63,8 @@ var sqliteHeader = []byte("SQLite format 3\x00")
 type store struct {
 	path   string // absolute
 	logger *slog.Logger
-	shared bool // registered in stores
+	shared bool   // registered in stores
+	mapKey string // its key in stores: path with its symlinks resolved
 
 	write *sql.DB // one connection: in-process writers queue in Go, not on the file lock
 	read  *sql.DB // query_only connections for reads
@@ -74,6 +75,9 @@ type store struct {
 	cancel context.CancelFunc
 	done   sync.WaitGroup
 
+	key   fileKey // the file's identity when opened
+	keyed bool    // key is set (Unix)
+
 	refs    int    // guarded by stores.mu
 	untrack func() // counts the handle out of openFiles; guarded by stores.mu
 
@@ -82,7 +86,7 @@ type store struct {
 }
 
 // stores holds the shared handle of every file open in the process, by
-// absolute path.
+// absolute path with symlinks resolved (canonicalPath).
 var stores = struct {
 	mu sync.Mutex
 	m  map[string]*store
@@ -95,9 +99,10 @@ func acquire(ctx context.Context, cfg *config) (*store, error) {
 	if err != nil {
 		return nil, err
 	}
+	key := canonicalPath(abs)
 	stores.mu.Lock()
 	defer stores.mu.Unlock()
-	if s := stores.m[abs]; s != nil {
+	if s := stores.m[key]; s != nil {
 		s.refs++
 		return s, nil
 	}
@@ -107,8 +112,22 @@ func acquire(ctx context.Context, cfg *config) (*store, error) {
 	}
 	s.shared = true
 	s.refs = 1
-	stores.m[abs] = s
+	s.mapKey = key
+	stores.m[key] = s
 	return s, nil
+}
+
+// canonicalPath returns the absolute path abs with its symlinks resolved,
+// those of its directory alone when the file does not exist yet, so that
+// every path of one file gives one key of stores.
+func canonicalPath(abs string) string {
+	if r, err := filepath.EvalSymlinks(abs); err == nil {
+		return r
+	}
+	if d, err := filepath.EvalSymlinks(filepath.Dir(abs)); err == nil {
+		return filepath.Join(d, filepath.Base(abs))
+	}
+	return abs
 }
 
 // openPrivate opens a handle of the file of cfg that no other open shares,
@@ -141,7 +160,7 @@ func (s *store) release() error {
 	s.refs--
 	last := s.refs == 0
 	if last && s.shared {
-		delete(stores.m, s.path)
+		delete(stores.m, s.mapKey)
 	}
 	if !last {
 		stores.mu.Unlock()
@@ -227,6 +246,7 @@ func (s *store) track() {
 		return
 	}
 	if k, ok := keyOf(fi); ok {
+		s.key, s.keyed = k, true
 		openFiles[k]++
 		s.untrack = func() {
 			if openFiles[k]--; openFiles[k] <= 0 {
@@ -234,6 +254,31 @@ func (s *store) track() {
 			}
 		}
 	}
+}
+
+// errFileGone says that the database file was deleted, or replaced by
+// another file, while this process had it open.
+var errFileGone = errors.New("was deleted or replaced while open: this process still holds the old file, which no new process sees; restart it")
+
+// gone returns an error when the path of s no longer names the file s
+// opened (it was deleted, or replaced by another file): every operation
+// on the old file would be invisible to processes that open the path now.
+// A failure to look is not reported: the operations report their own.
+func (s *store) gone() error {
+	if !s.keyed {
+		return nil
+	}
+	fi, err := os.Stat(s.path)
+	if err != nil {
+		if errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("stem: sqlite: database %s %w", s.path, errFileGone)
+		}
+		return nil
+	}
+	if k, ok := keyOf(fi); ok && k != s.key {
+		return fmt.Errorf("stem: sqlite: database %s %w", s.path, errFileGone)
+	}
+	return nil
 }
 
 // dsn is the modernc.org/sqlite data source name of path with the
@@ -285,7 +330,11 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 	}); err != nil {
 		return nil, s.openErr(err)
 	}
-	if s.wlock, err = newWriteLock(path); err != nil {
+	// SQLite follows symlinks: the WAL file lives beside the real file,
+	// so the lock file and the WAL watch go there too, and processes that
+	// open the file by different paths share them.
+	real := realPath(path)
+	if s.wlock, err = newWriteLock(real); err != nil {
 		return nil, s.openErr(err)
 	}
 	if err := s.migrate(ctx, logger); err != nil {
@@ -309,7 +358,7 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 
 	bg, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	s.watch, err = newWatcher(ctx, path, logger, !cfg.pollOnly)
+	s.watch, err = newWatcher(ctx, path, real, logger, !cfg.pollOnly)
 	if err != nil {
 		cancel()
 		return nil, s.openErr(err)
@@ -318,6 +367,15 @@ func openStore(ctx context.Context, path string, cfg *config) (_ *store, err err
 	s.done.Go(func() { s.watch.run(bg) })
 	s.done.Go(func() { s.pruneLoop(bg) })
 	return s, nil
+}
+
+// realPath returns path with its symlinks resolved, as SQLite resolves
+// them to place the WAL file, or path itself when that fails.
+func realPath(path string) string {
+	if r, err := filepath.EvalSymlinks(path); err == nil {
+		return r
+	}
+	return path
 }
 
 // openErr words an error met while opening the file.

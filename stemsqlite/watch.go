@@ -29,8 +29,9 @@ type watcher struct {
 }
 
 // newWatcher opens the watcher's connection to path and, when notifier is
-// set and the platform has one, a WAL notifier.
-func newWatcher(ctx context.Context, path string, logger *slog.Logger, notifier bool) (*watcher, error) {
+// set and the platform has one, a WAL notifier of real, path with its
+// symlinks resolved (where SQLite keeps the WAL file).
+func newWatcher(ctx context.Context, path, real string, logger *slog.Logger, notifier bool) (*watcher, error) {
 	db, err := sql.Open("sqlite", dsn(path, "_pragma", "query_only(1)"))
 	if err != nil {
 		return nil, err
@@ -43,7 +44,7 @@ func newWatcher(ctx context.Context, path string, logger *slog.Logger, notifier 
 	}
 	w := &watcher{logger: logger, db: db, conn: conn, ch: make(chan struct{}), kick: make(chan struct{}, 1)}
 	if notifier {
-		if w.wal, err = newWALNotifier(path); err != nil {
+		if w.wal, err = newWALNotifier(real); err != nil {
 			logger.Debug("stem: sqlite: change watcher: polling data_version", "path", path, "reason", err)
 		}
 	}
