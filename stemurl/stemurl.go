@@ -38,6 +38,7 @@ import (
 	"fmt"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -346,7 +347,9 @@ const redacted = "xxxxx"
 //     "xxxxx"; with no '@', only the scheme is kept ("scheme://<unparsable
 //     URL>");
 //   - a string without a scheme (a file path): everything up to its last
-//     '@', if any, becomes "xxxxx";
+//     '@', if any, becomes "xxxxx", and so does the value of each
+//     key=value pair whose key names a secret (a libpq connection string
+//     such as "host=db password=p" given where a URL belongs);
 //   - in a URL, the value of a query parameter whose name says it holds a
 //     secret (password, token, secret, auth, ...) becomes "xxxxx", and so
 //     does everything after it, where an unencoded '&' or '#' may have
@@ -354,12 +357,23 @@ const redacted = "xxxxx"
 func Redact(raw string) string {
 	i := strings.Index(raw, "://")
 	if i <= 0 || !validScheme(raw[:i]) {
-		return redactUserinfo(raw)
+		return redactKeyValues(redactUserinfo(raw))
 	}
 	// The query first: an '@' in a secret value would otherwise be taken
 	// for the end of the user information. Then again, for a query the
 	// first pass could not find behind an unencoded '?' in a password.
 	return redactQuery(redactUserinfo(redactQuery(raw)))
+}
+
+// keyValueSecret matches a key=value pair of a libpq-style connection
+// string ("host=db user=u password='p w'") whose key names a secret.
+var keyValueSecret = regexp.MustCompile(`(?i)([a-z_]*(?:pass|pwd|secret|token|auth|credential)[a-z_]*)\s*=\s*(?:'(?:[^'\\]|\\.)*'?|\S*)`)
+
+// redactKeyValues replaces the values of the secret key=value pairs of a
+// string that is not a URL (a libpq connection string given where a URL
+// belongs) with "xxxxx".
+func redactKeyValues(s string) string {
+	return keyValueSecret.ReplaceAllString(s, "${1}="+redacted)
 }
 
 // redactUserinfo is Redact without the query rule.
