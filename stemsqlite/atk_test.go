@@ -2,8 +2,10 @@ package stemsqlite
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -12,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -261,5 +264,39 @@ func TestEmptyControlMessageAndReply(t *testing.T) {
 	n := -1
 	if err := c.Replies(ctx, "r", func(m []byte) bool { n = len(m); return false }); err != nil || n != 0 {
 		t.Fatalf("Replies = %v, message of %d bytes; want one empty reply", err, n)
+	}
+}
+
+// One record that does not decode (written by a foreign tool or a broken
+// disk) loses nothing else: List skips it with a warning, as the Redis and
+// Postgres stores do, so a worker still loads every other revoke.
+func TestUndecodableRevokeRecordIsSkipped(t *testing.T) {
+	u, path := tempURL(t, "revokes.db")
+	ctx := context.Background()
+	var logs testutil.SyncBuffer
+	s, err := OpenRevokes(ctx, u, testOptsWith("ns", slog.New(slog.NewTextHandler(&logs, nil))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	good := stemtype.RevokeRecord{Namespace: "ns", TaskID: "good", Version: 1, IssuedAt: time.Now()}
+	bad := stemtype.RevokeRecord{Namespace: "ns", TaskID: "bad", Version: 1, IssuedAt: time.Now()}
+	if _, err := s.Upsert(ctx, good, bad); err != nil {
+		t.Fatal(err)
+	}
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.Exec(`UPDATE stem_revokes SET body = x'7b6e6f74206a736f6e' WHERE task_id = 'bad'`); err != nil {
+		t.Fatal(err)
+	}
+	_ = db.Close()
+	recs, err := s.List(ctx, "ns")
+	if err != nil || len(recs) != 1 || recs[0].TaskID != "good" {
+		t.Fatalf("List = %+v, %v; want the good record alone", recs, err)
+	}
+	if !strings.Contains(logs.String(), "bad") {
+		t.Errorf("no warning names the skipped record:\n%s", logs.String())
 	}
 }

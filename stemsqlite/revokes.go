@@ -128,7 +128,11 @@ func (s *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 		}
 		var rec stemtype.RevokeRecord
 		if err := json.Unmarshal(body, &rec); err != nil {
-			return nil, fmt.Errorf("stem: sqlite revokes (%s): record of task %q in namespace %q does not decode: %w", s.st.path, id, namespace, err)
+			// One bad record loses nothing else: skipped, kept, and
+			// named, as the other stores do.
+			s.logger.WarnContext(ctx, "stem: sqlite revokes: skipping an undecodable record",
+				"path", s.st.path, "namespace", namespace, "task_id", id, "error", err.Error())
+			continue
 		}
 		out = append(out, rec)
 	}
