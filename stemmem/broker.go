@@ -211,16 +211,9 @@ func (b *broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	raws := make([][]byte, len(envs))
-	for i, env := range envs {
-		if err := env.Validate(); err != nil {
-			return fmt.Errorf("stem: memory broker publish: %w", err)
-		}
-		raw, err := json.Marshal(env)
-		if err != nil {
-			return fmt.Errorf("stem: memory broker publish: encode envelope %s: %w", env.ID, err)
-		}
-		raws[i] = raw
+	raws, err := stemdriver.EncodeEnvelopes(envs)
+	if err != nil {
+		return fmt.Errorf("stem: memory broker publish: %w", err)
 	}
 	s := b.space
 	now := time.Now()

@@ -138,16 +138,9 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	if len(envs) == 0 {
 		return nil
 	}
-	raws := make([][]byte, len(envs))
-	for i, env := range envs {
-		if err := env.Validate(); err != nil {
-			return fmt.Errorf("stem: redis broker: publish: %w", err)
-		}
-		raw, err := json.Marshal(env)
-		if err != nil {
-			return fmt.Errorf("stem: redis broker: publish: encode envelope %s: %w", env.ID, err)
-		}
-		raws[i] = raw
+	raws, err := stemdriver.EncodeEnvelopes(envs)
+	if err != nil {
+		return fmt.Errorf("stem: redis broker: publish: %w", err)
 	}
 	now := time.Now()
 	for start := 0; start < len(envs); start += publishChunk {

@@ -277,21 +277,9 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	if err := c.checkOpen(); err != nil {
 		return err
 	}
-	if info.ID == "" {
-		return errors.New("stem: redis control: announce: worker info has no id")
-	}
-	if ttl <= 0 {
-		return fmt.Errorf("stem: redis control: announce worker %q: ttl is %v, want a positive duration", info.ID, ttl)
-	}
-	if info.LastSeen.IsZero() {
-		info.LastSeen = time.Now().UTC()
-	}
-	if info.Namespace == "" {
-		info.Namespace = c.ns
-	}
-	raw, err := json.Marshal(info)
+	info, raw, err := stemdriver.PrepareAnnounce(info, ttl, c.ns)
 	if err != nil {
-		return fmt.Errorf("stem: redis control: announce worker %q: encode: %w", info.ID, err)
+		return fmt.Errorf("stem: redis control: announce: %w", err)
 	}
 	k := newPresenceKeys(c.ns)
 	ms := (ttl + time.Millisecond - 1).Milliseconds()

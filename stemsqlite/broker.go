@@ -93,23 +93,16 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	if err := b.check(ctx, "publish"); err != nil {
 		return err
 	}
-	raws := make([][]byte, len(envs))
-	for i, env := range envs {
-		if err := env.Validate(); err != nil {
-			return fmt.Errorf("stem: sqlite broker publish: %w", err)
-		}
-		raw, err := json.Marshal(env)
-		if err != nil {
-			return fmt.Errorf("stem: sqlite broker publish: encode envelope %s: %w", env.ID, err)
-		}
-		raws[i] = raw
+	raws, err := stemdriver.EncodeEnvelopes(envs)
+	if err != nil {
+		return fmt.Errorf("stem: sqlite broker publish: %w", err)
 	}
 	if len(envs) == 0 {
 		return nil
 	}
 	now := time.Now()
 	stamp := b.st.stamp(now)
-	err := b.st.writeTx(ctx, b.logger, "publish", func(tx *sql.Tx) error {
+	err = b.st.writeTx(ctx, b.logger, "publish", func(tx *sql.Tx) error {
 		stmt, err := b.st.txPrepare(ctx, tx, insertTask)
 		if err != nil {
 			return err

@@ -320,15 +320,9 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 	if err := c.check(ctx, "announce"); err != nil {
 		return err
 	}
-	switch {
-	case info.ID == "":
-		return errors.New("stem: sqlite control announce: worker info has no id")
-	case ttl <= 0:
-		return fmt.Errorf("stem: sqlite control announce %s: ttl is %v, want a positive duration", info.ID, ttl)
-	}
-	body, err := json.Marshal(info)
+	info, body, err := stemdriver.PrepareAnnounce(info, ttl, c.ns)
 	if err != nil {
-		return fmt.Errorf("stem: sqlite control announce %s: encode: %w", info.ID, err)
+		return fmt.Errorf("stem: sqlite control announce: %w", err)
 	}
 	var taken *stemdriver.WorkerIDTakenError
 	err = c.st.writeTx(ctx, c.logger, "announce", func(tx *sql.Tx) error {
