@@ -284,7 +284,9 @@ func TestUndecodableRevokeRecordIsSkipped(t *testing.T) {
 	if _, err := s.Upsert(ctx, good, bad); err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("sqlite", path)
+	// A foreign writer, waiting for the store's own writes as SQLite's
+	// busy timeout lets it.
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)")
 	if err != nil {
 		t.Fatal(err)
 	}
