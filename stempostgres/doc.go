@@ -11,7 +11,9 @@
 // connect_timeout, pool_max_conns, application_name, ...) plus two of
 // stem's, which pgx never sees:
 //   - search_path=NAME: the one schema stem's tables live in (default
-//     public); it is created when missing. Every statement names it, so the
+//     public); it is created when missing. The name is taken as written,
+//     quoted: MyApp and myapp are two schemas, and a misspelt name makes
+//     a new, empty one (the worker logs the schema it migrated). Every statement names it, so the
 //     session's own search_path does not matter. A deployment is a
 //     namespace in one database and schema: two schemas never see each
 //     other's tasks, results, revokes, commands, replies or workers.
