@@ -238,7 +238,7 @@ func (a *app) demo(ctx context.Context) error {
 		fmt.Fprintf(tw, "   %s\t%s\t%s\t%d\t%s\n", id, res.Task, res.State, res.Attempt, detail(res))
 	}
 	tw.Flush()
-	fmt.Fprintf(a.out, "\nDone in %s. Try the same against Redis: see the README.\n", time.Since(d.start).Round(time.Millisecond))
+	fmt.Fprintf(a.out, "\nDone in %s. Try it across processes, still with no server: see the README.\n", time.Since(d.start).Round(time.Millisecond))
 	stopWorkers()
 	wg.Wait()
 	return runErr
