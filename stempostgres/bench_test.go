@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +12,7 @@ import (
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemdriver/stemdrivertest"
 	"github.com/stem-go/stem/stempostgres"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -179,52 +179,11 @@ func BenchmarkWorkerDrain(b *testing.B) {
 }
 
 // BenchmarkIdlePickup measures how long a message published to an idle
-// queue takes to reach a consumer blocked in Claim (woken by NOTIFY); it
-// reports the median and 99th percentile.
+// queue takes to reach a consumer blocked in Claim, woken by NOTIFY
+// (stemdrivertest.BenchIdlePickup).
 func BenchmarkIdlePickup(b *testing.B) {
 	u := testutil.PostgresSchema(b)
-	producer, consumer := benchBroker(b, u), benchBroker(b, u)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	got := make(chan time.Time)
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			ds, err := consumer.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"idle"}, Consumer: "c", Max: 1, Lease: time.Minute, Wait: time.Minute})
-			if err != nil {
-				errc <- err
-				return
-			}
-			at := time.Now()
-			for _, d := range ds {
-				if err := consumer.Ack(ctx, d); err != nil {
-					errc <- err
-					return
-				}
-				got <- at
-			}
-		}
-	}()
 	env := benchEnvelopes("idle", 1)[0]
 	env.Queue = "idle"
-	lat := make([]time.Duration, 0, b.N)
-	b.ResetTimer()
-	for range b.N {
-		start := time.Now()
-		if err := producer.Publish(ctx, env); err != nil {
-			b.Fatal(err)
-		}
-		select {
-		case at := <-got:
-			lat = append(lat, at.Sub(start))
-		case err := <-errc:
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	slices.Sort(lat)
-	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
-	cancel()
-	<-errc
+	stemdrivertest.BenchIdlePickup(b, benchBroker(b, u), benchBroker(b, u), env)
 }

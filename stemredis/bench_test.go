@@ -3,7 +3,6 @@ package stemredis
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -14,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemdriver/stemdrivertest"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -234,47 +234,11 @@ func BenchmarkRevokeUpsert(b *testing.B) {
 }
 
 // BenchmarkIdlePickup measures how long a message published to an idle
-// queue takes to reach a consumer blocked in Claim: one op is a publish
-// and the blocked Claim returning it.
+// queue takes to reach a consumer blocked in Claim on another connection
+// (stemdrivertest.BenchIdlePickup).
 func BenchmarkIdlePickup(b *testing.B) {
 	ns := newNS(b)
-	producer, consumer := openTestBroker(b, ns), openTestBroker(b, ns)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	got := make(chan stemdriver.Delivery)
-	errc := make(chan error, 1)
-	go func() {
-		for {
-			ds, err := consumer.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"idle"}, Consumer: "c", Max: 1, Lease: time.Minute, Wait: time.Minute})
-			if err != nil {
-				errc <- err
-				return
-			}
-			for _, d := range ds {
-				if err := consumer.Ack(ctx, d); err != nil {
-					errc <- err
-					return
-				}
-				got <- d
-			}
-		}
-	}()
 	env := benchEnvelopes("idle", 1)[0]
 	env.Queue = "idle"
-	b.ResetTimer()
-	for range b.N {
-		if err := producer.Publish(ctx, env); err != nil {
-			b.Fatal(err)
-		}
-		select {
-		case <-got:
-		case err := <-errc:
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	cancel()
-	if err := <-errc; !errors.Is(err, context.Canceled) {
-		b.Fatal(err)
-	}
+	stemdrivertest.BenchIdlePickup(b, openTestBroker(b, ns), openTestBroker(b, ns), env)
 }

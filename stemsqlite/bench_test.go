@@ -2,7 +2,6 @@ package stemsqlite
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
@@ -11,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemdriver/stemdrivertest"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -100,13 +100,10 @@ func BenchmarkClaimAckDrain(b *testing.B) {
 	}
 }
 
-// BenchmarkIdlePickup measures how long a message published to an idle
-// queue takes to reach a consumer blocked in Claim, from the start of
-// Publish to Claim's return: through the same handle (a producer in the
-// worker's process, woken by the in-process signal) and through another
-// handle of the file (another process, woken by the data_version watcher).
-// Between ops it pauses a random 0-10 ms, so that publishes fall at every
-// phase of the watcher's poll. It reports p50 and p99.
+// BenchmarkIdlePickup measures idle pickup (stemdrivertest.BenchIdlePickup)
+// through the same handle (a producer in the worker's process, woken by
+// the in-process signal) and through another handle of the file (another
+// process, woken by the WAL watcher and data_version).
 func BenchmarkIdlePickup(b *testing.B) {
 	for _, tc := range []struct {
 		name  string
@@ -119,56 +116,7 @@ func BenchmarkIdlePickup(b *testing.B) {
 			if tc.other {
 				producer = openHandle(b, u, "idle")
 			}
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			got := make(chan time.Time)
-			errc := make(chan error, 1)
-			go func() {
-				for {
-					ds, err := consumer.broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"idle"}, Consumer: "c",
-						Max: 1, Lease: time.Minute, Wait: time.Minute})
-					at := time.Now()
-					if err != nil {
-						errc <- err
-						return
-					}
-					for _, d := range ds {
-						if err := consumer.broker.Ack(ctx, d); err != nil {
-							errc <- err
-							return
-						}
-						got <- at
-					}
-				}
-			}()
-			env := benchEnvelopes("idle", "idle", 1)[0]
-			lat := make([]time.Duration, 0, b.N)
-			var pause time.Duration
-			b.ResetTimer()
-			for range b.N {
-				b.StopTimer()
-				time.Sleep(pause) // let the consumer go idle again; not a synchronisation
-				pause = time.Duration(rand.Int64N(int64(10 * time.Millisecond)))
-				b.StartTimer()
-				start := time.Now()
-				if err := producer.broker.Publish(ctx, env); err != nil {
-					b.Fatal(err)
-				}
-				select {
-				case at := <-got:
-					lat = append(lat, at.Sub(start))
-				case err := <-errc:
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			cancel()
-			if err := <-errc; !errors.Is(err, context.Canceled) {
-				b.Fatal(err)
-			}
-			slices.Sort(lat)
-			b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
-			b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+			stemdrivertest.BenchIdlePickup(b, producer.broker, consumer.broker, benchEnvelopes("idle", "idle", 1)[0])
 		})
 	}
 }
