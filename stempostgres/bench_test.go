@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/systemtest"
 	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemdriver/stemdrivertest"
@@ -140,41 +141,8 @@ func BenchmarkWorkerDrain(b *testing.B) {
 		opts := stemdriver.Options{Namespace: ns, Logger: quiet()}
 		broker := opened[*stempostgres.Broker](b)(stempostgres.OpenBroker(ctx, u, opts))
 		results := opened[*stempostgres.Results](b)(stempostgres.OpenResults(ctx, u, opts))
-		reg := stem.NewRegistry()
-		var count atomic.Int64
-		done := make(chan struct{})
-		stem.Register(reg, "noop", func(*stem.TaskContext, stem.Args) (any, error) {
-			if count.Add(1) == n {
-				close(done)
-			}
-			return nil, nil
-		}, stem.TaskOptions{})
-		client, err := stem.NewClient(stem.ClientConfig{Broker: broker, Results: results, Registry: reg})
-		if err != nil {
-			b.Fatal(err)
-		}
-		reqs := make([]stem.EnqueueRequest, n)
-		for j := range reqs {
-			reqs[j] = stem.EnqueueRequest{Task: "noop"}
-		}
-		if _, err := client.EnqueueBatch(ctx, reqs); err != nil {
-			b.Fatal(err)
-		}
-		w, err := stem.NewWorker(stem.WorkerConfig{Namespace: ns, Registry: reg, Broker: broker, Results: results, Concurrency: 50, Logger: quiet()})
-		if err != nil {
-			b.Fatal(err)
-		}
-		wctx, cancel := context.WithCancel(ctx)
-		ran := make(chan error, 1)
-		b.StartTimer()
-		start := time.Now()
-		go func() { ran <- w.Run(wctx) }()
-		<-done
-		b.ReportMetric(n/time.Since(start).Seconds(), "tasks/s")
-		cancel()
-		if err := <-ran; err != nil {
-			b.Fatal(err)
-		}
+		took := systemtest.DrainOnce(b, broker, results, ns, n, stem.WorkerConfig{Concurrency: 50, Logger: quiet()})
+		b.ReportMetric(n/took.Seconds(), "tasks/s")
 	}
 }
 
