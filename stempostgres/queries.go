@@ -84,14 +84,21 @@ WHERE id = ANY(ARRAY(
 	FOR UPDATE SKIP LOCKED))
 RETURNING id, claims, priority, due_at, payload`
 
-	held := `namespace = $1 AND queue = $2 AND id = $3 AND claims = $4 AND leased`
+	// Held rows are found by primary key alone. The namespace and queue
+	// are compared with IS NOT DISTINCT FROM (the same test on these NOT
+	// NULL columns), which no index can serve: with plain equality, a
+	// table whose statistics know other namespaces only (a new
+	// deployment's first burst) made the planner scan the claim index's
+	// whole namespace prefix for each statement (TestSettlePlansUsePrimaryKey).
+	held := `id = $3 AND (namespace, queue) IS NOT DISTINCT FROM ($1, $2) AND claims = $4 AND leased`
 	q.extend = `UPDATE ` + t + ` SET visible_at = now() + $5 * interval '1 microsecond' WHERE ` + held
 	// Ack and Release find their rows by id = ANY($3) (the primary key, at
-	// every table size: a join with unnest chose a sequential scan), and
+	// every table size: a join with unnest chose a sequential scan; the
+	// namespace as for held), and
 	// check each row's claim count and queue against every delivery of
 	// its id: a call may carry a stale delivery of a message (an earlier
 	// claim's) beside the held one.
-	many := `t.id = ANY($3::bigint[]) AND t.namespace = $1 AND t.leased
+	many := `t.id = ANY($3::bigint[]) AND t.namespace IS NOT DISTINCT FROM $1 AND t.leased
 	AND EXISTS (SELECT 1 FROM unnest($3::bigint[], $4::int[], $2::text[]) AS d(id, claims, queue)
 		WHERE d.id = t.id AND d.claims = t.claims AND d.queue = t.queue)`
 	q.ack = `DELETE FROM ` + t + ` t WHERE ` + many + `
@@ -127,8 +134,16 @@ ON CONFLICT (namespace, id) DO UPDATE SET state = excluded.state, body = exclude
 WHERE r.state NOT IN ` + finalStates + ` OR NOT ` + live
 	q.putIfState = `UPDATE ` + r + ` AS r SET state = $3, body = $4, expires_at = ` + expires + `
 WHERE r.namespace = $1 AND r.id = $2 AND r.state = ANY($6::text[]) AND r.state NOT IN ` + finalStates + ` AND ` + live
-	q.getResults = `SELECT r.id, r.body FROM ` + r + ` r WHERE r.namespace = $1 AND r.id = ANY($2::text[]) AND ` + live
-	q.getFinals = q.getResults + ` AND r.state IN ` + finalStates
+	// One primary-key descent per id: the LIMIT keeps the planner from
+	// flattening the lookup into a join or an = ANY, either of which it
+	// served, on statistics that knew other namespaces only, with a scan
+	// of the namespace's whole key range (TestGetPlansDescendPerID).
+	get := func(cond string) string {
+		return `SELECT x.id, x.body FROM unnest($2::text[]) AS u(id), LATERAL (
+	SELECT r.id, r.body FROM ` + r + ` r WHERE r.namespace = $1 AND r.id = u.id AND ` + live + cond + ` LIMIT 1) x`
+	}
+	q.getResults = get("")
+	q.getFinals = get(` AND r.state IN ` + finalStates)
 	q.pruneResults = `DELETE FROM ` + r + ` WHERE expires_at <= now()`
 
 	// Revokes: the causal version rule in the upsert.

@@ -86,6 +86,7 @@ type config struct {
 	Idle          time.Duration
 	Note          string
 	JSON          bool
+	CPUProfile    string
 }
 
 // figure is the outcome of one run: the -json line, and the input of -table.
@@ -167,6 +168,7 @@ func cliMain(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Interval, "interval", 50*time.Millisecond, "pickup and cancel: time from one round's start to the next")
 	fs.DurationVar(&cfg.Idle, "idle", 10*time.Second, "idlecpu: how long the worker sits idle")
 	fs.StringVar(&cfg.Note, "note", "", "a note that names this configuration in the figure's label (e.g. WAL)")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "drain: write a CPU profile of the timed part (the worker's run) to this file")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the figure as one JSON object (the human line goes to stderr)")
 	fs.StringVar(&table, "table", "", "print a markdown table of the medians of the -json lines in this file, and exit")
 	if err := fs.Parse(args); err != nil {

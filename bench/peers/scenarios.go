@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"os"
+	"runtime/pprof"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -142,6 +144,13 @@ func drain(ctx context.Context, cfg config, sys system, p *probe, f *figure) err
 		return fmt.Errorf("enqueue: %w", err)
 	}
 	enq := time.Since(t0)
+	if cfg.CPUProfile != "" {
+		stop, err := startCPUProfile(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	start := time.Now()
 	if err := sys.Start(ctx, cfg.Concurrency); err != nil {
 		return fmt.Errorf("start worker: %w", err)
@@ -156,6 +165,7 @@ func drain(ctx context.Context, cfg config, sys system, p *probe, f *figure) err
 		return context.Cause(ctx)
 	}
 	took := time.Since(start)
+	pprof.StopCPUProfile() // the timed part only; stop is then a no-op
 	if err := sys.Stop(ctx); err != nil {
 		return fmt.Errorf("stop worker: %w", err)
 	}
@@ -327,4 +337,18 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // ms is d in milliseconds, rounded to microseconds.
 func ms(d time.Duration) float64 {
 	return math.Round(float64(d)/float64(time.Microsecond)) / 1000
+}
+
+// startCPUProfile starts a CPU profile into path; the returned func stops
+// it and closes the file.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("cpu profile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
