@@ -73,6 +73,13 @@ func (s signals) Progress(pct float64, data json.RawMessage) error {
 	return nil
 }
 
+// startedDefer is how long a task's started record is held back before it
+// is written; the outcome of a task that ends sooner replaces it, so that
+// short tasks cost one result write (settle.Settlement.Defer). A person or
+// a script polling the state sees started this much later, which none can
+// tell from the time the write takes.
+const startedDefer = 20 * time.Millisecond
+
 // process runs one claimed delivery to its outcome.
 func (w *Worker) process(parent context.Context, j *jobs.Job) {
 	env := j.Env()
@@ -113,7 +120,9 @@ func (w *Worker) process(parent context.Context, j *jobs.Job) {
 		ID: env.ID, Task: env.Task, Queue: env.Queue, State: stemtype.StateStarted,
 		Attempt: env.Attempt, WorkerID: w.cfg.ID, StartedAt: now, UpdatedAt: now,
 	}
-	w.writer.Queue(settle.Settlement{Result: j.Base})
+	// Deferred: a task that ends sooner records its outcome alone (which
+	// carries StartedAt), in one result write instead of two.
+	w.writer.Queue(settle.Settlement{Result: j.Base, Defer: startedDefer})
 	if task.Options.Lease > 0 && task.Options.Lease != w.cfg.Lease {
 		w.jobs.SetMinLease(j, task.Options.Lease)
 		_ = w.extend(ctx, j, task.Options.Lease)

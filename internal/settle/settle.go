@@ -15,6 +15,7 @@
 package settle
 
 import (
+	"container/heap"
 	"context"
 	"errors"
 	"log/slog"
@@ -63,6 +64,14 @@ type Settlement struct {
 	// write of a task whose outcome was decided could otherwise follow
 	// (and replace) that outcome.
 	Superseded *atomic.Bool
+	// Defer, for a bare write, holds it back for this long, after which
+	// it is written as if just queued; any later settlement of its task
+	// that comes first (its outcome, a progress report, another deferred
+	// write) replaces it, and it is never written. A task's started record
+	// is deferred so: the outcome of a short task carries everything it
+	// says, and the task then costs one result write instead of two. Close
+	// writes the deferred writes still held (Superseded permitting).
+	Defer time.Duration
 }
 
 // id is the task id that picks s's shard.
@@ -222,6 +231,66 @@ type shard struct {
 	closing chan struct{}
 	done    chan struct{}
 	once    sync.Once
+
+	// Deferred writes, owned by run: held orders them by due time, and
+	// current maps a task id to the sequence number of its one live held
+	// write (entries of held with another number were replaced).
+	held    heldWrites
+	current map[string]uint64
+	seq     uint64
+}
+
+// heldWrite is a deferred write waiting in a shard.
+type heldWrite struct {
+	s   Settlement
+	id  string
+	due time.Time
+	seq uint64
+}
+
+// heldWrites is a min-heap of held writes by due time (container/heap).
+type heldWrites []heldWrite
+
+func (h heldWrites) Len() int           { return len(h) }
+func (h heldWrites) Less(i, j int) bool { return h[i].due.Before(h[j].due) }
+func (h heldWrites) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *heldWrites) Push(x any)        { *h = append(*h, x.(heldWrite)) }
+func (h *heldWrites) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return x
+}
+
+// accept adds s to the batch, or holds it when it is a deferred write; a
+// later settlement of a task replaces the task's held write.
+func (sh *shard) accept(batch *[]Settlement, s Settlement) {
+	id := s.id()
+	if len(sh.current) > 0 {
+		delete(sh.current, id)
+	}
+	if s.Defer > 0 && s.Delivery == nil {
+		if sh.current == nil {
+			sh.current = make(map[string]uint64)
+		}
+		sh.seq++
+		sh.current[id] = sh.seq
+		heap.Push(&sh.held, heldWrite{s: s, id: id, due: time.Now().Add(s.Defer), seq: sh.seq})
+		return
+	}
+	*batch = append(*batch, s)
+}
+
+// takeDue moves the held writes due by now (all of them when all is set)
+// to the batch, and drops those that were replaced.
+func (sh *shard) takeDue(batch *[]Settlement, now time.Time, all bool) {
+	for sh.held.Len() > 0 && (all || !sh.held[0].due.After(now)) {
+		h := heap.Pop(&sh.held).(heldWrite)
+		if seq, ok := sh.current[h.id]; ok && seq == h.seq {
+			delete(sh.current, h.id)
+			*batch = append(*batch, h.s)
+		}
+	}
 }
 
 func (sh *shard) queue(s Settlement) {
@@ -281,27 +350,45 @@ func (sh *shard) close() {
 func (sh *shard) run(ctx context.Context) {
 	defer close(sh.done)
 	batch := make([]Settlement, 0, batchMax)
+	wake := time.NewTimer(time.Hour)
+	defer wake.Stop()
 	for {
+		batch = batch[:0]
+		var due <-chan time.Time
+		if sh.held.Len() > 0 {
+			wake.Reset(time.Until(sh.held[0].due))
+			due = wake.C
+		}
 		select {
 		case s := <-sh.in:
-			batch = append(batch[:0], s)
+			sh.accept(&batch, s)
+		case <-due:
 		case <-sh.closing:
 			fctx := sh.finalCtx
 			if fctx == nil {
 				fctx = ctx
 			}
 			for {
+				batch = batch[:0]
 				select {
 				case s := <-sh.in:
-					batch = append(batch[:0], s)
+					sh.accept(&batch, s)
 					sh.collect(&batch)
-					sh.flush(fctx, batch, true)
 				default:
+				}
+				sh.takeDue(&batch, time.Time{}, true)
+				if len(batch) == 0 {
 					return
 				}
+				sh.flush(fctx, batch, true)
 			}
 		}
+		sh.takeDue(&batch, time.Now(), false)
+		if len(batch) == 0 {
+			continue // only replaced writes fell due, or one was held
+		}
 		sh.collect(&batch)
+		sh.takeDue(&batch, time.Now(), false)
 		sh.flush(ctx, batch, false)
 	}
 }
@@ -313,7 +400,7 @@ func (sh *shard) collect(batch *[]Settlement) {
 	for len(*batch) < batchMax {
 		select {
 		case s := <-sh.in:
-			*batch = append(*batch, s)
+			sh.accept(batch, s)
 		case <-t.C:
 			return
 		}
