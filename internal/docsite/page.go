@@ -110,6 +110,9 @@ func SplitFrontMatter(src []byte) (front []string, body []byte, ok bool) {
 		return nil, src, false
 	}
 	rest := s[len("---\n"):]
+	if strings.HasPrefix(rest, "---\n") {
+		return []string{}, []byte(rest[len("---\n"):]), true
+	}
 	end := strings.Index(rest, "\n---\n")
 	if end < 0 {
 		if strings.HasSuffix(rest, "\n---") {
