@@ -87,6 +87,7 @@ type config struct {
 	Note          string
 	JSON          bool
 	CPUProfile    string
+	Producers     int
 }
 
 // figure is the outcome of one run: the -json line, and the input of -table.
@@ -101,6 +102,7 @@ type figure struct {
 	Rounds        int     `json:"rounds,omitempty"`
 	TasksPerSec   float64 `json:"tasks_per_s,omitempty"`
 	EnqueuePerSec float64 `json:"enqueue_per_s,omitempty"`
+	Producers     int     `json:"producers,omitempty"`
 	P50Ms         float64 `json:"p50_ms,omitempty"`
 	P99Ms         float64 `json:"p99_ms,omitempty"`
 	MaxMs         float64 `json:"max_ms,omitempty"`
@@ -139,6 +141,9 @@ func (f figure) line() string {
 	case "idlecpu":
 		return fmt.Sprintf("%s idlecpu C=%d: %.2f%% of one core (over %.1fs)",
 			f.label(), f.Concurrency, f.CPUPercent, f.IdleSeconds)
+	case "enqueue":
+		return fmt.Sprintf("%s enqueue, one call per task, %d producers: %.0f tasks/s (%d tasks in %.2fs)",
+			f.label(), f.Producers, f.EnqueuePerSec, f.Tasks, f.Seconds)
 	case "cancel":
 		return fmt.Sprintf("%s cancel C=%d: p50 %.2f ms, p99 %.2f ms, max %.2f ms to context cancelled (cancel call p50 %.2f ms; %d rounds)",
 			f.label(), f.Concurrency, f.P50Ms, f.P99Ms, f.MaxMs, f.CallP50Ms, f.Rounds)
@@ -159,7 +164,7 @@ func cliMain(args []string, stdout, stderr io.Writer) int {
 	fs.SetOutput(stderr)
 	fs.StringVar(&cfg.System, "system", "", "system to measure: stem or river")
 	fs.StringVar(&cfg.URL, "url", "", "backend URL (redis://, postgres://, sqlite://PATH, memory://)")
-	fs.StringVar(&cfg.Scenario, "scenario", "", "drain, pickup, idlecpu or cancel")
+	fs.StringVar(&cfg.Scenario, "scenario", "", "drain, pickup, idlecpu, cancel or enqueue (one call per task)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 10, "worker concurrency")
 	fs.IntVar(&cfg.Tasks, "tasks", 20000, "drain: number of no-op tasks")
 	fs.IntVar(&cfg.Batch, "batch", 500, "drain: tasks per enqueue call")
@@ -168,6 +173,7 @@ func cliMain(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Interval, "interval", 50*time.Millisecond, "pickup and cancel: time from one round's start to the next")
 	fs.DurationVar(&cfg.Idle, "idle", 10*time.Second, "idlecpu: how long the worker sits idle")
 	fs.StringVar(&cfg.Note, "note", "", "a note that names this configuration in the figure's label (e.g. WAL)")
+	fs.IntVar(&cfg.Producers, "producers", 8, "enqueue: goroutines enqueueing one task per call")
 	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "drain: write a CPU profile of the timed part (the worker's run) to this file")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the figure as one JSON object (the human line goes to stderr)")
 	fs.StringVar(&table, "table", "", "print a markdown table of the medians of the -json lines in this file, and exit")
@@ -220,14 +226,14 @@ func (c *config) validate() error {
 		return errors.New("-url is required")
 	}
 	switch c.Scenario {
-	case "drain", "pickup", "idlecpu", "cancel":
+	case "drain", "pickup", "idlecpu", "cancel", "enqueue":
 	case "":
-		return errors.New("-scenario is required (drain, pickup, idlecpu or cancel)")
+		return errors.New("-scenario is required (drain, pickup, idlecpu, cancel or enqueue)")
 	default:
-		return fmt.Errorf("-scenario %q: want drain, pickup, idlecpu or cancel", c.Scenario)
+		return fmt.Errorf("-scenario %q: want drain, pickup, idlecpu, cancel or enqueue", c.Scenario)
 	}
-	if c.Concurrency <= 0 || c.Tasks <= 0 || c.Batch <= 0 || c.Rounds <= 0 {
-		return errors.New("-concurrency, -tasks, -batch and -rounds must be positive")
+	if c.Concurrency <= 0 || c.Tasks <= 0 || c.Batch <= 0 || c.Rounds <= 0 || c.Producers <= 0 {
+		return errors.New("-concurrency, -tasks, -batch, -rounds and -producers must be positive")
 	}
 	if c.Interval <= 0 || c.Idle <= 0 {
 		return errors.New("-interval and -idle must be positive")

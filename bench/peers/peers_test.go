@@ -35,7 +35,7 @@ func runAll(t *testing.T, system, url string, extra ...string) {
 	t.Helper()
 	base := append([]string{"-system", system, "-url", url, "-concurrency", "4", "-tasks", "60", "-batch", "25",
 		"-rounds", "3", "-interval", "5ms", "-idle", "300ms"}, extra...)
-	for _, sc := range []string{"drain", "pickup", "idlecpu", "cancel"} {
+	for _, sc := range []string{"drain", "pickup", "idlecpu", "cancel", "enqueue"} {
 		t.Run(sc, func(t *testing.T) {
 			f := runJSON(t, append(base, "-scenario", sc)...)
 			if f.System != system || f.Scenario != sc || f.Concurrency != 4 {
@@ -49,6 +49,10 @@ func runAll(t *testing.T, system, url string, extra ...string) {
 			case "pickup", "cancel":
 				if f.Rounds != 3 || f.P50Ms <= 0 || f.P99Ms < f.P50Ms || f.MaxMs < f.P99Ms {
 					t.Errorf("%s figure %+v: want 3 rounds and 0 < p50 <= p99 <= max", sc, f)
+				}
+			case "enqueue":
+				if f.Tasks != 60 || f.Producers != 8 || f.EnqueuePerSec <= 0 {
+					t.Errorf("enqueue figure %+v: want 60 tasks from 8 producers and a positive rate", f)
 				}
 			case "idlecpu":
 				if f.IdleSeconds < 0.3 || f.CPUPercent < 0 {

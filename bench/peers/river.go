@@ -296,3 +296,9 @@ func (s *riverSystem[TTx]) CheckDrained(ctx context.Context, n int) error {
 func (s *riverSystem[TTx]) Close(ctx context.Context) error {
 	return errors.Join(s.Stop(ctx), s.closeDB(ctx))
 }
+
+// EnqueueNoop implements system with Client.Insert.
+func (s *riverSystem[TTx]) EnqueueNoop(ctx context.Context) error {
+	_, err := s.client.Insert(ctx, riverNoopArgs{N: 1}, nil)
+	return err
+}

@@ -6,7 +6,7 @@
 #   bench/peers/run.sh redis      stem on Redis (asynq joins with issue 14)
 #
 # For each figure (drain at each concurrency of DRAIN_C, idle pickup, idle
-# CPU, cancel) it runs every configuration one after the other (River with
+# CPU, cancel, one-by-one enqueue; the batch enqueue rate is the drains') it runs every configuration one after the other (River with
 # its defaults, River with FetchCooldown 1ms, on SQLite also River tuned in
 # WAL mode, then stem), REPEATS times, each run in a process of its own, and
 # prints a markdown table of the medians. Failed runs are reported and left
@@ -18,6 +18,8 @@
 #   TASKS       tasks per drain [20000]
 #   TASKS_SLOW  tasks per drain of River with its defaults, which is capped
 #               at concurrency per 100 ms [2000]
+#   TASKS_ENQ   tasks enqueued one call each [5000]
+#   PRODUCERS   goroutines enqueueing one by one [8]
 #   DRAIN_C     concurrencies of the drains ["10 50"]
 #   ROUNDS      rounds of pickup and cancel [100]
 #   IDLE        idle CPU window [10s]
@@ -40,6 +42,8 @@ esac
 repeats=${REPEATS:-1}
 tasks=${TASKS:-20000}
 tasks_slow=${TASKS_SLOW:-2000}
+tasks_enq=${TASKS_ENQ:-5000}
+producers=${PRODUCERS:-8}
 drain_c=${DRAIN_C:-10 50}
 rounds=${ROUNDS:-100}
 idle=${IDLE:-10s}
@@ -104,6 +108,13 @@ for ((r = 1; r <= repeats; r++)); do
 	for s in $systems; do measure "$s" -scenario pickup -rounds "$rounds"; done
 	for s in $systems; do measure "$s" -scenario idlecpu -idle "$idle"; done
 	for s in $systems; do measure "$s" -scenario cancel -rounds "$rounds"; done
+	# One-by-one enqueue: the same insert path with and without River's
+	# FetchCooldown, so River's defaults are left out (their drain of the
+	# enqueued tasks afterwards takes minutes).
+	for s in $systems; do
+		[[ $s == river ]] && continue
+		measure "$s" -scenario enqueue -tasks "$tasks_enq" -producers "$producers" -concurrency 50
+	done
 done
 
 echo "# load average at end: $(cut -d' ' -f1-3 /proc/loadavg)" >&2

@@ -24,6 +24,9 @@ type system interface {
 	// EnqueueNoops stores n no-op tasks, batch per call, before any
 	// worker runs; their handlers call probe.noop.
 	EnqueueNoops(ctx context.Context, n, batch int) error
+	// EnqueueNoop stores one no-op task with one call, as a producer
+	// that enqueues one task at a time does; safe for concurrent use.
+	EnqueueNoop(ctx context.Context) error
 	// Start starts one worker with concurrency c and returns once it is
 	// ready to claim.
 	Start(ctx context.Context, c int) error
@@ -114,6 +117,8 @@ func run(ctx context.Context, cfg config, logger *slog.Logger) (f figure, err er
 		err = idleCPU(ctx, cfg, sys, &f)
 	case "cancel":
 		err = cancelRounds(ctx, cfg, sys, p, &f)
+	case "enqueue":
+		err = enqueueOneByOne(ctx, cfg, sys, p, &f)
 	default:
 		err = fmt.Errorf("unknown scenario %q", cfg.Scenario)
 	}
@@ -351,4 +356,40 @@ func startCPUProfile(path string) (func(), error) {
 		return nil, fmt.Errorf("cpu profile %s: %w", path, err)
 	}
 	return func() { pprof.StopCPUProfile(); f.Close() }, nil
+}
+
+// enqueueOneByOne times cfg.Tasks no-op tasks enqueued one call each from
+// cfg.Producers goroutines, then (untimed) starts the worker and waits for
+// every task to run, so that the store is left drained.
+func enqueueOneByOne(ctx context.Context, cfg config, sys system, p *probe, f *figure) error {
+	p.noopGoal = int64(cfg.Tasks)
+	var next atomic.Int64
+	errs := make(chan error, cfg.Producers)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range cfg.Producers {
+		wg.Go(func() {
+			for next.Add(1) <= int64(cfg.Tasks) {
+				if err := sys.EnqueueNoop(ctx); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(start)
+	close(errs)
+	if err := <-errs; err != nil {
+		return fmt.Errorf("enqueue: %w", err)
+	}
+	f.Tasks, f.Producers, f.Seconds = cfg.Tasks, cfg.Producers, took.Seconds()
+	f.EnqueuePerSec = float64(cfg.Tasks) / took.Seconds()
+	if err := sys.Start(ctx, cfg.Concurrency); err != nil {
+		return fmt.Errorf("start worker: %w", err)
+	}
+	if _, err := await(ctx, p.drained, "the enqueued tasks to run"); err != nil {
+		return err
+	}
+	return sys.Stop(ctx)
 }

@@ -203,3 +203,9 @@ func (s *stemSystem) Close(ctx context.Context) error {
 	}
 	return err
 }
+
+// EnqueueNoop implements system with Client.Enqueue.
+func (s *stemSystem) EnqueueNoop(ctx context.Context) error {
+	_, err := s.client.Enqueue(ctx, stemNoop, stem.Args(`{"n":1}`), stem.EnqueueOptions{})
+	return err
+}
