@@ -229,6 +229,29 @@ type FinalGetter interface {
 	GetFinalMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error)
 }
 
+// ResultAcker is implemented by brokers that can record results and
+// acknowledge deliveries in one atomic step when the result backend is one
+// of the same store (Postgres: one transaction in one round trip). The
+// worker's settlement writer then records a batch's outcomes and
+// acknowledges its deliveries with one PutAck, in place of a Put and then
+// an Ack, whenever AcksWith(its result backend) reports true.
+//
+// Contract:
+//   - AcksWith reports whether PutAck can write to rb; false for a result
+//     backend of another store, or one it cannot write atomically with
+//     its own acknowledgements.
+//   - PutAck applies results to rb exactly as rb.Put would (final states
+//     stay final; the same id twice applies in order) and acknowledges ds
+//     as Ack would, in one atomic step: if it returns an error that does
+//     not match ErrLeaseLost, none of it happened. Deliveries no longer
+//     held are left alone and reported as Ack reports them (an error
+//     matching ErrLeaseLost), while the results and the other
+//     acknowledgements are applied.
+type ResultAcker interface {
+	AcksWith(rb ResultBackend) bool
+	PutAck(ctx context.Context, rb ResultBackend, results []*stemtype.TaskResult, ds []Delivery) error
+}
+
 // ConditionalPutter is implemented by result backends that can replace a
 // stored result only while its state is one of a given set, atomically. The
 // controller uses it to mark a revoked task cancelled without overwriting a

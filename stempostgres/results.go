@@ -97,27 +97,9 @@ func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) erro
 	if len(results) == 0 {
 		return nil
 	}
-	type group struct {
-		ids, states []string
-		bodies      [][]byte
-	}
-	var groups []*group
-	var g *group
-	var seen map[string]bool
-	for _, res := range results {
-		raw, err := encodeResult(res)
-		if err != nil {
-			return err
-		}
-		if g == nil || seen[res.ID] {
-			// ON CONFLICT cannot touch a row twice in one statement: a
-			// repeated id starts the next statement, applied after.
-			g = &group{}
-			groups = append(groups, g)
-			seen = make(map[string]bool)
-		}
-		seen[res.ID] = true
-		g.ids, g.states, g.bodies = append(g.ids, res.ID), append(g.states, string(res.State)), append(g.bodies, raw)
+	groups, err := resultGroups(results)
+	if err != nil {
+		return err
 	}
 	ttl := r.ttlMicros()
 	// Runs go one statement (one transaction) each: runs of one call in
@@ -257,6 +239,35 @@ func (r *Results) getMany(ctx context.Context, sql, what string, ids []string) (
 		}
 	}
 	return out, nil
+}
+
+// resultGroup is one putResults statement's arrays.
+type resultGroup struct {
+	ids, states []string
+	bodies      [][]byte
+}
+
+// resultGroups encodes results into runs without a repeated id, in order:
+// ON CONFLICT cannot touch a row twice in one statement, so a repeated id
+// starts the next run, applied after.
+func resultGroups(results []*stemtype.TaskResult) ([]*resultGroup, error) {
+	var groups []*resultGroup
+	var g *resultGroup
+	var seen map[string]bool
+	for _, res := range results {
+		raw, err := encodeResult(res)
+		if err != nil {
+			return nil, err
+		}
+		if g == nil || seen[res.ID] {
+			g = &resultGroup{}
+			groups = append(groups, g)
+			seen = make(map[string]bool)
+		}
+		seen[res.ID] = true
+		g.ids, g.states, g.bodies = append(g.ids, res.ID), append(g.states, string(res.State)), append(g.bodies, raw)
+	}
+	return groups, nil
 }
 
 // Close releases the backend's share of the connection pool. Closing an

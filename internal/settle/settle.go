@@ -127,6 +127,7 @@ const (
 // Close.
 type Writer struct {
 	cfg    Config
+	acker  stemdriver.ResultAcker // set when the broker acknowledges with the results (PutAck)
 	shards [Shards]*shard
 	gaveUp atomic.Int64
 	// failing holds the operations (shard.retry's what) a shard gave up
@@ -143,8 +144,11 @@ func New(cfg Config) *Writer {
 		cfg.GiveUpAfter = DefaultGiveUpAfter
 	}
 	w := &Writer{cfg: cfg}
+	if ra, ok := cfg.Broker.(stemdriver.ResultAcker); ok && cfg.Results != nil && ra.AcksWith(cfg.Results) {
+		w.acker = ra
+	}
 	for i := range w.shards {
-		w.shards[i] = &shard{cfg: &w.cfg, gaveUp: &w.gaveUp, failing: &w.failing,
+		w.shards[i] = &shard{cfg: &w.cfg, acker: w.acker, gaveUp: &w.gaveUp, failing: &w.failing,
 			in:      make(chan Settlement, 4*batchMax),
 			closing: make(chan struct{}), done: make(chan struct{})}
 	}
@@ -225,8 +229,9 @@ type shard struct {
 	finalCtx context.Context
 
 	cfg     *Config
-	gaveUp  *atomic.Int64 // the Writer's count
-	failing *sync.Map     // the Writer's
+	acker   stemdriver.ResultAcker // the Writer's
+	gaveUp  *atomic.Int64          // the Writer's count
+	failing *sync.Map              // the Writer's
 	in      chan Settlement
 	closing chan struct{}
 	done    chan struct{}
@@ -408,9 +413,12 @@ func (sh *shard) collect(batch *[]Settlement) {
 }
 
 // flush writes the batch's results with one Put, then settles its
-// deliveries; final marks the flushes after close.
+// deliveries; final marks the flushes after close. Where the broker
+// acknowledges with the results (a ResultAcker), the results and the
+// acknowledgements go in one PutAck.
 func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 	cfg := sh.cfg
+	acked := false // the batch's acks went with its results
 	if cfg.Results != nil {
 		results := make([]*stemtype.TaskResult, 0, len(batch))
 		last := make(map[string]int, len(batch))
@@ -431,9 +439,17 @@ func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 			last[s.Result.ID] = len(results)
 			results = append(results, s.Result)
 		}
-		if len(results) > 0 && !sh.retry(ctx, final, "write results", func(ctx context.Context) error {
-			return cfg.Results.Put(ctx, results...)
-		}) {
+		var put func(ctx context.Context) error
+		what := "write results"
+		if acks := ackOf(batch); sh.acker != nil && len(acks) > 0 && len(results) > 0 {
+			what, acked = "write results and ack tasks", true
+			put = func(ctx context.Context) error { return sh.acker.PutAck(ctx, cfg.Results, results, acks) }
+		} else {
+			put = func(ctx context.Context) error { return cfg.Results.Put(ctx, results...) }
+		}
+		// (A PutAck that reports ErrLeaseLost succeeded: the results were
+		// written and the deliveries still held were acknowledged.)
+		if len(results) > 0 && !sh.retry(ctx, final, what, put) {
 			// Never acknowledge an outcome that was not recorded: those
 			// deliveries are left to their leases, which lapse once they
 			// are forgotten, and the tasks run again elsewhere. A
@@ -452,6 +468,9 @@ func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 					kept = append(kept, s)
 				}
 			}
+			// Nothing of a failed PutAck happened: the kept deliveries go
+			// on to a plain Ack below.
+			acked = false
 			sh.gaveUp.Add(int64(len(unrecorded)))
 			cfg.Logger.Error("results not written: leaving their tasks to lease expiry", "results", len(results), "tasks", len(unrecorded))
 			for _, s := range unrecorded {
@@ -468,7 +487,9 @@ func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 		d := *s.Delivery
 		switch s.Op {
 		case Ack:
-			acks = append(acks, d)
+			if !acked {
+				acks = append(acks, d)
+			}
 		case Release:
 			releases = append(releases, d)
 		case Retry:
@@ -490,6 +511,17 @@ func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 	for _, s := range batch {
 		sh.finished(s)
 	}
+}
+
+// ackOf returns the deliveries of batch to acknowledge.
+func ackOf(batch []Settlement) []stemdriver.Delivery {
+	var acks []stemdriver.Delivery
+	for _, s := range batch {
+		if s.Delivery != nil && s.Op == Ack {
+			acks = append(acks, *s.Delivery)
+		}
+	}
+	return acks
 }
 
 // settle counts n deliveries given up on when ok is false.

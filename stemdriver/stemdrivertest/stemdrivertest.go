@@ -120,6 +120,9 @@ type Capabilities struct {
 	ConditionalPut bool
 	// FinalGet: the result backend implements stemdriver.FinalGetter.
 	FinalGet bool
+	// PutAck: the broker implements stemdriver.ResultAcker and AcksWith
+	// the Results opener's result backends (Broker and Results needed).
+	PutAck bool
 }
 
 // Run runs the conformance suite of every role h provides, each property
@@ -143,6 +146,9 @@ func Run(t *testing.T, h Harness) {
 	if h.Control != nil {
 		runRole(t, "Control", h.Control, h.Capabilities, controlProperties)
 	}
+	if h.Broker != nil && h.Results != nil {
+		runPutAck(t, h)
+	}
 }
 
 // validate reports a Harness that cannot be run: one without an opener, or
@@ -150,6 +156,9 @@ func Run(t *testing.T, h Harness) {
 func (h Harness) validate() error {
 	if h.Broker == nil && h.Results == nil && h.Revokes == nil && h.Control == nil {
 		return errors.New("stemdrivertest: the Harness has no opener")
+	}
+	if h.Capabilities.PutAck && (h.Broker == nil || h.Results == nil) {
+		return errors.New("stemdrivertest: Capabilities.PutAck declared without both a Broker and a Results opener")
 	}
 	if h.Results == nil && h.Capabilities != (Capabilities{}) {
 		return fmt.Errorf("stemdrivertest: capabilities %+v declared without a Results opener", h.Capabilities)

@@ -1,0 +1,128 @@
+package stempostgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+var _ stemdriver.ResultAcker = (*Broker)(nil)
+
+// AcksWith implements stemdriver.ResultAcker: rb is a *Results of the same
+// database and schema opened in this process (it shares b's pool), and
+// neither b nor rb is an InTx view.
+func (b *Broker) AcksWith(rb stemdriver.ResultBackend) bool {
+	r, ok := rb.(*Results)
+	return ok && r != nil && b.parent == nil && r.parent == nil && r.s == b.s
+}
+
+// PutAck implements stemdriver.ResultAcker: the results' upsert and the
+// acknowledgements' deletes go to the server as one pipeline that commits
+// once (an implicit transaction: an error in any statement rolls back
+// all), so that a worker records a batch's outcomes and acknowledges its
+// deliveries in one round trip and one commit. Results of one id are
+// folded first as Put would apply them in order (the first final one
+// wins, else the last), so that the upsert is one statement whose rows
+// are locked in one order.
+func (b *Broker) PutAck(ctx context.Context, rb stemdriver.ResultBackend, results []*stemtype.TaskResult, ds []stemdriver.Delivery) error {
+	if !b.AcksWith(rb) {
+		return fmt.Errorf("stem: postgres broker: put and ack: %T is not a result backend of this broker's pool", rb)
+	}
+	r := rb.(*Results)
+	if err := errors.Join(b.checkOpen(), r.checkOpen()); err != nil {
+		return err
+	}
+	groups, err := resultGroups(foldResults(results))
+	if err != nil {
+		return err
+	}
+	queues, ids, claims, _ := held(ds) // receipts not ours are reported lost below
+	batch := &pgx.Batch{}
+	for _, g := range groups { // one at most: the results are folded
+		batch.Queue(r.s.q.putResults, r.ns, g.ids, g.states, g.bodies, r.ttlMicros())
+	}
+	for start := 0; start < len(ids); start += finishMax {
+		end := min(start+finishMax, len(ids))
+		batch.Queue(b.s.q.ack, b.ns, queues[start:end], ids[start:end], claims[start:end])
+	}
+	if batch.Len() == 0 {
+		return nil
+	}
+	done := make(map[string]bool, len(ids))
+	if err := b.sendPutAck(ctx, batch, len(groups), done); err != nil {
+		return b.errorf(err, "put %d results and ack %d deliveries", len(results), len(ds))
+	}
+	if len(groups) > 0 {
+		r.maybePrune()
+	}
+	var lost []string
+	for _, d := range ds {
+		if !done[d.Receipt] {
+			lost = append(lost, d.Receipt)
+		}
+		delete(done, d.Receipt) // the same delivery twice: the second is lost
+	}
+	if len(lost) > 0 {
+		return fmt.Errorf("stem: postgres broker: put and ack: %d of %d deliveries no longer held (first %s): %w", len(lost), len(ds), lost[0], stemdriver.ErrLeaseLost)
+	}
+	return nil
+}
+
+// sendPutAck sends the pipeline of PutAck and reads its replies: puts
+// upserts first, then the acks' rows into done.
+func (b *Broker) sendPutAck(ctx context.Context, batch *pgx.Batch, puts int, done map[string]bool) (err error) {
+	br := b.db.SendBatch(ctx, batch)
+	defer func() { err = errors.Join(err, br.Close()) }()
+	for range puts {
+		if _, err := br.Exec(); err != nil {
+			return err
+		}
+	}
+	for range batch.Len() - puts {
+		rows, err := br.Query()
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var id int64
+			var c int32
+			if err := rows.Scan(&id, &c); err != nil {
+				rows.Close()
+				return err
+			}
+			done[receipt(id, c)] = true
+		}
+		if err := rows.Err(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// foldResults returns results with each id once, holding what applying
+// them in order would leave: the first final result of an id, else its
+// last.
+func foldResults(results []*stemtype.TaskResult) []*stemtype.TaskResult {
+	out := make([]*stemtype.TaskResult, 0, len(results))
+	at := make(map[string]int, len(results))
+	for _, res := range results {
+		if res == nil {
+			out = append(out, res) // refused by resultGroups
+			continue
+		}
+		i, ok := at[res.ID]
+		switch {
+		case !ok:
+			at[res.ID] = len(out)
+			out = append(out, res)
+		case !out[i].State.Final():
+			out[i] = res
+		}
+	}
+	return out
+}
