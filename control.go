@@ -249,17 +249,55 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 			return nil, nil, err
 		}
 	}
-	stored, err := c.cfg.Revokes.Upsert(ctx, recs...)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+	stored, replies, err := c.storeAndSend(ctx, t, recs)
+	if stored == nil {
+		return nil, nil, err
 	}
-	replies, err := c.send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: stored})
 	// Marked only once the workers that answered hold the revoke, so that
 	// none of them starts the task after it reads cancelled, and only the
 	// tasks no worker holds (see markable).
 	if err == nil && c.cfg.Results != nil {
 		c.checkResults(ctx, stored, now, res, markable(replies))
 	}
+	return stored, replies, err
+}
+
+// storeAndSend stores the revoke records and sends the workers the
+// command carrying them as stored. Where the control transport can publish
+// with the revoke store's write (a stemdriver.RevokePublisher), the command
+// built from the records as proposed goes out in that write, when the
+// store kept every proposed version (it usually does: the versions are the
+// call's time), one round trip sooner; otherwise it is published after.
+// stored is nil when nothing was stored (err matches
+// ErrStoreUnavailable).
+func (c *Controller) storeAndSend(ctx context.Context, t Target, recs []stemtype.RevokeRecord) (stored []stemtype.RevokeRecord, _ *Replies, _ error) {
+	rp, ok := c.cfg.Control.(stemdriver.RevokePublisher)
+	if !ok || !rp.PublishesWith(c.cfg.Revokes) {
+		stored, err := c.cfg.Revokes.Upsert(ctx, recs...)
+		if err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+		}
+		replies, err := c.send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: stored})
+		return stored, replies, err
+	}
+	o, err := c.prepare(t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: recs})
+	if err != nil {
+		return nil, nil, err
+	}
+	replies, err := c.deliver(ctx, o, func(ctx context.Context) error {
+		s, published, err := rp.UpsertPublish(ctx, c.cfg.Revokes, recs, o.cmd.Targets, o.msg)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
+		}
+		stored = s
+		if published {
+			return nil
+		}
+		if err := o.setPayload(stemtype.RevokeRequest{Records: stored}); err != nil {
+			return err
+		}
+		return c.publish(ctx, o)
+	})
 	return stored, replies, err
 }
 
@@ -393,6 +431,33 @@ func (c *Controller) markCancelled(ctx context.Context, recs []stemtype.RevokeRe
 //
 // A publish failure matches ErrBrokerUnavailable.
 func (c *Controller) send(ctx context.Context, t Target, typ string, payload any) (*Replies, error) {
+	o, err := c.prepare(t, typ, payload)
+	if err != nil {
+		return nil, err
+	}
+	return c.deliver(ctx, o, func(ctx context.Context) error { return c.publish(ctx, o) })
+}
+
+// publish publishes o with the control transport; a failure matches
+// ErrBrokerUnavailable.
+func (c *Controller) publish(ctx context.Context, o *outgoing) error {
+	if err := c.cfg.Control.Publish(ctx, o.cmd.Targets, o.msg); err != nil {
+		return fmt.Errorf("%w: publish %s: %w", ErrBrokerUnavailable, o.cmd.Type, err)
+	}
+	return nil
+}
+
+// outgoing is a command ready to publish.
+type outgoing struct {
+	cmd       stemtype.ControlCommand
+	msg       []byte   // cmd encoded
+	targets   []string // the targeted workers, sorted; nil for a broadcast
+	broadcast bool
+	timeout   time.Duration
+}
+
+// prepare builds the command of send.
+func (c *Controller) prepare(t Target, typ string, payload any) (*outgoing, error) {
 	timeout := t.Timeout
 	if timeout <= 0 {
 		timeout = 5 * time.Second
@@ -406,20 +471,44 @@ func (c *Controller) send(ctx context.Context, t Target, typ string, payload any
 	if broadcast {
 		cmd.Targets, targets = []string{stemtype.BroadcastTarget}, nil
 	}
+	o := &outgoing{cmd: cmd, targets: targets, broadcast: broadcast, timeout: timeout}
+	if err := o.setPayload(payload); err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+// setPayload encodes payload into the command and the command into msg.
+func (o *outgoing) setPayload(payload any) error {
+	o.cmd.Payload = nil
 	if payload != nil {
 		b, err := json.Marshal(payload)
 		if err != nil {
-			return nil, fmt.Errorf("stem: encode %s payload: %w", typ, err)
+			return fmt.Errorf("stem: encode %s payload: %w", o.cmd.Type, err)
 		}
-		cmd.Payload = b
+		o.cmd.Payload = b
 	}
-	msg, _ := json.Marshal(cmd)
+	o.msg, _ = json.Marshal(o.cmd)
+	return nil
+}
 
+// deliver publishes o with publish and collects the replies as send says.
+// The live workers are listed once the command is out, not before: the
+// command reaches the workers a round trip sooner, and the listing runs
+// while they act on it. (A worker that starts during the call may be
+// listed without having received the command: it is waited for until the
+// timeout and reported missing, as one that died would be.)
+func (c *Controller) deliver(ctx context.Context, o *outgoing, publish func(context.Context) error) (*Replies, error) {
+	cmd, targets, broadcast, timeout := o.cmd, o.targets, o.broadcast, o.timeout
+	if err := publish(ctx); err != nil {
+		return nil, err
+	}
+	live, presenceErr := c.cfg.Control.Workers(ctx)
 	out := &Replies{RequestID: cmd.RequestID}
 	// expect are the workers waited for; nil with an unknown live set
 	// means a broadcast waits out the timeout.
 	var expect []string
-	if live, err := c.cfg.Control.Workers(ctx); err != nil {
+	if err := presenceErr; err != nil {
 		out.PresenceErr = err
 		expect = targets
 	} else {
@@ -442,12 +531,9 @@ func (c *Controller) send(ctx context.Context, t Target, typ string, payload any
 			}
 		}
 	}
-	if err := c.cfg.Control.Publish(ctx, cmd.Targets, msg); err != nil {
-		return nil, fmt.Errorf("%w: publish %s: %w", ErrBrokerUnavailable, typ, err)
-	}
 	if out.PresenceErr != nil {
 		c.cfg.Logger.WarnContext(ctx, "cannot list live workers: waiting for replies without knowing who is live",
-			"namespace", c.cfg.Namespace, "type", typ, "timeout", timeout, "err", out.PresenceErr)
+			"namespace", c.cfg.Namespace, "type", cmd.Type, "timeout", timeout, "err", out.PresenceErr)
 	}
 	seen := map[string]bool{}
 	if expect == nil || len(expect) > 0 {

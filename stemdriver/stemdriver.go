@@ -252,6 +252,27 @@ type ResultAcker interface {
 	PutAck(ctx context.Context, rb ResultBackend, results []*stemtype.TaskResult, ds []Delivery) error
 }
 
+// RevokePublisher is implemented by control transports that can store
+// revoke records and publish a control message in one atomic step when the
+// revoke store is one of the same store (Postgres: the upsert and the
+// NOTIFY commit together, in one round trip). The controller revokes
+// through it, publishing a command built from the records it proposes, so
+// that a terminate reaches the workers one round trip sooner.
+//
+// Contract:
+//   - PublishesWith reports whether UpsertPublish can write to rs.
+//   - UpsertPublish stores recs in rs exactly as rs.Upsert would and
+//     returns them as stored. In the same atomic step it publishes msg to
+//     targets, as Publish would, only if every record was stored with the
+//     version it proposed (so that msg, built from recs, says what the
+//     store holds), and reports whether it did; when it did not, the
+//     caller publishes a message built from the stored records. An error
+//     means nothing was stored and nothing published.
+type RevokePublisher interface {
+	PublishesWith(rs RevokeStore) bool
+	UpsertPublish(ctx context.Context, rs RevokeStore, recs []stemtype.RevokeRecord, targets []string, msg []byte) (stored []stemtype.RevokeRecord, published bool, err error)
+}
+
 // ConditionalPutter is implemented by result backends that can replace a
 // stored result only while its state is one of a given set, atomically. The
 // controller uses it to mark a revoked task cancelled without overwriting a

@@ -86,8 +86,8 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 	if err != nil {
 		return fmt.Errorf("stem: postgres control: publish: encode targets: %w", err)
 	}
-	payload := "m" + strconv.Itoa(len(tj)) + ":" + string(tj) + string(msg)
-	if len(payload) <= maxInline && utf8.Valid(msg) && !strings.ContainsRune(payload, 0) {
+	payload, inline := inlinePayload(tj, msg)
+	if inline {
 		if _, err := c.s.pool.Exec(ctx, c.s.q.notify, c.cmdChannel, payload); err != nil {
 			return c.errorf(err, "publish to %s of namespace %q", describeTargets(targets), c.ns)
 		}
@@ -98,6 +98,15 @@ func (c *Control) Publish(ctx context.Context, targets []string, msg []byte) err
 	}
 	c.maybePrune()
 	return nil
+}
+
+// inlinePayload returns the NOTIFY payload of a message to the targets
+// encoded as tj, and whether it fits one (it is short enough, valid UTF-8
+// and free of NUL); a message that does not goes through
+// stem_control_messages.
+func inlinePayload(tj, msg []byte) (string, bool) {
+	payload := "m" + strconv.Itoa(len(tj)) + ":" + string(tj) + string(msg)
+	return payload, len(payload) <= maxInline && utf8.Valid(msg) && !strings.ContainsRune(payload, 0)
 }
 
 func describeTargets(targets []string) string {

@@ -34,6 +34,7 @@ type queries struct {
 
 	// Revokes.
 	upsertRevokes string // $1 nss[], $2 task_ids[], $3 versions[], $4 bodies[], $5 expires[]
+	revokeNotify  string // upsertRevokes's, then $6 channel, $7 payload
 	listRevokes   string // $1 ns
 	pruneRevokes  string // $1 ns
 
@@ -154,6 +155,16 @@ ORDER BY u.ns, u.task_id -- rows locked in one order: concurrent writers never d
 ON CONFLICT (namespace, task_id) DO UPDATE
 SET version = greatest(v.version + 1, excluded.version), body = excluded.body, expires_at = excluded.expires_at
 RETURNING namespace, task_id, version`
+	// The upsert, then the NOTIFY only if every record was stored with the
+	// version it proposed (the payload was built from the proposals); the
+	// notification is delivered when the upsert commits. The scalar
+	// subquery is uncorrelated: it runs once, not once per row.
+	q.revokeNotify = `WITH up AS (
+` + q.upsertRevokes + `),
+same AS (SELECT bool_and(up.version = p.version) AS ok
+	FROM up JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS p(ns, task_id, version)
+	ON p.ns = up.namespace AND p.task_id = up.task_id)
+SELECT up.namespace, up.task_id, up.version, (SELECT count(pg_notify($6, $7)) FROM same WHERE same.ok) FROM up`
 	q.listRevokes = `SELECT version, body FROM ` + v + ` WHERE namespace = $1`
 	q.pruneRevokes = `DELETE FROM ` + v + ` WHERE namespace = $1 AND expires_at <= now()`
 

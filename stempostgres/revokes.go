@@ -45,15 +45,35 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	if len(recs) == 0 {
 		return out, nil
 	}
-	type group struct {
-		idx        []int
-		nss, tasks []string
-		versions   []int64
-		bodies     [][]byte
-		expires    []*time.Time
+	groups, err := revokeGroups(recs)
+	if err != nil {
+		return nil, err
 	}
-	var groups []*group
-	var g *group
+	// Runs go one statement (one transaction) each: runs of one call in
+	// one transaction could deadlock with another call's.
+	for _, g := range groups {
+		if _, err := s.upsertGroup(ctx, s.s.q.upsertRevokes, g, recs, out); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// revokeGroup is one upsertRevokes statement's arrays, and the indexes in
+// the call of its records.
+type revokeGroup struct {
+	idx        []int
+	nss, tasks []string
+	versions   []int64
+	bodies     [][]byte
+	expires    []*time.Time
+}
+
+// revokeGroups checks and encodes recs into runs without a repeated
+// namespace and task (a repeated one starts the next run, applied after).
+func revokeGroups(recs []stemtype.RevokeRecord) ([]*revokeGroup, error) {
+	var groups []*revokeGroup
+	var g *revokeGroup
 	var seen map[[2]string]bool
 	for i, r := range recs {
 		if err := r.Validate(); err != nil {
@@ -65,7 +85,7 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		}
 		k := [2]string{r.Namespace, r.TaskID}
 		if g == nil || seen[k] {
-			g = &group{}
+			g = &revokeGroup{}
 			groups = append(groups, g)
 			seen = make(map[[2]string]bool)
 		}
@@ -79,35 +99,48 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		g.nss, g.tasks, g.versions = append(g.nss, r.Namespace), append(g.tasks, r.TaskID), append(g.versions, r.Version)
 		g.bodies, g.expires = append(g.bodies, body), append(g.expires, exp)
 	}
-	// Runs go one statement (one transaction) each: runs of one call in
-	// one transaction could deadlock with another call's.
-	for _, g := range groups {
-		rows, err := s.s.pool.Query(ctx, s.s.q.upsertRevokes, g.nss, g.tasks, g.versions, g.bodies, g.expires)
-		if err != nil {
-			return nil, s.errorf(err, "upsert %d revoke records (first task %q)", len(recs), recs[0].TaskID)
-		}
-		assigned := make(map[[2]string]int64, len(g.idx))
-		for rows.Next() {
-			var ns, task string
-			var v int64
-			if err := rows.Scan(&ns, &task, &v); err != nil {
-				rows.Close()
-				return nil, s.errorf(err, "upsert %d revoke records (first task %q)", len(recs), recs[0].TaskID)
-			}
-			assigned[[2]string{ns, task}] = v
-		}
-		if err := rows.Err(); err != nil {
-			return nil, s.errorf(err, "upsert %d revoke records (first task %q)", len(recs), recs[0].TaskID)
-		}
-		for _, i := range g.idx {
-			v, ok := assigned[[2]string{recs[i].Namespace, recs[i].TaskID}]
-			if !ok {
-				return nil, fmt.Errorf("stem: postgres revokes: upsert: no version returned for task %q", recs[i].TaskID)
-			}
-			out[i].Version = v
-		}
+	return groups, nil
+}
+
+// upsertGroup runs sql, upsertRevokes or a statement built on it, over g
+// with extra parameters after the five of upsertRevokes, and sets the
+// versions stored in out (indexed like recs). A statement that selects a
+// fourth column (a count of notifications) has it returned.
+func (s *Revokes) upsertGroup(ctx context.Context, sql string, g *revokeGroup, recs, out []stemtype.RevokeRecord, extra ...any) (int64, error) {
+	fail := func(err error) (int64, error) {
+		return 0, s.errorf(err, "upsert %d revoke records (first task %q)", len(recs), recs[0].TaskID)
 	}
-	return out, nil
+	args := append([]any{g.nss, g.tasks, g.versions, g.bodies, g.expires}, extra...)
+	rows, err := s.s.pool.Query(ctx, sql, args...)
+	if err != nil {
+		return fail(err)
+	}
+	assigned := make(map[[2]string]int64, len(g.idx))
+	var notified int64
+	for rows.Next() {
+		var ns, task string
+		var v int64
+		dst := []any{&ns, &task, &v}
+		if len(rows.FieldDescriptions()) == 4 {
+			dst = append(dst, &notified)
+		}
+		if err := rows.Scan(dst...); err != nil {
+			rows.Close()
+			return fail(err)
+		}
+		assigned[[2]string{ns, task}] = v
+	}
+	if err := rows.Err(); err != nil {
+		return fail(err)
+	}
+	for _, i := range g.idx {
+		v, ok := assigned[[2]string{recs[i].Namespace, recs[i].TaskID}]
+		if !ok {
+			return 0, fmt.Errorf("stem: postgres revokes: upsert: no version returned for task %q", recs[i].TaskID)
+		}
+		out[i].Version = v
+	}
+	return notified, nil
 }
 
 // List returns every stored record of namespace, expired ones included

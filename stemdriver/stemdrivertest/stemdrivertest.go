@@ -123,6 +123,10 @@ type Capabilities struct {
 	// PutAck: the broker implements stemdriver.ResultAcker and AcksWith
 	// the Results opener's result backends (Broker and Results needed).
 	PutAck bool
+	// RevokePublish: the control transport implements
+	// stemdriver.RevokePublisher and PublishesWith the Revokes opener's
+	// stores (Control and Revokes needed).
+	RevokePublish bool
 }
 
 // Run runs the conformance suite of every role h provides, each property
@@ -149,6 +153,9 @@ func Run(t *testing.T, h Harness) {
 	if h.Broker != nil && h.Results != nil {
 		runPutAck(t, h)
 	}
+	if h.Control != nil && h.Revokes != nil {
+		runRevokePublish(t, h)
+	}
 }
 
 // validate reports a Harness that cannot be run: one without an opener, or
@@ -160,7 +167,10 @@ func (h Harness) validate() error {
 	if h.Capabilities.PutAck && (h.Broker == nil || h.Results == nil) {
 		return errors.New("stemdrivertest: Capabilities.PutAck declared without both a Broker and a Results opener")
 	}
-	if h.Results == nil && h.Capabilities != (Capabilities{}) {
+	if h.Capabilities.RevokePublish && (h.Control == nil || h.Revokes == nil) {
+		return errors.New("stemdrivertest: Capabilities.RevokePublish declared without both a Control and a Revokes opener")
+	}
+	if resultCaps := (Capabilities{ConditionalPut: h.Capabilities.ConditionalPut, FinalGet: h.Capabilities.FinalGet, PutAck: h.Capabilities.PutAck}); h.Results == nil && resultCaps != (Capabilities{}) {
 		return fmt.Errorf("stemdrivertest: capabilities %+v declared without a Results opener", h.Capabilities)
 	}
 	return nil

@@ -1,0 +1,78 @@
+package stemdrivertest
+
+import (
+	"testing"
+
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// runRevokePublish checks Capabilities.RevokePublish against the control
+// transport's type, and runs the stemdriver.RevokePublisher properties
+// when it is declared, under a subtest named RevokePublish.
+func runRevokePublish(t *testing.T, h Harness) {
+	t.Helper()
+	t.Run("RevokePublish", func(t *testing.T) {
+		ns := newNamespace(t)
+		c, rs := h.Control(t, ns), h.Revokes(t, ns)
+		rp, ok := c.(stemdriver.RevokePublisher)
+		pubs := ok && rp.PublishesWith(rs)
+		switch {
+		case h.Capabilities.RevokePublish && !pubs:
+			t.Fatalf("Capabilities.RevokePublish is declared but %T does not implement stemdriver.RevokePublisher with PublishesWith(%T) true", c, rs)
+		case !h.Capabilities.RevokePublish && pubs:
+			t.Fatalf("%T implements stemdriver.RevokePublisher and PublishesWith(%T) but Capabilities.RevokePublish is not declared", c, rs)
+		case !pubs:
+			t.Skip("the backend does not declare Capabilities.RevokePublish")
+		}
+		for _, p := range []struct {
+			name string
+			fn   func(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string)
+		}{
+			{"StoresAndPublishes", testRevokePublishStoresAndPublishes},
+			{"NoPublishWhenStoreAssignsOtherVersions", testRevokePublishWithheld},
+		} {
+			t.Run(p.name, func(t *testing.T) {
+				t.Parallel()
+				ns := newNamespace(t)
+				c, rs := h.Control(t, ns), h.Revokes(t, ns)
+				p.fn(t, c, c.(stemdriver.RevokePublisher), rs, ns)
+			})
+		}
+	})
+}
+
+// Records stored with the versions they propose: stored, returned as
+// stored, and the message published to its targets (and no other).
+func testRevokePublishStoresAndPublishes(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string) {
+	ctx := testContext(t)
+	w1, w2 := mustSubscribe(ctx, t, c, "w1"), mustSubscribe(ctx, t, c, "w2")
+	recs := []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 100), fullRevoke(ns, "task-2", 101)}
+	stored, published, err := rp.UpsertPublish(ctx, rs, recs, []string{"w1"}, []byte("revoke-1-2"))
+	if err != nil || !published {
+		t.Fatalf("UpsertPublish = %v, %v; want published", published, err)
+	}
+	assertEqual(t, "stored records", normRevokes(stored), normRevokes(recs))
+	assertEqual(t, "listed records", normRevokes(mustList(ctx, t, rs, ns)), normRevokes(recs))
+	mustPublishControl(ctx, t, c, nil, "fence")
+	assertEqual(t, "messages to w1", recvUntil(ctx, t, w1, "fence"), []string{"revoke-1-2"})
+	assertEqual(t, "messages to w2", recvUntil(ctx, t, w2, "fence"), []string(nil))
+}
+
+// A record the store assigns another version (a later revoke of the task
+// is stored already) withholds the message, which would carry the wrong
+// version; the records are stored as Upsert would store them.
+func testRevokePublishWithheld(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string) {
+	ctx := testContext(t)
+	w1 := mustSubscribe(ctx, t, c, "w1")
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)}, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)})
+	recs := []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 100), fullRevoke(ns, "task-2", 101)}
+	stored, published, err := rp.UpsertPublish(ctx, rs, recs, nil, []byte("stale"))
+	if err != nil || published {
+		t.Fatalf("UpsertPublish = %v, %v; want not published", published, err)
+	}
+	want := []stemtype.RevokeRecord{withVersion(recs[0], 501), recs[1]}
+	assertEqual(t, "stored records", normRevokes(stored), normRevokes(want))
+	mustPublishControl(ctx, t, c, nil, "fence")
+	assertEqual(t, "messages to w1", recvUntil(ctx, t, w1, "fence"), []string(nil))
+}
