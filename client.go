@@ -165,6 +165,15 @@ func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]str
 		for i, e := range envs {
 			pend[i] = &stemtype.TaskResult{ID: e.ID, Task: e.Task, Queue: e.Queue, State: stemtype.StatePending, NotBefore: e.NotBefore, UpdatedAt: now}
 		}
+		if rp, ok := c.broker.(stemdriver.ResultPublisher); ok && rp.PublishesWith(c.results) {
+			// Both in one atomic step. An error may still leave it unknown
+			// whether that step committed (a reply lost with the
+			// connection), as with Publish.
+			if err := rp.PutPublish(ctx, c.results, pend, envs); err != nil {
+				return ids, &EnqueueError{IDs: ids, Err: fmt.Errorf("stem: enqueue: record pending state and publish: %w", err)}
+			}
+			return ids, nil
+		}
 		if err := c.results.Put(ctx, pend...); err != nil {
 			return ids, &EnqueueError{IDs: ids, Published: make([]bool, len(ids)),
 				Err: fmt.Errorf("stem: enqueue: record pending state: %w", err)}

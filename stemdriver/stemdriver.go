@@ -252,6 +252,22 @@ type ResultAcker interface {
 	PutAck(ctx context.Context, rb ResultBackend, results []*stemtype.TaskResult, ds []Delivery) error
 }
 
+// ResultPublisher is implemented by brokers that can record results and
+// publish envelopes in one atomic step when the result backend is one of
+// the same store (Postgres: one transaction in one round trip). The client
+// records its tasks' pending states and publishes them with one
+// PutPublish, in place of a Put and then a Publish, whenever
+// PublishesWith(its result backend) reports true.
+//
+// Contract: PublishesWith reports whether PutPublish can write to rb.
+// PutPublish applies results to rb exactly as rb.Put would and publishes
+// envs as Publish would, in one atomic step: when it returns an error,
+// nothing was written and nothing published.
+type ResultPublisher interface {
+	PublishesWith(rb ResultBackend) bool
+	PutPublish(ctx context.Context, rb ResultBackend, results []*stemtype.TaskResult, envs []*stemtype.Envelope) error
+}
+
 // RevokePublisher is implemented by control transports that can store
 // revoke records and publish a control message in one atomic step when the
 // revoke store is one of the same store (Postgres: the upsert and the

@@ -81,34 +81,20 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 		return nil
 	}
 	n := len(envs)
-	queues, prios, nbs, ids, payloads := make([]string, n), make([]int32, n), make([]*time.Time, n), make([]string, n), make([][]byte, n)
-	for i, env := range envs {
-		if err := env.Validate(); err != nil {
-			return fmt.Errorf("stem: postgres broker: publish: %w", err)
-		}
-		if env.Priority < math.MinInt32 || env.Priority > math.MaxInt32 {
-			return fmt.Errorf("stem: postgres broker: publish: envelope %s: priority %d out of the 32-bit range", env.ID, env.Priority)
-		}
-		raw, err := json.Marshal(env)
-		if err != nil {
-			return fmt.Errorf("stem: postgres broker: publish: encode envelope %s: %w", env.ID, err)
-		}
-		queues[i], prios[i], ids[i], payloads[i] = env.Queue, int32(env.Priority), env.ID, raw
-		if !env.NotBefore.IsZero() {
-			t := env.NotBefore
-			nbs[i] = &t
-		}
+	p, err := encodePublish(envs)
+	if err != nil {
+		return err
 	}
+	queues, ids := p.queues, p.ids
 	run := func(ctx context.Context, q db) error {
 		for start := 0; start < n; start += publishChunk {
 			end := min(start+publishChunk, n)
-			if _, err := q.Exec(ctx, b.s.q.publish, b.ns, queues[start:end], prios[start:end], nbs[start:end], ids[start:end], payloads[start:end], b.txChannel()); err != nil {
+			if _, err := q.Exec(ctx, b.s.q.publish, p.args(b.ns, start, end, b.txChannel())...); err != nil {
 				return b.errorf(err, "publish %d envelopes (first %s)", end-start, ids[start])
 			}
 		}
 		return nil
 	}
-	var err error
 	if n <= publishChunk {
 		err = run(ctx, b.db)
 	} else {
@@ -117,17 +103,62 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	if err != nil {
 		return err
 	}
-	if b.parent == nil {
-		// Delayed messages too: an idle Claim re-arms its timer for them.
-		var ps []string
-		for _, q := range queues {
-			if p := brokerPayload(b.ns, q); !slices.Contains(ps, p) {
-				ps = append(ps, p)
-			}
-		}
-		b.s.notes.send(b.channel, ps...)
-	}
+	b.notifyPublished(queues)
 	return nil
+}
+
+// notifyPublished wakes idle Claims of queues once a publish committed on
+// its own (a view's publish notified within its transaction). Delayed
+// messages too: an idle Claim re-arms its timer for them.
+func (b *Broker) notifyPublished(queues []string) {
+	if b.parent != nil {
+		return
+	}
+	var ps []string
+	for _, q := range queues {
+		if p := brokerPayload(b.ns, q); !slices.Contains(ps, p) {
+			ps = append(ps, p)
+		}
+	}
+	b.s.notes.send(b.channel, ps...)
+}
+
+// published is Publish's statement arrays.
+type published struct {
+	queues, ids []string
+	prios       []int32
+	nbs         []*time.Time
+	payloads    [][]byte
+}
+
+// encodePublish checks and encodes envs for the publish statement.
+func encodePublish(envs []*stemtype.Envelope) (*published, error) {
+	n := len(envs)
+	p := &published{queues: make([]string, n), prios: make([]int32, n), nbs: make([]*time.Time, n), ids: make([]string, n), payloads: make([][]byte, n)}
+	for i, env := range envs {
+		if err := env.Validate(); err != nil {
+			return nil, fmt.Errorf("stem: postgres broker: publish: %w", err)
+		}
+		if env.Priority < math.MinInt32 || env.Priority > math.MaxInt32 {
+			return nil, fmt.Errorf("stem: postgres broker: publish: envelope %s: priority %d out of the 32-bit range", env.ID, env.Priority)
+		}
+		raw, err := json.Marshal(env)
+		if err != nil {
+			return nil, fmt.Errorf("stem: postgres broker: publish: encode envelope %s: %w", env.ID, err)
+		}
+		p.queues[i], p.prios[i], p.ids[i], p.payloads[i] = env.Queue, int32(env.Priority), env.ID, raw
+		if !env.NotBefore.IsZero() {
+			t := env.NotBefore
+			p.nbs[i] = &t
+		}
+	}
+	return p, nil
+}
+
+// args returns the publish statement's parameters for envelopes [start,
+// end).
+func (p *published) args(ns string, start, end int, channel string) []any {
+	return []any{ns, p.queues[start:end], p.prios[start:end], p.nbs[start:end], p.ids[start:end], p.payloads[start:end], channel}
 }
 
 // txChannel is the channel the statements of b notify within their

@@ -126,3 +126,56 @@ func foldResults(results []*stemtype.TaskResult) []*stemtype.TaskResult {
 	}
 	return out
 }
+
+var _ stemdriver.ResultPublisher = (*Broker)(nil)
+
+// PublishesWith implements stemdriver.ResultPublisher, on the same terms as
+// AcksWith.
+func (b *Broker) PublishesWith(rb stemdriver.ResultBackend) bool { return b.AcksWith(rb) }
+
+// PutPublish implements stemdriver.ResultPublisher: the results' upsert and
+// the envelopes' inserts go to the server as one pipeline that commits
+// once (an implicit transaction), so that a client records its tasks'
+// pending states and publishes them in one round trip and one commit.
+// Idle Claims are notified after the commit, as by Publish.
+func (b *Broker) PutPublish(ctx context.Context, rb stemdriver.ResultBackend, results []*stemtype.TaskResult, envs []*stemtype.Envelope) error {
+	if !b.PublishesWith(rb) {
+		return fmt.Errorf("stem: postgres broker: put and publish: %T is not a result backend of this broker's pool", rb)
+	}
+	r := rb.(*Results)
+	if err := errors.Join(b.checkOpen(), r.checkOpen()); err != nil {
+		return err
+	}
+	groups, err := resultGroups(foldResults(results))
+	if err != nil {
+		return err
+	}
+	p, err := encodePublish(envs)
+	if err != nil {
+		return err
+	}
+	batch := &pgx.Batch{}
+	for _, g := range groups { // one at most: the results are folded
+		batch.Queue(r.s.q.putResults, r.ns, g.ids, g.states, g.bodies, r.ttlMicros())
+	}
+	for start := 0; start < len(envs); start += publishChunk {
+		batch.Queue(b.s.q.publish, p.args(b.ns, start, min(start+publishChunk, len(envs)), "")...)
+	}
+	if batch.Len() == 0 {
+		return nil
+	}
+	br := b.db.SendBatch(ctx, batch)
+	for range batch.Len() {
+		if _, err = br.Exec(); err != nil {
+			break
+		}
+	}
+	if err = errors.Join(err, br.Close()); err != nil {
+		return b.errorf(err, "put %d results and publish %d envelopes", len(results), len(envs))
+	}
+	if len(groups) > 0 {
+		r.maybePrune()
+	}
+	b.notifyPublished(p.queues)
+	return nil
+}

@@ -123,6 +123,10 @@ type Capabilities struct {
 	// PutAck: the broker implements stemdriver.ResultAcker and AcksWith
 	// the Results opener's result backends (Broker and Results needed).
 	PutAck bool
+	// PutPublish: the broker implements stemdriver.ResultPublisher and
+	// PublishesWith the Results opener's result backends (Broker and
+	// Results needed).
+	PutPublish bool
 	// RevokePublish: the control transport implements
 	// stemdriver.RevokePublisher and PublishesWith the Revokes opener's
 	// stores (Control and Revokes needed).
@@ -152,6 +156,7 @@ func Run(t *testing.T, h Harness) {
 	}
 	if h.Broker != nil && h.Results != nil {
 		runPutAck(t, h)
+		runPutPublish(t, h)
 	}
 	if h.Control != nil && h.Revokes != nil {
 		runRevokePublish(t, h)
@@ -164,13 +169,13 @@ func (h Harness) validate() error {
 	if h.Broker == nil && h.Results == nil && h.Revokes == nil && h.Control == nil {
 		return errors.New("stemdrivertest: the Harness has no opener")
 	}
-	if h.Capabilities.PutAck && (h.Broker == nil || h.Results == nil) {
-		return errors.New("stemdrivertest: Capabilities.PutAck declared without both a Broker and a Results opener")
+	if (h.Capabilities.PutAck || h.Capabilities.PutPublish) && (h.Broker == nil || h.Results == nil) {
+		return errors.New("stemdrivertest: Capabilities.PutAck or PutPublish declared without both a Broker and a Results opener")
 	}
 	if h.Capabilities.RevokePublish && (h.Control == nil || h.Revokes == nil) {
 		return errors.New("stemdrivertest: Capabilities.RevokePublish declared without both a Control and a Revokes opener")
 	}
-	if resultCaps := (Capabilities{ConditionalPut: h.Capabilities.ConditionalPut, FinalGet: h.Capabilities.FinalGet, PutAck: h.Capabilities.PutAck}); h.Results == nil && resultCaps != (Capabilities{}) {
+	if resultCaps := (Capabilities{ConditionalPut: h.Capabilities.ConditionalPut, FinalGet: h.Capabilities.FinalGet, PutAck: h.Capabilities.PutAck, PutPublish: h.Capabilities.PutPublish}); h.Results == nil && resultCaps != (Capabilities{}) {
 		return fmt.Errorf("stemdrivertest: capabilities %+v declared without a Results opener", h.Capabilities)
 	}
 	return nil
