@@ -52,6 +52,20 @@
 // caller's pgx.Tx, so a task enqueued through them exists if and only if the
 // transaction commits (see the example).
 //
+// # One round trip where roles meet
+//
+// Roles opened on one URL in one process share a pool, and where two of
+// them write together they do it in one atomic step (the optional
+// interfaces of package stemdriver):
+//   - (*Broker).PutAck: a worker's batch of outcomes and its
+//     acknowledgements, one pipelined implicit transaction;
+//   - (*Broker).PutPublish: a client's pending states and its tasks, one
+//     pipelined implicit transaction;
+//   - (*Control).UpsertPublish: a revoke's records and the command that
+//     carries them, one statement whose NOTIFY is sent only when every
+//     record kept the version it proposed (the command was built from
+//     them), delivered at its commit.
+//
 // # Notifications
 //
 // One LISTEN connection per pool wakes idle Claims at once when a Publish,
