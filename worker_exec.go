@@ -122,7 +122,9 @@ func (w *Worker) process(parent context.Context, j *jobs.Job) {
 	}
 	// Deferred: a task that ends sooner records its outcome alone (which
 	// carries StartedAt), in one result write instead of two.
-	w.writer.Queue(settle.Settlement{Result: j.Base, Defer: startedDefer})
+	// Dropped once the task settles, as a progress report is: a task
+	// released at shutdown or whose lease was lost stays as it was.
+	w.writer.Queue(settle.Settlement{Result: j.Base, Defer: startedDefer, Superseded: j.SettledFlag()})
 	if task.Options.Lease > 0 && task.Options.Lease != w.cfg.Lease {
 		w.jobs.SetMinLease(j, task.Options.Lease)
 		_ = w.extend(ctx, j, task.Options.Lease)
