@@ -1,0 +1,91 @@
+package stempostgres_test
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/internal/systemtest"
+	"github.com/stem-go/stem/internal/testutil"
+	"github.com/stem-go/stem/stemtype"
+)
+
+// A terminate reaches the running task whichever way the revoke goes out:
+// in the upsert's own statement, or (records that repeat a task; a command
+// past the notification's 8,000 bytes) published after the upsert; and
+// the workers are told the versions the store holds.
+func TestRevokeTerminateEveryPath(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	for _, tc := range []struct {
+		name  string
+		extra func(id string) []string
+	}{
+		{"one statement", func(string) []string { return nil }},
+		{"a task given twice", func(id string) []string { return []string{id} }},
+		{"past the notification limit", func(string) []string {
+			var ids []string
+			for i := range 400 {
+				ids = append(ids, fmt.Sprintf("not-a-task-%04d-%s", i, "padding-padding-padding"))
+			}
+			return ids
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := boundCtx(t)
+			ns := "rp-" + stem.NewTaskID()[:8]
+			r := roles(t, u, ns)
+			reg := stem.NewRegistry()
+			running := make(chan string, 1)
+			stem.Register(reg, "block", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+				running <- tc.TaskID()
+				<-tc.Done()
+				return nil, tc.Err()
+			}, stem.TaskOptions{})
+			systemtest.RunWorker(t, systemtest.NewWorker(t, ns, reg, r, stem.WorkerConfig{ID: "w1"}))
+			client, err := stem.NewClient(stem.ClientConfig{Broker: r.Broker, Results: r.Results, Registry: reg})
+			if err != nil {
+				t.Fatal(err)
+			}
+			id, err := client.Enqueue(ctx, "block", nil, stem.EnqueueOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case <-running:
+			case <-ctx.Done():
+				t.Fatal("the task never started")
+			}
+			ctl, err := stem.NewController(stem.ControllerConfig{Namespace: ns, Control: r.Control, Revokes: r.Revokes, Results: r.Results})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := append([]string{id}, tc.extra(id)...)
+			res, err := ctl.Revoke(ctx, stem.Target{}, stem.RevokeOptions{TaskIDs: ids, Terminate: true, Reason: tc.name})
+			if err != nil {
+				t.Fatalf("revoke: %v", err)
+			}
+			if len(res.Replies.Missing) > 0 {
+				t.Fatalf("revoke: no reply from %v", res.Replies.Missing)
+			}
+			got, err := client.Wait(ctx, id)
+			if err != nil || got.State != stemtype.StateCancelled {
+				t.Fatalf("task after revoke --terminate: %+v %v, want cancelled", got, err)
+			}
+			stored, err := r.Revokes.List(ctx, ns)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var last int64
+			for _, rec := range res.Records {
+				if rec.TaskID == id {
+					last = rec.Version
+				}
+			}
+			for _, rec := range stored {
+				if rec.TaskID == id && rec.Version != last {
+					t.Fatalf("stored version %d of %s, but the workers were told %d", rec.Version, id, last)
+				}
+			}
+		})
+	}
+}
