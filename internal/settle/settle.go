@@ -441,7 +441,11 @@ func (sh *shard) flush(ctx context.Context, batch []Settlement, final bool) {
 		}
 		var put func(ctx context.Context) error
 		what := "write results"
-		if acks := ackOf(batch); sh.acker != nil && len(acks) > 0 && len(results) > 0 {
+		var acks []stemdriver.Delivery
+		if sh.acker != nil && len(results) > 0 {
+			acks = ackOf(batch)
+		}
+		if len(acks) > 0 {
 			what, acked = "write results and ack tasks", true
 			put = func(ctx context.Context) error { return sh.acker.PutAck(ctx, cfg.Results, results, acks) }
 		} else {
