@@ -1,6 +1,7 @@
 package stempostgres_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"strconv"
@@ -169,16 +170,7 @@ func TestClaimPlanUsesIndex(t *testing.T) {
 		if _, err := admin.Exec(ctx, "ANALYZE "+tasks); err != nil {
 			t.Fatal(err)
 		}
-		tx, err := admin.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []byte
-		err = tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+claim, "plan", "q", 100).Scan(&plan)
-		_ = tx.Rollback(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
+		plan := explain(t, ctx, admin, "claim", claim, "plan", "q", 100)
 		var doc any
 		if err := json.Unmarshal(plan, &doc); err != nil {
 			t.Fatal(err)
@@ -230,26 +222,17 @@ func TestClaimFindsUnnotifiedMessage(t *testing.T) {
 func TestSettlePlansUsePrimaryKey(t *testing.T) {
 	u := testutil.PostgresSchema(t)
 	ctx := boundCtx(t)
-	if err := stempostgres.Migrate(ctx, u); err != nil {
-		t.Fatal(err)
-	}
-	admin := adminConn(t)
 	tasks := table(t, u, "stem_tasks")
-	for _, stmt := range []string{
-		"ALTER TABLE " + tasks + " SET (autovacuum_enabled = false)",
+	admin := planDB(t, ctx, u,
+		"ALTER TABLE "+tasks+" SET (autovacuum_enabled = false)",
 		// Statistics that know another namespace only, as after a
 		// deployment's first burst into a table another one filled.
-		"INSERT INTO " + tasks + ` (namespace, queue, visible_at, due_at, task_id, payload)
+		"INSERT INTO "+tasks+` (namespace, queue, visible_at, due_at, task_id, payload)
 			SELECT 'other', 'q', now(), now(), 'o' || g, '{}'::bytea FROM generate_series(1, 1000) g`,
-		"ANALYZE " + tasks,
-		"DELETE FROM " + tasks,
-		"INSERT INTO " + tasks + ` (namespace, queue, visible_at, due_at, task_id, payload, leased, claims)
-			SELECT 'plan', 'q', now(), now(), 't' || g, '{}'::bytea, true, 1 FROM generate_series(1, 50000) g`,
-	} {
-		if _, err := admin.Exec(ctx, stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
+		"ANALYZE "+tasks,
+		"DELETE FROM "+tasks,
+		"INSERT INTO "+tasks+` (namespace, queue, visible_at, due_at, task_id, payload, leased, claims)
+			SELECT 'plan', 'q', now(), now(), 't' || g, '{}'::bytea, true, 1 FROM generate_series(1, 50000) g`)
 	ids := []int64{10, 20, 30}
 	claims := []int32{1, 1, 1}
 	queues := []string{"q", "q", "q"}
@@ -261,16 +244,7 @@ func TestSettlePlansUsePrimaryKey(t *testing.T) {
 		"deadLetter": {"plan", "q", int64(10), int32(1), "why"},
 	}
 	for name, stmt := range stempostgres.SettleSQLForTest(schemaOf(t, u)) {
-		tx, err := admin.Begin(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		var plan []byte
-		err = tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+stmt, args[name]...).Scan(&plan)
-		_ = tx.Rollback(ctx)
-		if err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
+		plan := explain(t, ctx, admin, name, stmt, args[name]...)
 		if s := string(plan); strings.Contains(s, `"stem_tasks_claim"`) || strings.Contains(s, `"Seq Scan"`) || !strings.Contains(s, `"stem_tasks_pkey"`) {
 			t.Errorf("%s does not find its rows by primary key alone on stale statistics:\n%s", name, plan)
 		}
@@ -285,31 +259,19 @@ func TestSettlePlansUsePrimaryKey(t *testing.T) {
 func TestGetPlansDescendPerID(t *testing.T) {
 	u := testutil.PostgresSchema(t)
 	ctx := boundCtx(t)
-	if err := stempostgres.Migrate(ctx, u); err != nil {
-		t.Fatal(err)
-	}
-	admin := adminConn(t)
 	results := table(t, u, "stem_results")
-	for _, stmt := range []string{
-		"ALTER TABLE " + results + " SET (autovacuum_enabled = false)",
-		"INSERT INTO " + results + ` (namespace, id, state, body) SELECT 'other', 'o' || g, 'succeeded', '{}' FROM generate_series(1, 1000) g`,
-		"ANALYZE " + results,
-		"DELETE FROM " + results,
-		"INSERT INTO " + results + ` (namespace, id, state, body) SELECT 'plan', 't' || g, 'succeeded', '{}' FROM generate_series(1, 50000) g`,
-	} {
-		if _, err := admin.Exec(ctx, stmt); err != nil {
-			t.Fatal(err)
-		}
-	}
+	admin := planDB(t, ctx, u,
+		"ALTER TABLE "+results+" SET (autovacuum_enabled = false)",
+		"INSERT INTO "+results+` (namespace, id, state, body) SELECT 'other', 'o' || g, 'succeeded', '{}' FROM generate_series(1, 1000) g`,
+		"ANALYZE "+results,
+		"DELETE FROM "+results,
+		"INSERT INTO "+results+` (namespace, id, state, body) SELECT 'plan', 't' || g, 'succeeded', '{}' FROM generate_series(1, 50000) g`)
 	ids := make([]string, 1000)
 	for i := range ids {
 		ids[i] = "t" + strconv.Itoa(i*50+1)
 	}
 	for name, stmt := range stempostgres.GetSQLForTest(schemaOf(t, u)) {
-		var plan []byte
-		if err := admin.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+stmt, "plan", ids).Scan(&plan); err != nil {
-			t.Fatalf("%s: %v", name, err)
-		}
+		plan := explain(t, ctx, admin, name, stmt, "plan", ids)
 		var doc []struct{ Plan planNode }
 		if err := json.Unmarshal(plan, &doc); err != nil || len(doc) != 1 {
 			t.Fatalf("%s: plan %s: %v", name, plan, err)
@@ -346,4 +308,36 @@ func (n planNode) walk(f func(planNode)) {
 	for _, c := range n.Plans {
 		c.walk(f)
 	}
+}
+
+// planDB migrates the schema of u and returns an admin connection after
+// running stmts (the table's setup) on it.
+func planDB(t *testing.T, ctx context.Context, u string, stmts ...string) *pgx.Conn {
+	t.Helper()
+	if err := stempostgres.Migrate(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	admin := adminConn(t)
+	for _, stmt := range stmts {
+		if _, err := admin.Exec(ctx, stmt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return admin
+}
+
+// explain returns the JSON plan of stmt with args, planned in a
+// transaction that is rolled back (EXPLAIN of a write does not run it).
+func explain(t *testing.T, ctx context.Context, admin *pgx.Conn, what, stmt string, args ...any) []byte {
+	t.Helper()
+	tx, err := admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var plan []byte
+	if err := tx.QueryRow(ctx, "EXPLAIN (FORMAT JSON) "+stmt, args...).Scan(&plan); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return plan
 }
