@@ -35,6 +35,7 @@ type queries struct {
 	// Revokes.
 	upsertRevokes string // $1 nss[], $2 task_ids[], $3 versions[], $4 bodies[], $5 expires[]
 	revokeNotify  string // upsertRevokes's, then $6 channel, $7 payload
+	revokeOne     string // revokeNotify for one record: $1 ns, $2 task_id, $3 version, $4 body, $5 expires, $6 channel, $7 payload
 	listRevokes   string // $1 ns
 	pruneRevokes  string // $1 ns
 
@@ -165,6 +166,14 @@ same AS (SELECT bool_and(up.version = p.version) AS ok
 	FROM up JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS p(ns, task_id, version)
 	ON p.ns = up.namespace AND p.task_id = up.task_id)
 SELECT up.namespace, up.task_id, up.version, (SELECT count(pg_notify($6, $7)) FROM same WHERE same.ok) FROM up`
+	// The same for one record, the usual revoke, with no arrays to
+	// unnest, sort and join.
+	q.revokeOne = `WITH up AS (
+	INSERT INTO ` + v + ` AS v (namespace, task_id, version, body, expires_at) VALUES ($1, $2, $3, $4, $5)
+	ON CONFLICT (namespace, task_id) DO UPDATE
+	SET version = greatest(v.version + 1, excluded.version), body = excluded.body, expires_at = excluded.expires_at
+	RETURNING namespace, task_id, version)
+SELECT up.namespace, up.task_id, up.version, (SELECT count(pg_notify($6, $7)) FROM up WHERE up.version = $3) FROM up`
 	q.listRevokes = `SELECT version, body FROM ` + v + ` WHERE namespace = $1`
 	q.pruneRevokes = `DELETE FROM ` + v + ` WHERE namespace = $1 AND expires_at <= now()`
 

@@ -55,7 +55,12 @@ func (c *Control) UpsertPublish(ctx context.Context, rs stemdriver.RevokeStore, 
 		return stored, false, err
 	}
 	out := slices.Clone(recs)
-	notified, err := r.upsertGroup(ctx, c.s.q.revokeNotify, groups[0], recs, out, c.cmdChannel, payload)
+	g := groups[0]
+	sql, args := c.s.q.revokeNotify, append(g.args(), c.cmdChannel, payload)
+	if len(recs) == 1 {
+		sql, args = c.s.q.revokeOne, []any{g.nss[0], g.tasks[0], g.versions[0], g.bodies[0], g.expires[0], c.cmdChannel, payload}
+	}
+	notified, err := r.upsertGroup(ctx, sql, args, g, recs, out)
 	if err != nil {
 		return nil, false, err
 	}

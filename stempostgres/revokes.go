@@ -52,7 +52,7 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	// Runs go one statement (one transaction) each: runs of one call in
 	// one transaction could deadlock with another call's.
 	for _, g := range groups {
-		if _, err := s.upsertGroup(ctx, s.s.q.upsertRevokes, g, recs, out); err != nil {
+		if _, err := s.upsertGroup(ctx, s.s.q.upsertRevokes, g.args(), g, recs, out); err != nil {
 			return nil, err
 		}
 	}
@@ -102,15 +102,19 @@ func revokeGroups(recs []stemtype.RevokeRecord) ([]*revokeGroup, error) {
 	return groups, nil
 }
 
-// upsertGroup runs sql, upsertRevokes or a statement built on it, over g
-// with extra parameters after the five of upsertRevokes, and sets the
-// versions stored in out (indexed like recs). A statement that selects a
-// fourth column (a count of notifications) has it returned.
-func (s *Revokes) upsertGroup(ctx context.Context, sql string, g *revokeGroup, recs, out []stemtype.RevokeRecord, extra ...any) (int64, error) {
+// args returns upsertRevokes's parameters for g.
+func (g *revokeGroup) args() []any {
+	return []any{g.nss, g.tasks, g.versions, g.bodies, g.expires}
+}
+
+// upsertGroup runs sql, upsertRevokes or a statement built on it, with
+// args (g's records), and sets the versions stored in out (indexed like
+// recs). A statement that selects a fourth column (a count of
+// notifications) has it returned.
+func (s *Revokes) upsertGroup(ctx context.Context, sql string, args []any, g *revokeGroup, recs, out []stemtype.RevokeRecord) (int64, error) {
 	fail := func(err error) (int64, error) {
 		return 0, s.errorf(err, "upsert %d revoke records (first task %q)", len(recs), recs[0].TaskID)
 	}
-	args := append([]any{g.nss, g.tasks, g.versions, g.bodies, g.expires}, extra...)
 	rows, err := s.s.pool.Query(ctx, sql, args...)
 	if err != nil {
 		return fail(err)

@@ -31,6 +31,8 @@ func runRevokePublish(t *testing.T, h Harness) {
 		}{
 			{"StoresAndPublishes", testRevokePublishStoresAndPublishes},
 			{"NoPublishWhenStoreAssignsOtherVersions", testRevokePublishWithheld},
+			{"OneRecordStoredAndPublished", testRevokePublishOne},
+			{"OneRecordWithheld", testRevokePublishOneWithheld},
 		} {
 			t.Run(p.name, func(t *testing.T) {
 				t.Parallel()
@@ -73,6 +75,35 @@ func testRevokePublishWithheld(t *testing.T, c stemdriver.ControlTransport, rp s
 	}
 	want := []stemtype.RevokeRecord{withVersion(recs[0], 501), recs[1]}
 	assertEqual(t, "stored records", normRevokes(stored), normRevokes(want))
+	mustPublishControl(ctx, t, c, nil, "fence")
+	assertEqual(t, "messages to w1", recvUntil(ctx, t, w1, "fence"), []string(nil))
+}
+
+// One record (the usual revoke) is stored and published like several.
+func testRevokePublishOne(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string) {
+	ctx := testContext(t)
+	w1 := mustSubscribe(ctx, t, c, "w1")
+	rec := fullRevoke(ns, "task-1", 100)
+	stored, published, err := rp.UpsertPublish(ctx, rs, []stemtype.RevokeRecord{rec}, nil, []byte("one"))
+	if err != nil || !published {
+		t.Fatalf("UpsertPublish = %v, %v; want published", published, err)
+	}
+	assertEqual(t, "stored records", normRevokes(stored), normRevokes([]stemtype.RevokeRecord{rec}))
+	mustPublishControl(ctx, t, c, nil, "fence")
+	assertEqual(t, "messages to w1", recvUntil(ctx, t, w1, "fence"), []string{"one"})
+}
+
+// One record the store assigns another version withholds the message.
+func testRevokePublishOneWithheld(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string) {
+	ctx := testContext(t)
+	w1 := mustSubscribe(ctx, t, c, "w1")
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)}, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)})
+	rec := fullRevoke(ns, "task-1", 100)
+	stored, published, err := rp.UpsertPublish(ctx, rs, []stemtype.RevokeRecord{rec}, nil, []byte("stale"))
+	if err != nil || published {
+		t.Fatalf("UpsertPublish = %v, %v; want not published", published, err)
+	}
+	assertEqual(t, "stored records", normRevokes(stored), normRevokes([]stemtype.RevokeRecord{withVersion(rec, 501)}))
 	mustPublishControl(ctx, t, c, nil, "fence")
 	assertEqual(t, "messages to w1", recvUntil(ctx, t, w1, "fence"), []string(nil))
 }
