@@ -276,6 +276,28 @@ type RevokeStore interface {
 	Close() error
 }
 
+// RevokeChangeLister is implemented by revoke stores that can list only
+// the records stored since an earlier listing, so that a worker's periodic
+// re-sync costs O(changes), not a read of every record (a million of them,
+// every 30 seconds, on every worker). The worker uses it when the store has
+// it, and List otherwise.
+//
+// Contract:
+//   - ListChanges with the cursor "" returns every stored record of the
+//     namespace, as List does, and a cursor.
+//   - ListChanges with a cursor it returned earlier for the namespace
+//     returns at least every record stored by Upsert in the namespace
+//     after that earlier call began (records stored before may come again),
+//     and the cursor to pass next time. A record stored several times
+//     comes once, as stored last. Records deleted by Prune are not listed.
+//   - When the store cannot tell what changed since cursor (the cursor is
+//     not one it issued, or the store was emptied or replaced since), it
+//     returns every record, as for "". It never misses a change.
+//   - Namespaces never mix: a cursor belongs to its namespace.
+type RevokeChangeLister interface {
+	ListChanges(ctx context.Context, namespace, cursor string) (recs []stemtype.RevokeRecord, next string, err error)
+}
+
 // ControlTransport carries control commands from controllers to the workers
 // of one namespace, and their replies back.
 //

@@ -120,6 +120,9 @@ type Capabilities struct {
 	ConditionalPut bool
 	// FinalGet: the result backend implements stemdriver.FinalGetter.
 	FinalGet bool
+	// RevokeChanges: the revoke store implements
+	// stemdriver.RevokeChangeLister.
+	RevokeChanges bool
 }
 
 // Run runs the conformance suite of every role h provides, each property
@@ -138,7 +141,7 @@ func Run(t *testing.T, h Harness) {
 		runRole(t, "Results", h.Results, h.Capabilities, resultsProperties(h.Capabilities))
 	}
 	if h.Revokes != nil {
-		runRole(t, "Revokes", h.Revokes, h.Capabilities, revokesProperties)
+		runRole(t, "Revokes", h.Revokes, h.Capabilities, revokesProperties(h.Capabilities))
 	}
 	if h.Control != nil {
 		runRole(t, "Control", h.Control, h.Capabilities, controlProperties)
@@ -151,8 +154,11 @@ func (h Harness) validate() error {
 	if h.Broker == nil && h.Results == nil && h.Revokes == nil && h.Control == nil {
 		return errors.New("stemdrivertest: the Harness has no opener")
 	}
-	if h.Results == nil && h.Capabilities != (Capabilities{}) {
+	if h.Results == nil && (h.Capabilities.ConditionalPut || h.Capabilities.FinalGet) {
 		return fmt.Errorf("stemdrivertest: capabilities %+v declared without a Results opener", h.Capabilities)
+	}
+	if h.Revokes == nil && h.Capabilities.RevokeChanges {
+		return errors.New("stemdrivertest: capability RevokeChanges declared without a Revokes opener")
 	}
 	return nil
 }
@@ -167,6 +173,7 @@ const (
 	capNone capability = iota
 	capConditionalPut
 	capFinalGet
+	capRevokeChanges
 )
 
 // String returns the name of the Capabilities field.
@@ -176,6 +183,8 @@ func (c capability) String() string {
 		return "ConditionalPut"
 	case capFinalGet:
 		return "FinalGet"
+	case capRevokeChanges:
+		return "RevokeChanges"
 	}
 	return "none"
 }
@@ -187,6 +196,8 @@ func (caps Capabilities) has(c capability) bool {
 		return caps.ConditionalPut
 	case capFinalGet:
 		return caps.FinalGet
+	case capRevokeChanges:
+		return caps.RevokeChanges
 	}
 	return true
 }
@@ -234,6 +245,18 @@ func capabilityMismatches(rb stemdriver.ResultBackend, caps Capabilities) []stri
 	_, fg := rb.(stemdriver.FinalGetter)
 	check(capFinalGet, "stemdriver.FinalGetter", fg)
 	return out
+}
+
+// revokeCapabilityMismatches is capabilityMismatches for a revoke store.
+func revokeCapabilityMismatches(rs stemdriver.RevokeStore, caps Capabilities) []string {
+	_, implemented := rs.(stemdriver.RevokeChangeLister)
+	switch declared := caps.RevokeChanges; {
+	case declared && !implemented:
+		return []string{fmt.Sprintf("Capabilities.RevokeChanges is declared but %T does not implement stemdriver.RevokeChangeLister", rs)}
+	case !declared && implemented:
+		return []string{fmt.Sprintf("%T implements stemdriver.RevokeChangeLister but Capabilities.RevokeChanges is not declared", rs)}
+	}
+	return nil
 }
 
 // guard bounds every wait of the suite so a broken driver fails a test
