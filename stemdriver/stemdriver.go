@@ -288,8 +288,9 @@ type RevokeStore interface {
 //   - ListChanges with a cursor it returned earlier for the namespace
 //     returns at least every record stored by Upsert in the namespace
 //     after that earlier call began (records stored before may come again),
-//     and the cursor to pass next time. A record stored several times
-//     comes once, as stored last. Records deleted by Prune are not listed.
+//     and the cursor to pass next time. A task upserted several times may
+//     be listed more than once; the one listed last is the newest. Records
+//     deleted by Prune are not listed.
 //   - When the store cannot tell what changed since cursor (the cursor is
 //     not one it issued, or the store was emptied or replaced since), it
 //     returns every record, as for "". It never misses a change.
