@@ -229,6 +229,23 @@ type FinalGetter interface {
 	GetFinalMany(ctx context.Context, ids ...string) ([]*stemtype.TaskResult, error)
 }
 
+// PendingPublisher is implemented by brokers that can record tasks' first
+// states in a result backend and publish the tasks in one round trip, where
+// the two share a server (a Redis broker and result backend on one server
+// and database). A Client enqueues through it when its broker has it.
+//
+// Contract: PublishWithResults returns false, and does nothing, when the
+// broker cannot write to rb alongside its own messages; the caller then
+// calls rb.Put and Publish itself. Otherwise it stores results as rb.Put
+// would and envs as Publish would, each result before any envelope, so a
+// worker never finds a message whose state is not recorded yet, and
+// returns true. Results must not be final (it returns false for a final
+// one). When it fails, some results may be stored and some envelopes
+// published.
+type PendingPublisher interface {
+	PublishWithResults(ctx context.Context, rb ResultBackend, results []*stemtype.TaskResult, envs []*stemtype.Envelope) (bool, error)
+}
+
 // ConditionalPutter is implemented by result backends that can replace a
 // stored result only while its state is one of a given set, atomically. The
 // controller uses it to mark a revoked task cancelled without overwriting a
