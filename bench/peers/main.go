@@ -184,7 +184,7 @@ func cliMain(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Idle, "idle", 10*time.Second, "idlecpu: how long the worker sits idle")
 	fs.StringVar(&cfg.Note, "note", "", "a note that names this configuration in the figure's label (e.g. WAL)")
 	fs.IntVar(&cfg.Producers, "producers", 8, "enqueue: goroutines enqueueing one task per call")
-	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "drain: write a CPU profile of the timed part (the worker's run) to this file")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "drain and enqueue: write a CPU profile of the timed part to this file")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the figure as one JSON object (the human line goes to stderr)")
 	fs.StringVar(&table, "table", "", "print a markdown table of the medians of the -json lines in this file, and exit")
 	if err := fs.Parse(args); err != nil {

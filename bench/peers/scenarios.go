@@ -378,6 +378,13 @@ func enqueueOneByOne(ctx context.Context, cfg config, sys system, p *probe, f *f
 	p.noopGoal = int64(cfg.Tasks)
 	var next atomic.Int64
 	errs := make(chan error, cfg.Producers)
+	if cfg.CPUProfile != "" {
+		stop, err := startCPUProfile(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range cfg.Producers {
@@ -392,6 +399,7 @@ func enqueueOneByOne(ctx context.Context, cfg config, sys system, p *probe, f *f
 	}
 	wg.Wait()
 	took := time.Since(start)
+	pprof.StopCPUProfile() // the timed part only; stop is then a no-op
 	close(errs)
 	if err := <-errs; err != nil {
 		return fmt.Errorf("enqueue: %w", err)
