@@ -36,6 +36,7 @@ type Client struct {
 	results stemdriver.ResultBackend
 	reg     *Registry
 	logger  *slog.Logger
+	commits committer // group commit of concurrent Enqueue calls
 }
 
 // NewClient returns a Client; it fails when cfg has neither a Broker nor
@@ -48,7 +49,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	return &Client{broker: cfg.Broker, results: cfg.Results, reg: cfg.Registry, logger: logger}, nil
+	c := &Client{broker: cfg.Broker, results: cfg.Results, reg: cfg.Registry, logger: logger}
+	c.commits.store, c.commits.pending = c.storeTasks, cfg.Results != nil
+	return c, nil
 }
 
 // EnqueueOptions override a task's registered options for one enqueue.
@@ -125,13 +128,37 @@ func (e *EnqueueError) Unwrap() error { return e.Err }
 // Enqueue publishes one task and returns its id. args are encoded as JSON
 // (a json.RawMessage or Args is used as is). When the task got an id but
 // may not have been published, the error is an *EnqueueError carrying it.
+//
+// Concurrent Enqueue calls of one Client are stored together, as one
+// EnqueueBatch would store them (a group commit): a call that finds no
+// store under way stores its task at once, and calls that arrive meanwhile
+// are stored together when it ends, so many goroutines enqueueing one task
+// each cost a few round trips, not one each. A failure of a group's store
+// fails every call of the group, each with an *EnqueueError of its own id.
+// A call whose ctx ends before its group is stored returns an
+// *EnqueueError saying its task was not published; once its group is
+// being stored, it waits for the outcome.
 func (c *Client) Enqueue(ctx context.Context, task string, args any, opts EnqueueOptions) (string, error) {
-	ids, err := c.EnqueueBatch(ctx, []EnqueueRequest{{Task: task, Args: args, Options: opts}})
+	if c.broker == nil {
+		return "", errNoBroker
+	}
+	now := time.Now().UTC()
+	env, err := c.envelope(EnqueueRequest{Task: task, Args: args, Options: opts}, now)
 	if err != nil {
 		return "", err
 	}
-	return ids[0], nil
+	op := &enqueueOp{env: env, now: now, wake: make(chan bool, 1)}
+	stored, err := c.commits.submit(ctx, op)
+	switch {
+	case err == nil:
+		return env.ID, nil
+	case !stored:
+		return "", &EnqueueError{IDs: []string{env.ID}, Published: []bool{false}, Err: fmt.Errorf("stem: enqueue: %w", err)}
+	}
+	return "", enqueueError([]string{env.ID}, err)
 }
+
+var errNoBroker = errors.New("stem: enqueue: the client has no broker (ClientConfig.Broker is nil)")
 
 // EnqueueBatch publishes several tasks in as few round trips as the broker
 // allows and returns their ids in order.
@@ -146,7 +173,7 @@ func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]str
 		return nil, nil
 	}
 	if c.broker == nil {
-		return nil, errors.New("stem: enqueue: the client has no broker (ClientConfig.Broker is nil)")
+		return nil, errNoBroker
 	}
 	now := time.Now().UTC()
 	envs := make([]*stemtype.Envelope, len(reqs))
@@ -158,29 +185,15 @@ func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]str
 		}
 		envs[i], ids[i] = env, env.ID
 	}
+	var pend []*stemtype.TaskResult
 	if c.results != nil {
-		// Pending is written before publishing so that a fast worker's
-		// "started" can never be overwritten by it.
-		pend := make([]*stemtype.TaskResult, len(envs))
+		pend = make([]*stemtype.TaskResult, len(envs))
 		for i, e := range envs {
-			pend[i] = &stemtype.TaskResult{ID: e.ID, Task: e.Task, Queue: e.Queue, State: stemtype.StatePending, NotBefore: e.NotBefore, UpdatedAt: now}
-		}
-		if rp, ok := c.broker.(stemdriver.ResultPublisher); ok && rp.PublishesWith(c.results) {
-			// Both in one atomic step. An error may still leave it unknown
-			// whether that step committed (a reply lost with the
-			// connection), as with Publish.
-			if err := rp.PutPublish(ctx, c.results, pend, envs); err != nil {
-				return ids, &EnqueueError{IDs: ids, Err: fmt.Errorf("stem: enqueue: record pending state and publish: %w", err)}
-			}
-			return ids, nil
-		}
-		if err := c.results.Put(ctx, pend...); err != nil {
-			return ids, &EnqueueError{IDs: ids, Published: make([]bool, len(ids)),
-				Err: fmt.Errorf("stem: enqueue: record pending state: %w", err)}
+			pend[i] = pendingOf(e, now)
 		}
 	}
-	if err := c.broker.Publish(ctx, envs...); err != nil {
-		return ids, &EnqueueError{IDs: ids, Err: fmt.Errorf("stem: enqueue: publish: %w", err)}
+	if err := c.storeTasks(ctx, envs, pend); err != nil {
+		return ids, enqueueError(ids, err)
 	}
 	return ids, nil
 }

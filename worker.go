@@ -185,6 +185,9 @@ type Worker struct {
 	ready       chan struct{}
 	started     time.Time
 	instance    string // random per Run: this run's presence token
+	// revokeCursor is the revoke store's cursor after the last sync
+	// (syncRevokeSet), for stores that list changes.
+	revokeCursor string
 
 	processed, succeeded, failed, retried, cancelled atomic.Int64
 }
@@ -258,7 +261,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		defer sub.Close()
 	}
 	if w.cfg.Revokes != nil {
-		if err := w.syncRevokes(ctx, true); err != nil {
+		if err := w.syncRevokeSet(ctx, true); err != nil {
 			return fmt.Errorf("stem: worker %s: load revokes: %w", w.cfg.ID, err)
 		}
 	}
@@ -280,7 +283,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		aux.Go(func() { w.presence(bg, stopRun) })
 	}
 	if w.cfg.Revokes != nil {
-		aux.Go(func() { w.resyncRevokes(bg) })
+		aux.Go(func() { w.resyncRevokeSet(bg) })
 	}
 
 	work, stopWork := context.WithCancelCause(bg) // parent of task contexts

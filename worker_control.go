@@ -15,49 +15,6 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// syncRevokes reads the namespace's revoke set from the store and applies
-// it; with prune it also deletes expired records from the store.
-func (w *Worker) syncRevokes(ctx context.Context, prune bool) error {
-	store := w.cfg.Revokes
-	now := time.Now()
-	if prune {
-		// Pruning is housekeeping: a store this worker cannot write (a
-		// read-only revoke file) must not keep it from reading revokes.
-		if n, err := store.Prune(ctx, w.cfg.Namespace, now); err != nil {
-			w.log.Warn("prune expired revokes", "err", err)
-		} else if n > 0 {
-			w.log.Info("pruned expired revokes", "count", n)
-		}
-	}
-	recs, err := store.List(ctx, w.cfg.Namespace)
-	if err != nil {
-		return fmt.Errorf("list revokes: %w", err)
-	}
-	ours := recs[:0]
-	for _, r := range recs {
-		if r.Namespace == w.cfg.Namespace {
-			ours = append(ours, r)
-		}
-	}
-	applied, _, _ := w.revokes.Load(now, ours...)
-	if applied > 0 {
-		w.log.Debug("revokes loaded from store", "applied", applied, "held", w.revokes.Len())
-	}
-	w.revokes.Prune(now)
-	w.enforceTerminates(now)
-	return nil
-}
-
-// resyncRevokes re-reads the revoke store periodically, so that a worker
-// that missed a control message still honours every revoke.
-func (w *Worker) resyncRevokes(ctx context.Context) {
-	every(ctx, w.cfg.RevokeSyncInterval, func() {
-		if err := w.syncRevokes(ctx, true); err != nil && ctx.Err() == nil {
-			w.log.Error("revoke re-sync failed; keeping the cached set", "err", err)
-		}
-	})
-}
-
 // every calls fn every d until ctx ends.
 func every(ctx context.Context, d time.Duration, fn func()) {
 	t := time.NewTicker(d)

@@ -3,12 +3,15 @@ package stemcli
 import (
 	"context"
 	"fmt"
+	"io"
 	"os"
 	"runtime"
 	"runtime/pprof"
 	"time"
 
+	"github.com/schollz/progressbar/v3"
 	"github.com/spf13/cobra"
+	"golang.org/x/term"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/stemurl"
@@ -36,8 +39,9 @@ each run, so nothing else is disturbed):
   drain  enqueue --tasks first, then run one worker until all are done
   mixed  run the worker while enqueueing
 
-Prints enqueue and processing rates. Compare figures measured in one run on
-one machine only.`,
+Prints enqueue and processing rates. On a terminal, a live progress bar of
+each phase is drawn on stderr (never when stderr is a pipe or a file).
+Compare figures measured in one run on one machine only.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f.tasks <= 0 || f.concurrency <= 0 || f.batch <= 0 {
 				return exitf(ExitUsage, "bench: --tasks, --concurrency and --batch must be positive")
@@ -85,6 +89,8 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 	enqueue := func() (time.Duration, error) {
 		start := time.Now()
 		args := []byte(`{"n":1}`)
+		bar := a.progress(f.tasks, "enqueue")
+		defer finishBar(bar)
 		for done := 0; done < f.tasks; {
 			n := min(f.batch, f.tasks-done)
 			reqs := make([]stem.EnqueueRequest, n)
@@ -95,6 +101,7 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 				return 0, err
 			}
 			done += n
+			setBar(bar, done)
 		}
 		return time.Since(start), nil
 	}
@@ -139,10 +146,17 @@ func (a *app) bench(ctx context.Context, f benchFlags) error {
 		}
 		fmt.Fprintf(a.out, "enqueue  %8.0f tasks/s  (%s, while the worker ran)\n", float64(f.tasks)/enqTook.Seconds(), enqTook.Round(time.Millisecond))
 	}
-	for w.Stats(ctx).Processed < int64(f.tasks) {
+	bar := a.progress(f.tasks, "process")
+	for {
+		n := w.Stats(ctx).Processed
+		setBar(bar, int(n))
+		if n >= int64(f.tasks) {
+			break
+		}
 		time.Sleep(time.Millisecond)
 	}
 	took := time.Since(start)
+	finishBar(bar)
 	stop()
 	if err := <-done; err != nil {
 		return err
@@ -158,4 +172,44 @@ func redactedScheme(u string) string {
 		}
 	}
 	return u
+}
+
+// progress returns a live progress bar of total tasks drawn on stderr when
+// stderr is a terminal, and nil otherwise: a pipe or a file gets the plain
+// result lines only.
+func (a *app) progress(total int, what string) *progressbar.ProgressBar {
+	f, ok := a.errw.(*os.File)
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return nil
+	}
+	return newBar(a.errw, total, what)
+}
+
+// newBar returns a progress bar of total tasks drawn on w, redrawn at most
+// every 100ms and cleared when finished.
+func newBar(w io.Writer, total int, what string) *progressbar.ProgressBar {
+	return progressbar.NewOptions(total,
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionSetDescription(what),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString("tasks"),
+		progressbar.OptionSetWidth(30),
+		progressbar.OptionThrottle(100*time.Millisecond),
+		progressbar.OptionClearOnFinish(),
+	)
+}
+
+// setBar moves bar (nil: no bar) to n tasks.
+func setBar(bar *progressbar.ProgressBar, n int) {
+	if bar != nil {
+		_ = bar.Set(n)
+	}
+}
+
+// finishBar completes and clears bar (nil: no bar).
+func finishBar(bar *progressbar.ProgressBar) {
+	if bar != nil {
+		_ = bar.Finish()
+	}
 }

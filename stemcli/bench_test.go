@@ -2,6 +2,7 @@ package stemcli_test
 
 import (
 	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -19,6 +20,13 @@ func TestBenchInProcess(t *testing.T) {
 		if code != 0 || !rate.MatchString(out) {
 			t.Errorf("%q: exit %d\nstdout:\n%s\nstderr:\n%s", args, code, out, errOut)
 		}
+		if strings.Contains(out+errOut, "\r") {
+			t.Errorf("%q: a progress bar was drawn off a terminal:\n%q", args, out+errOut)
+		}
+	}
+	// The help states the real prefetch default.
+	if code, out, _ := e.run("bench", "--help"); code != 0 || !strings.Contains(out, "worker prefetch cap (default: 4 x concurrency)") {
+		t.Errorf("bench --help: exit %d, want the prefetch default stated:\n%s", code, out)
 	}
 	if code, _, _ := e.run("bench", "--mode", "sideways"); code != 64 {
 		t.Errorf("bench --mode sideways: exit %d, want 64", code)

@@ -252,22 +252,6 @@ type ResultAcker interface {
 	PutAck(ctx context.Context, rb ResultBackend, results []*stemtype.TaskResult, ds []Delivery) error
 }
 
-// ResultPublisher is implemented by brokers that can record results and
-// publish envelopes in one atomic step when the result backend is one of
-// the same store (Postgres: one transaction in one round trip). The client
-// records its tasks' pending states and publishes them with one
-// PutPublish, in place of a Put and then a Publish, whenever
-// PublishesWith(its result backend) reports true.
-//
-// Contract: PublishesWith reports whether PutPublish can write to rb.
-// PutPublish applies results to rb exactly as rb.Put would and publishes
-// envs as Publish would, in one atomic step: when it returns an error,
-// nothing was written and nothing published.
-type ResultPublisher interface {
-	PublishesWith(rb ResultBackend) bool
-	PutPublish(ctx context.Context, rb ResultBackend, results []*stemtype.TaskResult, envs []*stemtype.Envelope) error
-}
-
 // RevokePublisher is implemented by control transports that can store
 // revoke records and publish a control message in one atomic step when the
 // revoke store is one of the same store (Postgres: the upsert and the
@@ -287,6 +271,25 @@ type ResultPublisher interface {
 type RevokePublisher interface {
 	PublishesWith(rs RevokeStore) bool
 	UpsertPublish(ctx context.Context, rs RevokeStore, recs []stemtype.RevokeRecord, targets []string, msg []byte) (stored []stemtype.RevokeRecord, published bool, err error)
+}
+
+// PendingPublisher is implemented by brokers that can record tasks' first
+// states in a result backend and publish the tasks in one round trip, where
+// the two share a server (a Redis broker and result backend on one server
+// and database; a Postgres broker and result backend on one pool, where it
+// is one transaction). A Client enqueues through it when its broker has
+// it.
+//
+// Contract: PublishWithResults returns false, and does nothing, when the
+// broker cannot write to rb alongside its own messages; the caller then
+// calls rb.Put and Publish itself. Otherwise it stores results as rb.Put
+// would and envs as Publish would, each result before any envelope, so a
+// worker never finds a message whose state is not recorded yet, and
+// returns true. Results must not be final (it returns false for a final
+// one). When it fails, some results may be stored and some envelopes
+// published.
+type PendingPublisher interface {
+	PublishWithResults(ctx context.Context, rb ResultBackend, results []*stemtype.TaskResult, envs []*stemtype.Envelope) (bool, error)
 }
 
 // ConditionalPutter is implemented by result backends that can replace a
@@ -334,6 +337,29 @@ type RevokeStore interface {
 	List(ctx context.Context, namespace string) ([]stemtype.RevokeRecord, error)
 	Prune(ctx context.Context, namespace string, now time.Time) (int, error)
 	Close() error
+}
+
+// RevokeChangeLister is implemented by revoke stores that can list only
+// the records stored since an earlier listing, so that a worker's periodic
+// re-sync costs O(changes), not a read of every record (a million of them,
+// every 30 seconds, on every worker). The worker uses it when the store has
+// it, and List otherwise.
+//
+// Contract:
+//   - ListChanges with the cursor "" returns every stored record of the
+//     namespace, as List does, and a cursor.
+//   - ListChanges with a cursor it returned earlier for the namespace
+//     returns at least every record stored by Upsert in the namespace
+//     after that earlier call began (records stored before may come again),
+//     and the cursor to pass next time. A task upserted several times may
+//     be listed more than once; the one listed last is the newest. Records
+//     deleted by Prune are not listed.
+//   - When the store cannot tell what changed since cursor (the cursor is
+//     not one it issued, or the store was emptied or replaced since), it
+//     returns every record, as for "". It never misses a change.
+//   - Namespaces never mix: a cursor belongs to its namespace.
+type RevokeChangeLister interface {
+	ListChanges(ctx context.Context, namespace, cursor string) (recs []stemtype.RevokeRecord, next string, err error)
 }
 
 // ControlTransport carries control commands from controllers to the workers

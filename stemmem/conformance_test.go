@@ -47,6 +47,6 @@ func TestConformance(t *testing.T) {
 			t.Cleanup(func() { _ = c.Close() })
 			return c
 		},
-		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true},
+		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true, RevokeChanges: true},
 	})
 }

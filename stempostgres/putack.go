@@ -127,22 +127,29 @@ func foldResults(results []*stemtype.TaskResult) []*stemtype.TaskResult {
 	return out
 }
 
-var _ stemdriver.ResultPublisher = (*Broker)(nil)
+var _ stemdriver.PendingPublisher = (*Broker)(nil)
 
-// PublishesWith implements stemdriver.ResultPublisher, on the same terms as
-// AcksWith.
-func (b *Broker) PublishesWith(rb stemdriver.ResultBackend) bool { return b.AcksWith(rb) }
-
-// PutPublish implements stemdriver.ResultPublisher: the results' upsert and
-// the envelopes' inserts go to the server as one pipeline that commits
+// PublishWithResults implements stemdriver.PendingPublisher where AcksWith
+// does (rb shares b's pool) and no result is final: the results' upsert
+// and the envelopes' inserts go to the server as one pipeline that commits
 // once (an implicit transaction), so that a client records its tasks'
-// pending states and publishes them in one round trip and one commit.
-// Idle Claims are notified after the commit, as by Publish.
-func (b *Broker) PutPublish(ctx context.Context, rb stemdriver.ResultBackend, results []*stemtype.TaskResult, envs []*stemtype.Envelope) error {
-	if !b.PublishesWith(rb) {
-		return fmt.Errorf("stem: postgres broker: put and publish: %T is not a result backend of this broker's pool", rb)
+// pending states and publishes them in one round trip and one commit, and
+// a failure leaves neither. Idle Claims are notified after the commit, as
+// by Publish. Otherwise it returns false and does nothing.
+func (b *Broker) PublishWithResults(ctx context.Context, rb stemdriver.ResultBackend, results []*stemtype.TaskResult, envs []*stemtype.Envelope) (bool, error) {
+	if !b.AcksWith(rb) {
+		return false, nil
 	}
-	r := rb.(*Results)
+	for _, res := range results {
+		if res == nil || res.ID == "" || res.State.Final() {
+			return false, nil
+		}
+	}
+	return true, b.putPublish(ctx, rb.(*Results), results, envs)
+}
+
+// putPublish is PublishWithResults's write.
+func (b *Broker) putPublish(ctx context.Context, r *Results, results []*stemtype.TaskResult, envs []*stemtype.Envelope) error {
 	if err := errors.Join(b.checkOpen(), r.checkOpen()); err != nil {
 		return err
 	}

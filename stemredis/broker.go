@@ -56,7 +56,10 @@ type Broker struct {
 	lastSweep map[string]time.Time // queue -> last consumer sweep
 }
 
-var _ stemdriver.Broker = (*Broker)(nil)
+var (
+	_ stemdriver.Broker           = (*Broker)(nil)
+	_ stemdriver.PendingPublisher = (*Broker)(nil)
+)
 
 // OpenBroker connects to the Redis server at url (redis:// or rediss://, see
 // the package documentation for the query options) and returns a broker for
@@ -146,20 +149,98 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	for start := 0; start < len(envs); start += publishChunk {
 		end := min(start+publishChunk, len(envs))
 		pipe := b.rdb.Pipeline()
-		for i := start; i < end; i++ {
-			env := envs[i]
-			k := newQueueKeys(b.ns, env.Queue)
-			if env.NotBefore.After(now) {
-				pipe.ZAdd(ctx, k.delayed, redis.Z{Score: float64(microsCeil(env.NotBefore)), Member: delayedMember(raws[i])})
-			} else {
-				pipe.XAdd(ctx, &redis.XAddArgs{Stream: k.stream, Values: []any{msgField, raws[i]}})
-			}
-		}
+		b.queuePublish(ctx, pipe, now, envs[start:end], raws[start:end])
 		if _, err := pipe.Exec(ctx); err != nil {
 			return b.errorf(err, "publish %d envelopes (first %s to queue %q)", end-start, envs[start].ID, envs[start].Queue)
 		}
 	}
 	return nil
+}
+
+// queuePublish adds the commands that publish envs (encoded as raws) to
+// pipe.
+func (b *Broker) queuePublish(ctx context.Context, pipe redis.Pipeliner, now time.Time, envs []*stemtype.Envelope, raws [][]byte) {
+	for i, env := range envs {
+		k := newQueueKeys(b.ns, env.Queue)
+		if env.NotBefore.After(now) {
+			pipe.ZAdd(ctx, k.delayed, redis.Z{Score: float64(microsCeil(env.NotBefore)), Member: delayedMember(raws[i])})
+		} else {
+			pipe.XAdd(ctx, &redis.XAddArgs{Stream: k.stream, Values: []any{msgField, raws[i]}})
+		}
+	}
+}
+
+// PublishWithResults records results in rb and publishes envs in one
+// pipeline, one round trip, when rb is a *Results on the same server and
+// database as b (same address, database, user and password) and no result
+// is final; see stemdriver.PendingPublisher. Each result is written as
+// Results.Put writes a state that is not final (SET of its state key with
+// the retention TTL), before the envelopes. Otherwise it returns false and
+// does nothing. More than 1000 commands go in one pipeline per 1000, in
+// order.
+func (b *Broker) PublishWithResults(ctx context.Context, rb stemdriver.ResultBackend, results []*stemtype.TaskResult, envs []*stemtype.Envelope) (bool, error) {
+	r, ok := rb.(*Results)
+	if !ok || !sameServer(b.rdb, r.rdb) {
+		return false, nil
+	}
+	for _, res := range results {
+		if res == nil || res.ID == "" || res.State.Final() {
+			return false, nil
+		}
+	}
+	if err := b.checkOpen(); err != nil {
+		return true, err
+	}
+	if err := r.checkOpen(); err != nil {
+		return true, err
+	}
+	raws, err := stemdriver.EncodeEnvelopes(envs)
+	if err != nil {
+		return true, fmt.Errorf("stem: redis broker: publish: %w", err)
+	}
+	states := make([][]byte, len(results))
+	for i, res := range results {
+		if states[i], err = json.Marshal(res); err != nil {
+			return true, fmt.Errorf("stem: redis results: put: encode result %s: %w", res.ID, err)
+		}
+	}
+	ttl := r.ttlMillis()
+	now := time.Now()
+	pipe := b.rdb.Pipeline()
+	flush := func(force bool) error {
+		if n := pipe.Len(); n == 0 || n < publishChunk && !force {
+			return nil
+		}
+		if _, err := pipe.Exec(ctx); err != nil {
+			return b.errorf(err, "record pending states and publish (%d results, %d envelopes)", len(results), len(envs))
+		}
+		return nil
+	}
+	for i, res := range results {
+		if ttl > 0 {
+			pipe.Do(ctx, "set", stateKey(r.ns, res.ID), states[i], "px", ttl)
+		} else {
+			pipe.Do(ctx, "set", stateKey(r.ns, res.ID), states[i])
+		}
+		if err := flush(false); err != nil {
+			return true, err
+		}
+	}
+	for i := range envs {
+		b.queuePublish(ctx, pipe, now, envs[i:i+1], raws[i:i+1])
+		if err := flush(false); err != nil {
+			return true, err
+		}
+	}
+	return true, flush(true)
+}
+
+// sameServer reports whether a and b talk to the same server and database
+// as the same user, so that commands of one reach the keys of the other.
+func sameServer(a, b *redis.Client) bool {
+	oa, ob := a.Options(), b.Options()
+	return oa.Network == ob.Network && oa.Addr == ob.Addr && oa.DB == ob.DB &&
+		oa.Username == ob.Username && oa.Password == ob.Password
 }
 
 // Claim leases up to req.Max messages from req.Queues, read in order. Each

@@ -51,6 +51,8 @@
 //	                          the retention TTL; deleted by the final write
 //	stem:{NS}:revokes         hash: task id -> revoke record JSON
 //	stem:{NS}:revokes:expiry  sorted set: task id -> ExpiresAt (µs)
+//	stem:{NS}:revokes:changes sorted set: task id -> sequence number of its last upsert
+//	stem:{NS}:revokes:seq     hash: seq (last sequence number), epoch (when the sequence began, µs)
 //	stem:{NS}:workers         sorted set: worker id -> end of liveness (µs),
 //	                          expiring with the latest of them
 //	stem:{NS}:worker:ID       string: the WorkerInfo JSON, expiring with the
@@ -184,6 +186,15 @@
 // concurrent writers on any connection or host converge. List reads with
 // HSCAN; Prune deletes from the expiry set, in runs of at most 1000
 // records, comparing expiry with the server's TIME in whole microseconds.
+// The upsert script also gives each record the next number of a per-
+// namespace sequence, filed in a sorted set, so that ListChanges
+// (stemdriver.RevokeChangeLister, the worker's periodic re-sync) reads only
+// the records upserted since its cursor: a re-sync with nothing changed is
+// one small script run, not a read of the whole hash. The price is one
+// sorted-set entry per record on the server. A cursor carries the
+// sequence's epoch (the server time at which it began), so a cursor from
+// before the keys were lost (a flush, a restart without persistence) gets
+// the whole set again instead of missing records.
 //
 // # Control
 //

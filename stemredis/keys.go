@@ -95,12 +95,19 @@ type revokeKeys struct {
 	// expiry maps task id to the record's ExpiresAt in microseconds since
 	// the epoch (a sorted set); records that never expire are absent.
 	expiry string
+	// changes maps task id to the sequence number of the record's last
+	// upsert (a sorted set), so that ListChanges reads what changed.
+	changes string
+	// seq is a hash: "seq", the last sequence number handed out, and
+	// "epoch", the server time (µs) at which the sequence began, which
+	// tells a cursor of the sequence from one of a sequence since lost.
+	seq string
 }
 
 // newRevokeKeys returns the revoke keys of namespace ns.
 func newRevokeKeys(ns string) revokeKeys {
 	p := keyPrefix + "{" + escape(ns) + "}:revokes"
-	return revokeKeys{records: p, expiry: p + ":expiry"}
+	return revokeKeys{records: p, expiry: p + ":expiry", changes: p + ":changes", seq: p + ":seq"}
 }
 
 // presenceKeys are the worker presence keys of one namespace, sharing the

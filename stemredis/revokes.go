@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -21,6 +22,8 @@ const (
 	pruneChunk = 1000
 	// listScanCount is the COUNT hint of the HSCAN that lists records.
 	listScanCount = 5000
+	// changesPage is the most changes one ListChanges script run reads.
+	changesPage = 5000
 )
 
 // Revokes is a stemdriver.RevokeStore on Redis: per namespace a hash of
@@ -32,7 +35,10 @@ type Revokes struct {
 	conn
 }
 
-var _ stemdriver.RevokeStore = (*Revokes)(nil)
+var (
+	_ stemdriver.RevokeStore        = (*Revokes)(nil)
+	_ stemdriver.RevokeChangeLister = (*Revokes)(nil)
+)
 
 // OpenRevokes connects to the Redis server at url and returns a revoke
 // store. Records carry their namespace, so opts.Namespace is not used. It
@@ -83,7 +89,7 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		c, ok := filling[r.Namespace]
 		if !ok || len(callIdx[c].idx) >= revokeChunk {
 			k := newRevokeKeys(r.Namespace)
-			calls = append(calls, scriptCall{s: revokeUpsertScript, keys: []string{k.records, k.expiry}})
+			calls = append(calls, scriptCall{s: revokeUpsertScript, keys: []string{k.records, k.expiry, k.changes, k.seq}})
 			callIdx = append(callIdx, call{})
 			c = len(calls) - 1
 			filling[r.Namespace] = c
@@ -163,16 +169,96 @@ func (s *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 				}
 				seen[kvs[i]] = struct{}{}
 			}
-			var r stemtype.RevokeRecord
-			if err := json.Unmarshal([]byte(kvs[i+1]), &r); err != nil {
-				s.log.WarnContext(ctx, "stem: redis revokes: skipping undecodable record",
-					slog.String("namespace", namespace), slog.String("task_id", kvs[i]), slog.String("error", err.Error()))
-				continue
+			if r, ok := s.decode(ctx, namespace, kvs[i], kvs[i+1]); ok {
+				out = append(out, r)
 			}
-			out = append(out, r)
 		}
 	}
 	return out, nil
+}
+
+// ListChanges returns the records of namespace upserted since cursor and
+// the cursor to pass next time (stemdriver.RevokeChangeLister). A cursor is
+// the epoch of the namespace's change sequence and a sequence number; with
+// "", or a cursor of another epoch (the keys were lost since) or one it
+// cannot read, it lists every record with List, after reading the
+// sequence, so that nothing upserted during the listing is missed. Changes
+// are read in script runs of at most 5000, so a large backlog does not hold
+// up the server.
+func (s *Revokes) ListChanges(ctx context.Context, namespace, cursor string) ([]stemtype.RevokeRecord, string, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, "", err
+	}
+	k := newRevokeKeys(namespace)
+	epoch, seq, ok := strings.Cut(cursor, ":")
+	if ok && epoch != "" {
+		if _, err := strconv.ParseFloat(seq, 64); err != nil {
+			ok = false
+		}
+	}
+	if !ok || epoch == "" {
+		return s.listAll(ctx, namespace)
+	}
+	var out []stemtype.RevokeRecord
+	for {
+		vals, err := revokeChangesScript.run(ctx, s.rdb, []string{k.records, k.changes, k.seq}, epoch, seq, changesPage).StringSlice()
+		if err != nil {
+			return nil, "", s.errorf(err, "list revoke changes of namespace %q", namespace)
+		}
+		if len(vals) == 1 {
+			// Another epoch: the sequence the cursor counted is gone.
+			return s.listAll(ctx, namespace)
+		}
+		if len(vals) < 3 || len(vals)%2 == 0 {
+			return nil, "", s.errorf(fmt.Errorf("%d values in the reply", len(vals)), "list revoke changes of namespace %q", namespace)
+		}
+		read, err := strconv.Atoi(vals[1])
+		if err != nil {
+			return nil, "", s.errorf(fmt.Errorf("count %q in the reply: %w", vals[1], err), "list revoke changes of namespace %q", namespace)
+		}
+		seq = vals[2]
+		for i := 3; i+1 < len(vals); i += 2 {
+			if r, ok := s.decode(ctx, namespace, vals[i], vals[i+1]); ok {
+				out = append(out, r)
+			}
+		}
+		if read < changesPage {
+			return out, epoch + ":" + seq, nil
+		}
+	}
+}
+
+// listAll lists every record of namespace and returns them with a cursor of
+// the change sequence as it was before the listing began.
+func (s *Revokes) listAll(ctx context.Context, namespace string) ([]stemtype.RevokeRecord, string, error) {
+	k := newRevokeKeys(namespace)
+	v, err := revokeSeqScript.run(ctx, s.rdb, []string{k.seq}).StringSlice()
+	if err != nil {
+		return nil, "", s.errorf(err, "read the revoke sequence of namespace %q", namespace)
+	}
+	if len(v) != 2 {
+		return nil, "", s.errorf(fmt.Errorf("%d values in the reply", len(v)), "read the revoke sequence of namespace %q", namespace)
+	}
+	recs, err := s.List(ctx, namespace)
+	if err != nil {
+		return nil, "", err
+	}
+	// With no sequence yet the cursor has no epoch, so the next call
+	// lists everything again: records written by a stem older than the
+	// sequence carry no change number.
+	return recs, v[0] + ":" + v[1], nil
+}
+
+// decode decodes the stored record of taskID, logging and skipping one that
+// does not decode.
+func (s *Revokes) decode(ctx context.Context, namespace, taskID, raw string) (stemtype.RevokeRecord, bool) {
+	var r stemtype.RevokeRecord
+	if err := json.Unmarshal([]byte(raw), &r); err != nil {
+		s.log.WarnContext(ctx, "stem: redis revokes: skipping undecodable record",
+			slog.String("namespace", namespace), slog.String("task_id", taskID), slog.String("error", err.Error()))
+		return r, false
+	}
+	return r, true
 }
 
 // Prune deletes namespace's records that expired at or before the Redis
@@ -188,7 +274,7 @@ func (s *Revokes) Prune(ctx context.Context, namespace string, _ time.Time) (int
 	k := newRevokeKeys(namespace)
 	total := 0
 	for {
-		n, err := revokePruneScript.run(ctx, s.rdb, []string{k.records, k.expiry}, pruneChunk).Int()
+		n, err := revokePruneScript.run(ctx, s.rdb, []string{k.records, k.expiry, k.changes}, pruneChunk).Int()
 		if err != nil {
 			return total, s.errorf(err, "prune revokes of namespace %q", namespace)
 		}

@@ -287,3 +287,48 @@ func TestRevokeUpsertOverCorruptStoredVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestRevokeChangesAfterKeysLost: a worker's cursor outlives the keys it
+// counted (a FLUSHDB, a restart without persistence); the sequence then
+// starts again from 1 under a new epoch, and the old cursor, whose number
+// is higher than the new sequence's, must list every record, not miss
+// those numbered at or below it.
+func TestRevokeChangesAfterKeysLost(t *testing.T) {
+	ns := newNS(t)
+	rs := openTestRevokes(t)
+	ctx := testCtx(t)
+	rec := func(id string) stemtype.RevokeRecord {
+		return stemtype.RevokeRecord{Namespace: ns, TaskID: id, Version: 1, IssuedAt: time.Now().UTC()}
+	}
+	for i := range 5 {
+		if _, err := rs.Upsert(ctx, rec(fmt.Sprintf("old-%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, cursor, err := rs.ListChanges(ctx, ns, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := newRevokeKeys(ns)
+	if err := rawClient(t).Del(ctx, k.records, k.expiry, k.changes, k.seq).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rs.Upsert(ctx, rec("new-1"), rec("new-2")); err != nil {
+		t.Fatal(err)
+	}
+	got, next, err := rs.ListChanges(ctx, ns, cursor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range got {
+		ids = append(ids, r.TaskID)
+	}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []string{"new-1", "new-2"}) {
+		t.Errorf("changes since a cursor of the lost sequence = %v, want both new records", ids)
+	}
+	if next == cursor {
+		t.Errorf("the cursor %q was not replaced by one of the new sequence", next)
+	}
+}

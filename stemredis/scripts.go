@@ -390,7 +390,11 @@ return ready + expired + redis.call('ZCARD', KEYS[3])
 // another. A stored version that is not a canonical int64 (a hand edit)
 // counts as no stored record, as it does for List.
 //
-// KEYS[1] records, KEYS[2] expiry
+// Each record also gets the next number of the namespace's change
+// sequence (KEYS[4] "seq", started with an "epoch" of the server's time
+// when absent), filed under its task id in KEYS[3], for ListChanges.
+//
+// KEYS[1] records, KEYS[2] expiry, KEYS[3] changes, KEYS[4] seq
 // ARGV: four per record: task id, proposed version (decimal, no leading
 // zeros), record JSON, ExpiresAt in µs ("" when it never expires).
 // Returns per record, in order, the version it was stored with (decimal).
@@ -429,8 +433,14 @@ for i = 1, #ARGV, 4 do
   last[id] = ver
   vers[#vers + 1] = ver
 end
+if redis.call('HEXISTS', KEYS[4], 'epoch') == 0 then
+  local t = redis.call('TIME')
+  redis.call('HSET', KEYS[4], 'epoch', t[1] .. string.format('%06d', tonumber(t[2])))
+end
+local seq = redis.call('HINCRBY', KEYS[4], 'seq', #vers) - #vers
 for j = 1, #vers do
   local i = 4 * j - 3
+  redis.call('ZADD', KEYS[3], seq + j, ARGV[i])
   local id, js, exp = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   if vers[j] ~= ARGV[i + 1] then
     js = string.gsub(js, '"version":%d+', '"version":' .. vers[j], 1)
@@ -449,7 +459,7 @@ return vers
 // before the server's clock (TIME), so that every worker prunes alike
 // whatever its own clock says.
 //
-// KEYS[1] records, KEYS[2] expiry
+// KEYS[1] records, KEYS[2] expiry, KEYS[3] changes
 // ARGV[1] limit (at most 1000)
 // Returns how many records it deleted.
 var revokePruneScript = newScript(`
@@ -459,8 +469,47 @@ local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumb
 if #ids > 0 then
   redis.call('HDEL', KEYS[1], unpack(ids))
   redis.call('ZREM', KEYS[2], unpack(ids))
+  redis.call('ZREM', KEYS[3], unpack(ids))
 end
 return #ids
+`)
+
+// revokeChangesScript reads one page of the records upserted after a
+// sequence number, with the sequence's epoch, so that a cursor of a lost
+// sequence is told apart. It stops at ARGV[3] changes.
+//
+// KEYS[1] records, KEYS[2] changes, KEYS[3] seq
+// ARGV[1] epoch of the cursor, ARGV[2] its sequence number, ARGV[3] limit
+// Returns {epoch, or the empty string when there is none} when the epoch differs from
+// ARGV[1]; otherwise {epoch, changes read, sequence number of the last
+// read (ARGV[2] when none), then task id and record JSON of each change
+// whose record is stored}.
+var revokeChangesScript = newScript(`
+local epoch = redis.call('HGET', KEYS[3], 'epoch') or ''
+if epoch ~= ARGV[1] then return {epoch} end
+local got = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {epoch, tostring(#got / 2), ARGV[2]}
+if #got == 0 then return out end
+out[3] = got[#got]
+local ids = {}
+for i = 1, #got, 2 do ids[#ids + 1] = got[i] end
+local vals = redis.call('HMGET', KEYS[1], unpack(ids))
+for i = 1, #ids do
+  if vals[i] then
+    out[#out + 1] = ids[i]
+    out[#out + 1] = vals[i]
+  end
+end
+return out
+`)
+
+// revokeSeqScript returns the epoch and last sequence number of a
+// namespace's change sequence (an empty epoch and 0 when it has none).
+//
+// KEYS[1] seq
+var revokeSeqScript = newScript(`
+local v = redis.call('HMGET', KEYS[1], 'epoch', 'seq')
+return {v[1] or '', v[2] or '0'}
 `)
 
 // presencePrelude is shared by the presence scripts.

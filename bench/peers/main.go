@@ -54,8 +54,16 @@
 // -table prints a markdown table of the medians of -json lines, one row
 // per configuration; run.sh runs a whole table for one backend.
 //
-// A new system (asynq, issue 14) implements the system interface in a file
-// of its own and adds a case to openSystem.
+//	asynq    asynq v0.26 on redis:// only, a fresh queue per run deleted
+//	         after; its cancel (Inspector.CancelProcessing) is followed by
+//	         the task's state: asynq schedules a retry, so the table's
+//	         "after cancel" says it runs again (the retry is deleted so it
+//	         does not run during the rounds)
+//	ceiling  the bare Redis stream consumer of PERFORMANCE.md, on redis://
+//	         only: no cancel, so no cancel scenario
+//
+// A new system implements the system interface in a file of its own and
+// adds a case to openSystem.
 package main
 
 import (
@@ -108,6 +116,8 @@ type figure struct {
 	MaxMs         float64 `json:"max_ms,omitempty"`
 	CallP50Ms     float64 `json:"call_p50_ms,omitempty"`
 	CPUPercent    float64 `json:"cpu_pct,omitempty"`
+	CancelFinal   int     `json:"cancel_final,omitempty"`
+	CancelRerun   int     `json:"cancel_rerun,omitempty"`
 	IdleSeconds   float64 `json:"idle_s,omitempty"`
 	Seconds       float64 `json:"seconds"`
 }
@@ -145,8 +155,8 @@ func (f figure) line() string {
 		return fmt.Sprintf("%s enqueue, one call per task, %d producers: %.0f tasks/s (%d tasks in %.2fs)",
 			f.label(), f.Producers, f.EnqueuePerSec, f.Tasks, f.Seconds)
 	case "cancel":
-		return fmt.Sprintf("%s cancel C=%d: p50 %.2f ms, p99 %.2f ms, max %.2f ms to context cancelled (cancel call p50 %.2f ms; %d rounds)",
-			f.label(), f.Concurrency, f.P50Ms, f.P99Ms, f.MaxMs, f.CallP50Ms, f.Rounds)
+		return fmt.Sprintf("%s cancel C=%d: p50 %.2f ms, p99 %.2f ms, max %.2f ms to context cancelled (cancel call p50 %.2f ms; %d rounds; then final %d, to run again %d)",
+			f.label(), f.Concurrency, f.P50Ms, f.P99Ms, f.MaxMs, f.CallP50Ms, f.Rounds, f.CancelFinal, f.CancelRerun)
 	}
 	return f.label() + " " + f.Scenario
 }
@@ -162,7 +172,7 @@ func cliMain(args []string, stdout, stderr io.Writer) int {
 	var table string
 	fs := flag.NewFlagSet("peers", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&cfg.System, "system", "", "system to measure: stem or river")
+	fs.StringVar(&cfg.System, "system", "", "system to measure: stem, river, asynq or ceiling")
 	fs.StringVar(&cfg.URL, "url", "", "backend URL (redis://, postgres://, sqlite://PATH, memory://)")
 	fs.StringVar(&cfg.Scenario, "scenario", "", "drain, pickup, idlecpu, cancel or enqueue (one call per task)")
 	fs.IntVar(&cfg.Concurrency, "concurrency", 10, "worker concurrency")
@@ -174,7 +184,7 @@ func cliMain(args []string, stdout, stderr io.Writer) int {
 	fs.DurationVar(&cfg.Idle, "idle", 10*time.Second, "idlecpu: how long the worker sits idle")
 	fs.StringVar(&cfg.Note, "note", "", "a note that names this configuration in the figure's label (e.g. WAL)")
 	fs.IntVar(&cfg.Producers, "producers", 8, "enqueue: goroutines enqueueing one task per call")
-	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "drain: write a CPU profile of the timed part (the worker's run) to this file")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "drain and enqueue: write a CPU profile of the timed part to this file")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the figure as one JSON object (the human line goes to stderr)")
 	fs.StringVar(&table, "table", "", "print a markdown table of the medians of the -json lines in this file, and exit")
 	if err := fs.Parse(args); err != nil {
@@ -216,11 +226,11 @@ func cliMain(args []string, stdout, stderr io.Writer) int {
 // validate checks the flags of a run.
 func (c *config) validate() error {
 	switch c.System {
-	case "stem", "river":
+	case "stem", "river", "asynq", "ceiling":
 	case "":
-		return errors.New("-system is required (stem or river)")
+		return errors.New("-system is required (stem, river, asynq or ceiling)")
 	default:
-		return fmt.Errorf("-system %q: want stem or river", c.System)
+		return fmt.Errorf("-system %q: want stem, river, asynq or ceiling", c.System)
 	}
 	if c.URL == "" {
 		return errors.New("-url is required")

@@ -262,3 +262,28 @@ func TestFreshSQLiteRelative(t *testing.T) {
 		t.Errorf("fresh URL for sqlite://rel/x.db: %q, want an absolute path in a new directory under %s", u, filepath.Join(wd, "rel"))
 	}
 }
+
+// TestTableRatiosAndCancelOutcome: rates get their ratio to the first row
+// with the figure, and the cancel scenario says whether the task ran again.
+func TestTableRatiosAndCancelOutcome(t *testing.T) {
+	figs := []figure{
+		{System: "asynq", Backend: "redis", Scenario: "drain", Concurrency: 50, TasksPerSec: 10000},
+		{System: "asynq", Backend: "redis", Scenario: "cancel", P50Ms: 0.3, P99Ms: 0.4, CancelRerun: 3},
+		{System: "stem", Backend: "redis", Scenario: "drain", Concurrency: 50, TasksPerSec: 50000},
+		{System: "stem", Backend: "redis", Scenario: "cancel", P50Ms: 0.5, P99Ms: 0.9, CancelFinal: 3},
+	}
+	var b strings.Builder
+	if err := writeTable(figs, &b); err != nil {
+		t.Fatal(err)
+	}
+	want := `| system | drain C=50 | cancel to ctx done p50 / p99 | after cancel |
+|---|---|---|---|
+| asynq-redis | 10.0k/s | 0.30 / 0.40 ms | **runs again** (3/3) |
+| stem-redis | 50.0k/s (5.00x) | 0.50 / 0.90 ms | final (3/3) |
+
+Rates in parentheses: the ratio to the first row that has the figure.
+`
+	if b.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -301,4 +302,29 @@ func (s *riverSystem[TTx]) Close(ctx context.Context) error {
 func (s *riverSystem[TTx]) EnqueueNoop(ctx context.Context) error {
 	_, err := s.client.Insert(ctx, riverNoopArgs{N: 1}, nil)
 	return err
+}
+
+// Outcome implements system: JobCancel ends a running job cancelled, once
+// its work function returns.
+func (s *riverSystem[TTx]) Outcome(ctx context.Context, id string) (bool, error) {
+	jid, err := strconv.ParseInt(id, 10, 64)
+	if err != nil {
+		return false, fmt.Errorf("river job id %q: %w", id, err)
+	}
+	deadline := time.Now().Add(roundTimeout)
+	for {
+		job, err := s.client.JobGet(ctx, jid)
+		if err != nil {
+			return false, err
+		}
+		if job.State != rivertype.JobStateRunning {
+			return job.State == rivertype.JobStateCancelled, nil
+		}
+		if time.Now().After(deadline) {
+			return false, fmt.Errorf("job %d still running after %s", jid, roundTimeout)
+		}
+		if err := pace(ctx, time.Now(), time.Millisecond); err != nil {
+			return false, err
+		}
+	}
 }

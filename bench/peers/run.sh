@@ -3,7 +3,8 @@
 #
 #   bench/peers/run.sh sqlite     River (riversqlite) and stem on SQLite files
 #   bench/peers/run.sh postgres   River (riverpgxv5) and stem on Postgres
-#   bench/peers/run.sh redis      stem on Redis (asynq joins with issue 14)
+#   bench/peers/run.sh redis      asynq, stem and the ceiling (a bare stream
+#                                 consumer, PERFORMANCE.md) on Redis
 #
 # For each figure (drain at each concurrency of DRAIN_C, idle pickup, idle
 # CPU, cancel, one-by-one enqueue; the batch enqueue rate is the drains') it runs every configuration one after the other (River with
@@ -25,7 +26,8 @@
 #   IDLE        idle CPU window [10s]
 #   OUT         file for the runs' JSON lines [a temporary file, kept]
 #   SYSTEMS     configurations to run, from river, river-tuned, river-wal,
-#               stem [all that the backend supports]
+#               stem, asynq, ceiling [all that the backend supports]; the
+#               first is the peer the table's ratios compare with
 set -euo pipefail
 set -f # URLs hold ? and are split into words unquoted
 
@@ -50,7 +52,7 @@ idle=${IDLE:-10s}
 case "$backend" in
 sqlite) systems=${SYSTEMS:-river river-tuned river-wal stem} ;;
 postgres) systems=${SYSTEMS:-river river-tuned stem} ;;
-redis) systems=${SYSTEMS:-stem} ;;
+redis) systems=${SYSTEMS:-asynq stem ceiling} ;;
 esac
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -70,6 +72,8 @@ args() {
 		echo "-system river -url ${url}${sep}_pragma=journal_mode(WAL) -river-fetch-cooldown 1ms -note WAL"
 		;;
 	stem) echo "-system stem -url $url" ;;
+	asynq) echo "-system asynq -url $url" ;;
+	ceiling) echo "-system ceiling -url $url" ;;
 	*)
 		echo "unknown configuration $1" >&2
 		return 1
@@ -107,7 +111,10 @@ for ((r = 1; r <= repeats; r++)); do
 	done
 	for s in $systems; do measure "$s" -scenario pickup -rounds "$rounds"; done
 	for s in $systems; do measure "$s" -scenario idlecpu -idle "$idle"; done
-	for s in $systems; do measure "$s" -scenario cancel -rounds "$rounds"; done
+	for s in $systems; do
+		[[ $s == ceiling ]] && continue # no cancel: not a product
+		measure "$s" -scenario cancel -rounds "$rounds"
+	done
 	# One-by-one enqueue: the same insert path with and without River's
 	# FetchCooldown, so River's defaults are left out (their drain of the
 	# enqueued tasks afterwards takes minutes).

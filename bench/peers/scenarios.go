@@ -40,6 +40,10 @@ type system interface {
 	// Cancel asks for the running task id to be cancelled, the way the
 	// system's users do (stem: a revoke with terminate; River: JobCancel).
 	Cancel(ctx context.Context, id string) error
+	// Outcome waits until the cancelled task id has left the running
+	// state and reports whether it ended for good (final), rather than
+	// being scheduled to run again (asynq retries it).
+	Outcome(ctx context.Context, id string) (final bool, err error)
 	// Stop stops the worker, after its outcomes are recorded.
 	Stop(ctx context.Context) error
 	// CheckDrained reports an error unless the n no-op tasks are recorded
@@ -309,9 +313,18 @@ func cancelRounds(ctx context.Context, cfg config, sys system, p *probe, f *figu
 		if cr.err != nil {
 			return fmt.Errorf("round %d: cancel %s: %w", i, id, cr.err)
 		}
+		final, err := sys.Outcome(ctx, id)
+		if err != nil {
+			return fmt.Errorf("round %d: outcome of %s: %w", i, id, err)
+		}
 		if i >= warmups {
 			lat = append(lat, c1.Sub(c0))
 			calls = append(calls, cr.took)
+			if final {
+				f.CancelFinal++
+			} else {
+				f.CancelRerun++
+			}
 		}
 		if err := pace(ctx, t0, cfg.Interval); err != nil {
 			return err
@@ -365,6 +378,13 @@ func enqueueOneByOne(ctx context.Context, cfg config, sys system, p *probe, f *f
 	p.noopGoal = int64(cfg.Tasks)
 	var next atomic.Int64
 	errs := make(chan error, cfg.Producers)
+	if cfg.CPUProfile != "" {
+		stop, err := startCPUProfile(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stop()
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range cfg.Producers {
@@ -379,6 +399,7 @@ func enqueueOneByOne(ctx context.Context, cfg config, sys system, p *probe, f *f
 	}
 	wg.Wait()
 	took := time.Since(start)
+	pprof.StopCPUProfile() // the timed part only; stop is then a no-op
 	close(errs)
 	if err := <-errs; err != nil {
 		return fmt.Errorf("enqueue: %w", err)

@@ -209,3 +209,13 @@ func (s *stemSystem) EnqueueNoop(ctx context.Context) error {
 	_, err := s.client.Enqueue(ctx, stemNoop, stem.Args(`{"n":1}`), stem.EnqueueOptions{})
 	return err
 }
+
+// Outcome implements system: a terminate revoke ends the task cancelled,
+// a final state.
+func (s *stemSystem) Outcome(ctx context.Context, id string) (bool, error) {
+	res, err := s.client.Wait(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	return res.State == stemtype.StateCancelled, nil
+}

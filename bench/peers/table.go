@@ -75,6 +75,8 @@ func (c column) title() string {
 		return "enqueue one by one"
 	case "enqueue-batch":
 		return "enqueue in batches"
+	case "cancel-outcome":
+		return "after cancel"
 	}
 	return c.scenario
 }
@@ -90,10 +92,12 @@ func (c column) order() int {
 		return 1<<30 + 1
 	case "cancel":
 		return 1<<30 + 2
-	case "enqueue":
+	case "cancel-outcome":
 		return 1<<30 + 3
+	case "enqueue":
+		return 1<<30 + 4
 	}
-	return 1<<30 + 4
+	return 1<<30 + 5
 }
 
 // writeTable writes figs as a markdown table.
@@ -124,6 +128,13 @@ func writeTable(figs []figure, w io.Writer) error {
 			}
 			cells[row][b] = append(cells[row][b], f)
 		}
+		if f.Scenario == "cancel" && f.CancelFinal+f.CancelRerun > 0 {
+			o := column{scenario: "cancel-outcome"}
+			if !slices.Contains(cols, o) {
+				cols = append(cols, o)
+			}
+			cells[row][o] = append(cells[row][o], f)
+		}
 	}
 	slices.SortStableFunc(cols, func(a, b column) int { return a.order() - b.order() })
 	var b strings.Builder
@@ -134,15 +145,58 @@ func writeTable(figs []figure, w io.Writer) error {
 	b.WriteString("\n|---|")
 	b.WriteString(strings.Repeat("---|", len(cols)))
 	b.WriteString("\n")
+	// Rates get their ratio to the first row that has them (the first
+	// peer: run.sh puts it first).
+	baseRow := map[column]string{}
+	for _, row := range rows {
+		for _, c := range cols {
+			if _, ok := baseRow[c]; !ok && c.isRate() && len(cells[row][c]) > 0 {
+				baseRow[c] = row
+			}
+		}
+	}
+	ratios := false
 	for _, row := range rows {
 		b.WriteString("| " + row + " |")
 		for _, c := range cols {
-			b.WriteString(" " + cell(c, cells[row][c]) + " |")
+			s := cell(c, cells[row][c])
+			if br, ok := baseRow[c]; ok && br != row && len(cells[row][c]) > 0 {
+				if v := cellValue(c, cells[br][c]); v > 0 {
+					s += fmt.Sprintf(" (%.2fx)", cellValue(c, cells[row][c])/v)
+					ratios = true
+				}
+			}
+			b.WriteString(" " + s + " |")
 		}
 		b.WriteString("\n")
 	}
+	if ratios {
+		b.WriteString("\nRates in parentheses: the ratio to the first row that has the figure.\n")
+	}
 	_, err := io.WriteString(w, b.String())
 	return err
+}
+
+// isRate reports whether c's cells are rates, which get ratios.
+func (c column) isRate() bool {
+	switch c.scenario {
+	case "drain", "enqueue", "enqueue-batch":
+		return true
+	}
+	return false
+}
+
+// cellValue is the median rate of a rate column's runs.
+func cellValue(c column, fs []figure) float64 {
+	v := make([]float64, len(fs))
+	for i, f := range fs {
+		if c.scenario == "drain" {
+			v[i] = f.TasksPerSec
+		} else {
+			v[i] = f.EnqueuePerSec
+		}
+	}
+	return median(v)
 }
 
 // cell formats the median of one configuration's runs of column c.
@@ -168,6 +222,21 @@ func cell(c column, fs []figure) string {
 		s = fmt.Sprintf("%.2f%%", med(func(f figure) float64 { return f.CPUPercent }))
 	case "enqueue", "enqueue-batch":
 		s = rate(med(func(f figure) float64 { return f.EnqueuePerSec }))
+	case "cancel-outcome":
+		final, rerun := 0, 0
+		for _, f := range fs {
+			final += f.CancelFinal
+			rerun += f.CancelRerun
+		}
+		switch {
+		case rerun == 0:
+			s = fmt.Sprintf("final (%d/%d)", final, final)
+		case final == 0:
+			s = fmt.Sprintf("**runs again** (%d/%d)", rerun, rerun)
+		default:
+			s = fmt.Sprintf("final %d, runs again %d", final, rerun)
+		}
+		return s
 	}
 	if len(fs) > 1 {
 		s += fmt.Sprintf(" (median of %d)", len(fs))

@@ -19,6 +19,14 @@ func openSystem(ctx context.Context, cfg config, p *probe, logger *slog.Logger) 
 		return openStem(ctx, cfg.URL, p, logger)
 	case "river":
 		return openRiver(ctx, cfg, p, logger)
+	case "asynq", "ceiling":
+		if b, err := backendOf(cfg.URL); err != nil || b != "redis" {
+			return nil, fmt.Errorf("-system %s runs on redis:// only, not %s", cfg.System, stemurl.Redact(cfg.URL))
+		}
+		if cfg.System == "asynq" {
+			return openAsynq(ctx, cfg.URL, p, logger)
+		}
+		return openCeiling(ctx, cfg.URL, p)
 	}
 	return nil, fmt.Errorf("unknown system %q", cfg.System)
 }

@@ -55,6 +55,7 @@ func TestHarnessValidate(t *testing.T) {
 	results := func(t *testing.T, namespace string) stemdriver.ResultBackend {
 		return hub.Results(stemdriver.Options{Namespace: namespace})
 	}
+	revokes := func(t *testing.T, _ string) stemdriver.RevokeStore { return hub.Revokes() }
 	for _, tc := range []struct {
 		name string
 		h    Harness
@@ -65,6 +66,8 @@ func TestHarnessValidate(t *testing.T) {
 		{"capabilities without results", Harness{Broker: broker, Capabilities: Capabilities{FinalGet: true}}, "without a Results opener"},
 		{"broker only", Harness{Broker: broker}, ""},
 		{"results with capabilities", Harness{Results: results, Capabilities: Capabilities{ConditionalPut: true}}, ""},
+		{"revoke changes without revokes", Harness{Results: results, Capabilities: Capabilities{RevokeChanges: true}}, "without a Revokes opener"},
+		{"revoke changes with revokes only", Harness{Revokes: revokes, Capabilities: Capabilities{RevokeChanges: true}}, ""},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := tc.h.validate()

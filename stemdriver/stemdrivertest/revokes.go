@@ -17,20 +17,153 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// revokesProperties lists the Revokes tests: every revoke store passes them.
-var revokesProperties = []property[stemdriver.RevokeStore]{
-	{name: "UpsertListRoundTrip", fn: testRevokesUpsertListRoundTrip},
-	{name: "UpsertAssignsVersions", fn: testRevokesUpsertAssignsVersions},
-	{name: "NoVersionPastTheHighest", fn: testRevokesNoVersionPastTheHighest},
-	{name: "CausalOrder", fn: testRevokesCausalOrder},
-	{name: "DuplicateIDsInOneCall", fn: testRevokesDuplicateIDsInOneCall},
-	{name: "UpsertOfExpiredRecordIsStoredUntilPruned", fn: testRevokesUpsertOfExpiredRecordIsStoredUntilPruned},
-	{name: "PruneMoreThanAThousand", fn: testRevokesPruneMoreThanAThousand},
-	{name: "ListByNamespaceOnly", fn: testRevokesListByNamespaceOnly},
-	{name: "PruneDeletesExpiredOnly", fn: testRevokesPruneDeletesExpiredOnly},
-	{name: "ConcurrentWritersConverge", fn: testRevokesConcurrentWritersConverge},
-	{name: "ManyRecordsListed", fn: testRevokesManyRecordsListed},
-	{name: "ClosedReturnsErrClosed", fn: testRevokesClosedReturnsErrClosed},
+// revokesProperties lists the Revokes tests: every revoke store passes them,
+// except those that need a capability caps does not declare.
+func revokesProperties(caps Capabilities) []property[stemdriver.RevokeStore] {
+	return []property[stemdriver.RevokeStore]{
+		{name: "Capabilities", fn: func(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+			for _, m := range revokeCapabilityMismatches(open(t, ns), caps) {
+				t.Error(m)
+			}
+		}},
+		{name: "UpsertListRoundTrip", fn: testRevokesUpsertListRoundTrip},
+		{name: "UpsertAssignsVersions", fn: testRevokesUpsertAssignsVersions},
+		{name: "NoVersionPastTheHighest", fn: testRevokesNoVersionPastTheHighest},
+		{name: "CausalOrder", fn: testRevokesCausalOrder},
+		{name: "DuplicateIDsInOneCall", fn: testRevokesDuplicateIDsInOneCall},
+		{name: "UpsertOfExpiredRecordIsStoredUntilPruned", fn: testRevokesUpsertOfExpiredRecordIsStoredUntilPruned},
+		{name: "PruneMoreThanAThousand", fn: testRevokesPruneMoreThanAThousand},
+		{name: "ListByNamespaceOnly", fn: testRevokesListByNamespaceOnly},
+		{name: "PruneDeletesExpiredOnly", fn: testRevokesPruneDeletesExpiredOnly},
+		{name: "ConcurrentWritersConverge", fn: testRevokesConcurrentWritersConverge},
+		{name: "ManyRecordsListed", fn: testRevokesManyRecordsListed},
+		{name: "ClosedReturnsErrClosed", fn: testRevokesClosedReturnsErrClosed},
+		{name: "ChangesListedSinceCursor", fn: testRevokesChangesListedSinceCursor, needs: capRevokeChanges},
+		{name: "ChangesAcrossPrunesAndPages", fn: testRevokesChangesAcrossPrunesAndPages, needs: capRevokeChanges},
+		{name: "ChangesOfUnknownCursorListEverything", fn: testRevokesChangesOfUnknownCursorListEverything, needs: capRevokeChanges},
+	}
+}
+
+// changeLister returns rs as a stemdriver.RevokeChangeLister, failing t when
+// it is not one.
+func changeLister(t *testing.T, rs stemdriver.RevokeStore) stemdriver.RevokeChangeLister {
+	t.Helper()
+	cl, ok := rs.(stemdriver.RevokeChangeLister)
+	if !ok {
+		t.Fatalf("%T declares RevokeChanges but does not implement stemdriver.RevokeChangeLister", rs)
+	}
+	return cl
+}
+
+// mustChanges calls ListChanges and returns the newest record listed for
+// each task, normalized, and the next cursor.
+func mustChanges(ctx context.Context, t *testing.T, rs stemdriver.RevokeStore, ns, cursor string) ([]stemtype.RevokeRecord, string) {
+	t.Helper()
+	recs, next, err := changeLister(t, rs).ListChanges(ctx, ns, cursor)
+	if err != nil {
+		t.Fatalf("ListChanges(%s, %q): %v", ns, cursor, err)
+	}
+	if next == "" {
+		t.Fatalf("ListChanges(%s, %q) returned the cursor \"\"", ns, cursor)
+	}
+	// A task may be listed more than once; the last listed is the newest.
+	last := map[string]stemtype.RevokeRecord{}
+	for _, r := range recs {
+		if r.Namespace != ns {
+			t.Errorf("ListChanges(%s) listed a record of namespace %q", ns, r.Namespace)
+		}
+		if held, ok := last[r.TaskID]; ok && held.Version > r.Version {
+			t.Errorf("ListChanges listed task %s at version %d after version %d", r.TaskID, r.Version, held.Version)
+		}
+		last[r.TaskID] = r
+	}
+	return normRevokes(slices.Collect(maps.Values(last))), next
+}
+
+// testRevokesChangesListedSinceCursor: "" lists everything; a cursor lists
+// what was upserted since, from any connection, and nothing when nothing
+// changed; other namespaces never show.
+func testRevokesChangesListedSinceCursor(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	a, b := fullRevoke(ns, "task-a", 10), fullRevoke(ns, "task-b", 10)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{a, b}, []stemtype.RevokeRecord{a, b})
+	all, cur := mustChanges(ctx, t, rs, ns, "")
+	assertEqual(t, "changes since \"\"", all, normRevokes([]stemtype.RevokeRecord{a, b}))
+
+	none, cur2 := mustChanges(ctx, t, rs, ns, cur)
+	assertEqual(t, "changes when nothing changed", none, []stemtype.RevokeRecord(nil))
+
+	// Another namespace's writes do not show.
+	other := ns + "-other"
+	others := open(t, other)
+	mustUpsert(ctx, t, others, []stemtype.RevokeRecord{fullRevoke(other, "task-a", 10)}, []stemtype.RevokeRecord{fullRevoke(other, "task-a", 10)})
+	none, cur2 = mustChanges(ctx, t, rs, ns, cur2)
+	assertEqual(t, "changes after another namespace's upsert", none, []stemtype.RevokeRecord(nil))
+
+	// A re-upserted task and a new one show, from another connection,
+	// each once as stored last.
+	b2 := fullRevoke(ns, "task-b", 5)
+	b2.Reason = "again"
+	c := fullRevoke(ns, "task-c", 7)
+	mustUpsert(ctx, t, open(t, ns), []stemtype.RevokeRecord{b2, c}, []stemtype.RevokeRecord{withVersion(b2, 11), c})
+	b3 := fullRevoke(ns, "task-b", 5)
+	b3.Reason = "third"
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{b3}, []stemtype.RevokeRecord{withVersion(b3, 12)})
+	got, cur3 := mustChanges(ctx, t, open(t, ns), ns, cur2)
+	assertEqual(t, "changes since the cursor", got, normRevokes([]stemtype.RevokeRecord{withVersion(b3, 12), c}))
+	none, _ = mustChanges(ctx, t, rs, ns, cur3)
+	assertEqual(t, "changes after reading them", none, []stemtype.RevokeRecord(nil))
+
+	// An older cursor still lists everything since it (a worker that
+	// failed to store its next cursor loses nothing).
+	got, _ = mustChanges(ctx, t, rs, ns, cur)
+	assertEqual(t, "changes since an older cursor", got, normRevokes([]stemtype.RevokeRecord{withVersion(b3, 12), c}))
+}
+
+// testRevokesChangesAcrossPrunesAndPages: pruned records are not listed;
+// more changes than one read of a backend's page are all listed.
+func testRevokesChangesAcrossPrunesAndPages(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	_, cur := mustChanges(ctx, t, rs, ns, "")
+	gone := fullRevoke(ns, "gone", 1)
+	gone.ExpiresAt = now().Add(-time.Hour)
+	kept := fullRevoke(ns, "kept", 1)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{gone, kept}, []stemtype.RevokeRecord{gone, kept})
+	if n, err := rs.Prune(ctx, ns, now()); err != nil || n != 1 {
+		t.Fatalf("Prune = %d, %v; want 1", n, err)
+	}
+	got, cur := mustChanges(ctx, t, rs, ns, cur)
+	assertEqual(t, "changes after a prune", got, normRevokes([]stemtype.RevokeRecord{kept}))
+
+	const total = 12_000
+	recs := make([]stemtype.RevokeRecord, total)
+	for i := range recs {
+		recs[i] = fullRevoke(ns, fmt.Sprintf("task-%05d", i), 100)
+	}
+	for chunk := range slices.Chunk(recs, 2000) {
+		if _, err := rs.Upsert(ctx, chunk...); err != nil {
+			t.Fatalf("Upsert of %d: %v", len(chunk), err)
+		}
+	}
+	got, cur = mustChanges(ctx, t, rs, ns, cur)
+	assertEqual(t, "changes after many upserts", got, normRevokes(recs))
+	got, _ = mustChanges(ctx, t, rs, ns, cur)
+	assertEqual(t, "changes after reading many", got, []stemtype.RevokeRecord(nil))
+}
+
+// testRevokesChangesOfUnknownCursorListEverything: a cursor the store did
+// not issue lists every record, never an error or a partial set.
+func testRevokesChangesOfUnknownCursorListEverything(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	a := fullRevoke(ns, "task-a", 3)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{a}, []stemtype.RevokeRecord{a})
+	for _, cursor := range []string{"not a cursor", "1:2:3", ":", "999999999:5", "-1"} {
+		got, _ := mustChanges(ctx, t, rs, ns, cursor)
+		assertEqual(t, fmt.Sprintf("changes since cursor %q", cursor), got, normRevokes([]stemtype.RevokeRecord{a}))
+	}
 }
 
 func testRevokesUpsertListRoundTrip(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {

@@ -123,14 +123,17 @@ type Capabilities struct {
 	// PutAck: the broker implements stemdriver.ResultAcker and AcksWith
 	// the Results opener's result backends (Broker and Results needed).
 	PutAck bool
-	// PutPublish: the broker implements stemdriver.ResultPublisher and
-	// PublishesWith the Results opener's result backends (Broker and
+	// PendingPublish: the broker implements stemdriver.PendingPublisher and
+	// publishes with the Results opener's result backends (Broker and
 	// Results needed).
-	PutPublish bool
+	PendingPublish bool
 	// RevokePublish: the control transport implements
 	// stemdriver.RevokePublisher and PublishesWith the Revokes opener's
 	// stores (Control and Revokes needed).
 	RevokePublish bool
+	// RevokeChanges: the revoke store implements
+	// stemdriver.RevokeChangeLister.
+	RevokeChanges bool
 }
 
 // Run runs the conformance suite of every role h provides, each property
@@ -149,14 +152,14 @@ func Run(t *testing.T, h Harness) {
 		runRole(t, "Results", h.Results, h.Capabilities, resultsProperties(h.Capabilities))
 	}
 	if h.Revokes != nil {
-		runRole(t, "Revokes", h.Revokes, h.Capabilities, revokesProperties)
+		runRole(t, "Revokes", h.Revokes, h.Capabilities, revokesProperties(h.Capabilities))
 	}
 	if h.Control != nil {
 		runRole(t, "Control", h.Control, h.Capabilities, controlProperties)
 	}
 	if h.Broker != nil && h.Results != nil {
 		runPutAck(t, h)
-		runPutPublish(t, h)
+		runPendingPublish(t, h)
 	}
 	if h.Control != nil && h.Revokes != nil {
 		runRevokePublish(t, h)
@@ -169,14 +172,17 @@ func (h Harness) validate() error {
 	if h.Broker == nil && h.Results == nil && h.Revokes == nil && h.Control == nil {
 		return errors.New("stemdrivertest: the Harness has no opener")
 	}
-	if (h.Capabilities.PutAck || h.Capabilities.PutPublish) && (h.Broker == nil || h.Results == nil) {
-		return errors.New("stemdrivertest: Capabilities.PutAck or PutPublish declared without both a Broker and a Results opener")
+	if (h.Capabilities.PutAck || h.Capabilities.PendingPublish) && (h.Broker == nil || h.Results == nil) {
+		return errors.New("stemdrivertest: Capabilities.PutAck or PendingPublish declared without both a Broker and a Results opener")
 	}
 	if h.Capabilities.RevokePublish && (h.Control == nil || h.Revokes == nil) {
 		return errors.New("stemdrivertest: Capabilities.RevokePublish declared without both a Control and a Revokes opener")
 	}
-	if resultCaps := (Capabilities{ConditionalPut: h.Capabilities.ConditionalPut, FinalGet: h.Capabilities.FinalGet, PutAck: h.Capabilities.PutAck, PutPublish: h.Capabilities.PutPublish}); h.Results == nil && resultCaps != (Capabilities{}) {
+	if h.Results == nil && (h.Capabilities.ConditionalPut || h.Capabilities.FinalGet) {
 		return fmt.Errorf("stemdrivertest: capabilities %+v declared without a Results opener", h.Capabilities)
+	}
+	if h.Revokes == nil && h.Capabilities.RevokeChanges {
+		return errors.New("stemdrivertest: capability RevokeChanges declared without a Revokes opener")
 	}
 	return nil
 }
@@ -191,6 +197,7 @@ const (
 	capNone capability = iota
 	capConditionalPut
 	capFinalGet
+	capRevokeChanges
 )
 
 // String returns the name of the Capabilities field.
@@ -200,6 +207,8 @@ func (c capability) String() string {
 		return "ConditionalPut"
 	case capFinalGet:
 		return "FinalGet"
+	case capRevokeChanges:
+		return "RevokeChanges"
 	}
 	return "none"
 }
@@ -211,6 +220,8 @@ func (caps Capabilities) has(c capability) bool {
 		return caps.ConditionalPut
 	case capFinalGet:
 		return caps.FinalGet
+	case capRevokeChanges:
+		return caps.RevokeChanges
 	}
 	return true
 }
@@ -258,6 +269,18 @@ func capabilityMismatches(rb stemdriver.ResultBackend, caps Capabilities) []stri
 	_, fg := rb.(stemdriver.FinalGetter)
 	check(capFinalGet, "stemdriver.FinalGetter", fg)
 	return out
+}
+
+// revokeCapabilityMismatches is capabilityMismatches for a revoke store.
+func revokeCapabilityMismatches(rs stemdriver.RevokeStore, caps Capabilities) []string {
+	_, implemented := rs.(stemdriver.RevokeChangeLister)
+	switch declared := caps.RevokeChanges; {
+	case declared && !implemented:
+		return []string{fmt.Sprintf("Capabilities.RevokeChanges is declared but %T does not implement stemdriver.RevokeChangeLister", rs)}
+	case !declared && implemented:
+		return []string{fmt.Sprintf("%T implements stemdriver.RevokeChangeLister but Capabilities.RevokeChanges is not declared", rs)}
+	}
+	return nil
 }
 
 // guard bounds every wait of the suite so a broken driver fails a test
