@@ -196,7 +196,17 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 		if req.Limit < 0 {
 			return nil, fmt.Errorf("bad inspect payload: negative limit %d", req.Limit)
 		}
-		return w.inspect(now, req), nil
+		if req.ScheduledLimit < 0 {
+			return nil, fmt.Errorf("bad inspect payload: negative scheduledLimit %d", req.ScheduledLimit)
+		}
+		r := w.inspect(now, req)
+		if req.IncludeScheduled {
+			var err error
+			if r.Scheduled, r.ScheduledTotal, err = w.scheduled(ctx, req.ScheduledLimit); err != nil {
+				return nil, err
+			}
+		}
+		return r, nil
 	case stemtype.CommandStats:
 		return w.stats(ctx, now), nil
 	case stemtype.CommandRevoke:
@@ -251,6 +261,35 @@ func (w *Worker) inspect(now time.Time, req stemtype.InspectRequest) stemtype.In
 	return r
 }
 
+// scheduled lists the delayed tasks of the worker's queues, at most limit
+// per queue (stemtype.DefaultScheduledLimit for 0), soonest first, and
+// how many there are in all. The list is nil when the broker cannot list
+// delayed messages (stemdriver.DelayedLister).
+func (w *Worker) scheduled(ctx context.Context, limit int) ([]stemtype.ScheduledTask, int64, error) {
+	dl, ok := w.cfg.Broker.(stemdriver.DelayedLister)
+	if !ok {
+		return nil, 0, nil
+	}
+	if limit == 0 {
+		limit = stemtype.DefaultScheduledLimit
+	}
+	out := []stemtype.ScheduledTask{}
+	var total int64
+	for _, q := range w.cfg.Queues {
+		envs, n, err := dl.Delayed(ctx, q, limit)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list the delayed tasks of queue %q: %w", q, err)
+		}
+		total += n
+		for _, env := range envs {
+			out = append(out, stemtype.ScheduledTask{ID: env.ID, Task: env.Task, Queue: env.Queue,
+				Attempt: env.Attempt, NotBefore: env.NotBefore.UTC()})
+		}
+	}
+	slices.SortStableFunc(out, func(a, b stemtype.ScheduledTask) int { return a.NotBefore.Compare(b.NotBefore) })
+	return out, total, nil
+}
+
 // Stats returns the worker's counters and the depths of its queues, as the
 // stats control command reports them.
 func (w *Worker) Stats(ctx context.Context) stemtype.StatsReply {
@@ -291,9 +330,11 @@ func (w *Worker) presenceTTL() time.Duration { return 3 * w.cfg.PresenceInterval
 // holds the id.
 func (w *Worker) announce(ctx context.Context) error {
 	host, _ := os.Hostname()
+	running, waiting := w.jobs.Counts()
 	info := stemtype.WorkerInfo{ID: w.cfg.ID, Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
 		Queues: w.cfg.Queues, Concurrency: w.cfg.Concurrency, StartedAt: w.started.UTC(), LastSeen: time.Now().UTC(),
-		Instance: w.instance}
+		Instance: w.instance, Inflight: running, Prefetched: waiting, Version: Version(),
+		IntervalMs: w.cfg.PresenceInterval.Milliseconds()}
 	return w.cfg.Control.Announce(ctx, info, w.presenceTTL())
 }
 

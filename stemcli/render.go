@@ -2,6 +2,7 @@ package stemcli
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -61,6 +62,16 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 				fmt.Fprintf(w, ", %d reserved", len(p.Reserved))
 			}
 		}
+		if req.IncludeScheduled {
+			switch {
+			case p.Scheduled == nil:
+				fmt.Fprint(w, ", scheduled tasks not reported (the broker cannot list them, or an older worker)")
+			case int64(len(p.Scheduled)) < p.ScheduledTotal:
+				fmt.Fprintf(w, ", %d scheduled (listing the soonest %d per queue)", p.ScheduledTotal, cmp.Or(req.ScheduledLimit, stemtype.DefaultScheduledLimit))
+			default:
+				fmt.Fprintf(w, ", %d scheduled", p.ScheduledTotal)
+			}
+		}
 		fmt.Fprintln(w)
 		withRevoked := req.IncludeRevoked
 		if len(p.Active) > 0 {
@@ -85,6 +96,14 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 			for _, t := range p.Reserved {
 				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", t.ID, t.Task, t.Queue, t.Attempt,
 					(time.Duration(t.WaitedMs) * time.Millisecond).String())
+			}
+			tw.Flush()
+		}
+		if len(p.Scheduled) > 0 {
+			tw := table(w)
+			fmt.Fprintln(tw, "  SCHEDULED\tTASK\tQUEUE\tATTEMPT\tNOT BEFORE")
+			for _, t := range p.Scheduled {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", t.ID, t.Task, t.Queue, t.Attempt, t.NotBefore.Format(time.RFC3339))
 			}
 			tw.Flush()
 		}

@@ -159,9 +159,9 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 	pf.StringVar(&a.nsFlag, "namespace", "", "namespace (default $STEM_NAMESPACE, else "+stemtype.DefaultNamespace+")")
 
 	worker := &cobra.Command{Use: "worker", Short: "Run and control workers"}
-	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd())
+	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd(), a.fleetCmd())
 	task := &cobra.Command{Use: "task", Short: "Read task state"}
-	task.AddCommand(a.statusCmd())
+	task.AddCommand(a.statusCmd(), a.whereCmd())
 	root.AddCommand(worker, task, a.enqueueCmd(), a.benchCmd(), a.migrateCmd())
 	if cfg.Demo != nil {
 		root.AddCommand(a.demoCmd())

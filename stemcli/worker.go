@@ -262,9 +262,15 @@ With --reserved, also list the tasks each worker claimed that wait for a
 free slot (its prefetch buffer), with how long each has waited: a worker
 claims beyond its free slots only while its tasks run shorter than a few
 claim round trips, and hands waiting tasks back to the broker when every
-slot stays busy for about 100ms, so another worker can start them.`
+slot stays busy for about 100ms, so another worker can start them.
+With --scheduled, also list the delayed tasks (a countdown or an ETA not
+reached yet) of each worker's queues, soonest first, at most
+--scheduled-limit per queue: they wait in the broker, not in a worker, so
+every worker of a queue lists them.`
 	c.Flags().BoolVar(&req.IncludeRevoked, "include-revoked", false, "also list each worker's revoke records")
 	c.Flags().BoolVar(&req.IncludeReserved, "reserved", false, "also list the tasks each worker claimed that wait for a free slot")
+	c.Flags().BoolVar(&req.IncludeScheduled, "scheduled", false, "also list the delayed tasks of each worker's queues")
+	c.Flags().IntVar(&req.ScheduledLimit, "scheduled-limit", stemtype.DefaultScheduledLimit, "with --scheduled: list at most this many per queue, the soonest")
 	c.Flags().IntVar(&req.Limit, "limit", defaultRevokedLimit, "with --include-revoked: list at most this many records per worker, the newest (0: all)")
 	c.PreRunE = func(cmd *cobra.Command, _ []string) error {
 		if req.Limit < 0 {
@@ -272,6 +278,12 @@ slot stays busy for about 100ms, so another worker can start them.`
 		}
 		if cmd.Flags().Changed("limit") && !req.IncludeRevoked {
 			return exitf(ExitUsage, "inspect: --limit needs --include-revoked")
+		}
+		if req.ScheduledLimit <= 0 {
+			return exitf(ExitUsage, "inspect: --scheduled-limit must be positive, got %d", req.ScheduledLimit)
+		}
+		if cmd.Flags().Changed("scheduled-limit") && !req.IncludeScheduled {
+			return exitf(ExitUsage, "inspect: --scheduled-limit needs --scheduled")
 		}
 		return nil
 	}

@@ -83,6 +83,28 @@ type InspectRequest struct {
 	// IncludeReserved asks for the tasks the worker claimed that wait for
 	// a free slot (its prefetch buffer) in the reply's Reserved list.
 	IncludeReserved bool `json:"includeReserved,omitempty"`
+	// IncludeScheduled asks for the delayed tasks (a countdown or an ETA
+	// not yet reached) of the queues the worker consumes, soonest first,
+	// in the reply's Scheduled list: they wait in the broker, not in a
+	// worker, so every worker of a queue lists them.
+	IncludeScheduled bool `json:"includeScheduled,omitempty"`
+	// ScheduledLimit caps the Scheduled list per queue; zero means
+	// DefaultScheduledLimit, a negative limit is answered with an error.
+	ScheduledLimit int `json:"scheduledLimit,omitempty"`
+}
+
+// DefaultScheduledLimit is how many delayed tasks per queue an inspect
+// reply lists when the request sets no ScheduledLimit.
+const DefaultScheduledLimit = 100
+
+// ScheduledTask is a delayed task, in an inspect reply: published with a
+// countdown or an ETA, waiting in the broker until NotBefore.
+type ScheduledTask struct {
+	ID        string    `json:"id"`
+	Task      string    `json:"task"`
+	Queue     string    `json:"queue"`
+	Attempt   int       `json:"attempt"`
+	NotBefore time.Time `json:"notBefore"`
 }
 
 // ReservedTask is a task a worker claimed that waits for a free slot, in an
@@ -133,6 +155,12 @@ type InspectReply struct {
 	// slot, longest waiting first, only when the request asked for them
 	// (then it is a list, empty or not).
 	Reserved []ReservedTask `json:"reserved,omitzero"`
+	// Scheduled holds the delayed tasks of the worker's queues, soonest
+	// first, at most the request's ScheduledLimit per queue, only when the
+	// request asked for them and the broker can list them (then it is a
+	// list, empty or not). ScheduledTotal counts them all.
+	Scheduled      []ScheduledTask `json:"scheduled,omitzero"`
+	ScheduledTotal int64           `json:"scheduledTotal,omitzero"`
 }
 
 // StatsReply is the payload of a stats reply.
