@@ -136,6 +136,11 @@ func (c *Client) Enqueue(ctx context.Context, task string, args any, opts Enqueu
 // EnqueueBatch publishes several tasks in as few round trips as the broker
 // allows and returns their ids in order.
 //
+// When ctx carries a valid OpenTelemetry span, its span context travels
+// in each envelope's headers (W3C Trace Context: traceparent,
+// tracestate), so that a worker that traces (WorkerConfig.TracerProvider)
+// runs the task in a child span of it.
+//
 // A request that cannot be encoded fails the call before anything is
 // stored, with no ids. When recording the pending states or publishing
 // fails, EnqueueBatch returns the ids it assigned together with an
@@ -156,6 +161,7 @@ func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]str
 		if err != nil {
 			return nil, err
 		}
+		env.Headers = injectTrace(ctx, env.Headers)
 		envs[i], ids[i] = env, env.ID
 	}
 	if c.results != nil {

@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stem-go/stem/internal/jobs"
 	"github.com/stem-go/stem/internal/revokecache"
 	"github.com/stem-go/stem/internal/settle"
@@ -95,6 +97,18 @@ type WorkerConfig struct {
 	// so that an operator sees when a CLI and a fleet resolved different
 	// stores. Never put a password here.
 	Stores *stemtype.StoreInfo
+	// Observer receives the worker's events for metrics (see
+	// stemmetrics); optional. Without one the worker makes no call.
+	Observer Observer
+	// TracerProvider, when set, makes the worker trace every run: a span
+	// "stem.run TASK" (kind consumer), the child of the producer's span
+	// when the task's envelope carries one (Client.Enqueue adds the span
+	// context of its ctx, W3C Trace Context in the headers), with the
+	// task's id, name, attempt and queue and the worker's id as
+	// attributes. The task's context carries the span, and the logs of the
+	// run (TaskContext.Logger, the worker's lines about the task) carry
+	// its trace_id. Without one the worker does not trace.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *WorkerConfig) setDefaults() error {
@@ -184,7 +198,8 @@ type Worker struct {
 	ran         atomic.Bool
 	ready       chan struct{}
 	started     time.Time
-	instance    string // random per Run: this run's presence token
+	instance    string       // random per Run: this run's presence token
+	tracer      trace.Tracer // nil unless WorkerConfig.TracerProvider is set
 
 	processed, succeeded, failed, retried, cancelled atomic.Int64
 }
@@ -202,6 +217,9 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		space:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 		fair:    newFetchPolicy(cfg.Concurrency, cfg.Prefetch, cfg.EagerPrefetch),
+	}
+	if cfg.TracerProvider != nil {
+		w.tracer = cfg.TracerProvider.Tracer(tracerName, trace.WithInstrumentationVersion(Version()))
 	}
 	w.writer = settle.New(settle.Config{Broker: cfg.Broker, Results: cfg.Results, Logger: w.log, Done: w.jobs.Forget})
 	return w, nil

@@ -42,6 +42,9 @@ func (w *Worker) syncRevokes(ctx context.Context, prune bool) error {
 	applied, _, _ := w.revokes.Load(now, ours...)
 	if applied > 0 {
 		w.log.Debug("revokes loaded from store", "applied", applied, "held", w.revokes.Len())
+		if obs := w.cfg.Observer; obs != nil {
+			obs.RevokesApplied(applied)
+		}
 	}
 	w.revokes.Prune(now)
 	w.enforceTerminates(now)
@@ -97,6 +100,9 @@ func (w *Worker) revokeCommand(recs []stemtype.RevokeRecord, now time.Time) stem
 		}
 	}
 	applied, ignored, expired := w.revokes.Apply(now, ours...)
+	if obs := w.cfg.Observer; obs != nil && len(applied) > 0 {
+		obs.RevokesApplied(len(applied))
+	}
 	reply := stemtype.RevokeReply{Tasks: ids(applied), Inflight: []string{}, Ignored: []string{}, Expired: ids(expired)}
 	for _, r := range ignored {
 		if cur, ok := w.revokes.Lookup(r.TaskID, now); ok && cur.Version == r.Version {
@@ -177,6 +183,9 @@ func (w *Worker) handleControl(ctx context.Context, msg []byte) {
 		w.log.Warn("control command failed", "type", cmd.Type, "request_id", cmd.RequestID, "err", err)
 	}
 	w.reply(ctx, cmd.RequestID, payload, err)
+	if obs := w.cfg.Observer; obs != nil {
+		obs.ControlServed(cmd.Type, err == nil)
+	}
 }
 
 func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any, error) {
