@@ -33,6 +33,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/isolated"
@@ -90,6 +91,9 @@ type Config struct {
 	// --concurrency child processes of this binary (Main serves their
 	// role).
 	Executor func(reg *stem.Registry) (stem.Executor, func(), error)
+	// TracerProvider, when set, makes `worker start` trace every run
+	// (stem.WorkerConfig.TracerProvider). The stock binary sets none.
+	TracerProvider trace.TracerProvider
 }
 
 // app is the state shared by the commands of one invocation.

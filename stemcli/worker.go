@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os/signal"
 	"slices"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemmetrics"
 	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
@@ -383,6 +386,7 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 
 func (a *app) startCmd() *cobra.Command {
 	var cfg stem.WorkerConfig
+	var metricsAddr string
 	c := &cobra.Command{
 		Use:   "start",
 		Short: "Run a worker with this binary's registered tasks",
@@ -401,7 +405,13 @@ shorter than a few claim round trips, as in a drain of short tasks; for
 longer tasks it claims for free slots only, so a long task never waits
 behind this worker while another has a free slot. Tasks that wait for a
 slot while every slot stays busy for about 100ms are handed back to the
-queue for other workers. 'stem worker inspect --reserved' shows them.`,
+queue for other workers. 'stem worker inspect --reserved' shows them.
+
+With --metrics-addr, the worker serves Prometheus metrics on /metrics,
+/healthz (200 while it runs) and /readyz (200 once its revoke set is loaded
+and it started, 503 before and while it stops) at that address (":9090",
+"127.0.0.1:9090"; port 0 picks a free one, logged at start). See
+docs/operations.md for the metrics.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Concurrency <= 0 || cfg.Prefetch < 0 {
 				return exitf(ExitUsage, "worker start: --concurrency must be positive and --prefetch not negative")
@@ -417,13 +427,16 @@ queue for other workers. 'stem worker inspect --reserved' shows them.`,
 			if slices.ContainsFunc(cfg.Queues, func(q string) bool { return strings.TrimSpace(q) == "" }) {
 				return exitf(ExitUsage, "worker start: --queue must not be empty")
 			}
+			if cmd.Flags().Changed("metrics-addr") && strings.TrimSpace(metricsAddr) == "" {
+				return exitf(ExitUsage, "worker start: --metrics-addr must not be empty (leave it out to serve no metrics)")
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			go func() {
 				<-ctx.Done()
 				stop() // a second signal kills the process
 			}()
-			err := a.runWorker(ctx, cfg)
+			err := a.runWorker(ctx, cfg, metricsAddr)
 			if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 				// A signal arrived while the worker was starting (opening
 				// its stores, loading revokes): a requested stop, not an
@@ -445,14 +458,42 @@ queue for other workers. 'stem worker inspect --reserved' shows them.`,
 	fl.DurationVar(&cfg.Lease, "lease", 30*time.Second, "lease of claimed tasks, renewed while the worker lives")
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")
+	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz at this address (e.g. :9090)")
 	return c
 }
 
 // runWorker opens the stores cfg's worker needs, runs it until ctx ends and
-// closes them. Its errors carry their exit codes.
-func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
+// closes them, serving its metrics at metricsAddr unless it is "". Its
+// errors carry their exit codes.
+func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig, metricsAddr string) error {
 	opts := a.driverOpts()
 	opts.Logger = a.logger("info") // a worker's log is its record
+	var metrics *stemmetrics.Metrics
+	if metricsAddr != "" {
+		// Listening first: an address in use fails the start before any
+		// store is opened.
+		ln, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return exitf(ExitConfig, "worker start: --metrics-addr %q: %v", metricsAddr, err)
+		}
+		metrics = stemmetrics.New()
+		srv := &http.Server{Handler: metrics.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				opts.Logger.Error("metrics server stopped", "err", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-served
+		}()
+		opts.Logger.Info("serving metrics", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
+		cfg.Observer = metrics
+	}
 	o, err := a.open(ctx, stemurl.AllRoles, opts)
 	if err != nil {
 		return err
@@ -460,6 +501,7 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
 	defer a.closeStores(o) // runs last, after the executor stopped
 	a.warnMemory(o.URLs.Broker)
 	cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
+	cfg.TracerProvider = a.cfg.TracerProvider
 	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = o.Broker, o.Results, o.Revokes, o.Control
 	stores := o.URLs.Stores()
 	cfg.Stores = &stores
@@ -484,6 +526,11 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
 	w, err := stem.NewWorker(cfg)
 	if err != nil {
 		return &ExitError{Code: ExitUsage, Err: err}
+	}
+	if metrics != nil {
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		metrics.Watch(wctx, w)
 	}
 	if err := w.Run(ctx); err != nil {
 		if errors.Is(err, stemdriver.ErrWorkerIDTaken) {
