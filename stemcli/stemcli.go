@@ -217,6 +217,7 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 		}
 	}
 	typed(root)
+	a.completeWorkers(root)
 	return root
 }
 
