@@ -186,23 +186,29 @@ func revokeDoc(res *stem.RevokeResult) []stemtype.ControlReply {
 	out := make([]stemtype.ControlReply, len(reps))
 	for i, rep := range reps {
 		out[i] = rep
-		if rep.Status != stemtype.ReplyOK {
-			continue
+		if rep.Status == stemtype.ReplyOK {
+			out[i].Payload = appendField(rep.Payload, "unknown", unknown)
 		}
-		// Appended to the worker's object, keeping its fields and their order.
-		b := bytes.TrimSpace(rep.Payload)
-		if len(b) < 2 || b[0] != '{' || !json.Valid(b) {
-			continue // not a revoke reply's shape: printed as the worker sent it
-		}
-		body := bytes.TrimSpace(b[1 : len(b)-1])
-		p := append([]byte{'{'}, body...)
-		if len(body) > 0 {
-			p = append(p, ',')
-		}
-		p = append(append(append(p, `"unknown":`...), unknown...), '}')
-		out[i].Payload = p
 	}
 	return out
+}
+
+// appendField returns the JSON object payload with the field key set to
+// value appended, keeping its fields and their order; a payload that is
+// not an object is returned as the worker sent it.
+func appendField(payload json.RawMessage, key string, value []byte) json.RawMessage {
+	b := bytes.TrimSpace(payload)
+	if len(b) < 2 || b[0] != '{' || !json.Valid(b) {
+		return payload
+	}
+	body := bytes.TrimSpace(b[1 : len(b)-1])
+	p := append([]byte{'{'}, body...)
+	if len(body) > 0 {
+		p = append(p, ',')
+	}
+	k, _ := json.Marshal(key)
+	p = append(append(append(append(p, k...), ':'), value...), '}')
+	return p
 }
 
 func renderRevoke(w io.Writer, res *stem.RevokeResult) {

@@ -308,6 +308,8 @@ func (a *app) statsCmd() *cobra.Command {
 func (a *app) revokeCmd() *cobra.Command {
 	var f controlFlags
 	var o stem.RevokeOptions
+	var wait bool
+	var waitTimeout time.Duration
 	c := &cobra.Command{
 		Use:   "revoke",
 		Short: "Persist a revoke record, then publish it to workers",
@@ -327,7 +329,16 @@ know ([] when it knows them all; absent when it could not be asked).
 
 With --terminate, a running copy is asked to stop at its next
 checkpoint (Heartbeat, ExtendLease, Progress) and ends cancelled. Revokes
-expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.DefaultRevokeExpiry.String() + `).`,
+expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.DefaultRevokeExpiry.String() + `).
+
+With --wait, the command then waits, at most --wait-timeout, until every
+task that a worker was running when the revoke reached it has stopped, and
+prints each task's outcome: terminated (it was running and has stopped),
+still-running (the wait timed out: exit 1), not-running (no worker that
+replied was running it; it will not start) or unknown (not running, and
+the result backend does not know the id). On a terminal a progress line
+shows while it waits. With --json each reply's payload also carries
+"outcomes", task id to outcome.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
 				return err
@@ -345,6 +356,12 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 			}
 			if o.KillAfter < 0 || o.ExpiresIn < 0 {
 				return exitf(ExitUsage, "revoke: durations must not be negative")
+			}
+			if cmd.Flags().Changed("wait-timeout") && !wait {
+				return exitf(ExitUsage, "revoke: --wait-timeout needs --wait")
+			}
+			if waitTimeout <= 0 {
+				return exitf(ExitUsage, "revoke: --wait-timeout must be positive, got %s", waitTimeout)
 			}
 			ctl, done, err := a.controller(cmd.Context(), true)
 			if err != nil {
@@ -368,8 +385,25 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 			if len(res.Replies.Replies) == 0 && !f.json {
 				fmt.Fprintf(a.out, "revoke stored for %d task(s); workers that start later will honour it\n", len(res.Records))
 			}
-			return a.finish(&f, res.Replies, unanswered[stemtype.RevokeReply](res.Replies), func(r *stem.Replies) { renderRevoke(a.out, res) },
-				func() any { return revokeDoc(res) })
+			if !wait {
+				return a.finish(&f, res.Replies, unanswered[stemtype.RevokeReply](res.Replies), func(r *stem.Replies) { renderRevoke(a.out, res) },
+					func() any { return revokeDoc(res) })
+			}
+			rw := newRevokeWait(res, o.TaskIDs)
+			if !f.json && isTerminal(a.errw) {
+				rw.progress = a.errw
+			}
+			if err := rw.run(cmd.Context(), ctl, waitTimeout, f.timeout); err != nil {
+				return err
+			}
+			ferr := a.finish(&f, res.Replies, unanswered[stemtype.RevokeReply](res.Replies), func(r *stem.Replies) {
+				renderRevoke(a.out, res)
+				rw.render(a.out)
+			}, func() any { return rw.withOutcomes(revokeDoc(res)) })
+			if still := rw.still(); ferr == nil && len(still) > 0 {
+				return fmt.Errorf("revoke: %d task(s) still running after %s: %s", len(still), waitTimeout, strings.Join(still, ", "))
+			}
+			return ferr
 		},
 	}
 	f.add(c)
@@ -381,6 +415,8 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 	fl.DurationVar(&o.ExpiresIn, "expires-in", 0, "how long the revoke applies (default $STEM_REVOKE_DEFAULT_EXPIRY, else "+stem.DefaultRevokeExpiry.String()+")")
 	fl.StringVar(&o.Reason, "reason", "", "why, recorded with the revoke and the cancelled task")
 	fl.StringVar(&o.RequestedBy, "requester", "stem-cli", "who, recorded with the revoke and the cancelled task")
+	fl.BoolVar(&wait, "wait", false, "wait until the tasks that were running have stopped, and print each task's outcome")
+	fl.DurationVar(&waitTimeout, "wait-timeout", 30*time.Second, "with --wait: how long to wait at most")
 	return c
 }
 
