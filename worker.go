@@ -200,6 +200,11 @@ type Worker struct {
 	started     time.Time
 	instance    string       // random per Run: this run's presence token
 	tracer      trace.Tracer // nil unless WorkerConfig.TracerProvider is set
+	// stopRun ends Run's context (set by Run before any helper starts);
+	// shutdownMode is the mode a shutdown command asked for: 0 none, 1
+	// warm, 2 soft, 3 hard.
+	stopRun      context.CancelCauseFunc
+	shutdownMode atomic.Int32
 
 	processed, succeeded, failed, retried, cancelled atomic.Int64
 }
@@ -258,6 +263,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	ctx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
+	w.stopRun = stopRun
 	w.started, w.instance = time.Now(), NewTaskID()
 	// bg outlives ctx: it carries the work that must finish during
 	// shutdown (result writes, acks, lease renewal).
@@ -356,22 +362,39 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	runnersDone := make(chan struct{})
 	go func() { runners.Wait(); close(runnersDone) }()
-	grace := time.NewTimer(w.cfg.ShutdownTimeout)
+	// A soft shutdown cancels running tasks at once; a hard one also
+	// releases them without waiting for their handlers.
+	graceFor, abandonAfter := w.cfg.ShutdownTimeout, w.cfg.ShutdownTimeout
+	switch w.shutdownMode.Load() {
+	case 2:
+		graceFor = 0
+	case 3:
+		graceFor, abandonAfter = 0, 0
+	}
+	grace := time.NewTimer(graceFor)
 	defer grace.Stop()
 	select {
 	case <-runnersDone:
 	case <-grace.C:
 		n := w.jobs.Running()
-		w.log.Warn("shutdown grace period over: cancelling tasks", "inflight", n)
+		if graceFor == 0 {
+			w.log.Info("cancelling running tasks at once (soft or hard shutdown)", "inflight", n)
+		} else {
+			w.log.Warn("shutdown grace period over: cancelling tasks", "inflight", n)
+		}
 		stopWork(ErrWorkerShutdown)
 		// Handlers that ignore their context cannot be stopped; give them a
 		// moment, then release what they hold so other workers re-claim it.
-		abandon := time.NewTimer(w.cfg.ShutdownTimeout)
+		abandon := time.NewTimer(abandonAfter)
 		defer abandon.Stop()
 		select {
 		case <-runnersDone:
 		case <-abandon.C:
-			w.log.Error("handlers ignored cancellation: releasing their tasks", "inflight", w.jobs.Running())
+			if abandonAfter == 0 {
+				w.log.Info("releasing running tasks at once (hard shutdown)", "inflight", w.jobs.Running())
+			} else {
+				w.log.Error("handlers ignored cancellation: releasing their tasks", "inflight", w.jobs.Running())
+			}
 			w.releaseAll()
 			// Runners that settled meanwhile release outside the result
 			// writer; a process exits once Run returned, so their

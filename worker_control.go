@@ -186,6 +186,25 @@ func (w *Worker) handleControl(ctx context.Context, msg []byte) {
 	if obs := w.cfg.Observer; obs != nil {
 		obs.ControlServed(cmd.Type, err == nil)
 	}
+	if rep, ok := payload.(stemtype.ShutdownReply); ok && err == nil {
+		// Replied first: the controller hears before the worker stops.
+		w.shutdown(rep.Mode)
+	}
+}
+
+// shutdown stops the worker in mode (a stemtype.Shutdown* constant), as
+// a shutdown command asks: Run's context ends with ErrShutdownRequested.
+// The first request's mode holds, except that a harder mode wins.
+func (w *Worker) shutdown(mode string) {
+	level := map[string]int32{stemtype.ShutdownWarm: 1, stemtype.ShutdownSoft: 2, stemtype.ShutdownHard: 3}[mode]
+	for {
+		cur := w.shutdownMode.Load()
+		if cur >= level || w.shutdownMode.CompareAndSwap(cur, level) {
+			break
+		}
+	}
+	w.log.Info("shutdown requested", "mode", mode)
+	w.stopRun(ErrShutdownRequested)
 }
 
 func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any, error) {
@@ -229,6 +248,20 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 			}
 		}
 		return w.revokeCommand(req.Records, now), nil
+	case stemtype.CommandShutdown:
+		var req stemtype.ShutdownRequest
+		if len(cmd.Payload) > 0 && string(cmd.Payload) != "null" {
+			if err := json.Unmarshal(cmd.Payload, &req); err != nil {
+				return nil, fmt.Errorf("bad shutdown payload: %v", err)
+			}
+		}
+		if req.Mode == "" {
+			req.Mode = stemtype.ShutdownWarm
+		}
+		if !validShutdownMode(req.Mode) {
+			return nil, fmt.Errorf("bad shutdown payload: unknown mode %q (want warm, soft or hard)", req.Mode)
+		}
+		return stemtype.ShutdownReply{Mode: req.Mode, Inflight: w.jobs.Running()}, nil
 	case "":
 		return nil, fmt.Errorf("control command has no type")
 	default:

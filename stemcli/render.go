@@ -124,6 +124,22 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 	}
 }
 
+func renderShutdown(w io.Writer, r *stem.Replies) {
+	tw := table(w)
+	fmt.Fprintln(tw, "WORKER\tSTATUS\tMODE\tINFLIGHT")
+	n := 0
+	for _, rep := range sorted[stemtype.ShutdownReply](r) {
+		if rep.Err != nil {
+			fmt.Fprintf(tw, "%s\terror: %s\n", rep.WorkerID, rep.Err)
+			continue
+		}
+		n++
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", rep.WorkerID, rep.Status, rep.Payload.Mode, rep.Payload.Inflight)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d worker(s) shutting down\n", n)
+}
+
 func renderStats(w io.Writer, r *stem.Replies) {
 	tw := table(w)
 	fmt.Fprintln(tw, "WORKER\tHOST\tPID\tINFLIGHT\tPROCESSED\tSUCCEEDED\tFAILED\tRETRIED\tCANCELLED\tUPTIME\tQUEUES")

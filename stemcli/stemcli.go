@@ -163,7 +163,7 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 	pf.StringVar(&a.nsFlag, "namespace", "", "namespace (default $STEM_NAMESPACE, else "+stemtype.DefaultNamespace+")")
 
 	worker := &cobra.Command{Use: "worker", Short: "Run and control workers"}
-	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd(), a.fleetCmd())
+	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd(), a.fleetCmd(), a.shutdownCmd())
 	task := &cobra.Command{Use: "task", Short: "Read task state"}
 	task.AddCommand(a.statusCmd(), a.whereCmd())
 	root.AddCommand(worker, task, a.enqueueCmd(), a.benchCmd(), a.migrateCmd())

@@ -305,6 +305,36 @@ func (a *app) statsCmd() *cobra.Command {
 		func(r *stem.Replies) { renderStats(a.out, r) })
 }
 
+func (a *app) shutdownCmd() *cobra.Command {
+	var mode string
+	c := queryCmd[stemtype.ShutdownReply](a, "shutdown", "Stop workers: warm, soft or hard", &controlFlags{},
+		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
+			return ctl.Shutdown(ctx, t, mode)
+		},
+		func(r *stem.Replies) { renderShutdown(a.out, r) })
+	c.Long = `Ask workers (the --worker ones, else every live worker of the namespace) to
+stop. Each replies, then stops in --mode:
+
+  warm  stop claiming, let running tasks finish within the worker's
+        --shutdown-timeout, then cancel and release the rest (as SIGTERM);
+  soft  also cancel the running tasks' contexts at once: they are released
+        to the broker as they return, and another worker runs them;
+  hard  release every task the worker holds at once and exit without
+        waiting for handlers.
+
+Claimed tasks that have not started are released at once in every mode.
+A worker under a supervisor (systemd, Kubernetes) is started again by it.`
+	c.Flags().StringVar(&mode, "mode", stemtype.ShutdownWarm, "warm, soft or hard")
+	c.PreRunE = func(*cobra.Command, []string) error {
+		switch mode {
+		case stemtype.ShutdownWarm, stemtype.ShutdownSoft, stemtype.ShutdownHard:
+			return nil
+		}
+		return exitf(ExitUsage, "shutdown: --mode %q: want warm, soft or hard", mode)
+	}
+	return c
+}
+
 func (a *app) revokeCmd() *cobra.Command {
 	var f controlFlags
 	var o stem.RevokeOptions

@@ -17,7 +17,39 @@ const (
 	CommandInspect = "inspect"
 	CommandStats   = "stats"
 	CommandRevoke  = "revoke"
+	// CommandShutdown stops a worker (ShutdownRequest).
+	CommandShutdown = "shutdown"
 )
+
+// Shutdown modes (ShutdownRequest.Mode).
+const (
+	// ShutdownWarm stops claiming and lets running tasks finish within
+	// the worker's grace period (WorkerConfig.ShutdownTimeout); what has
+	// not finished then is cancelled and released. As SIGTERM.
+	ShutdownWarm = "warm"
+	// ShutdownSoft also cancels the running tasks' contexts at once
+	// (cause stem.ErrWorkerShutdown); they are released to the broker as
+	// they return, for another worker to run.
+	ShutdownSoft = "soft"
+	// ShutdownHard releases every task the worker holds at once and
+	// stops without waiting for handlers to return.
+	ShutdownHard = "hard"
+)
+
+// ShutdownRequest is the payload of a shutdown command. An empty Mode is
+// ShutdownWarm.
+type ShutdownRequest struct {
+	Mode string `json:"mode"`
+}
+
+// ShutdownReply is the payload of a shutdown reply, sent before the worker
+// starts to stop.
+type ShutdownReply struct {
+	// Mode is the mode the worker stops in.
+	Mode string `json:"mode"`
+	// Inflight is how many tasks it was running.
+	Inflight int `json:"inflight"`
+}
 
 // Reply statuses.
 const (
