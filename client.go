@@ -147,6 +147,8 @@ func (c *Client) Enqueue(ctx context.Context, task string, args any, opts Enqueu
 	if err != nil {
 		return "", err
 	}
+	// From this call's context: the group's store runs in another's.
+	env.Headers = injectTrace(ctx, env.Headers)
 	op := &enqueueOp{env: env, now: now, wake: make(chan bool, 1)}
 	stored, err := c.commits.submit(ctx, op)
 	switch {
@@ -162,6 +164,11 @@ var errNoBroker = errors.New("stem: enqueue: the client has no broker (ClientCon
 
 // EnqueueBatch publishes several tasks in as few round trips as the broker
 // allows and returns their ids in order.
+//
+// When ctx carries a valid OpenTelemetry span, its span context travels
+// in each envelope's headers (W3C Trace Context: traceparent,
+// tracestate), so that a worker that traces (WorkerConfig.TracerProvider)
+// runs the task in a child span of it.
 //
 // A request that cannot be encoded fails the call before anything is
 // stored, with no ids. When recording the pending states or publishing
@@ -183,6 +190,7 @@ func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]str
 		if err != nil {
 			return nil, err
 		}
+		env.Headers = injectTrace(ctx, env.Headers)
 		envs[i], ids[i] = env, env.ID
 	}
 	var pend []*stemtype.TaskResult

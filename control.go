@@ -147,6 +147,80 @@ func (c *Controller) Stats(ctx context.Context, t Target) (*Replies, error) {
 	return c.send(ctx, t, stemtype.CommandStats, nil)
 }
 
+// Shutdown asks workers to stop, in mode stemtype.ShutdownWarm (""),
+// ShutdownSoft or ShutdownHard; each replies (Decode[stemtype.ShutdownReply])
+// before it starts to stop. An unknown mode is an error and sends nothing.
+func (c *Controller) Shutdown(ctx context.Context, t Target, mode string) (*Replies, error) {
+	if mode == "" {
+		mode = stemtype.ShutdownWarm
+	}
+	if !validShutdownMode(mode) {
+		return nil, fmt.Errorf("stem: shutdown: unknown mode %q (want warm, soft or hard)", mode)
+	}
+	o, err := c.prepare(t, stemtype.CommandShutdown, stemtype.ShutdownRequest{Mode: mode})
+	if err != nil {
+		return nil, err
+	}
+	// A worker stops as soon as it replied and withdraws its presence, so
+	// it may be gone from the live set that deliver reads after the
+	// publish. The workers live before the publish are listed too, and the
+	// replies of those gone since are collected.
+	var before []string
+	r, err := c.deliver(ctx, o, func(ctx context.Context) error {
+		if ws, err := c.cfg.Control.Workers(ctx); err == nil {
+			for _, w := range ws {
+				if o.broadcast || slices.Contains(o.targets, w.ID) {
+					before = append(before, w.ID)
+				}
+			}
+		}
+		return c.publish(ctx, o)
+	})
+	if err != nil || r.Live == nil {
+		return r, err
+	}
+	gone := map[string]bool{}
+	for _, id := range before {
+		if _, live := slices.BinarySearch(r.Live, id); !live && !slices.ContainsFunc(r.Replies, func(rep stemtype.ControlReply) bool { return rep.WorkerID == id }) {
+			gone[id] = true
+		}
+	}
+	if len(gone) == 0 {
+		return r, nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, o.timeout)
+	defer cancel()
+	err = c.cfg.Control.Replies(cctx, o.cmd.RequestID, func(b []byte) bool {
+		var rep stemtype.ControlReply
+		if json.Unmarshal(b, &rep) != nil || !gone[rep.WorkerID] {
+			return true
+		}
+		delete(gone, rep.WorkerID)
+		r.Replies = append(r.Replies, rep)
+		r.Missing = slices.DeleteFunc(r.Missing, func(id string) bool { return id == rep.WorkerID })
+		r.NotLive = slices.DeleteFunc(r.NotLive, func(id string) bool { return id == rep.WorkerID })
+		return len(gone) > 0
+	})
+	if err != nil && cctx.Err() == nil {
+		return r, fmt.Errorf("%w: collect replies: %w", ErrBrokerUnavailable, err)
+	}
+	for id := range gone {
+		if o.broadcast && !slices.Contains(r.Missing, id) {
+			r.Missing = append(r.Missing, id) // live at the publish, never answered
+		}
+	}
+	slices.Sort(r.Missing)
+	return r, ctx.Err()
+}
+
+func validShutdownMode(mode string) bool {
+	switch mode {
+	case stemtype.ShutdownWarm, stemtype.ShutdownSoft, stemtype.ShutdownHard:
+		return true
+	}
+	return false
+}
+
 // RevokeOptions describe a revoke.
 type RevokeOptions struct {
 	// TaskIDs to revoke; at least one.

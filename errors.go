@@ -23,6 +23,10 @@ var ErrTimeLimit = errors.New("stem: task time limit exceeded")
 // Such a task is released to the broker, not failed.
 var ErrWorkerShutdown = errors.New("stem: worker shutting down")
 
+// ErrShutdownRequested is the cause of a worker's run context when a
+// shutdown control command stopped it (stem worker shutdown).
+var ErrShutdownRequested = errors.New("stem: shutdown requested by a control command")
+
 // ErrLeaseLost is the cause of a task context cancelled because the worker
 // could not renew the task's lease and another worker may have claimed it.
 var ErrLeaseLost = stemdriver.ErrLeaseLost

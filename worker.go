@@ -10,6 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stem-go/stem/internal/jobs"
 	"github.com/stem-go/stem/internal/revokecache"
 	"github.com/stem-go/stem/internal/settle"
@@ -95,6 +97,18 @@ type WorkerConfig struct {
 	// so that an operator sees when a CLI and a fleet resolved different
 	// stores. Never put a password here.
 	Stores *stemtype.StoreInfo
+	// Observer receives the worker's events for metrics (see
+	// stemmetrics); optional. Without one the worker makes no call.
+	Observer Observer
+	// TracerProvider, when set, makes the worker trace every run: a span
+	// "stem.run TASK" (kind consumer), the child of the producer's span
+	// when the task's envelope carries one (Client.Enqueue adds the span
+	// context of its ctx, W3C Trace Context in the headers), with the
+	// task's id, name, attempt and queue and the worker's id as
+	// attributes. The task's context carries the span, and the logs of the
+	// run (TaskContext.Logger, the worker's lines about the task) carry
+	// its trace_id. Without one the worker does not trace.
+	TracerProvider trace.TracerProvider
 }
 
 func (c *WorkerConfig) setDefaults() error {
@@ -184,10 +198,16 @@ type Worker struct {
 	ran         atomic.Bool
 	ready       chan struct{}
 	started     time.Time
-	instance    string // random per Run: this run's presence token
+	instance    string       // random per Run: this run's presence token
+	tracer      trace.Tracer // nil unless WorkerConfig.TracerProvider is set
 	// revokeCursor is the revoke store's cursor after the last sync
 	// (syncRevokeSet), for stores that list changes.
 	revokeCursor string
+	// stopRun ends Run's context (set by Run before any helper starts);
+	// shutdownMode is the mode a shutdown command asked for: 0 none, 1
+	// warm, 2 soft, 3 hard.
+	stopRun      context.CancelCauseFunc
+	shutdownMode atomic.Int32
 
 	processed, succeeded, failed, retried, cancelled atomic.Int64
 }
@@ -205,6 +225,9 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		space:   make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 		fair:    newFetchPolicy(cfg.Concurrency, cfg.Prefetch, cfg.EagerPrefetch),
+	}
+	if cfg.TracerProvider != nil {
+		w.tracer = cfg.TracerProvider.Tracer(tracerName, trace.WithInstrumentationVersion(Version()))
 	}
 	w.writer = settle.New(settle.Config{Broker: cfg.Broker, Results: cfg.Results, Logger: w.log, Done: w.jobs.Forget})
 	return w, nil
@@ -243,6 +266,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	ctx, stopRun := context.WithCancelCause(ctx)
 	defer stopRun(nil)
+	w.stopRun = stopRun
 	w.started, w.instance = time.Now(), NewTaskID()
 	// bg outlives ctx: it carries the work that must finish during
 	// shutdown (result writes, acks, lease renewal).
@@ -341,22 +365,39 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	runnersDone := make(chan struct{})
 	go func() { runners.Wait(); close(runnersDone) }()
-	grace := time.NewTimer(w.cfg.ShutdownTimeout)
+	// A soft shutdown cancels running tasks at once; a hard one also
+	// releases them without waiting for their handlers.
+	graceFor, abandonAfter := w.cfg.ShutdownTimeout, w.cfg.ShutdownTimeout
+	switch w.shutdownMode.Load() {
+	case 2:
+		graceFor = 0
+	case 3:
+		graceFor, abandonAfter = 0, 0
+	}
+	grace := time.NewTimer(graceFor)
 	defer grace.Stop()
 	select {
 	case <-runnersDone:
 	case <-grace.C:
 		n := w.jobs.Running()
-		w.log.Warn("shutdown grace period over: cancelling tasks", "inflight", n)
+		if graceFor == 0 {
+			w.log.Info("cancelling running tasks at once (soft or hard shutdown)", "inflight", n)
+		} else {
+			w.log.Warn("shutdown grace period over: cancelling tasks", "inflight", n)
+		}
 		stopWork(ErrWorkerShutdown)
 		// Handlers that ignore their context cannot be stopped; give them a
 		// moment, then release what they hold so other workers re-claim it.
-		abandon := time.NewTimer(w.cfg.ShutdownTimeout)
+		abandon := time.NewTimer(abandonAfter)
 		defer abandon.Stop()
 		select {
 		case <-runnersDone:
 		case <-abandon.C:
-			w.log.Error("handlers ignored cancellation: releasing their tasks", "inflight", w.jobs.Running())
+			if abandonAfter == 0 {
+				w.log.Info("releasing running tasks at once (hard shutdown)", "inflight", w.jobs.Running())
+			} else {
+				w.log.Error("handlers ignored cancellation: releasing their tasks", "inflight", w.jobs.Running())
+			}
 			w.releaseAll()
 			// Runners that settled meanwhile release outside the result
 			// writer; a process exits once Run returned, so their

@@ -54,6 +54,9 @@ func (w *Worker) revokeCommand(recs []stemtype.RevokeRecord, now time.Time) stem
 		}
 	}
 	applied, ignored, expired := w.revokes.Apply(now, ours...)
+	if obs := w.cfg.Observer; obs != nil && len(applied) > 0 {
+		obs.RevokesApplied(len(applied))
+	}
 	reply := stemtype.RevokeReply{Tasks: ids(applied), Inflight: []string{}, Ignored: []string{}, Expired: ids(expired)}
 	for _, r := range ignored {
 		if cur, ok := w.revokes.Lookup(r.TaskID, now); ok && cur.Version == r.Version {
@@ -134,6 +137,28 @@ func (w *Worker) handleControl(ctx context.Context, msg []byte) {
 		w.log.Warn("control command failed", "type", cmd.Type, "request_id", cmd.RequestID, "err", err)
 	}
 	w.reply(ctx, cmd.RequestID, payload, err)
+	if obs := w.cfg.Observer; obs != nil {
+		obs.ControlServed(cmd.Type, err == nil)
+	}
+	if rep, ok := payload.(stemtype.ShutdownReply); ok && err == nil {
+		// Replied first: the controller hears before the worker stops.
+		w.shutdown(rep.Mode)
+	}
+}
+
+// shutdown stops the worker in mode (a stemtype.Shutdown* constant), as
+// a shutdown command asks: Run's context ends with ErrShutdownRequested.
+// The first request's mode holds, except that a harder mode wins.
+func (w *Worker) shutdown(mode string) {
+	level := map[string]int32{stemtype.ShutdownWarm: 1, stemtype.ShutdownSoft: 2, stemtype.ShutdownHard: 3}[mode]
+	for {
+		cur := w.shutdownMode.Load()
+		if cur >= level || w.shutdownMode.CompareAndSwap(cur, level) {
+			break
+		}
+	}
+	w.log.Info("shutdown requested", "mode", mode)
+	w.stopRun(ErrShutdownRequested)
 }
 
 func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any, error) {
@@ -153,7 +178,17 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 		if req.Limit < 0 {
 			return nil, fmt.Errorf("bad inspect payload: negative limit %d", req.Limit)
 		}
-		return w.inspect(now, req), nil
+		if req.ScheduledLimit < 0 {
+			return nil, fmt.Errorf("bad inspect payload: negative scheduledLimit %d", req.ScheduledLimit)
+		}
+		r := w.inspect(now, req)
+		if req.IncludeScheduled {
+			var err error
+			if r.Scheduled, r.ScheduledTotal, err = w.scheduled(ctx, req.ScheduledLimit); err != nil {
+				return nil, err
+			}
+		}
+		return r, nil
 	case stemtype.CommandStats:
 		return w.stats(ctx, now), nil
 	case stemtype.CommandRevoke:
@@ -167,6 +202,20 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 			}
 		}
 		return w.revokeCommand(req.Records, now), nil
+	case stemtype.CommandShutdown:
+		var req stemtype.ShutdownRequest
+		if len(cmd.Payload) > 0 && string(cmd.Payload) != "null" {
+			if err := json.Unmarshal(cmd.Payload, &req); err != nil {
+				return nil, fmt.Errorf("bad shutdown payload: %v", err)
+			}
+		}
+		if req.Mode == "" {
+			req.Mode = stemtype.ShutdownWarm
+		}
+		if !validShutdownMode(req.Mode) {
+			return nil, fmt.Errorf("bad shutdown payload: unknown mode %q (want warm, soft or hard)", req.Mode)
+		}
+		return stemtype.ShutdownReply{Mode: req.Mode, Inflight: w.jobs.Running()}, nil
 	case "":
 		return nil, fmt.Errorf("control command has no type")
 	default:
@@ -206,6 +255,35 @@ func (w *Worker) inspect(now time.Time, req stemtype.InspectRequest) stemtype.In
 		r.Reserved = w.reserved(now)
 	}
 	return r
+}
+
+// scheduled lists the delayed tasks of the worker's queues, at most limit
+// per queue (stemtype.DefaultScheduledLimit for 0), soonest first, and
+// how many there are in all. The list is nil when the broker cannot list
+// delayed messages (stemdriver.DelayedLister).
+func (w *Worker) scheduled(ctx context.Context, limit int) ([]stemtype.ScheduledTask, int64, error) {
+	dl, ok := w.cfg.Broker.(stemdriver.DelayedLister)
+	if !ok {
+		return nil, 0, nil
+	}
+	if limit == 0 {
+		limit = stemtype.DefaultScheduledLimit
+	}
+	out := []stemtype.ScheduledTask{}
+	var total int64
+	for _, q := range w.cfg.Queues {
+		envs, n, err := dl.Delayed(ctx, q, limit)
+		if err != nil {
+			return nil, 0, fmt.Errorf("list the delayed tasks of queue %q: %w", q, err)
+		}
+		total += n
+		for _, env := range envs {
+			out = append(out, stemtype.ScheduledTask{ID: env.ID, Task: env.Task, Queue: env.Queue,
+				Attempt: env.Attempt, NotBefore: env.NotBefore.UTC()})
+		}
+	}
+	slices.SortStableFunc(out, func(a, b stemtype.ScheduledTask) int { return a.NotBefore.Compare(b.NotBefore) })
+	return out, total, nil
 }
 
 // Stats returns the worker's counters and the depths of its queues, as the
@@ -248,9 +326,11 @@ func (w *Worker) presenceTTL() time.Duration { return 3 * w.cfg.PresenceInterval
 // holds the id.
 func (w *Worker) announce(ctx context.Context) error {
 	host, _ := os.Hostname()
+	running, waiting := w.jobs.Counts()
 	info := stemtype.WorkerInfo{ID: w.cfg.ID, Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
 		Queues: w.cfg.Queues, Concurrency: w.cfg.Concurrency, StartedAt: w.started.UTC(), LastSeen: time.Now().UTC(),
-		Instance: w.instance}
+		Instance: w.instance, Inflight: running, Prefetched: waiting, Version: Version(),
+		IntervalMs: w.cfg.PresenceInterval.Milliseconds()}
 	return w.cfg.Control.Announce(ctx, info, w.presenceTTL())
 }
 

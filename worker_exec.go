@@ -5,8 +5,11 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime/debug"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stem-go/stem/internal/jobs"
 	"github.com/stem-go/stem/internal/jsonvalue"
@@ -80,7 +83,9 @@ func (s signals) Progress(pct float64, data json.RawMessage) error {
 // tell from the time the write takes.
 const startedDefer = 20 * time.Millisecond
 
-// process runs one claimed delivery to its outcome.
+// process runs one claimed delivery to its outcome, in a span of its own
+// when the worker traces (WorkerConfig.TracerProvider), reporting its
+// start and end to the Observer when there is one.
 func (w *Worker) process(parent context.Context, j *jobs.Job) {
 	env := j.Env()
 	if env == nil {
@@ -100,16 +105,49 @@ func (w *Worker) process(parent context.Context, j *jobs.Job) {
 		w.settle(j, nil, settle.None, nil, "")
 		return
 	}
+	log := w.log
+	var span trace.Span
+	if w.tracer != nil {
+		ctx, span = w.startRunSpan(ctx, env)
+		if sc := span.SpanContext(); sc.IsValid() {
+			log = log.With("trace_id", sc.TraceID().String())
+		}
+	}
+	obs := w.cfg.Observer
+	if obs != nil {
+		obs.TaskStarted(env.Task, env.Queue, now.Sub(dueAt(env)))
+	}
+	state, terr := w.run(ctx, j, env, now, task, known, kill, log)
+	if obs != nil && state != "" {
+		obs.TaskEnded(env.Task, env.Queue, state, time.Since(now))
+	}
+	if span != nil {
+		endRunSpan(span, state, terr)
+	}
+}
+
+// dueAt is when env became due: its NotBefore, else when it was created.
+func dueAt(env *stemtype.Envelope) time.Time {
+	if env.NotBefore.After(env.CreatedAt) {
+		return env.NotBefore
+	}
+	return env.CreatedAt
+}
+
+// run runs a started job to its outcome and returns the state it ended in
+// ("" when it was released or another worker owns it now) and its error.
+// log is the worker's, with the run's trace id when it is traced.
+func (w *Worker) run(ctx context.Context, j *jobs.Job, env *stemtype.Envelope, now time.Time, task *Task, known bool,
+	kill <-chan time.Duration, log *slog.Logger) (stemtype.State, *stemtype.TaskError) {
 	// Checked after marking the job running: a revoke applied from now on
 	// finds the job running and signals it; one applied before is seen here.
 	if rec, ok := w.revokes.Lookup(env.ID, now); ok {
-		w.finishRevoked(j, revokedError(rec))
-		return
+		return w.finishRevoked(j, revokedError(rec), log)
 	}
 	if !known {
-		w.finish(j, nil, &stemtype.TaskError{Kind: "unknown_task",
-			Message: fmt.Sprintf("%v: no handler registered for %q on worker %s", ErrUnknownTask, env.Task, w.cfg.ID)}, false, 0)
-		return
+		terr := &stemtype.TaskError{Kind: "unknown_task",
+			Message: fmt.Sprintf("%v: no handler registered for %q on worker %s", ErrUnknownTask, env.Task, w.cfg.ID)}
+		return w.finish(j, nil, terr, false, 0, log), terr
 	}
 	if task.Options.TimeLimit > 0 {
 		var stop context.CancelFunc
@@ -131,7 +169,7 @@ func (w *Worker) process(parent context.Context, j *jobs.Job) {
 	}
 
 	tc := NewTaskContext(ctx, TaskInfo{ID: env.ID, Task: env.Task, Queue: env.Queue, Attempt: env.Attempt},
-		signals{w: w, j: j, ctx: ctx}, w.log)
+		signals{w: w, j: j, ctx: ctx}, log)
 	result, err := w.invoke(tc, task, env, KillSignal(kill))
 	cause := context.Cause(ctx)
 
@@ -140,19 +178,21 @@ func (w *Worker) process(parent context.Context, j *jobs.Job) {
 	case j.Lost():
 		// Another worker holds the task now; it records the outcome.
 		w.settle(j, nil, settle.None, nil, "")
+		return "", nil
 	case errors.As(cause, &rev):
 		// A later revoke of the same task (adding --kill-after, say) may
 		// carry a newer reason; the result records the latest.
 		if rec, ok := w.revokes.Lookup(env.ID, time.Now()); ok {
 			rev = revokedError(rec)
 		}
-		w.finishRevoked(j, rev)
+		return w.finishRevoked(j, rev, log)
 	case err != nil && errors.Is(cause, ErrWorkerShutdown):
-		w.log.Info("task interrupted by shutdown: released", "task_id", env.ID)
+		log.Info("task interrupted by shutdown: released", "task_id", env.ID)
 		w.settle(j, nil, settle.Release, nil, "")
+		return "", nil
 	default:
 		raw, terr, retryable, delay := judge(tc, task, result, err, cause)
-		w.finish(j, raw, terr, retryable, delay)
+		return w.finish(j, raw, terr, retryable, delay, log), terr
 	}
 }
 
@@ -234,8 +274,10 @@ func (w *Worker) invoke(tc *TaskContext, task *Task, env *stemtype.Envelope, kil
 	return task.Run(tc, Args(env.Args))
 }
 
-// finish records a handler's outcome: success, a retry, or a final failure.
-func (w *Worker) finish(j *jobs.Job, result json.RawMessage, terr *stemtype.TaskError, retryable bool, delay time.Duration) {
+// finish records a handler's outcome: success, a retry, or a final
+// failure, and returns its state.
+func (w *Worker) finish(j *jobs.Job, result json.RawMessage, terr *stemtype.TaskError, retryable bool, delay time.Duration,
+	log *slog.Logger) stemtype.State {
 	env := j.Env()
 	now := time.Now().UTC()
 	res := w.resultFor(j, now)
@@ -244,7 +286,7 @@ func (w *Worker) finish(j *jobs.Job, result json.RawMessage, terr *stemtype.Task
 		w.succeeded.Add(1)
 		w.processed.Add(1)
 		w.settle(j, res, settle.Ack, nil, "")
-		return
+		return res.State
 	}
 	res.Error = terr
 	maxRetries := 0
@@ -268,29 +310,31 @@ func (w *Worker) finish(j *jobs.Job, result json.RawMessage, terr *stemtype.Task
 		res.State = stemtype.StateRetry
 		res.FinishedAt, res.NotBefore = time.Time{}, next.NotBefore
 		w.retried.Add(1)
-		w.log.Info("task failed: retrying", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt,
+		log.Info("task failed: retrying", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt,
 			"retry_in", delay, "err", terr.Message)
 		w.settle(j, res, settle.Retry, &next, "")
-		return
+		return res.State
 	}
 	res.State = stemtype.StateFailed
 	w.failed.Add(1)
 	w.processed.Add(1)
-	w.log.Warn("task failed", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt, "kind", terr.Kind, "err", terr.Message)
+	log.Warn("task failed", "task_id", env.ID, "task", env.Task, "attempt", env.Attempt, "kind", terr.Kind, "err", terr.Message)
 	w.settle(j, res, settle.Ack, nil, "")
+	return res.State
 }
 
 // finishRevoked records a revoked task as cancelled, with the revoke's
 // reason, requester and time in its metadata, and acknowledges it.
-func (w *Worker) finishRevoked(j *jobs.Job, rev *RevokedError) {
+func (w *Worker) finishRevoked(j *jobs.Job, rev *RevokedError, log *slog.Logger) (stemtype.State, *stemtype.TaskError) {
 	res := w.resultFor(j, time.Now().UTC())
 	res.State = stemtype.StateCancelled
 	res.Error = &stemtype.TaskError{Kind: "revoked", Message: rev.Error()}
 	res.Meta = revokedMeta(rev.Reason, rev.RequestedBy, rev.IssuedAt)
 	w.cancelled.Add(1)
 	w.processed.Add(1)
-	w.log.Info("task cancelled by revoke", "task_id", j.Env().ID, "task", j.Env().Task, "requested_by", rev.RequestedBy)
+	log.Info("task cancelled by revoke", "task_id", j.Env().ID, "task", j.Env().Task, "requested_by", rev.RequestedBy)
 	w.settle(j, res, settle.Ack, nil, "")
+	return res.State, res.Error
 }
 
 func (w *Worker) resultFor(j *jobs.Job, now time.Time) *stemtype.TaskResult {

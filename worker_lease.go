@@ -82,6 +82,9 @@ func (w *Worker) extend(ctx context.Context, j *jobs.Job, d time.Duration) error
 	switch {
 	case err == nil:
 		w.jobs.Extended(j, time.Now().Add(d))
+		if obs := w.cfg.Observer; obs != nil {
+			obs.LeaseRenewed()
+		}
 	case errors.Is(err, stemdriver.ErrLeaseLost):
 		held, first := w.jobs.LeaseLost(j, ErrLeaseLost)
 		if !held {
@@ -89,6 +92,9 @@ func (w *Worker) extend(ctx context.Context, j *jobs.Job, d time.Duration) error
 		}
 		if first {
 			w.log.Warn("lease lost: another worker may run this task", "task_id", j.TaskID())
+			if obs := w.cfg.Observer; obs != nil {
+				obs.LeaseLost()
+			}
 		}
 	case ctx.Err() == nil:
 		w.log.Warn("extend lease failed", "task_id", j.TaskID(), "err", err)

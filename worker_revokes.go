@@ -49,6 +49,9 @@ func (w *Worker) syncRevokeSet(ctx context.Context, prune bool) error {
 	applied, _, _ := w.revokes.Load(now, ours...)
 	if applied > 0 {
 		w.log.Debug("revokes loaded from store", "applied", applied, "held", w.revokes.Len())
+		if obs := w.cfg.Observer; obs != nil {
+			obs.RevokesApplied(applied)
+		}
 	}
 	w.revokeCursor = next
 	w.revokes.Prune(now)

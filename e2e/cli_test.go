@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"github.com/stem-go/stem/stemtype"
 )
 
 var taskIDRe = regexp.MustCompile(`^[0-9a-f]{32}$`)
@@ -200,4 +202,60 @@ func TestDemo(t *testing.T) {
 			t.Errorf("stem demo output does not mention %q:\n%s", w, r.stdout)
 		}
 	}
+}
+
+// TestEnqueueWithID: `enqueue --id` uses the given id (plain and --json);
+// enqueueing the same id again is the duplicate publish the conformance
+// suite pins: a second message, run again, that cannot replace the first
+// recorded outcome, with a note on stderr saying so.
+func TestEnqueueWithID(t *testing.T) {
+	t.Parallel()
+	eachBackend(t, func(t *testing.T, store storeKind) {
+		c := newCluster(t, store)
+		id := "order-" + randomHex(4)
+		r := c.run("enqueue", "demo.echo", "--args", `{"n":1}`, "--id", id)
+		if r.code != 0 || r.stdout != id+"\n" || r.stderr != "" {
+			t.Fatalf("enqueue --id: %s", r)
+		}
+		var e struct{ ID, Task, Queue string }
+		id2 := "order-" + randomHex(4)
+		out := c.must("enqueue", "demo.echo", "--id", id2, "--json")
+		decodeOne(t, out, &e)
+		if e.ID != id2 || e.Task != "demo.echo" || e.Queue != "default" {
+			t.Errorf("enqueue --id --json = %s", out)
+		}
+		if got := c.must("task", "status", id); got != "pending\n" {
+			t.Errorf("status of %s = %q, want pending", id, got)
+		}
+
+		c.startWorker("w1")
+		s := c.waitState(id, "succeeded")
+		if !jsonEqual(t, s.Result, `{"n":1}`) {
+			t.Fatalf("result = %s", s.Result)
+		}
+		c.waitState(id2, "succeeded")
+		c.waitStats("w1", "2 tasks processed", func(s stemtype.StatsReply) bool { return s.Processed >= 2 })
+
+		// The same id again: published and run again, the recorded
+		// outcome unchanged.
+		r = c.run("enqueue", "demo.echo", "--args", `{"n":2}`, "--id", id)
+		if r.code != 0 || r.stdout != id+"\n" {
+			t.Fatalf("enqueue of a duplicate id: %s", r)
+		}
+		if !strings.Contains(r.stderr, "note: task "+id+" already succeeded") {
+			t.Errorf("no note on the duplicate id: %s", r)
+		}
+		c.waitStats("w1", "the duplicate processed", func(s stemtype.StatsReply) bool { return s.Processed >= 3 })
+		s = c.status(id)
+		if s.State != "succeeded" || !jsonEqual(t, s.Result, `{"n":1}`) {
+			t.Errorf("the duplicate's run replaced the recorded outcome: %+v", s)
+		}
+
+		for _, bad := range []string{"", " ", "a b", "a\tb"} {
+			r := c.run("enqueue", "demo.echo", "--id", bad)
+			if r.code != 64 || r.stdout != "" || !strings.Contains(r.stderr, "--id") {
+				t.Errorf("enqueue --id %q: want exit 64 naming --id, got %s", bad, r)
+			}
+		}
+	})
 }

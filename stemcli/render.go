@@ -2,6 +2,7 @@ package stemcli
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -61,6 +62,16 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 				fmt.Fprintf(w, ", %d reserved", len(p.Reserved))
 			}
 		}
+		if req.IncludeScheduled {
+			switch {
+			case p.Scheduled == nil:
+				fmt.Fprint(w, ", scheduled tasks not reported (the broker cannot list them, or an older worker)")
+			case int64(len(p.Scheduled)) < p.ScheduledTotal:
+				fmt.Fprintf(w, ", %d scheduled (listing the soonest %d per queue)", p.ScheduledTotal, cmp.Or(req.ScheduledLimit, stemtype.DefaultScheduledLimit))
+			default:
+				fmt.Fprintf(w, ", %d scheduled", p.ScheduledTotal)
+			}
+		}
 		fmt.Fprintln(w)
 		withRevoked := req.IncludeRevoked
 		if len(p.Active) > 0 {
@@ -88,6 +99,14 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 			}
 			tw.Flush()
 		}
+		if len(p.Scheduled) > 0 {
+			tw := table(w)
+			fmt.Fprintln(tw, "  SCHEDULED\tTASK\tQUEUE\tATTEMPT\tNOT BEFORE")
+			for _, t := range p.Scheduled {
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%d\t%s\n", t.ID, t.Task, t.Queue, t.Attempt, t.NotBefore.Format(time.RFC3339))
+			}
+			tw.Flush()
+		}
 		if withRevoked && len(p.Revoked) > 0 {
 			tw := table(w)
 			fmt.Fprintln(tw, "  REVOKED\tTERMINATE\tREQUESTED BY\tREASON\tEXPIRES")
@@ -103,6 +122,22 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 			tw.Flush()
 		}
 	}
+}
+
+func renderShutdown(w io.Writer, r *stem.Replies) {
+	tw := table(w)
+	fmt.Fprintln(tw, "WORKER\tSTATUS\tMODE\tINFLIGHT")
+	n := 0
+	for _, rep := range sorted[stemtype.ShutdownReply](r) {
+		if rep.Err != nil {
+			fmt.Fprintf(tw, "%s\terror: %s\n", rep.WorkerID, rep.Err)
+			continue
+		}
+		n++
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", rep.WorkerID, rep.Status, rep.Payload.Mode, rep.Payload.Inflight)
+	}
+	tw.Flush()
+	fmt.Fprintf(w, "%d worker(s) shutting down\n", n)
 }
 
 func renderStats(w io.Writer, r *stem.Replies) {
@@ -167,23 +202,29 @@ func revokeDoc(res *stem.RevokeResult) []stemtype.ControlReply {
 	out := make([]stemtype.ControlReply, len(reps))
 	for i, rep := range reps {
 		out[i] = rep
-		if rep.Status != stemtype.ReplyOK {
-			continue
+		if rep.Status == stemtype.ReplyOK {
+			out[i].Payload = appendField(rep.Payload, "unknown", unknown)
 		}
-		// Appended to the worker's object, keeping its fields and their order.
-		b := bytes.TrimSpace(rep.Payload)
-		if len(b) < 2 || b[0] != '{' || !json.Valid(b) {
-			continue // not a revoke reply's shape: printed as the worker sent it
-		}
-		body := bytes.TrimSpace(b[1 : len(b)-1])
-		p := append([]byte{'{'}, body...)
-		if len(body) > 0 {
-			p = append(p, ',')
-		}
-		p = append(append(append(p, `"unknown":`...), unknown...), '}')
-		out[i].Payload = p
 	}
 	return out
+}
+
+// appendField returns the JSON object payload with the field key set to
+// value appended, keeping its fields and their order; a payload that is
+// not an object is returned as the worker sent it.
+func appendField(payload json.RawMessage, key string, value []byte) json.RawMessage {
+	b := bytes.TrimSpace(payload)
+	if len(b) < 2 || b[0] != '{' || !json.Valid(b) {
+		return payload
+	}
+	body := bytes.TrimSpace(b[1 : len(b)-1])
+	p := append([]byte{'{'}, body...)
+	if len(body) > 0 {
+		p = append(p, ',')
+	}
+	k, _ := json.Marshal(key)
+	p = append(append(append(append(p, k...), ':'), value...), '}')
+	return p
 }
 
 func renderRevoke(w io.Writer, res *stem.RevokeResult) {

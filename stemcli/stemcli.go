@@ -33,6 +33,7 @@ import (
 	"strings"
 
 	"github.com/spf13/cobra"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/isolated"
@@ -90,6 +91,9 @@ type Config struct {
 	// --concurrency child processes of this binary (Main serves their
 	// role).
 	Executor func(reg *stem.Registry) (stem.Executor, func(), error)
+	// TracerProvider, when set, makes `worker start` trace every run
+	// (stem.WorkerConfig.TracerProvider). The stock binary sets none.
+	TracerProvider trace.TracerProvider
 }
 
 // app is the state shared by the commands of one invocation.
@@ -159,9 +163,9 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 	pf.StringVar(&a.nsFlag, "namespace", "", "namespace (default $STEM_NAMESPACE, else "+stemtype.DefaultNamespace+")")
 
 	worker := &cobra.Command{Use: "worker", Short: "Run and control workers"}
-	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd())
+	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd(), a.fleetCmd(), a.shutdownCmd())
 	task := &cobra.Command{Use: "task", Short: "Read task state"}
-	task.AddCommand(a.statusCmd())
+	task.AddCommand(a.statusCmd(), a.whereCmd())
 	root.AddCommand(worker, task, a.enqueueCmd(), a.benchCmd(), a.migrateCmd())
 	if cfg.Demo != nil {
 		root.AddCommand(a.demoCmd())
@@ -213,6 +217,7 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 		}
 	}
 	typed(root)
+	a.completeWorkers(root)
 	return root
 }
 

@@ -1,10 +1,12 @@
 package stemcli
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
+	"unicode"
 
 	"github.com/spf13/cobra"
 
@@ -45,6 +47,11 @@ func (a *app) enqueueCmd() *cobra.Command {
 			if opts.Countdown < 0 {
 				return exitf(ExitUsage, "enqueue: --countdown must not be negative")
 			}
+			if cmd.Flags().Changed("id") {
+				if err := checkTaskID(opts.ID); err != nil {
+					return exitf(ExitUsage, "enqueue: --id %q: %v", opts.ID, err)
+				}
+			}
 			ctx := cmd.Context()
 			o, err := a.open(ctx, stemurl.RoleBroker|stemurl.RoleResults, a.driverOpts())
 			if err != nil {
@@ -57,6 +64,9 @@ func (a *app) enqueueCmd() *cobra.Command {
 				return err
 			}
 			task := pos[0]
+			if opts.ID != "" {
+				a.noteDuplicate(ctx, client, opts.ID)
+			}
 			id, err := client.Enqueue(ctx, task, json.RawMessage(args), opts)
 			if err != nil {
 				return &ExitError{Code: ExitUnavailable, Err: err}
@@ -80,8 +90,40 @@ func (a *app) enqueueCmd() *cobra.Command {
 	fl.StringVar(&opts.Queue, "queue", "", "queue (default: the task's queue, else default)")
 	fl.DurationVar(&opts.Countdown, "countdown", 0, "run no earlier than this long from now")
 	fl.IntVar(&maxRetries, "max-retries", 0, "override the task's max retries")
+	fl.StringVar(&opts.ID, "id", "", "task id, an idempotency key (default: a new random id); see the note on duplicates")
 	fl.BoolVar(&asJSON, "json", false, `print {"id","task","queue"} as JSON`)
 	return c
+}
+
+// checkTaskID refuses a task id that no script means: empty, or holding
+// white space or control characters (a quoting slip).
+func checkTaskID(id string) error {
+	if id == "" {
+		return errors.New("must not be empty (leave it out for a new random id)")
+	}
+	for _, r := range id {
+		if unicode.IsSpace(r) || unicode.IsControl(r) {
+			return fmt.Errorf("must not contain white space or control characters (%q)", r)
+		}
+	}
+	return nil
+}
+
+// noteDuplicate notes on stderr that task id already has a recorded state:
+// enqueueing it again publishes a second message, which a worker runs
+// again, but a final state already recorded stays (the first final state
+// wins in every result backend), so `task status` keeps reporting the
+// first outcome. A lookup that fails is not worth failing the enqueue for.
+func (a *app) noteDuplicate(ctx context.Context, client *stem.Client, id string) {
+	r, err := client.Status(ctx, id)
+	if err != nil {
+		return
+	}
+	if r.State.Final() {
+		fmt.Fprintf(a.errw, "stem: note: task %s already %s; it is published again and may run again, but its recorded outcome stays %s\n", id, r.State, r.State)
+		return
+	}
+	fmt.Fprintf(a.errw, "stem: note: task %s is already %s; it is published again (a second message) and may run twice\n", id, r.State)
 }
 
 // statusJSON is the --json shape of `task status`.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
 	"os/signal"
 	"slices"
 	"strings"
@@ -16,6 +18,7 @@ import (
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/isolated"
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemmetrics"
 	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
@@ -262,9 +265,15 @@ With --reserved, also list the tasks each worker claimed that wait for a
 free slot (its prefetch buffer), with how long each has waited: a worker
 claims beyond its free slots only while its tasks run shorter than a few
 claim round trips, and hands waiting tasks back to the broker when every
-slot stays busy for about 100ms, so another worker can start them.`
+slot stays busy for about 100ms, so another worker can start them.
+With --scheduled, also list the delayed tasks (a countdown or an ETA not
+reached yet) of each worker's queues, soonest first, at most
+--scheduled-limit per queue: they wait in the broker, not in a worker, so
+every worker of a queue lists them.`
 	c.Flags().BoolVar(&req.IncludeRevoked, "include-revoked", false, "also list each worker's revoke records")
 	c.Flags().BoolVar(&req.IncludeReserved, "reserved", false, "also list the tasks each worker claimed that wait for a free slot")
+	c.Flags().BoolVar(&req.IncludeScheduled, "scheduled", false, "also list the delayed tasks of each worker's queues")
+	c.Flags().IntVar(&req.ScheduledLimit, "scheduled-limit", stemtype.DefaultScheduledLimit, "with --scheduled: list at most this many per queue, the soonest")
 	c.Flags().IntVar(&req.Limit, "limit", defaultRevokedLimit, "with --include-revoked: list at most this many records per worker, the newest (0: all)")
 	c.PreRunE = func(cmd *cobra.Command, _ []string) error {
 		if req.Limit < 0 {
@@ -272,6 +281,12 @@ slot stays busy for about 100ms, so another worker can start them.`
 		}
 		if cmd.Flags().Changed("limit") && !req.IncludeRevoked {
 			return exitf(ExitUsage, "inspect: --limit needs --include-revoked")
+		}
+		if req.ScheduledLimit <= 0 {
+			return exitf(ExitUsage, "inspect: --scheduled-limit must be positive, got %d", req.ScheduledLimit)
+		}
+		if cmd.Flags().Changed("scheduled-limit") && !req.IncludeScheduled {
+			return exitf(ExitUsage, "inspect: --scheduled-limit needs --scheduled")
 		}
 		return nil
 	}
@@ -290,9 +305,41 @@ func (a *app) statsCmd() *cobra.Command {
 		func(r *stem.Replies) { renderStats(a.out, r) })
 }
 
+func (a *app) shutdownCmd() *cobra.Command {
+	var mode string
+	c := queryCmd[stemtype.ShutdownReply](a, "shutdown", "Stop workers: warm, soft or hard", &controlFlags{},
+		func(ctl *stem.Controller, ctx context.Context, t stem.Target) (*stem.Replies, error) {
+			return ctl.Shutdown(ctx, t, mode)
+		},
+		func(r *stem.Replies) { renderShutdown(a.out, r) })
+	c.Long = `Ask workers (the --worker ones, else every live worker of the namespace) to
+stop. Each replies, then stops in --mode:
+
+  warm  stop claiming, let running tasks finish within the worker's
+        --shutdown-timeout, then cancel and release the rest (as SIGTERM);
+  soft  also cancel the running tasks' contexts at once: they are released
+        to the broker as they return, and another worker runs them;
+  hard  release every task the worker holds at once and exit without
+        waiting for handlers.
+
+Claimed tasks that have not started are released at once in every mode.
+A worker under a supervisor (systemd, Kubernetes) is started again by it.`
+	c.Flags().StringVar(&mode, "mode", stemtype.ShutdownWarm, "warm, soft or hard")
+	c.PreRunE = func(*cobra.Command, []string) error {
+		switch mode {
+		case stemtype.ShutdownWarm, stemtype.ShutdownSoft, stemtype.ShutdownHard:
+			return nil
+		}
+		return exitf(ExitUsage, "shutdown: --mode %q: want warm, soft or hard", mode)
+	}
+	return c
+}
+
 func (a *app) revokeCmd() *cobra.Command {
 	var f controlFlags
 	var o stem.RevokeOptions
+	var wait bool
+	var waitTimeout time.Duration
 	c := &cobra.Command{
 		Use:   "revoke",
 		Short: "Persist a revoke record, then publish it to workers",
@@ -312,7 +359,16 @@ know ([] when it knows them all; absent when it could not be asked).
 
 With --terminate, a running copy is asked to stop at its next
 checkpoint (Heartbeat, ExtendLease, Progress) and ends cancelled. Revokes
-expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.DefaultRevokeExpiry.String() + `).`,
+expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.DefaultRevokeExpiry.String() + `).
+
+With --wait, the command then waits, at most --wait-timeout, until every
+task that a worker was running when the revoke reached it has stopped, and
+prints each task's outcome: terminated (it was running and has stopped),
+still-running (the wait timed out: exit 1), not-running (no worker that
+replied was running it; it will not start) or unknown (not running, and
+the result backend does not know the id). On a terminal a progress line
+shows while it waits. With --json each reply's payload also carries
+"outcomes", task id to outcome.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
 				return err
@@ -330,6 +386,12 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 			}
 			if o.KillAfter < 0 || o.ExpiresIn < 0 {
 				return exitf(ExitUsage, "revoke: durations must not be negative")
+			}
+			if cmd.Flags().Changed("wait-timeout") && !wait {
+				return exitf(ExitUsage, "revoke: --wait-timeout needs --wait")
+			}
+			if waitTimeout <= 0 {
+				return exitf(ExitUsage, "revoke: --wait-timeout must be positive, got %s", waitTimeout)
 			}
 			ctl, done, err := a.controller(cmd.Context(), true)
 			if err != nil {
@@ -353,8 +415,25 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 			if len(res.Replies.Replies) == 0 && !f.json {
 				fmt.Fprintf(a.out, "revoke stored for %d task(s); workers that start later will honour it\n", len(res.Records))
 			}
-			return a.finish(&f, res.Replies, unanswered[stemtype.RevokeReply](res.Replies), func(r *stem.Replies) { renderRevoke(a.out, res) },
-				func() any { return revokeDoc(res) })
+			if !wait {
+				return a.finish(&f, res.Replies, unanswered[stemtype.RevokeReply](res.Replies), func(r *stem.Replies) { renderRevoke(a.out, res) },
+					func() any { return revokeDoc(res) })
+			}
+			rw := newRevokeWait(res, o.TaskIDs)
+			if !f.json && isTerminal(a.errw) {
+				rw.progress = a.errw
+			}
+			if err := rw.run(cmd.Context(), ctl, waitTimeout, f.timeout); err != nil {
+				return err
+			}
+			ferr := a.finish(&f, res.Replies, unanswered[stemtype.RevokeReply](res.Replies), func(r *stem.Replies) {
+				renderRevoke(a.out, res)
+				rw.render(a.out)
+			}, func() any { return rw.withOutcomes(revokeDoc(res)) })
+			if still := rw.still(); ferr == nil && len(still) > 0 {
+				return fmt.Errorf("revoke: %d task(s) still running after %s: %s", len(still), waitTimeout, strings.Join(still, ", "))
+			}
+			return ferr
 		},
 	}
 	f.add(c)
@@ -366,11 +445,14 @@ expire after --expires-in (default $STEM_REVOKE_DEFAULT_EXPIRY, else ` + stem.De
 	fl.DurationVar(&o.ExpiresIn, "expires-in", 0, "how long the revoke applies (default $STEM_REVOKE_DEFAULT_EXPIRY, else "+stem.DefaultRevokeExpiry.String()+")")
 	fl.StringVar(&o.Reason, "reason", "", "why, recorded with the revoke and the cancelled task")
 	fl.StringVar(&o.RequestedBy, "requester", "stem-cli", "who, recorded with the revoke and the cancelled task")
+	fl.BoolVar(&wait, "wait", false, "wait until the tasks that were running have stopped, and print each task's outcome")
+	fl.DurationVar(&waitTimeout, "wait-timeout", 30*time.Second, "with --wait: how long to wait at most")
 	return c
 }
 
 func (a *app) startCmd() *cobra.Command {
 	var cfg stem.WorkerConfig
+	var metricsAddr string
 	c := &cobra.Command{
 		Use:   "start",
 		Short: "Run a worker with this binary's registered tasks",
@@ -389,7 +471,13 @@ shorter than a few claim round trips, as in a drain of short tasks; for
 longer tasks it claims for free slots only, so a long task never waits
 behind this worker while another has a free slot. Tasks that wait for a
 slot while every slot stays busy for about 100ms are handed back to the
-queue for other workers. 'stem worker inspect --reserved' shows them.`,
+queue for other workers. 'stem worker inspect --reserved' shows them.
+
+With --metrics-addr, the worker serves Prometheus metrics on /metrics,
+/healthz (200 while it runs) and /readyz (200 once its revoke set is loaded
+and it started, 503 before and while it stops) at that address (":9090",
+"127.0.0.1:9090"; port 0 picks a free one, logged at start). See
+docs/operations.md for the metrics.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cfg.Concurrency <= 0 || cfg.Prefetch < 0 {
 				return exitf(ExitUsage, "worker start: --concurrency must be positive and --prefetch not negative")
@@ -405,13 +493,16 @@ queue for other workers. 'stem worker inspect --reserved' shows them.`,
 			if slices.ContainsFunc(cfg.Queues, func(q string) bool { return strings.TrimSpace(q) == "" }) {
 				return exitf(ExitUsage, "worker start: --queue must not be empty")
 			}
+			if cmd.Flags().Changed("metrics-addr") && strings.TrimSpace(metricsAddr) == "" {
+				return exitf(ExitUsage, "worker start: --metrics-addr must not be empty (leave it out to serve no metrics)")
+			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			go func() {
 				<-ctx.Done()
 				stop() // a second signal kills the process
 			}()
-			err := a.runWorker(ctx, cfg)
+			err := a.runWorker(ctx, cfg, metricsAddr)
 			if err != nil && ctx.Err() != nil && errors.Is(err, context.Canceled) {
 				// A signal arrived while the worker was starting (opening
 				// its stores, loading revokes): a requested stop, not an
@@ -433,14 +524,42 @@ queue for other workers. 'stem worker inspect --reserved' shows them.`,
 	fl.DurationVar(&cfg.Lease, "lease", 30*time.Second, "lease of claimed tasks, renewed while the worker lives")
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")
+	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz at this address (e.g. :9090)")
 	return c
 }
 
 // runWorker opens the stores cfg's worker needs, runs it until ctx ends and
-// closes them. Its errors carry their exit codes.
-func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
+// closes them, serving its metrics at metricsAddr unless it is "". Its
+// errors carry their exit codes.
+func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig, metricsAddr string) error {
 	opts := a.driverOpts()
 	opts.Logger = a.logger("info") // a worker's log is its record
+	var metrics *stemmetrics.Metrics
+	if metricsAddr != "" {
+		// Listening first: an address in use fails the start before any
+		// store is opened.
+		ln, err := net.Listen("tcp", metricsAddr)
+		if err != nil {
+			return exitf(ExitConfig, "worker start: --metrics-addr %q: %v", metricsAddr, err)
+		}
+		metrics = stemmetrics.New()
+		srv := &http.Server{Handler: metrics.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		served := make(chan struct{})
+		go func() {
+			defer close(served)
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				opts.Logger.Error("metrics server stopped", "err", err)
+			}
+		}()
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+			defer cancel()
+			_ = srv.Shutdown(sctx)
+			<-served
+		}()
+		opts.Logger.Info("serving metrics", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
+		cfg.Observer = metrics
+	}
 	o, err := a.open(ctx, stemurl.AllRoles, opts)
 	if err != nil {
 		return err
@@ -448,6 +567,7 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
 	defer a.closeStores(o) // runs last, after the executor stopped
 	a.warnMemory(o.URLs.Broker)
 	cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
+	cfg.TracerProvider = a.cfg.TracerProvider
 	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = o.Broker, o.Results, o.Revokes, o.Control
 	stores := o.URLs.Stores()
 	cfg.Stores = &stores
@@ -472,6 +592,11 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig) error {
 	w, err := stem.NewWorker(cfg)
 	if err != nil {
 		return &ExitError{Code: ExitUsage, Err: err}
+	}
+	if metrics != nil {
+		wctx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		metrics.Watch(wctx, w)
 	}
 	if err := w.Run(ctx); err != nil {
 		if errors.Is(err, stemdriver.ErrWorkerIDTaken) {

@@ -189,6 +189,18 @@ type Broker interface {
 	Close() error
 }
 
+// DelayedLister is implemented by brokers that can list their delayed
+// messages, for `stem worker inspect --scheduled`.
+//
+// Contract: Delayed returns the envelopes of at most limit delayed messages
+// of queue (published with a NotBefore in the future and not yet
+// claimable), soonest NotBefore first, and how many delayed messages the
+// queue holds in all. A message that fell due may still be listed until
+// the broker makes it ready. Listing changes nothing.
+type DelayedLister interface {
+	Delayed(ctx context.Context, queue string, limit int) ([]*stemtype.Envelope, int64, error)
+}
+
 // ResultBackend stores task states, results, errors, progress and metadata.
 //
 // Contract:

@@ -1,12 +1,14 @@
 package stemmem
 
 import (
+	"cmp"
 	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -494,4 +496,37 @@ func (b *broker) Close() error {
 
 func leaseLost(op string, d stemdriver.Delivery) error {
 	return fmt.Errorf("stem: memory broker %s: receipt %q of queue %q: %w", op, d.Receipt, d.Queue, stemdriver.ErrLeaseLost)
+}
+
+// Delayed lists at most limit delayed messages of queue, soonest first,
+// and how many it holds (stemdriver.DelayedLister).
+func (b *broker) Delayed(ctx context.Context, queue string, limit int) ([]*stemtype.Envelope, int64, error) {
+	if err := b.check("list delayed"); err != nil {
+		return nil, 0, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, 0, err
+	}
+	s := b.space
+	s.mu.Lock()
+	q := s.queues[queue]
+	var ms []*message
+	if q != nil {
+		s.tick(q, time.Now())
+		ms = slices.Clone(q.delayed.ms)
+	}
+	s.mu.Unlock()
+	slices.SortFunc(ms, func(a, b *message) int {
+		return cmp.Or(a.notBefore.Compare(b.notBefore), cmp.Compare(a.seq, b.seq))
+	})
+	total := int64(len(ms))
+	out := make([]*stemtype.Envelope, 0, min(len(ms), max(limit, 0)))
+	for _, m := range ms[:min(len(ms), max(limit, 0))] {
+		var env stemtype.Envelope
+		if err := json.Unmarshal(m.raw, &env); err != nil {
+			return nil, 0, fmt.Errorf("stem: memory broker: decode a delayed message of queue %s: %w", queue, err)
+		}
+		out = append(out, &env)
+	}
+	return out, total, nil
 }

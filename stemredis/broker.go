@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -616,4 +617,40 @@ func (b *Broker) Close() error {
 		return fmt.Errorf("stem: redis broker at %s: close: %w", b.addr, err)
 	}
 	return nil
+}
+
+// Delayed lists at most limit delayed messages of queue, soonest first,
+// and how many the queue's delayed set holds (stemdriver.DelayedLister),
+// in one round trip. A message already due that the upkeep has not moved
+// to the stream yet is listed too.
+func (b *Broker) Delayed(ctx context.Context, queue string, limit int) ([]*stemtype.Envelope, int64, error) {
+	if err := b.checkOpen(); err != nil {
+		return nil, 0, err
+	}
+	k := newQueueKeys(b.ns, queue)
+	pipe := b.rdb.Pipeline()
+	card := pipe.ZCard(ctx, k.delayed)
+	var members *redis.StringSliceCmd
+	if limit > 0 {
+		members = pipe.ZRange(ctx, k.delayed, 0, int64(limit-1))
+	}
+	if _, err := pipe.Exec(ctx); err != nil {
+		return nil, 0, b.errorf(err, "list the delayed messages of queue %q", queue)
+	}
+	out := []*stemtype.Envelope{}
+	if members == nil {
+		return out, card.Val(), nil
+	}
+	for _, m := range members.Val() {
+		raw := m
+		if i := strings.IndexByte(m, '{'); i >= 0 {
+			raw = m[i:] // without the token, as the claim script strips it
+		}
+		var env stemtype.Envelope
+		if err := json.Unmarshal([]byte(raw), &env); err != nil {
+			return nil, 0, fmt.Errorf("stem: redis broker: decode a delayed message of queue %q: %w", queue, err)
+		}
+		out = append(out, &env)
+	}
+	return out, card.Val(), nil
 }

@@ -587,3 +587,42 @@ WHERE namespace = ?1 AND queue = ?2 AND (state <> 2 OR visible_at <= ?3)`, b.ns,
 // file's handle closes with the last driver open on it. Close is
 // idempotent.
 func (b *Broker) Close() error { return b.close() }
+
+// Delayed lists at most limit delayed messages of queue, soonest first,
+// and how many it holds (stemdriver.DelayedLister).
+func (b *Broker) Delayed(ctx context.Context, queue string, limit int) ([]*stemtype.Envelope, int64, error) {
+	if err := b.check(ctx, "list delayed"); err != nil {
+		return nil, 0, err
+	}
+	now := nanos(time.Now())
+	var total int64
+	err := b.st.read.QueryRowContext(ctx, `SELECT count(*) FROM stem_tasks
+WHERE namespace = ?1 AND queue = ?2 AND state = ?4 AND visible_at > ?3`, b.ns, queue, now, rowDelayed).Scan(&total)
+	if err != nil {
+		return nil, 0, b.errorf(err, "count the delayed messages of queue %q", queue)
+	}
+	rows, err := b.st.read.QueryContext(ctx, `SELECT id, body FROM stem_tasks
+WHERE namespace = ?1 AND queue = ?2 AND state = ?5 AND visible_at > ?3
+ORDER BY visible_at, id LIMIT ?4`, b.ns, queue, now, max(limit, 0), rowDelayed)
+	if err != nil {
+		return nil, 0, b.errorf(err, "list the delayed messages of queue %q", queue)
+	}
+	defer rows.Close()
+	out := []*stemtype.Envelope{}
+	for rows.Next() {
+		var id int64
+		var body []byte
+		if err := rows.Scan(&id, &body); err != nil {
+			return nil, 0, b.errorf(err, "list the delayed messages of queue %q", queue)
+		}
+		var env stemtype.Envelope
+		if err := json.Unmarshal(body, &env); err != nil {
+			return nil, 0, fmt.Errorf("stem: sqlite broker: decode delayed message %d in queue %s: %w", id, queue, err)
+		}
+		out = append(out, &env)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, b.errorf(err, "list the delayed messages of queue %q", queue)
+	}
+	return out, total, nil
+}

@@ -17,7 +17,39 @@ const (
 	CommandInspect = "inspect"
 	CommandStats   = "stats"
 	CommandRevoke  = "revoke"
+	// CommandShutdown stops a worker (ShutdownRequest).
+	CommandShutdown = "shutdown"
 )
+
+// Shutdown modes (ShutdownRequest.Mode).
+const (
+	// ShutdownWarm stops claiming and lets running tasks finish within
+	// the worker's grace period (WorkerConfig.ShutdownTimeout); what has
+	// not finished then is cancelled and released. As SIGTERM.
+	ShutdownWarm = "warm"
+	// ShutdownSoft also cancels the running tasks' contexts at once
+	// (cause stem.ErrWorkerShutdown); they are released to the broker as
+	// they return, for another worker to run.
+	ShutdownSoft = "soft"
+	// ShutdownHard releases every task the worker holds at once and
+	// stops without waiting for handlers to return.
+	ShutdownHard = "hard"
+)
+
+// ShutdownRequest is the payload of a shutdown command. An empty Mode is
+// ShutdownWarm.
+type ShutdownRequest struct {
+	Mode string `json:"mode"`
+}
+
+// ShutdownReply is the payload of a shutdown reply, sent before the worker
+// starts to stop.
+type ShutdownReply struct {
+	// Mode is the mode the worker stops in.
+	Mode string `json:"mode"`
+	// Inflight is how many tasks it was running.
+	Inflight int `json:"inflight"`
+}
 
 // Reply statuses.
 const (
@@ -83,6 +115,28 @@ type InspectRequest struct {
 	// IncludeReserved asks for the tasks the worker claimed that wait for
 	// a free slot (its prefetch buffer) in the reply's Reserved list.
 	IncludeReserved bool `json:"includeReserved,omitempty"`
+	// IncludeScheduled asks for the delayed tasks (a countdown or an ETA
+	// not yet reached) of the queues the worker consumes, soonest first,
+	// in the reply's Scheduled list: they wait in the broker, not in a
+	// worker, so every worker of a queue lists them.
+	IncludeScheduled bool `json:"includeScheduled,omitempty"`
+	// ScheduledLimit caps the Scheduled list per queue; zero means
+	// DefaultScheduledLimit, a negative limit is answered with an error.
+	ScheduledLimit int `json:"scheduledLimit,omitempty"`
+}
+
+// DefaultScheduledLimit is how many delayed tasks per queue an inspect
+// reply lists when the request sets no ScheduledLimit.
+const DefaultScheduledLimit = 100
+
+// ScheduledTask is a delayed task, in an inspect reply: published with a
+// countdown or an ETA, waiting in the broker until NotBefore.
+type ScheduledTask struct {
+	ID        string    `json:"id"`
+	Task      string    `json:"task"`
+	Queue     string    `json:"queue"`
+	Attempt   int       `json:"attempt"`
+	NotBefore time.Time `json:"notBefore"`
 }
 
 // ReservedTask is a task a worker claimed that waits for a free slot, in an
@@ -133,6 +187,12 @@ type InspectReply struct {
 	// slot, longest waiting first, only when the request asked for them
 	// (then it is a list, empty or not).
 	Reserved []ReservedTask `json:"reserved,omitzero"`
+	// Scheduled holds the delayed tasks of the worker's queues, soonest
+	// first, at most the request's ScheduledLimit per queue, only when the
+	// request asked for them and the broker can list them (then it is a
+	// list, empty or not). ScheduledTotal counts them all.
+	Scheduled      []ScheduledTask `json:"scheduled,omitzero"`
+	ScheduledTotal int64           `json:"scheduledTotal,omitzero"`
 }
 
 // StatsReply is the payload of a stats reply.

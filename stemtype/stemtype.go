@@ -208,4 +208,17 @@ type WorkerInfo struct {
 	// stemdriver.ErrWorkerIDTaken). Empty in announcements of workers that
 	// predate it, and then compared like any other value.
 	Instance string `json:"instance,omitempty"`
+	// Inflight is how many tasks the worker was running, and Prefetched
+	// how many it had claimed that waited for a free slot, when it
+	// announced itself: `stem worker status` shows them without a
+	// broadcast.
+	Inflight   int `json:"inflight"`
+	Prefetched int `json:"prefetched"`
+	// Version is the version of stem the worker was built with ("" from
+	// workers that predate it).
+	Version string `json:"version,omitempty"`
+	// IntervalMs is how often the worker announces itself, in
+	// milliseconds: an announcement older than two intervals is late (0
+	// from workers that predate it).
+	IntervalMs int64 `json:"intervalMs,omitempty"`
 }

@@ -163,6 +163,22 @@ func (t *Table) Running() int {
 	return n
 }
 
+// Counts returns how many held jobs are running and how many wait to
+// start (claimed, neither running nor settled), without a list.
+func (t *Table) Counts() (running, waiting int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, j := range t.held {
+		switch {
+		case j.running:
+			running++
+		case !j.settled.Load():
+			waiting++
+		}
+	}
+	return running, waiting
+}
+
 // Abandon forgets every held job whose outcome is not decided and returns
 // their deliveries, for the caller to release (tasks abandoned at
 // shutdown). Settled jobs stay: their outcomes are in the result writer.

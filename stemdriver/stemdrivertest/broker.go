@@ -65,6 +65,7 @@ func brokerProperties() []property[stemdriver.Broker] {
 		{name: "ExtendLeaseKeepsMessage", fn: testBrokerExtendLeaseKeepsMessage},
 		{name: "DeadLetterRemoves", fn: testBrokerDeadLetterRemoves},
 		{name: "DepthCountsReadyAndDelayed", fn: testBrokerDepthCountsReadyAndDelayed},
+		{name: "DelayedLists", fn: testBrokerDelayedLists},
 		{name: "AckAndReleaseBatches", fn: testBrokerAckAndReleaseBatches},
 		{name: "QueuesIsolated", fn: testBrokerQueuesIsolated},
 		{name: "NamespacesIsolated", fn: testBrokerNamespacesIsolated},
