@@ -155,20 +155,12 @@ func TestTaskWhereAndInspectScheduled(t *testing.T) {
 			t.Errorf("inspect --reserved = %s, want an empty list", rep.Payload)
 		}
 		human := c.must("worker", "inspect", "--scheduled")
-		if store.backend == onPostgres {
-			// The Postgres broker does not list delayed messages yet
-			// (stemdriver.DelayedLister): the reply says so.
-			if p.Scheduled != nil || !strings.Contains(human, "scheduled tasks not reported") {
-				t.Errorf("inspect --scheduled on postgres = %s\n%s", rep.Payload, human)
-			}
-		} else {
-			if len(p.Scheduled) != 1 || p.ScheduledTotal != 1 || p.Scheduled[0].ID != later ||
-				p.Scheduled[0].Task != "demo.echo" || !p.Scheduled[0].NotBefore.After(time.Now().Add(50*time.Minute)) {
-				t.Errorf("inspect --scheduled = %s", rep.Payload)
-			}
-			if !strings.Contains(human, "1 scheduled") || !strings.Contains(human, later) {
-				t.Errorf("inspect --scheduled does not list %s:\n%s", later, human)
-			}
+		if len(p.Scheduled) != 1 || p.ScheduledTotal != 1 || p.Scheduled[0].ID != later ||
+			p.Scheduled[0].Task != "demo.echo" || !p.Scheduled[0].NotBefore.After(time.Now().Add(50*time.Minute)) {
+			t.Errorf("inspect --scheduled = %s", rep.Payload)
+		}
+		if !strings.Contains(human, "1 scheduled") || !strings.Contains(human, later) {
+			t.Errorf("inspect --scheduled does not list %s:\n%s", later, human)
 		}
 
 		g.open(t)

@@ -650,3 +650,41 @@ func (h *brokerHub) reset() {
 		}
 	}
 }
+
+var _ stemdriver.DelayedLister = (*Broker)(nil)
+
+// Delayed lists at most limit delayed messages of queue (not leased and
+// not visible yet: published with a future NotBefore, or retried with a
+// countdown), soonest first, and how many the queue holds
+// (stemdriver.DelayedLister), in one read-only statement.
+func (b *Broker) Delayed(ctx context.Context, queue string, limit int) ([]*stemtype.Envelope, int64, error) {
+	if err := b.checkOpen(); err != nil {
+		return nil, 0, err
+	}
+	rows, err := b.db.Query(ctx, b.s.q.delayed, b.ns, queue, max(limit, 0))
+	if err != nil {
+		return nil, 0, b.errorf(err, "list the delayed messages of queue %q", queue)
+	}
+	defer rows.Close()
+	out := []*stemtype.Envelope{}
+	var total int64
+	for rows.Next() {
+		var id *int64
+		var payload []byte
+		if err := rows.Scan(&total, &id, &payload); err != nil {
+			return nil, 0, b.errorf(err, "list the delayed messages of queue %q", queue)
+		}
+		if id == nil {
+			continue // the row that carries the count alone
+		}
+		var env stemtype.Envelope
+		if err := json.Unmarshal(payload, &env); err != nil {
+			return nil, 0, fmt.Errorf("stem: postgres broker: decode delayed message %d in queue %q: %w", *id, queue, err)
+		}
+		out = append(out, &env)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, 0, b.errorf(err, "list the delayed messages of queue %q", queue)
+	}
+	return out, total, nil
+}

@@ -24,6 +24,7 @@ type queries struct {
 	deadLetter  string // $1 ns, $2 queue, $3 id, $4 claims, $5 reason
 	depth       string // $1 ns, $2 queue
 	nextVisible string // $1 ns, $2 queues[]
+	delayed     string // $1 ns, $2 queue, $3 limit
 
 	// Results.
 	putResults   string // $1 ns, $2 ids[], $3 states[], $4 bodies[], $5 ttl µs (0: forever)
@@ -123,6 +124,12 @@ SELECT count(*), count(pg_notify($10, ` + notifyPayloadSQL("$1", "queue") + `)) 
 INSERT INTO ` + s + `.stem_dead_letters (namespace, queue, task_id, payload, reason)
 SELECT namespace, queue, task_id, payload, $5 FROM del`
 	q.depth = `SELECT count(*) FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND NOT (leased AND visible_at > now())`
+	// Delayed messages are the rows not leased and not visible yet; one
+	// statement gives the count and the soonest rows (read-only, for
+	// inspect --scheduled).
+	q.delayed = `WITH d AS (SELECT id, visible_at, payload FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND NOT leased AND visible_at > now())
+SELECT (SELECT count(*) FROM d), s.id, s.payload FROM (SELECT id, visible_at, payload FROM d ORDER BY visible_at, id LIMIT $3) s
+RIGHT JOIN (SELECT 1) one ON true ORDER BY s.visible_at, s.id`
 	q.nextVisible = `SELECT extract(epoch FROM min(visible_at) - now()) FROM ` + t + ` WHERE namespace = $1 AND queue = ANY($2::text[]) AND visible_at > now()`
 
 	// Results: final states are final, in the upsert's WHERE.
