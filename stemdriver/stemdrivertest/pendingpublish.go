@@ -1,43 +1,36 @@
 package stemdrivertest
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
 
-// runPendingPublish checks Capabilities.PendingPublish against the
-// broker's type, and runs the stemdriver.PendingPublisher properties when
-// it is declared, under a subtest named PendingPublish.
+// publishPair is a broker and a result backend of one deployment, for the
+// stemdriver.PendingPublisher properties.
+type publishPair struct {
+	b  stemdriver.Broker
+	pp stemdriver.PendingPublisher // b, when it is one
+	rb stemdriver.ResultBackend
+}
+
+// runPendingPublish runs the stemdriver.PendingPublisher properties
+// (Capabilities.PendingPublish).
 func runPendingPublish(t *testing.T, h Harness) {
 	t.Helper()
-	t.Run("PendingPublish", func(t *testing.T) {
-		ns := newNamespace(t)
-		b := h.Broker(t, ns)
-		_, ok := b.(stemdriver.PendingPublisher)
-		switch {
-		case h.Capabilities.PendingPublish && !ok:
-			t.Fatalf("Capabilities.PendingPublish is declared but %T does not implement stemdriver.PendingPublisher", b)
-		case !h.Capabilities.PendingPublish && ok:
-			t.Fatalf("%T implements stemdriver.PendingPublisher but Capabilities.PendingPublish is not declared", b)
-		case !ok:
-			t.Skip("the backend does not declare Capabilities.PendingPublish")
-		}
-		for _, p := range []struct {
-			name string
-			fn   func(t *testing.T, b stemdriver.Broker, pp stemdriver.PendingPublisher, rb stemdriver.ResultBackend)
-		}{
-			{"WritesAndPublishes", testPendingPublishWritesAndPublishes},
-			{"FinalResultRefused", testPendingPublishFinalRefused},
-		} {
-			t.Run(p.name, func(t *testing.T) {
-				t.Parallel()
-				ns := newNamespace(t)
-				b, rb := h.Broker(t, ns), h.Results(t, ns)
-				p.fn(t, b, b.(stemdriver.PendingPublisher), rb)
-			})
-		}
+	open := func(t *testing.T, ns string) publishPair {
+		b, rb := h.Broker(t, ns), h.Results(t, ns)
+		pp, _ := b.(stemdriver.PendingPublisher)
+		return publishPair{b, pp, rb}
+	}
+	has := func(p publishPair) (bool, string) {
+		return p.pp != nil, fmt.Sprintf("%T implements stemdriver.PendingPublisher", p.b)
+	}
+	runPaired(t, "PendingPublish", h.Capabilities.PendingPublish, open, has, []pairedProperty[publishPair]{
+		{"WritesAndPublishes", testPendingPublishWritesAndPublishes},
+		{"FinalResultRefused", testPendingPublishFinalRefused},
 	})
 }
 
@@ -49,7 +42,8 @@ func pending(env *stemtype.Envelope) *stemtype.TaskResult {
 // PublishWithResults, with the broker's own result backend, records the
 // results and publishes the envelopes: both read back (the results by Get,
 // the envelopes by Claim), and a final state already stored stays final.
-func testPendingPublishWritesAndPublishes(t *testing.T, b stemdriver.Broker, pp stemdriver.PendingPublisher, rb stemdriver.ResultBackend) {
+func testPendingPublishWritesAndPublishes(t *testing.T, p publishPair) {
+	b, pp, rb := p.b, p.pp, p.rb
 	ctx := testContext(t)
 	envs := envelopes("pp", "q", 3)
 	done := pending(envs[2])
@@ -80,7 +74,8 @@ func testPendingPublishWritesAndPublishes(t *testing.T, b stemdriver.Broker, pp 
 
 // A final result among the results makes PublishWithResults decline,
 // doing nothing: the caller then writes and publishes itself.
-func testPendingPublishFinalRefused(t *testing.T, b stemdriver.Broker, pp stemdriver.PendingPublisher, rb stemdriver.ResultBackend) {
+func testPendingPublishFinalRefused(t *testing.T, p publishPair) {
+	b, pp, rb := p.b, p.pp, p.rb
 	ctx := testContext(t)
 	envs := envelopes("pf", "q", 2)
 	final := pending(envs[1])

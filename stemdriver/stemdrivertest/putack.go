@@ -2,6 +2,7 @@ package stemdrivertest
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -9,40 +10,30 @@ import (
 	"github.com/stem-go/stem/stemtype"
 )
 
-// runPutAck checks Capabilities.PutAck against the broker's type, and runs
-// the stemdriver.ResultAcker properties when it is declared, under a
-// subtest named PutAck.
+// ackPair is a broker and a result backend of one deployment, for the
+// stemdriver.ResultAcker properties.
+type ackPair struct {
+	b  stemdriver.Broker
+	ra stemdriver.ResultAcker // b, when it is one
+	rb stemdriver.ResultBackend
+}
+
+// runPutAck runs the stemdriver.ResultAcker properties (Capabilities.PutAck).
 func runPutAck(t *testing.T, h Harness) {
 	t.Helper()
-	t.Run("PutAck", func(t *testing.T) {
-		ns := newNamespace(t)
+	open := func(t *testing.T, ns string) ackPair {
 		b, rb := h.Broker(t, ns), h.Results(t, ns)
-		ra, ok := b.(stemdriver.ResultAcker)
-		acks := ok && ra.AcksWith(rb)
-		switch {
-		case h.Capabilities.PutAck && !acks:
-			t.Fatalf("Capabilities.PutAck is declared but %T does not implement stemdriver.ResultAcker with AcksWith(%T) true", b, rb)
-		case !h.Capabilities.PutAck && acks:
-			t.Fatalf("%T implements stemdriver.ResultAcker and AcksWith(%T) but Capabilities.PutAck is not declared", b, rb)
-		case !acks:
-			t.Skip("the backend does not declare Capabilities.PutAck")
-		}
-		for _, p := range []struct {
-			name string
-			fn   func(t *testing.T, b stemdriver.Broker, ra stemdriver.ResultAcker, rb stemdriver.ResultBackend)
-		}{
-			{"WritesAndAcks", testPutAckWritesAndAcks},
-			{"LostLeaseReportedRestApplied", testPutAckLostLease},
-			{"FinalStatesStayFinal", testPutAckFinalStaysFinal},
-			{"NothingOnError", testPutAckNothingOnError},
-		} {
-			t.Run(p.name, func(t *testing.T) {
-				t.Parallel()
-				ns := newNamespace(t)
-				b, rb := h.Broker(t, ns), h.Results(t, ns)
-				p.fn(t, b, b.(stemdriver.ResultAcker), rb)
-			})
-		}
+		ra, _ := b.(stemdriver.ResultAcker)
+		return ackPair{b, ra, rb}
+	}
+	has := func(p ackPair) (bool, string) {
+		return p.ra != nil && p.ra.AcksWith(p.rb), fmt.Sprintf("%T implements stemdriver.ResultAcker with AcksWith(%T) true", p.b, p.rb)
+	}
+	runPaired(t, "PutAck", h.Capabilities.PutAck, open, has, []pairedProperty[ackPair]{
+		{"WritesAndAcks", testPutAckWritesAndAcks},
+		{"LostLeaseReportedRestApplied", testPutAckLostLease},
+		{"FinalStatesStayFinal", testPutAckFinalStaysFinal},
+		{"NothingOnError", testPutAckNothingOnError},
 	})
 }
 
@@ -65,7 +56,8 @@ func stillHeld(t *testing.T, b stemdriver.Broker, d stemdriver.Delivery) bool {
 
 // PutAck records every result and acknowledges every delivery: the results
 // read back, and no delivery is held or claimed again.
-func testPutAckWritesAndAcks(t *testing.T, b stemdriver.Broker, ra stemdriver.ResultAcker, rb stemdriver.ResultBackend) {
+func testPutAckWritesAndAcks(t *testing.T, p ackPair) {
+	b, ra, rb := p.b, p.ra, p.rb
 	ctx := testContext(t)
 	mustPublish(ctx, t, b, envelopes("pa", "q", 3)...)
 	ds := claimN(ctx, t, b, 3, req("c", longLease, "q"))
@@ -90,7 +82,8 @@ func testPutAckWritesAndAcks(t *testing.T, b stemdriver.Broker, ra stemdriver.Re
 
 // A delivery no longer held is reported (ErrLeaseLost) and left alone; the
 // results, and the other acknowledgements, are applied all the same.
-func testPutAckLostLease(t *testing.T, b stemdriver.Broker, ra stemdriver.ResultAcker, rb stemdriver.ResultBackend) {
+func testPutAckLostLease(t *testing.T, p ackPair) {
+	b, ra, rb := p.b, p.ra, p.rb
 	ctx := testContext(t)
 	mustPublish(ctx, t, b, envelopes("pl", "q", 2)...)
 	ds := claimN(ctx, t, b, 2, req("c", longLease, "q"))
@@ -114,7 +107,8 @@ func testPutAckLostLease(t *testing.T, b stemdriver.Broker, ra stemdriver.Result
 
 // A stored final state is final under PutAck as under Put; the delivery
 // is acknowledged all the same.
-func testPutAckFinalStaysFinal(t *testing.T, b stemdriver.Broker, ra stemdriver.ResultAcker, rb stemdriver.ResultBackend) {
+func testPutAckFinalStaysFinal(t *testing.T, p ackPair) {
+	b, ra, rb := p.b, p.ra, p.rb
 	ctx := testContext(t)
 	mustPublish(ctx, t, b, envelopes("pf", "q", 1)...)
 	ds := claimN(ctx, t, b, 1, req("c", longLease, "q"))
@@ -137,7 +131,8 @@ func testPutAckFinalStaysFinal(t *testing.T, b stemdriver.Broker, ra stemdriver.
 
 // A PutAck that fails (here: a result the backend refuses) changes
 // nothing: no result is written and the deliveries stay held.
-func testPutAckNothingOnError(t *testing.T, b stemdriver.Broker, ra stemdriver.ResultAcker, rb stemdriver.ResultBackend) {
+func testPutAckNothingOnError(t *testing.T, p ackPair) {
+	b, ra, rb := p.b, p.ra, p.rb
 	ctx := testContext(t)
 	mustPublish(ctx, t, b, envelopes("pe", "q", 2)...)
 	ds := claimN(ctx, t, b, 2, req("c", longLease, "q"))

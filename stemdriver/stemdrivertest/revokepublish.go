@@ -1,52 +1,46 @@
 package stemdrivertest
 
 import (
+	"fmt"
 	"testing"
 
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
 
-// runRevokePublish checks Capabilities.RevokePublish against the control
-// transport's type, and runs the stemdriver.RevokePublisher properties
-// when it is declared, under a subtest named RevokePublish.
+// revokePair is a control transport and a revoke store of one deployment,
+// for the stemdriver.RevokePublisher properties.
+type revokePair struct {
+	c  stemdriver.ControlTransport
+	rp stemdriver.RevokePublisher // c, when it is one
+	rs stemdriver.RevokeStore
+	ns string
+}
+
+// runRevokePublish runs the stemdriver.RevokePublisher properties
+// (Capabilities.RevokePublish).
 func runRevokePublish(t *testing.T, h Harness) {
 	t.Helper()
-	t.Run("RevokePublish", func(t *testing.T) {
-		ns := newNamespace(t)
+	open := func(t *testing.T, ns string) revokePair {
 		c, rs := h.Control(t, ns), h.Revokes(t, ns)
-		rp, ok := c.(stemdriver.RevokePublisher)
-		pubs := ok && rp.PublishesWith(rs)
-		switch {
-		case h.Capabilities.RevokePublish && !pubs:
-			t.Fatalf("Capabilities.RevokePublish is declared but %T does not implement stemdriver.RevokePublisher with PublishesWith(%T) true", c, rs)
-		case !h.Capabilities.RevokePublish && pubs:
-			t.Fatalf("%T implements stemdriver.RevokePublisher and PublishesWith(%T) but Capabilities.RevokePublish is not declared", c, rs)
-		case !pubs:
-			t.Skip("the backend does not declare Capabilities.RevokePublish")
-		}
-		for _, p := range []struct {
-			name string
-			fn   func(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string)
-		}{
-			{"StoresAndPublishes", testRevokePublishStoresAndPublishes},
-			{"NoPublishWhenStoreAssignsOtherVersions", testRevokePublishWithheld},
-			{"OneRecordStoredAndPublished", testRevokePublishOne},
-			{"OneRecordWithheld", testRevokePublishOneWithheld},
-		} {
-			t.Run(p.name, func(t *testing.T) {
-				t.Parallel()
-				ns := newNamespace(t)
-				c, rs := h.Control(t, ns), h.Revokes(t, ns)
-				p.fn(t, c, c.(stemdriver.RevokePublisher), rs, ns)
-			})
-		}
+		rp, _ := c.(stemdriver.RevokePublisher)
+		return revokePair{c, rp, rs, ns}
+	}
+	has := func(p revokePair) (bool, string) {
+		return p.rp != nil && p.rp.PublishesWith(p.rs), fmt.Sprintf("%T implements stemdriver.RevokePublisher with PublishesWith(%T) true", p.c, p.rs)
+	}
+	runPaired(t, "RevokePublish", h.Capabilities.RevokePublish, open, has, []pairedProperty[revokePair]{
+		{"StoresAndPublishes", testRevokePublishStoresAndPublishes},
+		{"NoPublishWhenStoreAssignsOtherVersions", testRevokePublishWithheld},
+		{"OneRecordStoredAndPublished", testRevokePublishOne},
+		{"OneRecordWithheld", testRevokePublishOneWithheld},
 	})
 }
 
 // Records stored with the versions they propose: stored, returned as
 // stored, and the message published to its targets (and no other).
-func testRevokePublishStoresAndPublishes(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string) {
+func testRevokePublishStoresAndPublishes(t *testing.T, p revokePair) {
+	c, rp, rs, ns := p.c, p.rp, p.rs, p.ns
 	ctx := testContext(t)
 	w1, w2 := mustSubscribe(ctx, t, c, "w1"), mustSubscribe(ctx, t, c, "w2")
 	recs := []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 100), fullRevoke(ns, "task-2", 101)}
@@ -64,7 +58,8 @@ func testRevokePublishStoresAndPublishes(t *testing.T, c stemdriver.ControlTrans
 // A record the store assigns another version (a later revoke of the task
 // is stored already) withholds the message, which would carry the wrong
 // version; the records are stored as Upsert would store them.
-func testRevokePublishWithheld(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string) {
+func testRevokePublishWithheld(t *testing.T, p revokePair) {
+	c, rp, rs, ns := p.c, p.rp, p.rs, p.ns
 	ctx := testContext(t)
 	w1 := mustSubscribe(ctx, t, c, "w1")
 	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)}, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)})
@@ -80,7 +75,8 @@ func testRevokePublishWithheld(t *testing.T, c stemdriver.ControlTransport, rp s
 }
 
 // One record (the usual revoke) is stored and published like several.
-func testRevokePublishOne(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string) {
+func testRevokePublishOne(t *testing.T, p revokePair) {
+	c, rp, rs, ns := p.c, p.rp, p.rs, p.ns
 	ctx := testContext(t)
 	w1 := mustSubscribe(ctx, t, c, "w1")
 	rec := fullRevoke(ns, "task-1", 100)
@@ -94,7 +90,8 @@ func testRevokePublishOne(t *testing.T, c stemdriver.ControlTransport, rp stemdr
 }
 
 // One record the store assigns another version withholds the message.
-func testRevokePublishOneWithheld(t *testing.T, c stemdriver.ControlTransport, rp stemdriver.RevokePublisher, rs stemdriver.RevokeStore, ns string) {
+func testRevokePublishOneWithheld(t *testing.T, p revokePair) {
+	c, rp, rs, ns := p.c, p.rp, p.rs, p.ns
 	ctx := testContext(t)
 	w1 := mustSubscribe(ctx, t, c, "w1")
 	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)}, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)})

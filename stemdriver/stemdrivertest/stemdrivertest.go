@@ -376,3 +376,37 @@ func sortedCopy(s []string) []string {
 	slices.Sort(c)
 	return c
 }
+
+// pairedProperty is one property of a capability that spans two roles: fn
+// gets the pair of drivers opened on a namespace of its own.
+type pairedProperty[P any] struct {
+	name string
+	fn   func(t *testing.T, p P)
+}
+
+// runPaired runs the properties of capability name, whose drivers open
+// opens as a pair P: it checks that the declaration agrees with has (which
+// reports whether the pair provides the capability, and says what it
+// checked), then runs props, each as a parallel subtest with a pair of its
+// own, under a subtest named name; they are skipped when the capability is
+// not declared.
+func runPaired[P any](t *testing.T, name string, declared bool, open func(t *testing.T, ns string) P, has func(P) (bool, string), props []pairedProperty[P]) {
+	t.Helper()
+	t.Run(name, func(t *testing.T) {
+		ok, what := has(open(t, newNamespace(t)))
+		switch {
+		case declared && !ok:
+			t.Fatalf("Capabilities.%s is declared, but not: %s", name, what)
+		case !declared && ok:
+			t.Fatalf("%s, but Capabilities.%s is not declared", what, name)
+		case !ok:
+			t.Skipf("the backend does not declare Capabilities.%s", name)
+		}
+		for _, p := range props {
+			t.Run(p.name, func(t *testing.T) {
+				t.Parallel()
+				p.fn(t, open(t, newNamespace(t)))
+			})
+		}
+	})
+}
