@@ -34,18 +34,11 @@ func (b *Broker) PutAck(ctx context.Context, rb stemdriver.ResultBackend, result
 		return fmt.Errorf("stem: postgres broker: put and ack: %T is not a result backend of this broker's pool", rb)
 	}
 	r := rb.(*Results)
-	if err := errors.Join(b.checkOpen(), r.checkOpen()); err != nil {
-		return err
-	}
-	groups, err := resultGroups(foldResults(results))
+	batch, puts, err := b.resultsBatch(r, results)
 	if err != nil {
 		return err
 	}
 	queues, ids, claims, _ := held(ds) // receipts not ours are reported lost below
-	batch := &pgx.Batch{}
-	for _, g := range groups { // one at most: the results are folded
-		batch.Queue(r.s.q.putResults, r.ns, g.ids, g.states, g.bodies, r.ttlMicros())
-	}
 	for start := 0; start < len(ids); start += finishMax {
 		end := min(start+finishMax, len(ids))
 		batch.Queue(b.s.q.ack, b.ns, queues[start:end], ids[start:end], claims[start:end])
@@ -54,10 +47,10 @@ func (b *Broker) PutAck(ctx context.Context, rb stemdriver.ResultBackend, result
 		return nil
 	}
 	done := make(map[string]bool, len(ids))
-	if err := b.sendPutAck(ctx, batch, len(groups), done); err != nil {
+	if err := b.sendPutAck(ctx, batch, puts, done); err != nil {
 		return b.errorf(err, "put %d results and ack %d deliveries", len(results), len(ds))
 	}
-	if len(groups) > 0 {
+	if puts > 0 {
 		r.maybePrune()
 	}
 	var lost []string
@@ -150,20 +143,13 @@ func (b *Broker) PublishWithResults(ctx context.Context, rb stemdriver.ResultBac
 
 // putPublish is PublishWithResults's write.
 func (b *Broker) putPublish(ctx context.Context, r *Results, results []*stemtype.TaskResult, envs []*stemtype.Envelope) error {
-	if err := errors.Join(b.checkOpen(), r.checkOpen()); err != nil {
-		return err
-	}
-	groups, err := resultGroups(foldResults(results))
+	batch, puts, err := b.resultsBatch(r, results)
 	if err != nil {
 		return err
 	}
 	p, err := encodePublish(envs)
 	if err != nil {
 		return err
-	}
-	batch := &pgx.Batch{}
-	for _, g := range groups { // one at most: the results are folded
-		batch.Queue(r.s.q.putResults, r.ns, g.ids, g.states, g.bodies, r.ttlMicros())
 	}
 	for start := 0; start < len(envs); start += publishChunk {
 		batch.Queue(b.s.q.publish, p.args(b.ns, start, min(start+publishChunk, len(envs)), "")...)
@@ -180,9 +166,27 @@ func (b *Broker) putPublish(ctx context.Context, r *Results, results []*stemtype
 	if err = errors.Join(err, br.Close()); err != nil {
 		return b.errorf(err, "put %d results and publish %d envelopes", len(results), len(envs))
 	}
-	if len(groups) > 0 {
+	if puts > 0 {
 		r.maybePrune()
 	}
 	b.notifyPublished(p.queues)
 	return nil
+}
+
+// resultsBatch checks that b and r are open and returns a batch that
+// starts with the upsert of results (folded, so one statement at most),
+// and how many statements it holds.
+func (b *Broker) resultsBatch(r *Results, results []*stemtype.TaskResult) (*pgx.Batch, int, error) {
+	if err := errors.Join(b.checkOpen(), r.checkOpen()); err != nil {
+		return nil, 0, err
+	}
+	groups, err := resultGroups(foldResults(results))
+	if err != nil {
+		return nil, 0, err
+	}
+	batch := &pgx.Batch{}
+	for _, g := range groups {
+		batch.Queue(r.s.q.putResults, r.ns, g.ids, g.states, g.bodies, r.ttlMicros())
+	}
+	return batch, len(groups), nil
 }
