@@ -39,7 +39,32 @@ type Broker struct {
 	channel string
 	parent  *Broker       // set on an InTx view
 	done    chan struct{} // closed by Close; a view shares its parent's
+
+	curMu   sync.Mutex
+	cursors map[string]claimCursor // by queue; see claimCursor
 }
+
+// claimCursor is where a queue's last claim ended: the key, in the claim
+// index's order, of the last row it took. A claim made from it
+// (claimAfter) starts its scan there rather than at the head of the
+// queue, where every row a claim takes leaves a dead index entry (its
+// visible_at moves to the lease's end) that every later claim would walk
+// until a VACUUM: a 200,000-task backlog drained at 11k tasks/s, and at
+// 26k/s with a VACUUM every 2 s. Rows that become ready behind a cursor (a
+// lease that expired, a delayed message due at an earlier time than the
+// cursor's, a row another claim locked and then left) are found by a claim
+// from the head, made whenever the cursor is older than cursorFresh or a
+// claim from it finds nothing.
+type claimCursor struct {
+	priority int32
+	at       time.Time // the row's visible_at when claimed (its due_at)
+	id       int64
+	set      time.Time
+}
+
+// cursorFresh is how long a claim cursor is used before a claim starts
+// from the head of its queue again.
+const cursorFresh = time.Second
 
 var _ stemdriver.Broker = (*Broker)(nil)
 
@@ -269,22 +294,13 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 		if want <= 0 {
 			break
 		}
-		rows, err := b.db.Query(ctx, b.s.q.claim, b.ns, queue, want, lease)
+		cur, fromCursor := b.cursor(queue)
+		got, err := b.claimRows(ctx, queue, want, lease, cur, fromCursor)
+		if err == nil && len(got) == 0 && fromCursor {
+			got, err = b.claimRows(ctx, queue, want, lease, cur, false)
+		}
 		if err != nil {
-			return out, b.errorf(err, "claim from queue %q", queue)
-		}
-		var got []claimed
-		for rows.Next() {
-			var c claimed
-			if err := rows.Scan(&c.id, &c.claims, &c.priority, &c.due, &c.payload); err != nil {
-				rows.Close()
-				return out, b.errorf(err, "claim from queue %q", queue)
-			}
-			got = append(got, c)
-		}
-		if err := rows.Err(); err != nil {
-			// The claim's transaction failed: no row was leased.
-			return out, b.errorf(err, "claim from queue %q", queue)
+			return out, err
 		}
 		sort.Slice(got, func(i, j int) bool {
 			a, c := got[i], got[j]
@@ -296,6 +312,10 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 			}
 			return a.id < c.id
 		})
+		if len(got) > 0 {
+			last := got[len(got)-1]
+			b.setCursor(queue, claimCursor{priority: last.priority, at: last.due, id: last.id})
+		}
 		for _, c := range got {
 			d := stemdriver.Delivery{Raw: c.payload, Queue: queue, Receipt: receipt(c.id, c.claims), Redelivered: c.claims > 1}
 			var env stemtype.Envelope
@@ -308,6 +328,64 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 		}
 	}
 	return out, nil
+}
+
+// claimRows runs one claim of queue, from cur when fromCursor is set, and
+// returns the rows it leased.
+func (b *Broker) claimRows(ctx context.Context, queue string, want int, lease int64, cur claimCursor, fromCursor bool) ([]claimed, error) {
+	sql, args := b.s.q.claim, []any{b.ns, queue, want, lease}
+	if fromCursor {
+		sql, args = b.s.q.claimAfter, append(args, cur.priority, cur.at, cur.id)
+	}
+	rows, err := b.db.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, b.errorf(err, "claim from queue %q", queue)
+	}
+	var got []claimed
+	for rows.Next() {
+		var c claimed
+		if err := rows.Scan(&c.id, &c.claims, &c.priority, &c.due, &c.payload); err != nil {
+			rows.Close()
+			return nil, b.errorf(err, "claim from queue %q", queue)
+		}
+		got = append(got, c)
+	}
+	if err := rows.Err(); err != nil {
+		// The claim's transaction failed: no row was leased.
+		return nil, b.errorf(err, "claim from queue %q", queue)
+	}
+	return got, nil
+}
+
+// cursor returns queue's claim cursor and whether a claim should start
+// from it (it is fresh; never on an InTx view).
+func (b *Broker) cursor(queue string) (claimCursor, bool) {
+	if b.parent != nil {
+		return claimCursor{}, false
+	}
+	b.curMu.Lock()
+	defer b.curMu.Unlock()
+	c, ok := b.cursors[queue]
+	return c, ok && time.Since(c.set) < cursorFresh
+}
+
+// setCursor records where queue's last claim ended; a cursor older than
+// cursorFresh is replaced, a fresh one keeps its time so that a claim
+// from the head comes at least every cursorFresh.
+func (b *Broker) setCursor(queue string, c claimCursor) {
+	if b.parent != nil {
+		return
+	}
+	b.curMu.Lock()
+	defer b.curMu.Unlock()
+	if b.cursors == nil {
+		b.cursors = make(map[string]claimCursor)
+	}
+	c.set = time.Now()
+	if old, ok := b.cursors[queue]; ok && time.Since(old.set) < cursorFresh {
+		c.set = old.set
+	}
+	b.cursors[queue] = c
 }
 
 // receipt is a claim's handle: the row id and its claim count.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -340,4 +341,63 @@ func explain(t *testing.T, ctx context.Context, admin *pgx.Conn, what, stmt stri
 		t.Fatalf("%s: %v", what, err)
 	}
 	return plan
+}
+
+// A claim from a cursor (where the last claim ended) still finds what
+// becomes ready behind it: a row of a higher priority at once, and a row
+// placed before the cursor (a lease that expired, a delayed message due
+// earlier) as soon as a claim from the cursor finds nothing. And the
+// claim from a cursor starts its scan at the cursor.
+func TestClaimCursor(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	r := roles(t, u, "cur")
+	b := r.Broker
+	claim := func(max int) []string {
+		t.Helper()
+		ds, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: max, Lease: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		var ids []string
+		for _, d := range ds {
+			ids = append(ids, d.Envelope.ID)
+		}
+		return ids
+	}
+	if err := b.Publish(ctx, envelope("a1", "q"), envelope("a2", "q"), envelope("a3", "q")); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim(1); !slices.Equal(got, []string{"a1"}) {
+		t.Fatalf("first claim = %v, want [a1]", got)
+	}
+	// Behind the cursor: a row whose visible_at is before a1's.
+	raw, err := json.Marshal(envelope("behind", "q"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := adminConn(t)
+	if _, err := admin.Exec(ctx, "INSERT INTO "+table(t, u, "stem_tasks")+` (namespace, queue, visible_at, due_at, task_id, payload)
+		VALUES ('cur', 'q', now() - interval '1 hour', now() - interval '1 hour', 'behind', $1)`, raw); err != nil {
+		t.Fatal(err)
+	}
+	high := envelope("high", "q")
+	high.Priority = 5
+	if err := b.Publish(ctx, high); err != nil {
+		t.Fatal(err)
+	}
+	if got := claim(2); !slices.Equal(got, []string{"high", "a2"}) {
+		t.Fatalf("claim from the cursor = %v, want [high a2] (the higher priority first, then after the cursor)", got)
+	}
+	if got := claim(5); !slices.Equal(got, []string{"a3"}) {
+		t.Fatalf("claim from the cursor = %v, want [a3]", got)
+	}
+	if got := claim(5); !slices.Equal(got, []string{"behind"}) {
+		t.Fatalf("claim once nothing is after the cursor = %v, want [behind] (from the head)", got)
+	}
+	plan := explain(t, ctx, admin, "claim after", stempostgres.ClaimAfterSQLForTest(schemaOf(t, u)),
+		"cur", "q", 10, int64(60_000_000), int32(0), time.Now(), int64(1))
+	if !strings.Contains(string(plan), "ROW(visible_at, id) >") {
+		t.Errorf("the claim from a cursor does not start its index scan at the cursor:\n%s", plan)
+	}
 }

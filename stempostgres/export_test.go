@@ -17,3 +17,6 @@ func GetSQLForTest(schema string) map[string]string {
 	q := newQueries(schema)
 	return map[string]string{"get": q.getResults, "getFinals": q.getFinals}
 }
+
+// ClaimAfterSQLForTest returns the claim-from-a-cursor statement of schema.
+func ClaimAfterSQLForTest(schema string) string { return newQueries(schema).claimAfter }

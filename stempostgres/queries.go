@@ -17,6 +17,7 @@ type queries struct {
 	// Broker.
 	publish     string // $1 ns, $2 queues[], $3 priorities[], $4 not_befores[], $5 task_ids[], $6 payloads[], $7 channel ('' for none)
 	claim       string // $1 ns, $2 queue, $3 max, $4 lease µs
+	claimAfter  string // claim's, then a cursor: $5 priority, $6 visible_at, $7 id
 	extend      string // $1 ns, $2 queue, $3 id, $4 claims, $5 lease µs
 	ack         string // $1 ns, $2 queues[], $3 ids[], $4 claims[]
 	release     string // $1 ns, $2 queues[], $3 ids[], $4 claims[], $5 channel ('' for none)
@@ -93,6 +94,26 @@ RETURNING id, claims, priority, due_at, payload`
 	// table whose statistics know other namespaces only (a new
 	// deployment's first burst) made the planner scan the claim index's
 	// whole namespace prefix for each statement (TestSettlePlansUsePrimaryKey).
+	// The claim from a cursor (the last row a claim took): rows of a
+	// higher priority, then those of the cursor's priority after it (a
+	// range that starts past the dead index entries earlier claims left
+	// behind), then those of lower priorities; in index order, as claim.
+	// FOR UPDATE is not allowed in a UNION's own branches, so each is a
+	// sub-select; the LIMIT above them stops the Append, and so the row
+	// locks, at $3 rows.
+	branch := func(cond, order string) string {
+		return `SELECT id FROM (SELECT id FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND ` + cond + ` AND visible_at <= now()
+		ORDER BY ` + order + ` LIMIT $3 FOR UPDATE SKIP LOCKED)`
+	}
+	q.claimAfter = `UPDATE ` + t + ` SET claims = claims + 1, leased = true, visible_at = now() + $4 * interval '1 microsecond'
+WHERE id = ANY(ARRAY(
+	` + branch("priority > $5::int", "priority DESC, visible_at, id") + ` hi
+	UNION ALL
+	` + branch("priority = $5::int AND (visible_at, id) > ($6::timestamptz, $7::bigint)", "visible_at, id") + ` same
+	UNION ALL
+	` + branch("priority < $5::int", "priority DESC, visible_at, id") + ` lo
+	LIMIT $3))
+RETURNING id, claims, priority, due_at, payload`
 	held := `id = $3 AND (namespace, queue) IS NOT DISTINCT FROM ($1, $2) AND claims = $4 AND leased`
 	q.extend = `UPDATE ` + t + ` SET visible_at = now() + $5 * interval '1 microsecond' WHERE ` + held
 	// Ack and Release find their rows by id = ANY($3) (the primary key, at
