@@ -3,6 +3,7 @@ package stempostgres_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"errors"
 	"slices"
 	"strconv"
@@ -399,5 +400,50 @@ func TestClaimCursor(t *testing.T) {
 		"cur", "q", 10, int64(60_000_000), int32(0), time.Now(), int64(1))
 	if !strings.Contains(string(plan), "ROW(visible_at, id) >") {
 		t.Errorf("the claim from a cursor does not start its index scan at the cursor:\n%s", plan)
+	}
+}
+
+// A row behind the cursor is claimed even while every claim from the
+// cursor finds rows (a steady flow): claims start from the head of the
+// queue again once the cursor is a second old.
+func TestClaimCursorRenewedUnderFlow(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	r := roles(t, u, "flow")
+	b := r.Broker
+	if err := b.Publish(ctx, envelope("first", "q")); err != nil {
+		t.Fatal(err)
+	}
+	claimOne := func() []stemdriver.Delivery {
+		t.Helper()
+		ds, err := b.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: 1, Lease: time.Minute})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ds
+	}
+	if ds := claimOne(); len(ds) != 1 || ds[0].Envelope.ID != "first" {
+		t.Fatalf("first claim = %v", ds)
+	}
+	raw, err := json.Marshal(envelope("behind", "q"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := adminConn(t).Exec(ctx, "INSERT INTO "+table(t, u, "stem_tasks")+` (namespace, queue, visible_at, due_at, task_id, payload)
+		VALUES ('flow', 'q', now() - interval '1 hour', now() - interval '1 hour', 'behind', $1)`, raw); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		// A new row before each claim: a claim from the cursor always finds one.
+		if err := b.Publish(ctx, envelope(fmt.Sprintf("flow-%d", i), "q")); err != nil {
+			t.Fatal(err)
+		}
+		ds := claimOne()
+		if len(ds) == 1 && ds[0].Envelope.ID == "behind" {
+			return
+		}
+		if ctx.Err() != nil {
+			t.Fatal("the row behind the cursor was never claimed while claims from the cursor found rows")
+		}
 	}
 }
