@@ -89,6 +89,13 @@
 //     the result backend.
 //   - Priorities: higher first within a queue; the claim index scans a
 //     priority's held rows before the next priority's ready ones.
+//   - A Broker claims from a cursor, where its last claim of the queue
+//     ended, so that a backlog's claims do not walk the dead index entries
+//     that earlier claims left at the queue's head. A row that becomes
+//     ready behind the cursor (a lease that expired, a delayed message due
+//     before the cursor's row, a row another claim locked and released) is
+//     claimed by the next claim from the head: within a second, or at once
+//     when a claim from the cursor finds nothing.
 //   - Presence (Announce) commits without waiting for the disk: it is
 //     refreshed every few seconds, and a database crash may undo the last
 //     announcement until the next one.
