@@ -229,20 +229,45 @@ func appendField(payload json.RawMessage, key string, value []byte) json.RawMess
 
 func renderRevoke(w io.Writer, res *stem.RevokeResult) {
 	recs, r := res.Records, res.Replies
+	var byID, byName []stemtype.RevokeRecord
+	for _, rec := range recs {
+		if rec.Kind == stemtype.RevokeKindName {
+			byName = append(byName, rec)
+		} else {
+			byID = append(byID, rec)
+		}
+	}
 	if len(recs) > 0 {
 		mode := "revoked"
 		if recs[0].Terminate {
 			mode = "revoked (terminate)"
 		}
-		fmt.Fprintf(w, "%s %d task(s) in namespace %s until %s\n", mode, len(recs), recs[0].Namespace,
+		what := fmt.Sprintf("%d task(s)", len(byID))
+		switch {
+		case len(byID) == 0:
+			what = fmt.Sprintf("every task of %d name(s)", len(byName))
+		case len(byName) > 0:
+			what += fmt.Sprintf(" and every task of %d name(s)", len(byName))
+		}
+		fmt.Fprintf(w, "%s %s in namespace %s until %s\n", mode, what, recs[0].Namespace,
 			recs[0].ExpiresAt.Format(time.RFC3339))
+	}
+	if len(byName) > 0 {
+		tw := table(w)
+		fmt.Fprintln(tw, "TASK NAME")
+		for _, rec := range byName {
+			fmt.Fprintln(tw, rec.Name)
+		}
+		tw.Flush()
+	}
+	if len(byID) > 0 {
 		unknown := make(map[string]bool, len(res.Unknown))
 		for _, id := range res.Unknown {
 			unknown[id] = true
 		}
 		tw := table(w)
 		fmt.Fprintln(tw, "TASK\tRESULT BACKEND")
-		for _, rec := range recs {
+		for _, rec := range byID {
 			known := "not checked"
 			switch {
 			case unknown[rec.TaskID]:
@@ -265,7 +290,7 @@ func renderRevoke(w io.Writer, res *stem.RevokeResult) {
 			continue
 		}
 		p := rep.Payload
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\n", rep.WorkerID, rep.Status, len(p.Tasks), dash(strings.Join(p.Inflight, ",")), len(p.Ignored), len(p.Expired))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\n", rep.WorkerID, rep.Status, len(p.Tasks)+len(p.Names), dash(strings.Join(p.Inflight, ",")), len(p.Ignored), len(p.Expired))
 	}
 	tw.Flush()
 }

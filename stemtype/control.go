@@ -231,11 +231,15 @@ type RevokeRequest struct {
 type RevokeReply struct {
 	// Tasks are the ids whose records were applied.
 	Tasks []string `json:"tasks"`
+	// Names are the task names whose revokes by name were applied.
+	Names []string `json:"names,omitempty"`
 	// Inflight are the applied ids running on this worker, now signalled.
 	Inflight []string `json:"inflight"`
-	// Ignored are ids whose record was older than the one already held.
+	// Ignored are ids whose record was older than the one already held
+	// (a revoke by name is listed as "name NAME").
 	Ignored []string `json:"ignored"`
-	// Expired are ids whose record had already expired.
+	// Expired are ids whose record had already expired ("name NAME" for a
+	// revoke by name).
 	Expired []string `json:"expired"`
 	// Held are the named ids of tasks this worker has started, whatever the
 	// revoke asks: running, or finished with the outcome not yet recorded

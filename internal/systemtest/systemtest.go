@@ -140,6 +140,7 @@ func Run(t *testing.T, h Harness) {
 		{"RevokeWithoutTerminateLetsRunningTaskFinish", testRevokeWithoutTerminateLetsRunningTaskFinish},
 		{"NewerRevokeAddsTerminate", testNewerRevokeAddsTerminate},
 		{"RevokeReportsUnknownIDs", testRevokeReportsUnknownIDs},
+		{"RevokeByName", testRevokeByName},
 		{"ControllerDefaultExpiry", testControllerDefaultExpiry},
 		{"TerminateInline", testTerminateInline},
 		{"TerminateIsolatedKillAfter", testTerminateIsolatedKillAfter},

@@ -38,6 +38,7 @@ func revokesProperties(caps Capabilities) []property[stemdriver.RevokeStore] {
 		{name: "ConcurrentWritersConverge", fn: testRevokesConcurrentWritersConverge},
 		{name: "ManyRecordsListed", fn: testRevokesManyRecordsListed},
 		{name: "ClosedReturnsErrClosed", fn: testRevokesClosedReturnsErrClosed},
+		{name: "NameRevokesKeptApartFromIDs", fn: testRevokesNameRevokesKeptApartFromIDs},
 		{name: "ChangesListedSinceCursor", fn: testRevokesChangesListedSinceCursor, needs: capRevokeChanges},
 		{name: "ChangesAcrossPrunesAndPages", fn: testRevokesChangesAcrossPrunesAndPages, needs: capRevokeChanges},
 		{name: "ChangesOfUnknownCursorListEverything", fn: testRevokesChangesOfUnknownCursorListEverything, needs: capRevokeChanges},
@@ -178,6 +179,41 @@ func testRevokesUpsertListRoundTrip(t *testing.T, open opener[stemdriver.RevokeS
 	}
 	assertEqual(t, "records returned by Upsert", normRevokes(stored), normRevokes(recs))
 	assertEqual(t, "records listed from another connection", mustList(ctx, t, open(t, ns), ns), normRevokes(recs))
+}
+
+// A revoke by task name (Kind, Name and the reserved key as TaskID) is
+// stored, versioned and listed like any record, with its kind and name,
+// apart from a revoke of a task whose id is that name: neither replaces
+// the other, nor takes part in the other's versions.
+func testRevokesNameRevokesKeptApartFromIDs(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	byID := fullRevoke(ns, "email.send", 50)
+	byName := fullRevoke(ns, stemtype.NameRevokeKey("email.send"), 30)
+	byName.Kind, byName.Name, byName.Reason = stemtype.RevokeKindName, "email.send", "by name"
+	if err := byName.Validate(); err != nil {
+		t.Fatalf("the name record is invalid: %v", err)
+	}
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{byID, byName}, []stemtype.RevokeRecord{byID, byName})
+	assertEqual(t, "list of an id and a name revoke", mustList(ctx, t, open(t, ns), ns), normRevokes([]stemtype.RevokeRecord{byID, byName}))
+	// The name record's next version follows its own, not the id's.
+	again := byName
+	again.Version, again.Reason = 1, "by name again"
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{again}, []stemtype.RevokeRecord{withVersion(again, 31)})
+	assertEqual(t, "list after a second revoke by name", mustList(ctx, t, rs, ns),
+		normRevokes([]stemtype.RevokeRecord{byID, withVersion(again, 31)}))
+	if cl, ok := rs.(stemdriver.RevokeChangeLister); ok {
+		recs, _, err := cl.ListChanges(ctx, ns, "")
+		if err != nil {
+			t.Fatalf("ListChanges: %v", err)
+		}
+		last := map[string]stemtype.RevokeRecord{}
+		for _, r := range recs {
+			last[r.TaskID] = r
+		}
+		assertEqual(t, "changes listed", normRevokes(slices.Collect(maps.Values(last))),
+			normRevokes([]stemtype.RevokeRecord{byID, withVersion(again, 31)}))
+	}
 }
 
 func testRevokesUpsertAssignsVersions(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
