@@ -260,6 +260,12 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 			return nil, fmt.Errorf("bad shutdown payload: unknown mode %q (want warm, soft or hard)", req.Mode)
 		}
 		return stemtype.ShutdownReply{Mode: req.Mode, Inflight: w.jobs.Running()}, nil
+	case stemtype.CommandPause, stemtype.CommandResume:
+		var req stemtype.QueuePauseRequest
+		if err := json.Unmarshal(cmd.Payload, &req); err != nil {
+			return nil, fmt.Errorf("bad %s payload: %v", cmd.Type, err)
+		}
+		return w.pauseCommand(ctx, cmd.Type, req, now)
 	case "":
 		return nil, fmt.Errorf("control command has no type")
 	default:
@@ -344,6 +350,7 @@ func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
 		Processed: w.processed.Load(), Succeeded: w.succeeded.Load(), Failed: w.failed.Load(),
 		Retried: w.retried.Load(), Cancelled: w.cancelled.Load(), ResultsGivenUp: w.writer.GaveUp(),
 		Queues: make(map[string]int64, len(w.cfg.Queues)), UptimeMs: now.Sub(w.started).Milliseconds(), Timestamp: now,
+		Paused: w.pausedQueues(now),
 	}
 	if w.cfg.Stores != nil {
 		stores := *w.cfg.Stores
@@ -374,7 +381,7 @@ func (w *Worker) announce(ctx context.Context) error {
 	info := stemtype.WorkerInfo{ID: w.cfg.ID, Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
 		Queues: w.cfg.Queues, Concurrency: w.cfg.Concurrency, StartedAt: w.started.UTC(), LastSeen: time.Now().UTC(),
 		Instance: w.instance, Inflight: running, Prefetched: waiting, Version: Version(),
-		IntervalMs: w.cfg.PresenceInterval.Milliseconds()}
+		IntervalMs: w.cfg.PresenceInterval.Milliseconds(), Paused: w.pausedQueues(time.Now())}
 	return w.cfg.Control.Announce(ctx, info, w.presenceTTL())
 }
 

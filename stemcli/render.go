@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -151,7 +152,11 @@ func renderStats(w io.Writer, r *stem.Replies) {
 		s := rep.Payload
 		qs := make([]string, 0, len(s.Queues))
 		for q, n := range s.Queues {
-			qs = append(qs, fmt.Sprintf("%s=%d", q, n))
+			mark := ""
+			if slices.Contains(s.Paused, q) {
+				mark = "(paused)"
+			}
+			qs = append(qs, fmt.Sprintf("%s=%d%s", q, n, mark))
 		}
 		sort.Strings(qs)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", rep.WorkerID, s.Host, s.PID, s.Inflight, s.Concurrency,

@@ -162,6 +162,13 @@ type RevokeRecord struct {
 	Kind string `json:"kind,omitempty"`
 	// Name is the task name a RevokeKindName record revokes.
 	Name string `json:"name,omitempty"`
+	// Queue is the queue a RevokeKindQueuePause record pauses.
+	Queue string `json:"queue,omitempty"`
+	// Resumed marks a RevokeKindQueuePause record that resumes its queue:
+	// it replaces the pause (by version, like any record) and expires
+	// like one, so that every worker learns of it, from a command or a
+	// re-sync, before a prune deletes it.
+	Resumed bool `json:"resumed,omitempty"`
 	// Version orders records of one task: the record with the highest
 	// version is the one that applies. A controller proposes the call's
 	// time in microseconds since the Unix epoch for every record of the
@@ -193,6 +200,10 @@ const (
 	// that name that a worker meets while the record holds never starts,
 	// and with Terminate a running one is cancelled.
 	RevokeKindName = "name"
+	// RevokeKindQueuePause pauses a queue (the Queue): while the record
+	// holds, workers claim nothing from it. A resume is a newer record of
+	// the queue with Resumed set.
+	RevokeKindQueuePause = "queue-pause"
 )
 
 // RevokeKeyPrefix starts the store key (RevokeRecord.TaskID) of every
@@ -203,6 +214,10 @@ const RevokeKeyPrefix = "\x1f"
 // NameRevokeKey returns the store key (RevokeRecord.TaskID) of the revoke
 // of the tasks named name.
 func NameRevokeKey(name string) string { return RevokeKeyPrefix + "name:" + name }
+
+// QueuePauseKey returns the store key (RevokeRecord.TaskID) of the pause
+// of queue.
+func QueuePauseKey(queue string) string { return RevokeKeyPrefix + "queue-pause:" + queue }
 
 // CheckTaskID reports whether id may be a task id: not empty, and not
 // starting with RevokeKeyPrefix.
@@ -216,11 +231,14 @@ func CheckTaskID(id string) error {
 	return nil
 }
 
-// Target describes what r revokes, for messages: the task id, or "name "
-// and the task name.
+// Target describes what r revokes, for messages: the task id, "name " and
+// the task name, or "queue " and the queue it pauses.
 func (r *RevokeRecord) Target() string {
-	if r.Kind == RevokeKindName {
+	switch r.Kind {
+	case RevokeKindName:
 		return "name " + r.Name
+	case RevokeKindQueuePause:
+		return "queue " + r.Queue
 	}
 	return r.TaskID
 }
@@ -247,8 +265,8 @@ func (r *RevokeRecord) Validate() error {
 		if err := CheckTaskID(r.TaskID); err != nil {
 			return fmt.Errorf("stem: revoke record: %w", err)
 		}
-		if r.Name != "" {
-			return fmt.Errorf("stem: revoke record for task %q has a name (%q) but no kind %q", r.TaskID, r.Name, RevokeKindName)
+		if r.Name != "" || r.Queue != "" {
+			return fmt.Errorf("stem: revoke record for task %q has a name or queue but no kind", r.TaskID)
 		}
 	case RevokeKindName:
 		if r.Name == "" {
@@ -257,8 +275,16 @@ func (r *RevokeRecord) Validate() error {
 		if r.TaskID != NameRevokeKey(r.Name) {
 			return fmt.Errorf("stem: revoke record of name %q has taskId %q, want %q", r.Name, r.TaskID, NameRevokeKey(r.Name))
 		}
+	case RevokeKindQueuePause:
+		if r.Queue == "" {
+			return fmt.Errorf("stem: revoke record of kind %q has no queue", r.Kind)
+		}
+		if r.TaskID != QueuePauseKey(r.Queue) {
+			return fmt.Errorf("stem: pause record of queue %q has taskId %q, want %q", r.Queue, r.TaskID, QueuePauseKey(r.Queue))
+		}
 	default:
-		return fmt.Errorf("stem: revoke record for task %q has unknown kind %q (want %q or %q)", r.TaskID, r.Kind, RevokeKindTask, RevokeKindName)
+		return fmt.Errorf("stem: revoke record for task %q has unknown kind %q (want %q, %q or %q)", r.TaskID, r.Kind,
+			RevokeKindTask, RevokeKindName, RevokeKindQueuePause)
 	}
 	return nil
 }
@@ -294,4 +320,7 @@ type WorkerInfo struct {
 	// milliseconds: an announcement older than two intervals is late (0
 	// from workers that predate it).
 	IntervalMs int64 `json:"intervalMs,omitempty"`
+	// Paused are the worker's queues that were paused when it announced
+	// itself (it claims nothing from them), sorted; empty when none was.
+	Paused []string `json:"paused,omitempty"`
 }

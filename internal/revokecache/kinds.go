@@ -58,3 +58,29 @@ func (c *Cache) kindRecords() []stemtype.RevokeRecord {
 	})
 	return out
 }
+
+// QueuePaused reports whether queue is paused at now: the newest record
+// held for it is a pause (not a resume) that has not expired.
+func (c *Cache) QueuePaused(queue string, now time.Time) bool {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	if len(c.kinds) == 0 {
+		return false
+	}
+	r, ok := c.kinds[stemtype.QueuePauseKey(queue)]
+	return ok && !r.Resumed && !r.Expired(now)
+}
+
+// PausedQueues returns the queues paused at now, sorted.
+func (c *Cache) PausedQueues(now time.Time) []string {
+	c.mu.RLock()
+	defer c.mu.RUnlock()
+	out := []string{}
+	for _, r := range c.kinds {
+		if r.Kind == stemtype.RevokeKindQueuePause && !r.Resumed && !r.Expired(now) {
+			out = append(out, r.Queue)
+		}
+	}
+	slices.Sort(out)
+	return out
+}

@@ -79,3 +79,39 @@ func TestNameRevokesMonotonicAndExpire(t *testing.T) {
 		t.Fatalf("Prune removed %d, Len %d; want 1 and 0", n, c.Len())
 	}
 }
+
+func pauseRec(queue string, version int64, resumed bool) stemtype.RevokeRecord {
+	r := rec(stemtype.QueuePauseKey(queue), version)
+	r.Kind, r.Queue, r.Resumed = stemtype.RevokeKindQueuePause, queue, resumed
+	return r
+}
+
+// A queue is paused while its newest record is a pause; a newer resume
+// lifts it, an older one does not, and neither touches other queues or
+// revokes by id or name.
+func TestQueuePause(t *testing.T) {
+	c := New()
+	now := t0
+	c.Apply(now, pauseRec("mail", 10, false), pauseRec("bulk", 3, false), rec("mail", 1))
+	if !c.QueuePaused("mail", now) || !c.QueuePaused("bulk", now) || c.QueuePaused("default", now) {
+		t.Fatal("pauses not held as applied")
+	}
+	if got := c.PausedQueues(now); len(got) != 2 || got[0] != "bulk" || got[1] != "mail" {
+		t.Fatalf("PausedQueues = %v, want [bulk mail]", got)
+	}
+	c.Apply(now, pauseRec("mail", 9, true))
+	if !c.QueuePaused("mail", now) {
+		t.Fatal("an older resume lifted the pause")
+	}
+	c.Apply(now, pauseRec("mail", 11, true))
+	if c.QueuePaused("mail", now) || !c.QueuePaused("bulk", now) {
+		t.Fatal("a newer resume did not lift the pause of mail alone")
+	}
+	if _, ok := c.Lookup("mail", now); !ok {
+		t.Fatal("the revoke of task id mail was lost")
+	}
+	c.Apply(now, pauseRec("mail", 12, false))
+	if !c.QueuePaused("mail", now) {
+		t.Fatal("a pause after the resume did not hold")
+	}
+}

@@ -141,6 +141,7 @@ func Run(t *testing.T, h Harness) {
 		{"NewerRevokeAddsTerminate", testNewerRevokeAddsTerminate},
 		{"RevokeReportsUnknownIDs", testRevokeReportsUnknownIDs},
 		{"RevokeByName", testRevokeByName},
+		{"QueuePauseAndResume", testQueuePauseAndResume},
 		{"ControllerDefaultExpiry", testControllerDefaultExpiry},
 		{"TerminateInline", testTerminateInline},
 		{"TerminateIsolatedKillAfter", testTerminateIsolatedKillAfter},
