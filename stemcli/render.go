@@ -118,7 +118,11 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 				if !rec.ExpiresAt.IsZero() {
 					exp = rec.ExpiresAt.Format(time.RFC3339)
 				}
-				fmt.Fprintf(tw, "  %s\t%t\t%s\t%s\t%s\n", rec.TaskID, rec.Terminate, dash(rec.RequestedBy), dash(rec.Reason), exp)
+				what := rec.Target() // a task id, "name TASK" or "queue Q"
+				if rec.Resumed {
+					what += " (resumed)"
+				}
+				fmt.Fprintf(tw, "  %s\t%t\t%s\t%s\t%s\n", what, rec.Terminate, dash(rec.RequestedBy), dash(rec.Reason), exp)
 			}
 			tw.Flush()
 		}
