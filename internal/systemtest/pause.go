@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/stemtype"
@@ -84,4 +85,50 @@ func testQueuePauseAndResume(t *testing.T, h Harness) {
 	if n := runs.Load(); n != 1 {
 		t.Fatalf("the paused queue's task ran %d time(s), want 1", n)
 	}
+}
+
+// A worker that did not get the pause command (it was not targeted, as if
+// it missed the message) learns of the pause, and then of the resume, from
+// its periodic re-sync of the revoke store.
+func testQueuePauseReachesWorkerByResync(t *testing.T, h Harness) {
+	d := open(t, h)
+	stem.Register(d.reg, "work", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
+	queues := []string{"mail", stemtype.DefaultQueue}
+	_, stop1 := d.startWorker(stem.WorkerConfig{ID: "told", Queues: queues})
+	_, stop2 := d.startWorker(stem.WorkerConfig{ID: "missed", Queues: queues, RevokeSyncInterval: 20 * time.Millisecond})
+	pausedOn := func(worker string) []string {
+		st, err := d.ctl.Stats(context.Background(), target(worker))
+		if err != nil {
+			t.Fatal(err)
+		}
+		reps := stem.Decode[stemtype.StatsReply](st)
+		if len(reps) != 1 || reps[0].Err != nil {
+			t.Fatalf("stats of %s: %+v", worker, reps)
+		}
+		return reps[0].Payload.Paused
+	}
+	if _, err := d.ctl.PauseQueue(context.Background(), target("told"), stem.QueuePauseOptions{Queue: "mail"}); err != nil {
+		t.Fatal(err)
+	}
+	d.waitFor("the untold worker re-syncs the pause", func(context.Context) bool {
+		return slices.Equal(pausedOn("missed"), []string{"mail"})
+	})
+	held := d.enqueue("work", stem.EnqueueOptions{Queue: "mail"})
+	for range 4 {
+		if r := d.wait(d.enqueue("work", stem.EnqueueOptions{})); r.State != stemtype.StateSucceeded {
+			t.Fatalf("a task of an unpaused queue: %+v", r)
+		}
+	}
+	if r, err := d.roles.Results.Get(context.Background(), held); err != nil || r.State != stemtype.StatePending {
+		t.Fatalf("the paused queue's task: %+v, %v; want pending", r, err)
+	}
+	stop1() // only the untold worker is left to run it once it re-syncs the resume
+	res, err := d.ctl.ResumeQueue(context.Background(), target("told"), stem.QueuePauseOptions{Queue: "mail"})
+	if err != nil || len(res.Replies.Replies) != 0 || !slices.Contains(res.Replies.NotLive, "told") {
+		t.Fatalf("resume aimed at a stopped worker: %+v, %v; want it stored and the worker reported not live", res, err)
+	}
+	if r := d.wait(held); r.State != stemtype.StateSucceeded || r.WorkerID != "missed" {
+		t.Fatalf("the paused queue's task after the resume: %+v, want succeeded on the untold worker", r)
+	}
+	stop2()
 }

@@ -142,6 +142,7 @@ func Run(t *testing.T, h Harness) {
 		{"RevokeReportsUnknownIDs", testRevokeReportsUnknownIDs},
 		{"RevokeByName", testRevokeByName},
 		{"QueuePauseAndResume", testQueuePauseAndResume},
+		{"QueuePauseReachesWorkerByResync", testQueuePauseReachesWorkerByResync},
 		{"ControllerDefaultExpiry", testControllerDefaultExpiry},
 		{"TerminateInline", testTerminateInline},
 		{"TerminateIsolatedKillAfter", testTerminateIsolatedKillAfter},
