@@ -2,6 +2,11 @@
 // records of one namespace, keyed by task id, that the worker consults before
 // it starts a task and when a terminate revoke arrives.
 //
+// Records of other kinds (stemtype.RevokeRecord.Kind: revokes by task name,
+// queue pauses) are few; they live in a plain map beside the compact set,
+// under the same rules, and are looked up by name (LookupName) or queue
+// (QueuePaused), so a lookup by id costs what it did.
+//
 // The cache applies records monotonically, like every revoke store: a record
 // replaces the one held for its task only when its Version is higher. Records
 // that have already expired when they are applied are not stored.
