@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -131,4 +132,61 @@ func testQueuePauseReachesWorkerByResync(t *testing.T, h Harness) {
 		t.Fatalf("the paused queue's task after the resume: %+v, want succeeded on the untold worker", r)
 	}
 	stop2()
+}
+
+// gatedClaim holds the first Claim made once it is armed until open is
+// closed, after sending its queues on entered.
+type gatedClaim struct {
+	stemdriver.Broker
+	armed   atomic.Bool
+	entered chan []string
+	open    chan struct{}
+}
+
+func (b *gatedClaim) Claim(ctx context.Context, req stemdriver.ClaimRequest) ([]stemdriver.Delivery, error) {
+	if b.armed.CompareAndSwap(true, false) {
+		b.entered <- req.Queues
+		select {
+		case <-b.open:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	return b.Broker.Claim(ctx, req)
+}
+
+// A claim that was under way when the pause arrived, and so still names
+// the paused queue, brings a task of that queue: the worker hands it back
+// at once instead of starting it, since it had answered the pause.
+func testClaimUnderWayAtPauseStartsNothing(t *testing.T, h Harness) {
+	d := open(t, h)
+	var runs atomic.Int32
+	stem.Register(d.reg, "work", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		if tc.Queue() == "mail" {
+			runs.Add(1)
+		}
+		return nil, nil
+	}, stem.TaskOptions{})
+	gb := &gatedClaim{Broker: d.roles.Broker, entered: make(chan []string, 1), open: make(chan struct{})}
+	_, stop := d.startWorker(stem.WorkerConfig{ID: "w1", Queues: []string{"mail", stemtype.DefaultQueue}, Broker: gb})
+	gb.armed.Store(true)
+	if qs := await(t, gb.entered, "a claim is under way"); !slices.Contains(qs, "mail") {
+		t.Fatalf("the claim names %v, want mail among them", qs)
+	}
+	if _, err := d.ctl.PauseQueue(context.Background(), target("w1"), stem.QueuePauseOptions{Queue: "mail"}); err != nil {
+		t.Fatal(err)
+	}
+	held := d.enqueue("work", stem.EnqueueOptions{Queue: "mail"})
+	close(gb.open)
+	if r := d.wait(d.enqueue("work", stem.EnqueueOptions{})); r.State != stemtype.StateSucceeded {
+		t.Fatalf("a task of an unpaused queue: %+v", r)
+	}
+	d.waitDepth("mail", 1)
+	stop()
+	if n := runs.Load(); n != 0 {
+		t.Fatalf("the paused queue's task ran %d time(s)", n)
+	}
+	if r, err := d.roles.Results.Get(context.Background(), held); err != nil || r.State != stemtype.StatePending {
+		t.Fatalf("the paused queue's task: %+v, %v; want pending", r, err)
+	}
 }

@@ -143,6 +143,7 @@ func Run(t *testing.T, h Harness) {
 		{"RevokeByName", testRevokeByName},
 		{"QueuePauseAndResume", testQueuePauseAndResume},
 		{"QueuePauseReachesWorkerByResync", testQueuePauseReachesWorkerByResync},
+		{"ClaimUnderWayAtPauseStartsNothing", testClaimUnderWayAtPauseStartsNothing},
 		{"ControllerDefaultExpiry", testControllerDefaultExpiry},
 		{"TerminateInline", testTerminateInline},
 		{"TerminateIsolatedKillAfter", testTerminateIsolatedKillAfter},
