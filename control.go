@@ -269,7 +269,8 @@ type RevokeResult struct {
 	MarkErr error
 }
 
-// Revoke writes one record per task to the revoke store and, only once that
+// Revoke writes one record per task id and per task name
+// (RevokeOptions.TaskNames) to the revoke store and, only once that
 // succeeded, publishes them to the targeted workers, which skip a revoked
 // task they have not started and, with Terminate, cancel one that runs. A
 // store failure returns an error matching ErrStoreUnavailable and publishes
