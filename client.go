@@ -232,6 +232,8 @@ func (c *Client) envelope(r EnqueueRequest, now time.Time) (*stemtype.Envelope, 
 	}
 	if env.ID == "" {
 		env.ID = NewTaskID()
+	} else if err := stemtype.CheckTaskID(env.ID); err != nil {
+		return nil, fmt.Errorf("stem: enqueue %s: %w", r.Task, err)
 	}
 	if o.Priority != 0 {
 		env.Priority = o.Priority

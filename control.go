@@ -223,8 +223,14 @@ func validShutdownMode(mode string) bool {
 
 // RevokeOptions describe a revoke.
 type RevokeOptions struct {
-	// TaskIDs to revoke; at least one.
+	// TaskIDs to revoke; at least one id or name.
 	TaskIDs []string
+	// TaskNames are task names to revoke: every task of such a name that
+	// a worker meets while the revoke holds (until it expires), whenever it
+	// was enqueued, never starts, and with Terminate a running one is
+	// cancelled. Each is stored as its own record, apart from revokes by
+	// id (stemtype.RevokeKindName).
+	TaskNames []string
 	// Terminate asks running copies to stop at their next checkpoint.
 	Terminate bool
 	// KillAfter, with Terminate, kills an isolated task's child process
@@ -240,7 +246,8 @@ type RevokeOptions struct {
 
 // RevokeResult is the outcome of Revoke.
 type RevokeResult struct {
-	// Records are the records stored, in the order of the task ids.
+	// Records are the records stored, in the order of the task ids, then
+	// of the task names.
 	Records []stemtype.RevokeRecord
 	// Replies are the workers' answers to the published revoke; nil when
 	// publishing failed (Revoke then returns the error too).
@@ -262,7 +269,8 @@ type RevokeResult struct {
 	MarkErr error
 }
 
-// Revoke writes one record per task to the revoke store and, only once that
+// Revoke writes one record per task id and per task name
+// (RevokeOptions.TaskNames) to the revoke store and, only once that
 // succeeded, publishes them to the targeted workers, which skip a revoked
 // task they have not started and, with Terminate, cancel one that runs. A
 // store failure returns an error matching ErrStoreUnavailable and publishes
@@ -296,8 +304,8 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 	if c.cfg.Revokes == nil {
 		return nil, nil, errors.New("stem: revoke needs a revoke store")
 	}
-	if len(o.TaskIDs) == 0 {
-		return nil, nil, errors.New("stem: revoke: no task ids")
+	if len(o.TaskIDs) == 0 && len(o.TaskNames) == 0 {
+		return nil, nil, errors.New("stem: revoke: no task ids or names")
 	}
 	if o.KillAfter < 0 || o.ExpiresIn < 0 {
 		return nil, nil, errors.New("stem: revoke: negative duration")
@@ -312,12 +320,21 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 	// Every record proposes the call's time; the store assigns each one
 	// max(stored+1, proposed), and stored carries what it assigned.
 	version := now.UnixMicro()
-	recs := make([]stemtype.RevokeRecord, len(o.TaskIDs))
-	for i, id := range o.TaskIDs {
+	recs := make([]stemtype.RevokeRecord, len(o.TaskIDs)+len(o.TaskNames))
+	for i := range recs {
 		recs[i] = stemtype.RevokeRecord{
-			Namespace: c.cfg.Namespace, TaskID: id, Version: version, IssuedAt: now,
+			Namespace: c.cfg.Namespace, Version: version, IssuedAt: now,
 			Terminate: o.Terminate, KillAfterMs: o.KillAfter.Milliseconds(), Reason: o.Reason,
 			RequestedBy: o.RequestedBy, ExpiresAt: now.Add(o.ExpiresIn),
+		}
+		if i < len(o.TaskIDs) {
+			recs[i].TaskID = o.TaskIDs[i]
+		} else {
+			name := o.TaskNames[i-len(o.TaskIDs)]
+			if name == "" {
+				return nil, nil, errors.New("stem: revoke: empty task name")
+			}
+			recs[i].Kind, recs[i].Name, recs[i].TaskID = stemtype.RevokeKindName, name, stemtype.NameRevokeKey(name)
 		}
 		if err := recs[i].Validate(); err != nil {
 			return nil, nil, err
@@ -330,8 +347,9 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 	// Marked only once the workers that answered hold the revoke, so that
 	// none of them starts the task after it reads cancelled, and only the
 	// tasks no worker holds (see markable).
-	if err == nil && c.cfg.Results != nil {
-		c.checkResults(ctx, stored, now, res, markable(replies))
+	// Revokes by name are left out: they name no task to look up.
+	if byID := stored[:len(o.TaskIDs)]; err == nil && c.cfg.Results != nil && len(byID) > 0 {
+		c.checkResults(ctx, byID, now, res, markable(replies))
 	}
 	return stored, replies, err
 }

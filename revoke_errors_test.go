@@ -3,6 +3,7 @@ package stem_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -71,5 +72,37 @@ func TestRevokeErrors(t *testing.T) {
 	}
 	if recs, err := revokes.List(ctx, opts.Namespace); err != nil || len(recs) != 1 {
 		t.Fatalf("the revoke was not stored: %v %v", recs, err)
+	}
+}
+
+// Revokes by name live in a key space of their own: a task id that would
+// fall into it (starting with stemtype.RevokeKeyPrefix) is refused by a
+// revoke, which then stores and sends nothing, and by an enqueue; an empty
+// name is refused too.
+func TestRevokeKeySpaceIsReserved(t *testing.T) {
+	hub := stemmem.New()
+	opts := stemdriver.Options{Namespace: "t-revoke-keys"}
+	ctx := context.Background()
+	control := &countingControl{ControlTransport: hub.Control(opts)}
+	revokes := hub.Revokes()
+	c, err := stem.NewController(stem.ControllerConfig{Namespace: opts.Namespace, Control: control, Revokes: revokes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged := stemtype.NameRevokeKey("email.send")
+	for _, o := range []stem.RevokeOptions{{TaskIDs: []string{forged}}, {TaskNames: []string{""}}, {}} {
+		if res, err := c.Revoke(ctx, stem.Target{Timeout: time.Millisecond}, o); err == nil || res != nil {
+			t.Fatalf("Revoke(%+v) = %+v, %v; want an error", o, res, err)
+		}
+	}
+	if recs, err := revokes.List(ctx, opts.Namespace); err != nil || len(recs) != 0 || control.published.Load() != 0 {
+		t.Fatalf("refused revokes stored %v (%v) and published %d", recs, err, control.published.Load())
+	}
+	client, err := stem.NewClient(stem.ClientConfig{Broker: hub.Broker(opts)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := client.Enqueue(ctx, "email.send", nil, stem.EnqueueOptions{ID: forged}); err == nil || !strings.Contains(err.Error(), "reserved") {
+		t.Fatalf("Enqueue with id %q = %q, %v; want an error saying the prefix is reserved", forged, id, err)
 	}
 }

@@ -193,13 +193,16 @@ type Worker struct {
 
 	outstanding atomic.Int64  // claimed deliveries whose handler has not finished
 	space       chan struct{} // signalled when outstanding drops
-	fair        *fetchPolicy  // what fetch claims, and when it hands tasks back
-	stopping    atomic.Bool
-	ran         atomic.Bool
-	ready       chan struct{}
-	started     time.Time
-	instance    string       // random per Run: this run's presence token
-	tracer      trace.Tracer // nil unless WorkerConfig.TracerProvider is set
+	// pauses is signalled when a pause or resume may have changed the
+	// queues to claim from (a command, a re-sync).
+	pauses   chan struct{}
+	fair     *fetchPolicy // what fetch claims, and when it hands tasks back
+	stopping atomic.Bool
+	ran      atomic.Bool
+	ready    chan struct{}
+	started  time.Time
+	instance string       // random per Run: this run's presence token
+	tracer   trace.Tracer // nil unless WorkerConfig.TracerProvider is set
 	// revokeCursor is the revoke store's cursor after the last sync
 	// (syncRevokeSet), for stores that list changes.
 	revokeCursor string
@@ -223,6 +226,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		revokes: revokecache.New(),
 		jobs:    jobs.NewTable(),
 		space:   make(chan struct{}, 1),
+		pauses:  make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 		fair:    newFetchPolicy(cfg.Concurrency, cfg.Prefetch, cfg.EagerPrefetch),
 	}
@@ -469,14 +473,28 @@ func (w *Worker) fetch(ctx context.Context, ready chan *jobs.Job) {
 			check.Stop()
 			continue
 		}
+		queues := w.claimQueues(time.Now())
+		if len(queues) == 0 {
+			// Every queue is paused: wait for a resume.
+			select {
+			case <-w.pauses:
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
 		if waiting {
 			// Tasks wait for a slot: do not block for long before
 			// checking whether to hand them back.
 			wait = min(wait, w.fair.handBackAfter()/4)
 		}
+		if len(queues) < len(w.cfg.Queues) {
+			// A resume should not wait out a long claim.
+			wait = min(wait, time.Second)
+		}
 		start := time.Now()
 		ds, err := w.cfg.Broker.Claim(ctx, stemdriver.ClaimRequest{
-			Queues:   w.cfg.Queues,
+			Queues:   queues,
 			Consumer: w.cfg.ID,
 			Max:      n,
 			Lease:    w.cfg.Lease,
@@ -490,6 +508,7 @@ func (w *Worker) fetch(ctx context.Context, ready chan *jobs.Job) {
 		}
 		nothingReady = wait == 0 && err == nil && len(ds) == 0
 		claimed := w.jobs.Add(ds, w.cfg.Lease, now)
+		claimed = w.releasePaused(claimed, now)
 		finished := w.finishedBefore(ctx, claimed)
 		for i, j := range claimed {
 			if st := finished[i]; st != "" {

@@ -35,11 +35,27 @@ func every(ctx context.Context, d time.Duration, fn func()) {
 // It returns the ids of the running tasks under a terminate revoke.
 func (w *Worker) enforceTerminates(now time.Time) []string {
 	return w.jobs.EnforceTerminates(
-		func(id string) (stemtype.RevokeRecord, bool) { return w.revokes.Lookup(id, now) },
+		func(env *stemtype.Envelope) (stemtype.RevokeRecord, bool) { return w.revokeFor(env, now) },
 		func(rec stemtype.RevokeRecord) error {
-			w.log.Info("terminating task on revoke", "task_id", rec.TaskID, "requested_by", rec.RequestedBy)
+			w.log.Info("terminating task on revoke", "task_id", rec.TaskID, "by_name", rec.Name, "requested_by", rec.RequestedBy)
 			return revokedError(rec)
 		})
+}
+
+// revokeFor returns the revoke that applies to the task of env at now: the
+// revoke of its id, else the revoke of its task name, as a copy whose
+// TaskID is the task's id (Kind and Name still say it was a revoke by
+// name). The id lookup costs what it always did; the name lookup is one
+// map lookup, skipped while no name is revoked.
+func (w *Worker) revokeFor(env *stemtype.Envelope, now time.Time) (stemtype.RevokeRecord, bool) {
+	if rec, ok := w.revokes.Lookup(env.ID, now); ok {
+		return rec, true
+	}
+	rec, ok := w.revokes.LookupName(env.Task, now)
+	if ok {
+		rec.TaskID = env.ID
+	}
+	return rec, ok
 }
 
 // revokeCommand applies the records of a revoke command and reports what
@@ -57,17 +73,53 @@ func (w *Worker) revokeCommand(recs []stemtype.RevokeRecord, now time.Time) stem
 	if obs := w.cfg.Observer; obs != nil && len(applied) > 0 {
 		obs.RevokesApplied(len(applied))
 	}
-	reply := stemtype.RevokeReply{Tasks: ids(applied), Inflight: []string{}, Ignored: []string{}, Expired: ids(expired)}
-	for _, r := range ignored {
-		if cur, ok := w.revokes.Lookup(r.TaskID, now); ok && cur.Version == r.Version {
-			reply.Tasks = append(reply.Tasks, r.TaskID)
+	reply := stemtype.RevokeReply{Tasks: []string{}, Inflight: []string{}, Ignored: []string{}, Expired: []string{}}
+	// A revoke by name applied is listed in Names; ignored or expired, as
+	// "name NAME" (RevokeRecord.Target).
+	appliedRec := func(r stemtype.RevokeRecord) {
+		if r.Kind == stemtype.RevokeKindName {
+			reply.Names = append(reply.Names, r.Name)
 		} else {
-			reply.Ignored = append(reply.Ignored, r.TaskID)
+			reply.Tasks = append(reply.Tasks, r.TaskID)
+		}
+	}
+	for _, r := range applied {
+		appliedRec(r)
+	}
+	for _, r := range expired {
+		reply.Expired = append(reply.Expired, r.Target())
+	}
+	for _, r := range ignored {
+		var cur stemtype.RevokeRecord
+		var ok bool
+		if r.Kind == stemtype.RevokeKindName {
+			cur, ok = w.revokes.LookupName(r.Name, now)
+		} else {
+			cur, ok = w.revokes.Lookup(r.TaskID, now)
+		}
+		if ok && cur.Version == r.Version {
+			appliedRec(r)
+		} else {
+			reply.Ignored = append(reply.Ignored, r.Target())
 		}
 	}
 	named := make(map[string]bool, len(ours))
+	names := map[string]bool{}
 	for _, r := range ours {
-		named[r.TaskID] = true
+		if r.Kind == stemtype.RevokeKindName {
+			names[r.Name] = true
+		} else {
+			named[r.TaskID] = true
+		}
+	}
+	if len(names) > 0 {
+		// A revoke by name counts the running tasks of its names as
+		// named ones: the reply lists those it signalled and held.
+		for _, a := range w.jobs.Inflight(now) {
+			if names[a.Task] {
+				named[a.ID] = true
+			}
+		}
 	}
 	for _, id := range w.enforceTerminates(now) {
 		if named[id] {
@@ -81,14 +133,6 @@ func (w *Worker) revokeCommand(recs []stemtype.RevokeRecord, now time.Time) stem
 	// looks the revoke up, so none slips between the two.
 	reply.Held = w.jobs.Held(named)
 	return reply
-}
-
-func ids(recs []stemtype.RevokeRecord) []string {
-	out := make([]string, 0, len(recs))
-	for _, r := range recs {
-		out = append(out, r.TaskID)
-	}
-	return out
 }
 
 // serveControl answers control commands until ctx ends. A malformed command
@@ -216,6 +260,12 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 			return nil, fmt.Errorf("bad shutdown payload: unknown mode %q (want warm, soft or hard)", req.Mode)
 		}
 		return stemtype.ShutdownReply{Mode: req.Mode, Inflight: w.jobs.Running()}, nil
+	case stemtype.CommandPause, stemtype.CommandResume:
+		var req stemtype.QueuePauseRequest
+		if err := json.Unmarshal(cmd.Payload, &req); err != nil {
+			return nil, fmt.Errorf("bad %s payload: %v", cmd.Type, err)
+		}
+		return w.pauseCommand(ctx, cmd.Type, req, now)
 	case "":
 		return nil, fmt.Errorf("control command has no type")
 	default:
@@ -300,6 +350,7 @@ func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
 		Processed: w.processed.Load(), Succeeded: w.succeeded.Load(), Failed: w.failed.Load(),
 		Retried: w.retried.Load(), Cancelled: w.cancelled.Load(), ResultsGivenUp: w.writer.GaveUp(),
 		Queues: make(map[string]int64, len(w.cfg.Queues)), UptimeMs: now.Sub(w.started).Milliseconds(), Timestamp: now,
+		Paused: w.pausedQueues(now),
 	}
 	if w.cfg.Stores != nil {
 		stores := *w.cfg.Stores
@@ -330,7 +381,7 @@ func (w *Worker) announce(ctx context.Context) error {
 	info := stemtype.WorkerInfo{ID: w.cfg.ID, Namespace: w.cfg.Namespace, Host: host, PID: os.Getpid(),
 		Queues: w.cfg.Queues, Concurrency: w.cfg.Concurrency, StartedAt: w.started.UTC(), LastSeen: time.Now().UTC(),
 		Instance: w.instance, Inflight: running, Prefetched: waiting, Version: Version(),
-		IntervalMs: w.cfg.PresenceInterval.Milliseconds()}
+		IntervalMs: w.cfg.PresenceInterval.Milliseconds(), Paused: w.pausedQueues(time.Now())}
 	return w.cfg.Control.Announce(ctx, info, w.presenceTTL())
 }
 

@@ -141,7 +141,7 @@ func (w *Worker) run(ctx context.Context, j *jobs.Job, env *stemtype.Envelope, n
 	kill <-chan time.Duration, log *slog.Logger) (stemtype.State, *stemtype.TaskError) {
 	// Checked after marking the job running: a revoke applied from now on
 	// finds the job running and signals it; one applied before is seen here.
-	if rec, ok := w.revokes.Lookup(env.ID, now); ok {
+	if rec, ok := w.revokeFor(env, now); ok {
 		return w.finishRevoked(j, revokedError(rec), log)
 	}
 	if !known {
@@ -182,7 +182,7 @@ func (w *Worker) run(ctx context.Context, j *jobs.Job, env *stemtype.Envelope, n
 	case errors.As(cause, &rev):
 		// A later revoke of the same task (adding --kill-after, say) may
 		// carry a newer reason; the result records the latest.
-		if rec, ok := w.revokes.Lookup(env.ID, time.Now()); ok {
+		if rec, ok := w.revokeFor(env, time.Now()); ok {
 			rev = revokedError(rec)
 		}
 		return w.finishRevoked(j, rev, log)

@@ -56,6 +56,7 @@ func (w *Worker) syncRevokeSet(ctx context.Context, prune bool) error {
 	w.revokeCursor = next
 	w.revokes.Prune(now)
 	w.enforceTerminates(now)
+	w.wakeFetch()
 	return nil
 }
 

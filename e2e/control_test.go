@@ -172,7 +172,7 @@ func TestStats(t *testing.T) {
 
 		rep := only(t, c.replies("worker", "stats", "--worker", "w1"), "w1")
 		want := []string{"concurrency", "cancelled", "failed", "host", "inflight", "namespace", "pid", "prefetch", "processed",
-			"queues", "resultsGivenUp", "retried", "stores", "succeeded", "timestamp", "uptimeMs"}
+			"paused", "queues", "resultsGivenUp", "retried", "stores", "succeeded", "timestamp", "uptimeMs"}
 		slices.Sort(want)
 		if got := keysOf(t, rep.Payload); !slices.Equal(got, want) {
 			t.Errorf("stats fields = %v, want %v", got, want)

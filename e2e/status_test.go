@@ -78,7 +78,7 @@ func TestWorkerStatus(t *testing.T) {
 		var list []json.RawMessage
 		decodeOne(t, raw, &list)
 		want := []string{"concurrency", "host", "id", "inflight", "lastHeartbeatAgoMs", "lastHeartbeatAt", "late",
-			"namespace", "pid", "prefetched", "queues", "startedAt", "version"}
+			"namespace", "paused", "pid", "prefetched", "queues", "startedAt", "version"}
 		if got := keysOf(t, list[0]); !slices.Equal(got, want) {
 			t.Errorf("status --json fields = %v, want %v", got, want)
 		}

@@ -35,6 +35,9 @@ type workerStatusJSON struct {
 	SinceMs     int64     `json:"lastHeartbeatAgoMs"`
 	Late        bool      `json:"late"`
 	Version     string    `json:"version"`
+	// Paused are the worker's queues paused when it last announced
+	// itself ([] when none).
+	Paused []string `json:"paused"`
 }
 
 // fleetStatus returns the --json rows of `worker status` for the live
@@ -54,10 +57,14 @@ func fleetStatus(ws []stemtype.WorkerInfo, now time.Time) []workerStatusJSON {
 		if queues == nil {
 			queues = []string{}
 		}
+		paused := w.Paused
+		if paused == nil {
+			paused = []string{}
+		}
 		out = append(out, workerStatusJSON{ID: w.ID, Host: w.Host, PID: w.PID, Namespace: w.Namespace,
 			Queues: queues, Concurrency: w.Concurrency, Inflight: w.Inflight, Prefetched: w.Prefetched,
 			StartedAt: w.StartedAt.UTC(), LastSeen: w.LastSeen.UTC(), SinceMs: since.Milliseconds(),
-			Late: since > 2*every, Version: w.Version})
+			Late: since > 2*every, Version: w.Version, Paused: paused})
 	}
 	slices.SortFunc(out, func(a, b workerStatusJSON) int { return strings.Compare(a.ID, b.ID) })
 	return out
@@ -72,7 +79,7 @@ func renderFleet(w io.Writer, rows []workerStatusJSON, ns string) {
 		if r.Late {
 			state, late = "late", late+1
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d/%d\t%d\t%s ago\t%s\t%s\n", r.ID, r.Host, r.PID, dash(strings.Join(r.Queues, ",")),
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d/%d\t%d\t%s ago\t%s\t%s\n", r.ID, r.Host, r.PID, dash(markPaused(r.Queues, r.Paused)),
 			r.Inflight, r.Concurrency, r.Prefetched, (time.Duration(r.SinceMs) * time.Millisecond).Round(time.Second/10),
 			dash(r.Version), state)
 	}
@@ -84,6 +91,19 @@ func renderFleet(w io.Writer, rows []workerStatusJSON, ns string) {
 	fmt.Fprintln(w)
 }
 
+// markPaused joins queues with commas, each paused one followed by
+// "(paused)".
+func markPaused(queues, paused []string) string {
+	out := make([]string, len(queues))
+	for i, q := range queues {
+		out[i] = q
+		if slices.Contains(paused, q) {
+			out[i] += "(paused)"
+		}
+	}
+	return strings.Join(out, ",")
+}
+
 // fleetCmd is `worker status`: the live workers from their presence
 // announcements, without a broadcast.
 func (a *app) fleetCmd() *cobra.Command {
@@ -92,7 +112,8 @@ func (a *app) fleetCmd() *cobra.Command {
 		Use:   "status",
 		Short: "List the live workers from their heartbeats, without a broadcast",
 		Long: `List the live workers of the namespace as their presence heartbeats
-announce them: id, host, pid, queues, tasks running out of the concurrency,
+announce them: id, host, pid, queues (a paused one marked "(paused)", JSON
+"paused"), tasks running out of the concurrency,
 tasks prefetched, how long ago the last heartbeat came, and the stem version
 the worker was built with. No command is sent, so a busy or stuck worker
 is listed all the same; one whose last heartbeat is older than two

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -117,7 +118,11 @@ func renderInspect(w io.Writer, r *stem.Replies, req stemtype.InspectRequest) {
 				if !rec.ExpiresAt.IsZero() {
 					exp = rec.ExpiresAt.Format(time.RFC3339)
 				}
-				fmt.Fprintf(tw, "  %s\t%t\t%s\t%s\t%s\n", rec.TaskID, rec.Terminate, dash(rec.RequestedBy), dash(rec.Reason), exp)
+				what := rec.Target() // a task id, "name TASK" or "queue Q"
+				if rec.Resumed {
+					what += " (resumed)"
+				}
+				fmt.Fprintf(tw, "  %s\t%t\t%s\t%s\t%s\n", what, rec.Terminate, dash(rec.RequestedBy), dash(rec.Reason), exp)
 			}
 			tw.Flush()
 		}
@@ -151,7 +156,11 @@ func renderStats(w io.Writer, r *stem.Replies) {
 		s := rep.Payload
 		qs := make([]string, 0, len(s.Queues))
 		for q, n := range s.Queues {
-			qs = append(qs, fmt.Sprintf("%s=%d", q, n))
+			mark := ""
+			if slices.Contains(s.Paused, q) {
+				mark = "(paused)"
+			}
+			qs = append(qs, fmt.Sprintf("%s=%d%s", q, n, mark))
 		}
 		sort.Strings(qs)
 		fmt.Fprintf(tw, "%s\t%s\t%d\t%d/%d\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", rep.WorkerID, s.Host, s.PID, s.Inflight, s.Concurrency,
@@ -229,20 +238,45 @@ func appendField(payload json.RawMessage, key string, value []byte) json.RawMess
 
 func renderRevoke(w io.Writer, res *stem.RevokeResult) {
 	recs, r := res.Records, res.Replies
+	var byID, byName []stemtype.RevokeRecord
+	for _, rec := range recs {
+		if rec.Kind == stemtype.RevokeKindName {
+			byName = append(byName, rec)
+		} else {
+			byID = append(byID, rec)
+		}
+	}
 	if len(recs) > 0 {
 		mode := "revoked"
 		if recs[0].Terminate {
 			mode = "revoked (terminate)"
 		}
-		fmt.Fprintf(w, "%s %d task(s) in namespace %s until %s\n", mode, len(recs), recs[0].Namespace,
+		what := fmt.Sprintf("%d task(s)", len(byID))
+		switch {
+		case len(byID) == 0:
+			what = fmt.Sprintf("every task of %d name(s)", len(byName))
+		case len(byName) > 0:
+			what += fmt.Sprintf(" and every task of %d name(s)", len(byName))
+		}
+		fmt.Fprintf(w, "%s %s in namespace %s until %s\n", mode, what, recs[0].Namespace,
 			recs[0].ExpiresAt.Format(time.RFC3339))
+	}
+	if len(byName) > 0 {
+		tw := table(w)
+		fmt.Fprintln(tw, "TASK NAME")
+		for _, rec := range byName {
+			fmt.Fprintln(tw, rec.Name)
+		}
+		tw.Flush()
+	}
+	if len(byID) > 0 {
 		unknown := make(map[string]bool, len(res.Unknown))
 		for _, id := range res.Unknown {
 			unknown[id] = true
 		}
 		tw := table(w)
 		fmt.Fprintln(tw, "TASK\tRESULT BACKEND")
-		for _, rec := range recs {
+		for _, rec := range byID {
 			known := "not checked"
 			switch {
 			case unknown[rec.TaskID]:
@@ -265,7 +299,7 @@ func renderRevoke(w io.Writer, res *stem.RevokeResult) {
 			continue
 		}
 		p := rep.Payload
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\n", rep.WorkerID, rep.Status, len(p.Tasks), dash(strings.Join(p.Inflight, ",")), len(p.Ignored), len(p.Expired))
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%d\n", rep.WorkerID, rep.Status, len(p.Tasks)+len(p.Names), dash(strings.Join(p.Inflight, ",")), len(p.Ignored), len(p.Expired))
 	}
 	tw.Flush()
 }

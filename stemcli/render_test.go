@@ -50,3 +50,30 @@ func TestRenderInspectReserved(t *testing.T) {
 		t.Fatalf("reserved shown without --reserved:\n%s", got)
 	}
 }
+
+// TestRenderInspectRevokesByNameAndPauses: the revoked table names a
+// revoke by name and a queue pause by what they apply to, never by their
+// store key (which starts with a control character).
+func TestRenderInspectRevokesByNameAndPauses(t *testing.T) {
+	recs := []stemtype.RevokeRecord{
+		{Namespace: "ns", TaskID: stemtype.NameRevokeKey("email.send"), Kind: stemtype.RevokeKindName, Name: "email.send", Version: 3},
+		{Namespace: "ns", TaskID: stemtype.QueuePauseKey("mail"), Kind: stemtype.RevokeKindQueuePause, Queue: "mail", Version: 2},
+		{Namespace: "ns", TaskID: stemtype.QueuePauseKey("bulk"), Kind: stemtype.RevokeKindQueuePause, Queue: "bulk", Resumed: true, Version: 1},
+	}
+	payload, err := json.Marshal(stemtype.InspectReply{Active: []stemtype.ActiveTask{}, Revoked: recs, RevokedTotal: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &stem.Replies{Replies: []stemtype.ControlReply{{WorkerID: "w1", Status: stemtype.ReplyOK, Payload: payload}}}
+	var b bytes.Buffer
+	renderInspect(&b, r, stemtype.InspectRequest{IncludeRevoked: true})
+	out := b.String()
+	for _, want := range []string{"name email.send", "queue mail", "queue bulk (resumed)"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("inspect output lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, stemtype.RevokeKeyPrefix) {
+		t.Errorf("inspect output shows a store key:\n%q", out)
+	}
+}

@@ -166,7 +166,8 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 	worker.AddCommand(a.pingCmd(), a.inspectCmd(), a.statsCmd(), a.revokeCmd(), a.startCmd(), a.fleetCmd(), a.shutdownCmd())
 	task := &cobra.Command{Use: "task", Short: "Read task state"}
 	task.AddCommand(a.statusCmd(), a.whereCmd())
-	root.AddCommand(worker, task, a.enqueueCmd(), a.benchCmd(), a.migrateCmd())
+	queue := a.queueCmd()
+	root.AddCommand(worker, task, queue, a.enqueueCmd(), a.benchCmd(), a.migrateCmd())
 	if cfg.Demo != nil {
 		root.AddCommand(a.demoCmd())
 	}
@@ -181,7 +182,7 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 			return c.Help()
 		}
 	}
-	for _, g := range []*cobra.Command{root, worker, task} {
+	for _, g := range []*cobra.Command{root, worker, task, queue} {
 		group(g)
 	}
 	var strict func(*cobra.Command)

@@ -343,7 +343,8 @@ func (a *app) revokeCmd() *cobra.Command {
 	c := &cobra.Command{
 		Use:   "revoke",
 		Short: "Persist a revoke record, then publish it to workers",
-		Long: `Persist one revoke record per --task to the revoke store, then publish them.
+		Long: `Persist one revoke record per --task and per --name to the revoke store, then
+publish them.
 If the store cannot be written, nothing is published and the exit code is 69.
 A result backend that cannot be reached is done without (task states are not
 marked cancelled); one whose URL can never work is a configuration error
@@ -368,19 +369,43 @@ still-running (the wait timed out: exit 1), not-running (no worker that
 replied was running it; it will not start) or unknown (not running, and
 the result backend does not know the id). On a terminal a progress line
 shows while it waits. With --json each reply's payload also carries
-"outcomes", task id to outcome.`,
+"outcomes", task id to outcome.
+
+With --name TASK, every task of that name is revoked: one a worker meets
+while the revoke holds (until --expires-in passes), whenever it was
+enqueued, is acknowledged as cancelled without running, and with
+--terminate a running one is cancelled. The record is stored apart from
+revokes by id, so a worker that starts later honours it too. A worker's
+reply lists the names it applied in "names". --wait works with --task only.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if err := f.check(); err != nil {
 				return err
 			}
-			if len(o.TaskIDs) == 0 {
-				return exitf(ExitUsage, "revoke: at least one --task is required")
+			if len(o.TaskIDs) == 0 && len(o.TaskNames) == 0 {
+				return exitf(ExitUsage, "revoke: at least one --task or --name is required")
 			}
-			ids, err := uniqueIDs("revoke: --task", o.TaskIDs)
-			if err != nil {
-				return err
+			if len(o.TaskIDs) > 0 {
+				ids, err := uniqueIDs("revoke: --task", o.TaskIDs)
+				if err != nil {
+					return err
+				}
+				o.TaskIDs = ids
 			}
-			o.TaskIDs = ids
+			if len(o.TaskNames) > 0 {
+				names, err := uniqueIDs("revoke: --name", o.TaskNames)
+				if err != nil {
+					return err
+				}
+				o.TaskNames = names
+			}
+			for _, id := range o.TaskIDs {
+				if err := stemtype.CheckTaskID(id); err != nil {
+					return exitf(ExitUsage, "revoke: --task: %v", err)
+				}
+			}
+			if wait && len(o.TaskNames) > 0 {
+				return exitf(ExitUsage, "revoke: --wait works with --task only, not --name")
+			}
 			if o.KillAfter > 0 && !o.Terminate {
 				return exitf(ExitUsage, "revoke: --kill-after needs --terminate")
 			}
@@ -413,7 +438,11 @@ shows while it waits. With --json each reply's payload also carries
 					len(res.Unknown), strings.Join(res.Unknown, ", "))
 			}
 			if len(res.Replies.Replies) == 0 && !f.json {
-				fmt.Fprintf(a.out, "revoke stored for %d task(s); workers that start later will honour it\n", len(res.Records))
+				what := fmt.Sprintf("%d task(s)", len(o.TaskIDs))
+				if len(o.TaskNames) > 0 {
+					what = fmt.Sprintf("%d task(s) and %d task name(s)", len(o.TaskIDs), len(o.TaskNames))
+				}
+				fmt.Fprintf(a.out, "revoke stored for %s; workers that start later will honour it\n", what)
 			}
 			if !wait {
 				return a.finish(&f, res.Replies, unanswered[stemtype.RevokeReply](res.Replies), func(r *stem.Replies) { renderRevoke(a.out, res) },
@@ -439,7 +468,8 @@ shows while it waits. With --json each reply's payload also carries
 	f.add(c)
 	fl := c.Flags()
 	fl.Lookup("json").Usage = `print one JSON document on stdout: the list of replies, each payload with "unknown" ids`
-	fl.StringArrayVar(&o.TaskIDs, "task", nil, "task id to revoke (repeatable, required)")
+	fl.StringArrayVar(&o.TaskIDs, "task", nil, "task id to revoke (repeatable; --task or --name required)")
+	fl.StringArrayVar(&o.TaskNames, "name", nil, "task name to revoke: every task of that name (repeatable)")
 	fl.BoolVar(&o.Terminate, "terminate", false, "ask running copies to stop at their next checkpoint")
 	fl.DurationVar(&o.KillAfter, "kill-after", 0, "with --terminate: kill an isolated task's child process that has not stopped after this long")
 	fl.DurationVar(&o.ExpiresIn, "expires-in", 0, "how long the revoke applies (default $STEM_REVOKE_DEFAULT_EXPIRY, else "+stem.DefaultRevokeExpiry.String()+")")

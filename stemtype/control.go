@@ -19,6 +19,11 @@ const (
 	CommandRevoke  = "revoke"
 	// CommandShutdown stops a worker (ShutdownRequest).
 	CommandShutdown = "shutdown"
+	// CommandPause and CommandResume pause and resume a queue
+	// (QueuePauseRequest): the worker stops, or starts again, claiming
+	// from it.
+	CommandPause  = "pause"
+	CommandResume = "resume"
 )
 
 // Shutdown modes (ShutdownRequest.Mode).
@@ -49,6 +54,25 @@ type ShutdownReply struct {
 	Mode string `json:"mode"`
 	// Inflight is how many tasks it was running.
 	Inflight int `json:"inflight"`
+}
+
+// QueuePauseRequest is the payload of a pause or resume command: the
+// record the controller has already written to the revoke store (Kind
+// RevokeKindQueuePause; Resumed in a resume).
+type QueuePauseRequest struct {
+	Record RevokeRecord `json:"record"`
+}
+
+// QueuePauseReply is the payload of a pause or resume reply.
+type QueuePauseReply struct {
+	// Queue is the queue the command named.
+	Queue string `json:"queue"`
+	// Paused reports whether the worker now holds the queue paused.
+	Paused bool `json:"paused"`
+	// Consumes reports whether the queue is one the worker claims from.
+	Consumes bool `json:"consumes"`
+	// PausedQueues are the queues the worker holds paused, sorted.
+	PausedQueues []string `json:"pausedQueues"`
 }
 
 // Reply statuses.
@@ -219,6 +243,9 @@ type StatsReply struct {
 	// Stores are the worker's backends (redacted URLs), when its program
 	// described them (WorkerConfig.Stores).
 	Stores *StoreInfo `json:"stores,omitempty"`
+	// Paused are the worker's queues that are paused (it does not claim
+	// from them), sorted; [] when none is.
+	Paused []string `json:"paused"`
 }
 
 // RevokeRequest is the payload of a revoke command: the records the
@@ -231,11 +258,15 @@ type RevokeRequest struct {
 type RevokeReply struct {
 	// Tasks are the ids whose records were applied.
 	Tasks []string `json:"tasks"`
+	// Names are the task names whose revokes by name were applied.
+	Names []string `json:"names,omitempty"`
 	// Inflight are the applied ids running on this worker, now signalled.
 	Inflight []string `json:"inflight"`
-	// Ignored are ids whose record was older than the one already held.
+	// Ignored are ids whose record was older than the one already held
+	// (a revoke by name is listed as "name NAME").
 	Ignored []string `json:"ignored"`
-	// Expired are ids whose record had already expired.
+	// Expired are ids whose record had already expired ("name NAME" for a
+	// revoke by name).
 	Expired []string `json:"expired"`
 	// Held are the named ids of tasks this worker has started, whatever the
 	// revoke asks: running, or finished with the outcome not yet recorded

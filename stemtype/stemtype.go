@@ -11,7 +11,9 @@ package stemtype
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -142,11 +144,31 @@ type TaskResult struct {
 	UpdatedAt  time.Time `json:"updatedAt"`
 }
 
-// RevokeRecord is a durable revoke of one task, as revoke stores keep it and
-// as one line of the file store holds it.
+// RevokeRecord is a durable revoke of one task, or of every task of one
+// name (Kind RevokeKindName), as revoke stores keep it and as one line of
+// the file store holds it.
+//
+// Stores key records by namespace and TaskID alone. A revoke by name keeps
+// its name in Name and, as its TaskID, NameRevokeKey(Name): a key that
+// starts with RevokeKeyPrefix (U+001F, a control character), which no task
+// id may start with (a Client refuses such an id, and Validate refuses an
+// id revoke of one), so id revokes and name revokes never collide, and
+// every store keeps both without knowing the difference.
 type RevokeRecord struct {
 	Namespace string `json:"namespace"`
 	TaskID    string `json:"taskId"`
+	// Kind is what the record revokes: RevokeKindTask ("", one task by
+	// id) or RevokeKindName (every task named Name).
+	Kind string `json:"kind,omitempty"`
+	// Name is the task name a RevokeKindName record revokes.
+	Name string `json:"name,omitempty"`
+	// Queue is the queue a RevokeKindQueuePause record pauses.
+	Queue string `json:"queue,omitempty"`
+	// Resumed marks a RevokeKindQueuePause record that resumes its queue:
+	// it replaces the pause (by version, like any record) and expires
+	// like one, so that every worker learns of it, from a command or a
+	// re-sync, before a prune deletes it.
+	Resumed bool `json:"resumed,omitempty"`
 	// Version orders records of one task: the record with the highest
 	// version is the one that applies. A controller proposes the call's
 	// time in microseconds since the Unix epoch for every record of the
@@ -170,6 +192,57 @@ type RevokeRecord struct {
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
 }
 
+// Kinds of revoke records (RevokeRecord.Kind).
+const (
+	// RevokeKindTask revokes one task by its id (the TaskID).
+	RevokeKindTask = ""
+	// RevokeKindName revokes every task of one name (the Name): a task of
+	// that name that a worker meets while the record holds never starts,
+	// and with Terminate a running one is cancelled.
+	RevokeKindName = "name"
+	// RevokeKindQueuePause pauses a queue (the Queue): while the record
+	// holds, workers claim nothing from it. A resume is a newer record of
+	// the queue with Resumed set.
+	RevokeKindQueuePause = "queue-pause"
+)
+
+// RevokeKeyPrefix starts the store key (RevokeRecord.TaskID) of every
+// record that is not a revoke of one task by id. No task id starts with
+// it.
+const RevokeKeyPrefix = "\x1f"
+
+// NameRevokeKey returns the store key (RevokeRecord.TaskID) of the revoke
+// of the tasks named name.
+func NameRevokeKey(name string) string { return RevokeKeyPrefix + "name:" + name }
+
+// QueuePauseKey returns the store key (RevokeRecord.TaskID) of the pause
+// of queue.
+func QueuePauseKey(queue string) string { return RevokeKeyPrefix + "queue-pause:" + queue }
+
+// CheckTaskID reports whether id may be a task id: not empty, and not
+// starting with RevokeKeyPrefix.
+func CheckTaskID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("empty task id")
+	case strings.HasPrefix(id, RevokeKeyPrefix):
+		return fmt.Errorf("task id %q starts with U+001F, which is reserved for revokes by name", id)
+	}
+	return nil
+}
+
+// Target describes what r revokes, for messages: the task id, "name " and
+// the task name, or "queue " and the queue it pauses.
+func (r *RevokeRecord) Target() string {
+	switch r.Kind {
+	case RevokeKindName:
+		return "name " + r.Name
+	case RevokeKindQueuePause:
+		return "queue " + r.Queue
+	}
+	return r.TaskID
+}
+
 // Expired reports whether r no longer applies at now.
 func (r *RevokeRecord) Expired(now time.Time) bool {
 	return !r.ExpiresAt.IsZero() && !now.Before(r.ExpiresAt)
@@ -186,6 +259,32 @@ func (r *RevokeRecord) Validate() error {
 		return fmt.Errorf("stem: revoke record for task %q has non-positive version %d", r.TaskID, r.Version)
 	case r.KillAfterMs < 0:
 		return fmt.Errorf("stem: revoke record for task %q has negative killAfterMs", r.TaskID)
+	}
+	switch r.Kind {
+	case RevokeKindTask:
+		if err := CheckTaskID(r.TaskID); err != nil {
+			return fmt.Errorf("stem: revoke record: %w", err)
+		}
+		if r.Name != "" || r.Queue != "" {
+			return fmt.Errorf("stem: revoke record for task %q has a name or queue but no kind", r.TaskID)
+		}
+	case RevokeKindName:
+		if r.Name == "" {
+			return fmt.Errorf("stem: revoke record of kind %q has no name", r.Kind)
+		}
+		if r.TaskID != NameRevokeKey(r.Name) {
+			return fmt.Errorf("stem: revoke record of name %q has taskId %q, want %q", r.Name, r.TaskID, NameRevokeKey(r.Name))
+		}
+	case RevokeKindQueuePause:
+		if r.Queue == "" {
+			return fmt.Errorf("stem: revoke record of kind %q has no queue", r.Kind)
+		}
+		if r.TaskID != QueuePauseKey(r.Queue) {
+			return fmt.Errorf("stem: pause record of queue %q has taskId %q, want %q", r.Queue, r.TaskID, QueuePauseKey(r.Queue))
+		}
+	default:
+		return fmt.Errorf("stem: revoke record for task %q has unknown kind %q (want %q, %q or %q)", r.TaskID, r.Kind,
+			RevokeKindTask, RevokeKindName, RevokeKindQueuePause)
 	}
 	return nil
 }
@@ -221,4 +320,7 @@ type WorkerInfo struct {
 	// milliseconds: an announcement older than two intervals is late (0
 	// from workers that predate it).
 	IntervalMs int64 `json:"intervalMs,omitempty"`
+	// Paused are the worker's queues that were paused when it announced
+	// itself (it claims nothing from them), sorted; empty when none was.
+	Paused []string `json:"paused,omitempty"`
 }

@@ -322,14 +322,15 @@ func (t *Table) Held(named map[string]bool) []string {
 	return out
 }
 
-// EnforceTerminates cancels every running job whose revoke (lookup) asks
+// EnforceTerminates cancels every running job whose revoke (lookup, by the
+// job's envelope: a revoke may name its id or its task name) asks
 // to terminate it, and relays the revoke's kill-after grace period to
 // isolated ones when it changed. It costs one lookup per running job,
 // whatever the size of the revoke set, and returns the ids of the running
 // jobs under a terminate revoke. terminate is called once per job, as it
 // starts terminating, under the table's mutex: it returns the cause the
 // job's context is cancelled with.
-func (t *Table) EnforceTerminates(lookup func(taskID string) (stemtype.RevokeRecord, bool),
+func (t *Table) EnforceTerminates(lookup func(env *stemtype.Envelope) (stemtype.RevokeRecord, bool),
 	terminate func(stemtype.RevokeRecord) error) []string {
 	var out []string
 	t.mu.Lock()
@@ -339,7 +340,7 @@ func (t *Table) EnforceTerminates(lookup func(taskID string) (stemtype.RevokeRec
 		if !j.running || env == nil || j.cancel == nil {
 			continue
 		}
-		rec, ok := lookup(env.ID)
+		rec, ok := lookup(env)
 		if !ok || !rec.Terminate {
 			continue
 		}

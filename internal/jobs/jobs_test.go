@@ -201,7 +201,7 @@ func TestEnforceTerminates(t *testing.T) {
 		"plain":   {TaskID: "plain"},
 		"waiting": {TaskID: "waiting", Terminate: true},
 	}
-	lookup := func(id string) (stemtype.RevokeRecord, bool) { r, ok := recs[id]; return r, ok }
+	lookup := func(env *stemtype.Envelope) (stemtype.RevokeRecord, bool) { r, ok := recs[env.ID]; return r, ok }
 	calls := map[string]int{}
 	terminate := func(rec stemtype.RevokeRecord) error {
 		calls[rec.TaskID]++

@@ -10,12 +10,20 @@ import (
 
 // Newest returns the n newest records held (highest version first, ties by
 // task id), expired ones included until pruned; n <= 0 returns every record
-// in that order. It unpacks only the records it returns, so that an inspect
+// in that order. Revokes by task name, which are few and apply to many
+// tasks, come first, newest first, whatever their versions. It unpacks only the records it returns, so that an inspect
 // of a worker holding a million revokes costs a pass over the entries and a
 // heap of n entry numbers, not a copy of the whole set.
 func (c *Cache) Newest(n int) []stemtype.RevokeRecord {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
+	kinds := c.kindRecords()
+	if n > 0 && n <= len(kinds) {
+		return kinds[:n]
+	}
+	if n > 0 {
+		n -= len(kinds)
+	}
 	if n <= 0 || n > c.n {
 		n = c.n
 	}
@@ -43,7 +51,7 @@ func (c *Cache) Newest(n int) []stemtype.RevokeRecord {
 		e := c.entry(ei)
 		out[i] = c.unpack(e, c.idString(e.idOff))
 	}
-	return out
+	return append(kinds, out...)
 }
 
 // newestHeap is a min-heap of entry numbers with the oldest kept record on

@@ -2,6 +2,11 @@
 // records of one namespace, keyed by task id, that the worker consults before
 // it starts a task and when a terminate revoke arrives.
 //
+// Records of other kinds (stemtype.RevokeRecord.Kind: revokes by task name,
+// queue pauses) are few; they live in a plain map beside the compact set,
+// under the same rules, and are looked up by name (LookupName) or queue
+// (QueuePaused), so a lookup by id costs what it did.
+//
 // The cache applies records monotonically, like every revoke store: a record
 // replaces the one held for its task only when its Version is higher. Records
 // that have already expired when they are applied are not stored.
@@ -134,6 +139,9 @@ type metaSlot struct {
 type Cache struct {
 	mu sync.RWMutex
 	set
+	// kinds holds the records that are not revokes of one task by id
+	// (revokes by task name), by store key: they are few, so a map does.
+	kinds map[string]stemtype.RevokeRecord
 }
 
 // set is the data of a Cache, apart from its lock, so that a rebuild can
@@ -175,7 +183,7 @@ type set struct {
 
 // New returns an empty Cache.
 func New() *Cache {
-	c := &Cache{set: set{seed: maphash.MakeSeed()}}
+	c := &Cache{set: set{seed: maphash.MakeSeed()}, kinds: map[string]stemtype.RevokeRecord{}}
 	c.reset(0)
 	return c
 }
@@ -216,7 +224,7 @@ func (c *Cache) Apply(now time.Time, recs ...stemtype.RevokeRecord) (applied, ig
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, r := range recs {
-		switch c.apply(now, &r) {
+		switch c.applyAny(now, &r) {
 		case outcomeApplied:
 			applied = append(applied, r)
 		case outcomeIgnored:
@@ -241,7 +249,7 @@ func (c *Cache) Load(now time.Time, recs ...stemtype.RevokeRecord) (applied, ign
 		c.growIndex(want)
 	}
 	for i := range recs {
-		switch c.apply(now, &recs[i]) {
+		switch c.applyAny(now, &recs[i]) {
 		case outcomeApplied:
 			applied++
 		case outcomeIgnored:
@@ -355,6 +363,12 @@ func (c *Cache) Prune(now time.Time) int {
 		delete(c.buckets, key)
 		heap.Pop(&c.due)
 	}
+	for key, r := range c.kinds {
+		if r.Expired(now) {
+			delete(c.kinds, key)
+			removed++
+		}
+	}
 	c.maybeRebuild()
 	return removed
 }
@@ -364,7 +378,7 @@ func (c *Cache) Prune(now time.Time) int {
 func (c *Cache) Len() int {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	return c.n
+	return c.n + len(c.kinds)
 }
 
 // Snapshot returns a copy of every record held, expired ones included until
@@ -372,7 +386,10 @@ func (c *Cache) Len() int {
 func (c *Cache) Snapshot() []stemtype.RevokeRecord {
 	c.mu.RLock()
 	defer c.mu.RUnlock()
-	out := make([]stemtype.RevokeRecord, 0, c.n)
+	out := make([]stemtype.RevokeRecord, 0, c.n+len(c.kinds))
+	for _, r := range c.kinds {
+		out = append(out, r)
+	}
 	c.each(func(_ uint32, e *entry) {
 		out = append(out, c.unpack(e, c.idString(e.idOff)))
 	})

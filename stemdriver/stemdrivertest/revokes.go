@@ -38,6 +38,7 @@ func revokesProperties(caps Capabilities) []property[stemdriver.RevokeStore] {
 		{name: "ConcurrentWritersConverge", fn: testRevokesConcurrentWritersConverge},
 		{name: "ManyRecordsListed", fn: testRevokesManyRecordsListed},
 		{name: "ClosedReturnsErrClosed", fn: testRevokesClosedReturnsErrClosed},
+		{name: "NameRevokesKeptApartFromIDs", fn: testRevokesNameRevokesKeptApartFromIDs},
 		{name: "ChangesListedSinceCursor", fn: testRevokesChangesListedSinceCursor, needs: capRevokeChanges},
 		{name: "ChangesAcrossPrunesAndPages", fn: testRevokesChangesAcrossPrunesAndPages, needs: capRevokeChanges},
 		{name: "ChangesOfUnknownCursorListEverything", fn: testRevokesChangesOfUnknownCursorListEverything, needs: capRevokeChanges},
@@ -178,6 +179,47 @@ func testRevokesUpsertListRoundTrip(t *testing.T, open opener[stemdriver.RevokeS
 	}
 	assertEqual(t, "records returned by Upsert", normRevokes(stored), normRevokes(recs))
 	assertEqual(t, "records listed from another connection", mustList(ctx, t, open(t, ns), ns), normRevokes(recs))
+}
+
+// A revoke by task name (Kind, Name and the reserved key as TaskID) and a
+// queue pause record (Kind, Queue, Resumed) are stored, versioned and
+// listed like any record, with their fields, apart from a revoke of a task
+// whose id is that name: none replaces another, nor takes part in
+// another's versions.
+func testRevokesNameRevokesKeptApartFromIDs(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	byID := fullRevoke(ns, "email.send", 50)
+	byName := fullRevoke(ns, stemtype.NameRevokeKey("email.send"), 30)
+	byName.Kind, byName.Name, byName.Reason = stemtype.RevokeKindName, "email.send", "by name"
+	pause := fullRevoke(ns, stemtype.QueuePauseKey("email.send"), 20)
+	pause.Kind, pause.Queue, pause.Resumed, pause.Terminate, pause.KillAfterMs = stemtype.RevokeKindQueuePause, "email.send", true, false, 0
+	for _, r := range []stemtype.RevokeRecord{byName, pause} {
+		if err := r.Validate(); err != nil {
+			t.Fatalf("the %s record is invalid: %v", r.Kind, err)
+		}
+	}
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{byID, byName, pause}, []stemtype.RevokeRecord{byID, byName, pause})
+	assertEqual(t, "list of an id, a name and a queue record", mustList(ctx, t, open(t, ns), ns),
+		normRevokes([]stemtype.RevokeRecord{byID, byName, pause}))
+	// The name record's next version follows its own, not the id's.
+	again := byName
+	again.Version, again.Reason = 1, "by name again"
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{again}, []stemtype.RevokeRecord{withVersion(again, 31)})
+	assertEqual(t, "list after a second revoke by name", mustList(ctx, t, rs, ns),
+		normRevokes([]stemtype.RevokeRecord{byID, withVersion(again, 31), pause}))
+	if cl, ok := rs.(stemdriver.RevokeChangeLister); ok {
+		recs, _, err := cl.ListChanges(ctx, ns, "")
+		if err != nil {
+			t.Fatalf("ListChanges: %v", err)
+		}
+		last := map[string]stemtype.RevokeRecord{}
+		for _, r := range recs {
+			last[r.TaskID] = r
+		}
+		assertEqual(t, "changes listed", normRevokes(slices.Collect(maps.Values(last))),
+			normRevokes([]stemtype.RevokeRecord{byID, withVersion(again, 31), pause}))
+	}
 }
 
 func testRevokesUpsertAssignsVersions(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
