@@ -50,7 +50,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		logger = slog.Default()
 	}
 	c := &Client{broker: cfg.Broker, results: cfg.Results, reg: cfg.Registry, logger: logger}
-	c.commits.store, c.commits.pending = c.storeTasks, cfg.Results != nil
+	c.commits.store, c.commits.pending, c.commits.maxStores = c.storeTasks, cfg.Results != nil, enqueueStores
 	return c, nil
 }
 

@@ -14,6 +14,11 @@ import (
 // maxGroup is the most Enqueue calls one group commit stores together.
 const maxGroup = 1000
 
+// enqueueStores is how many group commits a Client's Enqueue calls keep
+// under way at once: more keeps more round trips in flight when many
+// goroutines enqueue; fewer makes larger groups.
+const enqueueStores = 4
+
 // enqueueOp is one Enqueue call waiting to be stored by a group commit.
 type enqueueOp struct {
 	env *stemtype.Envelope
@@ -26,22 +31,29 @@ type enqueueOp struct {
 
 // committer coalesces concurrent Enqueue calls into one store (one
 // pipeline, one transaction) in the way of a database's group commit. A
-// call that finds no store under way stores its task at once, so a lone
-// caller waits for nothing; calls that arrive while a store is under way
-// queue, and when it ends the first of them stores every queued task (up
-// to maxGroup) in one go. No goroutine runs in the background: the leader
-// of a group is one of its callers.
+// call that finds fewer than maxStores stores under way stores its task at
+// once, so a lone caller waits for nothing; calls that arrive while
+// maxStores stores are under way queue, and when one of those ends the
+// first of them stores every queued task (up to maxGroup) in one go. No
+// goroutine runs in the background: the leader of a group is one of its
+// callers. A call returns only once its task is stored, so one
+// goroutine's tasks are stored in the order of its calls even with
+// several stores under way.
 type committer struct {
 	store func(ctx context.Context, envs []*stemtype.Envelope, pend []*stemtype.TaskResult) error
 	// pending says whether to build the pending states (the client has a
 	// result backend).
 	pending bool
+	// maxStores is how many groups may be stored at once (0 means 1).
+	maxStores int
 	// queued, when set (by tests), is called after a call joined the
 	// queue.
 	queued func()
 	mu     sync.Mutex
-	busy   bool // a group is being stored
-	queue  []*enqueueOp
+	// storing counts the groups being stored; the queue is empty unless
+	// it is at its maximum.
+	storing int
+	queue   []*enqueueOp
 }
 
 // submit stores op's task, alone or in a group, and returns the outcome
@@ -56,8 +68,8 @@ func (c *committer) submit(ctx context.Context, op *enqueueOp) (stored bool, err
 		return false, err
 	}
 	c.mu.Lock()
-	if !c.busy {
-		c.busy = true
+	if c.storing < max(c.maxStores, 1) {
+		c.storing++
 		c.mu.Unlock()
 		c.lead(ctx, op)
 		return true, op.err
@@ -92,8 +104,8 @@ func (c *committer) submit(ctx context.Context, op *enqueueOp) (stored bool, err
 }
 
 // lead stores op together with the queued calls, wakes them with the
-// outcome, and hands the lead to the first call queued meanwhile (or ends
-// the busy state).
+// outcome, and hands the lead to the first call queued meanwhile (or
+// counts its store as ended).
 func (c *committer) lead(ctx context.Context, op *enqueueOp) {
 	c.mu.Lock()
 	n := min(len(c.queue), maxGroup-1)
@@ -124,7 +136,7 @@ func (c *committer) lead(ctx context.Context, op *enqueueOp) {
 
 	c.mu.Lock()
 	if len(c.queue) == 0 {
-		c.busy = false
+		c.storing--
 		c.mu.Unlock()
 		return
 	}

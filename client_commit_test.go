@@ -59,8 +59,8 @@ func TestGroupCommitLoneCallStoresAtOnce(t *testing.T) {
 	if want := [][]string{{"0"}, {"1"}, {"2"}}; !slices.EqualFunc(rec.groups, want, slices.Equal) {
 		t.Errorf("groups = %v, want %v", rec.groups, want)
 	}
-	if c.busy || len(c.queue) != 0 {
-		t.Errorf("after the calls: busy %v, %d queued; want idle", c.busy, len(c.queue))
+	if c.storing != 0 || len(c.queue) != 0 {
+		t.Errorf("after the calls: %d storing, %d queued; want idle", c.storing, len(c.queue))
 	}
 }
 
@@ -160,5 +160,41 @@ func TestGroupCommitCancelledWhileQueued(t *testing.T) {
 	want := [][]string{{"leader"}, {"kept"}}
 	if !slices.EqualFunc(rec.groups, want, slices.Equal) {
 		t.Errorf("groups = %v, want %v", rec.groups, want)
+	}
+}
+
+// TestGroupCommitSeveralStoresUnderWay: with maxStores 2, a second call
+// stores at once beside a first one still under way, a third and fourth
+// queue, and they are stored once one of the two ends.
+func TestGroupCommitSeveralStoresUnderWay(t *testing.T) {
+	rec := &groupRecorder{hold: make(chan struct{}), started: make(chan struct{}, 10)}
+	queued := make(chan struct{}, 10)
+	c := &committer{store: rec.store, maxStores: 2, queued: func() { queued <- struct{}{} }}
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	ids := []string{"a", "b", "c", "d"}
+	for i, id := range ids[:2] {
+		wg.Go(func() { _, errs[i] = c.submit(t.Context(), opFor(id)) })
+		<-rec.started // a second store starts while the first is held
+	}
+	for i, id := range ids[2:] {
+		wg.Go(func() { _, errs[i+2] = c.submit(t.Context(), opFor(id)) })
+		<-queued
+	}
+	close(rec.hold)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Errorf("call %d: %v", i, err)
+		}
+	}
+	if want := [][]string{{"a"}, {"b"}}; len(rec.groups) < 3 || !slices.EqualFunc(rec.groups[:2], want, slices.Equal) {
+		t.Fatalf("groups = %v, want %v then c and d", rec.groups, want)
+	}
+	if rest := slices.Sorted(slices.Values(slices.Concat(rec.groups[2:]...))); !slices.Equal(rest, []string{"c", "d"}) {
+		t.Errorf("groups = %v, want c and d stored after a and b", rec.groups)
+	}
+	if c.storing != 0 || len(c.queue) != 0 {
+		t.Errorf("after the calls: %d storing, %d queued; want idle", c.storing, len(c.queue))
 	}
 }

@@ -28,6 +28,6 @@ func TestConformance(t *testing.T) {
 			cleanupNS(t, namespace)
 			return openTestControl(t, namespace)
 		},
-		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true, FinalGet: true, PendingPublish: true, RevokeChanges: true},
+		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true, FinalGet: true, PendingPublish: true, RevokeChanges: true, RevokePublish: true},
 	})
 }

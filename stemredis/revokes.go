@@ -75,16 +75,9 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	)
 	for i := range recs {
 		r := &recs[i]
-		if err := r.Validate(); err != nil {
-			return nil, fmt.Errorf("stem: redis revokes: upsert: %w", err)
-		}
-		raw, err := json.Marshal(r)
+		args, err := revokeArgs(r)
 		if err != nil {
-			return nil, fmt.Errorf("stem: redis revokes: upsert: encode record for task %q: %w", r.TaskID, err)
-		}
-		exp := ""
-		if !r.ExpiresAt.IsZero() {
-			exp = strconv.FormatInt(r.ExpiresAt.UnixMicro(), 10)
+			return nil, err
 		}
 		c, ok := filling[r.Namespace]
 		if !ok || len(callIdx[c].idx) >= revokeChunk {
@@ -94,7 +87,7 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 			c = len(calls) - 1
 			filling[r.Namespace] = c
 		}
-		calls[c].args = append(calls[c].args, r.TaskID, strconv.FormatInt(r.Version, 10), raw, exp)
+		calls[c].args = append(calls[c].args, args...)
 		callIdx[c].idx = append(callIdx[c].idx, i)
 	}
 	var (
@@ -130,6 +123,23 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		}
 	}
 	return out, nil
+}
+
+// revokeArgs validates r and returns its four arguments of the upsert
+// scripts: task id, proposed version, record JSON, ExpiresAt in µs.
+func revokeArgs(r *stemtype.RevokeRecord) ([]any, error) {
+	if err := r.Validate(); err != nil {
+		return nil, fmt.Errorf("stem: redis revokes: upsert: %w", err)
+	}
+	raw, err := json.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("stem: redis revokes: upsert: encode record for task %q: %w", r.TaskID, err)
+	}
+	exp := ""
+	if !r.ExpiresAt.IsZero() {
+		exp = strconv.FormatInt(r.ExpiresAt.UnixMicro(), 10)
+	}
+	return []any{r.TaskID, strconv.FormatInt(r.Version, 10), raw, exp}, nil
 }
 
 // List returns every stored record of namespace, expired ones included

@@ -398,7 +398,12 @@ return ready + expired + redis.call('ZCARD', KEYS[3])
 // ARGV: four per record: task id, proposed version (decimal, no leading
 // zeros), record JSON, ExpiresAt in µs ("" when it never expires).
 // Returns per record, in order, the version it was stored with (decimal).
-var revokeUpsertScript = newScript(`
+var revokeUpsertScript = newScript("local off = 0\n" + revokeUpsertBody + "return vers\n")
+
+// revokeUpsertBody is the body of the revoke upsert scripts: it stores the
+// records given in ARGV from ARGV[off+1] on and leaves the versions it
+// assigned in vers.
+const revokeUpsertBody = `
 local function higher(a, b)
   if #a ~= #b then return #a > #b end
   return a > b
@@ -411,7 +416,7 @@ local function incr(a)
 end
 local top = '9223372036854775807'
 local vers, last = {}, {}
-for i = 1, #ARGV, 4 do
+for i = off + 1, #ARGV, 4 do
   local id, ver = ARGV[i], ARGV[i + 1]
   local curv = last[id]
   if not curv then
@@ -439,7 +444,7 @@ if redis.call('HEXISTS', KEYS[4], 'epoch') == 0 then
 end
 local seq = redis.call('HINCRBY', KEYS[4], 'seq', #vers) - #vers
 for j = 1, #vers do
-  local i = 4 * j - 3
+  local i = off + 4 * j - 3
   redis.call('ZADD', KEYS[3], seq + j, ARGV[i])
   local id, js, exp = ARGV[i], ARGV[i + 2], ARGV[i + 3]
   if vers[j] ~= ARGV[i + 1] then
@@ -452,6 +457,27 @@ for j = 1, #vers do
     redis.call('ZADD', KEYS[2], exp, id)
   end
 end
+`
+
+// revokeUpsertPublishScript is revokeUpsertScript followed by PUBLISH of a
+// message when every record was stored with the version it proposed, in
+// the same atomic run (Control.UpsertPublish).
+//
+// KEYS as revokeUpsertScript. ARGV: the number of channels n, the n
+// channels, the message, then the records as for revokeUpsertScript.
+// Returns the versions as revokeUpsertScript, then "1" when the message
+// was published, "0" when not.
+var revokeUpsertPublishScript = newScript(`local nch = tonumber(ARGV[1])
+local off = nch + 2
+` + revokeUpsertBody + `
+local same = '1'
+for j = 1, #vers do
+  if vers[j] ~= ARGV[off + 4 * j - 2] then same = '0' end
+end
+if same == '1' then
+  for c = 2, nch + 1 do redis.call('PUBLISH', ARGV[c], ARGV[nch + 2]) end
+end
+vers[#vers + 1] = same
 return vers
 `)
 

@@ -12,6 +12,7 @@ package jobs
 
 import (
 	"context"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -329,12 +330,22 @@ func (t *Table) Held(named map[string]bool) []string {
 // whatever the size of the revoke set, and returns the ids of the running
 // jobs under a terminate revoke. terminate is called once per job, as it
 // starts terminating, under the table's mutex: it returns the cause the
-// job's context is cancelled with.
+// job's context is cancelled with. When it cancelled a job, it yields the
+// processor once the table is unlocked: the Go scheduler queues a
+// goroutine woken by a cancellation to run after the waker, which would
+// otherwise first answer the revoke (a reply to encode and write) before
+// the task sees its context end.
 func (t *Table) EnforceTerminates(lookup func(env *stemtype.Envelope) (stemtype.RevokeRecord, bool),
 	terminate func(stemtype.RevokeRecord) error) []string {
 	var out []string
+	cancelled := false
 	t.mu.Lock()
-	defer t.mu.Unlock()
+	defer func() {
+		t.mu.Unlock()
+		if cancelled {
+			runtime.Gosched()
+		}
+	}()
 	for _, j := range t.held {
 		env := j.D.Envelope
 		if !j.running || env == nil || j.cancel == nil {
@@ -347,6 +358,7 @@ func (t *Table) EnforceTerminates(lookup func(env *stemtype.Envelope) (stemtype.
 		out = append(out, env.ID)
 		if j.terminating.CompareAndSwap(false, true) {
 			j.cancel(terminate(rec))
+			cancelled = true
 		}
 		if j.kill != nil && rec.KillAfterMs > 0 && j.killAfterMs != rec.KillAfterMs {
 			select {
