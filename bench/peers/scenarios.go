@@ -215,13 +215,7 @@ func pickup(ctx context.Context, cfg config, sys system, p *probe, f *figure) er
 			return err
 		}
 	}
-	f.Seconds = time.Since(start).Seconds()
-	if err := sys.Stop(ctx); err != nil {
-		return fmt.Errorf("stop worker: %w", err)
-	}
-	f.Rounds = cfg.Rounds
-	f.P50Ms, f.P99Ms, f.MaxMs = ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(percentile(lat, 100))
-	return nil
+	return endRounds(ctx, cfg, sys, f, start, lat)
 }
 
 // pace waits until interval has passed since t0: the pacing of a
@@ -330,14 +324,8 @@ func cancelRounds(ctx context.Context, cfg config, sys system, p *probe, f *figu
 			return err
 		}
 	}
-	f.Seconds = time.Since(start).Seconds()
-	if err := sys.Stop(ctx); err != nil {
-		return fmt.Errorf("stop worker: %w", err)
-	}
-	f.Rounds = cfg.Rounds
-	f.P50Ms, f.P99Ms, f.MaxMs = ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(percentile(lat, 100))
 	f.CallP50Ms = ms(percentile(calls, 50))
-	return nil
+	return endRounds(ctx, cfg, sys, f, start, lat)
 }
 
 // percentile returns the p-th percentile of ds by the nearest-rank
@@ -413,4 +401,16 @@ func enqueueOneByOne(ctx context.Context, cfg config, sys system, p *probe, f *f
 		return err
 	}
 	return sys.Stop(ctx)
+}
+
+// endRounds ends a scenario of timed rounds begun at start: it stops the
+// worker and records the rounds' duration and the latencies' percentiles.
+func endRounds(ctx context.Context, cfg config, sys system, f *figure, start time.Time, lat []time.Duration) error {
+	f.Seconds = time.Since(start).Seconds()
+	if err := sys.Stop(ctx); err != nil {
+		return fmt.Errorf("stop worker: %w", err)
+	}
+	f.Rounds = cfg.Rounds
+	f.P50Ms, f.P99Ms, f.MaxMs = ms(percentile(lat, 50)), ms(percentile(lat, 99)), ms(percentile(lat, 100))
+	return nil
 }
