@@ -1,6 +1,7 @@
 package stempostgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -436,20 +437,38 @@ func (b *Broker) ExtendLease(ctx context.Context, d stemdriver.Delivery, lease t
 	return nil
 }
 
-// held splits ds into the arrays of a statement over several deliveries;
-// bad lists the receipts this package did not issue.
+// held splits ds into the arrays of a statement over several deliveries,
+// in row id order (so that statements over several rows lock them in one
+// order), each id once: of several deliveries of one message only the
+// one with the most claims can be held (a claim counts up), so the others
+// are left out, to be reported lost. bad lists the receipts this package
+// did not issue.
 func held(ds []stemdriver.Delivery) (queues []string, ids []int64, claims []int32, bad []string) {
-	// By row id, so that statements over several rows lock them in one
-	// order.
-	ds = slices.Clone(ds)
-	slices.SortFunc(ds, func(a, b stemdriver.Delivery) int { return strings.Compare(a.Receipt, b.Receipt) })
+	type parsed struct {
+		queue  string
+		id     int64
+		claims int32
+	}
+	ps := make([]parsed, 0, len(ds))
 	for _, d := range ds {
 		id, c, ok := parseReceipt(d.Receipt)
 		if !ok {
 			bad = append(bad, d.Receipt)
 			continue
 		}
-		queues, ids, claims = append(queues, d.Queue), append(ids, id), append(claims, c)
+		ps = append(ps, parsed{d.Queue, id, c})
+	}
+	slices.SortFunc(ps, func(a, b parsed) int {
+		if a.id != b.id {
+			return cmp.Compare(a.id, b.id)
+		}
+		return cmp.Compare(a.claims, b.claims)
+	})
+	for i, p := range ps {
+		if i+1 < len(ps) && ps[i+1].id == p.id {
+			continue // a later claim of the same message follows
+		}
+		queues, ids, claims = append(queues, p.queue), append(ids, p.id), append(claims, p.claims)
 	}
 	return queues, ids, claims, bad
 }

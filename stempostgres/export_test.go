@@ -1,5 +1,10 @@
 package stempostgres
 
+import (
+	"strconv"
+	"strings"
+)
+
 // ClaimSQLForTest returns the claim statement of schema, for plan tests.
 func ClaimSQLForTest(schema string) string { return newQueries(schema).claim }
 
@@ -20,3 +25,20 @@ func GetSQLForTest(schema string) map[string]string {
 
 // ClaimAfterSQLForTest returns the claim-from-a-cursor statement of schema.
 func ClaimAfterSQLForTest(schema string) string { return newQueries(schema).claimAfter }
+
+// LatestVersionForTest is the version the embedded migrations reach.
+func LatestVersionForTest() int { ms := migrations(); return ms[len(ms)-1].version }
+
+// SQLUpToForTest returns SQL's statements with the migrations up to
+// version only: a schema as an older stem left it.
+func SQLUpToForTest(schema string, version int) string {
+	qs := quoteIdent(schema)
+	s := preamble(qs)
+	for _, m := range migrations() {
+		if m.version <= version {
+			s += strings.ReplaceAll(m.sql, schemaPlaceholder, qs) +
+				"INSERT INTO " + qs + ".stem_migrations (version) VALUES (" + strconv.Itoa(m.version) + ");\n"
+		}
+	}
+	return s
+}

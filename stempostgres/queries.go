@@ -118,13 +118,13 @@ RETURNING id, claims, priority, due_at, payload`
 	q.extend = `UPDATE ` + t + ` SET visible_at = now() + $5 * interval '1 microsecond' WHERE ` + held
 	// Ack and Release find their rows by id = ANY($3) (the primary key, at
 	// every table size: a join with unnest chose a sequential scan; the
-	// namespace as for held), and
-	// check each row's claim count and queue against every delivery of
-	// its id: a call may carry a stale delivery of a message (an earlier
-	// claim's) beside the held one.
+	// namespace as for held), and check each row's claim count and queue
+	// against its delivery's, found with array_position ($3 holds each id
+	// once: held). A correlated EXISTS over unnest($3, $4, $2) did the same
+	// with a nested loop that took two thirds of the statement's time.
 	many := `t.id = ANY($3::bigint[]) AND t.namespace IS NOT DISTINCT FROM $1 AND t.leased
-	AND EXISTS (SELECT 1 FROM unnest($3::bigint[], $4::int[], $2::text[]) AS d(id, claims, queue)
-		WHERE d.id = t.id AND d.claims = t.claims AND d.queue = t.queue)`
+	AND t.claims = ($4::int[])[array_position($3::bigint[], t.id)]
+	AND t.queue = ($2::text[])[array_position($3::bigint[], t.id)]`
 	q.ack = `DELETE FROM ` + t + ` t WHERE ` + many + `
 RETURNING t.id, t.claims`
 	q.release = `WITH rel AS (

@@ -109,11 +109,58 @@ func TestSQLRunByHand(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, "stem_migrations"}.Sanitize()).Scan(&n); err != nil {
 		t.Fatal(err)
 	}
-	if n != 1 {
-		t.Fatalf("%d versions recorded, want 1", n)
+	if want := stempostgres.LatestVersionForTest(); n != want {
+		t.Fatalf("%d versions recorded, want %d", n, want)
 	}
 	if err := stempostgres.Migrate(ctx, u); err != nil {
 		t.Fatalf("Migrate after SQL: %v", err)
+	}
+}
+
+// A schema at version 1 (stem before the byte-order collation) migrates
+// to the latest with its rows kept, and its name and id columns then
+// compare bytes (COLLATE "C"), which the indexes' speed relies on.
+func TestMigrateFromVersion1CollatesC(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	schema := schemaOf(t, u)
+	conn := adminConn(t)
+	if _, err := conn.Exec(ctx, stempostgres.SQLUpToForTest(schema, 1)); err != nil {
+		t.Fatalf("version 1: %v", err)
+	}
+	if _, err := conn.Exec(ctx, "INSERT INTO "+pgx.Identifier{schema, "stem_tasks"}.Sanitize()+
+		" (namespace, queue, visible_at, due_at, task_id, payload) VALUES ('old', 'q', now(), now(), 'old1', '\\x00')"); err != nil {
+		t.Fatal(err)
+	}
+	if err := stempostgres.Migrate(ctx, u); err != nil {
+		t.Fatalf("Migrate from version 1: %v", err)
+	}
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM "+pgx.Identifier{schema, "stem_tasks"}.Sanitize()+" WHERE task_id = 'old1'").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("the version 1 row after Migrate: %d rows, %v; want 1", n, err)
+	}
+	// Every text column of an index of stem's tables.
+	rows, err := conn.Query(ctx, `SELECT DISTINCT c.relname || '.' || a.attname, coalesce(co.collname, '')
+		FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+		JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = ANY(i.indkey)
+		LEFT JOIN pg_collation co ON co.oid = a.attcollation
+		WHERE n.nspname = $1 AND c.relname LIKE 'stem\_%' AND a.atttypid = 'text'::regtype ORDER BY 1`, schema)
+	cols, err := pgx.CollectRows(rows, pgx.RowToStructByPos[struct{ Col, Collation string }])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cols) < 12 {
+		t.Fatalf("%d indexed text columns found, want every stem table's (12 or more): %v", len(cols), cols)
+	}
+	for _, c := range cols {
+		if c.Collation != "C" {
+			t.Errorf("column %s collates %q, want \"C\"", c.Col, c.Collation)
+		}
+	}
+	// The roles work on the migrated schema.
+	r := roles(t, u, "old")
+	if d, err := r.Broker.Depth(ctx, "q"); err != nil || d != 1 {
+		t.Fatalf("Depth = %d, %v; want the version 1 row", d, err)
 	}
 }
 
