@@ -178,7 +178,7 @@ func TestClaimPlanUsesIndex(t *testing.T) {
 			t.Fatal(err)
 		}
 		s := string(plan)
-		if strings.Contains(s, `"Seq Scan"`) || !strings.Contains(s, `"stem_tasks_claim"`) || !strings.Contains(s, `"stem_tasks_pkey"`) {
+		if strings.Contains(s, `"Seq Scan"`) || !strings.Contains(s, `"stem_tasks_ready"`) || !strings.Contains(s, `"stem_tasks_pkey"`) {
 			t.Errorf("claim plan at %d rows does not use the claim and primary key indexes:\n%s", rows, plan)
 		}
 	}
@@ -247,7 +247,7 @@ func TestSettlePlansUsePrimaryKey(t *testing.T) {
 	}
 	for name, stmt := range stempostgres.SettleSQLForTest(schemaOf(t, u)) {
 		plan := explain(t, ctx, admin, name, stmt, args[name]...)
-		if s := string(plan); strings.Contains(s, `"stem_tasks_claim"`) || strings.Contains(s, `"Seq Scan"`) || !strings.Contains(s, `"stem_tasks_pkey"`) {
+		if s := string(plan); strings.Contains(s, `"stem_tasks_ready"`) || strings.Contains(s, `"Seq Scan"`) || !strings.Contains(s, `"stem_tasks_pkey"`) {
 			t.Errorf("%s does not find its rows by primary key alone on stale statistics:\n%s", name, plan)
 		}
 	}
@@ -398,7 +398,7 @@ func TestClaimCursor(t *testing.T) {
 	}
 	plan := explain(t, ctx, admin, "claim after", stempostgres.ClaimAfterSQLForTest(schemaOf(t, u)),
 		"cur", "q", 10, int64(60_000_000), int32(0), time.Now(), int64(1))
-	if !strings.Contains(string(plan), "ROW(visible_at, id) >") {
+	if !strings.Contains(string(plan), "ROW(due_at, id) >") {
 		t.Errorf("the claim from a cursor does not start its index scan at the cursor:\n%s", plan)
 	}
 }
@@ -445,5 +445,39 @@ func TestClaimCursorRenewedUnderFlow(t *testing.T) {
 		if ctx.Err() != nil {
 			t.Fatal("the row behind the cursor was never claimed while claims from the cursor found rows")
 		}
+	}
+}
+
+// A claim writes no index entry: its UPDATE changes the lease columns
+// only, none of them in an index, and the table leaves room on each page
+// for the claimed versions, so every row it takes is updated heap-only
+// (HOT), a whole page of rows at once included.
+func TestClaimIsHeapOnlyUpdate(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	if err := stempostgres.Migrate(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	admin := adminConn(t)
+	tasks := table(t, u, "stem_tasks")
+	if _, err := admin.Exec(ctx, "INSERT INTO "+tasks+` (namespace, queue, visible_at, due_at, task_id, payload)
+		SELECT 'hot', 'q', now(), now(), 't' || g, convert_to(repeat('x', 200), 'UTF8') FROM generate_series(1, 500) g`); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := admin.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	tag, err := tx.Exec(ctx, stempostgres.ClaimSQLForTest(schemaOf(t, u)), "hot", "q", 200, int64(60_000_000))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var hot, updated int64
+	if err := tx.QueryRow(ctx, "SELECT pg_stat_get_xact_tuples_hot_updated($1::regclass), pg_stat_get_xact_tuples_updated($1::regclass)", tasks).Scan(&hot, &updated); err != nil {
+		t.Fatal(err)
+	}
+	if tag.RowsAffected() != 200 || updated != 200 || hot != updated {
+		t.Fatalf("claim of 200 rows: %d claimed, %d updated, %d of them heap-only; want all 200 heap-only", tag.RowsAffected(), updated, hot)
 	}
 }

@@ -3,6 +3,10 @@ package stempostgres
 import (
 	"strconv"
 	"strings"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stem-go/stem/stemdriver"
 )
 
 // ClaimSQLForTest returns the claim statement of schema, for plan tests.
@@ -42,3 +46,6 @@ func SQLUpToForTest(schema string, version int) string {
 	}
 	return s
 }
+
+// PoolForTest returns the shared pool of a Control opened by this package.
+func PoolForTest(c stemdriver.ControlTransport) *pgxpool.Pool { return c.(*Control).s.pool }

@@ -17,7 +17,7 @@ type queries struct {
 	// Broker.
 	publish     string // $1 ns, $2 queues[], $3 priorities[], $4 not_befores[], $5 task_ids[], $6 payloads[], $7 channel ('' for none)
 	claim       string // $1 ns, $2 queue, $3 max, $4 lease µs
-	claimAfter  string // claim's, then a cursor: $5 priority, $6 visible_at, $7 id
+	claimAfter  string // claim's, then a cursor: $5 priority, $6 due_at, $7 id
 	extend      string // $1 ns, $2 queue, $3 id, $4 claims, $5 lease µs
 	ack         string // $1 ns, $2 queues[], $3 ids[], $4 claims[]
 	release     string // $1 ns, $2 queues[], $3 ids[], $4 claims[], $5 channel ('' for none)
@@ -79,11 +79,18 @@ SELECT count(*) FROM (SELECT pg_notify($7, ` + notifyPayloadSQL("$1", "queue") +
 	// The claim plan: = ANY(ARRAY(subquery)) keeps the index scan at every
 	// table size (IN (subquery) turned into a sequential scan of the whole
 	// table at 20k-50k rows on PostgreSQL 15; see PERFORMANCE.md).
+	// The claim index orders rows by due_at, which a claim leaves alone:
+	// the lease is visible_at, a column no index holds, so that the claim's
+	// UPDATE is a heap-only (HOT) one, with no new index entries (the
+	// table's fillfactor leaves room on each page for a claimed version of
+	// every row). A held row stays at its place in the index; the heap
+	// filter on visible_at skips it until its lease ends. A row not held
+	// has visible_at = due_at.
 	q.claim = `UPDATE ` + t + ` SET claims = claims + 1, leased = true, visible_at = now() + $4 * interval '1 microsecond'
 WHERE id = ANY(ARRAY(
 	SELECT id FROM ` + t + `
-	WHERE namespace = $1 AND queue = $2 AND visible_at <= now()
-	ORDER BY priority DESC, visible_at, id
+	WHERE namespace = $1 AND queue = $2 AND due_at <= now() AND visible_at <= now()
+	ORDER BY priority DESC, due_at, id
 	LIMIT $3
 	FOR UPDATE SKIP LOCKED))
 RETURNING id, claims, priority, due_at, payload`
@@ -96,22 +103,23 @@ RETURNING id, claims, priority, due_at, payload`
 	// whole namespace prefix for each statement (TestSettlePlansUsePrimaryKey).
 	// The claim from a cursor (the last row a claim took): rows of a
 	// higher priority, then those of the cursor's priority after it (a
-	// range that starts past the dead index entries earlier claims left
-	// behind), then those of lower priorities; in index order, as claim.
+	// range that starts past the rows earlier claims hold and the dead
+	// index entries of those acknowledged), then those of lower
+	// priorities; in index order, as claim.
 	// FOR UPDATE is not allowed in a UNION's own branches, so each is a
 	// sub-select; the LIMIT above them stops the Append, and so the row
 	// locks, at $3 rows.
 	branch := func(cond, order string) string {
-		return `SELECT id FROM (SELECT id FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND ` + cond + ` AND visible_at <= now()
+		return `SELECT id FROM (SELECT id FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND ` + cond + ` AND due_at <= now() AND visible_at <= now()
 		ORDER BY ` + order + ` LIMIT $3 FOR UPDATE SKIP LOCKED)`
 	}
 	q.claimAfter = `UPDATE ` + t + ` SET claims = claims + 1, leased = true, visible_at = now() + $4 * interval '1 microsecond'
 WHERE id = ANY(ARRAY(
-	` + branch("priority > $5::int", "priority DESC, visible_at, id") + ` hi
+	` + branch("priority > $5::int", "priority DESC, due_at, id") + ` hi
 	UNION ALL
-	` + branch("priority = $5::int AND (visible_at, id) > ($6::timestamptz, $7::bigint)", "visible_at, id") + ` same
+	` + branch("priority = $5::int AND (due_at, id) > ($6::timestamptz, $7::bigint)", "due_at, id") + ` same
 	UNION ALL
-	` + branch("priority < $5::int", "priority DESC, visible_at, id") + ` lo
+	` + branch("priority < $5::int", "priority DESC, due_at, id") + ` lo
 	LIMIT $3))
 RETURNING id, claims, priority, due_at, payload`
 	held := `id = $3 AND (namespace, queue) IS NOT DISTINCT FROM ($1, $2) AND claims = $4 AND leased`
@@ -148,10 +156,14 @@ SELECT namespace, queue, task_id, payload, $5 FROM del`
 	// Delayed messages are the rows not leased and not visible yet; one
 	// statement gives the count and the soonest rows (read-only, for
 	// inspect --scheduled).
-	q.delayed = `WITH d AS (SELECT id, visible_at, payload FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND NOT leased AND visible_at > now())
-SELECT (SELECT count(*) FROM d), s.id, s.payload FROM (SELECT id, visible_at, payload FROM d ORDER BY visible_at, id LIMIT $3) s
-RIGHT JOIN (SELECT 1) one ON true ORDER BY s.visible_at, s.id`
-	q.nextVisible = `SELECT extract(epoch FROM min(visible_at) - now()) FROM ` + t + ` WHERE namespace = $1 AND queue = ANY($2::text[]) AND visible_at > now()`
+	q.delayed = `WITH d AS (SELECT id, due_at, payload FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND due_at > now() AND NOT leased)
+SELECT (SELECT count(*) FROM d), s.id, s.payload FROM (SELECT id, due_at, payload FROM d ORDER BY due_at, id LIMIT $3) s
+RIGHT JOIN (SELECT 1) one ON true ORDER BY s.due_at, s.id`
+	// The next delayed message (due_at in the index) or lease end (held
+	// rows, due before now: the heap's visible_at).
+	q.nextVisible = `SELECT extract(epoch FROM least(
+	(SELECT min(due_at) FROM ` + t + ` WHERE namespace = $1 AND queue = ANY($2::text[]) AND due_at > now()),
+	(SELECT min(visible_at) FROM ` + t + ` WHERE namespace = $1 AND queue = ANY($2::text[]) AND due_at <= now() AND visible_at > now())) - now())`
 
 	// Results: final states are final, in the upsert's WHERE.
 	expires := `CASE WHEN $5::bigint > 0 THEN now() + $5::bigint * interval '1 microsecond' END`

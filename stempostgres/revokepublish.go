@@ -60,7 +60,7 @@ func (c *Control) UpsertPublish(ctx context.Context, rs stemdriver.RevokeStore, 
 	if len(recs) == 1 {
 		sql, args = c.s.q.revokeOne, []any{g.nss[0], g.tasks[0], g.versions[0], g.bodies[0], g.expires[0], c.cmdChannel, payload}
 	}
-	notified, err := r.upsertGroup(ctx, sql, args, g, recs, out)
+	notified, err := r.upsertNotifyEarly(ctx, sql, args, g, recs, out)
 	if err != nil {
 		return nil, false, err
 	}

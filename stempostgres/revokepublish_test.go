@@ -3,10 +3,13 @@ package stempostgres_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/internal/systemtest"
 	"github.com/stem-go/stem/internal/testutil"
+	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stempostgres"
 	"github.com/stem-go/stem/stemtype"
 )
 
@@ -87,5 +90,46 @@ func TestRevokeTerminateEveryPath(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// The revoke's upsert commits without waiting for the disk (so that its
+// notification leaves at once) through a setting local to its own
+// transaction: the pool's connections keep synchronous commits after it,
+// and the record is stored when UpsertPublish returns.
+func TestUpsertPublishKeepsSynchronousCommit(t *testing.T) {
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	ns := "sc-" + stem.NewTaskID()[:8]
+	r := roles(t, u, ns)
+	rp, ok := r.Control.(stemdriver.RevokePublisher)
+	if !ok || !rp.PublishesWith(r.Revokes) {
+		t.Fatal("the Postgres control transport does not publish revokes with its revoke store")
+	}
+	for i := range 20 {
+		rec := stemtype.RevokeRecord{Namespace: ns, TaskID: fmt.Sprintf("t%d", i), Version: int64(i + 1), IssuedAt: time.Now()}
+		stored, _, err := rp.UpsertPublish(ctx, r.Revokes, []stemtype.RevokeRecord{rec}, nil, []byte(`{}`))
+		if err != nil || len(stored) != 1 {
+			t.Fatalf("UpsertPublish: %v, %v", stored, err)
+		}
+	}
+	got, err := r.Revokes.List(ctx, ns)
+	if err != nil || len(got) != 20 {
+		t.Fatalf("List after 20 UpsertPublish calls: %d records, %v; want 20", len(got), err)
+	}
+	// Every connection the pool holds (the calls above may have used
+	// several) reports synchronous commits on.
+	pool := stempostgres.PoolForTest(r.Control)
+	conns := pool.AcquireAllIdle(ctx)
+	if len(conns) == 0 {
+		t.Fatal("no idle connection in the pool")
+	}
+	for _, c := range conns {
+		var setting, reset string
+		err := c.QueryRow(ctx, "SELECT setting, reset_val FROM pg_settings WHERE name = 'synchronous_commit'").Scan(&setting, &reset)
+		c.Release()
+		if err != nil || setting != reset {
+			t.Fatalf("a pooled connection after UpsertPublish: synchronous_commit = %q, %v; want the server's %q", setting, err, reset)
+		}
 	}
 }
