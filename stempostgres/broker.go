@@ -338,20 +338,29 @@ func (b *Broker) claimRows(ctx context.Context, queue string, want int, lease in
 	if fromCursor {
 		sql, args = b.s.q.claimAfter, append(args, cur.priority, cur.at, cur.id)
 	}
-	rows, err := b.db.Query(ctx, sql, args...)
-	if err != nil {
-		return nil, b.errorf(err, "claim from queue %q", queue)
-	}
 	var got []claimed
-	for rows.Next() {
-		var c claimed
-		if err := rows.Scan(&c.id, &c.claims, &c.priority, &c.due, &c.payload); err != nil {
-			rows.Close()
-			return nil, b.errorf(err, "claim from queue %q", queue)
+	read := func(rows pgx.Rows) error {
+		for rows.Next() {
+			var c claimed
+			if err := rows.Scan(&c.id, &c.claims, &c.priority, &c.due, &c.payload); err != nil {
+				return err
+			}
+			got = append(got, c)
 		}
-		got = append(got, c)
+		return rows.Err()
 	}
-	if err := rows.Err(); err != nil {
+	var err error
+	if b.parent == nil {
+		err = queryAsyncCommit(ctx, b.s.pool, false, sql, args, read)
+	} else {
+		// In the caller's transaction, which commits as it chooses.
+		var rows pgx.Rows
+		if rows, err = b.db.Query(ctx, sql, args...); err == nil {
+			err = read(rows)
+			rows.Close()
+		}
+	}
+	if err != nil {
 		// The claim's transaction failed: no row was leased.
 		return nil, b.errorf(err, "claim from queue %q", queue)
 	}

@@ -93,10 +93,11 @@ func TestRevokeTerminateEveryPath(t *testing.T) {
 	}
 }
 
-// The revoke's upsert commits without waiting for the disk (so that its
-// notification leaves at once) through a setting local to its own
-// transaction: the pool's connections keep synchronous commits after it,
-// and the record is stored when UpsertPublish returns.
+// The revoke's upsert and the claim commit without waiting for the disk
+// (so that a notification leaves at once, and a claim returns sooner)
+// through a setting local to their own transactions: the pool's
+// connections keep synchronous commits after them, the records are
+// stored when UpsertPublish returns, and the claimed rows are held.
 func TestUpsertPublishKeepsSynchronousCommit(t *testing.T) {
 	u := testutil.PostgresSchema(t)
 	ctx := boundCtx(t)
@@ -117,19 +118,38 @@ func TestUpsertPublishKeepsSynchronousCommit(t *testing.T) {
 	if err != nil || len(got) != 20 {
 		t.Fatalf("List after 20 UpsertPublish calls: %d records, %v; want 20", len(got), err)
 	}
+	for i := range 20 {
+		if err := r.Broker.Publish(ctx, &stemtype.Envelope{ID: fmt.Sprintf("c%d", i), Task: "x", Queue: "q"}); err != nil {
+			t.Fatal(err)
+		}
+		ds, err := r.Broker.Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "c", Max: 5, Lease: time.Hour})
+		if err != nil || len(ds) != 1 {
+			t.Fatalf("claim %d: %d deliveries, %v; want the one published", i, len(ds), err)
+		}
+	}
+	if d, err := r.Broker.Depth(ctx, "q"); err != nil || d != 0 {
+		t.Fatalf("Depth after claiming every message = %d, %v; want 0 (all held)", d, err)
+	}
 	// Every connection the pool holds (the calls above may have used
-	// several) reports synchronous commits on.
+	// several) reports the server's synchronous commit setting.
 	pool := stempostgres.PoolForTest(r.Control)
 	conns := pool.AcquireAllIdle(ctx)
 	if len(conns) == 0 {
 		t.Fatal("no idle connection in the pool")
 	}
+	var bad []string
 	for _, c := range conns {
 		var setting, reset string
-		err := c.QueryRow(ctx, "SELECT setting, reset_val FROM pg_settings WHERE name = 'synchronous_commit'").Scan(&setting, &reset)
-		c.Release()
-		if err != nil || setting != reset {
-			t.Fatalf("a pooled connection after UpsertPublish: synchronous_commit = %q, %v; want the server's %q", setting, err, reset)
+		if err := c.QueryRow(ctx, "SELECT setting, reset_val FROM pg_settings WHERE name = 'synchronous_commit'").Scan(&setting, &reset); err != nil {
+			bad = append(bad, err.Error())
+		} else if setting != reset {
+			bad = append(bad, fmt.Sprintf("synchronous_commit = %q where the server's is %q", setting, reset))
 		}
+	}
+	for _, c := range conns {
+		c.Release() // all of them before any Fatal: Close waits for them
+	}
+	if len(bad) > 0 {
+		t.Fatalf("pooled connections after UpsertPublish and Claim: %v", bad)
 	}
 }
