@@ -37,7 +37,12 @@
 //   - stem_tasks: one row per message (bytea JSON envelope), claimed with
 //     UPDATE ... WHERE id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED
 //     LIMIT n)), leased until the server's now() plus the lease, and
-//     deleted by Ack, so that the table holds only unfinished work.
+//     deleted by Ack, so that the table holds only unfinished work. The
+//     claim index orders rows by (namespace, queue, priority, due_at, id);
+//     the lease's end (visible_at) is in no index, so a claim is a
+//     heap-only update that writes no index entry, and the table's
+//     fillfactor (45) leaves room on each page for the claimed versions.
+//     Key columns compare bytes (COLLATE "C").
 //   - stem_dead_letters: messages removed by DeadLetter, with the reason.
 //   - stem_results: one row per task, upserted with final states final in
 //     the statement's WHERE; expired rows are deleted once a minute.
@@ -87,18 +92,27 @@
 //     compared with it.
 //   - Acknowledged tasks leave no row, so a finished task is known only to
 //     the result backend.
-//   - Priorities: higher first within a queue; the claim index scans a
-//     priority's held rows before the next priority's ready ones.
+//   - Priorities: higher first within a queue. A held row keeps its place
+//     in the claim index, so a claim from the head of a queue checks its
+//     held rows (one heap read each) before the ready ones behind them.
 //   - A Broker claims from a cursor, where its last claim of the queue
-//     ended, so that a backlog's claims do not walk the dead index entries
-//     that earlier claims left at the queue's head. A row that becomes
+//     ended, so that a backlog's claims do not walk the held rows and the
+//     dead index entries of acknowledged ones at the queue's head. A row that becomes
 //     ready behind the cursor (a lease that expired, a delayed message due
 //     before the cursor's row, a row another claim locked and released) is
 //     claimed by the next claim from the head: within a second, or at once
 //     when a claim from the cursor finds nothing.
 //   - Presence (Announce) commits without waiting for the disk: it is
 //     refreshed every few seconds, and a database crash may undo the last
-//     announcement until the next one.
+//     announcement until the next one. Claims do the same: a crash of the
+//     server may undo a claim, which makes its rows claimable again, as
+//     the end of a lease does; the worker that held them then cannot
+//     acknowledge them, and the task runs again (at least once, as
+//     always). A revoke's upsert commits without waiting too, so that its
+//     notification leaves at once, and UpsertPublish then waits for the
+//     disk before it returns: workers may act on a revoke a moment before
+//     it is durable, and if the server crashes in that moment, the call
+//     fails.
 //   - A NOTIFY follows its write's commit from the same process; if the
 //     process dies in between, idle workers find the work at their next
 //     poll (PollInterval).

@@ -79,7 +79,7 @@ func encodeResult(res *stemtype.TaskResult) ([]byte, error) {
 	if res == nil || res.ID == "" {
 		return nil, errors.New("stem: postgres results: put: result is nil or has no id")
 	}
-	raw, err := json.Marshal(res)
+	raw, err := res.AppendJSON(nil)
 	if err != nil {
 		return nil, fmt.Errorf("stem: postgres results: put: encode result %s: %w", res.ID, err)
 	}

@@ -201,7 +201,10 @@ func (b *Broker) PublishWithResults(ctx context.Context, rb stemdriver.ResultBac
 	}
 	states := make([][]byte, len(results))
 	for i, res := range results {
-		if states[i], err = json.Marshal(res); err != nil {
+		if res == nil {
+			return true, errors.New("stem: redis results: put: nil result")
+		}
+		if states[i], err = res.AppendJSON(nil); err != nil {
 			return true, fmt.Errorf("stem: redis results: put: encode result %s: %w", res.ID, err)
 		}
 	}

@@ -78,7 +78,7 @@ func (r *Results) Put(ctx context.Context, results ...*stemtype.TaskResult) erro
 		if res == nil || res.ID == "" {
 			return errors.New("stem: redis results: put: result is nil or has no id")
 		}
-		raw, err := json.Marshal(res)
+		raw, err := res.AppendJSON(nil)
 		if err != nil {
 			return fmt.Errorf("stem: redis results: put: encode result %s: %w", res.ID, err)
 		}
@@ -181,7 +181,7 @@ func (r *Results) PutIfState(ctx context.Context, res *stemtype.TaskResult, stat
 	if res == nil || res.ID == "" {
 		return false, errors.New("stem: redis results: put: result is nil or has no id")
 	}
-	raw, err := json.Marshal(res)
+	raw, err := res.AppendJSON(nil)
 	if err != nil {
 		return false, fmt.Errorf("stem: redis results: put: encode result %s: %w", res.ID, err)
 	}

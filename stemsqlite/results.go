@@ -59,7 +59,7 @@ func encodeResult(res *stemtype.TaskResult) ([]byte, error) {
 	if res == nil || res.ID == "" {
 		return nil, errors.New("stem: sqlite results put: result is nil or has no id")
 	}
-	raw, err := json.Marshal(res)
+	raw, err := res.AppendJSON(nil)
 	if err != nil {
 		return nil, fmt.Errorf("stem: sqlite results put: encode result %s: %w", res.ID, err)
 	}

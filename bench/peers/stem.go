@@ -38,7 +38,8 @@ const (
 	stemLong   = "peers.long"
 )
 
-// openStem opens stem's four stores on rawURL in a fresh namespace.
+// openStem opens stem's four stores on rawURL in a fresh namespace (and,
+// on Postgres, a fresh schema; on SQLite, a fresh file).
 func openStem(ctx context.Context, rawURL string, p *probe, logger *slog.Logger) (_ *stemSystem, err error) {
 	backend, err := backendOf(rawURL)
 	if err != nil {
@@ -46,10 +47,17 @@ func openStem(ctx context.Context, rawURL string, p *probe, logger *slog.Logger)
 	}
 	s := &stemSystem{backend: backend, ns: "peers-" + stem.NewTaskID()[:12], p: p, logger: logger}
 	u := rawURL
-	if backend == "sqlite" {
+	switch backend {
+	case "sqlite":
 		if u, s.cleanup, err = freshSQLite(rawURL, func(path, query string) string {
 			return "sqlite://" + path + query
 		}); err != nil {
+			return nil, err
+		}
+	case "postgres":
+		// A fresh schema, as River gets: no run inherits the dead rows
+		// of the ones before it.
+		if u, s.cleanup, err = freshPostgresSchema(ctx, rawURL); err != nil {
 			return nil, err
 		}
 	}

@@ -8,7 +8,11 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/stemurl"
 )
 
@@ -76,4 +80,32 @@ func freshSQLite(raw string, format func(path, query string) string) (string, fu
 	}
 	file := filepath.Join(dir, "bench.sqlite3")
 	return format(file, query), func() error { return os.RemoveAll(dir) }, nil
+}
+
+// freshPostgresSchema returns raw with search_path set to a new schema's
+// name (stem creates the schema when it migrates), and a function that
+// drops that schema.
+func freshPostgresSchema(ctx context.Context, raw string) (string, func() error, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "", nil, fmt.Errorf("bad postgres URL %s: %w", stemurl.Redact(raw), err)
+	}
+	schema := "peers_" + stem.NewTaskID()[:12]
+	q := u.Query()
+	q.Set("search_path", schema)
+	u.RawQuery = q.Encode()
+	drop := func() error {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Minute)
+		defer cancel()
+		conn, err := pgx.Connect(ctx, raw)
+		if err != nil {
+			return fmt.Errorf("drop schema %s: connect to %s: %w", schema, stemurl.Redact(raw), err)
+		}
+		defer conn.Close(ctx)
+		if _, err := conn.Exec(ctx, "DROP SCHEMA IF EXISTS "+schema+" CASCADE"); err != nil {
+			return fmt.Errorf("drop schema %s: %w", schema, err)
+		}
+		return nil
+	}
+	return u.String(), drop, nil
 }
