@@ -22,6 +22,7 @@
 #   TASKS_ENQ   tasks enqueued one call each [5000]
 #   PRODUCERS   goroutines enqueueing one by one [8]
 #   DRAIN_C     concurrencies of the drains ["10 50"]
+#   CANCEL_C    worker concurrency of the cancel rounds [50]
 #   ROUNDS      rounds of pickup and cancel [100]
 #   IDLE        idle CPU window [10s]
 #   OUT         file for the runs' JSON lines [a temporary file, kept]
@@ -47,6 +48,7 @@ tasks_slow=${TASKS_SLOW:-2000}
 tasks_enq=${TASKS_ENQ:-5000}
 producers=${PRODUCERS:-8}
 drain_c=${DRAIN_C:-10 50}
+cancel_c=${CANCEL_C:-50}
 rounds=${ROUNDS:-100}
 idle=${IDLE:-10s}
 case "$backend" in
@@ -113,7 +115,7 @@ for ((r = 1; r <= repeats; r++)); do
 	for s in $systems; do measure "$s" -scenario idlecpu -idle "$idle"; done
 	for s in $systems; do
 		[[ $s == ceiling ]] && continue # no cancel: not a product
-		measure "$s" -scenario cancel -rounds "$rounds"
+		measure "$s" -scenario cancel -rounds "$rounds" -concurrency "$cancel_c"
 	done
 	# One-by-one enqueue: the same insert path with and without River's
 	# FetchCooldown, so River's defaults are left out (their drain of the
