@@ -18,7 +18,7 @@ func EncodeEnvelopes(envs []*stemtype.Envelope) ([][]byte, error) {
 		if err := env.Validate(); err != nil {
 			return nil, err
 		}
-		raw, err := json.Marshal(env)
+		raw, err := env.AppendJSON(nil)
 		if err != nil {
 			return nil, fmt.Errorf("encode envelope %s: %w", env.ID, err)
 		}

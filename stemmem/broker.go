@@ -325,7 +325,7 @@ func (b *broker) take(req stemdriver.ClaimRequest, now time.Time) []stemdriver.D
 func (b *broker) delivery(m *message) stemdriver.Delivery {
 	d := stemdriver.Delivery{Raw: append([]byte(nil), m.raw...), Queue: m.queue, Receipt: m.receipt}
 	var env stemtype.Envelope
-	if err := json.Unmarshal(m.raw, &env); err != nil {
+	if err := stemtype.DecodeEnvelope(m.raw, &env); err != nil {
 		// Unreachable while Publish encodes every message itself; kept so
 		// a future raw import path cannot lose a message silently.
 		d.DecodeErr = fmt.Errorf("stem: memory broker: decode message in queue %s: %w", m.queue, err)
@@ -523,7 +523,7 @@ func (b *broker) Delayed(ctx context.Context, queue string, limit int) ([]*stemt
 	out := make([]*stemtype.Envelope, 0, min(len(ms), max(limit, 0)))
 	for _, m := range ms[:min(len(ms), max(limit, 0))] {
 		var env stemtype.Envelope
-		if err := json.Unmarshal(m.raw, &env); err != nil {
+		if err := stemtype.DecodeEnvelope(m.raw, &env); err != nil {
 			return nil, 0, fmt.Errorf("stem: memory broker: decode a delayed message of queue %s: %w", queue, err)
 		}
 		out = append(out, &env)

@@ -320,7 +320,7 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 		for _, c := range got {
 			d := stemdriver.Delivery{Raw: c.payload, Queue: queue, Receipt: receipt(c.id, c.claims), Redelivered: c.claims > 1}
 			var env stemtype.Envelope
-			if err := json.Unmarshal(c.payload, &env); err != nil {
+			if err := stemtype.DecodeEnvelope(c.payload, &env); err != nil {
 				d.DecodeErr = fmt.Errorf("stem: postgres broker: message %d in queue %q: undecodable envelope: %w", c.id, queue, err)
 			} else {
 				d.Envelope = &env
@@ -784,7 +784,7 @@ func (b *Broker) Delayed(ctx context.Context, queue string, limit int) ([]*stemt
 			continue // the row that carries the count alone
 		}
 		var env stemtype.Envelope
-		if err := json.Unmarshal(payload, &env); err != nil {
+		if err := stemtype.DecodeEnvelope(payload, &env); err != nil {
 			return nil, 0, fmt.Errorf("stem: postgres broker: decode delayed message %d in queue %q: %w", *id, queue, err)
 		}
 		out = append(out, &env)

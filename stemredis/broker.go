@@ -371,7 +371,7 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 func decodeDelivery(queue, id string, raw []byte) stemdriver.Delivery {
 	d := stemdriver.Delivery{Raw: raw, Queue: queue, Receipt: id}
 	var env stemtype.Envelope
-	if err := json.Unmarshal(raw, &env); err != nil {
+	if err := stemtype.DecodeEnvelope(raw, &env); err != nil {
 		d.DecodeErr = fmt.Errorf("stem: redis broker: undecodable message %s in queue %q: %w", id, queue, err)
 		return d
 	}
@@ -650,7 +650,7 @@ func (b *Broker) Delayed(ctx context.Context, queue string, limit int) ([]*stemt
 			raw = m[i:] // without the token, as the claim script strips it
 		}
 		var env stemtype.Envelope
-		if err := json.Unmarshal([]byte(raw), &env); err != nil {
+		if err := stemtype.DecodeEnvelope([]byte(raw), &env); err != nil {
 			return nil, 0, fmt.Errorf("stem: redis broker: decode a delayed message of queue %q: %w", queue, err)
 		}
 		out = append(out, &env)

@@ -307,7 +307,7 @@ func (b *Broker) delivery(c claimed) stemdriver.Delivery {
 		Redelivered: c.claims > 1,
 	}
 	var env stemtype.Envelope
-	if err := json.Unmarshal(c.body, &env); err != nil {
+	if err := stemtype.DecodeEnvelope(c.body, &env); err != nil {
 		d.DecodeErr = fmt.Errorf("stem: sqlite broker: decode message %d in queue %s: %w", c.id, c.queue, err)
 		b.logger.Warn("stem: sqlite broker: undecodable message", "queue", c.queue, "row", c.id, "error", err)
 		return d
@@ -616,7 +616,7 @@ ORDER BY visible_at, id LIMIT ?4`, b.ns, queue, now, max(limit, 0), rowDelayed)
 			return nil, 0, b.errorf(err, "list the delayed messages of queue %q", queue)
 		}
 		var env stemtype.Envelope
-		if err := json.Unmarshal(body, &env); err != nil {
+		if err := stemtype.DecodeEnvelope(body, &env); err != nil {
 			return nil, 0, fmt.Errorf("stem: sqlite broker: decode delayed message %d in queue %s: %w", id, queue, err)
 		}
 		out = append(out, &env)

@@ -148,3 +148,49 @@ func appendMarshal(dst []byte, key string, v any) ([]byte, error) {
 	dst = append(dst, key...)
 	return append(dst, b...), nil
 }
+
+// AppendJSON appends the JSON encoding of e to dst and returns the
+// extended buffer: the same bytes as json.Marshal(e), faster, falling back
+// to json.Marshal where TaskResult.AppendJSON does (and for headers, which
+// it leaves to json.Marshal's sorted map encoding).
+func (e *Envelope) AppendJSON(dst []byte) ([]byte, error) {
+	if !plainString(e.ID) || !plainString(e.Task) || !plainString(e.Queue) || !plainTime(e.NotBefore) || !plainTime(e.CreatedAt) {
+		b, err := json.Marshal(e)
+		return append(dst, b...), err
+	}
+	dst = append(dst, `{"id":`...)
+	dst = appendPlainString(dst, e.ID)
+	dst = append(dst, `,"task":`...)
+	dst = appendPlainString(dst, e.Task)
+	var err error
+	if len(e.Args) > 0 {
+		dst = append(dst, `,"args":`...)
+		if dst, err = appendRaw(dst, e.Args); err != nil {
+			return dst, err
+		}
+	}
+	dst = append(dst, `,"queue":`...)
+	dst = appendPlainString(dst, e.Queue)
+	dst = append(dst, `,"attempt":`...)
+	dst = strconv.AppendInt(dst, int64(e.Attempt), 10)
+	if e.MaxRetries != nil {
+		dst = append(dst, `,"maxRetries":`...)
+		dst = strconv.AppendInt(dst, int64(*e.MaxRetries), 10)
+	}
+	if e.Priority != 0 {
+		dst = append(dst, `,"priority":`...)
+		dst = strconv.AppendInt(dst, int64(e.Priority), 10)
+	}
+	if len(e.Headers) > 0 {
+		if dst, err = appendMarshal(dst, `,"headers":`, e.Headers); err != nil {
+			return dst, err
+		}
+	}
+	if !e.NotBefore.IsZero() {
+		dst = append(dst, `,"notBefore":`...)
+		dst = appendTime(dst, e.NotBefore)
+	}
+	dst = append(dst, `,"createdAt":`...)
+	dst = appendTime(dst, e.CreatedAt)
+	return append(dst, '}'), nil
+}

@@ -135,3 +135,68 @@ func BenchmarkResultEncode(b *testing.B) {
 		}
 	})
 }
+
+func sampleEnvelope(r *rand.Rand) *stemtype.Envelope {
+	pick := func() string {
+		if r.IntN(5) > 0 {
+			return sampleStrings[r.IntN(7)]
+		}
+		return sampleStrings[r.IntN(len(sampleStrings))]
+	}
+	e := &stemtype.Envelope{ID: pick(), Task: pick(), Queue: pick(), Attempt: r.IntN(4), Priority: r.IntN(3) - 1,
+		NotBefore: sampleTime(r), CreatedAt: sampleTime(r)}
+	switch r.IntN(5) {
+	case 1:
+		e.Args = json.RawMessage(`{"n":1}`)
+	case 2:
+		e.Args = json.RawMessage(` [ "a<b" , 2 ] `)
+	case 3:
+		e.Args = json.RawMessage(`nul`)
+	}
+	if r.IntN(3) == 0 {
+		n := r.IntN(10) - 2
+		e.MaxRetries = &n
+	}
+	if r.IntN(3) == 0 {
+		e.Headers = map[string]string{pick(): pick(), "traceparent": pick()}
+	}
+	return e
+}
+
+// Envelope.AppendJSON writes what json.Marshal writes, or fails where it
+// fails.
+func TestEnvelopeAppendJSONMatchesMarshal(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for i := range 20000 {
+		e := sampleEnvelope(r)
+		want, werr := json.Marshal(e)
+		got, gerr := e.AppendJSON([]byte("prefix"))
+		if (werr != nil) != (gerr != nil) {
+			t.Fatalf("case %d: json.Marshal error %v, AppendJSON error %v\n%+v", i, werr, gerr, e)
+		}
+		if werr == nil && !bytes.Equal(got, append([]byte("prefix"), want...)) {
+			t.Fatalf("case %d:\nAppendJSON   %s\njson.Marshal prefix%s", i, got, want)
+		}
+	}
+}
+
+func FuzzEnvelopeAppendJSON(f *testing.F) {
+	f.Add("id", "task", "queue", []byte(`{"a":1}`), 0, 0, int64(0), "k", "v")
+	f.Add("<id>", "t\u2028", "", []byte(` [ 1 ] `), -1, 7, int64(1e18), "", "\xff")
+	f.Fuzz(func(t *testing.T, id, task, queue string, args []byte, attempt, priority int, nanos int64, hk, hv string) {
+		at := time.Unix(0, nanos).UTC()
+		e := &stemtype.Envelope{ID: id, Task: task, Queue: queue, Args: args, Attempt: attempt, Priority: priority,
+			CreatedAt: at, NotBefore: at}
+		if hk != "" {
+			e.Headers = map[string]string{hk: hv}
+		}
+		want, werr := json.Marshal(e)
+		got, gerr := e.AppendJSON(nil)
+		if (werr != nil) != (gerr != nil) {
+			t.Fatalf("json.Marshal error %v, AppendJSON error %v", werr, gerr)
+		}
+		if werr == nil && !bytes.Equal(got, want) {
+			t.Fatalf("\nAppendJSON   %s\njson.Marshal %s", got, want)
+		}
+	})
+}
