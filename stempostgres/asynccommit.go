@@ -11,7 +11,8 @@ import (
 
 // queryAsyncCommit runs sql with args in a transaction of its own that
 // commits without waiting for its WAL to reach the disk
-// (synchronous_commit off, for that transaction only), and hands its rows
+// (relaxedCommitSQL: synchronous_commit off, for that transaction only),
+// and hands its rows
 // to read; all in one round trip. The commit is checked: when it fails,
 // so does the call, whatever read saw.
 //
@@ -28,7 +29,7 @@ import (
 func queryAsyncCommit(ctx context.Context, pool *pgxpool.Pool, flush bool, sql string, args []any, read func(pgx.Rows) error) (err error) {
 	batch := &pgx.Batch{}
 	batch.Queue("BEGIN")
-	batch.Queue("SET LOCAL synchronous_commit TO off")
+	batch.Queue(relaxedCommitSQL)
 	batch.Queue(sql, args...)
 	batch.Queue("COMMIT")
 	if flush {

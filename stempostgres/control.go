@@ -303,7 +303,14 @@ func (c *Control) Reply(ctx context.Context, requestID string, msg []byte) error
 	if msg == nil {
 		msg = []byte{} // an empty reply, not NULL
 	}
-	if _, err := c.s.pool.Exec(ctx, c.s.q.reply, c.ns, requestID, msg); err != nil {
+	// A reply is soft state, as presence is: its commit does not wait for
+	// the disk (a crash of the database may lose it, and the caller then
+	// counts the worker as not answering), so that a revoke's or ping's
+	// caller hears back one disk flush sooner.
+	batch := &pgx.Batch{}
+	batch.Queue(relaxedCommitSQL)
+	batch.Queue(c.s.q.reply, c.ns, requestID, msg)
+	if err := c.s.pool.SendBatch(ctx, batch).Close(); err != nil {
 		return c.errorf(err, "reply to request %q", requestID)
 	}
 	c.s.notes.send(c.replyChannel, replyPayload(requestID))
@@ -471,7 +478,8 @@ func (c *Control) Announce(ctx context.Context, info stemtype.WorkerInfo, ttl ti
 }
 
 // relaxedCommitSQL turns off the wait for the disk at the commit of the
-// implicit transaction it runs in.
+// transaction it runs in (an implicit one: a pipeline's), and of that
+// transaction only.
 const relaxedCommitSQL = `SELECT set_config('synchronous_commit', 'off', true)`
 
 // Withdraw forgets workerID at once when its announcement is instance's,

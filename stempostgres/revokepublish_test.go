@@ -93,8 +93,9 @@ func TestRevokeTerminateEveryPath(t *testing.T) {
 	}
 }
 
-// The revoke's upsert and the claim commit without waiting for the disk
-// (so that a notification leaves at once, and a claim returns sooner)
+// The revoke's upsert, the claim and a reply commit without waiting for
+// the disk (so that a notification leaves at once, and a claim or reply
+// returns sooner)
 // through a setting local to their own transactions: the pool's
 // connections keep synchronous commits after them, the records are
 // stored when UpsertPublish returns, and the claimed rows are held.
@@ -129,6 +130,16 @@ func TestUpsertPublishKeepsSynchronousCommit(t *testing.T) {
 	}
 	if d, err := r.Broker.Depth(ctx, "q"); err != nil || d != 0 {
 		t.Fatalf("Depth after claiming every message = %d, %v; want 0 (all held)", d, err)
+	}
+	// Replies commit the same way.
+	for i := range 5 {
+		if err := r.Control.Reply(ctx, "req", []byte(fmt.Sprintf(`{"n":%d}`, i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	if err := r.Control.Replies(ctx, "req", func([]byte) bool { n++; return n < 5 }); err != nil || n != 5 {
+		t.Fatalf("Replies: %d of 5 replies read, %v", n, err)
 	}
 	// Every connection the pool holds (the calls above may have used
 	// several) reports the server's synchronous commit setting.
