@@ -32,8 +32,14 @@
 // The Open functions migrate the schema on their first use in a process,
 // under an advisory lock, so that workers starting at once are safe;
 // Migrate does the same alone, and SQL prints the statements for those who
-// run migrations themselves. The version table is stem_migrations. Tables,
-// each with a namespace column:
+// run migrations themselves. The version table is stem_migrations.
+// Version 2 (byte-order key columns) rebuilds every index of stem's tables
+// and version 3 builds the new claim index, each under a lock that blocks
+// the tables' writers while it works: on a deployment with millions of
+// results, run stem migrate at a quiet moment, before the rollout. A
+// worker of an older stem keeps running on a migrated schema (its claims
+// then sort the queue's rows, which is slower), and refuses to start on
+// one (schema newer than it knows). Tables, each with a namespace column:
 //   - stem_tasks: one row per message (bytea JSON envelope), claimed with
 //     UPDATE ... WHERE id = ANY(ARRAY(SELECT ... FOR UPDATE SKIP LOCKED
 //     LIMIT n)), leased until the server's now() plus the lease, and
