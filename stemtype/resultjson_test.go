@@ -16,6 +16,15 @@ import (
 var sampleStrings = []string{"", "a", "0a1b2c3d4e5f", "peers.noop", "default", "succeeded", "w-1",
 	`say "hi"`, `back\slash`, "<b>&</b>", "tab\there", "nl\n", "\x00", "é", "日本", "\xff\xfe", "line\u2028sep"}
 
+// sampleString picks a plain string four times in five, so that the fast
+// paths are tested most, and any of sampleStrings otherwise.
+func sampleString(r *rand.Rand) string {
+	if r.IntN(5) > 0 {
+		return sampleStrings[r.IntN(7)]
+	}
+	return sampleStrings[r.IntN(len(sampleStrings))]
+}
+
 func sampleTime(r *rand.Rand) time.Time {
 	switch r.IntN(6) {
 	case 0:
@@ -32,12 +41,7 @@ func sampleTime(r *rand.Rand) time.Time {
 }
 
 func sampleResult(r *rand.Rand) *stemtype.TaskResult {
-	pick := func() string { // plain four times in five, so that the fast path is tested most
-		if r.IntN(5) > 0 {
-			return sampleStrings[r.IntN(7)]
-		}
-		return sampleStrings[r.IntN(len(sampleStrings))]
-	}
+	pick := func() string { return sampleString(r) }
 	res := &stemtype.TaskResult{ID: pick(), Task: pick(), Queue: pick(), State: stemtype.State(pick()),
 		Attempt: r.IntN(5) - 1, WorkerID: pick(), NotBefore: sampleTime(r), StartedAt: sampleTime(r),
 		FinishedAt: sampleTime(r), UpdatedAt: sampleTime(r)}
@@ -61,22 +65,27 @@ func sampleResult(r *rand.Rand) *stemtype.TaskResult {
 	return res
 }
 
+// matchMarshal fails t unless got and err, what an AppendJSON of v
+// appended to "prefix", are json.Marshal's bytes after the prefix, or both
+// failed.
+func matchMarshal(t *testing.T, i int, v any, got []byte, err error) {
+	t.Helper()
+	want, werr := json.Marshal(v)
+	if (werr != nil) != (err != nil) {
+		t.Fatalf("case %d: json.Marshal error %v, AppendJSON error %v\n%+v", i, werr, err, v)
+	}
+	if werr == nil && !bytes.Equal(got, append([]byte("prefix"), want...)) {
+		t.Fatalf("case %d:\nAppendJSON   %s\njson.Marshal prefix%s", i, got, want)
+	}
+}
+
 // AppendJSON writes what json.Marshal writes, or fails where it fails.
 func TestResultAppendJSONMatchesMarshal(t *testing.T) {
 	r := rand.New(rand.NewPCG(1, 2))
 	for i := range 20000 {
 		res := sampleResult(r)
-		want, werr := json.Marshal(res)
-		got, gerr := res.AppendJSON([]byte("prefix"))
-		if (werr != nil) != (gerr != nil) {
-			t.Fatalf("case %d: json.Marshal error %v, AppendJSON error %v\n%+v", i, werr, gerr, res)
-		}
-		if werr != nil {
-			continue
-		}
-		if !bytes.Equal(got, append([]byte("prefix"), want...)) {
-			t.Fatalf("case %d:\nAppendJSON   %s\njson.Marshal prefix%s", i, got, want)
-		}
+		got, err := res.AppendJSON([]byte("prefix"))
+		matchMarshal(t, i, res, got, err)
 	}
 	// The common result, every string plain and every time UTC.
 	res := &stemtype.TaskResult{ID: "0a1b", Task: "peers.noop", Queue: "default", State: stemtype.StateSucceeded,
@@ -137,12 +146,7 @@ func BenchmarkResultEncode(b *testing.B) {
 }
 
 func sampleEnvelope(r *rand.Rand) *stemtype.Envelope {
-	pick := func() string {
-		if r.IntN(5) > 0 {
-			return sampleStrings[r.IntN(7)]
-		}
-		return sampleStrings[r.IntN(len(sampleStrings))]
-	}
+	pick := func() string { return sampleString(r) }
 	e := &stemtype.Envelope{ID: pick(), Task: pick(), Queue: pick(), Attempt: r.IntN(4), Priority: r.IntN(3) - 1,
 		NotBefore: sampleTime(r), CreatedAt: sampleTime(r)}
 	switch r.IntN(5) {
@@ -169,14 +173,8 @@ func TestEnvelopeAppendJSONMatchesMarshal(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for i := range 20000 {
 		e := sampleEnvelope(r)
-		want, werr := json.Marshal(e)
-		got, gerr := e.AppendJSON([]byte("prefix"))
-		if (werr != nil) != (gerr != nil) {
-			t.Fatalf("case %d: json.Marshal error %v, AppendJSON error %v\n%+v", i, werr, gerr, e)
-		}
-		if werr == nil && !bytes.Equal(got, append([]byte("prefix"), want...)) {
-			t.Fatalf("case %d:\nAppendJSON   %s\njson.Marshal prefix%s", i, got, want)
-		}
+		got, err := e.AppendJSON([]byte("prefix"))
+		matchMarshal(t, i, e, got, err)
 	}
 }
 
