@@ -375,13 +375,13 @@ func (sh *shard) run(ctx context.Context) {
 			}
 			for {
 				batch = batch[:0]
-				select {
-				case s := <-sh.in:
-					sh.accept(&batch, s)
-					sh.collect(&batch)
-				default:
+				// Everything queued first, without a time bound: a held
+				// write goes out only once no later write of its task
+				// can still be waiting in the queue to replace it.
+				drained := sh.drain(&batch)
+				if drained {
+					sh.takeDue(&batch, time.Time{}, true)
 				}
-				sh.takeDue(&batch, time.Time{}, true)
 				if len(batch) == 0 {
 					return
 				}
@@ -396,6 +396,20 @@ func (sh *shard) run(ctx context.Context) {
 		sh.takeDue(&batch, time.Now(), false)
 		sh.flush(ctx, batch, false)
 	}
+}
+
+// drain adds what is queued, up to batchMax, without waiting, and
+// reports whether the queue is empty.
+func (sh *shard) drain(batch *[]Settlement) bool {
+	for len(*batch) < batchMax {
+		select {
+		case s := <-sh.in:
+			sh.accept(batch, s)
+		default:
+			return true
+		}
+	}
+	return false
 }
 
 // collect adds whatever arrives within batchInterval, up to batchMax.
