@@ -153,13 +153,7 @@ func TestResultRetention(t *testing.T) {
 // The claim statement uses the claim index at every table size, not a
 // sequential scan (the IN (subquery) trap of PERFORMANCE.md).
 func TestClaimPlanUsesIndex(t *testing.T) {
-	u := testutil.PostgresSchema(t)
-	ctx := boundCtx(t)
-	if err := stempostgres.Migrate(ctx, u); err != nil {
-		t.Fatal(err)
-	}
-	admin := adminConn(t)
-	tasks := table(t, u, "stem_tasks")
+	u, ctx, admin, tasks := migratedTasks(t)
 	claim := strings.ReplaceAll(stempostgres.ClaimSQLForTest(schemaOf(t, u)), "$4", "60000000")
 	for _, rows := range []int{1000, 50000} {
 		if _, err := admin.Exec(ctx, "TRUNCATE "+tasks); err != nil {
@@ -453,13 +447,7 @@ func TestClaimCursorRenewedUnderFlow(t *testing.T) {
 // for the claimed versions, so every row it takes is updated heap-only
 // (HOT), a whole page of rows at once included.
 func TestClaimIsHeapOnlyUpdate(t *testing.T) {
-	u := testutil.PostgresSchema(t)
-	ctx := boundCtx(t)
-	if err := stempostgres.Migrate(ctx, u); err != nil {
-		t.Fatal(err)
-	}
-	admin := adminConn(t)
-	tasks := table(t, u, "stem_tasks")
+	u, ctx, admin, tasks := migratedTasks(t)
 	if _, err := admin.Exec(ctx, "INSERT INTO "+tasks+` (namespace, queue, visible_at, due_at, task_id, payload)
 		SELECT 'hot', 'q', now(), now(), 't' || g, convert_to(repeat('x', 200), 'UTF8') FROM generate_series(1, 500) g`); err != nil {
 		t.Fatal(err)
@@ -480,4 +468,17 @@ func TestClaimIsHeapOnlyUpdate(t *testing.T) {
 	if tag.RowsAffected() != 200 || updated != 200 || hot != updated {
 		t.Fatalf("claim of 200 rows: %d claimed, %d updated, %d of them heap-only; want all 200 heap-only", tag.RowsAffected(), updated, hot)
 	}
+}
+
+// migratedTasks returns a migrated schema of the test's own, a bounded
+// context, an admin connection and the schema's stem_tasks, for tests
+// that write rows and run statements behind the driver's back.
+func migratedTasks(t *testing.T) (u string, ctx context.Context, admin *pgx.Conn, tasks string) {
+	t.Helper()
+	u = testutil.PostgresSchema(t)
+	ctx = boundCtx(t)
+	if err := stempostgres.Migrate(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	return u, ctx, adminConn(t), table(t, u, "stem_tasks")
 }
