@@ -450,10 +450,12 @@ func TestE2EWarmShutdownStopsChildren(t *testing.T) {
 }
 
 // TestE2EManyTasksSteadyResources runs thousands of isolated tasks, some
-// of them crashing their child, through one worker: its open descriptors
-// and children stay bounded (a leak per task or per replaced child would
-// show in hundreds), and its RSS is reported. Set ISOLATED_TEST_TASKS to
-// run more.
+// of them crashing their child in turn by each way a child can break (it
+// exits, it is killed with SIGKILL, it writes garbage on its protocol
+// stream, it panics), through one worker: each such task fails, the next
+// task gets a fresh child, the worker's open descriptors and children stay
+// bounded (a leak per task or per replaced child would show in hundreds),
+// and its RSS is reported. Set ISOLATED_TEST_TASKS to run more.
 func TestE2EManyTasksSteadyResources(t *testing.T) {
 	t.Parallel()
 	d := newDeployment(t)
@@ -472,19 +474,28 @@ func TestE2EManyTasksSteadyResources(t *testing.T) {
 		t.Fatal(err)
 	}
 	processed := int64(0)
-	// runBatch enqueues n tasks, one in every crashEvery a crash, and
-	// waits until the worker processed them.
+	crashModes := []string{"exit", "kill", "garbage", "panic"}
+	var crashIDs []string
+	// runBatch enqueues n tasks, one in every crashEvery a crash (by each
+	// mode in turn), and waits until the worker processed them.
 	runBatch := func(n, crashEvery int) {
 		t.Helper()
 		reqs := make([]stem.EnqueueRequest, n)
+		var crashes []int
 		for i := range reqs {
 			reqs[i] = stem.EnqueueRequest{Task: "demo.sleep-isolated", Args: json.RawMessage(`{"seconds":0}`)}
 			if crashEvery > 0 && i%crashEvery == crashEvery-1 {
-				reqs[i] = stem.EnqueueRequest{Task: "demo.crash-isolated", Args: json.RawMessage(`{"mode":"exit"}`)}
+				mode := crashModes[(len(crashIDs)+len(crashes))%len(crashModes)]
+				reqs[i] = stem.EnqueueRequest{Task: "demo.crash-isolated", Args: json.RawMessage(`{"mode":"` + mode + `"}`)}
+				crashes = append(crashes, i)
 			}
 		}
-		if _, err := client.EnqueueBatch(ctx, reqs); err != nil {
+		ids, err := client.EnqueueBatch(ctx, reqs)
+		if err != nil {
 			t.Fatal(err)
+		}
+		for _, i := range crashes {
+			crashIDs = append(crashIDs, ids[i])
 		}
 		processed += int64(n)
 		// A failure bound on progress, not on the whole batch: the
@@ -531,6 +542,20 @@ func TestE2EManyTasksSteadyResources(t *testing.T) {
 	wantFailed := int64(400/50 + n/crashEvery)
 	if st.Failed != wantFailed || st.Succeeded != processed-wantFailed {
 		t.Errorf("stats = %+v, want %d failed (the crashes) and the rest succeeded", st, wantFailed)
+	}
+	// Each crash failed its own task, saying how its child broke.
+	wantErr := map[string]string{
+		"exit":    "exited mid-task (child exit status 3",
+		"kill":    "signal: killed",
+		"garbage": "frame too large",
+		"panic":   "task panicked: in isolated child",
+	}
+	for i, id := range crashIDs[:min(len(crashIDs), 2*len(crashModes))] {
+		mode := crashModes[i%len(crashModes)]
+		s := d.status(id)
+		if s.State != "failed" || !strings.Contains(s.Error, wantErr[mode]) {
+			t.Errorf("task crashing by mode %s: %+v, want failed with an error mentioning %q", mode, s, wantErr[mode])
+		}
 	}
 	// Each child costs the worker 3 descriptors (its pipes) and a pidfd;
 	// allow for that and a few pooled connections, far below the 40

@@ -17,8 +17,12 @@ type SpinArgs struct {
 
 // CrashArgs are the arguments of demo.crash-isolated.
 type CrashArgs struct {
-	// Mode is "panic" (the entrypoint panics) or "exit" (the child process
-	// exits mid-task).
+	// Mode is "panic" (the entrypoint panics), "exit" (the child process
+	// exits mid-task), "kill" (the child sends itself SIGKILL, as the OOM
+	// killer or an operator would) or "garbage" (the child writes junk on
+	// every pipe it holds, its protocol stream among them, as a buggy
+	// library writing to the wrong descriptor would, then waits to be
+	// stopped).
 	Mode string `json:"mode"`
 	// Code is the exit status for mode "exit"; default 3.
 	Code int `json:"code"`
@@ -83,6 +87,8 @@ func Crash(tc *stem.TaskContext, a CrashArgs) (any, error) {
 		}
 		fmt.Fprintf(os.Stderr, "demo.crash-isolated: exiting with status %d (pid %d)\n", code, os.Getpid())
 		os.Exit(code)
+	case "kill", "garbage":
+		return nil, crashHard(tc, a.Mode)
 	}
-	return nil, stem.NoRetry(fmt.Errorf("demo.crash-isolated: mode %q: want \"panic\" or \"exit\"", a.Mode))
+	return nil, stem.NoRetry(fmt.Errorf("demo.crash-isolated: mode %q: want \"panic\", \"exit\", \"kill\" or \"garbage\"", a.Mode))
 }

@@ -120,6 +120,7 @@ func Run(t *testing.T, h Harness) {
 		{"RetryToFinalFailure", testRetryToFinalFailure},
 		{"NoRetryFailsAtOnce", testNoRetryFailsAtOnce},
 		{"PanicIsRecordedFailure", testPanicIsRecordedFailure},
+		{"PanicStormLeavesWorkerWhole", testPanicStormLeavesWorkerWhole}, // panicstorm.go
 		{"UnknownTaskIsRecordedFailure", testUnknownTaskIsRecordedFailure},
 		{"ArgumentsThatDoNotDecodeFailWithoutRetry", testArgumentsThatDoNotDecodeFailWithoutRetry},
 		{"CountdownDelaysTask", testCountdownDelaysTask},
