@@ -56,6 +56,9 @@ type OutageFigures struct {
 	// and the first task started after Up (the outage as the worker saw
 	// it, including the reconnect).
 	ClaimFailures, ClaimFailuresUntilBack int
+	// Warnings counts the worker's warnings and errors of any kind
+	// between Down and the first task started after Up.
+	Warnings int
 	// WorkerAlive is whether the worker's Run was still running at the
 	// end.
 	WorkerAlive bool
@@ -95,30 +98,36 @@ func (l *outageLedger) firstAfter(t time.Time) (time.Time, bool) {
 }
 
 // logTimes is a slog.Handler that keeps the time of every record with one
-// message.
+// message, and of every warning or error (warns).
 type logTimes struct {
-	msg string
-	mu  *sync.Mutex
-	at  *[]time.Time
+	msg   string
+	mu    *sync.Mutex
+	at    *[]time.Time
+	warns *[]time.Time
 }
 
 func (h logTimes) Enabled(context.Context, slog.Level) bool { return true }
 func (h logTimes) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
 	if r.Message == h.msg {
-		h.mu.Lock()
 		*h.at = append(*h.at, time.Now())
-		h.mu.Unlock()
+	}
+	if r.Level >= slog.LevelWarn {
+		*h.warns = append(*h.warns, time.Now())
 	}
 	return nil
 }
 func (h logTimes) WithAttrs([]slog.Attr) slog.Handler { return h }
 func (h logTimes) WithGroup(string) slog.Handler      { return h }
 
-func (h logTimes) between(from, to time.Time) int {
+func (h logTimes) between(from, to time.Time) int { return h.count(h.at, from, to) }
+
+func (h logTimes) count(times *[]time.Time, from, to time.Time) int {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n := 0
-	for _, at := range *h.at {
+	for _, at := range *times {
 		if !at.Before(from) && !at.After(to) {
 			n++
 		}
@@ -149,7 +158,7 @@ func RunOutage(t *testing.T, o Outage) OutageFigures {
 		ledger.record(tc.TaskID())
 		return nil, nil
 	}, stem.TaskOptions{})
-	claims := logTimes{msg: "claim failed", mu: new(sync.Mutex), at: new([]time.Time)}
+	claims := logTimes{msg: "claim failed", mu: new(sync.Mutex), at: new([]time.Time), warns: new([]time.Time)}
 	w, err := stem.NewWorker(stem.WorkerConfig{Registry: reg, Broker: o.Roles.Broker, Results: o.Roles.Results,
 		Concurrency: 8, Lease: OutageLease, Logger: slog.New(claims)})
 	if err != nil {
@@ -252,6 +261,7 @@ func RunOutage(t *testing.T, o Outage) OutageFigures {
 	if at, ok := ledger.firstAfter(f.Up); ok {
 		f.Reconsumed = at.Sub(f.Up)
 		f.ClaimFailuresUntilBack = claims.between(f.Down, at)
+		f.Warnings = claims.count(claims.warns, f.Down, at)
 	} else {
 		f.Reconsumed = -1
 	}
@@ -268,9 +278,9 @@ func RunOutage(t *testing.T, o Outage) OutageFigures {
 			t.Errorf("worker: Run: %v", err)
 		}
 	}
-	t.Logf("outage of %v: enqueued %d, failed %d, ran %d, lost %d, duplicates %d, consuming again %v after the return, claim failures %d while down (%d until consuming again)",
+	t.Logf("outage of %v: enqueued %d, failed %d, ran %d, lost %d, duplicates %d, consuming again %v after the return, claim failures %d while down (%d until consuming again), warnings and errors logged until then %d",
 		f.Up.Sub(f.Down).Round(time.Millisecond), f.Enqueued, f.Failed, f.Ran, len(f.Lost), f.Duplicates,
-		f.Reconsumed.Round(time.Millisecond), f.ClaimFailures, f.ClaimFailuresUntilBack)
+		f.Reconsumed.Round(time.Millisecond), f.ClaimFailures, f.ClaimFailuresUntilBack, f.Warnings)
 	return f
 }
 
@@ -278,7 +288,8 @@ func RunOutage(t *testing.T, o Outage) OutageFigures {
 // lost: every Enqueue that returned nil ran, the worker stayed alive and
 // consumed again within reconsume of the server's return, and it retried
 // its claims with a backoff while the server was down (at most maxClaims
-// failures until it consumed again: a hot loop fails thousands of times).
+// failures until it consumed again, and at most 10 times as many
+// warnings and errors of any kind: a hot loop logs thousands).
 func CheckOutage(t *testing.T, f OutageFigures, reconsume time.Duration, maxClaims int) {
 	t.Helper()
 	if len(f.Lost) > 0 {
@@ -292,6 +303,9 @@ func CheckOutage(t *testing.T, f OutageFigures, reconsume time.Duration, maxClai
 	}
 	if f.ClaimFailuresUntilBack > maxClaims {
 		t.Errorf("%d failed claims during an outage of %v: no backoff (want at most %d)", f.ClaimFailuresUntilBack, f.Up.Sub(f.Down), maxClaims)
+	}
+	if f.Warnings > 10*maxClaims {
+		t.Errorf("the worker logged %d warnings and errors during an outage of %v: a hot loop (want at most %d)", f.Warnings, f.Up.Sub(f.Down), 10*maxClaims)
 	}
 	if f.Enqueued == 0 {
 		t.Error("no Enqueue succeeded")
