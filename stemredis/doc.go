@@ -43,6 +43,9 @@
 //	                          each publish
 //	stem:{NS:QUEUE}:dead      stream of dead letters: msg, reason, queue,
 //	                          stream_id, dead_at_ms
+//	stem:{NS:QUEUE}:claim:TOKEN string: the stream ids one claim leased,
+//	                          space-separated, for its replay; expires with
+//	                          the lease (see Replays and restarts)
 //	stem:NS:result:TASKID     string: the task's final result JSON (succeeded,
 //	                          failed, cancelled), written once (SET NX), with
 //	                          the retention TTL
