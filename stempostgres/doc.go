@@ -122,4 +122,17 @@
 //   - A NOTIFY follows its write's commit from the same process; if the
 //     process dies in between, idle workers find the work at their next
 //     poll (PollInterval).
+//   - A restart of the server, or pg_terminate_backend of stem's
+//     connections (application_name=stem by default), fails the calls in
+//     flight with an error and nothing else: a producer's Enqueue returns
+//     the error (the task may or may not be stored: stem.EnqueueError), the
+//     pool dials new connections for the next calls, the worker retries
+//     its claims with a growing pause (100ms to 5s) and the listener
+//     reconnects with one (50ms to 2s) and makes every waiter poll again.
+//     In TestPostgresConnectionsTerminatedMidRun, connections terminated
+//     every 20ms for a second lose no acknowledged task and the worker
+//     consumes again within a second. pgx never sends a statement again,
+//     so nothing is done twice; but a claim whose connection drops after
+//     its commit and before its rows arrive leaves them leased by nobody
+//     until the lease ends (the task then runs, late).
 package stempostgres

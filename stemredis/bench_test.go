@@ -62,6 +62,7 @@ func benchBroker(b *testing.B) (*Broker, *roundTrips) {
 	br := openTestBroker(b, ns)
 	rt := &roundTrips{}
 	br.rdb.AddHook(rt)
+	br.pub.AddHook(rt)
 	return br, rt
 }
 
@@ -144,6 +145,7 @@ func BenchmarkWorkerLoop(b *testing.B) {
 				br, res := brokers[i], results[i]
 				brt, rrt := &roundTrips{}, &roundTrips{}
 				br.rdb.AddHook(brt)
+				br.pub.AddHook(brt)
 				res.rdb.AddHook(rrt)
 				wg.Go(func() {
 					for left.Load() > 0 {

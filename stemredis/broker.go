@@ -48,6 +48,9 @@ type Broker struct {
 	conn
 	ns  string
 	blk *blocker
+	// pub publishes: a client that never sends a command again after a
+	// network error (see newOnceClient).
+	pub *redis.Client
 
 	// maxBlock caps one XREAD BLOCK of Claim (tests raise it).
 	maxBlock time.Duration
@@ -55,6 +58,8 @@ type Broker struct {
 	mu        sync.Mutex
 	lastKeep  map[string]time.Time // queue -> last upkeep asked for
 	lastSweep map[string]time.Time // queue -> last consumer sweep
+
+	tokens claimTokens
 }
 
 var (
@@ -74,6 +79,7 @@ func OpenBroker(ctx context.Context, url string, opts stemdriver.Options) (*Brok
 		conn:      conn{rdb: rdb, addr: cfg.addr, role: "broker", log: cfg.logger},
 		ns:        cfg.namespace,
 		blk:       newBlocker(rdb, cfg.blockOpts),
+		pub:       newOnceClient(cfg.blockOpts),
 		maxBlock:  maxBlock,
 		lastKeep:  make(map[string]time.Time),
 		lastSweep: make(map[string]time.Time),
@@ -149,7 +155,7 @@ func (b *Broker) Publish(ctx context.Context, envs ...*stemtype.Envelope) error 
 	now := time.Now()
 	for start := 0; start < len(envs); start += publishChunk {
 		end := min(start+publishChunk, len(envs))
-		pipe := b.rdb.Pipeline()
+		pipe := b.pub.Pipeline()
 		b.queuePublish(ctx, pipe, now, envs[start:end], raws[start:end])
 		if _, err := pipe.Exec(ctx); err != nil {
 			return b.errorf(err, "publish %d envelopes (first %s to queue %q)", end-start, envs[start].ID, envs[start].Queue)
@@ -210,7 +216,7 @@ func (b *Broker) PublishWithResults(ctx context.Context, rb stemdriver.ResultBac
 	}
 	ttl := r.ttlMillis()
 	now := time.Now()
-	pipe := b.rdb.Pipeline()
+	pipe := b.pub.Pipeline()
 	flush := func(force bool) error {
 		if n := pipe.Len(); n == 0 || n < publishChunk && !force {
 			return nil
@@ -322,13 +328,20 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 		}
 		k := newQueueKeys(b.ns, q)
 		keep, sweep := b.upkeepDue(q)
-		res, err := claimScript.run(ctx, b.rdb,
-			[]string{k.stream, k.leases, k.delayed},
+		token, done := b.tokens.take(req.Consumer, q)
+		keys := make([]string, 0, 4+len(done))
+		keys = append(keys, k.stream, k.leases, k.delayed, k.claimKey(token))
+		for _, t := range done {
+			keys = append(keys, k.claimKey(t))
+		}
+		res, err := claimScript.run(ctx, b.rdb, keys,
 			group, req.Consumer, remaining, leaseUS, flag(keep), flag(sweep), consumerIdle.Milliseconds(),
+			max(req.Lease.Milliseconds(), 1),
 		).Slice()
 		if err == nil && (len(res) < 2 || (len(res)-2)%3 != 0) {
 			err = fmt.Errorf("unexpected reply of %d elements", len(res))
 		}
+		b.tokens.settle(req.Consumer, q, token, done, err == nil, len(res) > 2)
 		if err != nil {
 			// One failing queue must not hold back the others: go on, and
 			// report the failure only if nothing was leased.
@@ -616,6 +629,7 @@ func (b *Broker) Close() error {
 		return nil
 	}
 	b.blk.close()
+	_ = b.pub.Close()
 	if err := b.rdb.Close(); err != nil {
 		return fmt.Errorf("stem: redis broker at %s: close: %w", b.addr, err)
 	}

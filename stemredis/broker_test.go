@@ -474,7 +474,7 @@ func TestConsumerSweepDeletesIdleConsumers(t *testing.T) {
 	}
 	// Run the script with an idle limit of -1 ms, so every consumer that
 	// holds nothing counts as idle.
-	if err := claimScript.run(ctx, b.rdb, []string{k.stream, k.leases, k.delayed}, group, "sweeper", 1, 1000, "0", "1", -1).Err(); err != nil {
+	if err := claimScript.run(ctx, b.rdb, []string{k.stream, k.leases, k.delayed, k.claimKey("sweep")}, group, "sweeper", 1, 1000, "0", "1", -1, 1).Err(); err != nil {
 		t.Fatal(err)
 	}
 	names := consumers()

@@ -43,6 +43,9 @@
 //	                          each publish
 //	stem:{NS:QUEUE}:dead      stream of dead letters: msg, reason, queue,
 //	                          stream_id, dead_at_ms
+//	stem:{NS:QUEUE}:claim:TOKEN string: the stream ids one claim leased,
+//	                          space-separated, for its replay; expires with
+//	                          the lease (see Replays and restarts)
 //	stem:NS:result:TASKID     string: the task's final result JSON (succeeded,
 //	                          failed, cancelled), written once (SET NX), with
 //	                          the retention TTL
@@ -90,6 +93,39 @@
 // it is idempotent: a second Retry of one delivery finds no lease, returns
 // stemdriver.ErrLeaseLost and stores nothing.
 //
+// # Replays and restarts
+//
+// go-redis sends a command again when its connection fails before the
+// reply arrives (max_retries, 3 by default), although the server may have
+// run it. Every broker command is safe under such a replay:
+//   - Claim is idempotent under a claim token, one per claim of a queue:
+//     the claim script records the ids it leased (key
+//     stem:{NS:QUEUE}:claim:TOKEN, expiring with the lease; the next claim
+//     on the queue deletes the records of claims whose replies arrived),
+//     and a replay returns those messages, their leases renewed, instead
+//     of leasing more. Without it the first run's messages would wait out
+//     their whole lease held by nobody. When go-redis gives up (the server
+//     is down), the Broker keeps the failed claim's token, and the next
+//     Claim of the same consumer on that queue replays it.
+//   - Ack, Release, Retry and DeadLetter check the lease and change the
+//     message in one script, so a replay finds no lease, changes nothing
+//     and returns stemdriver.ErrLeaseLost, which the worker takes as
+//     "nothing left to do". ExtendLease sets the deadline again.
+//   - Publish and PublishWithResults go through a client of their own
+//     that never sends a command again once it may have reached the
+//     server (dialling is still retried): a replay would store the
+//     messages twice, and a replayed pending state could overwrite the
+//     started a fast worker wrote. The producer gets the error
+//     (stem.EnqueueError, published unknown) instead.
+//
+// When the server goes away (a restart, a kill), every call fails with an
+// error, never silently: Publish returns it to the producer, and the
+// worker retries its claims with a growing pause (100ms to 5s) on top of
+// go-redis's own (5 dials 100ms apart per attempt) and consumes again as
+// soon as the server answers (tens of milliseconds after its return in
+// TestRedisRestartedMidRun). Pooled connections the server closed are
+// noticed before use and replaced.
+//
 // The upkeep (re-queueing expired leases, moving due delayed messages to
 // the stream, at most 1000 of each per run) rides along with Claim: on
 // every claim that new messages alone do not fill, and every 100ms on a
@@ -110,13 +146,12 @@
 //     ones; the next wait then fails once and the caller retries. The
 //     CLIENT ID and CLIENT UNBLOCK commands must be allowed by the user's
 //     ACL.
-//   - go-redis retries a command whose reply was lost (max_retries, 3 by
-//     default). A replayed claim script leases the next messages too, and
-//     the first batch waits for its lease to expire before another worker
-//     gets it; a replayed publish stores a message twice; a replayed Retry,
-//     Ack or DeadLetter returns stemdriver.ErrLeaseLost although the first
-//     run succeeded. None loses a message; set max_retries=-1 in the URL to
-//     turn replays off.
+//   - With appendfsync everysec a server killed (SIGKILL, a crash, a power
+//     cut) forgets up to about a second of acknowledged writes: a Publish
+//     that returned nil in that second may be lost, an Ack may be undone
+//     (the task runs again), a claim may be undone (its messages are
+//     ready again). Only appendfsync always makes every acknowledged
+//     Publish survive a kill (TestRedisKilledMidRun measures both).
 //   - Delayed messages and expired leases are only moved by claims: a
 //     queue nobody claims from keeps them where they are (Depth still
 //     counts them).

@@ -60,6 +60,8 @@ type queueKeys struct {
 	delayed string
 	// dead keeps dead-lettered messages with their reasons (a stream).
 	dead string
+	// claimPrefix starts the key of a claim record (see claimKey).
+	claimPrefix string
 }
 
 // newQueueKeys returns the keys of queue in namespace ns.
@@ -70,7 +72,15 @@ func newQueueKeys(ns, queue string) queueKeys {
 		leases:  p + "leases",
 		delayed: p + "delayed",
 		dead:    p + "dead",
+
+		claimPrefix: p + "claim:",
 	}
+}
+
+// claimKey is the key of the claim record of one claim token: the stream
+// ids the claim leased, kept for a replay of that claim (see claimScript).
+func (k queueKeys) claimKey(token string) string {
+	return k.claimPrefix + token
 }
 
 // resultKey is the string key holding the JSON of task id's final result

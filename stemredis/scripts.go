@@ -126,10 +126,25 @@ end
 // delivered before. An entry of msg alone is a first delivery; one of any
 // other shape, from a foreign writer, counts as redelivered (cannot tell).
 //
-// KEYS[1] stream, KEYS[2] leases, KEYS[3] delayed
+// A claim is idempotent under its token: a claim that leases something
+// stores the ids it leased in a claim record (KEYS[4], expiring with the
+// lease), and a run whose record exists is a replay (go-redis sent the
+// script again after a lost reply, or Broker.Claim retried a failed claim
+// with its token, see claimTokens): it leases nothing new and returns the
+// recorded messages that are still leased, with their leases renewed, and
+// their redelivered flags as the first run saw them. Recorded messages
+// beyond max (a retry asking for fewer) are released at once as
+// releaseScript does. When none of the recorded messages is leased any
+// more (their leases expired and the upkeep re-queued them), the run
+// claims afresh under the token. KEYS[5...] are the records of claims
+// whose replies arrived, deleted in passing.
+//
+// KEYS[1] stream, KEYS[2] leases, KEYS[3] delayed, KEYS[4] this claim's
+// record, KEYS[5...] records to delete
 // ARGV[1] group, ARGV[2] consumer, ARGV[3] max, ARGV[4] lease in µs,
 // ARGV[5] "1" to do the upkeep first, ARGV[6] "1" to delete consumers that
-// hold nothing and were idle more than ARGV[7] ms.
+// hold nothing and were idle more than ARGV[7] ms, ARGV[8] how long the
+// claim record is kept in ms (the lease, at least 1).
 // Returns {last_id, next_due_us, id1, msg1, redelivered1, id2, msg2,
 // redelivered2, ...}, redelivered being 1 or 0. When nothing
 // was leased, last_id is the stream's last entry id ("0-0" when empty), to
@@ -225,6 +240,34 @@ local function readnew(n)
   return #entries
 end
 
+if #KEYS > 4 then redis.call('DEL', unpack(KEYS, 5)) end
+local rec = redis.call('GET', KEYS[4])
+if rec then
+  local got = 0
+  for id in string.gmatch(rec, '%S+') do
+    if redis.call('ZSCORE', leases, id) then
+      local e = redis.call('XRANGE', stream, id, id)
+      if #e == 0 then
+        redis.call('ZREM', leases, id)
+      elseif got < max then
+        local f = e[1][2]
+        redis.call('ZADD', leases, 'XX', sdeadline, id)
+        out[nout + 1] = id
+        out[nout + 2] = entry_msg(f)
+        if f[1] == 'msg' and #f == 2 then out[nout + 3] = 0 else out[nout + 3] = 1 end
+        nout = nout + 3
+        got = got + 1
+      else
+        redis.call('XADD', stream, '*', 'msg', entry_msg(e[1][2]), 'r', '1')
+        redis.call('XDEL', stream, id)
+        redis.call('XACK', stream, grp, id)
+        redis.call('ZREM', leases, id)
+      end
+    end
+  end
+  if got > 0 then return out end
+end
+
 local kept = false
 if ARGV[5] == '1' then
   upkeep()
@@ -235,7 +278,11 @@ local got = readnew(max)
 if got < max and not kept then
   if upkeep() > 0 then got = got + readnew(max - got) end
 end
-if got == 0 then
+if got > 0 then
+  local ids = {}
+  for i = 3, nout, 3 do ids[#ids + 1] = out[i] end
+  redis.call('SET', KEYS[4], table.concat(ids, ' '), 'PX', ARGV[8])
+else
   local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)
   if #last > 0 then out[1] = last[1][1] else out[1] = '0-0' end
   local due
