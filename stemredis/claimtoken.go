@@ -62,7 +62,7 @@ func (c *claimTokens) settle(consumer, queue, token string, done []string, ok, l
 		}
 		c.pending[claimSlot{consumer, queue}] = token
 	} else if leased {
-		done = append(done, token)
+		done = []string{token} // the run deleted the others
 	} else {
 		done = nil
 	}
