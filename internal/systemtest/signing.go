@@ -245,6 +245,34 @@ func testSigningRevokes(t *testing.T, h Harness) {
 		t.Fatalf("cause %v, want ErrTaskRevoked", cause)
 	}
 	checkRevokeMeta(t, d.wait(id), "signed", "ops")
+	// The store keeps the signature: the record verifies as read back,
+	// as a re-sync (or a worker that starts later) reads it.
+	recs, err := d.roles.Revokes.List(ctx, d.ns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	i := slices.IndexFunc(recs, func(r stemtype.RevokeRecord) bool { return r.TaskID == id && r.Reason == "signed" })
+	if i < 0 {
+		t.Fatalf("the signed revoke of %s is not in the store: %s", id, mustJSONString(recs))
+	}
+	if err := s.keys.VerifyRevoke(&recs[i]); err != nil {
+		t.Fatalf("the signed record as the store returns it: %v (%s)", err, mustJSONString(recs[i]))
+	}
+	// A worker that starts now loads the signed record (which replaced
+	// the unsigned one of the same task in the store), not the foreign
+	// one.
+	d.startWorker(stem.WorkerConfig{ID: "w2", SigningKeys: s.keys})
+	ins, err = s.ctl.Inspect(ctx, target("w2"), stemtype.InspectRequest{IncludeRevoked: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	irs = stem.Decode[stemtype.InspectReply](ins)
+	if len(irs) != 1 || irs[0].Err != nil || len(irs[0].Payload.Revoked) != 1 || irs[0].Payload.Revoked[0].TaskID != id {
+		t.Fatalf("inspect of a worker started after the revokes: %s, want the signed revoke of %s alone", mustJSONString(irs), id)
+	}
+	if n := s.rejected(t, "w2"); n != 1 {
+		t.Fatalf("worker w2 refused %d records at start, want 1 (the foreign one)", n)
+	}
 }
 
 // A worker with signing keys answers a signed command once: the same
