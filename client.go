@@ -27,6 +27,10 @@ type ClientConfig struct {
 	Registry *Registry
 	// Logger defaults to slog.Default.
 	Logger *slog.Logger
+	// SigningKeys, when set, sign every envelope published (the first
+	// key), so that workers with the same keys run it (see
+	// docs/signing.md). Optional.
+	SigningKeys *SigningKeys
 }
 
 // Client enqueues tasks and reads their state. It is safe for concurrent
@@ -36,7 +40,8 @@ type Client struct {
 	results stemdriver.ResultBackend
 	reg     *Registry
 	logger  *slog.Logger
-	commits committer // group commit of concurrent Enqueue calls
+	commits committer    // group commit of concurrent Enqueue calls
+	keys    *SigningKeys // nil: envelopes are not signed
 }
 
 // NewClient returns a Client; it fails when cfg has neither a Broker nor
@@ -49,7 +54,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	c := &Client{broker: cfg.Broker, results: cfg.Results, reg: cfg.Registry, logger: logger}
+	c := &Client{broker: cfg.Broker, results: cfg.Results, reg: cfg.Registry, logger: logger, keys: cfg.SigningKeys}
 	c.commits.store, c.commits.pending, c.commits.maxStores = c.storeTasks, cfg.Results != nil, enqueueStores
 	return c, nil
 }

@@ -166,6 +166,11 @@ func (e *errPendingNotRecorded) Unwrap() error { return e.err }
 // to record the pending states before anything was published is an
 // *errPendingNotRecorded.
 func (c *Client) storeTasks(ctx context.Context, envs []*stemtype.Envelope, pend []*stemtype.TaskResult) error {
+	if c.keys != nil {
+		for _, e := range envs {
+			c.keys.SignEnvelope(e) // the headers are final: tracing set them
+		}
+	}
 	if c.results != nil {
 		if pp, ok := c.broker.(stemdriver.PendingPublisher); ok {
 			done, err := pp.PublishWithResults(ctx, c.results, pend, envs)

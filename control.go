@@ -47,6 +47,10 @@ type ControllerConfig struct {
 	// not be listed, revoked tasks that could not be marked cancelled.
 	// Default: slog.Default().
 	Logger *slog.Logger
+	// SigningKeys, when set, sign every command and every revoke record
+	// (the first key), for workers with the same keys (see
+	// docs/signing.md). Optional.
+	SigningKeys *SigningKeys
 }
 
 // Controller sends control commands to workers and collects their replies:
@@ -339,6 +343,7 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 		if err := recs[i].Validate(); err != nil {
 			return nil, nil, err
 		}
+		c.signRecord(&recs[i])
 	}
 	stored, replies, err := c.storeAndSend(ctx, t, recs)
 	if stored == nil {
@@ -546,6 +551,9 @@ type outgoing struct {
 	targets   []string // the targeted workers, sorted; nil for a broadcast
 	broadcast bool
 	timeout   time.Duration
+	// keys sign the command for namespace, when set.
+	keys      *SigningKeys
+	namespace string
 }
 
 // prepare builds the command of send.
@@ -560,10 +568,14 @@ func (c *Controller) prepare(t Target, typ string, payload any) (*outgoing, erro
 	broadcast := len(targets) == 0 || slices.Contains(targets, stemtype.BroadcastTarget)
 	cmd := stemtype.ControlCommand{RequestID: NewTaskID(), Type: typ, Targets: t.Workers,
 		TimeoutMs: timeout.Milliseconds(), Version: stemtype.ControlVersion}
+	if c.cfg.SigningKeys != nil {
+		cmd.IssuedAt = time.Now().UTC()
+	}
 	if broadcast {
 		cmd.Targets, targets = []string{stemtype.BroadcastTarget}, nil
 	}
-	o := &outgoing{cmd: cmd, targets: targets, broadcast: broadcast, timeout: timeout}
+	o := &outgoing{cmd: cmd, targets: targets, broadcast: broadcast, timeout: timeout,
+		keys: c.cfg.SigningKeys, namespace: c.cfg.Namespace}
 	if err := o.setPayload(payload); err != nil {
 		return nil, err
 	}
@@ -579,6 +591,9 @@ func (o *outgoing) setPayload(payload any) error {
 			return fmt.Errorf("stem: encode %s payload: %w", o.cmd.Type, err)
 		}
 		o.cmd.Payload = b
+	}
+	if o.keys != nil {
+		o.keys.SignCommand(&o.cmd, o.namespace)
 	}
 	o.msg, _ = json.Marshal(o.cmd)
 	return nil
@@ -663,4 +678,11 @@ func (c *Controller) deliver(ctx context.Context, o *outgoing, publish func(cont
 	slices.Sort(out.Missing)
 	out.Missing = slices.Compact(out.Missing)
 	return out, nil
+}
+
+// signRecord signs r with the controller's signing keys, if any.
+func (c *Controller) signRecord(r *stemtype.RevokeRecord) {
+	if c.cfg.SigningKeys != nil {
+		c.cfg.SigningKeys.SignRevoke(r)
+	}
 }

@@ -69,6 +69,7 @@ func (c *Controller) setPaused(ctx context.Context, t Target, o QueuePauseOption
 	if err := rec.Validate(); err != nil {
 		return nil, err
 	}
+	c.signRecord(&rec)
 	stored, err := c.cfg.Revokes.Upsert(ctx, rec)
 	if err == nil && len(stored) != 1 {
 		err = errors.New("the store returned no record")

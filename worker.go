@@ -109,6 +109,14 @@ type WorkerConfig struct {
 	// run (TaskContext.Logger, the worker's lines about the task) carry
 	// its trace_id. Without one the worker does not trace.
 	TracerProvider trace.TracerProvider
+	// SigningKeys, when set, make the worker act only on what they sign
+	// (see docs/signing.md): it refuses control commands that are not
+	// signed, or replayed, with an error reply; dead-letters tasks whose
+	// envelope is not signed; and ignores revoke records that are not
+	// signed, from commands and from the store. It signs the envelopes of
+	// retries with the first key. Without keys, anyone who can write to
+	// the broker or the revoke store can revoke and terminate every task.
+	SigningKeys *SigningKeys
 }
 
 func (c *WorkerConfig) setDefaults() error {
@@ -190,6 +198,7 @@ type Worker struct {
 	writer  *settle.Writer
 	bare    bareReleases // settleBare calls under way
 	hooks   testHooks    // set before Run by tests only (export_test.go)
+	sig     workerSigning
 
 	outstanding atomic.Int64  // claimed deliveries whose handler has not finished
 	space       chan struct{} // signalled when outstanding drops
@@ -229,6 +238,7 @@ func NewWorker(cfg WorkerConfig) (*Worker, error) {
 		pauses:  make(chan struct{}, 1),
 		ready:   make(chan struct{}),
 		fair:    newFetchPolicy(cfg.Concurrency, cfg.Prefetch, cfg.EagerPrefetch),
+		sig:     workerSigning{keys: cfg.SigningKeys},
 	}
 	if cfg.TracerProvider != nil {
 		w.tracer = cfg.TracerProvider.Tracer(tracerName, trace.WithInstrumentationVersion(Version()))
@@ -343,6 +353,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	if s := w.cfg.Stores; s != nil {
 		started = append(started, slog.Group("stores", "broker", s.Broker, "results", s.Results,
 			"revokes", s.Revokes, "control", s.Control))
+	}
+	if k := w.cfg.SigningKeys; k != nil {
+		started = append(started, "signing_keys", k.IDs())
 	}
 	w.log.Info("worker started", started...)
 

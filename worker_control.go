@@ -171,6 +171,15 @@ func (w *Worker) handleControl(ctx context.Context, msg []byte) {
 	if !cmd.Broadcast() && !slices.Contains(cmd.Targets, w.cfg.ID) {
 		return
 	}
+	if err := w.checkCommand(&cmd, time.Now()); err != nil {
+		if w.refuseCommand(&cmd, err) {
+			w.reply(ctx, cmd.RequestID, nil, err)
+		}
+		if obs := w.cfg.Observer; obs != nil {
+			obs.ControlServed(cmd.Type, false)
+		}
+		return
+	}
 	if cmd.TimeoutMs > 0 {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(cmd.TimeoutMs)*time.Millisecond)
@@ -245,7 +254,10 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 				return nil, err
 			}
 		}
-		return w.revokeCommand(req.Records, now), nil
+		recs, rejected := w.verifiedRecords(req.Records, "revoke command "+cmd.RequestID)
+		reply := w.revokeCommand(recs, now)
+		reply.Rejected = rejected
+		return reply, nil
 	case stemtype.CommandShutdown:
 		var req stemtype.ShutdownRequest
 		if len(cmd.Payload) > 0 && string(cmd.Payload) != "null" {
@@ -264,6 +276,9 @@ func (w *Worker) command(ctx context.Context, cmd *stemtype.ControlCommand) (any
 		var req stemtype.QueuePauseRequest
 		if err := json.Unmarshal(cmd.Payload, &req); err != nil {
 			return nil, fmt.Errorf("bad %s payload: %v", cmd.Type, err)
+		}
+		if err := w.verifyRecord(&req.Record, cmd.Type+" command "+cmd.RequestID); err != nil {
+			return nil, fmt.Errorf("%s of %s: record refused: %w", cmd.Type, req.Record.Target(), err)
 		}
 		return w.pauseCommand(ctx, cmd.Type, req, now)
 	case "":
@@ -350,7 +365,7 @@ func (w *Worker) stats(ctx context.Context, now time.Time) stemtype.StatsReply {
 		Processed: w.processed.Load(), Succeeded: w.succeeded.Load(), Failed: w.failed.Load(),
 		Retried: w.retried.Load(), Cancelled: w.cancelled.Load(), ResultsGivenUp: w.writer.GaveUp(),
 		Queues: make(map[string]int64, len(w.cfg.Queues)), UptimeMs: now.Sub(w.started).Milliseconds(), Timestamp: now,
-		Paused: w.pausedQueues(now),
+		Paused: w.pausedQueues(now), SignatureRejected: w.sig.rejected.Load(),
 	}
 	if w.cfg.Stores != nil {
 		stores := *w.cfg.Stores

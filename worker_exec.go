@@ -92,6 +92,10 @@ func (w *Worker) process(parent context.Context, j *jobs.Job) {
 		w.deadLetter(j)
 		return
 	}
+	if err := w.checkEnvelope(env); err != nil {
+		w.deadLetterForged(j, err)
+		return
+	}
 	now := time.Now().UTC()
 	task, known := w.cfg.Registry.Lookup(env.Task)
 
@@ -307,6 +311,7 @@ func (w *Worker) finish(j *jobs.Job, result json.RawMessage, terr *stemtype.Task
 		next := *env
 		next.Attempt++
 		next.NotBefore = now.Add(delay)
+		w.signRetry(&next)
 		res.State = stemtype.StateRetry
 		res.FinishedAt, res.NotBefore = time.Time{}, next.NotBefore
 		w.retried.Add(1)

@@ -46,6 +46,7 @@ func (w *Worker) syncRevokeSet(ctx context.Context, prune bool) error {
 			ours = append(ours, r)
 		}
 	}
+	ours, _ = w.verifiedRecords(ours, "store")
 	applied, _, _ := w.revokes.Load(now, ours...)
 	if applied > 0 {
 		w.log.Debug("revokes loaded from store", "applied", applied, "held", w.revokes.Len())

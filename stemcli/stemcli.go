@@ -138,7 +138,13 @@ started in one terminal is reached from another:
   ` + stemurl.Default(cfg.Getenv) + `
 
 It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STATE_HOME/stem, else in
-~/.local/state/stem; the directory is created on first use.`,
+~/.local/state/stem; the directory is created on first use.
+
+With STEM_SIGNING_KEY (keys separated by commas, the first signs) or
+STEM_SIGNING_KEY_FILE (one key a line), tasks, control commands and revoke
+records are signed, and workers act only on what is signed. Without a key,
+anyone who can write to the broker can revoke and terminate every task.
+See docs/signing.md.`,
 	}
 	root.SetOut(cfg.Stdout)
 	root.SetErr(cfg.Stderr)
@@ -149,6 +155,9 @@ It is ` + stemurl.DefaultFile + ` in $` + stemurl.EnvHome + `, else in $XDG_STAT
 			return err
 		}
 		if _, err := a.logLevel("info"); err != nil {
+			return err
+		}
+		if _, err := a.signingKeys(); err != nil {
 			return err
 		}
 		return a.checkNamespaceEnv()

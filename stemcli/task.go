@@ -59,7 +59,12 @@ func (a *app) enqueueCmd() *cobra.Command {
 			}
 			defer a.closeStores(o)
 			a.warnMemory(o.URLs.Broker)
-			client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Registry: a.cfg.Registry})
+			keys, err := a.signingKeys()
+			if err != nil {
+				return err
+			}
+			client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Registry: a.cfg.Registry,
+				SigningKeys: keys})
 			if err != nil {
 				return err
 			}

@@ -78,6 +78,11 @@ const envRevokeExpiry = "STEM_REVOKE_DEFAULT_EXPIRY"
 func (a *app) controller(ctx context.Context, withRevokes bool) (*stem.Controller, func(), error) {
 	opts := a.driverOpts()
 	cfg := stem.ControllerConfig{Namespace: opts.Namespace, Logger: opts.Logger}
+	keys, err := a.signingKeys()
+	if err != nil {
+		return nil, nil, err
+	}
+	cfg.SigningKeys = keys
 	if v := a.cfg.Getenv(envRevokeExpiry); v != "" {
 		d, err := time.ParseDuration(v)
 		if err != nil || d <= 0 {
@@ -598,6 +603,9 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig, metricsAddr 
 	a.warnMemory(o.URLs.Broker)
 	cfg.Namespace, cfg.Registry, cfg.Logger = opts.Namespace, a.cfg.Registry, opts.Logger
 	cfg.TracerProvider = a.cfg.TracerProvider
+	if cfg.SigningKeys, err = a.signingKeys(); err != nil {
+		return err
+	}
 	cfg.Broker, cfg.Results, cfg.Revokes, cfg.Control = o.Broker, o.Results, o.Revokes, o.Control
 	stores := o.URLs.Stores()
 	cfg.Stores = &stores

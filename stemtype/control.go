@@ -91,6 +91,13 @@ type ControlCommand struct {
 	TimeoutMs int64           `json:"timeoutMs,omitempty"`
 	// Version is the protocol version of the sender.
 	Version int `json:"version,omitempty"`
+	// IssuedAt is when the controller sent the command, set with Sig: a
+	// worker with signing keys refuses a command issued outside its replay
+	// window, or one whose RequestID it has seen before.
+	IssuedAt time.Time `json:"issuedAt,omitzero"`
+	// Sig is the controller's signature of every other field and of its
+	// namespace, when it has signing keys (stem.SigningKeys).
+	Sig string `json:"sig,omitempty"`
 }
 
 // Broadcast reports whether c addresses every worker.
@@ -246,6 +253,12 @@ type StatsReply struct {
 	// Paused are the worker's queues that are paused (it does not claim
 	// from them), sorted; [] when none is.
 	Paused []string `json:"paused"`
+	// SignatureRejected counts what a worker with signing keys refused for
+	// a missing or bad signature since it started: control commands
+	// (replayed ones included), tasks (dead-lettered) and revoke records
+	// (from commands or the store; one record counts once per read).
+	// Absent when zero.
+	SignatureRejected int64 `json:"signatureRejected,omitempty"`
 }
 
 // RevokeRequest is the payload of a revoke command: the records the
@@ -275,4 +288,8 @@ type RevokeReply struct {
 	// so a controller must not mark them cancelled: the result backend
 	// may not show their start yet.
 	Held []string `json:"held,omitempty"`
+	// Rejected are the ids ("name NAME", "queue QUEUE") whose record a
+	// worker with signing keys refused: unsigned, or badly signed. It
+	// applied nothing of them.
+	Rejected []string `json:"rejected,omitempty"`
 }

@@ -65,7 +65,15 @@ func decodeEnvelopeFast(raw []byte, e *Envelope) bool {
 	if s.lit(`,"notBefore":`) && !s.time(&e.NotBefore) {
 		return false
 	}
-	return s.lit(`,"createdAt":`) && s.time(&e.CreatedAt) && s.lit(`}`) && s.i == len(s.b)
+	if !s.lit(`,"createdAt":`) || !s.time(&e.CreatedAt) {
+		return false
+	}
+	if s.lit(`,"sig":`) {
+		if e.Sig, ok = s.str(); !ok {
+			return false
+		}
+	}
+	return s.lit(`}`) && s.i == len(s.b)
 }
 
 // envScanner reads the fields of an envelope in AppendJSON's layout.

@@ -36,7 +36,7 @@ func TestDecodeEnvelopeMatchesUnmarshal(t *testing.T) {
 			continue
 		}
 		checkDecode(t, raw)
-		if want := e.Headers == nil && plain(e.ID, e.Task, e.Queue); stemtype.DecodeEnvelopeFastForTest(raw) != want {
+		if want := e.Headers == nil && plain(e.ID, e.Task, e.Queue, e.Sig); stemtype.DecodeEnvelopeFastForTest(raw) != want {
 			t.Fatalf("%s: the fast path read it: %v; want %v", raw, !want, want)
 		}
 		indented, _ := json.MarshalIndent(e, "", " ")

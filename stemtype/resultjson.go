@@ -154,7 +154,8 @@ func appendMarshal(dst []byte, key string, v any) ([]byte, error) {
 // to json.Marshal where TaskResult.AppendJSON does (and for headers, which
 // it leaves to json.Marshal's sorted map encoding).
 func (e *Envelope) AppendJSON(dst []byte) ([]byte, error) {
-	if !plainString(e.ID) || !plainString(e.Task) || !plainString(e.Queue) || !plainTime(e.NotBefore) || !plainTime(e.CreatedAt) {
+	if !plainString(e.ID) || !plainString(e.Task) || !plainString(e.Queue) || !plainString(e.Sig) ||
+		!plainTime(e.NotBefore) || !plainTime(e.CreatedAt) {
 		b, err := json.Marshal(e)
 		return append(dst, b...), err
 	}
@@ -192,5 +193,9 @@ func (e *Envelope) AppendJSON(dst []byte) ([]byte, error) {
 	}
 	dst = append(dst, `,"createdAt":`...)
 	dst = appendTime(dst, e.CreatedAt)
+	if e.Sig != "" {
+		dst = append(dst, `,"sig":`...)
+		dst = appendPlainString(dst, e.Sig)
+	}
 	return append(dst, '}'), nil
 }

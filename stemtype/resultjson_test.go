@@ -164,6 +164,9 @@ func sampleEnvelope(r *rand.Rand) *stemtype.Envelope {
 	if r.IntN(3) == 0 {
 		e.Headers = map[string]string{pick(): pick(), "traceparent": pick()}
 	}
+	if r.IntN(3) == 0 {
+		e.Sig = pick()
+	}
 	return e
 }
 

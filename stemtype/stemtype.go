@@ -76,6 +76,11 @@ type Envelope struct {
 	NotBefore time.Time `json:"notBefore,omitzero"`
 	// CreatedAt is when the producer first enqueued the task.
 	CreatedAt time.Time `json:"createdAt"`
+	// Sig is the producer's signature of every other field, when it has
+	// signing keys (stem.SigningKeys; SigningBytes says what is signed).
+	// A worker with keys dead-letters an envelope whose Sig is missing or
+	// wrong; one without keys ignores it.
+	Sig string `json:"sig,omitempty"`
 }
 
 // Validate reports the first missing required field of e.
@@ -190,6 +195,11 @@ type RevokeRecord struct {
 	// ExpiresAt is when the record stops applying and may be pruned. The
 	// zero time means it never expires.
 	ExpiresAt time.Time `json:"expiresAt,omitzero"`
+	// Sig is the controller's signature of every other field but Version
+	// (which the revoke store assigns), when it has signing keys. A worker
+	// with keys ignores a record whose Sig is missing or wrong, from a
+	// command or from the store.
+	Sig string `json:"sig,omitempty"`
 }
 
 // Kinds of revoke records (RevokeRecord.Kind).

@@ -41,7 +41,8 @@
 //
 // The cases live in files by theme (results.go, client.go, revoke.go,
 // finalstate.go, control.go, shutdown.go, faults.go, presence.go,
-// isolation.go, poison.go, backpressure.go); Run's table lists them all.
+// isolation.go, poison.go, backpressure.go, signing.go); Run's table lists
+// them all.
 package systemtest
 
 import (
@@ -190,6 +191,10 @@ func Run(t *testing.T, h Harness) {
 		// Isolation (isolation.go).
 		{"NamespaceIsolation", testNamespaceIsolation},
 		{"ScopeIsolation", testScopeIsolation},
+		// Signed messages (signing.go).
+		{"SigningTasks", testSigningTasks},
+		{"SigningRevokes", testSigningRevokes},
+		{"SigningReplay", testSigningReplay},
 		// Fair dispatch (fair.go).
 		{"FairLongTasksSpread", testFairLongTasksSpread},
 		{"FairLongTaskAfterBurst", testFairLongTaskAfterBurst},
