@@ -2,6 +2,7 @@ package stemfile
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -91,10 +92,25 @@ func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, e
 	if err := tmp.Sync(); err != nil {
 		return 0, fmt.Errorf("stem: compact revoke file: fsync %s: %w", tmp.Name(), err)
 	}
+	// The new file is locked before it takes the path, so that the lock
+	// this operation holds on the data file carries over to it.
+	newLock, err := os.Open(tmp.Name())
+	if err != nil {
+		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
+	if err := flock(context.Background(), newLock, lockExclusive); err != nil {
+		newLock.Close()
+		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
 	if err := os.Rename(tmp.Name(), r.path); err != nil {
+		newLock.Close()
 		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
 	}
 	renamed = true
+	if r.data != nil {
+		r.data.Close()
+	}
+	r.data = newLock
 	// The data file is replaced: from here on, report errors but keep the
 	// temporary file, now the data file, in place.
 	fi, statErr := tmp.Stat()

@@ -20,8 +20,14 @@
 // Any number of Revokes handles, in one process or in several processes of
 // one host (the CLI and the workers), may use the same file at once. Every
 // write holds an exclusive flock on a sidecar lock file, PATH.lock, and every
-// read a shared one; the lock lives beside the data file so that the data
-// file itself can be atomically replaced by a compaction. Each handle keeps
+// read a shared one, and then the same flock on the data file itself. The
+// data file's lock keeps writers apart even when something (a tmp cleaner)
+// deletes PATH.lock while it is held: a process that starts afterwards
+// creates a new PATH.lock, locks it, and still waits on the data file. A
+// compaction locks its new file before it renames it over PATH; a handle
+// that was waiting on the replaced file notices that it is no longer at PATH
+// and locks the new one. The sidecar stays for the hand edits below and for
+// older stem processes, which lock only it. Each handle keeps
 // an index in memory and refreshes it by reading only the bytes appended
 // since its last read; it holds the file it indexed open, and notices a
 // compaction by another handle because the file at PATH is then a different

@@ -1,10 +1,15 @@
 package stemfile
 
 import (
+	"context"
+	"errors"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -159,4 +164,133 @@ func TestCompactionKeepsTheOwner(t *testing.T) {
 		t.Fatalf("mode after compaction %v, want 0640", fi.Mode().Perm())
 	}
 	want(t, "records", list(t, rs, "ns"), "a@2")
+}
+
+// holdExclusive takes rs's exclusive lock as an Upsert does and keeps it
+// until the test releases it, as a writer of another process would hold it
+// mid-append.
+func holdExclusive(t *testing.T, rs *Revokes) (release func()) {
+	t.Helper()
+	rs.mu.Lock()
+	if err := rs.acquire(t.Context(), lockExclusive, true); err != nil {
+		rs.mu.Unlock()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() {
+		once.Do(func() {
+			rs.unlock()
+			rs.mu.Unlock()
+		})
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// A tmp cleaner that deletes PATH.lock while a writer holds it must not let
+// a writer that starts afterwards (and so creates a new lock file) in
+// before the first one is done.
+func TestLockFileDeletedWhileHeldStillExcludes(t *testing.T) {
+	path := tempPath(t)
+	first, _ := open(t, path)
+	upsert(t, first, rec("stem", "a", 1))
+	release := holdExclusive(t, first)
+	if err := os.Remove(path + ".lock"); err != nil {
+		t.Fatal(err)
+	}
+	second, _ := open(t, path) // opened after the cleaner ran: a new lock file
+	// 200 ms is only how long the test waits for a wrong implementation to
+	// let the second writer in; a right one never does while the first
+	// holds the lock.
+	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
+	defer cancel()
+	if _, err := second.Upsert(ctx, rec("stem", "b", 1)); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Upsert while another writer holds the deleted lock file: error = %v, want a deadline error (the writer got in)", err)
+	}
+	release()
+	upsert(t, second, rec("stem", "b", 1))
+	want(t, "List after the first writer let go", list(t, second, "stem"), "a@1", "b@1")
+}
+
+// Writers on several handles bump one task while a cleaner keeps deleting
+// the lock file and a pruner keeps compacting the data file: with mutual
+// exclusion every Upsert is assigned a version no other got (each is
+// max(held+1, proposed) under the lock), so 4 writers x 50 upserts yield
+// 200 distinct versions and the file ends holding the highest.
+func TestWritersNeverInterleaveWhileLockFileIsDeleted(t *testing.T) {
+	path := tempPath(t)
+	const writers, each = 4, 50
+	handles := make([]*Revokes, writers+1)
+	for i := range handles {
+		handles[i], _ = open(t, path)
+	}
+	var (
+		mu       sync.Mutex
+		versions = map[int64]int{}
+		wg       sync.WaitGroup
+		errs     = make(chan error, writers+2)
+	)
+	done := make(chan struct{})
+	for w := range writers {
+		wg.Go(func() {
+			for range each {
+				out, err := handles[w].Upsert(t.Context(), rec("stem", "t", 1))
+				if err != nil {
+					errs <- err
+					return
+				}
+				mu.Lock()
+				versions[out[0].Version]++
+				mu.Unlock()
+			}
+		})
+	}
+	var bg sync.WaitGroup
+	bg.Go(func() { // the tmp cleaner
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if err := os.Remove(path + ".lock"); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs <- err
+				return
+			}
+			runtime.Gosched()
+		}
+	})
+	bg.Go(func() { // compactions replace the data file
+		for {
+			select {
+			case <-done:
+				return
+			default:
+			}
+			if _, err := handles[writers].Prune(t.Context(), "stem", t0); err != nil {
+				errs <- err
+				return
+			}
+		}
+	})
+	wg.Wait()
+	close(done)
+	bg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	var dup []int64
+	var highest int64
+	for v, n := range versions {
+		if n > 1 {
+			dup = append(dup, v)
+		}
+		highest = max(highest, v)
+	}
+	if len(versions) != writers*each || len(dup) > 0 {
+		t.Fatalf("%d distinct versions of %d upserts; versions assigned twice (two writers inside at once): %v", len(versions), writers*each, dup)
+	}
+	fresh, _ := open(t, path)
+	want(t, "List after the writers", list(t, fresh, "stem"), fmt.Sprintf("t@%d", highest))
 }
