@@ -328,8 +328,10 @@ func TestHelperCompactKill(t *testing.T) {
 		}
 		fmt.Println("ack " + id)
 		// An expired record, written twice: the second line supersedes
-		// the first, and the Prune below drops both in a compaction.
-		junk := expiring(rec("ns", "junk", 1), t0)
+		// the first, and the Prune below drops both in a compaction,
+		// leaving a tombstone. Its version, the clock's, is above that of
+		// any earlier round's tombstone, so the write is not ignored.
+		junk := expiring(rec("ns", "junk", time.Now().UnixMicro()), t0)
 		if _, err := rs.Upsert(context.Background(), junk, junk); err != nil {
 			t.Fatal(err)
 		}

@@ -78,6 +78,10 @@ type view struct {
 	// id; live counts them.
 	index map[string]map[string]stemtype.RevokeRecord
 	live  int
+	// tombs holds the tombstones of pruned records, by namespace then
+	// task id; ntombs counts them.
+	tombs  map[string]map[string]tombstone
+	ntombs int
 }
 
 var _ stemdriver.RevokeStore = (*Revokes)(nil)
@@ -239,12 +243,21 @@ func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	// that fails leaves the index as the file is.
 	type key struct{ ns, task string }
 	var within map[key]int64 // versions assigned earlier in this call
+	ignored := 0
 	for i := range stored {
 		rec := &stored[i]
 		cur, ok := within[key{rec.Namespace, rec.TaskID}]
 		if !ok {
 			if held, found := v.index[rec.Namespace][rec.TaskID]; found {
 				cur, ok = held.Version, true
+			}
+		}
+		if !ok {
+			if tomb, dead := v.tombs[rec.Namespace][rec.TaskID]; dead && rec.Version <= tomb.version {
+				// A late write of a pruned revoke: ignored.
+				rec.Version, lines[i] = 0, nil
+				ignored++
+				continue
 			}
 		}
 		if ok && cur >= rec.Version {
@@ -267,13 +280,19 @@ func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	}
 	out := make([]stemtype.RevokeRecord, len(recs))
 	for i, rec := range stored {
-		v.put(rec) // always wins: its version is above the held one
 		out[i] = recs[i]
 		out[i].Version = rec.Version
+		if rec.Version == 0 {
+			continue
+		}
+		v.put(rec) // always wins: its version is above the held one
 		buf.Write(lines[i])
 		buf.WriteByte('\n')
 	}
-	appended := len(stored)
+	appended := len(stored) - ignored
+	if appended == 0 {
+		return out, nil
+	}
 	if err := r.append(buf.Bytes()); err != nil {
 		// The index already holds records that may not be on disk: drop
 		// it, so the next operation reads the file afresh.
@@ -290,10 +309,10 @@ func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	v.tailLen, v.tailCorrupt = 0, false
 	v.lines += appended
 
-	if v.lines > 2*v.live+compactSlack {
+	if v.lines > 2*(v.live+v.ntombs)+compactSlack {
 		// The records are durable already: a failed compaction is worth a
 		// warning, not an error that would make the caller doubt them.
-		if _, err := r.compact(func(stemtype.RevokeRecord) bool { return false }); err != nil {
+		if _, err := r.compact(nil); err != nil {
 			r.log.Warn("stem: revoke file compaction failed", "path", r.path, "error", err)
 		}
 	}
@@ -327,7 +346,9 @@ func (r *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 }
 
 // Prune deletes the records of namespace that expired at or before now and
-// returns how many it deleted. It compacts the file when it deletes any
+// returns how many it deleted, leaving a tombstone line of each (see
+// stemdriver.RevokeStore), and deletes the namespace's tombstones older
+// than stemdriver.RevokeTombstoneRetention. It compacts the file when it deletes any
 // record or the file holds superseded, blank or corrupt lines (corrupt lines
 // go to PATH.corrupt); otherwise it leaves the file untouched.
 func (r *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
@@ -358,12 +379,15 @@ func (r *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (i
 			expired++
 		}
 	}
-	if v.f == nil || expired == 0 && v.lines == v.live && v.tailLen == 0 {
+	for _, tomb := range v.tombs[namespace] {
+		if !now.Before(tomb.until) {
+			expired++
+		}
+	}
+	if v.f == nil || expired == 0 && v.lines == v.live+v.ntombs && v.tailLen == 0 {
 		return 0, nil
 	}
-	n, err := r.compact(func(rec stemtype.RevokeRecord) bool {
-		return rec.Namespace == namespace && rec.Expired(now)
-	})
+	n, err := r.compact(&pruning{namespace: namespace, now: now})
 	if err != nil && expired == 0 {
 		// Only tidying was due (superseded lines): a reader that cannot
 		// write the directory must not fail for it.
