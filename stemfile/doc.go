@@ -11,6 +11,16 @@
 // the exclusive lock, and fsyncs before it returns, so a later line may
 // supersede an earlier one. Reading keeps, for each namespace and task, the
 // line with the highest version.
+//
+// A Prune leaves a tombstone line for each record it deletes:
+// {"namespace","taskId","kind":"tombstone","version","expiresAt"}, the
+// deleted record's version, kept until expiresAt (the prune's now plus
+// stemdriver.RevokeTombstoneRetention), after which a Prune drops it.
+// While a task has a tombstone and no record, an Upsert of a record at or
+// below that version is ignored (returned with Version 0), so a late write
+// does not bring a pruned revoke back. List never returns tombstones. A stem
+// older than tombstones reads such a line as corrupt (an unknown kind),
+// reports it, and never applies it as a revoke.
 // Blank lines are ignored. Operators may read the file at any time; to add
 // to it by hand, hold the lock as stem does, for example
 // `flock PATH.lock sh -c 'cat more.ndjson >> PATH'`.
@@ -71,9 +81,9 @@
 //     stemdriver.Options is not used.
 //   - Every Upsert that changes anything costs an fsync.
 //   - A record line may be at most 1 MiB; Upsert rejects larger records.
-//   - Pruning forgets: once an expired record is pruned, the next record of
-//     its task is stored at the version it proposes, as in every revoke
-//     store.
+//   - Pruning forgets, after a while: once an expired record is pruned and
+//     its tombstone has expired too, the next record of its task is stored
+//     at the version it proposes, as in every revoke store.
 //   - Prune compares expiry with the now it is given: the file has no clock
 //     of its own.
 //   - The parent directory must exist; OpenRevokes does not create it. The
