@@ -353,7 +353,7 @@ func (c *Controller) revoke(ctx context.Context, t Target, o RevokeOptions, res 
 	// none of them starts the task after it reads cancelled, and only the
 	// tasks no worker holds (see markable).
 	// Revokes by name are left out: they name no task to look up.
-	if byID := stored[:len(o.TaskIDs)]; err == nil && c.cfg.Results != nil && len(byID) > 0 {
+	if byID := storedOnly(stored[:len(o.TaskIDs)]); err == nil && c.cfg.Results != nil && len(byID) > 0 {
 		c.checkResults(ctx, byID, now, res, markable(replies))
 	}
 	return stored, replies, err
@@ -374,7 +374,7 @@ func (c *Controller) storeAndSend(ctx context.Context, t Target, recs []stemtype
 		if err != nil {
 			return nil, nil, fmt.Errorf("%w: %w", ErrStoreUnavailable, err)
 		}
-		replies, err := c.send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: stored})
+		replies, err := c.send(ctx, t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: storedOnly(stored)})
 		return stored, replies, err
 	}
 	o, err := c.prepare(t, stemtype.CommandRevoke, stemtype.RevokeRequest{Records: recs})
@@ -390,12 +390,23 @@ func (c *Controller) storeAndSend(ctx context.Context, t Target, recs []stemtype
 		if published {
 			return nil
 		}
-		if err := o.setPayload(stemtype.RevokeRequest{Records: stored}); err != nil {
+		if err := o.setPayload(stemtype.RevokeRequest{Records: storedOnly(stored)}); err != nil {
 			return err
 		}
 		return c.publish(ctx, o)
 	})
 	return stored, replies, err
+}
+
+// storedOnly returns the records of recs that the revoke store stored:
+// those with a version. A store returns Version 0 for a late record of a
+// task whose newer record was pruned (stemdriver.RevokeStore), which must
+// not reach the workers.
+func storedOnly(recs []stemtype.RevokeRecord) []stemtype.RevokeRecord {
+	if !slices.ContainsFunc(recs, func(r stemtype.RevokeRecord) bool { return r.Version == 0 }) {
+		return recs
+	}
+	return slices.DeleteFunc(slices.Clone(recs), func(r stemtype.RevokeRecord) bool { return r.Version == 0 })
 }
 
 // markable returns which of a revoke's tasks may be marked cancelled in

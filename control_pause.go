@@ -77,6 +77,9 @@ func (c *Controller) setPaused(ctx context.Context, t Target, o QueuePauseOption
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s %s: %w", ErrStoreUnavailable, typ, o.Queue, err)
 	}
+	if stored[0].Version == 0 {
+		return nil, fmt.Errorf("stem: %s %s: not stored: the store holds the tombstone of a newer record of the queue (this host's clock may be behind)", typ, o.Queue)
+	}
 	res := &QueuePauseResult{Record: stored[0]}
 	res.Replies, err = c.send(ctx, t, typ, stemtype.QueuePauseRequest{Record: stored[0]})
 	return res, err

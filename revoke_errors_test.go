@@ -106,3 +106,49 @@ func TestRevokeKeySpaceIsReserved(t *testing.T) {
 		t.Fatalf("Enqueue with id %q = %q, %v; want an error saying the prefix is reserved", forged, id, err)
 	}
 }
+
+// recordingControl is the memory control transport, keeping every message
+// published.
+type recordingControl struct {
+	stemdriver.ControlTransport
+	msgs [][]byte
+}
+
+func (c *recordingControl) Publish(ctx context.Context, targets []string, msg []byte) error {
+	c.msgs = append(c.msgs, msg)
+	return c.ControlTransport.Publish(ctx, targets, msg)
+}
+
+// A revoke whose record the store ignores (a pruned record's tombstone is
+// newer: this host's clock is behind the one that wrote it) is returned
+// with Version 0 and not sent to the workers; the other records are.
+func TestRevokeIgnoredByTombstoneIsNotSent(t *testing.T) {
+	hub := stemmem.New()
+	opts := stemdriver.Options{Namespace: "t-revoke-tombstone"}
+	ctx := context.Background()
+	revokes := hub.Revokes()
+	now := time.Now()
+	ahead := stemtype.RevokeRecord{Namespace: opts.Namespace, TaskID: "a", Version: now.Add(time.Hour).UnixMicro(),
+		IssuedAt: now, ExpiresAt: now.Add(-time.Minute)}
+	if _, err := revokes.Upsert(ctx, ahead); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := revokes.Prune(ctx, opts.Namespace, now); err != nil || n != 1 {
+		t.Fatalf("Prune = %d, %v", n, err)
+	}
+	control := &recordingControl{ControlTransport: hub.Control(opts)}
+	c, err := stem.NewController(stem.ControllerConfig{Namespace: opts.Namespace, Control: control, Revokes: revokes})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, _ := c.Revoke(ctx, stem.Target{Timeout: time.Millisecond}, stem.RevokeOptions{TaskIDs: []string{"a", "b"}})
+	if res == nil || len(res.Records) != 2 || res.Records[0].Version != 0 || res.Records[1].Version == 0 {
+		t.Fatalf("result %+v; want a unstored (version 0) and b stored", res)
+	}
+	if len(control.msgs) != 1 {
+		t.Fatalf("%d messages published, want 1", len(control.msgs))
+	}
+	if msg := string(control.msgs[0]); strings.Contains(msg, `"taskId":"a"`) || !strings.Contains(msg, `"taskId":"b"`) {
+		t.Fatalf("published %s; want b's record only", msg)
+	}
+}

@@ -343,6 +343,16 @@ type ConditionalPutter interface {
 //     Redis server's TIME) compares expiry against that clock and ignores
 //     now, so that workers whose clocks disagree prune alike; stores
 //     without one (memory, a file) use now.
+//   - Pruned revokes stay gone: Prune leaves a tombstone of each record it
+//     deletes (namespace, task, version), kept for RevokeTombstoneRetention
+//     after the prune by the same clock. While a task has a tombstone and
+//     no stored record, Upsert ignores a record of it whose proposed
+//     version is at or below the tombstone's (a late write of a revoke, or
+//     of a pause, that the pruned record had superseded): it stores
+//     nothing for that record and returns it with Version 0, which callers
+//     must not publish. A record proposing a higher version is stored as
+//     usual, at its proposed version. Tombstones are never listed (List,
+//     ListChanges), and a Prune deletes those past their retention.
 //   - Namespaces never mix.
 type RevokeStore interface {
 	Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error)
@@ -350,6 +360,11 @@ type RevokeStore interface {
 	Prune(ctx context.Context, namespace string, now time.Time) (int, error)
 	Close() error
 }
+
+// RevokeTombstoneRetention is how long a revoke store keeps the tombstone
+// of a pruned record (see RevokeStore): far longer than any write of the
+// record can be in flight, short enough that tombstones do not pile up.
+const RevokeTombstoneRetention = 24 * time.Hour
 
 // RevokeChangeLister is implemented by revoke stores that can list only
 // the records stored since an earlier listing, so that a worker's periodic

@@ -2,6 +2,7 @@ package stemfile
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -11,15 +12,35 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
 
-// compact rewrites the data file with the winning record of every task
-// except those drop selects, moving corrupt lines to PATH.corrupt first, and
-// returns how many records it dropped. The caller holds the exclusive lock
-// and has just refreshed the view, which on success describes the new file.
-// On failure the data file is unchanged.
-func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, err error) {
+// pruning is what a Prune's compaction drops: the records of namespace
+// that expired at or before now, which leave tombstones, and the
+// namespace's tombstones that expired.
+type pruning struct {
+	namespace string
+	now       time.Time
+}
+
+// drops reports whether the compaction drops rec.
+func (p *pruning) drops(rec stemtype.RevokeRecord) bool {
+	return p != nil && rec.Namespace == p.namespace && rec.Expired(p.now)
+}
+
+// dropsTomb reports whether the compaction drops a tombstone of namespace.
+func (p *pruning) dropsTomb(namespace string, t tombstone) bool {
+	return p != nil && namespace == p.namespace && !p.now.Before(t.until)
+}
+
+// compact rewrites the data file with the winning record of every task and
+// every tombstone, except those prune drops (nil: none), moving corrupt
+// lines to PATH.corrupt first, and returns how many records it dropped.
+// The caller holds the exclusive lock and has just refreshed the view,
+// which on success describes the new file. On failure the data file is
+// unchanged.
+func (r *Revokes) compact(prune *pruning) (dropped int, err error) {
 	v := &r.view
 	if v.f == nil {
 		return 0, nil
@@ -47,22 +68,60 @@ func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, e
 	w := bufio.NewWriterSize(tmp, 64<<10)
 	written := 0
 	var size int64
+	writeLine := func(b []byte) error {
+		w.Write(b)
+		if err := w.WriteByte('\n'); err != nil {
+			return fmt.Errorf("stem: compact revoke file: write %s: %w", tmp.Name(), err)
+		}
+		written++
+		size += int64(len(b)) + 1
+		return nil
+	}
+	// The tombstones the file holds afterwards: those kept, and one for
+	// every record dropped.
+	tombs := make(map[string]map[string]tombstone, len(v.tombs))
+	ntombs := 0
+	addTomb := func(namespace, task string, t tombstone) {
+		ns := tombs[namespace]
+		if ns == nil {
+			ns = make(map[string]tombstone)
+			tombs[namespace] = ns
+		}
+		ns[task] = t
+		ntombs++
+	}
+	for name, ns := range v.tombs {
+		for task, t := range ns {
+			if !prune.dropsTomb(name, t) {
+				addTomb(name, task, t)
+			}
+		}
+	}
 	for _, ns := range v.index {
 		for _, rec := range ns {
-			if drop(rec) {
+			if prune.drops(rec) {
 				dropped++
+				addTomb(rec.Namespace, rec.TaskID, tombstone{version: rec.Version, until: prune.now.Add(stemdriver.RevokeTombstoneRetention).UTC()})
 				continue
 			}
 			b, err := json.Marshal(rec)
 			if err != nil {
 				return 0, fmt.Errorf("stem: compact revoke file %s: encode record for task %q: %w", r.path, rec.TaskID, err)
 			}
-			w.Write(b)
-			if err := w.WriteByte('\n'); err != nil {
-				return 0, fmt.Errorf("stem: compact revoke file: write %s: %w", tmp.Name(), err)
+			if err := writeLine(b); err != nil {
+				return 0, err
 			}
-			written++
-			size += int64(len(b)) + 1
+		}
+	}
+	for name, ns := range tombs {
+		for task, t := range ns {
+			b, err := encodeTomb(name, task, t)
+			if err != nil {
+				return 0, fmt.Errorf("stem: compact revoke file %s: encode tombstone for task %q: %w", r.path, task, err)
+			}
+			if err := writeLine(b); err != nil {
+				return 0, err
+			}
 		}
 	}
 	if err := w.Flush(); err != nil {
@@ -91,10 +150,25 @@ func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, e
 	if err := tmp.Sync(); err != nil {
 		return 0, fmt.Errorf("stem: compact revoke file: fsync %s: %w", tmp.Name(), err)
 	}
+	// The new file is locked before it takes the path, so that the lock
+	// this operation holds on the data file carries over to it.
+	newLock, err := os.Open(tmp.Name())
+	if err != nil {
+		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
+	if err := flock(context.Background(), newLock, lockExclusive); err != nil {
+		newLock.Close()
+		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
+	}
 	if err := os.Rename(tmp.Name(), r.path); err != nil {
+		newLock.Close()
 		return 0, fmt.Errorf("stem: compact revoke file: %w", err)
 	}
 	renamed = true
+	if r.data != nil {
+		r.data.Close()
+	}
+	r.data = newLock
 	// The data file is replaced: from here on, report errors but keep the
 	// temporary file, now the data file, in place.
 	fi, statErr := tmp.Stat()
@@ -105,13 +179,14 @@ func (r *Revokes) compact(drop func(stemtype.RevokeRecord) bool) (dropped int, e
 	if dropped > 0 {
 		for _, ns := range v.index {
 			for id, rec := range ns {
-				if drop(rec) {
+				if prune.drops(rec) {
 					delete(ns, id)
 				}
 			}
 		}
 		v.live -= dropped
 	}
+	v.tombs, v.ntombs = tombs, ntombs
 	for name, ns := range v.index {
 		if len(ns) == 0 {
 			delete(v.index, name)
@@ -157,7 +232,7 @@ func (r *Revokes) preserveCorrupt() (err error) {
 		if err != nil {
 			return fmt.Errorf("stem: compact revoke file: read %s at line %d: %w", r.path, lineNo, err)
 		}
-		if _, _, perr := decodeLine(line, n); perr != nil {
+		if _, _, _, perr := decodeLine(line, n); perr != nil {
 			w.WriteString(strconv.Itoa(lineNo))
 			w.WriteByte('\t')
 			if line != nil {

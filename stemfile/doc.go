@@ -11,6 +11,16 @@
 // the exclusive lock, and fsyncs before it returns, so a later line may
 // supersede an earlier one. Reading keeps, for each namespace and task, the
 // line with the highest version.
+//
+// A Prune leaves a tombstone line for each record it deletes:
+// {"namespace","taskId","kind":"tombstone","version","expiresAt"}, the
+// deleted record's version, kept until expiresAt (the prune's now plus
+// stemdriver.RevokeTombstoneRetention), after which a Prune drops it.
+// While a task has a tombstone and no record, an Upsert of a record at or
+// below that version is ignored (returned with Version 0), so a late write
+// does not bring a pruned revoke back. List never returns tombstones. A stem
+// older than tombstones reads such a line as corrupt (an unknown kind),
+// reports it, and never applies it as a revoke.
 // Blank lines are ignored. Operators may read the file at any time; to add
 // to it by hand, hold the lock as stem does, for example
 // `flock PATH.lock sh -c 'cat more.ndjson >> PATH'`.
@@ -20,8 +30,14 @@
 // Any number of Revokes handles, in one process or in several processes of
 // one host (the CLI and the workers), may use the same file at once. Every
 // write holds an exclusive flock on a sidecar lock file, PATH.lock, and every
-// read a shared one; the lock lives beside the data file so that the data
-// file itself can be atomically replaced by a compaction. Each handle keeps
+// read a shared one, and then the same flock on the data file itself. The
+// data file's lock keeps writers apart even when something (a tmp cleaner)
+// deletes PATH.lock while it is held: a process that starts afterwards
+// creates a new PATH.lock, locks it, and still waits on the data file. A
+// compaction locks its new file before it renames it over PATH; a handle
+// that was waiting on the replaced file notices that it is no longer at PATH
+// and locks the new one. The sidecar stays for the hand edits below and for
+// older stem processes, which lock only it. Each handle keeps
 // an index in memory and refreshes it by reading only the bytes appended
 // since its last read; it holds the file it indexed open, and notices a
 // compaction by another handle because the file at PATH is then a different
@@ -65,9 +81,9 @@
 //     stemdriver.Options is not used.
 //   - Every Upsert that changes anything costs an fsync.
 //   - A record line may be at most 1 MiB; Upsert rejects larger records.
-//   - Pruning forgets: once an expired record is pruned, the next record of
-//     its task is stored at the version it proposes, as in every revoke
-//     store.
+//   - Pruning forgets, after a while: once an expired record is pruned and
+//     its tombstone has expired too, the next record of its task is stored
+//     at the version it proposes, as in every revoke store.
 //   - Prune compares expiry with the now it is given: the file has no clock
 //     of its own.
 //   - The parent directory must exist; OpenRevokes does not create it. The

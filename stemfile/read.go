@@ -9,6 +9,7 @@ import (
 	"io"
 	"io/fs"
 	"os"
+	"time"
 
 	"github.com/stem-go/stem/stemtype"
 )
@@ -70,7 +71,7 @@ func (r *Revokes) scan(size int64) error {
 			return fmt.Errorf("stem: read revoke file %s at line %d: %w", r.path, v.lines+1, err)
 		}
 		lineNo := v.lines + 1
-		rec, blank, perr := decodeLine(line, n)
+		rec, tomb, blank, perr := decodeLine(line, n)
 		if !complete {
 			// Only a crashed writer (or a hand edit) leaves a last line
 			// without its newline. Apply it if it parses (it is then
@@ -81,6 +82,8 @@ func (r *Revokes) scan(size int64) error {
 			case perr != nil && v.warnedTail != start:
 				v.warnedTail = start
 				r.log.Warn("stem: skipping truncated revoke record", "path", r.path, "line", lineNo, "error", perr)
+			case perr == nil && tomb != nil:
+				v.putTomb(rec.Namespace, rec.TaskID, *tomb)
 			case perr == nil && !blank:
 				v.put(rec)
 			}
@@ -94,16 +97,18 @@ func (r *Revokes) scan(size int64) error {
 			if v.warnedTail != start {
 				r.log.Warn("stem: skipping corrupt revoke record", "path", r.path, "line", lineNo, "error", perr)
 			}
+		case tomb != nil:
+			v.putTomb(rec.Namespace, rec.TaskID, *tomb)
 		case !blank:
 			v.put(rec)
 		}
 	}
 }
 
-// put stores rec when its version is higher than the one held for its task,
-// and returns the record held afterwards and whether rec won. Reading the
-// file applies every line through it; Upsert assigns versions that always
-// win.
+// put stores rec when its version is higher than the one held for its task
+// (or than its task's tombstone, when no record is held), and returns the
+// record held afterwards and whether rec won. Reading the file applies
+// every line through it; Upsert assigns versions that always win.
 func (v *view) put(rec stemtype.RevokeRecord) (stemtype.RevokeRecord, bool) {
 	if v.index == nil {
 		v.index = make(map[string]map[string]stemtype.RevokeRecord)
@@ -117,6 +122,12 @@ func (v *view) put(rec stemtype.RevokeRecord) (stemtype.RevokeRecord, bool) {
 	if ok && rec.Version <= cur.Version {
 		return cur, false
 	}
+	if tomb, dead := v.tombs[rec.Namespace][rec.TaskID]; dead {
+		if !ok && rec.Version <= tomb.version {
+			return rec, false
+		}
+		v.dropTomb(rec.Namespace, rec.TaskID)
+	}
 	ns[rec.TaskID] = rec
 	if !ok {
 		v.live++
@@ -124,26 +135,104 @@ func (v *view) put(rec stemtype.RevokeRecord) (stemtype.RevokeRecord, bool) {
 	return rec, true
 }
 
+// putTomb applies the tombstone of a pruned record: it deletes the task's
+// record if it is not newer, and keeps the newest tombstone of the task.
+func (v *view) putTomb(namespace, task string, t tombstone) {
+	if cur, ok := v.index[namespace][task]; ok {
+		if cur.Version > t.version {
+			return
+		}
+		delete(v.index[namespace], task)
+		v.live--
+	}
+	if v.tombs == nil {
+		v.tombs = make(map[string]map[string]tombstone)
+	}
+	ns := v.tombs[namespace]
+	if ns == nil {
+		ns = make(map[string]tombstone)
+		v.tombs[namespace] = ns
+	}
+	cur, ok := ns[task]
+	if ok && (cur.version > t.version || cur.version == t.version && !cur.until.Before(t.until)) {
+		return
+	}
+	ns[task] = t
+	if !ok {
+		v.ntombs++
+	}
+}
+
+// dropTomb forgets the tombstone of a task, if it has one.
+func (v *view) dropTomb(namespace, task string) {
+	if _, ok := v.tombs[namespace][task]; ok {
+		delete(v.tombs[namespace], task)
+		v.ntombs--
+	}
+}
+
+// tombstone is what a Prune keeps of a record it deletes (see
+// stemdriver.RevokeStore): its version, until the tombstone itself expires.
+type tombstone struct {
+	version int64
+	until   time.Time
+}
+
+// tombKind is the kind of a tombstone's line. Records never have it, and a
+// stem that predates tombstones reads the line as corrupt (an unknown
+// kind), never as a revoke.
+const tombKind = "tombstone"
+
+// tombLine is the line of a tombstone.
+type tombLine struct {
+	Namespace string    `json:"namespace"`
+	TaskID    string    `json:"taskId"`
+	Kind      string    `json:"kind"`
+	Version   int64     `json:"version"`
+	ExpiresAt time.Time `json:"expiresAt"`
+}
+
+// encodeTomb returns the line of a tombstone, without its newline.
+func encodeTomb(namespace, task string, t tombstone) ([]byte, error) {
+	return json.Marshal(tombLine{Namespace: namespace, TaskID: task, Kind: tombKind, Version: t.version, ExpiresAt: t.until.UTC()})
+}
+
 // decodeLine decodes one line (without its newline; nil when it was longer
 // than maxLine, n bytes in all). It reports blank lines, which are skipped
-// and not corrupt, and returns an error for a line that is not one valid
-// record.
-func decodeLine(line []byte, n int64) (rec stemtype.RevokeRecord, blank bool, err error) {
+// and not corrupt, returns a tombstone's line as its namespace and task in
+// rec and the tombstone in tomb, and returns an error for a line that is
+// not one valid record or tombstone.
+func decodeLine(line []byte, n int64) (rec stemtype.RevokeRecord, tomb *tombstone, blank bool, err error) {
 	if line == nil && n > 0 {
-		return rec, false, fmt.Errorf("line longer than %d bytes", maxLine)
+		return rec, nil, false, fmt.Errorf("line longer than %d bytes", maxLine)
 	}
 	line = bytes.TrimSuffix(line, []byte("\r"))
 	if len(bytes.TrimSpace(line)) == 0 {
-		return rec, true, nil
+		return rec, nil, true, nil
 	}
 	if err := json.Unmarshal(line, &rec); err != nil {
-		return rec, false, err
+		return rec, nil, false, err
+	}
+	if rec.Kind == tombKind {
+		var tl tombLine
+		if err := json.Unmarshal(line, &tl); err != nil {
+			return rec, nil, false, err
+		}
+		switch {
+		case tl.Namespace == "" || tl.TaskID == "":
+			return rec, nil, false, errors.New("stem: revoke tombstone without namespace or taskId")
+		case tl.Version <= 0:
+			return rec, nil, false, fmt.Errorf("stem: revoke tombstone for task %q has non-positive version %d", tl.TaskID, tl.Version)
+		case tl.ExpiresAt.IsZero():
+			return rec, nil, false, fmt.Errorf("stem: revoke tombstone for task %q has no expiresAt", tl.TaskID)
+		}
+		return stemtype.RevokeRecord{Namespace: tl.Namespace, TaskID: tl.TaskID}, &tombstone{version: tl.Version, until: tl.ExpiresAt.UTC()}, false, nil
 	}
 	if err := rec.Validate(); err != nil {
-		return rec, false, err
+		return rec, nil, false, err
 	}
 	rec.IssuedAt, rec.ExpiresAt = rec.IssuedAt.UTC(), rec.ExpiresAt.UTC()
-	return rec, false, nil
+	return rec, nil, false, nil
 }
 
 // lineReader splits a file into lines without holding more than maxLine

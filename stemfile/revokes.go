@@ -48,7 +48,10 @@ type Revokes struct {
 	mu     sync.Mutex
 	closed bool
 	lock   *os.File
-	view   view
+	// data is the data file, flocked like lock while an operation runs
+	// (nil between operations, and when there was no file to lock).
+	data *os.File
+	view view
 }
 
 // view is a handle's index of the data file and how much of it was read.
@@ -75,6 +78,10 @@ type view struct {
 	// id; live counts them.
 	index map[string]map[string]stemtype.RevokeRecord
 	live  int
+	// tombs holds the tombstones of pruned records, by namespace then
+	// task id; ntombs counts them.
+	tombs  map[string]map[string]tombstone
+	ntombs int
 }
 
 var _ stemdriver.RevokeStore = (*Revokes)(nil)
@@ -218,7 +225,7 @@ func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	if r.closed {
 		return nil, stemdriver.ErrClosed
 	}
-	if err := r.acquire(ctx, lockExclusive); err != nil {
+	if err := r.acquire(ctx, lockExclusive, true); err != nil {
 		return nil, err
 	}
 	defer r.unlock()
@@ -236,12 +243,21 @@ func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	// that fails leaves the index as the file is.
 	type key struct{ ns, task string }
 	var within map[key]int64 // versions assigned earlier in this call
+	ignored := 0
 	for i := range stored {
 		rec := &stored[i]
 		cur, ok := within[key{rec.Namespace, rec.TaskID}]
 		if !ok {
 			if held, found := v.index[rec.Namespace][rec.TaskID]; found {
 				cur, ok = held.Version, true
+			}
+		}
+		if !ok {
+			if tomb, dead := v.tombs[rec.Namespace][rec.TaskID]; dead && rec.Version <= tomb.version {
+				// A late write of a pruned revoke: ignored.
+				rec.Version, lines[i] = 0, nil
+				ignored++
+				continue
 			}
 		}
 		if ok && cur >= rec.Version {
@@ -264,13 +280,19 @@ func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	}
 	out := make([]stemtype.RevokeRecord, len(recs))
 	for i, rec := range stored {
-		v.put(rec) // always wins: its version is above the held one
 		out[i] = recs[i]
 		out[i].Version = rec.Version
+		if rec.Version == 0 {
+			continue
+		}
+		v.put(rec) // always wins: its version is above the held one
 		buf.Write(lines[i])
 		buf.WriteByte('\n')
 	}
-	appended := len(stored)
+	appended := len(stored) - ignored
+	if appended == 0 {
+		return out, nil
+	}
 	if err := r.append(buf.Bytes()); err != nil {
 		// The index already holds records that may not be on disk: drop
 		// it, so the next operation reads the file afresh.
@@ -287,10 +309,10 @@ func (r *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 	v.tailLen, v.tailCorrupt = 0, false
 	v.lines += appended
 
-	if v.lines > 2*v.live+compactSlack {
+	if v.lines > 2*(v.live+v.ntombs)+compactSlack {
 		// The records are durable already: a failed compaction is worth a
 		// warning, not an error that would make the caller doubt them.
-		if _, err := r.compact(func(stemtype.RevokeRecord) bool { return false }); err != nil {
+		if _, err := r.compact(nil); err != nil {
 			r.log.Warn("stem: revoke file compaction failed", "path", r.path, "error", err)
 		}
 	}
@@ -308,7 +330,7 @@ func (r *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 	if r.closed {
 		return nil, stemdriver.ErrClosed
 	}
-	if err := r.acquire(ctx, lockShared); err != nil {
+	if err := r.acquire(ctx, lockShared, false); err != nil {
 		return nil, err
 	}
 	defer r.unlock()
@@ -324,7 +346,9 @@ func (r *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 }
 
 // Prune deletes the records of namespace that expired at or before now and
-// returns how many it deleted. It compacts the file when it deletes any
+// returns how many it deleted, leaving a tombstone line of each (see
+// stemdriver.RevokeStore), and deletes the namespace's tombstones older
+// than stemdriver.RevokeTombstoneRetention. It compacts the file when it deletes any
 // record or the file holds superseded, blank or corrupt lines (corrupt lines
 // go to PATH.corrupt); otherwise it leaves the file untouched.
 func (r *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
@@ -336,10 +360,15 @@ func (r *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (i
 	if r.closed {
 		return 0, stemdriver.ErrClosed
 	}
-	if err := r.acquire(ctx, lockExclusive); err != nil {
+	if err := r.acquire(ctx, lockExclusive, false); err != nil {
 		return 0, err
 	}
 	defer r.unlock()
+	if r.data == nil {
+		// There was no data file when the lock was taken: nothing to
+		// prune, and no lock on a file created since.
+		return 0, nil
+	}
 	if err := r.refresh(); err != nil {
 		return 0, err
 	}
@@ -350,12 +379,15 @@ func (r *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (i
 			expired++
 		}
 	}
-	if v.f == nil || expired == 0 && v.lines == v.live && v.tailLen == 0 {
+	for _, tomb := range v.tombs[namespace] {
+		if !now.Before(tomb.until) {
+			expired++
+		}
+	}
+	if v.f == nil || expired == 0 && v.lines == v.live+v.ntombs && v.tailLen == 0 {
 		return 0, nil
 	}
-	n, err := r.compact(func(rec stemtype.RevokeRecord) bool {
-		return rec.Namespace == namespace && rec.Expired(now)
-	})
+	n, err := r.compact(&pruning{namespace: namespace, now: now})
 	if err != nil && expired == 0 {
 		// Only tidying was due (superseded lines): a reader that cannot
 		// write the directory must not fail for it.
@@ -386,10 +418,17 @@ func (r *Revokes) Close() error {
 	return nil
 }
 
-// acquire takes the flock on the lock file, shared or exclusive. A lock on a
-// lock file that was since removed or replaced (by hand) excludes nobody, so
-// acquire then reopens the lock file at its path and locks that one.
-func (r *Revokes) acquire(ctx context.Context, how int) error {
+// acquire takes the flock on the lock file, shared or exclusive, then the
+// same flock on the data file itself, creating the data file first when
+// create is set. A lock on a lock file that was since removed or replaced (by
+// hand) excludes nobody, so acquire then reopens the lock file at its path
+// and locks that one. The lock on the data file keeps writers apart even
+// when a tmp cleaner deletes the lock file while it is held (a writer that
+// starts afterwards creates and locks a new lock file, then waits here); a
+// lock on a data file that a compaction has since replaced is dropped and
+// the new file locked instead. Without create, a missing data file is not
+// locked and r.data stays nil.
+func (r *Revokes) acquire(ctx context.Context, how int, create bool) error {
 	for {
 		if err := flock(ctx, r.lock, how); err != nil {
 			return err
@@ -397,7 +436,7 @@ func (r *Revokes) acquire(ctx context.Context, how int) error {
 		held, err1 := r.lock.Stat()
 		cur, err2 := os.Stat(r.lockPath)
 		if err1 == nil && err2 == nil && os.SameFile(held, cur) {
-			return nil
+			break
 		}
 		r.unlock()
 		if err := errors.Join(err1, err2); err != nil && !errors.Is(err2, fs.ErrNotExist) {
@@ -410,6 +449,56 @@ func (r *Revokes) acquire(ctx context.Context, how int) error {
 		r.log.Warn("stem: revoke lock file was removed or replaced; using the new one", "path", r.lockPath)
 		r.lock.Close()
 		r.lock = lock
+	}
+	if err := r.lockData(ctx, how, create); err != nil {
+		r.unlock()
+		return err
+	}
+	return nil
+}
+
+// lockData takes the flock on the data file at r.path, as acquire
+// describes; the caller holds the flock on the lock file.
+func (r *Revokes) lockData(ctx context.Context, how int, create bool) error {
+	for {
+		created := false
+		f, err := os.Open(r.path)
+		if errors.Is(err, fs.ErrNotExist) {
+			if !create {
+				return nil
+			}
+			f, err = os.OpenFile(r.path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, fileMode)
+			created = err == nil
+			if errors.Is(err, fs.ErrExist) {
+				continue // created by another writer meanwhile
+			}
+		}
+		if err != nil {
+			return fmt.Errorf("stem: revoke file %s: %w", r.path, err)
+		}
+		if created {
+			if err := syncDir(filepath.Dir(r.path)); err != nil {
+				f.Close()
+				return err
+			}
+		}
+		if err := flock(ctx, f, how); err != nil {
+			f.Close()
+			return err
+		}
+		held, err1 := f.Stat()
+		cur, err2 := os.Stat(r.path)
+		if err1 == nil && err2 == nil && os.SameFile(held, cur) {
+			r.data = f
+			return nil
+		}
+		f.Close() // releases the lock on a file that is no longer at path
+		if err1 != nil {
+			return fmt.Errorf("stem: revoke file %s: %w", r.path, err1)
+		}
+		if err2 != nil && !errors.Is(err2, fs.ErrNotExist) {
+			return fmt.Errorf("stem: revoke file %s: %w", r.path, err2)
+		}
 	}
 }
 
@@ -425,10 +514,14 @@ func openLock(path string) (*os.File, error) {
 	return f, err
 }
 
-// unlock releases the flock, logging a failure: the operation it ends has
+// unlock releases the flocks, logging a failure: the operation it ends has
 // already succeeded or failed on its own terms, and closing the lock file
 // would release the lock anyway.
 func (r *Revokes) unlock() {
+	if r.data != nil {
+		r.data.Close() // releases its flock
+		r.data = nil
+	}
 	if err := funlock(r.lock); err != nil {
 		r.log.Error("stem: cannot release revoke file lock", "path", r.lockPath, "error", err)
 	}

@@ -469,10 +469,11 @@ func TestPruneCompacts(t *testing.T) {
 		if err := json.Unmarshal([]byte(l), &r); err != nil {
 			t.Fatalf("compacted line %q: %v", l, err)
 		}
-		got = append(got, fmt.Sprintf("%s/%s@%d", r.Namespace, r.TaskID, r.Version))
+		got = append(got, strings.TrimSpace(fmt.Sprintf("%s/%s@%d %s", r.Namespace, r.TaskID, r.Version, r.Kind)))
 	}
 	slices.Sort(got)
-	want(t, "compacted file", got, "other/d@1", "stem/a@3", "stem/c@1")
+	// The pruned record leaves its tombstone.
+	want(t, "compacted file", got, "other/d@1", "stem/a@3", "stem/b@1 tombstone", "stem/c@1")
 	if entries, _ := os.ReadDir(filepath.Dir(path)); len(entries) != 2 {
 		var names []string
 		for _, e := range entries {
@@ -903,4 +904,32 @@ func TestDanglingSymlinkSharesTheTargetsLock(t *testing.T) {
 	if _, err := os.Stat(target); err != nil {
 		t.Errorf("target: %v", err)
 	}
+}
+
+// A pruned record's tombstone is a line of the file: a handle opened later
+// (another process, a restart) still ignores a late write of the record,
+// and a Prune past stemdriver.RevokeTombstoneRetention drops the line.
+func TestTombstoneSurvivesReopen(t *testing.T) {
+	path := tempPath(t)
+	rs, _ := open(t, path)
+	upsert(t, rs, expiring(rec("stem", "a", 5), t0.Add(-time.Minute)), rec("stem", "b", 1))
+	if n, err := rs.Prune(t.Context(), "stem", t0); err != nil || n != 1 {
+		t.Fatalf("Prune = %d, %v; want 1, nil", n, err)
+	}
+	later, _ := open(t, path)
+	if out := upsert(t, later, rec("stem", "a", 4)); out[0].Version != 0 {
+		t.Errorf("late Upsert of a pruned record through a new handle stored version %d, want it ignored (0)", out[0].Version)
+	}
+	want(t, "List by the new handle", list(t, later, "stem"), "b@1")
+	if lines := fileLines(t, path); len(lines) != 2 {
+		t.Errorf("file holds %d lines after the ignored write, want 2 (b and a's tombstone): %q", len(lines), lines)
+	}
+	if _, err := later.Prune(t.Context(), "stem", t0.Add(stemdriver.RevokeTombstoneRetention)); err != nil {
+		t.Fatal(err)
+	}
+	if lines := fileLines(t, path); len(lines) != 1 {
+		t.Errorf("file holds %d lines after the tombstone expired, want 1: %q", len(lines), lines)
+	}
+	upsert(t, rs, rec("stem", "a", 4))
+	want(t, "List once the tombstone expired", list(t, rs, "stem"), "a@4", "b@1")
 }

@@ -26,6 +26,9 @@ type revokeSpace struct {
 	// ListChanges.
 	seq     map[string]uint64
 	changed map[string]map[string]uint64
+	// tombs holds the tombstones of pruned records, by namespace then
+	// task id (see stemdriver.RevokeStore).
+	tombs map[string]map[string]tombstone
 	// epoch tells this space's cursors from those of another Hub.
 	epoch string
 }
@@ -35,8 +38,16 @@ func newRevokeSpace() *revokeSpace {
 		recs:    make(map[string]map[string]stemtype.RevokeRecord),
 		seq:     make(map[string]uint64),
 		changed: make(map[string]map[string]uint64),
+		tombs:   make(map[string]map[string]tombstone),
 		epoch:   strconv.FormatUint(rand.Uint64(), 36),
 	}
+}
+
+// tombstone is what Prune keeps of a record it deletes: its version, until
+// the tombstone itself expires.
+type tombstone struct {
+	version int64
+	until   time.Time
 }
 
 // revokes is one revoke store value on a revokeSpace.
@@ -53,7 +64,8 @@ var (
 
 // Upsert stores every record, each with version max(stored+1, proposed),
 // and returns them, in input order, with the versions they were stored
-// with. It validates every record before applying any, and applies a call
+// with; a record that a pruned record's tombstone supersedes is not stored
+// and comes back with Version 0. It validates every record before applying any, and applies a call
 // as one step under the store's mutex.
 func (r *revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
 	if isClosed(r.closed) {
@@ -82,6 +94,12 @@ func (r *revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 				stored, ok = cur.Version, true
 			}
 		}
+		if !ok {
+			if tomb, dead := r.space.tombs[rec.Namespace][rec.TaskID]; dead && rec.Version <= tomb.version {
+				rec.Version = 0 // a late write of a pruned revoke: ignored
+				continue
+			}
+		}
 		if ok {
 			if stored == math.MaxInt64 {
 				return nil, fmt.Errorf("stem: memory revokes upsert: task %q in namespace %q is stored at the highest version, %d", rec.TaskID, rec.Namespace, stored)
@@ -96,6 +114,10 @@ func (r *revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		}
 	}
 	for _, rec := range out {
+		if rec.Version == 0 {
+			continue
+		}
+		delete(r.space.tombs[rec.Namespace], rec.TaskID)
 		ns := r.space.recs[rec.Namespace]
 		if ns == nil {
 			ns = make(map[string]stemtype.RevokeRecord)
@@ -172,7 +194,9 @@ func (r *revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 }
 
 // Prune deletes the records of namespace that expired at or before now (the
-// memory store has no clock of its own: the caller's now is the clock).
+// memory store has no clock of its own: the caller's now is the clock),
+// leaving a tombstone of each, and deletes the tombstones older than
+// stemdriver.RevokeTombstoneRetention.
 func (r *revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
 	if isClosed(r.closed) {
 		return 0, fmt.Errorf("stem: memory revokes prune: %w", stemdriver.ErrClosed)
@@ -184,10 +208,21 @@ func (r *revokes) Prune(ctx context.Context, namespace string, now time.Time) (i
 	defer r.space.mu.Unlock()
 	ns := r.space.recs[namespace]
 	n := 0
+	tombs := r.space.tombs[namespace]
+	for id, tomb := range tombs {
+		if !now.Before(tomb.until) {
+			delete(tombs, id)
+		}
+	}
 	for id, rec := range ns {
 		if rec.Expired(now) {
 			delete(ns, id)
 			delete(r.space.changed[namespace], id)
+			if tombs == nil {
+				tombs = make(map[string]tombstone)
+				r.space.tombs[namespace] = tombs
+			}
+			tombs[id] = tombstone{version: rec.Version, until: now.Add(stemdriver.RevokeTombstoneRetention)}
 			n++
 		}
 	}

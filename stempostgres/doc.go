@@ -54,6 +54,9 @@
 //     the statement's WHERE; expired rows are deleted once a minute.
 //   - stem_revokes: one row per namespace and task, upserted with version
 //     greatest(stored+1, proposed).
+//   - stem_revoke_tombstones: the version of each revoke record Prune
+//     deleted, for stemdriver.RevokeTombstoneRetention, so that a late
+//     upsert of the record does not bring it back (schema version 4).
 //   - stem_control_messages, stem_control_replies, stem_workers: the
 //     control plane's large messages, replies and presence.
 //

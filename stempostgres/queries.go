@@ -35,11 +35,12 @@ type queries struct {
 	pruneResults string // none
 
 	// Revokes.
-	upsertRevokes string // $1 nss[], $2 task_ids[], $3 versions[], $4 bodies[], $5 expires[]
-	revokeNotify  string // upsertRevokes's, then $6 channel, $7 payload
-	revokeOne     string // revokeNotify for one record: $1 ns, $2 task_id, $3 version, $4 body, $5 expires, $6 channel, $7 payload
-	listRevokes   string // $1 ns
-	pruneRevokes  string // $1 ns
+	upsertRevokes   string // $1 nss[], $2 task_ids[], $3 versions[], $4 bodies[], $5 expires[]
+	revokeNotify    string // upsertRevokes's, then $6 channel, $7 payload
+	revokeOne       string // revokeNotify for one record: $1 ns, $2 task_id, $3 version, $4 body, $5 expires, $6 channel, $7 payload
+	listRevokes     string // $1 ns
+	pruneRevokes    string // $1 ns, $2 tombstone retention (µs); returns the count deleted
+	pruneTombstones string // $1 ns
 
 	// Control.
 	storeControl string // $1 ns, $2 targets[], $3 body, $4 channel
@@ -190,8 +191,17 @@ WHERE r.namespace = $1 AND r.id = $2 AND r.state = ANY($6::text[]) AND r.state N
 
 	// Revokes: the causal version rule in the upsert.
 	v := s + ".stem_revokes"
+	tomb := s + ".stem_revoke_tombstones"
+	// notPruned keeps out a record of a task that has no stored record and
+	// a tombstone at or above the version it proposes (a late write of a
+	// pruned revoke); ns, task and version are SQL expressions.
+	notPruned := func(ns, task, version string) string {
+		return `NOT EXISTS (SELECT 1 FROM ` + tomb + ` t WHERE t.namespace = ` + ns + ` AND t.task_id = ` + task + ` AND t.version >= ` + version + `
+	AND NOT EXISTS (SELECT 1 FROM ` + v + ` r WHERE r.namespace = ` + ns + ` AND r.task_id = ` + task + `))`
+	}
 	q.upsertRevokes = `INSERT INTO ` + v + ` AS v (namespace, task_id, version, body, expires_at)
 SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bytea[], $5::timestamptz[]) AS u(ns, task_id, version, body, expires_at)
+WHERE ` + notPruned("u.ns", "u.task_id", "u.version") + `
 ORDER BY u.ns, u.task_id -- rows locked in one order: concurrent writers never deadlock
 ON CONFLICT (namespace, task_id) DO UPDATE
 SET version = greatest(v.version + 1, excluded.version), body = excluded.body, expires_at = excluded.expires_at
@@ -202,20 +212,28 @@ RETURNING namespace, task_id, version`
 	// subquery is uncorrelated: it runs once, not once per row.
 	q.revokeNotify = `WITH up AS (
 ` + q.upsertRevokes + `),
-same AS (SELECT bool_and(up.version = p.version) AS ok
+same AS (SELECT count(*) = cardinality($1::text[]) AS ok
 	FROM up JOIN unnest($1::text[], $2::text[], $3::bigint[]) AS p(ns, task_id, version)
-	ON p.ns = up.namespace AND p.task_id = up.task_id)
+	ON p.ns = up.namespace AND p.task_id = up.task_id AND p.version = up.version)
 SELECT up.namespace, up.task_id, up.version, (SELECT count(pg_notify($6, $7)) FROM same WHERE same.ok) FROM up`
 	// The same for one record, the usual revoke, with no arrays to
 	// unnest, sort and join.
 	q.revokeOne = `WITH up AS (
-	INSERT INTO ` + v + ` AS v (namespace, task_id, version, body, expires_at) VALUES ($1, $2, $3, $4, $5)
+	INSERT INTO ` + v + ` AS v (namespace, task_id, version, body, expires_at)
+	SELECT $1::text, $2::text, $3::bigint, $4::bytea, $5::timestamptz WHERE ` + notPruned("$1::text", "$2::text", "$3::bigint") + `
 	ON CONFLICT (namespace, task_id) DO UPDATE
 	SET version = greatest(v.version + 1, excluded.version), body = excluded.body, expires_at = excluded.expires_at
 	RETURNING namespace, task_id, version)
 SELECT up.namespace, up.task_id, up.version, (SELECT count(pg_notify($6, $7)) FROM up WHERE up.version = $3) FROM up`
 	q.listRevokes = `SELECT version, body FROM ` + v + ` WHERE namespace = $1`
-	q.pruneRevokes = `DELETE FROM ` + v + ` WHERE namespace = $1 AND expires_at <= now()`
+	// Prune leaves a tombstone of every record it deletes, kept $2
+	// microseconds; pruneTombstones deletes those past that time.
+	q.pruneRevokes = `WITH gone AS (DELETE FROM ` + v + ` WHERE namespace = $1 AND expires_at <= now() RETURNING namespace, task_id, version),
+kept AS (INSERT INTO ` + tomb + ` AS t (namespace, task_id, version, expires_at)
+	SELECT namespace, task_id, version, now() + $2 * interval '1 microsecond' FROM gone
+	ON CONFLICT (namespace, task_id) DO UPDATE SET version = greatest(t.version, excluded.version), expires_at = excluded.expires_at)
+SELECT count(*) FROM gone`
+	q.pruneTombstones = `DELETE FROM ` + tomb + ` WHERE namespace = $1 AND expires_at <= now()`
 
 	// Control.
 	q.notify = `SELECT pg_notify($1, $2)`

@@ -37,7 +37,9 @@ func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Rev
 // task (a task given twice starts the next run, applied after), and
 // returns them in input order with the versions assigned. A task stored at
 // the highest int64 version makes its statement fail (bigint out of
-// range), storing nothing of its run.
+// range), storing nothing of its run. A record of a task with no stored
+// record and a tombstone at or above its proposed version is not stored
+// and comes back with Version 0.
 func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, err
@@ -168,11 +170,9 @@ func (s *Revokes) scanUpserted(rows pgx.Rows, g *revokeGroup, recs, out []stemty
 		return fail(err)
 	}
 	for _, i := range g.idx {
-		v, ok := assigned[[2]string{recs[i].Namespace, recs[i].TaskID}]
-		if !ok {
-			return 0, fmt.Errorf("stem: postgres revokes: upsert: no version returned for task %q", recs[i].TaskID)
-		}
-		out[i].Version = v
+		// No row comes back for a record a tombstone kept out: it is
+		// returned with Version 0 (stemdriver.RevokeStore).
+		out[i].Version = assigned[[2]string{recs[i].Namespace, recs[i].TaskID}]
 	}
 	return notified, nil
 }
@@ -211,16 +211,21 @@ func (s *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 
 // Prune deletes the namespace's records that expired at or before the
 // server's now (now is ignored, so that workers whose clocks disagree prune
-// alike) and returns how many it deleted.
+// alike) and returns how many it deleted. It leaves a tombstone of each in
+// stem_revoke_tombstones, and first deletes the namespace's tombstones
+// older than stemdriver.RevokeTombstoneRetention.
 func (s *Revokes) Prune(ctx context.Context, namespace string, _ time.Time) (int, error) {
 	if err := s.checkOpen(); err != nil {
 		return 0, err
 	}
-	tag, err := s.s.pool.Exec(ctx, s.s.q.pruneRevokes, namespace)
-	if err != nil {
+	if _, err := s.s.pool.Exec(ctx, s.s.q.pruneTombstones, namespace); err != nil {
+		return 0, s.errorf(err, "prune revoke tombstones of namespace %q", namespace)
+	}
+	var n int64
+	if err := s.s.pool.QueryRow(ctx, s.s.q.pruneRevokes, namespace, stemdriver.RevokeTombstoneRetention.Microseconds()).Scan(&n); err != nil {
 		return 0, s.errorf(err, "prune revokes of namespace %q", namespace)
 	}
-	return int(tag.RowsAffected()), nil
+	return int(n), nil
 }
 
 // Close releases the store's share of the connection pool.

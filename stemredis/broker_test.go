@@ -62,7 +62,7 @@ func TestKeysShareQueueHashTag(t *testing.T) {
 	}
 	rk := newRevokeKeys("ns")
 	pk := newPresenceKeys("ns")
-	for _, key := range []string{rk.records, rk.expiry, pk.live, pk.worker("w{1}:x")} {
+	for _, key := range []string{rk.records, rk.expiry, rk.changes, rk.seq, rk.tombs, rk.tombExpiry, pk.live, pk.worker("w{1}:x")} {
 		if tag := hashTag(key); tag != "ns" {
 			t.Errorf("key %s has hash tag %q, want ns", key, tag)
 		}

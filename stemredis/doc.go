@@ -220,7 +220,10 @@
 // max(stored+1, proposed) on the server, so a later revoke always wins and
 // concurrent writers on any connection or host converge. List reads with
 // HSCAN; Prune deletes from the expiry set, in runs of at most 1000
-// records, comparing expiry with the server's TIME in whole microseconds.
+// records, comparing expiry with the server's TIME in whole microseconds,
+// and leaves the version of each record it deletes in a tombstone hash
+// (with its own expiry set) for stemdriver.RevokeTombstoneRetention, so
+// that a late upsert of the record does not bring it back.
 // The upsert script also gives each record the next number of a per-
 // namespace sequence, filed in a sorted set, so that ListChanges
 // (stemdriver.RevokeChangeLister, the worker's periodic re-sync) reads only

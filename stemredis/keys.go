@@ -112,12 +112,23 @@ type revokeKeys struct {
 	// "epoch", the server time (µs) at which the sequence began, which
 	// tells a cursor of the sequence from one of a sequence since lost.
 	seq string
+	// tombs maps the task id of each pruned record to its version (a
+	// hash), and tombExpiry the same ids to the end of the tombstone's
+	// retention in microseconds, server clock (a sorted set): see
+	// stemdriver.RevokeStore.
+	tombs, tombExpiry string
 }
 
 // newRevokeKeys returns the revoke keys of namespace ns.
 func newRevokeKeys(ns string) revokeKeys {
 	p := keyPrefix + "{" + escape(ns) + "}:revokes"
-	return revokeKeys{records: p, expiry: p + ":expiry", changes: p + ":changes", seq: p + ":seq"}
+	return revokeKeys{records: p, expiry: p + ":expiry", changes: p + ":changes", seq: p + ":seq",
+		tombs: p + ":tombs", tombExpiry: p + ":tombs:expiry"}
+}
+
+// upsertKeys returns the KEYS of the revoke upsert scripts.
+func (k revokeKeys) upsertKeys() []string {
+	return []string{k.records, k.expiry, k.changes, k.seq, k.tombs, k.tombExpiry}
 }
 
 // presenceKeys are the worker presence keys of one namespace, sharing the

@@ -66,7 +66,7 @@ func (c *Control) UpsertPublish(ctx context.Context, rs stemdriver.RevokeStore, 
 		args = append(args, a...)
 	}
 	k := newRevokeKeys(ns)
-	vals, err := revokeUpsertPublishScript.run(ctx, c.rdb, []string{k.records, k.expiry, k.changes, k.seq}, args...).StringSlice()
+	vals, err := revokeUpsertPublishScript.run(ctx, c.rdb, k.upsertKeys(), args...).StringSlice()
 	if err != nil {
 		return nil, false, c.errorf(err, "upsert %d revoke records and publish", len(recs))
 	}

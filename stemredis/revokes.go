@@ -53,7 +53,9 @@ func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Rev
 
 // Upsert stores every record, each with version max(stored+1, proposed),
 // and returns them, in input order, with the versions they were stored
-// with. Records are applied by one script run per namespace and 500
+// with; a record of a task with no stored record and a tombstone at or
+// above its proposed version is not stored and comes back with Version 0.
+// Records are applied by one script run per namespace and 500
 // records, all in one pipeline; records of one namespace are applied in
 // input order. A script run is atomic; when one fails (a task already at
 // the highest version, or a lost connection), the runs before it in the
@@ -82,7 +84,7 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		c, ok := filling[r.Namespace]
 		if !ok || len(callIdx[c].idx) >= revokeChunk {
 			k := newRevokeKeys(r.Namespace)
-			calls = append(calls, scriptCall{s: revokeUpsertScript, keys: []string{k.records, k.expiry, k.changes, k.seq}})
+			calls = append(calls, scriptCall{s: revokeUpsertScript, keys: k.upsertKeys()})
 			callIdx = append(callIdx, call{})
 			c = len(calls) - 1
 			filling[r.Namespace] = c
@@ -276,7 +278,9 @@ func (s *Revokes) decode(ctx context.Context, namespace, taskID, raw string) (st
 // deleted. It ignores now: the server's clock is the one every worker
 // shares, so a worker whose own clock runs ahead deletes no revoke that
 // still applies. It deletes in script runs of at most 1000 records, so a
-// large prune does not hold up the server.
+// large prune does not hold up the server. It leaves a tombstone of each
+// record it deletes (their version, until stemdriver.RevokeTombstoneRetention
+// has passed by the server's clock) and deletes the tombstones past theirs.
 func (s *Revokes) Prune(ctx context.Context, namespace string, _ time.Time) (int, error) {
 	if err := s.checkOpen(); err != nil {
 		return 0, err
@@ -284,12 +288,16 @@ func (s *Revokes) Prune(ctx context.Context, namespace string, _ time.Time) (int
 	k := newRevokeKeys(namespace)
 	total := 0
 	for {
-		n, err := revokePruneScript.run(ctx, s.rdb, []string{k.records, k.expiry, k.changes}, pruneChunk).Int()
+		ns, err := revokePruneScript.run(ctx, s.rdb, []string{k.records, k.expiry, k.changes, k.tombs, k.tombExpiry},
+			pruneChunk, stemdriver.RevokeTombstoneRetention.Microseconds()).Int64Slice()
+		if err == nil && len(ns) != 2 {
+			err = fmt.Errorf("%d values in the reply", len(ns))
+		}
 		if err != nil {
 			return total, s.errorf(err, "prune revokes of namespace %q", namespace)
 		}
-		total += n
-		if n < pruneChunk {
+		total += int(ns[0])
+		if ns[0] < pruneChunk && ns[1] < pruneChunk {
 			return total, nil
 		}
 	}

@@ -441,10 +441,17 @@ return ready + expired + redis.call('ZCARD', KEYS[3])
 // sequence (KEYS[4] "seq", started with an "epoch" of the server's time
 // when absent), filed under its task id in KEYS[3], for ListChanges.
 //
-// KEYS[1] records, KEYS[2] expiry, KEYS[3] changes, KEYS[4] seq
+// A record of a task with no stored record whose tombstone (KEYS[5], see
+// revokePruneScript) holds its proposed version or a higher one is not
+// stored: its version comes back as "0". A record stored over a tombstone
+// deletes it.
+//
+// KEYS[1] records, KEYS[2] expiry, KEYS[3] changes, KEYS[4] seq, KEYS[5]
+// tombs, KEYS[6] tombs expiry
 // ARGV: four per record: task id, proposed version (decimal, no leading
 // zeros), record JSON, ExpiresAt in µs ("" when it never expires).
-// Returns per record, in order, the version it was stored with (decimal).
+// Returns per record, in order, the version it was stored with (decimal),
+// "0" for one not stored.
 var revokeUpsertScript = newScript("local off = 0\n" + revokeUpsertBody + "return vers\n")
 
 // revokeUpsertBody is the body of the revoke upsert scripts: it stores the
@@ -462,7 +469,7 @@ local function incr(a)
   return string.sub(a, 1, i - 1) .. string.char(string.byte(a, i) + 1) .. string.rep('0', #a - i)
 end
 local top = '9223372036854775807'
-local vers, last = {}, {}
+local vers, last, dead, stored = {}, {}, {}, 0
 for i = off + 1, #ARGV, 4 do
   local id, ver = ARGV[i], ARGV[i + 1]
   local curv = last[id]
@@ -475,6 +482,10 @@ for i = off + 1, #ARGV, 4 do
     -- are never carried into the record written now.
     if curv and (string.byte(curv, 1) == 48 or higher(curv, top)) then curv = nil end
   end
+  local tomb = nil
+  if not curv and not last[id] then
+    tomb = redis.call('HGET', KEYS[5], id)
+  end
   if curv then
     if curv == top then
       return redis.error_reply('task ' .. id .. ' is stored at the highest version, ' .. top)
@@ -482,26 +493,41 @@ for i = off + 1, #ARGV, 4 do
     local nxt = incr(curv)
     if higher(nxt, ver) then ver = nxt end
   end
-  last[id] = ver
-  vers[#vers + 1] = ver
+  if tomb and not higher(ver, tomb) then
+    -- A late write of a pruned record: ignored, returned as version 0.
+    vers[#vers + 1] = '0'
+  else
+    if tomb then dead[id] = true end
+    last[id] = ver
+    vers[#vers + 1] = ver
+    stored = stored + 1
+  end
 end
 if redis.call('HEXISTS', KEYS[4], 'epoch') == 0 then
   local t = redis.call('TIME')
   redis.call('HSET', KEYS[4], 'epoch', t[1] .. string.format('%06d', tonumber(t[2])))
 end
-local seq = redis.call('HINCRBY', KEYS[4], 'seq', #vers) - #vers
+local seq = redis.call('HINCRBY', KEYS[4], 'seq', stored) - stored
 for j = 1, #vers do
   local i = off + 4 * j - 3
-  redis.call('ZADD', KEYS[3], seq + j, ARGV[i])
   local id, js, exp = ARGV[i], ARGV[i + 2], ARGV[i + 3]
-  if vers[j] ~= ARGV[i + 1] then
-    js = string.gsub(js, '"version":%d+', '"version":' .. vers[j], 1)
-  end
-  redis.call('HSET', KEYS[1], id, js)
-  if exp == '' then
-    redis.call('ZREM', KEYS[2], id)
-  else
-    redis.call('ZADD', KEYS[2], exp, id)
+  if vers[j] ~= '0' then
+    seq = seq + 1
+    redis.call('ZADD', KEYS[3], seq, id)
+    if vers[j] ~= ARGV[i + 1] then
+      js = string.gsub(js, '"version":%d+', '"version":' .. vers[j], 1)
+    end
+    redis.call('HSET', KEYS[1], id, js)
+    if exp == '' then
+      redis.call('ZREM', KEYS[2], id)
+    else
+      redis.call('ZADD', KEYS[2], exp, id)
+    end
+    if dead[id] then
+      redis.call('HDEL', KEYS[5], id)
+      redis.call('ZREM', KEYS[6], id)
+      dead[id] = nil
+    end
   end
 end
 `
@@ -530,21 +556,45 @@ return vers
 
 // revokePruneScript deletes up to ARGV[1] records that expired at or
 // before the server's clock (TIME), so that every worker prunes alike
-// whatever its own clock says.
+// whatever its own clock says, leaving a tombstone of each: its version in
+// KEYS[4] (the higher, when the task has one already), kept until ARGV[2]
+// µs from now (KEYS[5]). It first deletes up to ARGV[1] tombstones whose
+// time has passed.
 //
-// KEYS[1] records, KEYS[2] expiry, KEYS[3] changes
-// ARGV[1] limit (at most 1000)
-// Returns how many records it deleted.
+// KEYS[1] records, KEYS[2] expiry, KEYS[3] changes, KEYS[4] tombs,
+// KEYS[5] tombs expiry
+// ARGV[1] limit (at most 1000), ARGV[2] tombstone retention in µs
+// Returns how many records it deleted, and how many tombstones.
 var revokePruneScript = newScript(`
+local function higher(a, b)
+  if #a ~= #b then return #a > #b end
+  return a > b
+end
 local t = redis.call('TIME')
-local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+local nowus = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = string.format('%.0f', nowus)
+local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+if #old > 0 then
+  redis.call('HDEL', KEYS[4], unpack(old))
+  redis.call('ZREM', KEYS[5], unpack(old))
+end
 local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
 if #ids > 0 then
+  local until_ = string.format('%.0f', nowus + tonumber(ARGV[2]))
+  local vals = redis.call('HMGET', KEYS[1], unpack(ids))
+  for i = 1, #ids do
+    local v = vals[i] and string.match(vals[i], '"version":(%d+)')
+    if v then
+      local cur = redis.call('HGET', KEYS[4], ids[i])
+      if not cur or higher(v, cur) then redis.call('HSET', KEYS[4], ids[i], v) end
+      redis.call('ZADD', KEYS[5], until_, ids[i])
+    end
+  end
   redis.call('HDEL', KEYS[1], unpack(ids))
   redis.call('ZREM', KEYS[2], unpack(ids))
   redis.call('ZREM', KEYS[3], unpack(ids))
 end
-return #ids
+return {#ids, #old}
 `)
 
 // revokeChangesScript reads one page of the records upserted after a

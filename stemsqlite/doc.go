@@ -139,7 +139,10 @@
 // state is not final (or expired), so final states are final against every
 // writer. GetMany and GetFinalMany are one query each. Revoke upserts read
 // and write each record in one transaction (version max(stored+1,
-// proposed)); Prune uses the caller's clock, as a file has none.
+// proposed)); Prune uses the caller's clock, as a file has none, and
+// leaves in stem_revoke_tombstones the version of each record it deletes,
+// for stemdriver.RevokeTombstoneRetention, so that a late upsert of the
+// record does not bring it back (schema version 2).
 // Control messages are rows that each subscription reads after its cursor
 // (the highest seq when it subscribed), so a subscription sees exactly the
 // messages published after Subscribe returned; a slow subscriber is held

@@ -37,8 +37,10 @@ func OpenRevokes(ctx context.Context, url string, opts stemdriver.Options) (*Rev
 
 // The revoke store's write statements (see writeQueries).
 var (
-	qRevokeGet = wq(`SELECT version FROM stem_revokes WHERE namespace = ?1 AND task_id = ?2`)
-	qRevokePut = wq(`INSERT INTO stem_revokes (namespace, task_id, version, expires_at, body)
+	qRevokeGet  = wq(`SELECT version FROM stem_revokes WHERE namespace = ?1 AND task_id = ?2`)
+	qRevokeTomb = wq(`SELECT version FROM stem_revoke_tombstones WHERE namespace = ?1 AND task_id = ?2`)
+	qRevokeLive = wq(`DELETE FROM stem_revoke_tombstones WHERE namespace = ?1 AND task_id = ?2`)
+	qRevokePut  = wq(`INSERT INTO stem_revokes (namespace, task_id, version, expires_at, body)
 VALUES (?1, ?2, ?3, ?4, ?5)
 ON CONFLICT (namespace, task_id) DO UPDATE SET
 	version = excluded.version, expires_at = excluded.expires_at, body = excluded.body`)
@@ -47,7 +49,9 @@ ON CONFLICT (namespace, task_id) DO UPDATE SET
 // Upsert stores every record, each with version max(stored+1, proposed),
 // in one write transaction (so each record's read and write are one atomic
 // step against every other writer, in any process), and returns them in
-// input order with the versions they were stored with. A call that cannot
+// input order with the versions they were stored with; a record that a
+// pruned record's tombstone supersedes is not stored and comes back with
+// Version 0. A call that cannot
 // be applied whole (a task at the highest version) changes nothing.
 func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]stemtype.RevokeRecord, error) {
 	if err := s.check(ctx, "upsert"); err != nil {
@@ -74,12 +78,33 @@ func (s *Revokes) Upsert(ctx context.Context, recs ...stemtype.RevokeRecord) ([]
 		if err != nil {
 			return err
 		}
+		tomb, err := s.st.txPrepare(ctx, tx, qRevokeTomb)
+		if err != nil {
+			return err
+		}
+		live, err := s.st.txPrepare(ctx, tx, qRevokeLive)
+		if err != nil {
+			return err
+		}
 		for i := range out {
 			rec := &out[i]
 			var stored int64
 			err := get.QueryRowContext(ctx, rec.Namespace, rec.TaskID).Scan(&stored)
 			switch {
 			case errors.Is(err, sql.ErrNoRows):
+				var pruned int64
+				switch err := tomb.QueryRowContext(ctx, rec.Namespace, rec.TaskID).Scan(&pruned); {
+				case errors.Is(err, sql.ErrNoRows):
+				case err != nil:
+					return err
+				case rec.Version <= pruned:
+					rec.Version = 0 // a late write of a pruned revoke: ignored
+					continue
+				default:
+					if _, err := live.ExecContext(ctx, rec.Namespace, rec.TaskID); err != nil {
+						return err
+					}
+				}
 			case err != nil:
 				return err
 			case stored == math.MaxInt64:
@@ -142,7 +167,9 @@ func (s *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 	return out, nil
 }
 
-// Prune deletes the records of namespace that expired at or before now. A
+// Prune deletes the records of namespace that expired at or before now,
+// leaving a tombstone of each in stem_revoke_tombstones, and deletes the
+// namespace's tombstones older than stemdriver.RevokeTombstoneRetention. A
 // file has no clock of its own, so the caller's now is the clock.
 func (s *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (int, error) {
 	if err := s.check(ctx, "prune"); err != nil {
@@ -150,6 +177,16 @@ func (s *Revokes) Prune(ctx context.Context, namespace string, now time.Time) (i
 	}
 	var n int64
 	err := s.st.writeTx(ctx, s.logger, "revoke prune", func(tx *sql.Tx) error {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM stem_revoke_tombstones WHERE namespace = ?1 AND expires_at <= ?2`,
+			namespace, nanos(now)); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, `INSERT INTO stem_revoke_tombstones (namespace, task_id, version, expires_at)
+SELECT namespace, task_id, version, ?3 FROM stem_revokes WHERE namespace = ?1 AND expires_at > 0 AND expires_at <= ?2
+ON CONFLICT (namespace, task_id) DO UPDATE SET version = max(version, excluded.version), expires_at = excluded.expires_at`,
+			namespace, nanos(now), nanos(now.Add(stemdriver.RevokeTombstoneRetention))); err != nil {
+			return err
+		}
 		res, err := tx.ExecContext(ctx, `DELETE FROM stem_revokes WHERE namespace = ?1 AND expires_at > 0 AND expires_at <= ?2`,
 			namespace, nanos(now))
 		if err != nil {

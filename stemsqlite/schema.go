@@ -12,7 +12,7 @@ import (
 // schemaVersion is the schema this code writes, kept in PRAGMA
 // user_version. A file at a higher version was written by a newer stem and
 // is refused.
-const schemaVersion = 1
+const schemaVersion = 2
 
 // migrations[i] takes a file from user_version i to i+1.
 var migrations = []string{
@@ -92,6 +92,17 @@ CREATE TABLE stem_presence (
 	PRIMARY KEY (namespace, worker_id)
 );
 CREATE INDEX stem_presence_expiry ON stem_presence (expires_at);
+`,
+	// 1 -> 2: tombstones of pruned revoke records, so that a late write of
+	// one does not bring it back (stemdriver.RevokeStore).
+	`
+CREATE TABLE stem_revoke_tombstones (
+	namespace  TEXT    NOT NULL,
+	task_id    TEXT    NOT NULL,
+	version    INTEGER NOT NULL, -- the pruned record's
+	expires_at INTEGER NOT NULL, -- ns; the prune's now + stemdriver.RevokeTombstoneRetention
+	PRIMARY KEY (namespace, task_id)
+);
 `,
 }
 

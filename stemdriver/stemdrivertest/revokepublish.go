@@ -3,6 +3,7 @@ package stemdrivertest
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
@@ -34,6 +35,7 @@ func runRevokePublish(t *testing.T, h Harness) {
 		{"NoPublishWhenStoreAssignsOtherVersions", testRevokePublishWithheld},
 		{"OneRecordStoredAndPublished", testRevokePublishOne},
 		{"OneRecordWithheld", testRevokePublishOneWithheld},
+		{"PrunedRecordWithheld", testRevokePublishPrunedWithheld},
 	})
 }
 
@@ -101,6 +103,33 @@ func testRevokePublishOneWithheld(t *testing.T, p revokePair) {
 		t.Fatalf("UpsertPublish = %v, %v; want not published", published, err)
 	}
 	assertEqual(t, "stored records", normRevokes(stored), normRevokes([]stemtype.RevokeRecord{withVersion(rec, 501)}))
+	mustPublishControl(ctx, t, c, nil, "fence")
+	assertEqual(t, "messages to w1", recvUntil(ctx, t, w1, "fence"), []string(nil))
+}
+
+// A late record of a pruned task, one or among several, is not stored
+// (Version 0) and withholds the message, which would carry it; the other
+// records are stored.
+func testRevokePublishPrunedWithheld(t *testing.T, p revokePair) {
+	c, rp, rs, ns := p.c, p.rp, p.rs, p.ns
+	ctx := testContext(t)
+	w1 := mustSubscribe(ctx, t, c, "w1")
+	pruned := fullRevoke(ns, "task-1", 500)
+	pruned.ExpiresAt = now().Add(-time.Hour)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{pruned}, []stemtype.RevokeRecord{pruned})
+	if n, err := rs.Prune(ctx, ns, now()); err != nil || n != 1 {
+		t.Fatalf("Prune = (%d, %v), want (1, nil)", n, err)
+	}
+	late, other := fullRevoke(ns, "task-1", 100), fullRevoke(ns, "task-2", 101)
+	for _, recs := range [][]stemtype.RevokeRecord{{late}, {late, other}} {
+		stored, published, err := rp.UpsertPublish(ctx, rs, recs, nil, []byte("late"))
+		if err != nil || published {
+			t.Fatalf("UpsertPublish of %d records = %v, %v; want not published", len(recs), published, err)
+		}
+		want := append([]stemtype.RevokeRecord{withVersion(late, 0)}, recs[1:]...)
+		assertEqual(t, "stored records", normRevokes(stored), normRevokes(want))
+	}
+	assertEqual(t, "listed records", mustList(ctx, t, rs, ns), normRevokes([]stemtype.RevokeRecord{other}))
 	mustPublishControl(ctx, t, c, nil, "fence")
 	assertEqual(t, "messages to w1", recvUntil(ctx, t, w1, "fence"), []string(nil))
 }

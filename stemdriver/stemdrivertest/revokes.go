@@ -39,6 +39,7 @@ func revokesProperties(caps Capabilities) []property[stemdriver.RevokeStore] {
 		{name: "ManyRecordsListed", fn: testRevokesManyRecordsListed},
 		{name: "ClosedReturnsErrClosed", fn: testRevokesClosedReturnsErrClosed},
 		{name: "NameRevokesKeptApartFromIDs", fn: testRevokesNameRevokesKeptApartFromIDs},
+		{name: "PrunedStayPruned", fn: testRevokesPrunedStayPruned},
 		{name: "ChangesListedSinceCursor", fn: testRevokesChangesListedSinceCursor, needs: capRevokeChanges},
 		{name: "ChangesAcrossPrunesAndPages", fn: testRevokesChangesAcrossPrunesAndPages, needs: capRevokeChanges},
 		{name: "ChangesOfUnknownCursorListEverything", fn: testRevokesChangesOfUnknownCursorListEverything, needs: capRevokeChanges},
@@ -532,6 +533,75 @@ func testRevokesClosedReturnsErrClosed(t *testing.T, open opener[stemdriver.Revo
 	if _, err := rs.Prune(ctx, ns, now()); !errors.Is(err, stemdriver.ErrClosed) {
 		t.Errorf("Prune after Close = %v, want ErrClosed", err)
 	}
+}
+
+// A late upsert of a pruned task, proposing a version at or below the
+// pruned record's, does not bring the revoke back (it is returned with
+// Version 0 and never listed); a newer one is stored as usual; and the
+// tombstone behind it expires after stemdriver.RevokeTombstoneRetention,
+// where the store prunes by the caller's clock.
+func testRevokesPrunedStayPruned(t *testing.T, open opener[stemdriver.RevokeStore], ns string) {
+	ctx := testContext(t)
+	rs := open(t, ns)
+	at := now()
+	pruned := fullRevoke(ns, "pruned", 1000)
+	pruned.ExpiresAt = at.Add(-time.Hour)
+	kept := fullRevoke(ns, "kept", 1000)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{pruned, kept}, []stemtype.RevokeRecord{pruned, kept})
+	if n, err := rs.Prune(ctx, ns, at); err != nil || n != 1 {
+		t.Fatalf("Prune = (%d, %v), want (1, nil)", n, err)
+	}
+	// The late writes would apply for a day if stored.
+	lower := fullRevoke(ns, "pruned", 999)
+	same := fullRevoke(ns, "pruned", 1000)
+	fresh := fullRevoke(ns, "fresh", 5)
+	bumped := fullRevoke(ns, "kept", 3) // a stored record still bumps
+	mustUpsert(ctx, t, open(t, ns), []stemtype.RevokeRecord{lower, fresh, same, bumped},
+		[]stemtype.RevokeRecord{withVersion(lower, 0), fresh, withVersion(same, 0), withVersion(bumped, 1001)})
+	want := normRevokes([]stemtype.RevokeRecord{fresh, withVersion(bumped, 1001)})
+	assertEqual(t, "records after the late upserts", mustList(ctx, t, rs, ns), want)
+	if _, ok := rs.(stemdriver.RevokeChangeLister); ok {
+		got, _ := mustChanges(ctx, t, rs, ns, "")
+		assertEqual(t, "changes after the late upserts", got, want)
+	}
+	// Pruning again keeps the tombstone: the late write is still ignored.
+	if _, err := rs.Prune(ctx, ns, at); err != nil {
+		t.Fatalf("second Prune: %v", err)
+	}
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{lower}, []stemtype.RevokeRecord{withVersion(lower, 0)})
+	// A revoke issued later proposes a higher version: it applies.
+	newer := fullRevoke(ns, "pruned", 1001)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{newer}, []stemtype.RevokeRecord{newer})
+	assertEqual(t, "records after a newer upsert", mustList(ctx, t, rs, ns),
+		normRevokes([]stemtype.RevokeRecord{fresh, withVersion(bumped, 1001), newer}))
+	// Once the record is stored again it bumps like any other.
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{lower}, []stemtype.RevokeRecord{withVersion(lower, 1002)})
+
+	// Tombstones expire. Where Prune takes the caller's now, a prune far
+	// enough ahead deletes them: a probe record expiring just before tells
+	// whether the store used that now or a clock of its own.
+	gone := fullRevoke(ns, "gone", 50)
+	gone.ExpiresAt = at.Add(-time.Hour)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{gone}, []stemtype.RevokeRecord{gone})
+	if n, err := rs.Prune(ctx, ns, at); err != nil || n != 1 {
+		t.Fatalf("Prune of gone = (%d, %v), want (1, nil)", n, err)
+	}
+	later := at.Add(stemdriver.RevokeTombstoneRetention + 48*time.Hour)
+	probe := fullRevoke(ns, "probe", 1)
+	probe.ExpiresAt = later.Add(-time.Hour)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{probe}, []stemtype.RevokeRecord{probe})
+	if _, err := rs.Prune(ctx, ns, later); err != nil {
+		t.Fatalf("Prune at %v: %v", later, err)
+	}
+	if slices.ContainsFunc(mustList(ctx, t, rs, ns), func(r stemtype.RevokeRecord) bool { return r.TaskID == "probe" }) {
+		t.Logf("%T prunes by a clock of its own: tombstone expiry not checked here", rs)
+		return
+	}
+	if n, err := rs.Prune(ctx, ns, later.Add(stemdriver.RevokeTombstoneRetention)); err != nil {
+		t.Fatalf("Prune after the retention: (%d, %v)", n, err)
+	}
+	old := fullRevoke(ns, "gone", 10)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{old}, []stemtype.RevokeRecord{old})
 }
 
 // fullRevoke returns a revoke record with every field set.
