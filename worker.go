@@ -71,7 +71,9 @@ type WorkerConfig struct {
 	Executor Executor
 	// Lease is how long a claimed task stays invisible to other workers
 	// between renewals. The worker renews leases of every task it holds,
-	// so it only matters when the worker dies. Default: 30s.
+	// so it only matters when the worker dies: then its tasks are
+	// re-claimed at most about one Lease after it died. Default:
+	// DefaultLease.
 	Lease time.Duration
 	// ClaimWait is how long one claim blocks when no task is ready.
 	// Default: 1s.
@@ -152,7 +154,7 @@ func (c *WorkerConfig) setDefaults() error {
 		c.Prefetch = min(4*c.Concurrency, maxPrefetch)
 	}
 	if c.Lease <= 0 {
-		c.Lease = 30 * time.Second
+		c.Lease = DefaultLease
 	}
 	if c.ClaimWait <= 0 {
 		c.ClaimWait = time.Second
@@ -171,6 +173,38 @@ func (c *WorkerConfig) setDefaults() error {
 	}
 	return nil
 }
+
+// DefaultLease is the lease of WorkerConfig.Lease and `stem worker start
+// --lease` by default. A worker killed outright (SIGKILL, OOM, a lost
+// host) never releases what it holds: its tasks are re-claimed once their
+// leases end, at most one lease after the kill (a task claimed or renewed
+// just before), plus the claim that finds it (a fraction of a second).
+// Ten seconds keeps that within 15 seconds.
+//
+// Recovery rests on the lease alone, not on presence, for three reasons:
+// every backend already re-claims on lease expiry with one semantics, and
+// the old holder of a re-claimed delivery always learns it (its next
+// ExtendLease, Ack or Retry returns ErrLeaseLost and the running task's
+// context is cancelled), so a paused or partitioned worker never runs on
+// unaware; presence is optional (no ControlTransport, no presence), may
+// live in another store than the broker, and is per worker id while a
+// restarted worker of the same id would have to tell its predecessor's
+// claims from its own; and a presence time-to-live short enough to free
+// tasks within 15 seconds would fence off a paused worker as quickly as
+// this lease does, for no gain.
+//
+// The cost is renewal traffic: the worker renews each held task once a
+// third of its lease has passed (jobs.Table.Due, looked at every quarter
+// lease), so a task running longer than about 3.3 s makes one
+// ExtendLease every 3.3 to 5.8 s (with the old 30 s: every 10 to 17.5 s),
+// one small write per long-running task; tasks shorter than that make
+// none. And a worker cut off from its broker (while other workers are
+// not), or paused, for more than 4 to 6.7 s (the lease left at a
+// renewal) may see a task re-claimed and run by another worker; its own
+// run is then cancelled with ErrLeaseLost at its next renewal. Where such
+// pauses are expected, raise Lease, trading slower recovery from dead
+// workers for it.
+const DefaultLease = 10 * time.Second
 
 // The largest Concurrency and Prefetch a worker accepts: far beyond what
 // one process runs, low enough that the hand-off queue's size

@@ -556,7 +556,7 @@ docs/operations.md for the metrics.`,
 	fl.StringArrayVar(&cfg.Queues, "queue", nil, "queue to consume (repeatable; default: the registered tasks' queues)")
 	fl.IntVar(&cfg.Concurrency, "concurrency", 10, "tasks run at once")
 	fl.IntVar(&cfg.Prefetch, "prefetch", 0, "most claimed tasks waiting beyond those running, used only while tasks are short (default: 4 x concurrency)")
-	fl.DurationVar(&cfg.Lease, "lease", 30*time.Second, "lease of claimed tasks, renewed while the worker lives")
+	fl.DurationVar(&cfg.Lease, "lease", stem.DefaultLease, "lease of claimed tasks, renewed while the worker lives; a killed worker's tasks are re-claimed about one lease after")
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")
 	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz at this address (e.g. :9090)")
