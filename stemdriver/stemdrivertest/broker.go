@@ -37,6 +37,7 @@ func brokerProperties() []property[stemdriver.Broker] {
 		{name: "RetryReplacesWithDelayedNext", fn: testBrokerRetryReplacesWithDelayedNext},
 		{name: "ReleaseMakesReadyAtOnce", fn: testBrokerReleaseMakesReadyAtOnce},
 		{name: "ExpiredLeaseReclaimedAndOldHolderLosesIt", fn: testBrokerExpiredLeaseReclaimedAndOldHolderLosesIt},
+		{name: "ExpiredLeaseWakesBlockedClaim", fn: testBrokerExpiredLeaseWakesBlockedClaim},
 		{name: "RedeliveredOnlyAfterExpiryOrRelease", fn: testBrokerRedeliveredOnlyAfterExpiryOrRelease},
 		{name: "LostLeaseOperationsChangeNothing", fn: testBrokerLostLeaseOperationsChangeNothing},
 	}
@@ -335,6 +336,44 @@ func testBrokerReleaseMakesReadyAtOnce(t *testing.T, open opener[stemdriver.Brok
 	// The lease was a minute long, so only Release explains a claim now.
 	got := claimN(ctx, t, open(t, ns), 1, req("c2", longLease, "q"))
 	assertEqual(t, "envelope after Release", normEnvelope(got[0].Envelope), normEnvelope(env))
+}
+
+// A Claim that blocks on a queue whose only message is held by a dead
+// consumer (one that claimed it and never renews) returns that message
+// once its lease ends, within the same Claim: the broker wakes for an
+// expiring lease as it does for a publish. An idle worker is blocked in
+// such a Claim when another worker dies, and the time from the kill to the
+// re-claim is then the lease left plus this wake-up, not plus however long
+// the claim waits (issue 13: a killed worker's tasks are re-claimed within
+// 15 s with the default lease).
+func testBrokerExpiredLeaseWakesBlockedClaim(t *testing.T, open opener[stemdriver.Broker], ns string) {
+	ctx := testContext(t)
+	dead, live := open(t, ns), open(t, ns)
+	mustPublish(ctx, t, dead, envelopes("wake-lease", "q", 1)...)
+	claimed := time.Now() // no later than the lease's start
+	claimN(ctx, t, dead, 1, req("dead", shortLease, "q"))
+	r := req("live", longLease, "q")
+	r.Wait = guard / 2
+	cctx, cancel := context.WithTimeout(ctx, guard/2)
+	defer cancel()
+	ds, err := live.Claim(cctx, r)
+	got := time.Now()
+	if err != nil {
+		t.Fatalf("blocking Claim: %v", err)
+	}
+	if len(ds) != 1 || ds[0].Envelope == nil || ds[0].Envelope.ID != "wake-lease-0" {
+		t.Fatalf("blocking Claim returned %d messages, want wake-lease-0 whose %v lease ended while it waited", len(ds), shortLease)
+	}
+	if got.Before(claimed.Add(shortLease)) {
+		t.Errorf("re-claimed %v after the first claim, before its %v lease ended", got.Sub(claimed), shortLease)
+	}
+	if !ds[0].Redelivered {
+		t.Errorf("the re-claimed delivery is not marked redelivered")
+	}
+	if err := live.Ack(ctx, ds...); err != nil {
+		t.Fatalf("Ack of the re-claimed delivery: %v", err)
+	}
+	t.Logf("re-claimed %v after the claim with a %v lease", got.Sub(claimed), shortLease)
 }
 
 func testBrokerExpiredLeaseReclaimedAndOldHolderLosesIt(t *testing.T, open opener[stemdriver.Broker], ns string) {
