@@ -170,6 +170,7 @@ func Run(t *testing.T, h Harness) {
 		// Leases and shutdown (shutdown.go).
 		{"DeadWorkerLeaseExpires", testDeadWorkerLeaseExpires},
 		{"CutOffWorkerLosesItsTask", testCutOffWorkerLosesItsTask},
+		{"FrozenWorkerLearnsItsTaskWasReclaimed", testFrozenWorkerLearnsItsTaskWasReclaimed}, // reclaim.go
 		{"LeaseRenewedWhileTaskRuns", testLeaseRenewedWhileTaskRuns},
 		{"ExtendLeaseNeverShortensTheLease", testExtendLeaseNeverShortensTheLease},
 		{"WarmShutdownReleasesUnstarted", testWarmShutdownReleasesUnstarted},
