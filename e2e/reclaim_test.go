@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -50,8 +51,8 @@ type kill struct {
 // TestKilledWorkersTasksReclaimedWithinFifteenSeconds is the first row of
 // issue 13's fault matrix, through the real binary on every backend: a
 // worker is killed with SIGKILL mid-task three times (restarted each time)
-// during a run of 3000 ledger.append tasks that two other workers share,
-// every worker with the default lease. Then: no task is lost (each one
+// during a run of at least 3000 ledger.append tasks that two other
+// workers share, every worker with the default lease. Then: no task is lost (each one
 // succeeded and is in the ledger); the duplicate executions are at most
 // the tasks in flight at the kills (and are all among them); every task a
 // kill interrupted started again on another worker, and every task the
@@ -62,8 +63,9 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 	eachBackend(t, func(t *testing.T, store storeKind) {
 		const (
 			total   = 3000
-			batch   = 100
-			backlog = 300
+			batch   = 50
+			backlog = 100
+			taskMS  = 40 // each run's length
 			kills   = 3
 			// Each victim is killed once it started this many tasks: it
 			// is busy then, with four running and more claimed.
@@ -83,21 +85,30 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer o.Close()
+		// Runs before o closes, should the test end early: the producer
+		// stops using o first.
+		producerDone := make(chan struct{})
+		defer func() { cancel(); <-producerDone }()
 		client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Logger: quietLogger()})
 		if err != nil {
 			t.Fatal(err)
 		}
 		// The producer enqueues while the workers run, keeping the backlog
-		// to a few hundred tasks (about a second of work): on Redis a
+		// to about a hundred tasks (under a second of work): on Redis a
 		// re-claimed message goes to the back of its queue (the stream
 		// is append-only), so behind a deep backlog the figure would
 		// measure the backlog's drain, not the recovery.
+		// It goes on past total until the kills are over, so that every
+		// kill meets a busy worker however slow the machine.
 		ids := make(chan []string, 1)
 		produced := make(chan error, 1)
+		killsDone := make(chan struct{})
+		endKills := sync.OnceFunc(func() { close(killsDone) })
 		go func() {
+			defer close(producerDone)
 			var all []string
 			defer func() { ids <- all }()
-			for len(all) < total {
+			for len(all) < total || !closed(killsDone) {
 				n, err := o.Broker.Depth(ctx, stemtype.DefaultQueue)
 				if err != nil {
 					produced <- err
@@ -109,7 +120,7 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 				}
 				reqs := make([]stem.EnqueueRequest, batch)
 				for i := range reqs {
-					reqs[i] = stem.EnqueueRequest{Task: "ledger.append", Args: map[string]int{"ms": 25}}
+					reqs[i] = stem.EnqueueRequest{Task: "ledger.append", Args: map[string]int{"ms": taskMS}}
 				}
 				got, err := client.EnqueueBatch(ctx, reqs)
 				if err != nil {
@@ -135,6 +146,7 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 			var held stemtype.InspectReply
 			rep := only(t, c.replies("worker", "inspect", "--worker", v.id, "--reserved"), v.id)
 			decodeOne(t, string(rep.Payload), &held)
+			waitFreshStart(t, starts, ledger, pid, taskMS*time.Millisecond/4)
 			k := kill{worker: v.id, pid: pid, at: time.Now()}
 			if err := v.cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
@@ -171,16 +183,25 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 					k.reserved = append(k.reserved, r.ID)
 				}
 			}
-			if len(k.interrupted) == 0 {
-				t.Fatalf("kill %d of %s: no task interrupted, the kill did not land mid-task", i, v.id)
+			if len(k.inflight)+len(k.reserved) == 0 {
+				t.Fatalf("kill %d of %s: the worker held no task", i, v.id)
 			}
 			seen = append(seen, k)
 		}
 
+		endKills()
 		if err := <-produced; err != nil {
 			t.Fatalf("producer: %v", err)
 		}
 		all := <-ids
+
+		interrupted := 0
+		for _, k := range seen {
+			interrupted += len(k.interrupted)
+		}
+		if interrupted == 0 {
+			t.Fatalf("no kill interrupted a run: the kills did not land mid-task")
+		}
 
 		// Every task succeeds.
 		deadline := time.Now().Add(3 * waitTimeout)
@@ -202,7 +223,7 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 				break
 			}
 			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d tasks not final after %s", left, total, 3*waitTimeout)
+				t.Fatalf("%d of %d tasks not final after %s", left, len(all), 3*waitTimeout)
 			}
 			time.Sleep(pollEvery)
 		}
@@ -276,7 +297,7 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 		if len(waits) > 0 {
 			t.Logf("%s: %d tasks, %d kills: interrupted %v, in flight %v, reserved %v; %d duplicate executions (bound %d); "+
 				"%d re-claimed after the kill: min %v, median %v, max %v",
-				store, total, kills, nInt, nIn, nRes, dups, bound, len(waits), waits[0].Round(time.Millisecond),
+				store, len(all), kills, nInt, nIn, nRes, dups, bound, len(waits), waits[0].Round(time.Millisecond),
 				waits[len(waits)/2].Round(time.Millisecond), waits[len(waits)-1].Round(time.Millisecond))
 		}
 	})
@@ -320,6 +341,35 @@ func readStarts(t *testing.T, path string) []start {
 	return out
 }
 
+// waitFreshStart waits until process pid started a run less than fresh
+// ago that has not ended (no ledger line of its own): a kill now meets
+// it mid-run, unless the test process stalls for the rest of the run.
+func waitFreshStart(t *testing.T, starts, ledger, pid string, fresh time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		var recent []string
+		now := time.Now()
+		for _, s := range readStarts(t, starts) {
+			if s.pid == pid && now.Sub(s.at) < fresh {
+				recent = append(recent, s.id)
+			}
+		}
+		if len(recent) > 0 {
+			ended := readLedger(t, ledger)
+			for _, id := range recent {
+				if !slices.Contains(ended[id], pid) {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %s started no run within %s", pid, waitTimeout)
+		}
+		time.Sleep(time.Millisecond) // polling the starts file: no event to wait on
+	}
+}
+
 // waitStarts waits until process pid started at least n runs.
 func waitStarts(t *testing.T, path, pid string, n int) {
 	t.Helper()
@@ -338,6 +388,16 @@ func waitStarts(t *testing.T, path, pid string, n int) {
 			t.Fatalf("process %s started %d runs within %s, want %d", pid, got, waitTimeout, n)
 		}
 		time.Sleep(pollEvery)
+	}
+}
+
+// closed reports whether ch is closed.
+func closed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }
 
