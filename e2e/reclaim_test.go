@@ -52,12 +52,12 @@ type kill struct {
 // issue 13's fault matrix, through the real binary on every backend: a
 // worker is killed with SIGKILL mid-task three times (restarted each time)
 // during a run of at least 3000 ledger.append tasks that two other
-// workers share, every worker with the default lease. Then: no task is lost (each one
-// succeeded and is in the ledger); the duplicate executions are at most
-// the tasks in flight at the kills (and are all among them); every task a
-// kill interrupted started again on another worker, and every task the
-// killed worker held (in flight or reserved) that ran again did so within
-// 15 s of its kill.
+// workers share, every worker with the default lease. Then: no task is
+// lost (each one succeeded and is in the ledger); the duplicate executions
+// are at most the tasks in flight at the kills (and are all among them);
+// every task a kill interrupted started again on another worker; and
+// every task the killed worker held (in flight or reserved) that ran
+// again did so within 15 s of its kill.
 func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 	t.Parallel()
 	eachBackend(t, func(t *testing.T, store storeKind) {
@@ -155,26 +155,26 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 				t.Fatalf("worker %s exit code = %d, want -1 (killed)", v.id, code)
 			}
 			// The worker is dead: nothing it held changes until its
-			// leases end, a lease after it claimed them (it lived for a
-			// second or two, its tasks are too short to be renewed), so
-			// its unfinished runs can be read now.
+			// leases end, a lease after it claimed them (its tasks are
+			// too short to be renewed), so its unfinished runs can be
+			// read now.
 			started := map[string]bool{}
 			for _, s := range readStarts(t, starts) {
 				if s.pid == pid {
 					started[s.id] = true
 				}
 			}
-			ids := mapKeys(started)
-			rs, err := o.Results.GetMany(ctx, ids...)
+			ran := mapKeys(started)
+			rs, err := o.Results.GetMany(ctx, ran...)
 			if err != nil {
 				t.Fatal(err)
 			}
 			ended := readLedger(t, ledger)
 			for j, r := range rs {
 				if r == nil || !r.State.Final() {
-					k.inflight = append(k.inflight, ids[j])
-					if !slices.Contains(ended[ids[j]], pid) {
-						k.interrupted = append(k.interrupted, ids[j])
+					k.inflight = append(k.inflight, ran[j])
+					if !slices.Contains(ended[ran[j]], pid) {
+						k.interrupted = append(k.interrupted, ran[j])
 					}
 				}
 			}
