@@ -614,7 +614,7 @@ func (b *Broker) Depth(ctx context.Context, queue string) (int64, error) {
 		return 0, err
 	}
 	k := newQueueKeys(b.ns, queue)
-	n, err := depthScript.run(ctx, b.rdb, []string{k.stream, k.leases, k.delayed}).Int64()
+	n, err := depthScript.runRO(ctx, b.rdb, []string{k.stream, k.leases, k.delayed}).Int64()
 	if err != nil {
 		return 0, b.errorf(err, "depth of queue %q", queue)
 	}

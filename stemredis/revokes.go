@@ -213,7 +213,7 @@ func (s *Revokes) ListChanges(ctx context.Context, namespace, cursor string) ([]
 	}
 	var out []stemtype.RevokeRecord
 	for {
-		vals, err := revokeChangesScript.run(ctx, s.rdb, []string{k.records, k.changes, k.seq}, epoch, seq, changesPage).StringSlice()
+		vals, err := revokeChangesScript.runRO(ctx, s.rdb, []string{k.records, k.changes, k.seq}, epoch, seq, changesPage).StringSlice()
 		if err != nil {
 			return nil, "", s.errorf(err, "list revoke changes of namespace %q", namespace)
 		}
@@ -244,7 +244,7 @@ func (s *Revokes) ListChanges(ctx context.Context, namespace, cursor string) ([]
 // the change sequence as it was before the listing began.
 func (s *Revokes) listAll(ctx context.Context, namespace string) ([]stemtype.RevokeRecord, string, error) {
 	k := newRevokeKeys(namespace)
-	v, err := revokeSeqScript.run(ctx, s.rdb, []string{k.seq}).StringSlice()
+	v, err := revokeSeqScript.runRO(ctx, s.rdb, []string{k.seq}).StringSlice()
 	if err != nil {
 		return nil, "", s.errorf(err, "read the revoke sequence of namespace %q", namespace)
 	}

@@ -38,6 +38,23 @@ func (s *script) run(ctx context.Context, c redis.Scripter, keys []string, args 
 	return cmd
 }
 
+// runRO runs s, a script that only reads, with EVALSHA_RO (EVAL_RO the
+// first time a server sees it). EVAL and EVALSHA declare their KEYS as
+// written, so a user whose ACL lets it read those keys but not write them
+// (a worker reading the revoke store, docs/security.md) may run a script
+// only this way. A server without these commands (before Redis 7.0) runs
+// it with EVALSHA.
+func (s *script) runRO(ctx context.Context, c redis.Scripter, keys []string, args ...any) *redis.Cmd {
+	cmd := c.EvalShaRO(ctx, s.sha, keys, args...)
+	if isNoScript(cmd.Err()) {
+		cmd = c.EvalRO(ctx, s.src, keys, args...)
+	}
+	if redis.HasErrorPrefix(cmd.Err(), "unknown command") {
+		return s.run(ctx, c, keys, args...)
+	}
+	return cmd
+}
+
 // scriptCall is one script invocation of a pipeline.
 type scriptCall struct {
 	s    *script
