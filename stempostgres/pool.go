@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -136,6 +137,16 @@ func (s *shared) release() {
 func (c *config) openError(err error) error {
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
+		switch {
+		case pe.Code == "28000" && strings.HasPrefix(pe.Message, "no pg_hba.conf entry"):
+			// Not the credentials: no line of pg_hba.conf admits this
+			// user, database, address and encryption.
+			why := "the server's pg_hba.conf admits no such connection"
+			if strings.Contains(pe.Message, "no encryption") {
+				why += " without TLS: set sslmode=require (or verify-full)"
+			}
+			return stemdriver.BadConfig(c.errorf(err, "%s", why))
+		}
 		switch pe.Code {
 		case "28P01", "28000": // invalid_password, invalid_authorization_specification
 			return stemdriver.BadConfig(c.errorf(err, "the server refused the URL's credentials"))

@@ -1,26 +1,11 @@
 package stemredis
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
-	"errors"
-	"github.com/stem-go/stem/internal/testutil"
-	"math/big"
-	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 )
@@ -29,13 +14,9 @@ import (
 // certificate signed by a CA made here, and runs every role over rediss://
 // with that CA given by the tls_ca option.
 func TestRedissAllRoles(t *testing.T) {
-	server, err := exec.LookPath("redis-server")
-	if err != nil {
-		testutil.SkipOrFail(t, "redis-server not on PATH (needed for the rediss:// test): %v", err)
-	}
 	dir := t.TempDir()
-	caFile, certFile, keyFile := writeTestPKI(t, dir)
-	addr := startTLSRedis(t, server, dir, caFile, certFile, keyFile)
+	caFile, certFile, keyFile := testutil.WriteTestPKI(t, dir)
+	addr := testutil.StartTLSRedis(t, dir, caFile, certFile, keyFile)
 	ctx := testCtx(t)
 	ns := "tls"
 	url := "rediss://" + addr + "/0?tls_ca=" + caFile
@@ -109,125 +90,5 @@ func TestRedissAllRoles(t *testing.T) {
 		}
 	case <-ctx.Done():
 		t.Fatalf("no control message over TLS: %v", ctx.Err())
-	}
-}
-
-// writeTestPKI writes a CA and a server certificate for 127.0.0.1 and
-// localhost signed by it, and returns the files.
-func writeTestPKI(t *testing.T, dir string) (caFile, certFile, keyFile string) {
-	t.Helper()
-	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caTmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "stemredis test CA"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IsCA:                  true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-		BasicConstraintsValid: true,
-	}
-	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caCert, err := x509.ParseCertificate(caDER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyDER, err := x509.MarshalECPrivateKey(key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	write := func(name, typ string, b []byte) string {
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, pem.EncodeToMemory(&pem.Block{Type: typ, Bytes: b}), 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	return write("ca.pem", "CERTIFICATE", caDER), write("server.pem", "CERTIFICATE", der), write("server.key", "EC PRIVATE KEY", keyDER)
-}
-
-// startTLSRedis starts a TLS-only redis-server on a free loopback port and
-// returns its address once it accepts TLS connections; it stops the server
-// when t ends.
-func startTLSRedis(t *testing.T, server, dir, caFile, certFile, keyFile string) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := l.Addr().(*net.TCPAddr).Port
-	_ = l.Close()
-	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-
-	cmd := exec.Command(server,
-		"--port", "0", "--tls-port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--tls-cert-file", certFile, "--tls-key-file", keyFile, "--tls-ca-cert-file", caFile,
-		"--tls-auth-clients", "no", "--save", "", "--appendonly", "no", "--dir", dir,
-		"--logfile", filepath.Join(dir, "redis.log"))
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		if err := <-exited; err != nil {
-			var ee *exec.ExitError
-			if !errors.As(err, &ee) {
-				t.Errorf("redis-server: %v", err)
-			}
-		}
-	})
-
-	// Wait until the server completes a TLS handshake, or exits.
-	pool := x509.NewCertPool()
-	caPEM, err := os.ReadFile(caFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	pool.AppendCertsFromPEM(caPEM)
-	deadline := time.Now().Add(20 * time.Second)
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", addr, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
-		if err == nil {
-			_ = conn.Close()
-			return addr
-		}
-		if time.Now().After(deadline) {
-			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-			t.Fatalf("redis-server on %s did not accept TLS connections: %v\n%s", addr, err, log)
-		}
-		select {
-		case err := <-exited:
-			log, _ := os.ReadFile(filepath.Join(dir, "redis.log"))
-			exited <- err
-			t.Fatalf("redis-server exited: %v\n%s", err, log)
-		case <-tick.C:
-		}
 	}
 }
