@@ -60,6 +60,13 @@
 //   - stem_control_messages, stem_control_replies, stem_workers: the
 //     control plane's large messages, replies and presence.
 //
+// A role that may not create tables (a producer's, a worker's) opens a
+// schema migrated beforehand without running any DDL; docs/security.md
+// lists the tables each role (producer, worker, operator) reads and
+// writes, with the GRANTs. NOTIFY needs no privilege in Postgres, so the
+// roles do not keep a producer or worker from sending workers a control
+// command: signed messages do.
+//
 // # Transactional enqueue
 //
 // (*Broker).InTx and (*Results).InTx return views that write in the

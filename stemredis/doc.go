@@ -152,6 +152,12 @@
 //     (the task runs again), a claim may be undone (its messages are
 //     ready again). Only appendfsync always makes every acknowledged
 //     Publish survive a kill (TestRedisKilledMidRun measures both).
+//   - Scripts that only read (the revoke store's change list and
+//     sequence, the queue depth) run with EVALSHA_RO, so that a user
+//     whose ACL may read their keys but not write them (a worker reading
+//     revokes) can run them; on a server before Redis 7.0 they run with
+//     EVALSHA. docs/security.md gives an ACL user per role (producer,
+//     worker, operator) with the keys, commands and channels each needs.
 //   - Delayed messages and expired leases are only moved by claims: a
 //     queue nobody claims from keeps them where they are (Depth still
 //     counts them).
