@@ -174,7 +174,9 @@ func TestACLRoles(t *testing.T) {
 			t.Logf("worker log:\n%s", wlog.String())
 		}
 	}()
-	if res, err := client.Wait(ctx, id); err != nil || res.State != stemtype.StateSucceeded {
+	waitCtx, cancelWait := context.WithTimeout(ctx, 30*time.Second)
+	defer cancelWait()
+	if res, err := client.Wait(waitCtx, id); err != nil || res.State != stemtype.StateSucceeded {
 		t.Fatalf("producer: Wait = %+v, %v; want succeeded (the worker claimed, ran and acked it)", res, err)
 	}
 	_, err = wRevokes.Upsert(ctx, stemtype.RevokeRecord{Namespace: ns, TaskID: "by-worker", Version: 1})
