@@ -252,6 +252,10 @@ type Worker struct {
 	// revokeCursor is the revoke store's cursor after the last sync
 	// (syncRevokeSet), for stores that list changes.
 	revokeCursor string
+	// pruneRefused is set while the revoke store refuses the prune (a
+	// store this worker may read but not write): warned once, not at
+	// every sync.
+	pruneRefused bool
 	// stopRun ends Run's context (set by Run before any helper starts);
 	// shutdownMode is the mode a shutdown command asked for: 0 none, 1
 	// warm, 2 soft, 3 hard.

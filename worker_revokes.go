@@ -3,6 +3,7 @@ package stem
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/stem-go/stem/stemdriver"
@@ -23,10 +24,20 @@ func (w *Worker) syncRevokeSet(ctx context.Context, prune bool) error {
 	if prune {
 		// Pruning is housekeeping: a store this worker cannot write (a
 		// read-only revoke file) must not keep it from reading revokes.
+		// A store that refused once (a user that may not write it) is
+		// likely to refuse at every sync: warn once, then at debug level.
 		if n, err := w.cfg.Revokes.Prune(ctx, w.cfg.Namespace, now); err != nil {
-			w.log.Warn("prune expired revokes", "err", err)
-		} else if n > 0 {
-			w.log.Info("pruned expired revokes", "count", n)
+			level := slog.LevelWarn
+			if w.pruneRefused {
+				level = slog.LevelDebug
+			}
+			w.pruneRefused = true
+			w.log.Log(ctx, level, "prune expired revokes", "err", err)
+		} else {
+			w.pruneRefused = false
+			if n > 0 {
+				w.log.Info("pruned expired revokes", "count", n)
+			}
 		}
 	}
 	var recs []stemtype.RevokeRecord
