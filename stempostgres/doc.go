@@ -65,7 +65,8 @@
 // lists the tables each role (producer, worker, operator) reads and
 // writes, with the GRANTs. NOTIFY needs no privilege in Postgres, so the
 // roles do not keep a producer or worker from sending workers a control
-// command: signed messages do.
+// command (signed messages keep out only whoever lacks the key, which
+// producers and workers hold too).
 //
 // # Transactional enqueue
 //
