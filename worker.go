@@ -102,6 +102,15 @@ type WorkerConfig struct {
 	// Observer receives the worker's events for metrics (see
 	// stemmetrics); optional. Without one the worker makes no call.
 	Observer Observer
+	// FailFast makes Run return at once when the control transport or the
+	// revoke store cannot be reached at start. By default Run waits for
+	// them instead, claiming nothing, and retries with a capped
+	// exponential backoff (100ms doubling up to 2s, with jitter), logging
+	// a warning naming the store, its address (from Stores) and the error
+	// at each attempt, until they answer or ctx ends: a fleet started
+	// before its stores, or during an outage, starts consuming within a
+	// few seconds of their return. `stem worker start --fail-fast` sets it.
+	FailFast bool
 	// TracerProvider, when set, makes the worker trace every run: a span
 	// "stem.run TASK" (kind consumer), the child of the producer's span
 	// when the task's envelope carries one (Client.Enqueue adds the span
@@ -333,14 +342,24 @@ func (w *Worker) Run(ctx context.Context) error {
 	// until the control loop starts.
 	var sub stemdriver.ControlSubscription
 	if w.cfg.Control != nil {
-		var err error
-		if sub, err = w.cfg.Control.Subscribe(ctx, w.cfg.ID); err != nil {
+		err := w.untilReachable(ctx, "control transport", w.storeAddr("control"), func(ctx context.Context) error {
+			var err error
+			sub, err = w.cfg.Control.Subscribe(ctx, w.cfg.ID)
+			return err
+		})
+		if err != nil {
 			return fmt.Errorf("stem: worker %s: subscribe to control: %w", w.cfg.ID, err)
 		}
 		defer sub.Close()
 	}
+	// No task is claimed before the revoke set is loaded: a revoked task
+	// would run. While the store cannot be reached, Run waits and retries
+	// (untilReachable), unless FailFast.
 	if w.cfg.Revokes != nil {
-		if err := w.syncRevokeSet(ctx, true); err != nil {
+		err := w.untilReachable(ctx, "revoke store", w.storeAddr("revokes"), func(ctx context.Context) error {
+			return w.syncRevokeSet(ctx, true)
+		})
+		if err != nil {
 			return fmt.Errorf("stem: worker %s: load revokes: %w", w.cfg.ID, err)
 		}
 	}

@@ -54,7 +54,7 @@ func TestExitCodes(t *testing.T) {
 		{"empty task name", nil, []string{"enqueue", ""}, 64, []string{"task name"}},
 		{"unreachable broker", map[string]string{"STEM_BROKER_URL": deadRedis}, ping, 69, []string{"127.0.0.1:1"}},
 		{"unreachable revoke store", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": deadRedis}, revoke, 69, []string{"127.0.0.1:1"}},
-		{"missing revoke directory", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": missingDir}, []string{"worker", "start"}, 69, []string{"no-such-dir"}},
+		{"missing revoke directory", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": missingDir}, []string{"worker", "start", "--fail-fast"}, 69, []string{"no-such-dir"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

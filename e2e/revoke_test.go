@@ -591,9 +591,9 @@ func TestUnreachableServices(t *testing.T) {
 		{"stats", map[string]string{"STEM_BROKER_URL": dead}, []string{"worker", "stats", "--timeout", "100ms"}},
 		{"revoke with a dead broker", map[string]string{"STEM_BROKER_URL": dead}, []string{"worker", "revoke", "--task", "x", "--timeout", "100ms"}},
 		{"revoke with a good store and a dead broker", map[string]string{"STEM_BROKER_URL": dead, "STEM_REVOKE_STORE_URL": "file://" + filepath.Join(t.TempDir(), "r.ndjson")}, []string{"worker", "revoke", "--task", "x", "--timeout", "100ms"}},
-		{"worker start with a dead broker", map[string]string{"STEM_BROKER_URL": dead}, []string{"worker", "start"}},
-		{"worker start with a dead revoke store", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": dead}, []string{"worker", "start"}},
-		{"worker start with a missing revoke directory", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": missingDir}, []string{"worker", "start"}},
+		{"worker start with a dead broker", map[string]string{"STEM_BROKER_URL": dead}, []string{"worker", "start", "--fail-fast"}},
+		{"worker start with a dead revoke store", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": dead}, []string{"worker", "start", "--fail-fast"}},
+		{"worker start with a missing revoke directory", map[string]string{"STEM_BROKER_URL": real, "STEM_REVOKE_STORE_URL": missingDir}, []string{"worker", "start", "--fail-fast"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()

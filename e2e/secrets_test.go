@@ -95,15 +95,15 @@ func TestSecretsNeverPrinted(t *testing.T) {
 	// short where its broker is the in-process default.
 	ctl := func(cmd ...string) []string { return append(append([]string{"worker"}, cmd...), "--timeout", "100ms") }
 	byBroker := [][]string{
-		{"worker", "start"}, {"enqueue", "demo.echo"}, {"task", "status", "abc"},
+		{"worker", "start", "--fail-fast"}, {"enqueue", "demo.echo"}, {"task", "status", "abc"},
 		ctl("ping"), ctl("inspect"), ctl("stats"), ctl("revoke", "--task", "t1"),
 		{"bench", "--tasks", "1"},
 	}
 	byResults := [][]string{
-		{"worker", "start"}, {"enqueue", "demo.echo"}, {"task", "status", "abc"},
+		{"worker", "start", "--fail-fast"}, {"enqueue", "demo.echo"}, {"task", "status", "abc"},
 		ctl("revoke", "--task", "t1"), {"bench", "--tasks", "1"},
 	}
-	byRevokes := [][]string{{"worker", "start"}, ctl("revoke", "--task", "t1")}
+	byRevokes := [][]string{{"worker", "start", "--fail-fast"}, ctl("revoke", "--task", "t1")}
 	for _, src := range []struct {
 		env, flag string
 		cmds      [][]string

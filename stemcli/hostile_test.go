@@ -131,7 +131,7 @@ func TestCommandsLeaveNothingOpen(t *testing.T) {
 		{[]string{"--revoke-store", dead, "worker", "revoke", "--task", id}, 69},
 		{[]string{"--backend", dead, "enqueue", "ok"}, 69},
 		{[]string{"--revoke-store", "redis://127.0.0.1:6379/0?bogus=1", "worker", "start"}, 78},
-		{[]string{"--revoke-store", dead, "worker", "start"}, 69},
+		{[]string{"--revoke-store", dead, "worker", "start", "--fail-fast"}, 69},
 	} {
 		if code, _, errOut := e.run(tc.args...); code != tc.code {
 			t.Errorf("%q: exit %d, want %d\nstderr:\n%s", tc.args, code, tc.code, errOut)

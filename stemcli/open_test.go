@@ -70,7 +70,7 @@ func TestOpenFailureExitCodes(t *testing.T) {
 		{[]string{"--broker", down, "worker", "stats"}, 69, "cannot open broker redis://:xxxxx@127.0.0.1:1/0"},
 		{[]string{"--revoke-store", down, "worker", "revoke", "--task", "x"}, 69, "cannot open revoke store (from --revoke-store) redis://:xxxxx@127.0.0.1:1/0"},
 		{[]string{"--broker", down, "--revoke-store", "file://" + filepath.Join(t.TempDir(), "r"), "worker", "revoke", "--task", "x"}, 69, "cannot open broker redis://:xxxxx@127.0.0.1:1/0"},
-		{[]string{"--broker", down, "worker", "start"}, 69, "cannot open broker redis://:xxxxx@127.0.0.1:1/0"},
+		{[]string{"--broker", down, "worker", "start", "--fail-fast"}, 69, "cannot open broker redis://:xxxxx@127.0.0.1:1/0"},
 		{[]string{"--broker", down, "bench", "--tasks", "1"}, 69, "cannot open broker redis://:xxxxx@127.0.0.1:1/0"},
 		{[]string{"--backend", "ftp://u:hunter2@h", "task", "status", "x"}, 78, `unsupported result backend URL "ftp://u:xxxxx@h"`},
 		{[]string{"--revoke-store", "ftp://h", "worker", "start"}, 78, "cannot open revoke store (from --revoke-store) ftp://h"},

@@ -508,6 +508,15 @@ behind this worker while another has a free slot. Tasks that wait for a
 slot while every slot stays busy for about 100ms are handed back to the
 queue for other workers. 'stem worker inspect --reserved' shows them.
 
+A store that cannot be reached at start (the broker, the result backend,
+the revoke store) does not stop the worker: it claims nothing, logs a
+warning naming the store, its URL (redacted) and the error, and retries
+with a backoff (100ms doubling up to 2s, with jitter) until the store
+answers, so that it consumes within a few seconds of its return. The
+revoke set is always loaded before the first claim. With --fail-fast it
+exits 69 at once instead (a supervisor then restarts it). A URL that can
+never work (a configuration error) exits 78 at once either way.
+
 With --metrics-addr, the worker serves Prometheus metrics on /metrics,
 /healthz (200 while it runs) and /readyz (200 once its revoke set is loaded
 and it started, 503 before and while it stops) at that address (":9090",
@@ -559,6 +568,7 @@ docs/operations.md for the metrics.`,
 	fl.DurationVar(&cfg.Lease, "lease", stem.DefaultLease, "lease of claimed tasks, renewed while the worker lives; a killed worker's tasks are re-claimed about one lease after")
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")
+	fl.BoolVar(&cfg.FailFast, "fail-fast", false, "exit 69 at once when a store cannot be reached at start, instead of waiting and retrying")
 	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz at this address (e.g. :9090)")
 	return c
 }
@@ -595,7 +605,7 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig, metricsAddr 
 		opts.Logger.Info("serving metrics", "addr", ln.Addr().String(), "paths", "/metrics /healthz /readyz")
 		cfg.Observer = metrics
 	}
-	o, err := a.open(ctx, stemurl.AllRoles, opts)
+	o, err := a.openWorkerStores(ctx, opts, cfg.FailFast)
 	if err != nil {
 		return err
 	}
@@ -645,6 +655,49 @@ func (a *app) runWorker(ctx context.Context, cfg stem.WorkerConfig, metricsAddr 
 		return &ExitError{Code: ExitUnavailable, Err: err}
 	}
 	return nil
+}
+
+// openWorkerStores opens every store a worker needs. A store that cannot
+// be reached (exit 69) is retried, unless failFast, with the backoff
+// stem.Worker uses for its own start (100ms doubling up to 2s, with 50%
+// jitter), and each failure is logged with the store's redacted URL and
+// the error: a worker started before its stores, or during an outage,
+// claims nothing and starts once they answer. A configuration error (exit
+// 78) is never retried. A signal while it waits ends it with
+// context.Canceled (a clean exit, see startCmd).
+func (a *app) openWorkerStores(ctx context.Context, opts stemdriver.Options, failFast bool) (*stemurl.Opened, error) {
+	backoff := stem.ExponentialBackoff{Base: 100 * time.Millisecond, Max: 2 * time.Second, Jitter: 0.5}
+	for attempt := 1; ; attempt++ {
+		o, err := a.open(ctx, stemurl.AllRoles, opts)
+		var ee *ExitError
+		if err == nil || failFast || !errors.As(err, &ee) || ee.Code != ExitUnavailable {
+			if err == nil && attempt > 1 {
+				opts.Logger.Info("stores reachable: starting", "attempts", attempt)
+			}
+			return o, err
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w (while waiting for the stores: %v)", ctx.Err(), err)
+		}
+		store, addr := "store", ""
+		var oe *stemurl.OpenError
+		if errors.As(err, &oe) {
+			store, addr = oe.Role.String(), oe.URL
+			if oe.Role == stemurl.RoleControl {
+				store = "broker" // the control transport is opened from the broker's URL
+			}
+		}
+		delay := backoff.NextRetry(attempt)
+		opts.Logger.Warn(store+" unreachable at start: not claiming any task until it answers; retrying (--fail-fast exits 69 instead)",
+			"store", store, "addr", addr, "attempt", attempt, "retry_in", delay.Round(time.Millisecond), "err", err)
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, fmt.Errorf("%w (while waiting for the stores: %v)", ctx.Err(), err)
+		case <-t.C:
+		}
+	}
 }
 
 func writeJSON(w interface{ Write([]byte) (int, error) }, v any) error {
