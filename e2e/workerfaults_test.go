@@ -41,7 +41,7 @@ func newPrivateRedis(t *testing.T) *privateRedis {
 	return &privateRedis{t: t, port: port, dir: t.TempDir()}
 }
 
-func (r *privateRedis) url() string { return "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0" }
+func (r *privateRedis) url() string  { return "redis://127.0.0.1:" + strconv.Itoa(r.port) + "/0" }
 func (r *privateRedis) addr() string { return "127.0.0.1:" + strconv.Itoa(r.port) }
 
 // start starts the server and returns when it accepts connections; it is
