@@ -11,8 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
+	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
 
@@ -190,5 +192,113 @@ func TestWorkerWaitsForBroker(t *testing.T) {
 	_ = w.cmd.Process.Signal(syscall.SIGTERM)
 	if code := w.wait(t); code != 0 {
 		t.Errorf("worker exit %d after SIGTERM, want 0", code)
+	}
+}
+
+// TestSIGTERMMidRunLosesNothing (fault matrix: SIGTERM during a run): two
+// ledger workers drain a few hundred tasks and one is sent SIGTERM midway.
+// It shuts down warmly and exits 0: its running tasks finish within the
+// grace period, the tasks it claimed and had not started go back to the
+// broker and the other worker runs them. The figure: lost 0 (every task
+// is in the ledger and succeeded), and no task ran twice (a warm shutdown
+// finishes or releases each task, it never abandons one).
+func TestSIGTERMMidRunLosesNothing(t *testing.T) {
+	t.Parallel()
+	const total = 400
+	c := newCluster(t, redisStore)
+	c.bin = ledgerBin
+	ledger := filepath.Join(t.TempDir(), "ledger")
+	c.vars["LEDGER_FILE"] = ledger
+	// A prefetch as deep as it goes, so that the victim holds claimed,
+	// unstarted tasks when the signal lands.
+	flags := []string{"--concurrency", "4", "--prefetch", "40"}
+	victim := c.startWorker("t1", flags...)
+	survivor := c.startWorker("t2", flags...)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
+	defer cancel()
+	o, err := stemurl.New().Open(ctx, stemurl.URLs{Broker: c.url, Results: c.url, Revokes: c.url},
+		stemurl.RoleBroker|stemurl.RoleResults, stemdriver.Options{Namespace: c.ns, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Logger: quietLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reqs := make([]stem.EnqueueRequest, total)
+	for i := range reqs {
+		reqs[i] = stem.EnqueueRequest{Task: "ledger.append", Args: map[string]int{"ms": 20}}
+	}
+	ids, err := client.EnqueueBatch(ctx, reqs)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	waitLedger(t, ledger, total/4)
+	if err := victim.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if code := victim.wait(t); code != 0 {
+		t.Fatalf("the worker sent SIGTERM exited %d, want 0:\n%s", code, victim.stderr)
+	}
+	atExit := readLedger(t, ledger)
+
+	deadline := time.Now().Add(3 * waitTimeout)
+	for {
+		rs, err := o.Results.GetMany(ctx, ids...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := 0
+		for i, r := range rs {
+			switch {
+			case r == nil || !r.State.Final():
+				left++
+			case r.State != stemtype.StateSucceeded:
+				t.Fatalf("task %s: %s, want succeeded", ids[i], mustJSON(r))
+			}
+		}
+		if left == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d tasks not final after %s", left, total, 3*waitTimeout)
+		}
+		time.Sleep(pollEvery)
+	}
+
+	runs := readLedger(t, ledger)
+	vpid, spid := strconv.Itoa(victim.cmd.Process.Pid), strconv.Itoa(survivor.cmd.Process.Pid)
+	lost, twice, byVictim, afterExit := 0, 0, 0, 0
+	for _, id := range ids {
+		switch n := len(runs[id]); {
+		case n == 0:
+			lost++
+		case n > 1:
+			twice++
+			t.Errorf("task %s ran %d times (pids %v)", id, n, runs[id])
+		}
+		for _, p := range runs[id] {
+			if p == vpid {
+				byVictim++
+			}
+		}
+		if len(atExit[id]) == 0 && len(runs[id]) > 0 && runs[id][0] == spid {
+			afterExit++
+		}
+	}
+	t.Logf("%d tasks: lost %d, ran twice %d; the terminated worker ran %d, the other ran %d after its exit",
+		total, lost, twice, byVictim, afterExit)
+	if lost != 0 {
+		t.Errorf("lost %d tasks, want 0", lost)
+	}
+	if byVictim == 0 || afterExit == 0 {
+		t.Errorf("the SIGTERM did not land mid-run: the terminated worker ran %d tasks, the other %d after its exit",
+			byVictim, afterExit)
+	}
+	if out := victim.stderr.String(); !strings.Contains(out, "worker shutting down") || !strings.Contains(out, "worker stopped") {
+		t.Errorf("the terminated worker did not log a warm shutdown:\n%s", out)
 	}
 }
