@@ -41,7 +41,9 @@
 // RetryPolicy, while retries remain; wrap an error in NoRetry to fail at
 // once, or in RetryAfter to choose the delay. A panic is a failed attempt
 // (a PanicError), never a crashed worker. A task name no handler is
-// registered for is recorded as a failure naming the task (ErrUnknownTask).
+// registered for is retried with a backoff (WorkerConfig.UnknownTaskRetries:
+// a rolling deploy may bring its handler), then recorded as a failure naming
+// the task (ErrUnknownTask).
 //
 // # Controlling
 //

@@ -32,7 +32,8 @@ var ErrShutdownRequested = errors.New("stem: shutdown requested by a control com
 var ErrLeaseLost = stemdriver.ErrLeaseLost
 
 // ErrUnknownTask is recorded as the failure of a task whose name no handler
-// is registered for.
+// is registered for, once its retries for that reason are spent
+// (WorkerConfig.UnknownTaskRetries); its retries record it too.
 var ErrUnknownTask = errors.New("stem: unknown task")
 
 // ErrNotFound is returned when a task has no recorded state.

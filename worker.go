@@ -102,6 +102,18 @@ type WorkerConfig struct {
 	// Observer receives the worker's events for metrics (see
 	// stemmetrics); optional. Without one the worker makes no call.
 	Observer Observer
+	// UnknownTaskRetries is how many times a task whose name no handler of
+	// Registry knows is retried before it fails with ErrUnknownTask: in a
+	// rolling deploy a worker of the old version may claim a task only the
+	// new version knows, and the retries give a worker that knows it time
+	// to take it. The count is kept apart from the task's own attempts
+	// (UnknownTaskRetriesHeader). Default: 5; negative: fail at once.
+	UnknownTaskRetries int
+	// UnknownTaskBackoff chooses the delay before each of those retries.
+	// Default: ExponentialBackoff{Base: 10s, Max: 2m, Jitter: 0.2}, so that
+	// with the default 5 retries such a task fails about 4 minutes after
+	// its first claim (10s, 20s, 40s, 80s, 120s, less the jitter).
+	UnknownTaskBackoff RetryPolicy
 	// FailFast makes Run return at once when the control transport or the
 	// revoke store cannot be reached at start. By default Run waits for
 	// them instead, claiming nothing, and retries with a capped
@@ -180,6 +192,15 @@ func (c *WorkerConfig) setDefaults() error {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
+	switch {
+	case c.UnknownTaskRetries == 0:
+		c.UnknownTaskRetries = DefaultUnknownTaskRetries
+	case c.UnknownTaskRetries < 0:
+		c.UnknownTaskRetries = 0
+	}
+	if c.UnknownTaskBackoff == nil {
+		c.UnknownTaskBackoff = DefaultUnknownTaskBackoff()
+	}
 	return nil
 }
 
@@ -217,6 +238,15 @@ func (c *WorkerConfig) setDefaults() error {
 // pauses are expected, raise Lease, trading slower recovery from dead
 // workers for it.
 const DefaultLease = 10 * time.Second
+
+// DefaultUnknownTaskRetries is WorkerConfig.UnknownTaskRetries's default.
+const DefaultUnknownTaskRetries = 5
+
+// DefaultUnknownTaskBackoff returns WorkerConfig.UnknownTaskBackoff's
+// default: 10s doubling up to 2 minutes, with 20% jitter.
+func DefaultUnknownTaskBackoff() RetryPolicy {
+	return ExponentialBackoff{Base: 10 * time.Second, Max: 2 * time.Minute, Jitter: 0.2}
+}
 
 // The largest Concurrency and Prefetch a worker accepts: far beyond what
 // one process runs, low enough that the hand-off queue's size

@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"runtime/debug"
+	"strconv"
 	"time"
 
 	"go.opentelemetry.io/otel/trace"
@@ -149,9 +151,7 @@ func (w *Worker) run(ctx context.Context, j *jobs.Job, env *stemtype.Envelope, n
 		return w.finishRevoked(j, revokedError(rec), log)
 	}
 	if !known {
-		terr := &stemtype.TaskError{Kind: "unknown_task",
-			Message: fmt.Sprintf("%v: no handler registered for %q on worker %s", ErrUnknownTask, env.Task, w.cfg.ID)}
-		return w.finish(j, nil, terr, false, 0, log), terr
+		return w.unknownTask(j, env, log)
 	}
 	if task.Options.TimeLimit > 0 {
 		var stop context.CancelFunc
@@ -372,4 +372,47 @@ func (w *Worker) deadLetter(j *jobs.Job) {
 	w.failed.Add(1)
 	w.processed.Add(1)
 	w.settle(j, res, settle.DeadLetter, nil, reason)
+}
+
+// UnknownTaskRetriesHeader is the envelope header in which a worker counts
+// the retries of a task whose name no handler was registered for
+// (WorkerConfig.UnknownTaskRetries). It is apart from the task's Attempt,
+// so that a worker that knows the task still gives it all its own retries.
+const UnknownTaskRetriesHeader = "stem-unknown-task-retries"
+
+// unknownTask handles a task whose name no handler is registered for: it
+// is retried, after WorkerConfig.UnknownTaskBackoff, while fewer than
+// UnknownTaskRetries retries were made for that reason (during a rolling
+// deploy, a worker that knows it may take it meanwhile), then fails with
+// ErrUnknownTask naming the task. Its arguments are never decoded.
+func (w *Worker) unknownTask(j *jobs.Job, env *stemtype.Envelope, log *slog.Logger) (stemtype.State, *stemtype.TaskError) {
+	done, _ := strconv.Atoi(env.Headers[UnknownTaskRetriesHeader]) // absent or garbled: none yet
+	done = max(done, 0)
+	limit := max(w.cfg.UnknownTaskRetries, 0)
+	if done >= limit {
+		terr := &stemtype.TaskError{Kind: "unknown_task", Message: fmt.Sprintf(
+			"%v: no handler registered for %q on worker %s (after %d retries for that reason)",
+			ErrUnknownTask, env.Task, w.cfg.ID, done)}
+		return w.finish(j, nil, terr, false, 0, log), terr
+	}
+	now := time.Now().UTC()
+	delay := w.nextRetry(w.cfg.UnknownTaskBackoff, env, done+1)
+	terr := &stemtype.TaskError{Kind: "unknown_task", Message: fmt.Sprintf(
+		"%v: no handler registered for %q on worker %s: retry %d of %d in %s, for a worker that knows it",
+		ErrUnknownTask, env.Task, w.cfg.ID, done+1, limit, delay.Round(time.Millisecond))}
+	next := *env
+	next.Headers = maps.Clone(env.Headers)
+	if next.Headers == nil {
+		next.Headers = map[string]string{}
+	}
+	next.Headers[UnknownTaskRetriesHeader] = strconv.Itoa(done + 1)
+	next.NotBefore = now.Add(delay)
+	res := w.resultFor(j, now)
+	res.State, res.Error = stemtype.StateRetry, terr
+	res.FinishedAt, res.NotBefore = time.Time{}, next.NotBefore
+	w.retried.Add(1)
+	log.Warn("no handler registered for the task: retrying, a worker that knows it may take it", "task_id", env.ID,
+		"task", env.Task, "retry", done+1, "of", limit, "retry_in", delay)
+	w.settle(j, res, settle.Retry, &next, "")
+	return res.State, terr
 }

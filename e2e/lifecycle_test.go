@@ -117,16 +117,21 @@ func TestShutdownPastGrace(t *testing.T) {
 	}
 }
 
-// TestUnknownTaskFails: a task no worker knows is recorded failed with a
-// clear error, not lost.
+// TestUnknownTaskFails: a task no worker knows is retried
+// (--unknown-task-retries, small here; by default 5 over about 4 minutes,
+// time for a rolling deploy to bring its handler), then recorded failed
+// with a clear error naming it, not lost.
 func TestUnknownTaskFails(t *testing.T) {
 	t.Parallel()
 	c := newCluster(t, redisStore)
-	c.startWorker("w1")
+	c.startWorker("w1", "--unknown-task-retries", "2", "--unknown-task-backoff", "1ms")
 	id := c.enqueue("no.such.task", `{}`)
 	s := c.waitState(id, "failed")
-	if s.Error == nil || !strings.Contains(*s.Error, "no.such.task") {
-		t.Errorf("status = %+v, want an error naming the task", s)
+	if s.Error == nil || !strings.Contains(*s.Error, "no.such.task") || !strings.Contains(*s.Error, "after 2 retries") {
+		t.Errorf("status = %+v, want an error naming the task and its 2 retries", s)
+	}
+	if st := c.stats("w1"); st.Retried != 2 {
+		t.Errorf("stats = %s, want 2 retries", mustJSON(st))
 	}
 	if st := c.stats("w1"); st.Failed != 1 || st.Queues["default"] != 0 {
 		t.Errorf("stats = %s", mustJSON(st))

@@ -488,6 +488,8 @@ reply lists the names it applied in "names". --wait works with --task only.`,
 func (a *app) startCmd() *cobra.Command {
 	var cfg stem.WorkerConfig
 	var metricsAddr string
+	var unknownRetries int
+	var unknownBackoff time.Duration
 	c := &cobra.Command{
 		Use:   "start",
 		Short: "Run a worker with this binary's registered tasks",
@@ -517,6 +519,11 @@ revoke set is always loaded before the first claim. With --fail-fast it
 exits 69 at once instead (a supervisor then restarts it). A URL that can
 never work (a configuration error) exits 78 at once either way.
 
+A task whose name no registered handler knows (a rolling deploy may bring
+its handler) is retried --unknown-task-retries times, after
+--unknown-task-backoff doubling up to 2 minutes, then fails with an error
+naming the task.
+
 With --metrics-addr, the worker serves Prometheus metrics on /metrics,
 /healthz (200 while it runs) and /readyz (200 once its revoke set is loaded
 and it started, 503 before and while it stops) at that address (":9090",
@@ -537,6 +544,15 @@ docs/operations.md for the metrics.`,
 			if slices.ContainsFunc(cfg.Queues, func(q string) bool { return strings.TrimSpace(q) == "" }) {
 				return exitf(ExitUsage, "worker start: --queue must not be empty")
 			}
+			if unknownRetries < 0 || unknownBackoff <= 0 {
+				return exitf(ExitUsage, "worker start: --unknown-task-retries must not be negative and --unknown-task-backoff must be positive")
+			}
+			cfg.UnknownTaskRetries = unknownRetries
+			if unknownRetries == 0 {
+				cfg.UnknownTaskRetries = -1 // fail at once
+			}
+			cfg.UnknownTaskBackoff = stem.ExponentialBackoff{Base: unknownBackoff,
+				Max: max(unknownBackoff, 2*time.Minute), Jitter: 0.2}
 			if cmd.Flags().Changed("metrics-addr") && strings.TrimSpace(metricsAddr) == "" {
 				return exitf(ExitUsage, "worker start: --metrics-addr must not be empty (leave it out to serve no metrics)")
 			}
@@ -568,6 +584,8 @@ docs/operations.md for the metrics.`,
 	fl.DurationVar(&cfg.Lease, "lease", stem.DefaultLease, "lease of claimed tasks, renewed while the worker lives; a killed worker's tasks are re-claimed about one lease after")
 	fl.DurationVar(&cfg.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "grace period for running tasks at shutdown")
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")
+	fl.IntVar(&unknownRetries, "unknown-task-retries", stem.DefaultUnknownTaskRetries, "retries of a task no registered handler knows, before it fails (0: fail at once)")
+	fl.DurationVar(&unknownBackoff, "unknown-task-backoff", 10*time.Second, "delay before the first of those retries, doubling up to 2m")
 	fl.BoolVar(&cfg.FailFast, "fail-fast", false, "exit 69 at once when a store cannot be reached at start, instead of waiting and retrying")
 	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz at this address (e.g. :9090)")
 	return c

@@ -149,19 +149,78 @@ func testPanicIsRecordedFailure(t *testing.T, h Harness) {
 	}
 }
 
-// A task no worker knows is recorded as a failure of kind "unknown_task"
-// naming it, at once and without a retry, and leaves the queue.
+// A task no worker knows is retried (WorkerConfig.UnknownTaskRetries,
+// apart from its own attempts: its Attempt stays 0), then recorded as a
+// failure of kind "unknown_task" naming it, and leaves the queue. With a
+// negative UnknownTaskRetries it fails at once.
 func testUnknownTaskIsRecordedFailure(t *testing.T, h Harness) {
 	d := open(t, h)
 	stem.Register(d.reg, "known", func(*stem.TaskContext, stem.Args) (any, error) { return nil, nil }, stem.TaskOptions{})
-	d.startWorker(stem.WorkerConfig{})
+	d.startWorker(stem.WorkerConfig{ID: "w1", UnknownTaskRetries: 2,
+		UnknownTaskBackoff: stem.ExponentialBackoff{Base: time.Millisecond, Max: time.Millisecond}})
 	res := d.wait(d.enqueue("no.such.task", stem.EnqueueOptions{MaxRetries: new(5)}))
 	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "unknown_task" ||
-		!strings.Contains(res.Error.Message, `"no.such.task"`) || res.Attempt != 0 {
+		!strings.Contains(res.Error.Message, `"no.such.task"`) || !strings.Contains(res.Error.Message, "after 2 retries") ||
+		res.Attempt != 0 {
 		t.Fatalf("got %+v error %+v", res, res.Error)
 	}
 	if n := d.depth(stemtype.DefaultQueue); n != 0 {
 		t.Fatalf("unknown task left in queue: depth %d", n)
+	}
+	r, err := d.ctl.Stats(context.Background(), target("w1"))
+	if err != nil || len(r.Replies) != 1 {
+		t.Fatalf("%+v %v", r, err)
+	}
+	var s stemtype.StatsReply
+	if err := json.Unmarshal(r.Replies[0].Payload, &s); err != nil {
+		t.Fatal(err)
+	}
+	if s.Retried != 2 || s.Failed != 1 {
+		t.Fatalf("stats: %d retried, %d failed; want 2 and 1", s.Retried, s.Failed)
+	}
+
+	d2 := open(t, h)
+	d2.startWorker(stem.WorkerConfig{UnknownTaskRetries: -1})
+	res = d2.wait(d2.enqueue("no.such.task", stem.EnqueueOptions{}))
+	if res.State != stemtype.StateFailed || res.Error == nil || res.Error.Kind != "unknown_task" ||
+		!strings.Contains(res.Error.Message, "after 0 retries") {
+		t.Fatalf("UnknownTaskRetries -1: got %+v error %+v", res, res.Error)
+	}
+}
+
+// The rolling deploy: a worker of the old version, without the task's
+// handler, retries it (recording state retry, kind "unknown_task") rather
+// than failing it; once that worker is replaced by one of the new
+// version, the task runs, once, with its own retries intact (attempt 0).
+func testUnknownTaskRunsAfterRollingDeploy(t *testing.T, h Harness) {
+	d := open(t, h)
+	old := Registry()
+	_, stopOld := d.startWorkerWith(old, stem.WorkerConfig{UnknownTaskRetries: 1000,
+		UnknownTaskBackoff: stem.ExponentialBackoff{Base: 5 * time.Millisecond, Max: 5 * time.Millisecond}})
+	id := d.enqueue("deploy.new", stem.EnqueueOptions{})
+	retries := 0
+	d.waitFor("the old worker retries the task it has no handler for", func(ctx context.Context) bool {
+		res, err := d.roles.Results.Get(ctx, id)
+		if err == nil && res.State == stemtype.StateRetry && res.Error != nil && res.Error.Kind == "unknown_task" &&
+			strings.Contains(res.Error.Message, `"deploy.new"`) {
+			retries++
+		}
+		return retries >= 2
+	})
+	stopOld()
+	if res, err := d.roles.Results.Get(context.Background(), id); err != nil || res.State.Final() {
+		t.Fatalf("before the deploy: %+v %v; want the task waiting for a retry", res, err)
+	}
+
+	var ran atomic.Int32
+	stem.Register(d.reg, "deploy.new", func(tc *stem.TaskContext, _ stem.Args) (any, error) {
+		ran.Add(1)
+		return tc.Attempt(), nil
+	}, stem.TaskOptions{})
+	d.startWorker(stem.WorkerConfig{})
+	res := d.wait(id)
+	if res.State != stemtype.StateSucceeded || string(res.Result) != "0" || ran.Load() != 1 {
+		t.Fatalf("after the deploy: %+v, ran %d times; want succeeded once at attempt 0", res, ran.Load())
 	}
 }
 

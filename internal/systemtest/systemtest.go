@@ -123,6 +123,7 @@ func Run(t *testing.T, h Harness) {
 		{"PanicIsRecordedFailure", testPanicIsRecordedFailure},
 		{"PanicStormLeavesWorkerWhole", testPanicStormLeavesWorkerWhole}, // panicstorm.go
 		{"UnknownTaskIsRecordedFailure", testUnknownTaskIsRecordedFailure},
+		{"UnknownTaskRunsAfterRollingDeploy", testUnknownTaskRunsAfterRollingDeploy},
 		{"ArgumentsThatDoNotDecodeFailWithoutRetry", testArgumentsThatDoNotDecodeFailWithoutRetry},
 		{"CountdownDelaysTask", testCountdownDelaysTask},
 		{"TimeLimitFailsAttempt", testTimeLimitFailsAttempt},
@@ -314,6 +315,14 @@ func openWith(t *testing.T, opener func(*testing.T, string) Roles, ns string) *d
 func (d *deployment) startWorker(cfg stem.WorkerConfig) (*stem.Worker, func()) {
 	d.t.Helper()
 	w := d.newWorker(cfg)
+	return w, RunWorker(d.t, w)
+}
+
+// startWorkerWith is startWorker with a registry of its own: a worker of
+// another version of the program.
+func (d *deployment) startWorkerWith(reg *stem.Registry, cfg stem.WorkerConfig) (*stem.Worker, func()) {
+	d.t.Helper()
+	w := NewWorker(d.t, d.ns, reg, d.roles, cfg)
 	return w, RunWorker(d.t, w)
 }
 
