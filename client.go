@@ -31,6 +31,12 @@ type ClientConfig struct {
 	// key), so that workers with the same keys run it (see
 	// docs/signing.md). Optional.
 	SigningKeys *SigningKeys
+	// MaxPayload is the largest task arguments, in bytes of their JSON
+	// encoding, that Enqueue and EnqueueBatch accept: a larger one fails
+	// the call with an *EnqueueError matching ErrPayloadTooLarge, and
+	// nothing is written. Default: DefaultMaxPayload (1 MiB); negative:
+	// no limit. Keep it at most the workers' WorkerConfig.MaxPayload.
+	MaxPayload int
 }
 
 // Client enqueues tasks and reads their state. It is safe for concurrent
@@ -42,6 +48,7 @@ type Client struct {
 	logger  *slog.Logger
 	commits committer    // group commit of concurrent Enqueue calls
 	keys    *SigningKeys // nil: envelopes are not signed
+	maxArgs int          // ClientConfig.MaxPayload; 0: no limit
 }
 
 // NewClient returns a Client; it fails when cfg has neither a Broker nor
@@ -54,7 +61,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if logger == nil {
 		logger = slog.Default()
 	}
-	c := &Client{broker: cfg.Broker, results: cfg.Results, reg: cfg.Registry, logger: logger, keys: cfg.SigningKeys}
+	c := &Client{broker: cfg.Broker, results: cfg.Results, reg: cfg.Registry, logger: logger, keys: cfg.SigningKeys,
+		maxArgs: payloadLimit(cfg.MaxPayload)}
 	c.commits.store, c.commits.pending, c.commits.maxStores = c.storeTasks, cfg.Results != nil, enqueueStores
 	return c, nil
 }
@@ -152,6 +160,9 @@ func (c *Client) Enqueue(ctx context.Context, task string, args any, opts Enqueu
 	if err != nil {
 		return "", err
 	}
+	if err := c.checkPayload(env); err != nil {
+		return "", &EnqueueError{IDs: []string{env.ID}, Published: []bool{false}, Err: err}
+	}
 	// From this call's context: the group's store runs in another's.
 	env.Headers = injectTrace(ctx, env.Headers)
 	op := &enqueueOp{env: env, now: now, wake: make(chan bool, 1)}
@@ -176,7 +187,10 @@ var errNoBroker = errors.New("stem: enqueue: the client has no broker (ClientCon
 // runs the task in a child span of it.
 //
 // A request that cannot be encoded fails the call before anything is
-// stored, with no ids. When recording the pending states or publishing
+// stored, with no ids; so does one whose arguments are larger than
+// ClientConfig.MaxPayload, with an *EnqueueError that matches
+// ErrPayloadTooLarge, carries the ids assigned and says none was
+// published. When recording the pending states or publishing
 // fails, EnqueueBatch returns the ids it assigned together with an
 // *EnqueueError that says which tasks were published (or that this is
 // unknown); retry with the same ids, see EnqueueError.
@@ -197,6 +211,11 @@ func (c *Client) EnqueueBatch(ctx context.Context, reqs []EnqueueRequest) ([]str
 		}
 		env.Headers = injectTrace(ctx, env.Headers)
 		envs[i], ids[i] = env, env.ID
+	}
+	for _, env := range envs {
+		if err := c.checkPayload(env); err != nil {
+			return nil, &EnqueueError{IDs: ids, Published: make([]bool, len(ids)), Err: err}
+		}
 	}
 	var pend []*stemtype.TaskResult
 	if c.results != nil {

@@ -114,6 +114,14 @@ type WorkerConfig struct {
 	// with the default 5 retries such a task fails about 4 minutes after
 	// its first claim (10s, 20s, 40s, 80s, 120s, less the jitter).
 	UnknownTaskBackoff RetryPolicy
+	// MaxPayload is the largest task arguments, in bytes of their JSON
+	// encoding, the worker runs. A task with larger ones (enqueued by a
+	// producer with a higher limit or none) is never handed to its handler
+	// nor decoded: it is recorded failed (kind "payload_too_large", naming
+	// the size and the limit) and moved to the dead letters, where it can
+	// be read or replayed. Default: DefaultMaxPayload (1 MiB); negative: no
+	// limit. Keep it at least the producers' ClientConfig.MaxPayload.
+	MaxPayload int
 	// FailFast makes Run return at once when the control transport or the
 	// revoke store cannot be reached at start. By default Run waits for
 	// them instead, claiming nothing, and retries with a capped
@@ -198,6 +206,7 @@ func (c *WorkerConfig) setDefaults() error {
 	case c.UnknownTaskRetries < 0:
 		c.UnknownTaskRetries = 0
 	}
+	c.MaxPayload = payloadLimit(c.MaxPayload) // 0 from here on: no limit
 	if c.UnknownTaskBackoff == nil {
 		c.UnknownTaskBackoff = DefaultUnknownTaskBackoff()
 	}

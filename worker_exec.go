@@ -150,6 +150,9 @@ func (w *Worker) run(ctx context.Context, j *jobs.Job, env *stemtype.Envelope, n
 	if rec, ok := w.revokeFor(env, now); ok {
 		return w.finishRevoked(j, revokedError(rec), log)
 	}
+	if lim := w.cfg.MaxPayload; lim > 0 && len(env.Args) > lim {
+		return w.refuseOversized(j, env, lim, log)
+	}
 	if !known {
 		return w.unknownTask(j, env, log)
 	}
@@ -415,4 +418,23 @@ func (w *Worker) unknownTask(j *jobs.Job, env *stemtype.Envelope, log *slog.Logg
 		"task", env.Task, "retry", done+1, "of", limit, "retry_in", delay)
 	w.settle(j, res, settle.Retry, &next, "")
 	return res.State, terr
+}
+
+// refuseOversized fails a task whose arguments are over the worker's
+// MaxPayload, without decoding them or calling its handler (the size is
+// that of the raw JSON the broker returned), and moves it to the dead
+// letters with the reason, so that it can be read or replayed with a
+// higher limit.
+func (w *Worker) refuseOversized(j *jobs.Job, env *stemtype.Envelope, limit int, log *slog.Logger) (stemtype.State, *stemtype.TaskError) {
+	reason := fmt.Sprintf("%v: task %q has arguments of %d bytes, over worker %s's limit of %d bytes (WorkerConfig.MaxPayload): not run, not decoded",
+		ErrPayloadTooLarge, env.Task, len(env.Args), w.cfg.ID, limit)
+	res := w.resultFor(j, time.Now().UTC())
+	res.State = stemtype.StateFailed
+	res.Error = &stemtype.TaskError{Kind: "payload_too_large", Message: reason}
+	w.failed.Add(1)
+	w.processed.Add(1)
+	log.Error("task arguments over the limit: dead-lettered without running", "task_id", env.ID, "task", env.Task,
+		"queue", j.D.Queue, "size", len(env.Args), "limit", limit)
+	w.settle(j, res, settle.DeadLetter, nil, reason)
+	return res.State, res.Error
 }

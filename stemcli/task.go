@@ -73,6 +73,10 @@ func (a *app) enqueueCmd() *cobra.Command {
 				a.noteDuplicate(ctx, client, opts.ID)
 			}
 			id, err := client.Enqueue(ctx, task, json.RawMessage(args), opts)
+			if errors.Is(err, stem.ErrPayloadTooLarge) {
+				// Bad input, nothing written: a retry cannot help.
+				return &ExitError{Code: ExitUsage, Err: err}
+			}
 			if err != nil {
 				return &ExitError{Code: ExitUnavailable, Err: err}
 			}

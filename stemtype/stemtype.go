@@ -105,7 +105,8 @@ type TaskError struct {
 	// Message is the error's text.
 	Message string `json:"message"`
 	// Kind classifies the failure: "handler", "panic", "unknown_task",
-	// "decode", "time_limit", "revoked", "shutdown" or "crashed".
+	// "decode", "payload_too_large", "time_limit", "revoked", "shutdown"
+	// or "crashed".
 	Kind string `json:"kind,omitempty"`
 }
 

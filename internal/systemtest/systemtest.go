@@ -136,6 +136,7 @@ func Run(t *testing.T, h Harness) {
 		// Enqueueing over a failing broker or result backend (client.go).
 		{"EnqueueBatchPartialPublishReturnsIDs", testEnqueueBatchPartialPublishReturnsIDs},
 		{"EnqueueBatchPendingFailurePublishesNothing", testEnqueueBatchPendingFailurePublishesNothing},
+		{"OversizedPayload", testOversizedPayload}, // payload.go
 		// Revoke and terminate (revoke.go).
 		{"RevokeQueuedTask", testRevokeQueuedTask},
 		{"RevokeBeforeWorkerStarts", testRevokeBeforeWorkerStarts},
