@@ -302,3 +302,23 @@ func TestSIGTERMMidRunLosesNothing(t *testing.T) {
 		t.Errorf("the terminated worker did not log a warm shutdown:\n%s", out)
 	}
 }
+
+// TestWorkerRefusesOversizedPayload (fault matrix: payload over the
+// configured maximum): a worker started with --max-payload fails a task
+// whose arguments are larger, naming the size and the limit, without
+// running it, and runs the next one.
+func TestWorkerRefusesOversizedPayload(t *testing.T) {
+	t.Parallel()
+	c := newCluster(t, redisStore)
+	c.startWorker("wp", "--max-payload", "100")
+	big := c.enqueue("demo.echo", `{"blob":"`+strings.Repeat("x", 200)+`"}`)
+	small := c.enqueue("demo.echo", `{"n":1}`)
+	s := c.waitState(big, "failed")
+	if s.Error == nil || !strings.Contains(*s.Error, "211 bytes") || !strings.Contains(*s.Error, "limit of 100 bytes") {
+		t.Errorf("oversized task: %+v, want an error naming its size (211 bytes) and the limit", s)
+	}
+	if s.Result != nil && string(s.Result) != "null" {
+		t.Errorf("oversized task has a result %s: it ran", s.Result)
+	}
+	c.waitState(small, "succeeded")
+}

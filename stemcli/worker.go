@@ -544,6 +544,9 @@ docs/operations.md for the metrics.`,
 			if slices.ContainsFunc(cfg.Queues, func(q string) bool { return strings.TrimSpace(q) == "" }) {
 				return exitf(ExitUsage, "worker start: --queue must not be empty")
 			}
+			if cfg.MaxPayload == 0 {
+				return exitf(ExitUsage, "worker start: --max-payload must not be 0 (negative: no limit)")
+			}
 			if unknownRetries < 0 || unknownBackoff <= 0 {
 				return exitf(ExitUsage, "worker start: --unknown-task-retries must not be negative and --unknown-task-backoff must be positive")
 			}
@@ -586,6 +589,7 @@ docs/operations.md for the metrics.`,
 	fl.DurationVar(&cfg.RevokeSyncInterval, "revoke-sync", 30*time.Second, "interval of the revoke re-sync from the store")
 	fl.IntVar(&unknownRetries, "unknown-task-retries", stem.DefaultUnknownTaskRetries, "retries of a task no registered handler knows, before it fails (0: fail at once)")
 	fl.DurationVar(&unknownBackoff, "unknown-task-backoff", 10*time.Second, "delay before the first of those retries, doubling up to 2m")
+	fl.IntVar(&cfg.MaxPayload, "max-payload", stem.DefaultMaxPayload, "largest task arguments run, in bytes of JSON; larger ones are failed and dead-lettered unread (negative: no limit)")
 	fl.BoolVar(&cfg.FailFast, "fail-fast", false, "exit 69 at once when a store cannot be reached at start, instead of waiting and retrying")
 	fl.StringVar(&metricsAddr, "metrics-addr", "", "serve Prometheus /metrics, /healthz and /readyz at this address (e.g. :9090)")
 	return c
