@@ -87,7 +87,10 @@ func (a *app) demo(ctx context.Context) error {
 		}
 		w, err := stem.NewWorker(stem.WorkerConfig{ID: id, Namespace: opts.Namespace, Registry: reg, Concurrency: 2,
 			Broker: broker, Results: results, Revokes: revokes, Control: control, Logger: opts.Logger, Executor: exec,
-			ClaimWait: 100 * time.Millisecond, ShutdownTimeout: 2 * time.Second})
+			ClaimWait: 100 * time.Millisecond, ShutdownTimeout: 2 * time.Second,
+			// The demo shows an unknown task's final failure at once, not
+			// after the minutes of retries a rolling deploy gets.
+			UnknownTaskRetries: -1})
 		if err != nil {
 			stopWorkers()
 			return err
