@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/internal/testutil"
@@ -60,5 +61,50 @@ func TestWorkerStartStoppedWhileStarting(t *testing.T) {
 				t.Errorf("stderr reports the stop as a failure:\n%s", &stderr)
 			}
 		})
+	}
+}
+
+// TestWorkerStartWaitsForItsStores: `worker start` whose broker cannot be
+// reached retries, logging the store and its URL with the password
+// redacted at each attempt, and a signal while it waits is a clean stop
+// (no error, no "context canceled" on stderr).
+func TestWorkerStartWaitsForItsStores(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout bytes.Buffer
+	stderr := &testutil.SyncBuffer{}
+	env := map[string]string{"STEM_BROKER_URL": "redis://:hunter2@127.0.0.1:1/0", "STEM_NAMESPACE": "cli-wait"}
+	cmd := stemcli.New(stemcli.Config{
+		Registry: stem.NewRegistry(),
+		Stdout:   &stdout, Stderr: stderr,
+		Getenv: func(k string) string { return env[k] },
+	})
+	cmd.SetArgs([]string{"worker", "start", "--id", "w1"})
+	done := make(chan error, 1)
+	go func() { done <- cmd.ExecuteContext(ctx) }()
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(stderr.String(), "attempt=3") {
+		select {
+		case err := <-done:
+			t.Fatalf("worker start returned while its broker is down: %v\nstderr:\n%s", err, stderr)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no third attempt within 20s:\nstderr:\n%s", stderr)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("worker start stopped while waiting: %v, want a clean stop\nstderr:\n%s", err, stderr)
+	}
+	out := stderr.String()
+	for _, s := range []string{"broker unreachable at start", "redis://:xxxxx@127.0.0.1:1/0", "retry_in="} {
+		if !strings.Contains(out, s) {
+			t.Errorf("stderr does not say %q:\n%s", s, out)
+		}
+	}
+	if strings.Contains(out, "hunter2") || strings.Contains(out, "context canceled") {
+		t.Errorf("stderr shows the password or reports the stop as a failure:\n%s", out)
 	}
 }
