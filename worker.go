@@ -353,7 +353,8 @@ func (w *Worker) ID() string { return w.cfg.ID }
 
 // Run loads the revoke set (waiting, without claiming, while the revoke
 // store or the control transport cannot be reached, unless FailFast),
-// then claims and runs tasks until ctx is cancelled, and then shuts down warmly: it stops claiming, releases claimed
+// then claims and runs tasks until ctx is cancelled, and then shuts down
+// warmly: it stops claiming, releases claimed
 // tasks that have not started, gives running tasks ShutdownTimeout to finish,
 // cancels the rest with cause ErrWorkerShutdown and releases them to the
 // broker. It returns nil after a clean shutdown. Run may be called once.
