@@ -410,6 +410,7 @@ func (w *Worker) unknownTask(j *jobs.Job, env *stemtype.Envelope, log *slog.Logg
 	}
 	next.Headers[UnknownTaskRetriesHeader] = strconv.Itoa(done + 1)
 	next.NotBefore = now.Add(delay)
+	w.signRetry(&next) // the header changed: the signature of the delivery no longer matches
 	res := w.resultFor(j, now)
 	res.State, res.Error = stemtype.StateRetry, terr
 	res.FinishedAt, res.NotBefore = time.Time{}, next.NotBefore
