@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"slices"
 	"strings"
@@ -180,7 +181,9 @@ func (w *Worker) handleControl(ctx context.Context, msg []byte) {
 		}
 		return
 	}
-	if cmd.TimeoutMs > 0 {
+	// A timeout too long for a Duration (it would overflow to a past
+	// deadline, and the reply would never go out) is no timeout.
+	if cmd.TimeoutMs > 0 && cmd.TimeoutMs <= int64(math.MaxInt64/time.Millisecond) {
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithTimeout(ctx, time.Duration(cmd.TimeoutMs)*time.Millisecond)
 		defer cancel()

@@ -222,24 +222,59 @@ func (s *subscription) forward() {
 	}
 }
 
-// decode turns a notification into the message, when it is for s.
-func (s *subscription) decode(p string) ([]byte, bool) {
-	var targets []string
-	var msg []byte
+// notification is a command notification, parsed: an inline message and
+// its targets, or the id of a message stored in stem_control_messages.
+type notification struct {
+	targets []string
+	msg     []byte
+	stored  int64 // > 0: the message is the stored row of this id
+}
+
+// parseNotification parses the payload of a command notification, as
+// Publish writes it: "m" LEN ":" TARGETS MSG, where TARGETS is a JSON list
+// of LEN bytes, or "r" ID for a stored message. Anything else (another
+// program may NOTIFY on the channel) is an error naming what is wrong.
+func parseNotification(p string) (notification, error) {
+	var n notification
 	switch {
 	case strings.HasPrefix(p, "m"):
-		n, rest, ok := strings.Cut(p[1:], ":")
-		size, err := strconv.Atoi(n)
-		if !ok || err != nil || size > len(rest) || json.Unmarshal([]byte(rest[:size]), &targets) != nil {
-			s.c.log.Warn("stem: postgres control: ignoring a malformed notification", "worker_id", s.worker)
-			return nil, false
+		size, rest, ok := strings.Cut(p[1:], ":")
+		if !ok {
+			return n, errors.New("inline message without ':' after its targets' length")
 		}
-		msg = []byte(rest[size:])
+		l, err := strconv.Atoi(size)
+		if err != nil || l < 0 || l > len(rest) {
+			return n, fmt.Errorf("inline message with targets' length %.20q: want 0 to %d", size, len(rest))
+		}
+		var targets []string
+		if err := json.Unmarshal([]byte(rest[:l]), &targets); err != nil {
+			return n, fmt.Errorf("inline message whose targets are not a JSON list of strings: %w", err)
+		}
+		n.targets, n.msg = targets, []byte(rest[l:])
 	case strings.HasPrefix(p, "r"):
 		id, err := strconv.ParseInt(p[1:], 10, 64)
-		if err != nil {
-			return nil, false
+		if err != nil || id <= 0 {
+			return n, fmt.Errorf("stored message with id %.30q: want a positive integer", p[1:])
 		}
+		n.stored = id
+	default:
+		return n, fmt.Errorf("unknown notification kind %.1q (want m or r)", p)
+	}
+	return n, nil
+}
+
+// decode turns a notification into the message, when it is for s. A
+// notification that does not parse is logged, naming what is wrong, and
+// dropped.
+func (s *subscription) decode(p string) ([]byte, bool) {
+	n, err := parseNotification(p)
+	if err != nil {
+		s.c.log.Warn("stem: postgres control: ignoring a malformed notification", "worker_id", s.worker,
+			"bytes", len(p), "error", err.Error())
+		return nil, false
+	}
+	targets, msg := n.targets, n.msg
+	if id := n.stored; id > 0 {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		go func() {
 			select {
@@ -256,8 +291,6 @@ func (s *subscription) decode(p string) ([]byte, bool) {
 			}
 			return nil, false
 		}
-	default:
-		return nil, false
 	}
 	if len(targets) > 0 && !slices.Contains(targets, s.worker) {
 		return nil, false
