@@ -34,7 +34,7 @@ func PathFromURL(u string) (string, error) {
 		return u, nil
 	}
 	if strings.ContainsAny(rest, "?#") {
-		return "", fmt.Errorf("stem: file URL %q: query parameters and fragments are not supported", u)
+		return "", fmt.Errorf("stem: file URL %q: query parameters and fragments are not supported", redact(u))
 	}
 	if after, ok := strings.CutPrefix(rest, "//"); ok {
 		rest = after
@@ -44,10 +44,10 @@ func PathFromURL(u string) (string, error) {
 	}
 	p, err := url.PathUnescape(rest)
 	if err != nil {
-		return "", fmt.Errorf("stem: file URL %q: %w", u, err)
+		return "", fmt.Errorf("stem: file URL %q: %w", redact(u), err)
 	}
 	if p == "" {
-		return "", fmt.Errorf("stem: file URL %q names no path", u)
+		return "", fmt.Errorf("stem: file URL %q names no path", redact(u))
 	}
 	return p, nil
 }
@@ -65,6 +65,9 @@ func cutScheme(u string) (string, bool) {
 // redact hides the password of a URL that has one, so that an error never
 // prints a secret.
 func redact(u string) string {
+	if !strings.Contains(u, "@") {
+		return u // no user information, so no password
+	}
 	p, err := url.Parse(u)
 	if err != nil {
 		// Unparseable: print only the scheme.

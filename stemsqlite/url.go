@@ -55,25 +55,26 @@ func PathFromURL(rawURL string) (string, error) {
 // directory otherwise (sqlite://rel/stem.db). It may be percent-encoded.
 // Unknown options are an error; every error matches stemdriver.ErrBadConfig.
 func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
+	shown := shownURL(rawURL)
 	if !strings.HasPrefix(rawURL, scheme) {
-		return nil, badConfig("stem: sqlite: URL %q: want sqlite:///absolute/path.db or sqlite://relative/path.db", rawURL)
+		return nil, badConfig("stem: sqlite: URL %q: want sqlite:///absolute/path.db or sqlite://relative/path.db", shown)
 	}
 	rest := strings.TrimPrefix(rawURL, scheme)
 	rawPath, rawQuery, _ := strings.Cut(rest, "?")
 	if strings.Contains(rawPath, "#") {
-		return nil, badConfig("stem: sqlite: URL %q: a path cannot hold '#' (percent-encode it as %%23)", rawURL)
+		return nil, badConfig("stem: sqlite: URL %q: a path cannot hold '#' (percent-encode it as %%23)", shown)
 	}
 	p, err := url.PathUnescape(rawPath)
 	if err != nil {
-		return nil, badConfig("stem: sqlite: URL %q: bad percent-encoding in the path: %v", rawURL, err)
+		return nil, badConfig("stem: sqlite: URL %q: bad percent-encoding in the path: %v", shown, err)
 	}
 	switch {
 	case p == "":
-		return nil, badConfig("stem: sqlite: URL %q names no file: want sqlite:///absolute/path.db or sqlite://relative/path.db", rawURL)
+		return nil, badConfig("stem: sqlite: URL %q names no file: want sqlite:///absolute/path.db or sqlite://relative/path.db", shown)
 	case strings.ContainsAny(p, "?\x00"):
-		return nil, badConfig("stem: sqlite: URL %q: the file path cannot contain '?' or NUL", rawURL)
+		return nil, badConfig("stem: sqlite: URL %q: the file path cannot contain '?' or NUL", shown)
 	case strings.HasSuffix(p, "/"):
-		return nil, badConfig("stem: sqlite: URL %q names a directory, not a file", rawURL)
+		return nil, badConfig("stem: sqlite: URL %q names a directory, not a file", shown)
 	}
 	cfg := &config{
 		path:      filepath.Clean(filepath.FromSlash(p)),
@@ -89,21 +90,46 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	}
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return nil, badConfig("stem: sqlite: URL %q: bad query: %v", rawURL, err)
+		return nil, badConfig("stem: sqlite: URL %q: bad query: %v", shown, err)
 	}
 	for name, vs := range q {
 		switch name {
 		case optResultTTL:
 			d, err := time.ParseDuration(vs[0])
 			if len(vs) != 1 || err != nil || d < 0 {
-				return nil, badConfig("stem: sqlite: URL %q: option %s=%q is not a non-negative duration such as 24h", rawURL, optResultTTL, vs[0])
+				return nil, badConfig("stem: sqlite: URL %q: option %s=%q is not a non-negative duration such as 24h", shown, optResultTTL, vs[0])
 			}
 			cfg.resultTTL = d
 		default:
-			return nil, badConfig("stem: sqlite: URL %q: unknown option %q (known: %s)", rawURL, name, optResultTTL)
+			return nil, badConfig("stem: sqlite: URL %q: unknown option %q (known: %s)", shown, name, optResultTTL)
 		}
 	}
 	return cfg, nil
+}
+
+// shownURL is rawURL for messages: sqlite:// takes no user name,
+// password or secret option, but a URL written for another backend may
+// carry them, so everything up to the last '@' before the query becomes
+// "xxxxx", and so does the value of every query option but result_ttl.
+func shownURL(rawURL string) string {
+	head, query, hasQuery := strings.Cut(rawURL, "?")
+	if i := strings.LastIndex(head, "@"); i >= 0 {
+		start := 0
+		if j := strings.Index(head, "://"); j >= 0 && j < i {
+			start = j + len("://")
+		}
+		head = head[:start] + "xxxxx" + head[i:]
+	}
+	if !hasQuery {
+		return head
+	}
+	parts := strings.FieldsFunc(query, func(r rune) bool { return r == '&' || r == ';' })
+	for k, p := range parts {
+		if name, _, ok := strings.Cut(p, "="); ok && name != optResultTTL {
+			parts[k] = name + "=xxxxx"
+		}
+	}
+	return head + "?" + strings.Join(parts, "&")
 }
 
 // badConfig returns a formatted error that matches stemdriver.ErrBadConfig.
