@@ -1,6 +1,7 @@
 package stem
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"encoding/json"
@@ -155,13 +156,10 @@ func (w *Worker) serveControl(ctx context.Context, sub stemdriver.ControlSubscri
 func (w *Worker) handleControl(ctx context.Context, msg []byte) {
 	var cmd stemtype.ControlCommand
 	if err := json.Unmarshal(msg, &cmd); err != nil {
-		var partial struct {
-			RequestID string `json:"requestId"`
-		}
-		_ = json.Unmarshal(msg, &partial)
-		w.log.Warn("malformed control message", "err", err, "request_id", partial.RequestID, "bytes", len(msg))
-		if partial.RequestID != "" {
-			w.reply(ctx, partial.RequestID, nil, fmt.Errorf("malformed control message: %v", err))
+		head := malformedHead(msg)
+		w.log.Warn("malformed control message", "err", err, "request_id", head.RequestID, "bytes", len(msg))
+		if head.RequestID != "" && (head.Broadcast() || slices.Contains(head.Targets, w.cfg.ID)) {
+			w.reply(ctx, head.RequestID, nil, fmt.Errorf("malformed control message: %v", err))
 		}
 		return
 	}
@@ -200,6 +198,39 @@ func (w *Worker) handleControl(ctx context.Context, msg []byte) {
 		// Replied first: the controller hears before the worker stops.
 		w.shutdown(rep.Mode)
 	}
+}
+
+// malformedHead reads the requestId and targets of a control message that
+// does not decode, up to where it breaks: a command whose payload is cut
+// short or is not JSON still names them first (the Controller writes them
+// first), so its sender gets an error reply rather than a timeout, from the
+// workers it addressed only. A field of the wrong type is left empty.
+func malformedHead(msg []byte) stemtype.ControlCommand {
+	var head stemtype.ControlCommand
+	dec := json.NewDecoder(bytes.NewReader(msg))
+	if tok, err := dec.Token(); err != nil || tok != json.Delim('{') {
+		return head
+	}
+	for dec.More() {
+		key, err := dec.Token()
+		if err != nil {
+			break
+		}
+		var dst any = new(json.RawMessage)
+		switch key {
+		case "requestId":
+			dst = &head.RequestID
+		case "targets":
+			dst = &head.Targets
+		}
+		if err := dec.Decode(dst); err != nil {
+			var typeErr *json.UnmarshalTypeError
+			if !errors.As(err, &typeErr) {
+				break
+			}
+		}
+	}
+	return head
 }
 
 // shutdown stops the worker in mode (a stemtype.Shutdown* constant), as

@@ -165,6 +165,7 @@ func Run(t *testing.T, h Harness) {
 		{"BroadcastListsSilentLiveWorkerAsMissing", testBroadcastListsSilentLiveWorkerAsMissing},
 		{"CommandToWorkerNotLiveFailsFast", testCommandToWorkerNotLiveFailsFast},
 		{"MalformedControlMessageAnsweredWorkerKeepsWorking", testMalformedControlMessageAnsweredWorkerKeepsWorking},
+		{"HostileControlCommandsAnsweredWorkerKeepsServing", testHostileControlCommandsAnsweredWorkerKeepsServing}, // hostilecontrol.go
 		{"StatsCountersAfterKnownWorkload", testStatsCountersAfterKnownWorkload},
 		{"InspectRevokedOnlyWhenAskedAndLimited", testInspectRevokedOnlyWhenAskedAndLimited},
 		{"CommandWithoutPresenceFallsBackAndLogs", testCommandWithoutPresenceFallsBackAndLogs},
