@@ -275,6 +275,8 @@ func (lr *lineReader) next() (line []byte, n int64, complete bool, err error) {
 			return lr.scratch[:len(lr.scratch)-1], n, true, nil
 		case err == nil:
 			return nil, n, true, nil
+		case err == io.EOF && len(lr.scratch) > maxLine:
+			return nil, n, false, nil // maxLine+1 bytes: only room for a newline was left
 		case err == io.EOF:
 			return lr.scratch, n, false, nil
 		}
