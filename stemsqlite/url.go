@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/url"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -92,7 +94,8 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 	if err != nil {
 		return nil, badConfig("stem: sqlite: URL %q: bad query: %v", shown, err)
 	}
-	for name, vs := range q {
+	for _, name := range slices.Sorted(maps.Keys(q)) { // the first unknown option by name: the same message every time
+		vs := q[name]
 		switch name {
 		case optResultTTL:
 			d, err := time.ParseDuration(vs[0])

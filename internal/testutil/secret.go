@@ -60,7 +60,17 @@ func LeaksPassword(raw, msg, other, otherMsg string) bool {
 	if msg == otherMsg {
 		return false
 	}
-	return holds(msg, password(raw)) || holds(otherMsg, password(other))
+	return leaks(raw, msg) || leaks(other, otherMsg)
+}
+
+// leaks reports whether msg holds the password of raw, when the rest of
+// raw does not hold it too (a password "000" of a URL whose path is
+// "/000000" proves nothing).
+func leaks(raw, msg string) bool {
+	pw := password(raw)
+	start := strings.Index(raw, "://") + len("://")
+	rest := raw[:start] + strings.Replace(raw[start:], pw, "", 1)
+	return holds(msg, pw) && !holds(rest, pw)
 }
 
 // password returns the password of raw as OtherPassword finds it.
