@@ -22,15 +22,15 @@ import (
 // runs a task and its Run returns no error (a panic in any of its
 // goroutines would have ended the test binary).
 //
-// A replayed command (the same bytes, the same requestId) is answered
-// again: the worker keeps no memory of request ids, as Celery's workers
-// keep none. That is harmless for what a replay can do within one run: a
-// revoke or a pause is a versioned record, so applying it again changes
-// nothing; a shutdown replayed to a worker that is already stopping is
-// moot. A shutdown captured and replayed to a worker that restarted since
-// would stop it again: only an issue time checked against a replay window
-// (signed commands) can tell that copy from a new command, so this case
-// does not cover it.
+// Unsigned (no signing key), a replayed command (the same bytes, the same
+// requestId) is answered again: the worker keeps no memory of request ids,
+// as Celery's workers keep none. That is harmless for what a replay can do
+// within one run: a revoke or a pause is a versioned record, so applying
+// it again changes nothing; a shutdown replayed to a worker that is
+// already stopping is moot. A shutdown captured and replayed to a worker
+// that restarted since would stop it again: only signed commands, with an
+// issue time checked against a replay window, tell that copy from a new
+// command (the signing cases cover them), so this case does not.
 func testHostileControlCommandsAnsweredWorkerKeepsServing(t *testing.T, h Harness) {
 	d := open(t, h)
 	stem.Register(d.reg, "echo", func(*stem.TaskContext, stem.Args) (any, error) { return 1, nil }, stem.TaskOptions{})
