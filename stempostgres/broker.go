@@ -322,6 +322,9 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 			var env stemtype.Envelope
 			if err := stemtype.DecodeEnvelope(c.payload, &env); err != nil {
 				d.DecodeErr = fmt.Errorf("stem: postgres broker: message %d in queue %q: undecodable envelope: %w", c.id, queue, err)
+			} else if err := env.Validate(); err != nil {
+				// Written by another program: dead-lettered, never run.
+				d.DecodeErr = fmt.Errorf("stem: postgres broker: message %d in queue %q: invalid envelope: %w", c.id, queue, err)
 			} else {
 				d.Envelope = &env
 			}

@@ -312,6 +312,12 @@ func (b *Broker) delivery(c claimed) stemdriver.Delivery {
 		b.logger.Warn("stem: sqlite broker: undecodable message", "queue", c.queue, "row", c.id, "error", err)
 		return d
 	}
+	if err := env.Validate(); err != nil {
+		// Written by another program: dead-lettered, never run.
+		d.DecodeErr = fmt.Errorf("stem: sqlite broker: invalid message %d in queue %s: %w", c.id, c.queue, err)
+		b.logger.Warn("stem: sqlite broker: invalid message", "queue", c.queue, "row", c.id, "error", err)
+		return d
+	}
 	d.Envelope = &env
 	return d
 }
