@@ -33,7 +33,8 @@ func fileSeeds(f *testing.F) [][]byte {
 		}
 		out = append(out, b)
 	}
-	for _, s := range []string{"", "   \r", `{"namespace":"ns","taskId":"t","version":0}`, `{"namespace":"ns"`, "\x00\xff",
+	for _, s := range []string{"", "   \r", `{"namespace":"ns","taskId":"t1","kind":"tombstone","version":5,"expiresAt":"2026-12-01T00:00:00Z"}`,
+		`{"namespace":"ns","taskId":"t1","kind":"tombstone","version":5}`, `{"namespace":"ns","taskId":"t","version":0}`, `{"namespace":"ns"`, "\x00\xff",
 		`{"namespace":"ns","taskId":"t","version":1,"issuedAt":"2026-11-30T12:00:00+02:00"}`, `[1]`} {
 		out = append(out, []byte(s))
 	}
@@ -48,15 +49,28 @@ func FuzzDecodeLine(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, line []byte) {
-		rec, blank, err := decodeLine(line, int64(len(line)+1))
+		rec, tomb, blank, err := decodeLine(line, int64(len(line)+1))
 		switch {
 		case err != nil:
-			if blank || err.Error() == "" {
-				t.Fatalf("%q: blank %v with error %v", line, blank, err)
+			if blank || tomb != nil || err.Error() == "" {
+				t.Fatalf("%q: blank %v, tombstone %+v with error %v", line, blank, tomb, err)
 			}
 		case blank:
-			if len(bytes.TrimSpace(line)) != 0 {
+			if len(bytes.TrimSpace(line)) != 0 || tomb != nil {
 				t.Fatalf("%q: reported blank", line)
+			}
+		case tomb != nil:
+			// A tombstone names its record and reads back the same.
+			if rec.Namespace == "" || rec.TaskID == "" || tomb.version <= 0 || tomb.until.IsZero() || tomb.until.Location() != time.UTC {
+				t.Fatalf("%q: tombstone %+v of %+v", line, tomb, rec)
+			}
+			b, err := encodeTomb(rec.Namespace, rec.TaskID, *tomb)
+			if err != nil {
+				return // a year past 9999
+			}
+			again, tomb2, _, err := decodeLine(b, int64(len(b)+1))
+			if err != nil || tomb2 == nil || *tomb2 != *tomb || again.TaskID != rec.TaskID || again.Namespace != rec.Namespace {
+				t.Fatalf("%q: %s reads back as %+v %+v (%v)", line, b, again, tomb2, err)
 			}
 		default:
 			if err := rec.Validate(); err != nil {
@@ -69,8 +83,8 @@ func FuzzDecodeLine(f *testing.F) {
 			if err != nil {
 				return // a year past 9999 decodes and does not encode
 			}
-			again, blank, err := decodeLine(b, int64(len(b)+1))
-			if err != nil || blank || !again.IssuedAt.Equal(rec.IssuedAt) || !again.ExpiresAt.Equal(rec.ExpiresAt) {
+			again, tomb, blank, err := decodeLine(b, int64(len(b)+1))
+			if err != nil || blank || tomb != nil || !again.IssuedAt.Equal(rec.IssuedAt) || !again.ExpiresAt.Equal(rec.ExpiresAt) {
 				t.Fatalf("%q: %s reads back as %+v (%v)", line, b, again, err)
 			}
 			again.IssuedAt, again.ExpiresAt = rec.IssuedAt, rec.ExpiresAt

@@ -112,20 +112,27 @@ func parseConfig(rawURL string, opts stemdriver.Options) (*config, error) {
 
 // shownURL is rawURL for messages: sqlite:// takes no user name,
 // password or secret option, but a URL written for another backend may
-// carry them, so everything up to the last '@' before the query becomes
-// "xxxxx", and so does the value of every query option but result_ttl.
+// carry them, so the user information (up to the last '@' between "://"
+// and the path) becomes "xxxxx", and so does the value of every query
+// option but result_ttl.
 func shownURL(rawURL string) string {
-	head, query, hasQuery := strings.Cut(rawURL, "?")
-	if i := strings.LastIndex(head, "@"); i >= 0 {
-		start := 0
-		if j := strings.Index(head, "://"); j >= 0 && j < i {
-			start = j + len("://")
-		}
-		head = head[:start] + "xxxxx" + head[i:]
+	start := 0
+	if i := strings.Index(rawURL, "://"); i >= 0 {
+		start = i + len("://")
 	}
-	if !hasQuery {
-		return head
+	end := len(rawURL)
+	if j := strings.IndexAny(rawURL[start:], "/?#"); j >= 0 {
+		end = start + j
 	}
+	if at := strings.LastIndex(rawURL[start:end], "@"); at >= 0 {
+		rawURL = rawURL[:start] + "xxxxx" + rawURL[start+at:]
+		end = start + len("xxxxx") + (end - start - at)
+	}
+	q := strings.IndexByte(rawURL[end:], '?')
+	if q < 0 {
+		return rawURL
+	}
+	head, query := rawURL[:end+q], rawURL[end+q+1:]
 	parts := strings.FieldsFunc(query, func(r rune) bool { return r == '&' || r == ';' })
 	for k, p := range parts {
 		if name, _, ok := strings.Cut(p, "="); ok && name != optResultTTL {
