@@ -120,8 +120,12 @@ func testPanicStormLeavesWorkerWhole(t *testing.T, h Harness) {
 				i, tasks, r, r.Error, retries)
 		}
 	}
-	if n := panics.Load(); n != tasks*(retries+1) {
-		t.Errorf("handler panicked %d times, want %d", n, tasks*(retries+1))
+	// Delivery is at least once: on a loaded machine a lease can run out
+	// and a run be repeated, so the count may exceed the storm, never
+	// fall short of it (each task's result above says it ran every
+	// attempt).
+	if n := panics.Load(); n < tasks*(retries+1) {
+		t.Errorf("handler panicked %d times, want at least %d", n, tasks*(retries+1))
 	}
 
 	// Alive: it answers a ping and runs the next task.
