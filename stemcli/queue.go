@@ -65,7 +65,7 @@ list of worker replies, each payload {"queue","paused","consumes",
 			res, err := set(cmd.Context(), f.target(), o)
 			switch {
 			case errors.Is(err, stem.ErrStoreUnavailable):
-				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("%w (nothing was published)", err)}
+				return storeErr(err)
 			case err != nil:
 				return sendErr(err)
 			}

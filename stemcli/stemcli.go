@@ -17,7 +17,8 @@
 // configuration error (an unknown or not yet supported URL scheme, a
 // malformed URL, an unknown URL option, a bad database number, a revoke
 // store that cannot be durable, an unknown STEM_LOG_LEVEL, a blank
-// STEM_NAMESPACE; for revoke also a result backend URL that can never
+// STEM_NAMESPACE, a command the server's ACL or grants refuse; for
+// revoke also a result backend URL that can never
 // work, although a result backend that cannot be reached is done
 // without), 1 any other failure. Scripts may retry on 69, never on 64 or
 // 78.

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/stem-go/stem"
+	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
@@ -76,6 +77,10 @@ func (a *app) enqueueCmd() *cobra.Command {
 			if errors.Is(err, stem.ErrPayloadTooLarge) {
 				// Bad input, nothing written: a retry cannot help.
 				return &ExitError{Code: ExitUsage, Err: err}
+			}
+			if errors.Is(err, stemdriver.ErrBadConfig) {
+				// Refused by the server's ACL or grants: a retry cannot help.
+				return &ExitError{Code: ExitConfig, Err: err}
 			}
 			if err != nil {
 				return &ExitError{Code: ExitUnavailable, Err: err}
@@ -173,6 +178,8 @@ func (a *app) statusCmd() *cobra.Command {
 			} else if undecodable(err) {
 				// The store answered: retrying cannot mend the record.
 				return fmt.Errorf("task %s: %w", pos[0], err)
+			} else if errors.Is(err, stemdriver.ErrBadConfig) { // refused by the server's ACL or grants
+				return &ExitError{Code: ExitConfig, Err: fmt.Errorf("task %s: %w", pos[0], err)}
 			} else if err != nil {
 				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("task %s: %w", pos[0], err)}
 			}

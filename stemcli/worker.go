@@ -208,10 +208,23 @@ func (a *app) finish(f *controlFlags, r *stem.Replies, bad []unansweredReply, hu
 }
 
 func sendErr(err error) error {
-	if errors.Is(err, stem.ErrBrokerUnavailable) {
+	switch {
+	case errors.Is(err, stemdriver.ErrBadConfig): // refused by the server's ACL or grants
+		return &ExitError{Code: ExitConfig, Err: err}
+	case errors.Is(err, stem.ErrBrokerUnavailable):
 		return &ExitError{Code: ExitUnavailable, Err: err}
 	}
 	return err
+}
+
+// storeErr is sendErr for a revoke or a pause that could not be stored
+// (stem.ErrStoreUnavailable): nothing was published.
+func storeErr(err error) error {
+	code := ExitUnavailable
+	if errors.Is(err, stemdriver.ErrBadConfig) { // refused by the server's ACL or grants
+		code = ExitConfig
+	}
+	return &ExitError{Code: code, Err: fmt.Errorf("%w (nothing was published)", err)}
 }
 
 // queryCmd builds a control command that sends one query to workers and
@@ -431,7 +444,7 @@ reply lists the names it applied in "names". --wait works with --task only.`,
 			res, err := ctl.Revoke(cmd.Context(), f.target(), o)
 			switch {
 			case errors.Is(err, stem.ErrStoreUnavailable):
-				return &ExitError{Code: ExitUnavailable, Err: fmt.Errorf("%w (nothing was published)", err)}
+				return storeErr(err)
 			case err != nil:
 				return sendErr(err)
 			}

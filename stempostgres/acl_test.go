@@ -98,6 +98,11 @@ func denied(t *testing.T, what string, err error) {
 	if err == nil || !strings.Contains(err.Error(), "permission denied") {
 		t.Fatalf("%s: err = %v, want permission denied", what, err)
 	}
+	// A refused privilege is a configuration error: retrying cannot help,
+	// so the CLI exits 78, not 69.
+	if !errors.Is(err, stemdriver.ErrBadConfig) {
+		t.Fatalf("%s: err = %v, want it to match stemdriver.ErrBadConfig", what, err)
+	}
 }
 
 // TestRolePrivileges runs a deployment whose producer, worker and operator

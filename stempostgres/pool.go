@@ -198,7 +198,14 @@ func (r *role) errorf(err error, format string, args ...any) error {
 	if r.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 		err = stemdriver.ErrClosed
 	}
-	return scrub(fmt.Errorf("stem: postgres %s at %s: %s: %w", r.name, r.s.shown, fmt.Sprintf(format, args...), err), r.s.password)
+	wrapped := scrub(fmt.Errorf("stem: postgres %s at %s: %s: %w", r.name, r.s.shown, fmt.Sprintf(format, args...), err), r.s.password)
+	// A refused privilege is a configuration error, which no retry can
+	// mend (the CLI exits 78 on it, not 69).
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "42501" { // insufficient_privilege
+		return stemdriver.BadConfig(wrapped)
+	}
+	return wrapped
 }
 
 // checkOpen returns an error matching stemdriver.ErrClosed after Close.

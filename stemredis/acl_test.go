@@ -81,6 +81,11 @@ func noPerm(t *testing.T, what string, err error) {
 	if err == nil || !(strings.Contains(err.Error(), "NOPERM") || strings.Contains(err.Error(), "can't access") || strings.Contains(err.Error(), "no permissions")) {
 		t.Fatalf("%s: err = %v, want a permission error (NOPERM)", what, err)
 	}
+	// A refusal of the ACL is a configuration error: retrying cannot
+	// help, so the CLI exits 78, not 69.
+	if !errors.Is(err, stemdriver.ErrBadConfig) {
+		t.Fatalf("%s: err = %v, want it to match stemdriver.ErrBadConfig", what, err)
+	}
 }
 
 // TestACLRoles runs a deployment whose producer, worker and operator each

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
@@ -23,12 +24,25 @@ type conn struct {
 }
 
 // errorf wraps err with what failed, naming the role and the server; it
-// turns errors of a closed client into stemdriver.ErrClosed.
+// turns errors of a closed client into stemdriver.ErrClosed, and marks a
+// refusal of the server's ACL (NOPERM) as a configuration error, which
+// no retry can mend (the CLI exits 78 on it, not 69).
 func (c *conn) errorf(err error, format string, args ...any) error {
 	if c.closed.Load() && !errors.Is(err, context.Canceled) && !errors.Is(err, context.DeadlineExceeded) {
 		err = stemdriver.ErrClosed
 	}
-	return fmt.Errorf("stem: redis %s at %s: %s: %w", c.role, c.addr, fmt.Sprintf(format, args...), err)
+	wrapped := fmt.Errorf("stem: redis %s at %s: %s: %w", c.role, c.addr, fmt.Sprintf(format, args...), err)
+	if isNoPerm(err) {
+		return stemdriver.BadConfig(wrapped)
+	}
+	return wrapped
+}
+
+// isNoPerm reports whether err is the server's refusal of a command, key
+// or channel the connection's ACL user may not use.
+func isNoPerm(err error) bool {
+	var re redis.Error
+	return errors.As(err, &re) && strings.HasPrefix(re.Error(), "NOPERM")
 }
 
 // checkOpen returns an error matching stemdriver.ErrClosed after Close.
