@@ -217,11 +217,11 @@ func (c *WorkerConfig) setDefaults() error {
 // --lease` by default. A worker killed outright (SIGKILL, OOM, a lost
 // host) never releases what it holds: its tasks are re-claimed once their
 // leases end, at most one lease after the kill (a task claimed or renewed
-// just before), plus the claim that finds it (a fraction of a second;
-// on Redis a re-claimed task goes to the back of its queue, so it also
-// waits for the tasks ready before it). Ten seconds keeps that within 15
-// seconds (measured through the binary: about 10 s on every backend, see
-// e2e TestKilledWorkersTasksReclaimedWithinFifteenSeconds).
+// just before), plus the claim that finds it (a fraction of a second: on
+// every backend a task whose lease expired is claimed before the backlog
+// published after it). Ten seconds keeps that within 15 seconds
+// (measured through the binary: about 10 s on every backend, see e2e
+// TestKilledWorkersTasksReclaimedWithinFifteenSeconds).
 //
 // Recovery rests on the lease alone, not on presence, for three reasons:
 // every backend already re-claims on lease expiry with one semantics, and

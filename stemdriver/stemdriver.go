@@ -139,9 +139,13 @@ type ClaimRequest struct {
 //     (the first final state wins in every ResultBackend).
 //   - Within one queue, messages of equal priority are claimed in the order
 //     they were published (within one call and across calls of one
-//     producer), and delayed ones in order of NotBefore once due. Order
-//     between a due delayed message and ready ones, and the place of a
-//     message whose lease expired or that was released, are the backend's.
+//     producer), and delayed ones in order of NotBefore once due. A
+//     message whose lease expired is claimed before the messages of equal
+//     priority published after it, so that a dead worker's tasks do not
+//     wait for a backlog (a broker claiming from a cursor may serve the
+//     messages after its cursor first, for up to a second: stempostgres).
+//     Order between a due delayed message and ready ones, and the place
+//     of a released message, are the backend's.
 //   - Claim returns between 0 and Max ready messages leased to the consumer,
 //     blocking up to Wait (or until ctx ends) when none is ready; returning
 //     fewer than Max, or none, is normal. Messages whose lease expired are

@@ -28,9 +28,9 @@ const (
 	publishChunk = 1000
 	// ackChunk is the most stream ids handed to one ack or release script.
 	ackChunk = 500
-	// upkeepEvery is how often a busy queue's claim also re-queues expired
-	// leases and moves due delayed messages. An idle or short queue gets
-	// that upkeep on every claim.
+	// upkeepEvery is how often a busy queue's claim also moves due
+	// delayed messages to the stream. An idle or short queue gets that
+	// upkeep on every claim. (Every claim takes expired leases first.)
 	upkeepEvery = 100 * time.Millisecond
 	// sweepEvery is how often a claim deletes consumers of the group that
 	// hold nothing and were idle longer than consumerIdle.
@@ -434,7 +434,7 @@ func (b *Broker) waitForEntries(ctx context.Context, w claimWait, block time.Dur
 
 // ExtendLease pushes d's lease deadline to now+lease (server clock). It
 // returns an error matching stemdriver.ErrLeaseLost when d's lease expired
-// and the message was re-queued, or it was finished.
+// and another claim took the message, or it was finished.
 func (b *Broker) ExtendLease(ctx context.Context, d stemdriver.Delivery, lease time.Duration) error {
 	if err := b.checkOpen(); err != nil {
 		return err
@@ -548,9 +548,9 @@ func (b *Broker) finishMany(ctx context.Context, s *script, what string, ds []st
 // d leaves the stream, and next goes to the delayed set of its queue when
 // its NotBefore is in the future (server clock), or to that queue's stream.
 // A Retry of a delivery no longer leased (already retried, acked, or its
-// lease re-queued) stores nothing and returns an error matching
-// stemdriver.ErrLeaseLost, so replaying a Retry whose outcome is unknown
-// never duplicates next. When next names another queue the script touches
+// lease expired and another claim took the message) stores nothing and
+// returns an error matching stemdriver.ErrLeaseLost, so replaying a Retry
+// whose outcome is unknown never duplicates next. When next names another queue the script touches
 // both queues' keys, which Redis Cluster would refuse unless the two share
 // a hash slot (see the package documentation).
 func (b *Broker) Retry(ctx context.Context, d stemdriver.Delivery, next *stemtype.Envelope) error {

@@ -35,8 +35,9 @@
 //	stem:{NS:QUEUE}:stream    stream of ready and leased messages, field "msg"
 //	                          holds the envelope JSON; consumer group "stem";
 //	                          a field "r" = "1" after it marks a message
-//	                          appended again (expired lease or Release),
-//	                          which Claim reports as Redelivered
+//	                          appended again (re-claimed after its lease
+//	                          expired, or released), which Claim reports
+//	                          as Redelivered
 //	stem:{NS:QUEUE}:leases    sorted set: stream id -> lease deadline (µs)
 //	stem:{NS:QUEUE}:delayed   sorted set: token + envelope JSON -> NotBefore
 //	                          (µs); the token (32 hex digits) is unique to
@@ -79,12 +80,17 @@
 // call or two, ready or delayed, is delivered twice (a delayed-set member
 // starts with a token unique to its publish, so identical envelopes do not
 // collapse into one member). Claim runs one
-// Lua script per queue that reads new entries with XREADGROUP COUNT and
-// records their lease deadlines, in one round trip. A delivery's receipt is
-// its stream id, and a message has a fresh stream id on every delivery: when
-// a lease expires, the message is appended to the stream again (same bytes,
-// new id) and the old id disappears, so the old holder's Ack, ExtendLease,
-// Retry and DeadLetter find no lease and return stemdriver.ErrLeaseLost.
+// Lua script per queue that first takes the queue's messages whose lease
+// expired, then reads new entries with XREADGROUP COUNT, and records their
+// lease deadlines, in one round trip. A delivery's receipt is its stream
+// id, and a message has a fresh stream id on every delivery: a claim that
+// takes a message whose lease expired appends it to the stream again (same
+// bytes, new id, leased at once to that claim) and deletes the old id, so
+// the old holder's Ack, ExtendLease, Retry and DeadLetter find no lease and
+// return stemdriver.ErrLeaseLost. The new entry sits beyond the group's
+// read position; when XREADGROUP reaches it, the claim skips it, as it
+// skips every new entry that is leased already, so it is never delivered
+// twice at once.
 // Ack, Retry, Release and DeadLetter remove the entry (XACK and XDEL)
 // together with its lease in one script, so a message leaves Redis only
 // when its task is finished, and a worker killed with SIGKILL loses nothing:
@@ -126,10 +132,15 @@
 // TestRedisRestartedMidRun). Pooled connections the server closed are
 // noticed before use and replaced.
 //
-// The upkeep (re-queueing expired leases, moving due delayed messages to
-// the stream, at most 1000 of each per run) rides along with Claim: on
-// every claim that new messages alone do not fill, and every 100ms on a
-// busy queue. When nothing is ready, a Claim with Wait blocks on the server
+// Expired leases come before new messages: every claim looks at up to
+// 1000 of its queue's expired leases, earliest deadline first, and takes
+// as many as it has room for; the others keep their place for the next
+// claim, and until then their holder still holds them (its Ack succeeds:
+// nobody else got them). So a killed worker's tasks are re-claimed when
+// their leases end, however deep the backlog behind them. The upkeep
+// (moving due delayed messages to the stream, at most 1000 per run) rides
+// along with Claim: on every claim that the messages ready alone do not
+// fill, and every 100ms on a busy queue. When nothing is ready, a Claim with Wait blocks on the server
 // (XREAD BLOCK on the streams of all its queues) for at most a second at a
 // time and never past the next delayed message or lease deadline, then
 // claims again. A cancelled context ends that wait at once (CLIENT UNBLOCK
@@ -161,9 +172,17 @@
 //   - Delayed messages and expired leases are only moved by claims: a
 //     queue nobody claims from keeps them where they are (Depth still
 //     counts them).
-//   - A message whose lease expired goes to the end of its queue, and so
-//     does a delayed message when it falls due (several due at once go in
-//     order of NotBefore).
+//   - A message whose lease expired is claimed before every message that
+//     is ready (several expired ones in order of lease deadline), not in
+//     its first place among them. A delayed message goes to the end of its
+//     queue when it falls due (several due at once in order of NotBefore),
+//     and so does a released one.
+//   - During a rolling upgrade from a version that put a message whose
+//     lease expired at the end of its queue, a worker of that version
+//     does not skip the new entry of a message re-claimed by a newer one
+//     when its reads reach it, and delivers it a second time while the
+//     newer worker holds it (at least once, still: the task may run
+//     twice). Upgrade every worker of a namespace together to avoid it.
 //   - Priorities are ignored: a queue is first in, first out.
 //   - Delayed-set members written by versions before the publish token
 //     (the bare envelope JSON) are still delivered; the claim script takes

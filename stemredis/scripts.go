@@ -131,17 +131,27 @@ end
 
 // claimScript leases up to max messages of one queue.
 //
-// It first does the queue's upkeep when asked to (ARGV[5]) or when new
-// messages alone do not fill the batch: messages whose lease expired are
-// put back at the end of the stream under a new id (so the old holder's
-// receipt stops matching) and delayed messages that are due are appended
-// to the stream (without their publish token, see delayedMember), in order
-// of due time, at most 1000 of each per call. Then it reads new entries
-// with XREADGROUP (creating the group when missing) and records a lease
-// deadline for each. An entry the upkeep or releaseScript appended again
-// carries the field r=1 after msg (see redeliveredField): its message was
-// delivered before. An entry of msg alone is a first delivery; one of any
-// other shape, from a foreign writer, counts as redelivered (cannot tell).
+// Messages whose lease expired come first: each one is leased to this
+// claim, before any new entry, in order of lease deadline, at most 1000
+// looked at per call. Its stream entry is replaced by a copy under a new
+// id (appended, then the original deleted), so that the old holder's
+// receipt stops matching; the copy is leased at once and carries r=1
+// (redelivered). Such a copy sits beyond the group's read
+// position, so XREADGROUP reaches it later: new entries that are leased
+// already are skipped. Expired leases the claim has no room for stay in
+// the leases set, ahead of the queue, for the next claim; the old holder
+// keeps them until then (its Ack still succeeds: nobody else got them).
+// An expired lease whose entry is gone (deleted by hand) is dropped.
+//
+// Then it does the queue's upkeep when asked to (ARGV[5]) or when the
+// batch is not full: delayed messages that are due are appended to the
+// stream (without their publish token, see delayedMember), in order of
+// due time, at most 1000 per call. Then it reads new entries with
+// XREADGROUP (creating the group when missing) and records a lease
+// deadline for each. An entry released or re-leased before carries the
+// field r=1 after msg: its message was delivered before. An entry of msg
+// alone is a first delivery; one of any other shape, from a foreign
+// writer, counts as redelivered (cannot tell).
 //
 // A claim is idempotent under its token: a claim that leases something
 // stores the ids it leased in a claim record (KEYS[4], expiring with the
@@ -152,7 +162,7 @@ end
 // their redelivered flags as the first run saw them. Recorded messages
 // beyond max (a retry asking for fewer) are released at once as
 // releaseScript does. When none of the recorded messages is leased any
-// more (their leases expired and the upkeep re-queued them), the run
+// more (their leases expired and another claim took them), the run
 // claims afresh under the token. KEYS[5...] are the records of claims
 // whose replies arrived, deleted in passing.
 //
@@ -187,29 +197,50 @@ local function delayed_msg(m)
   return m
 end
 
+-- take_expired leases to this claim up to n messages whose lease
+-- expired, earliest deadline first, looking at 1000 at most, and returns
+-- how many it leased.
+local function take_expired(n)
+  local got, seen = 0, 0
+  while got < n and seen < 1000 do
+    -- Read a few more than needed, so that entries deleted by hand cost
+    -- no extra round of reads.
+    local ids = redis.call('ZRANGEBYSCORE', leases, '-inf', snow, 'LIMIT', 0,
+      math.min(math.max(n - got, 100), 1000 - seen))
+    if #ids == 0 then break end
+    seen = seen + #ids
+    for _, id in ipairs(ids) do
+      if got >= n then break end
+      -- The copy is appended before the original is removed, so a
+      -- failure part way (scripts are not rolled back) can duplicate a
+      -- message but never lose one.
+      local e = redis.call('XRANGE', stream, id, id)
+      if #e > 0 then
+        local m = entry_msg(e[1][2])
+        local nid = redis.call('XADD', stream, '*', 'msg', m, 'r', '1')
+        redis.call('XDEL', stream, id)
+        redis.call('ZADD', leases, sdeadline, nid)
+        out[nout + 1] = nid
+        out[nout + 2] = m
+        out[nout + 3] = 1
+        nout = nout + 3
+        got = got + 1
+      end
+      redis.call('XACK', stream, grp, id)
+      redis.call('ZREM', leases, id)
+    end
+  end
+  return got
+end
+
 local function upkeep()
   redis.pcall('XGROUP', 'CREATE', stream, grp, '0', 'MKSTREAM')
-  local moved = 0
-  local expired = redis.call('ZRANGEBYSCORE', leases, '-inf', snow, 'LIMIT', 0, 1000)
-  for _, id in ipairs(expired) do
-    -- The copy is appended before the original is removed, so a failure
-    -- part way (scripts are not rolled back) can duplicate a message but
-    -- never lose one.
-    local e = redis.call('XRANGE', stream, id, id)
-    if #e > 0 then
-      redis.call('XADD', stream, '*', 'msg', entry_msg(e[1][2]), 'r', '1')
-      redis.call('XDEL', stream, id)
-      moved = moved + 1
-    end
-    redis.call('XACK', stream, grp, id)
-  end
-  if #expired > 0 then redis.call('ZREM', leases, unpack(expired)) end
   local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', snow, 'LIMIT', 0, 1000)
   for _, m in ipairs(due) do
     redis.call('XADD', stream, '*', 'msg', delayed_msg(m))
   end
   if #due > 0 then redis.call('ZREM', delayed, unpack(due)) end
-  return moved + #due
+  return #due
 end
 
 local function sweep()
@@ -229,32 +260,43 @@ local function sweep()
   end
 end
 
+-- readnew leases up to n new entries (beyond the group's read position),
+-- skipping those leased already (copies made by take_expired), and
+-- returns how many it leased.
 local function readnew(n)
-  local r = redis.pcall('XREADGROUP', 'GROUP', grp, consumer, 'COUNT', n, 'STREAMS', stream, '>')
-  if type(r) == 'table' and r.err then
-    if string.sub(r.err, 1, 7) ~= 'NOGROUP' then error(r) end
-    redis.call('XGROUP', 'CREATE', stream, grp, '0', 'MKSTREAM')
-    r = redis.call('XREADGROUP', 'GROUP', grp, consumer, 'COUNT', n, 'STREAMS', stream, '>')
-  end
-  if not r then return 0 end
-  local entries = r[1][2]
-  local z, nz = {}, 0
-  for _, e in ipairs(entries) do
-    local id, f = e[1], e[2]
-    z[nz + 1] = sdeadline
-    z[nz + 2] = id
-    nz = nz + 2
-    out[nout + 1] = id
-    if f[1] == 'msg' then out[nout + 2] = f[2] else out[nout + 2] = entry_msg(f) end
-    if f[1] == 'msg' and #f == 2 then out[nout + 3] = 0 else out[nout + 3] = 1 end
-    nout = nout + 3
-    if nz >= 1000 then
-      redis.call('ZADD', leases, unpack(z))
-      z, nz = {}, 0
+  local got = 0
+  while got < n do
+    local want = math.min(n - got, 1000)
+    local r = redis.pcall('XREADGROUP', 'GROUP', grp, consumer, 'COUNT', want, 'STREAMS', stream, '>')
+    if type(r) == 'table' and r.err then
+      if string.sub(r.err, 1, 7) ~= 'NOGROUP' then error(r) end
+      redis.call('XGROUP', 'CREATE', stream, grp, '0', 'MKSTREAM')
+      r = redis.call('XREADGROUP', 'GROUP', grp, consumer, 'COUNT', want, 'STREAMS', stream, '>')
     end
+    if not r then break end
+    local entries = r[1][2]
+    local ids = {}
+    for i, e in ipairs(entries) do ids[i] = e[1] end
+    local held = {}
+    if #ids > 0 then held = redis.call('ZMSCORE', leases, unpack(ids)) end
+    local z, nz = {}, 0
+    for i, e in ipairs(entries) do
+      if not held[i] then
+        local id, f = e[1], e[2]
+        z[nz + 1] = sdeadline
+        z[nz + 2] = id
+        nz = nz + 2
+        out[nout + 1] = id
+        if f[1] == 'msg' then out[nout + 2] = f[2] else out[nout + 2] = entry_msg(f) end
+        if f[1] == 'msg' and #f == 2 then out[nout + 3] = 0 else out[nout + 3] = 1 end
+        nout = nout + 3
+        got = got + 1
+      end
+    end
+    if nz > 0 then redis.call('ZADD', leases, unpack(z)) end
+    if #entries < want then break end
   end
-  if nz > 0 then redis.call('ZADD', leases, unpack(z)) end
-  return #entries
+  return got
 end
 
 if #KEYS > 4 then redis.call('DEL', unpack(KEYS, 5)) end
@@ -285,13 +327,14 @@ if rec then
   if got > 0 then return out end
 end
 
+local got = take_expired(max)
 local kept = false
 if ARGV[5] == '1' then
   upkeep()
   kept = true
 end
 if ARGV[6] == '1' then sweep() end
-local got = readnew(max)
+if got < max then got = got + readnew(max - got) end
 if got < max and not kept then
   if upkeep() > 0 then got = got + readnew(max - got) end
 end

@@ -408,11 +408,13 @@ func testBrokerExpiredLeaseReclaimedAndOldHolderLosesIt(t *testing.T, open opene
 }
 
 // testBrokerExpiredLeaseReclaimedBeforeLaterBacklog: a message whose lease
-// expired keeps its place in its queue. A dead consumer held A-0..A-2;
-// once their leases ended, a backlog of 50 messages of the same priority
-// is published; the next claims return A-0..A-2 (in any order among
-// themselves, marked redelivered) before any of the backlog, and then the
-// backlog in publish order. Were the expired messages put behind the
+// expired keeps its place in its queue. A dead consumer held
+// front-0..front-2; once their leases ended, a backlog of 50 messages of
+// the same priority is published; the next claims return front-0..front-2
+// (in any order among themselves, marked redelivered) before any of the
+// backlog, and the old holder has lost them. While the new holder still
+// holds them, another consumer claims the backlog in publish order and
+// never one of them a second time. Were the expired messages put behind the
 // backlog (as Redis did), a killed worker's tasks would wait for the
 // whole backlog to drain, and issue 13's "re-claimed within 15 s" would
 // not hold under load.
@@ -439,15 +441,14 @@ func testBrokerExpiredLeaseReclaimedBeforeLaterBacklog(t *testing.T, open opener
 
 	live := open(t, ns)
 	var front []string
+	var reclaimed []stemdriver.Delivery
 	for range held {
 		d := claimN(ctx, t, live, 1, req("live", longLease, "q"))[0]
 		if !d.Redelivered {
 			t.Errorf("re-claim of %s after its lease expired: Redelivered = false, want true", d.Envelope.ID)
 		}
-		if err := live.Ack(ctx, d); err != nil {
-			t.Fatalf("Ack of the re-claimed %s: %v", d.Envelope.ID, err)
-		}
 		front = append(front, d.Envelope.ID)
+		reclaimed = append(reclaimed, d)
 	}
 	assertEqual(t, "the first claims after the leases of front-0..2 expired and a backlog was published",
 		sortedCopy(front), []string{"front-0", "front-1", "front-2"})
@@ -455,15 +456,21 @@ func testBrokerExpiredLeaseReclaimedBeforeLaterBacklog(t *testing.T, open opener
 		if err := dead.Ack(ctx, d); !errors.Is(err, stemdriver.ErrLeaseLost) {
 			t.Errorf("old holder's Ack of the re-claimed %s = %v, want ErrLeaseLost", d.Envelope.ID, err)
 		}
+		if err := dead.ExtendLease(ctx, d, longLease); !errors.Is(err, stemdriver.ErrLeaseLost) {
+			t.Errorf("old holder's ExtendLease of the re-claimed %s = %v, want ErrLeaseLost", d.Envelope.ID, err)
+		}
 	}
 
+	// The re-claimed messages are still held while another consumer
+	// takes the whole backlog: none of them comes a second time.
+	other := open(t, ns)
 	var got, want []string
-	for _, d := range claimN(ctx, t, live, backlog, req("live", longLease, "q")) {
+	for _, d := range claimN(ctx, t, other, backlog, req("other", longLease, "q")) {
 		if d.Redelivered {
 			t.Errorf("first claim of %s: Redelivered = true, want false", d.Envelope.ID)
 		}
 		got = append(got, d.Envelope.ID)
-		if err := live.Ack(ctx, d); err != nil {
+		if err := other.Ack(ctx, d); err != nil {
 			t.Fatalf("Ack of %s: %v", d.Envelope.ID, err)
 		}
 	}
@@ -471,6 +478,10 @@ func testBrokerExpiredLeaseReclaimedBeforeLaterBacklog(t *testing.T, open opener
 		want = append(want, fmt.Sprintf("backlog-%d", i))
 	}
 	assertEqual(t, "claim order of the backlog", got, want)
+	mustClaimNone(ctx, t, live, req("live", longLease, "q"), 0)
+	if err := live.Ack(ctx, reclaimed...); err != nil {
+		t.Fatalf("Ack of the re-claimed messages: %v", err)
+	}
 	mustDepth(ctx, t, live, "q", 0)
 	mustClaimNone(ctx, t, live, req("live", longLease, "q"), 0)
 }
