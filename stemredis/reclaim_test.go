@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -131,5 +134,73 @@ func TestExpiredLeasesOfDeletedEntriesAreDropped(t *testing.T) {
 		if n, err := rdb.ZCard(ctx, k.leases).Result(); err != nil || n != wantLeases {
 			t.Fatalf("leases after claim %d: %d, %v; want %d", i+1, n, err, wantLeases)
 		}
+	}
+}
+
+// TestReclaimedMessagesAreHeldOnceUnderConcurrentClaims: four consumers
+// claim at once from a queue whose first 20 messages a dead consumer held
+// (their leases expired) and 20 more are new; every message is delivered
+// once, the 20 re-claimed ones marked redelivered, although each
+// re-claimed message got a new stream entry beyond the group's read
+// position that the claims reach while its new holder still holds it.
+func TestReclaimedMessagesAreHeldOnceUnderConcurrentClaims(t *testing.T) {
+	t.Parallel()
+	ns := newNS(t)
+	dead := openTestBroker(t, ns)
+	ctx := testCtx(t)
+	const held, fresh, claimers = 20, 20, 4
+	if err := dead.Publish(ctx, testEnvelopes("held", "q", held)...); err != nil {
+		t.Fatal(err)
+	}
+	if got := claimAll(ctx, t, dead, held, 100*time.Millisecond, "q"); len(got) != held {
+		t.Fatalf("dead consumer claimed %d, want %d", len(got), held)
+	}
+	waitExpired(ctx, t, dead, "q", held)
+	if err := dead.Publish(ctx, testEnvelopes("fresh", "q", fresh)...); err != nil {
+		t.Fatal(err)
+	}
+
+	var (
+		mu    sync.Mutex
+		seen  = map[string]int{}
+		redel = map[string]bool{}
+		total atomic.Int32
+		wg    sync.WaitGroup
+	)
+	for i := range claimers {
+		b := openTestBroker(t, ns)
+		wg.Go(func() {
+			req := stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: fmt.Sprintf("c%d", i), Max: 3, Lease: time.Minute}
+			for total.Load() < held+fresh && ctx.Err() == nil {
+				ds, err := b.Claim(ctx, req)
+				if err != nil {
+					t.Errorf("Claim: %v", err)
+					return
+				}
+				mu.Lock()
+				for _, d := range ds {
+					seen[d.Envelope.ID]++
+					redel[d.Envelope.ID] = d.Redelivered
+				}
+				mu.Unlock()
+				total.Add(int32(len(ds)))
+			}
+		})
+	}
+	wg.Wait()
+	if len(seen) != held+fresh || int(total.Load()) != held+fresh {
+		t.Fatalf("claimed %d deliveries of %d messages, want %d of %d", total.Load(), len(seen), held+fresh, held+fresh)
+	}
+	for id, n := range seen {
+		if n != 1 {
+			t.Errorf("%s delivered %d times", id, n)
+		}
+		if want := strings.HasPrefix(id, "held"); redel[id] != want {
+			t.Errorf("%s: Redelivered = %v, want %v", id, redel[id], want)
+		}
+	}
+	ds, err := openTestBroker(t, ns).Claim(ctx, stemdriver.ClaimRequest{Queues: []string{"q"}, Consumer: "late", Max: 10, Lease: time.Minute})
+	if err != nil || len(ds) != 0 {
+		t.Fatalf("claim after all were claimed: %v, %v; want nothing", ids(ds), err)
 	}
 }
