@@ -140,10 +140,10 @@
 // their leases end, however deep the backlog behind them. The upkeep
 // (moving due delayed messages to the stream, at most 1000 per run) rides
 // along with Claim: on every claim that the messages ready alone do not
-// fill, and every 100ms on a busy queue. When nothing is ready, a Claim with Wait blocks on the server
-// (XREAD BLOCK on the streams of all its queues) for at most a second at a
-// time and never past the next delayed message or lease deadline, then
-// claims again. A cancelled context ends that wait at once (CLIENT UNBLOCK
+// fill, and every 100ms on a busy queue. When nothing is ready, a Claim
+// with Wait blocks on the server (XREAD BLOCK on the streams of all its
+// queues) for at most a second at a time and never past the next delayed
+// message or lease deadline, then claims again. A cancelled context ends that wait at once (CLIENT UNBLOCK
 // on the waiting connection, which then goes back into use).
 //
 // Limits:

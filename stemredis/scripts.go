@@ -136,9 +136,9 @@ end
 // looked at per call. Its stream entry is replaced by a copy under a new
 // id (appended, then the original deleted), so that the old holder's
 // receipt stops matching; the copy is leased at once and carries r=1
-// (redelivered). Such a copy sits beyond the group's read
-// position, so XREADGROUP reaches it later: new entries that are leased
-// already are skipped. Expired leases the claim has no room for stay in
+// (redelivered). Such a copy sits beyond the group's read position, so
+// XREADGROUP reaches it later: new entries that are leased already are
+// skipped. Expired leases the claim has no room for stay in
 // the leases set, ahead of the queue, for the next claim; the old holder
 // keeps them until then (its Ack still succeeds: nobody else got them).
 // An expired lease whose entry is gone (deleted by hand) is dropped.
