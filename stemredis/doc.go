@@ -143,8 +143,9 @@
 // fill, and every 100ms on a busy queue. When nothing is ready, a Claim
 // with Wait blocks on the server (XREAD BLOCK on the streams of all its
 // queues) for at most a second at a time and never past the next delayed
-// message or lease deadline, then claims again. A cancelled context ends that wait at once (CLIENT UNBLOCK
-// on the waiting connection, which then goes back into use).
+// message or lease deadline, then claims again. A cancelled context ends
+// that wait at once (CLIENT UNBLOCK on the waiting connection, which then
+// goes back into use).
 //
 // Limits:
 //   - Durability is the server's: a Redis without an append-only file
