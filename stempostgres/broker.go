@@ -3,6 +3,8 @@ package stempostgres
 import (
 	"cmp"
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -43,6 +45,17 @@ type Broker struct {
 
 	curMu   sync.Mutex
 	cursors map[string]claimCursor // by queue; see claimCursor
+
+	// lost holds, by queue, the tokens of claims that failed: each may
+	// have committed with its reply lost (the connection cut after the
+	// commit), and the next claim of the queue replays them (claimReplay)
+	// before it claims anything new, taking back rows that would otherwise
+	// wait out their lease held by nobody.
+	lostMu     sync.Mutex
+	lostClaims map[string][]string
+	// loseReply, set by tests, makes a claim that committed fail as if
+	// its reply had been lost.
+	loseReply func() bool
 }
 
 // claimCursor is where a queue's last claim ended: the key, in the claim
@@ -295,10 +308,13 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 		if want <= 0 {
 			break
 		}
-		cur, fromCursor := b.cursor(queue)
-		got, err := b.claimRows(ctx, queue, want, lease, cur, fromCursor)
-		if err == nil && len(got) == 0 && fromCursor {
-			got, err = b.claimRows(ctx, queue, want, lease, cur, false)
+		got, err := b.replayLost(ctx, queue, lease)
+		if err == nil && len(got) == 0 {
+			cur, fromCursor := b.cursor(queue)
+			got, err = b.claimRows(ctx, queue, want, lease, cur, fromCursor)
+			if err == nil && len(got) == 0 && fromCursor {
+				got, err = b.claimRows(ctx, queue, want, lease, cur, false)
+			}
 		}
 		if err != nil {
 			return out, err
@@ -337,10 +353,73 @@ func (b *Broker) claimOnce(ctx context.Context, req stemdriver.ClaimRequest) ([]
 // claimRows runs one claim of queue, from cur when fromCursor is set, and
 // returns the rows it leased.
 func (b *Broker) claimRows(ctx context.Context, queue string, want int, lease int64, cur claimCursor, fromCursor bool) ([]claimed, error) {
-	sql, args := b.s.q.claim, []any{b.ns, queue, want, lease}
+	token := newClaimToken()
+	sql, args := b.s.q.claim, []any{b.ns, queue, want, lease, token}
 	if fromCursor {
 		sql, args = b.s.q.claimAfter, append(args, cur.priority, cur.at, cur.id)
 	}
+	got, err := b.queryClaim(ctx, sql, args)
+	if err == nil && b.loseReply != nil && b.loseReply() {
+		got, err = nil, errors.New("reply lost (test)")
+	}
+	if err != nil {
+		if b.parent == nil {
+			// The claim may have committed: its rows are replayed by the
+			// queue's next claim. (In a caller's transaction, a failure
+			// rolls the claim back with the rest.)
+			b.lostMu.Lock()
+			if b.lostClaims == nil {
+				b.lostClaims = make(map[string][]string)
+			}
+			b.lostClaims[queue] = append(b.lostClaims[queue], token)
+			b.lostMu.Unlock()
+		}
+		return nil, b.errorf(err, "claim from queue %q", queue)
+	}
+	return got, nil
+}
+
+// replayLost replays the claims of queue that failed (see Broker.lostClaims):
+// it returns the rows they leased that are still theirs, with the lease
+// renewed. On failure the tokens are kept for the next claim.
+func (b *Broker) replayLost(ctx context.Context, queue string, lease int64) ([]claimed, error) {
+	if b.parent != nil {
+		return nil, nil
+	}
+	b.lostMu.Lock()
+	tokens := b.lostClaims[queue]
+	delete(b.lostClaims, queue)
+	b.lostMu.Unlock()
+	if len(tokens) == 0 {
+		return nil, nil
+	}
+	got, err := b.queryClaim(ctx, b.s.q.claimReplay, []any{b.ns, queue, tokens, lease})
+	if err != nil {
+		b.lostMu.Lock()
+		if b.lostClaims == nil {
+			b.lostClaims = make(map[string][]string)
+		}
+		b.lostClaims[queue] = append(b.lostClaims[queue], tokens...)
+		b.lostMu.Unlock()
+		return nil, b.errorf(err, "replay %d failed claims of queue %q", len(tokens), queue)
+	}
+	if len(got) > 0 {
+		b.log.Info("stem: postgres broker: took back tasks of a claim whose reply was lost",
+			"queue", queue, "tasks", len(got))
+	}
+	return got, nil
+}
+
+// newClaimToken returns a random token for one claim.
+func newClaimToken() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// queryClaim runs a claim statement (claim, claimAfter or claimReplay)
+// and reads the rows it leased.
+func (b *Broker) queryClaim(ctx context.Context, sql string, args []any) ([]claimed, error) {
 	var got []claimed
 	read := func(rows pgx.Rows) error {
 		for rows.Next() {
@@ -363,11 +442,7 @@ func (b *Broker) claimRows(ctx context.Context, queue string, want int, lease in
 			rows.Close()
 		}
 	}
-	if err != nil {
-		// The claim's transaction failed: no row was leased.
-		return nil, b.errorf(err, "claim from queue %q", queue)
-	}
-	return got, nil
+	return got, err
 }
 
 // cursor returns queue's claim cursor and whether a claim should start

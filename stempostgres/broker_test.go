@@ -154,7 +154,7 @@ func TestResultRetention(t *testing.T) {
 // sequential scan (the IN (subquery) trap of PERFORMANCE.md).
 func TestClaimPlanUsesIndex(t *testing.T) {
 	u, ctx, admin, tasks := migratedTasks(t)
-	claim := strings.ReplaceAll(stempostgres.ClaimSQLForTest(schemaOf(t, u)), "$4", "60000000")
+	claim := strings.NewReplacer("$4", "60000000", "$5", "'plan-token'").Replace(stempostgres.ClaimSQLForTest(schemaOf(t, u)))
 	for _, rows := range []int{1000, 50000} {
 		if _, err := admin.Exec(ctx, "TRUNCATE "+tasks); err != nil {
 			t.Fatal(err)
@@ -391,7 +391,7 @@ func TestClaimCursor(t *testing.T) {
 		t.Fatalf("claim once nothing is after the cursor = %v, want [behind] (from the head)", got)
 	}
 	plan := explain(t, ctx, admin, "claim after", stempostgres.ClaimAfterSQLForTest(schemaOf(t, u)),
-		"cur", "q", 10, int64(60_000_000), int32(0), time.Now(), int64(1))
+		"cur", "q", 10, int64(60_000_000), "explain", int32(0), time.Now(), int64(1))
 	if !strings.Contains(string(plan), "ROW(due_at, id) >") {
 		t.Errorf("the claim from a cursor does not start its index scan at the cursor:\n%s", plan)
 	}
@@ -457,7 +457,7 @@ func TestClaimIsHeapOnlyUpdate(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = tx.Rollback(ctx) }()
-	tag, err := tx.Exec(ctx, stempostgres.ClaimSQLForTest(schemaOf(t, u)), "hot", "q", 200, int64(60_000_000))
+	tag, err := tx.Exec(ctx, stempostgres.ClaimSQLForTest(schemaOf(t, u)), "hot", "q", 200, int64(60_000_000), "hot-token")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -49,3 +49,7 @@ func SQLUpToForTest(schema string, version int) string {
 
 // PoolForTest returns the shared pool of a Control opened by this package.
 func PoolForTest(c stemdriver.ControlTransport) *pgxpool.Pool { return c.(*Control).s.pool }
+
+// SetLoseReplyForTest makes each claim of b that committed fail as if its
+// reply had been lost, while lose returns true.
+func SetLoseReplyForTest(b *Broker, lose func() bool) { b.loseReply = lose }

@@ -16,8 +16,9 @@ type queries struct {
 
 	// Broker.
 	publish     string // $1 ns, $2 queues[], $3 priorities[], $4 not_befores[], $5 task_ids[], $6 payloads[], $7 channel ('' for none)
-	claim       string // $1 ns, $2 queue, $3 max, $4 lease µs
-	claimAfter  string // claim's, then a cursor: $5 priority, $6 due_at, $7 id
+	claim       string // $1 ns, $2 queue, $3 max, $4 lease µs, $5 claim token
+	claimAfter  string // claim's, then a cursor: $6 priority, $7 due_at, $8 id
+	claimReplay string // $1 ns, $2 queue, $3 claim tokens[], $4 lease µs
 	extend      string // $1 ns, $2 queue, $3 id, $4 claims, $5 lease µs
 	ack         string // $1 ns, $2 queues[], $3 ids[], $4 claims[]
 	release     string // $1 ns, $2 queues[], $3 ids[], $4 claims[], $5 channel ('' for none)
@@ -87,7 +88,7 @@ SELECT count(*) FROM (SELECT pg_notify($7, ` + notifyPayloadSQL("$1", "queue") +
 	// every row). A held row stays at its place in the index; the heap
 	// filter on visible_at skips it until its lease ends. A row not held
 	// has visible_at = due_at.
-	q.claim = `UPDATE ` + t + ` SET claims = claims + 1, leased = true, visible_at = now() + $4 * interval '1 microsecond'
+	q.claim = `UPDATE ` + t + ` SET claims = claims + 1, leased = true, claim_token = $5, visible_at = now() + $4 * interval '1 microsecond'
 WHERE id = ANY(ARRAY(
 	SELECT id FROM ` + t + `
 	WHERE namespace = $1 AND queue = $2 AND due_at <= now() AND visible_at <= now()
@@ -114,14 +115,22 @@ RETURNING id, claims, priority, due_at, payload`
 		return `SELECT id FROM (SELECT id FROM ` + t + ` WHERE namespace = $1 AND queue = $2 AND ` + cond + ` AND due_at <= now() AND visible_at <= now()
 		ORDER BY ` + order + ` LIMIT $3 FOR UPDATE SKIP LOCKED)`
 	}
-	q.claimAfter = `UPDATE ` + t + ` SET claims = claims + 1, leased = true, visible_at = now() + $4 * interval '1 microsecond'
+	q.claimAfter = `UPDATE ` + t + ` SET claims = claims + 1, leased = true, claim_token = $5, visible_at = now() + $4 * interval '1 microsecond'
 WHERE id = ANY(ARRAY(
-	` + branch("priority > $5::int", "priority DESC, due_at, id") + ` hi
+	` + branch("priority > $6::int", "priority DESC, due_at, id") + ` hi
 	UNION ALL
-	` + branch("priority = $5::int AND (due_at, id) > ($6::timestamptz, $7::bigint)", "due_at, id") + ` same
+	` + branch("priority = $6::int AND (due_at, id) > ($7::timestamptz, $8::bigint)", "due_at, id") + ` same
 	UNION ALL
-	` + branch("priority < $5::int", "priority DESC, due_at, id") + ` lo
+	` + branch("priority < $6::int", "priority DESC, due_at, id") + ` lo
 	LIMIT $3))
+RETURNING id, claims, priority, due_at, payload`
+	// The replay of claims whose replies were lost: the rows they leased
+	// that are still theirs (leased, the lease running, the token theirs:
+	// a row re-claimed by another after its lease ended carries that
+	// claim's token), with the lease renewed. Rare, so no index holds the
+	// token (a claim stays heap-only); the queue's rows are read.
+	q.claimReplay = `UPDATE ` + t + ` SET visible_at = now() + $4 * interval '1 microsecond'
+WHERE namespace = $1 AND queue = $2 AND claim_token = ANY($3::text[]) AND leased AND visible_at > now()
 RETURNING id, claims, priority, due_at, payload`
 	held := `id = $3 AND (namespace, queue) IS NOT DISTINCT FROM ($1, $2) AND claims = $4 AND leased`
 	q.extend = `UPDATE ` + t + ` SET visible_at = now() + $5 * interval '1 microsecond' WHERE ` + held
