@@ -16,8 +16,6 @@ import (
 	"time"
 
 	"github.com/stem-go/stem"
-	"github.com/stem-go/stem/stemdriver"
-	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
 
@@ -51,12 +49,7 @@ func TestFleetSurvivesSIGKILL(t *testing.T) {
 
 		ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
 		defer cancel()
-		o, err := stemurl.New().Open(ctx, stemurl.URLs{Broker: c.url, Results: c.url, Revokes: c.url},
-			stemurl.RoleBroker|stemurl.RoleResults, stemdriver.Options{Namespace: c.ns, Logger: quietLogger()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer o.Close()
+		o := c.stores(ctx, stemurl.RoleBroker|stemurl.RoleResults)
 		client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Logger: quietLogger()})
 		if err != nil {
 			t.Fatal(err)
@@ -92,32 +85,7 @@ func TestFleetSurvivesSIGKILL(t *testing.T) {
 		all := <-ids
 
 		// Every task reaches a final state: succeeded.
-		deadline := time.Now().Add(3 * waitTimeout)
-		for {
-			rs, err := o.Results.GetMany(ctx, all...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			left, bad := 0, ""
-			for i, r := range rs {
-				switch {
-				case r == nil || !r.State.Final():
-					left++
-				case r.State != stemtype.StateSucceeded:
-					bad = all[i] + ": " + mustJSON(r)
-				}
-			}
-			if bad != "" {
-				t.Fatalf("a task did not succeed: %s", bad)
-			}
-			if left == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d tasks not final after %s", left, total, 3*waitTimeout)
-			}
-			time.Sleep(pollEvery)
-		}
+		waitAllSucceeded(t, ctx, o.Results, all)
 
 		// The ledger: each task ran at least once; twice only when the
 		// first run was the killed worker's.

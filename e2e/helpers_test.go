@@ -23,7 +23,9 @@ import (
 	"time"
 
 	"github.com/stem-go/stem/internal/testutil"
+	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
+	"github.com/stem-go/stem/stemurl"
 )
 
 const (
@@ -652,5 +654,55 @@ func eachBackend(t *testing.T, f func(t *testing.T, store storeKind)) {
 			t.Parallel()
 			f(t, storeKind{backend: b})
 		})
+	}
+}
+
+// stores opens roles of c's deployment in the test process (the stores its
+// workers use), closed when the test ends.
+func (c *cluster) stores(ctx context.Context, roles stemurl.Role) *stemurl.Opened {
+	c.t.Helper()
+	o, err := stemurl.New().Open(ctx, stemurl.URLs{Broker: c.url, Results: c.url, Revokes: c.url},
+		roles, stemdriver.Options{Namespace: c.ns, Logger: quietLogger()})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(func() { _ = o.Close() })
+	return o
+}
+
+// waitAllFinal waits until every task of ids is in a final state and
+// returns their results, in the order of ids.
+func waitAllFinal(t *testing.T, ctx context.Context, rb stemdriver.ResultBackend, ids []string) []*stemtype.TaskResult {
+	t.Helper()
+	deadline := time.Now().Add(3 * waitTimeout)
+	for {
+		rs, err := rb.GetMany(ctx, ids...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		left := 0
+		for _, r := range rs {
+			if r == nil || !r.State.Final() {
+				left++
+			}
+		}
+		if left == 0 {
+			return rs
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d of %d tasks not final after %s", left, len(ids), 3*waitTimeout)
+		}
+		time.Sleep(pollEvery)
+	}
+}
+
+// waitAllSucceeded waits until every task of ids is final, and fails t
+// unless each succeeded.
+func waitAllSucceeded(t *testing.T, ctx context.Context, rb stemdriver.ResultBackend, ids []string) {
+	t.Helper()
+	for i, r := range waitAllFinal(t, ctx, rb, ids) {
+		if r.State != stemtype.StateSucceeded {
+			t.Fatalf("task %s: %s, want succeeded", ids[i], mustJSON(r))
+		}
 	}
 }

@@ -16,7 +16,6 @@ import (
 	"time"
 
 	"github.com/stem-go/stem"
-	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
@@ -79,12 +78,7 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 
 		ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
 		defer cancel()
-		o, err := stemurl.New().Open(ctx, stemurl.URLs{Broker: c.url, Results: c.url, Revokes: c.url},
-			stemurl.RoleBroker|stemurl.RoleResults, stemdriver.Options{Namespace: c.ns, Logger: quietLogger()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer o.Close()
+		o := c.stores(ctx, stemurl.RoleBroker|stemurl.RoleResults)
 		// Runs before o closes, should the test end early: the producer
 		// stops using o first.
 		producerDone := make(chan struct{})
@@ -204,29 +198,7 @@ func TestKilledWorkersTasksReclaimedWithinFifteenSeconds(t *testing.T) {
 		}
 
 		// Every task succeeds.
-		deadline := time.Now().Add(3 * waitTimeout)
-		for {
-			rs, err := o.Results.GetMany(ctx, all...)
-			if err != nil {
-				t.Fatal(err)
-			}
-			left := 0
-			for i, r := range rs {
-				switch {
-				case r == nil || !r.State.Final():
-					left++
-				case r.State != stemtype.StateSucceeded:
-					t.Fatalf("task %s did not succeed: %s", all[i], mustJSON(r))
-				}
-			}
-			if left == 0 {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%d of %d tasks not final after %s", left, len(all), 3*waitTimeout)
-			}
-			time.Sleep(pollEvery)
-		}
+		waitAllSucceeded(t, ctx, o.Results, all)
 
 		finished := time.Since(begun)
 

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/stem-go/stem"
-	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
@@ -53,13 +52,7 @@ func TestSoak(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), d+5*waitTimeout)
 	defer cancel()
-	o, err := stemurl.New().Open(ctx, stemurl.URLs{Broker: c.url, Results: c.url, Revokes: c.url},
-		stemurl.RoleBroker|stemurl.RoleResults|stemurl.RoleRevokes|stemurl.RoleControl,
-		stemdriver.Options{Namespace: c.ns, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
+	o := c.stores(ctx, stemurl.AllRoles)
 	client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
@@ -111,27 +104,7 @@ func TestSoak(t *testing.T) {
 	}
 
 	// Every task reaches a final state.
-	deadline := time.Now().Add(3 * waitTimeout)
-	var results []*stemtype.TaskResult
-	for {
-		results, err = o.Results.GetMany(ctx, all...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		left := 0
-		for _, r := range results {
-			if r == nil || !r.State.Final() {
-				left++
-			}
-		}
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d tasks not final %s after the soak ended", left, len(all), 3*waitTimeout)
-		}
-		time.Sleep(pollEvery)
-	}
+	results := waitAllFinal(t, ctx, o.Results, all)
 
 	runs := readLedger(t, ledger)
 	lost, duplicates, cancelled := 0, 0, 0

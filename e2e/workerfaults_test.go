@@ -14,7 +14,6 @@ import (
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
-	"github.com/stem-go/stem/stemtype"
 	"github.com/stem-go/stem/stemurl"
 )
 
@@ -217,12 +216,7 @@ func TestSIGTERMMidRunLosesNothing(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
 	defer cancel()
-	o, err := stemurl.New().Open(ctx, stemurl.URLs{Broker: c.url, Results: c.url, Revokes: c.url},
-		stemurl.RoleBroker|stemurl.RoleResults, stemdriver.Options{Namespace: c.ns, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer o.Close()
+	o := c.stores(ctx, stemurl.RoleBroker|stemurl.RoleResults)
 	client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Logger: quietLogger()})
 	if err != nil {
 		t.Fatal(err)
@@ -245,29 +239,7 @@ func TestSIGTERMMidRunLosesNothing(t *testing.T) {
 	}
 	atExit := readLedger(t, ledger)
 
-	deadline := time.Now().Add(3 * waitTimeout)
-	for {
-		rs, err := o.Results.GetMany(ctx, ids...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		left := 0
-		for i, r := range rs {
-			switch {
-			case r == nil || !r.State.Final():
-				left++
-			case r.State != stemtype.StateSucceeded:
-				t.Fatalf("task %s: %s, want succeeded", ids[i], mustJSON(r))
-			}
-		}
-		if left == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%d of %d tasks not final after %s", left, total, 3*waitTimeout)
-		}
-		time.Sleep(pollEvery)
-	}
+	waitAllSucceeded(t, ctx, o.Results, ids)
 
 	runs := readLedger(t, ledger)
 	vpid, spid := strconv.Itoa(victim.cmd.Process.Pid), strconv.Itoa(survivor.cmd.Process.Pid)
