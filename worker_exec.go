@@ -393,9 +393,11 @@ func (w *Worker) unknownTask(j *jobs.Job, env *stemtype.Envelope, log *slog.Logg
 	done = max(done, 0)
 	limit := max(w.cfg.UnknownTaskRetries, 0)
 	if done >= limit {
-		terr := &stemtype.TaskError{Kind: "unknown_task", Message: fmt.Sprintf(
-			"%v: no handler registered for %q on worker %s (after %d retries for that reason)",
-			ErrUnknownTask, env.Task, w.cfg.ID, done)}
+		msg := fmt.Sprintf("%v: no handler registered for %q on worker %s", ErrUnknownTask, env.Task, w.cfg.ID)
+		if done > 0 {
+			msg += fmt.Sprintf(" (after %d retries for that reason)", done)
+		}
+		terr := &stemtype.TaskError{Kind: "unknown_task", Message: msg}
 		return w.finish(j, nil, terr, false, 0, log), terr
 	}
 	now := time.Now().UTC()
