@@ -194,85 +194,87 @@ func TestWorkerWaitsForBroker(t *testing.T) {
 	}
 }
 
-// TestSIGTERMMidRunLosesNothing (fault matrix: SIGTERM during a run): two
-// ledger workers drain a few hundred tasks and one is sent SIGTERM midway.
-// It shuts down warmly and exits 0: its running tasks finish within the
-// grace period, the tasks it claimed and had not started go back to the
-// broker and the other worker runs them. The figure: lost 0 (every task
-// is in the ledger and succeeded), and no task ran twice (a warm shutdown
-// finishes or releases each task, it never abandons one).
+// TestSIGTERMMidRunLosesNothing (fault matrix: SIGTERM during a run), on
+// each backend: two ledger workers drain a few hundred tasks and one is
+// sent SIGTERM midway. It shuts down warmly and exits 0: its running tasks
+// finish within the grace period, the tasks it claimed and had not started
+// go back to the broker and the other worker runs them. The figure: lost 0
+// (every task is in the ledger and succeeded), and no task ran twice (a
+// warm shutdown finishes or releases each task, it never abandons one).
 func TestSIGTERMMidRunLosesNothing(t *testing.T) {
 	t.Parallel()
-	const total = 400
-	c := newCluster(t, redisStore)
-	c.bin = ledgerBin
-	ledger := filepath.Join(t.TempDir(), "ledger")
-	c.vars["LEDGER_FILE"] = ledger
-	// A prefetch as deep as it goes, so that the victim holds claimed,
-	// unstarted tasks when the signal lands.
-	flags := []string{"--concurrency", "4", "--prefetch", "40"}
-	victim := c.startWorker("t1", flags...)
-	survivor := c.startWorker("t2", flags...)
+	eachBackend(t, func(t *testing.T, store storeKind) {
+		const total = 400
+		c := newCluster(t, store)
+		c.bin = ledgerBin
+		ledger := filepath.Join(t.TempDir(), "ledger")
+		c.vars["LEDGER_FILE"] = ledger
+		// A prefetch as deep as it goes, so that the victim holds claimed,
+		// unstarted tasks when the signal lands.
+		flags := []string{"--concurrency", "4", "--prefetch", "40"}
+		victim := c.startWorker("t1", flags...)
+		survivor := c.startWorker("t2", flags...)
 
-	ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
-	defer cancel()
-	o := c.stores(ctx, stemurl.RoleBroker|stemurl.RoleResults)
-	client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Logger: quietLogger()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reqs := make([]stem.EnqueueRequest, total)
-	for i := range reqs {
-		reqs[i] = stem.EnqueueRequest{Task: "ledger.append", Args: map[string]int{"ms": 20}}
-	}
-	ids, err := client.EnqueueBatch(ctx, reqs)
-	if err != nil {
-		t.Fatal(err)
-	}
-
-	waitLedger(t, ledger, total/4)
-	if err := victim.cmd.Process.Signal(syscall.SIGTERM); err != nil {
-		t.Fatal(err)
-	}
-	if code := victim.wait(t); code != 0 {
-		t.Fatalf("the worker sent SIGTERM exited %d, want 0:\n%s", code, victim.stderr)
-	}
-	atExit := readLedger(t, ledger)
-
-	waitAllSucceeded(t, ctx, o.Results, ids)
-
-	runs := readLedger(t, ledger)
-	vpid, spid := strconv.Itoa(victim.cmd.Process.Pid), strconv.Itoa(survivor.cmd.Process.Pid)
-	lost, twice, byVictim, afterExit := 0, 0, 0, 0
-	for _, id := range ids {
-		switch n := len(runs[id]); {
-		case n == 0:
-			lost++
-		case n > 1:
-			twice++
-			t.Errorf("task %s ran %d times (pids %v)", id, n, runs[id])
+		ctx, cancel := context.WithTimeout(context.Background(), 3*waitTimeout)
+		defer cancel()
+		o := c.stores(ctx, stemurl.RoleBroker|stemurl.RoleResults)
+		client, err := stem.NewClient(stem.ClientConfig{Broker: o.Broker, Results: o.Results, Logger: quietLogger()})
+		if err != nil {
+			t.Fatal(err)
 		}
-		for _, p := range runs[id] {
-			if p == vpid {
-				byVictim++
+		reqs := make([]stem.EnqueueRequest, total)
+		for i := range reqs {
+			reqs[i] = stem.EnqueueRequest{Task: "ledger.append", Args: map[string]int{"ms": 20}}
+		}
+		ids, err := client.EnqueueBatch(ctx, reqs)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		waitLedger(t, ledger, total/4)
+		if err := victim.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+			t.Fatal(err)
+		}
+		if code := victim.wait(t); code != 0 {
+			t.Fatalf("the worker sent SIGTERM exited %d, want 0:\n%s", code, victim.stderr)
+		}
+		atExit := readLedger(t, ledger)
+
+		waitAllSucceeded(t, ctx, o.Results, ids)
+
+		runs := readLedger(t, ledger)
+		vpid, spid := strconv.Itoa(victim.cmd.Process.Pid), strconv.Itoa(survivor.cmd.Process.Pid)
+		lost, twice, byVictim, afterExit := 0, 0, 0, 0
+		for _, id := range ids {
+			switch n := len(runs[id]); {
+			case n == 0:
+				lost++
+			case n > 1:
+				twice++
+				t.Errorf("task %s ran %d times (pids %v)", id, n, runs[id])
+			}
+			for _, p := range runs[id] {
+				if p == vpid {
+					byVictim++
+				}
+			}
+			if len(atExit[id]) == 0 && len(runs[id]) > 0 && runs[id][0] == spid {
+				afterExit++
 			}
 		}
-		if len(atExit[id]) == 0 && len(runs[id]) > 0 && runs[id][0] == spid {
-			afterExit++
+		t.Logf("%s: %d tasks: lost %d, ran twice %d; the terminated worker ran %d, the other ran %d after its exit",
+			store, total, lost, twice, byVictim, afterExit)
+		if lost != 0 {
+			t.Errorf("lost %d tasks, want 0", lost)
 		}
-	}
-	t.Logf("%d tasks: lost %d, ran twice %d; the terminated worker ran %d, the other ran %d after its exit",
-		total, lost, twice, byVictim, afterExit)
-	if lost != 0 {
-		t.Errorf("lost %d tasks, want 0", lost)
-	}
-	if byVictim == 0 || afterExit == 0 {
-		t.Errorf("the SIGTERM did not land mid-run: the terminated worker ran %d tasks, the other %d after its exit",
-			byVictim, afterExit)
-	}
-	if out := victim.stderr.String(); !strings.Contains(out, "worker shutting down") || !strings.Contains(out, "worker stopped") {
-		t.Errorf("the terminated worker did not log a warm shutdown:\n%s", out)
-	}
+		if byVictim == 0 || afterExit == 0 {
+			t.Errorf("the SIGTERM did not land mid-run: the terminated worker ran %d tasks, the other %d after its exit",
+				byVictim, afterExit)
+		}
+		if out := victim.stderr.String(); !strings.Contains(out, "worker shutting down") || !strings.Contains(out, "worker stopped") {
+			t.Errorf("the terminated worker did not log a warm shutdown:\n%s", out)
+		}
+	})
 }
 
 // TestWorkerRefusesOversizedPayload (fault matrix: payload over the
