@@ -69,8 +69,10 @@ func redact(u string) string {
 		return u // no user information, so no password
 	}
 	p, err := url.Parse(u)
-	if err != nil {
-		// Unparseable: print only the scheme.
+	if err != nil || p.User == nil || strings.Contains(p.Opaque+p.Host+p.Path+p.RawQuery+p.Fragment, "@") {
+		// Unparseable, or an "@" that url.Parse did not take for user
+		// information (in "#://:pw@", all of it is a fragment), which
+		// may hold a password all the same: print only the scheme.
 		if i := strings.Index(u, "://"); i >= 0 {
 			return u[:i] + "://..."
 		}
