@@ -25,20 +25,7 @@ func TestRawGarbageOnControlChannel(t *testing.T) {
 	var logs testutil.SyncBuffer
 	ctx := context.Background()
 	opts := stemdriver.Options{Namespace: ns, Logger: slog.New(slog.NewTextHandler(&logs, nil))}
-	open := func(d interface{ Close() error }, err error) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = d.Close() })
-	}
-	b, err := OpenBroker(ctx, u, opts)
-	open(b, err)
-	res, err := OpenResults(ctx, u, opts)
-	open(res, err)
-	rev, err := OpenRevokes(ctx, u, opts)
-	open(rev, err)
-	c, err := OpenControl(ctx, u, opts)
-	open(c, err)
+	roles, _, c := openRawRoles(t, u, opts)
 
 	notify := func(payload string) error {
 		_, err := c.s.pool.Exec(ctx, `SELECT pg_notify($1, $2)`, c.cmdChannel, payload)
@@ -72,5 +59,5 @@ func TestRawGarbageOnControlChannel(t *testing.T) {
 		}
 		return notify(string(raw))
 	}
-	systemtest.CheckRawControlGarbage(t, ns, systemtest.Roles{Broker: b, Results: res, Revokes: rev, Control: c}, &logs, inject, cases)
+	systemtest.CheckRawControlGarbage(t, ns, roles, &logs, inject, cases)
 }

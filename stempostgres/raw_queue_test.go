@@ -20,21 +20,8 @@ func TestRawGarbageInQueue(t *testing.T) {
 	ns := "garbage"
 	ctx := context.Background()
 	opts := stemdriver.Options{Namespace: ns, Logger: slog.New(slog.DiscardHandler)}
-	open := func(d interface{ Close() error }, err error) {
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = d.Close() })
-	}
-	b, err := OpenBroker(ctx, u, opts)
-	open(b, err)
-	res, err := OpenResults(ctx, u, opts)
-	open(res, err)
-	rev, err := OpenRevokes(ctx, u, opts)
-	open(rev, err)
-	c, err := OpenControl(ctx, u, opts)
-	open(c, err)
-	systemtest.CheckRawQueueGarbage(t, ns, systemtest.Roles{Broker: b, Results: res, Revokes: rev, Control: c}, func(body []byte) error {
+	roles, b, _ := openRawRoles(t, u, opts)
+	systemtest.CheckRawQueueGarbage(t, ns, roles, func(body []byte) error {
 		_, err := b.s.pool.Exec(ctx, `INSERT INTO `+quoteIdent(b.s.schema)+`.stem_tasks (namespace, queue, priority, visible_at, due_at, task_id, payload)
 VALUES ($1, 'default', 0, now(), now(), 'garbage', $2)`, ns, body)
 		return err
