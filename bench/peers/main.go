@@ -116,10 +116,15 @@ type figure struct {
 	MaxMs         float64 `json:"max_ms,omitempty"`
 	CallP50Ms     float64 `json:"call_p50_ms,omitempty"`
 	CPUPercent    float64 `json:"cpu_pct,omitempty"`
-	CancelFinal   int     `json:"cancel_final,omitempty"`
-	CancelRerun   int     `json:"cancel_rerun,omitempty"`
-	IdleSeconds   float64 `json:"idle_s,omitempty"`
-	Seconds       float64 `json:"seconds"`
+	// ClientCPUUs and ServerCPUUs are the CPU time a task cost the
+	// producing process and, on Redis, the server (INFO cpu), over the
+	// timed part of the one-by-one enqueue.
+	ClientCPUUs float64 `json:"client_cpu_us_per_task,omitempty"`
+	ServerCPUUs float64 `json:"server_cpu_us_per_task,omitempty"`
+	CancelFinal int     `json:"cancel_final,omitempty"`
+	CancelRerun int     `json:"cancel_rerun,omitempty"`
+	IdleSeconds float64 `json:"idle_s,omitempty"`
+	Seconds     float64 `json:"seconds"`
 }
 
 // label names the configuration measured: the system, its backend,
@@ -152,8 +157,12 @@ func (f figure) line() string {
 		return fmt.Sprintf("%s idlecpu C=%d: %.2f%% of one core (over %.1fs)",
 			f.label(), f.Concurrency, f.CPUPercent, f.IdleSeconds)
 	case "enqueue":
-		return fmt.Sprintf("%s enqueue, one call per task, %d producers: %.0f tasks/s (%d tasks in %.2fs)",
-			f.label(), f.Producers, f.EnqueuePerSec, f.Tasks, f.Seconds)
+		s := fmt.Sprintf("%s enqueue, one call per task, %d producers: %.0f tasks/s (%d tasks in %.2fs; CPU a task: client %.1f µs",
+			f.label(), f.Producers, f.EnqueuePerSec, f.Tasks, f.Seconds, f.ClientCPUUs)
+		if f.ServerCPUUs > 0 {
+			s += fmt.Sprintf(", server %.1f µs", f.ServerCPUUs)
+		}
+		return s + ")"
 	case "cancel":
 		return fmt.Sprintf("%s cancel C=%d: p50 %.2f ms, p99 %.2f ms, max %.2f ms to context cancelled (cancel call p50 %.2f ms; %d rounds; then final %d, to run again %d)",
 			f.label(), f.Concurrency, f.P50Ms, f.P99Ms, f.MaxMs, f.CallP50Ms, f.Rounds, f.CancelFinal, f.CancelRerun)

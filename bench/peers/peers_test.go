@@ -51,8 +51,11 @@ func runAll(t *testing.T, system, url string, extra ...string) {
 					t.Errorf("%s figure %+v: want 3 rounds and 0 < p50 <= p99 <= max", sc, f)
 				}
 			case "enqueue":
-				if f.Tasks != 60 || f.Producers != 8 || f.EnqueuePerSec <= 0 {
-					t.Errorf("enqueue figure %+v: want 60 tasks from 8 producers and a positive rate", f)
+				if f.Tasks != 60 || f.Producers != 8 || f.EnqueuePerSec <= 0 || f.ClientCPUUs <= 0 {
+					t.Errorf("enqueue figure %+v: want 60 tasks from 8 producers, a positive rate and the client's CPU a task", f)
+				}
+				if onRedis := strings.HasPrefix(url, "redis"); onRedis != (f.ServerCPUUs > 0) {
+					t.Errorf("enqueue figure %+v on %s: want the server's CPU a task on Redis only", f, system)
 				}
 			case "idlecpu":
 				if f.IdleSeconds < 0.3 || f.CPUPercent < 0 {
@@ -285,5 +288,43 @@ Rates in parentheses: the ratio to the first row that has the figure.
 `
 	if b.String() != want {
 		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+// TestTableEnqueueCPU: the one-by-one enqueue's CPU a task gets a column of
+// its own, with "n/a" where the server does not report its CPU.
+func TestTableEnqueueCPU(t *testing.T) {
+	figs := []figure{
+		{System: "asynq", Backend: "redis", Scenario: "enqueue", EnqueuePerSec: 50000, ClientCPUUs: 17, ServerCPUUs: 14.2},
+		{System: "stem", Backend: "redis", Scenario: "enqueue", EnqueuePerSec: 60000, ClientCPUUs: 16, ServerCPUUs: 10},
+		{System: "stem", Backend: "redis", Scenario: "enqueue", EnqueuePerSec: 40000, ClientCPUUs: 20, ServerCPUUs: 12},
+		{System: "stem", Backend: "postgres", Scenario: "enqueue", EnqueuePerSec: 9000, ClientCPUUs: 30},
+	}
+	var b strings.Builder
+	if err := writeTable(figs, &b); err != nil {
+		t.Fatal(err)
+	}
+	want := `| system | enqueue one by one | one by one, CPU a task: client / server |
+|---|---|---|
+| asynq-redis | 50.0k/s | 17.0 / 14.2 µs |
+| stem-redis | 50.0k/s (median of 2) (1.00x) | 18.0 / 11.0 µs (median of 2) |
+| stem-postgres | 9.0k/s (0.18x) | 30.0 / n/a µs |
+
+Rates in parentheses: the ratio to the first row that has the figure.
+`
+	if b.String() != want {
+		t.Errorf("table:\n%s\nwant:\n%s", b.String(), want)
+	}
+}
+
+func TestParseServerCPU(t *testing.T) {
+	got, err := parseServerCPU("# CPU\r\nused_cpu_sys:1.500000\r\nused_cpu_user:2.250000\r\nused_cpu_sys_children:9.0\r\n")
+	if err != nil || got != 3750*time.Millisecond {
+		t.Errorf("parseServerCPU = %v, %v; want 3.75s", got, err)
+	}
+	for _, bad := range []string{"# CPU\r\nused_cpu_sys:1.5\r\n", "used_cpu_sys:x\r\nused_cpu_user:1\r\n"} {
+		if _, err := parseServerCPU(bad); err == nil {
+			t.Errorf("parseServerCPU(%q): no error", bad)
+		}
 	}
 }

@@ -7,7 +7,8 @@
 #                                 consumer, PERFORMANCE.md) on Redis
 #
 # For each figure (drain at each concurrency of DRAIN_C, idle pickup, idle
-# CPU, cancel, one-by-one enqueue; the batch enqueue rate is the drains') it runs every configuration one after the other (River with
+# CPU, cancel, one-by-one enqueue with its CPU a task, client and, on Redis,
+# server; the batch enqueue rate is the drains') it runs every configuration one after the other (River with
 # its defaults, River with FetchCooldown 1ms, on SQLite also River tuned in
 # WAL mode, then stem), REPEATS times, each run in a process of its own, and
 # prints a markdown table of the medians. Failed runs are reported and left

@@ -373,6 +373,16 @@ func enqueueOneByOne(ctx context.Context, cfg config, sys system, p *probe, f *f
 		}
 		defer stop()
 	}
+	server := serverCPUOf(ctx, cfg.URL)
+	defer server.close()
+	s0, err := server.read(ctx)
+	if err != nil {
+		return err
+	}
+	c0, err := processCPU()
+	if err != nil {
+		return err
+	}
 	start := time.Now()
 	var wg sync.WaitGroup
 	for range cfg.Producers {
@@ -388,6 +398,16 @@ func enqueueOneByOne(ctx context.Context, cfg config, sys system, p *probe, f *f
 	wg.Wait()
 	took := time.Since(start)
 	pprof.StopCPUProfile() // the timed part only; stop is then a no-op
+	c1, err := processCPU()
+	if err != nil {
+		return err
+	}
+	s1, err := server.read(ctx)
+	if err != nil {
+		return err
+	}
+	f.ClientCPUUs = float64((c1 - c0).Microseconds()) / float64(cfg.Tasks)
+	f.ServerCPUUs = float64((s1 - s0).Microseconds()) / float64(cfg.Tasks)
 	close(errs)
 	if err := <-errs; err != nil {
 		return fmt.Errorf("enqueue: %w", err)

@@ -75,6 +75,8 @@ func (c column) title() string {
 		return "enqueue one by one"
 	case "enqueue-batch":
 		return "enqueue in batches"
+	case "enqueue-cpu":
+		return "one by one, CPU a task: client / server"
 	case "cancel-outcome":
 		return "after cancel"
 	}
@@ -96,8 +98,10 @@ func (c column) order() int {
 		return 1<<30 + 3
 	case "enqueue":
 		return 1<<30 + 4
+	case "enqueue-cpu":
+		return 1<<30 + 5
 	}
-	return 1<<30 + 5
+	return 1<<30 + 6
 }
 
 // writeTable writes figs as a markdown table.
@@ -127,6 +131,13 @@ func writeTable(figs []figure, w io.Writer) error {
 				cols = append(cols, b)
 			}
 			cells[row][b] = append(cells[row][b], f)
+		}
+		if f.Scenario == "enqueue" && f.ClientCPUUs > 0 {
+			e := column{scenario: "enqueue-cpu"}
+			if !slices.Contains(cols, e) {
+				cols = append(cols, e)
+			}
+			cells[row][e] = append(cells[row][e], f)
 		}
 		if f.Scenario == "cancel" && f.CancelFinal+f.CancelRerun > 0 {
 			o := column{scenario: "cancel-outcome"}
@@ -222,6 +233,13 @@ func cell(c column, fs []figure) string {
 		s = fmt.Sprintf("%.2f%%", med(func(f figure) float64 { return f.CPUPercent }))
 	case "enqueue", "enqueue-batch":
 		s = rate(med(func(f figure) float64 { return f.EnqueuePerSec }))
+	case "enqueue-cpu":
+		s = num(med(func(f figure) float64 { return f.ClientCPUUs })) + " / "
+		if srv := med(func(f figure) float64 { return f.ServerCPUUs }); srv > 0 {
+			s += num(srv) + " µs"
+		} else {
+			s += "n/a µs"
+		}
 	case "cancel-outcome":
 		final, rerun := 0, 0
 		for _, f := range fs {
