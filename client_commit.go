@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"time"
 
@@ -132,6 +133,16 @@ func (c *committer) lead(ctx context.Context, op *enqueueOp) {
 		if g != op {
 			g.wake <- false
 		}
+	}
+	if len(group) > 1 {
+		// Let the callers just woken run before this store's slot is
+		// freed or handed on, so that those that enqueue again at once
+		// queue while it is still taken and go out together in the
+		// next group, rather than the first of them taking the freed
+		// slot for a store of one. A hint to the scheduler, no more
+		// (8 producers on Redis: groups of 1.84 tasks instead of 1.63,
+		// about 8% more tasks a second; BENCHMARKS.md).
+		runtime.Gosched()
 	}
 
 	c.mu.Lock()
