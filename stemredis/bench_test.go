@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/stem-go/stem/internal/testutil"
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemdriver/stemdrivertest"
 	"github.com/stem-go/stem/stemtype"
@@ -243,4 +246,78 @@ func BenchmarkIdlePickup(b *testing.B) {
 	env := benchEnvelopes("idle", 1)[0]
 	env.Queue = "idle"
 	stemdrivertest.BenchIdlePickup(b, openTestBroker(b, ns), openTestBroker(b, ns), env)
+}
+
+// revokeCommandSize is about the size of a one-record revoke command.
+const revokeCommandSize = 360
+
+// BenchmarkRevokePublishRoundTrip measures what storing a revoke before
+// publishing its command costs the command's trip to a subscriber: each
+// call waits until a subscription on another connection has the message.
+// "publish" is a bare PUBLISH (asynq's cancel, which stores nothing);
+// "script-publish-only" is a script run with a revoke's keys and arguments
+// that only publishes; "upsert-publish" is Control.UpsertPublish, the
+// store write and the publish in one script run (Controller.Revoke on
+// Redis). BENCHMARKS.md has the figures and the server's share of each
+// (INFO commandstats).
+func BenchmarkRevokePublishRoundTrip(b *testing.B) {
+	ctx := context.Background()
+	ns := newNS(b)
+	opts := stemdriver.Options{Namespace: ns, Logger: slog.New(slog.DiscardHandler)}
+	ctl, err := OpenControl(ctx, testutil.RedisURL(), opts)
+	if err != nil {
+		testutil.SkipOrFail(b, "Redis unreachable: %v", err)
+	}
+	b.Cleanup(func() { _ = ctl.Close() })
+	rs := openTestRevokes(b)
+	sub, err := ctl.Subscribe(ctx, "w1")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = sub.Close() })
+	msg := []byte(strings.Repeat("x", revokeCommandSize))
+	now := time.Now().UTC()
+	rec := func(i int) stemtype.RevokeRecord {
+		return stemtype.RevokeRecord{Namespace: ns, TaskID: fmt.Sprintf("t%031d", i), Version: now.UnixMicro() + int64(i),
+			IssuedAt: now, Terminate: true, Reason: "bench", ExpiresAt: now.Add(time.Hour)}
+	}
+	received := func(b *testing.B) {
+		if _, ok := <-sub.C(); !ok {
+			b.Fatal("subscription closed")
+		}
+	}
+	b.Run("publish", func(b *testing.B) {
+		for b.Loop() {
+			if err := ctl.Publish(ctx, nil, msg); err != nil {
+				b.Fatal(err)
+			}
+			received(b)
+		}
+	})
+	b.Run("script-publish-only", func(b *testing.B) {
+		publishOnly := newScript("redis.call('PUBLISH', ARGV[2], ARGV[3]) return 1")
+		r := rec(0)
+		recArgs, err := revokeArgs(&r)
+		if err != nil {
+			b.Fatal(err)
+		}
+		keys := newRevokeKeys(ns).upsertKeys()
+		args := append([]any{1, broadcastChannel(ns, ctl.db), msg}, recArgs...)
+		for b.Loop() {
+			if err := publishOnly.run(ctx, ctl.rdb, keys, args...).Err(); err != nil {
+				b.Fatal(err)
+			}
+			received(b)
+		}
+	})
+	b.Run("upsert-publish", func(b *testing.B) {
+		i := 0
+		for b.Loop() {
+			i++
+			if _, published, err := ctl.UpsertPublish(ctx, rs, []stemtype.RevokeRecord{rec(i)}, nil, msg); err != nil || !published {
+				b.Fatalf("UpsertPublish: published %v, %v", published, err)
+			}
+			received(b)
+		}
+	})
 }
