@@ -30,6 +30,6 @@ func TestConformance(t *testing.T) {
 		Control: func(t *testing.T, ns string) stemdriver.ControlTransport {
 			return opened[*stempostgres.Control](t)(stempostgres.OpenControl(ctx, u, opts(ns)))
 		},
-		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true, FinalGet: true, PutAck: true, PendingPublish: true, RevokePublish: true},
+		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true, FinalGet: true, PutAck: true, PendingPublish: true, RevokePublish: true, RevokeChanges: true},
 	})
 }

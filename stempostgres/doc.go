@@ -34,8 +34,9 @@
 // Migrate does the same alone, and SQL prints the statements for those who
 // run migrations themselves. The version table is stem_migrations.
 // Version 2 (byte-order key columns) rebuilds every index of stem's tables
-// and version 3 builds the new claim index, each under a lock that blocks
-// the tables' writers while it works: on a deployment with millions of
+// and version 3 builds the new claim index, and version 6 the revoke
+// table's change index, each under a lock that blocks the tables' writers
+// while it works: on a deployment with millions of
 // results, run stem migrate at a quiet moment, before the rollout. A
 // worker of an older stem keeps running on a migrated schema (its claims
 // then sort the queue's rows, which is slower), and refuses to start on
@@ -53,12 +54,40 @@
 //   - stem_results: one row per task, upserted with final states final in
 //     the statement's WHERE; expired rows are deleted once a minute.
 //   - stem_revokes: one row per namespace and task, upserted with version
-//     greatest(stored+1, proposed).
+//     greatest(stored+1, proposed). Each row carries the id of the
+//     transaction that wrote it last (xid, set by a trigger on every insert
+//     and update, whoever writes), indexed with the namespace, for the
+//     change listing below (schema version 6; the rows stored before it
+//     carry 0 and are listed from the cursor "" only).
 //   - stem_revoke_tombstones: the version of each revoke record Prune
 //     deleted, for stemdriver.RevokeTombstoneRetention, so that a late
 //     upsert of the record does not bring it back (schema version 4).
 //   - stem_control_messages, stem_control_replies, stem_workers: the
 //     control plane's large messages, replies and presence.
+//
+// # Revoke changes
+//
+// (*Revokes).ListChanges (stemdriver.RevokeChangeLister) lets a worker's
+// periodic re-sync read only the revoke records written since its previous
+// one, not every record: with 100,000 stored and nothing changed, one
+// index probe instead of reading and decoding them all (BenchmarkRevokeResync).
+// A sequence number cannot serve as the cursor on Postgres: numbers are
+// taken in one order and committed in another, so a listing could pass
+// number 11 while number 10's transaction is still open, and miss it for
+// ever. The cursor is instead the listing statement's own snapshot
+// (pg_current_snapshot: which transactions had finished, which were in
+// progress), and the next listing returns the rows whose writer's
+// transaction that snapshot did not see, whatever their ids. A row is
+// listed once per write. The cursor also names the server (its system
+// identifier and timeline) and the table (its oid), so a cursor of another
+// server, of one since promoted or recovered to a point in time (which
+// may give again the transaction ids it never received), or of a
+// re-created schema, like "" or one that does not parse, lists every
+// record; so does every listing on a standby. A transaction left open for long (anywhere on the server) does
+// not make a listing miss anything, but makes each one read the index
+// entries written since it began. This needs PostgreSQL 13 or later
+// (xid8, pg_current_snapshot), and no privilege beyond SELECT on
+// stem_revokes.
 //
 // A role that may not create tables (a producer's, a worker's) opens a
 // schema migrated beforehand without running any DDL; docs/security.md

@@ -40,6 +40,9 @@ type queries struct {
 	revokeNotify    string // upsertRevokes's, then $6 channel, $7 payload
 	revokeOne       string // revokeNotify for one record: $1 ns, $2 task_id, $3 version, $4 body, $5 expires, $6 channel, $7 payload
 	listRevokes     string // $1 ns
+	revokesTable    string // the qualified name of stem_revokes, for $2 below
+	listRevokesAt   string // $1 ns, $2 revokes table; the epoch and snapshot in a row of their own (see revokes.go)
+	revokeChanges   string // $1 ns, $2 revokes table, $3 cursor's epoch, $4 cursor's snapshot
 	pruneRevokes    string // $1 ns, $2 tombstone retention (µs); returns the count deleted
 	pruneTombstones string // $1 ns
 
@@ -201,6 +204,7 @@ WHERE r.namespace = $1 AND r.id = $2 AND r.state = ANY($6::text[]) AND r.state N
 	// Revokes: the causal version rule in the upsert.
 	v := s + ".stem_revokes"
 	tomb := s + ".stem_revoke_tombstones"
+	q.revokesTable = v
 	// notPruned keeps out a record of a task that has no stored record and
 	// a tombstone at or above the version it proposes (a late write of a
 	// pruned revoke); ns, task and version are SQL expressions.
@@ -235,6 +239,36 @@ SELECT up.namespace, up.task_id, up.version, (SELECT count(pg_notify($6, $7)) FR
 	RETURNING namespace, task_id, version)
 SELECT up.namespace, up.task_id, up.version, (SELECT count(pg_notify($6, $7)) FROM up WHERE up.version = $3) FROM up`
 	q.listRevokes = `SELECT version, body FROM ` + v + ` WHERE namespace = $1`
+	// The listings of ListChanges: one statement, so one snapshot, gives
+	// the rows and the snapshot that is the next cursor, in a row of its
+	// own (epoch, snapshot, and whether the cursor given applies); the
+	// records' rows have NULL there. The epoch names the cluster (its
+	// system identifier), its timeline (the first part of a WAL file name,
+	// which a promotion or a point-in-time recovery changes: a standby
+	// promoted after an asynchronous failover gives again the transaction
+	// ids of the transactions it never received) and the table (its oid):
+	// a cursor of another server, of the server before a failover, or of a
+	// table dropped and created again does not apply. The changes are the
+	// rows whose writer's transaction the cursor's snapshot does not see
+	// (in progress then, or begun after), found from the snapshot's xmin
+	// in the (namespace, xid) index. A cursor whose snapshot is ahead of
+	// the server's (transaction ids that went back) does not apply either,
+	// nor does any on a standby, which lists everything: its snapshots
+	// are not taken where the transactions run.
+	meta := `SELECT (SELECT system_identifier FROM pg_control_system())::text || '.' ||
+	CASE WHEN pg_is_in_recovery() THEN 'standby' ELSE substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8) END || '.' ||
+	$2::text::regclass::oid::text AS epoch, pg_current_snapshot() AS snap`
+	q.listRevokesAt = `WITH m AS MATERIALIZED (` + meta + `)
+SELECT m.epoch, m.snap::text, true, NULL::bigint, NULL::bytea FROM m
+UNION ALL
+SELECT NULL, NULL, NULL, version, body FROM ` + v + ` WHERE namespace = $1`
+	q.revokeChanges = `WITH m AS MATERIALIZED (` + meta + `),
+ok AS MATERIALIZED (SELECT m.epoch = $3::text AND NOT pg_is_in_recovery() AND pg_snapshot_xmax(m.snap) >= pg_snapshot_xmax($4::text::pg_snapshot) AS ok FROM m)
+SELECT m.epoch, m.snap::text, ok.ok, NULL::bigint, NULL::bytea FROM m, ok
+UNION ALL
+SELECT NULL, NULL, NULL, r.version, r.body FROM ` + v + ` r
+WHERE (SELECT ok FROM ok) AND r.namespace = $1
+	AND r.xid >= pg_snapshot_xmin($4::text::pg_snapshot) AND NOT pg_visible_in_snapshot(r.xid, $4::text::pg_snapshot)`
 	// Prune leaves a tombstone of every record it deletes, kept $2
 	// microseconds; pruneTombstones deletes those past that time.
 	q.pruneRevokes = `WITH gone AS (DELETE FROM ` + v + ` WHERE namespace = $1 AND expires_at <= now() RETURNING namespace, task_id, version),

@@ -3,7 +3,10 @@ package stempostgres
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -15,12 +18,17 @@ import (
 // Revokes is a stemdriver.RevokeStore on Postgres: one row per namespace
 // and task in stem_revokes, written by an upsert that assigns the version
 // max(stored+1, proposed) in the same statement. Records carry their
-// namespace, so opts.Namespace is not used. It is safe for concurrent use.
+// namespace, so opts.Namespace is not used. It lists changes
+// (stemdriver.RevokeChangeLister) by the writers' transaction ids. It is
+// safe for concurrent use.
 type Revokes struct {
 	role
 }
 
-var _ stemdriver.RevokeStore = (*Revokes)(nil)
+var (
+	_ stemdriver.RevokeStore        = (*Revokes)(nil)
+	_ stemdriver.RevokeChangeLister = (*Revokes)(nil)
+)
 
 // OpenRevokes connects to the Postgres server at url, migrates its schema
 // when needed, and returns a revoke store.
@@ -195,18 +203,140 @@ func (s *Revokes) List(ctx context.Context, namespace string) ([]stemtype.Revoke
 		if err := rows.Scan(&v, &body); err != nil {
 			return nil, s.errorf(err, "list revokes of namespace %q", namespace)
 		}
-		var r stemtype.RevokeRecord
-		if err := json.Unmarshal(body, &r); err != nil {
-			s.log.Warn("stem: postgres revokes: skipping an undecodable record", "namespace", namespace, "error", err.Error())
-			continue
+		if r, ok := s.decode(namespace, v, body); ok {
+			out = append(out, r)
 		}
-		r.Version = v
-		out = append(out, r)
 	}
 	if err := rows.Err(); err != nil {
 		return nil, s.errorf(err, "list revokes of namespace %q", namespace)
 	}
 	return out, nil
+}
+
+// decode decodes a stored record of namespace at version v, logging and
+// skipping one that does not decode.
+func (s *Revokes) decode(namespace string, v int64, body []byte) (stemtype.RevokeRecord, bool) {
+	var r stemtype.RevokeRecord
+	if err := json.Unmarshal(body, &r); err != nil {
+		s.log.Warn("stem: postgres revokes: skipping an undecodable record", "namespace", namespace, "error", err.Error())
+		return r, false
+	}
+	r.Version = v
+	return r, true
+}
+
+// ListChanges returns the records of namespace written since cursor and
+// the cursor to pass next time (stemdriver.RevokeChangeLister).
+//
+// A sequence number would not do: the transaction that took number 10 may
+// commit after the one that took 11 was listed, and "after 11" would miss
+// it for ever. So every row carries the id of the transaction that wrote
+// it last (the column xid, set by a trigger on every insert and update),
+// and a cursor is the snapshot of the listing's own statement
+// (pg_current_snapshot: the transactions finished then, those in progress,
+// and where the ids not begun yet start). The rows written since are those
+// whose transaction that snapshot does not see, read from the
+// (namespace, xid) index from the snapshot's xmin on: a transaction in
+// progress at one listing is listed by the first listing after its
+// commit, however its id compares with those listed already, and a row
+// listed once is not listed again until it is written again.
+//
+// A cursor is "<epoch>/<snapshot>", the epoch naming the server (its
+// system identifier and timeline) and the table (its oid). With "", a
+// cursor of another epoch (another server, a failover or a point-in-time
+// recovery since, the schema dropped and created again), one whose
+// snapshot is ahead of the server's, one it cannot read, or any cursor on
+// a standby, it lists every record, with a cursor of the same statement's
+// snapshot.
+func (s *Revokes) ListChanges(ctx context.Context, namespace, cursor string) ([]stemtype.RevokeRecord, string, error) {
+	if err := s.checkOpen(); err != nil {
+		return nil, "", err
+	}
+	if epoch, snap, ok := parseRevokeCursor(cursor); ok {
+		recs, next, applied, err := s.listAt(ctx, namespace, s.s.q.revokeChanges, s.s.q.revokesTable, epoch, snap)
+		if err != nil || applied {
+			return recs, next, err
+		}
+	}
+	recs, next, _, err := s.listAt(ctx, namespace, s.s.q.listRevokesAt, s.s.q.revokesTable)
+	return recs, next, err
+}
+
+// listAt runs sql, listRevokesAt or revokeChanges, with namespace then
+// args, and returns the records listed, the cursor of the statement's
+// snapshot, and whether the statement applied the cursor given.
+func (s *Revokes) listAt(ctx context.Context, namespace, sql string, args ...any) ([]stemtype.RevokeRecord, string, bool, error) {
+	fail := func(err error) ([]stemtype.RevokeRecord, string, bool, error) {
+		return nil, "", false, s.errorf(err, "list revoke changes of namespace %q", namespace)
+	}
+	rows, err := s.s.pool.Query(ctx, sql, append([]any{namespace}, args...)...)
+	if err != nil {
+		return fail(err)
+	}
+	defer rows.Close()
+	var out []stemtype.RevokeRecord
+	var next string
+	applied := false
+	for rows.Next() {
+		var epoch, snap *string
+		var ok *bool
+		var v *int64
+		var body []byte
+		if err := rows.Scan(&epoch, &snap, &ok, &v, &body); err != nil {
+			return fail(err)
+		}
+		if v == nil {
+			// The statement's own row: its epoch and snapshot.
+			if epoch == nil || snap == nil || ok == nil {
+				return fail(errors.New("the listing's epoch or snapshot is NULL"))
+			}
+			next, applied = *epoch+"/"+*snap, *ok
+			continue
+		}
+		if r, ok := s.decode(namespace, *v, body); ok {
+			out = append(out, r)
+		}
+	}
+	if err := rows.Err(); err != nil {
+		return fail(err)
+	}
+	if next == "" {
+		return fail(errors.New("the listing returned no snapshot"))
+	}
+	return out, next, applied, nil
+}
+
+// parseRevokeCursor splits a cursor of ListChanges into its epoch and its
+// snapshot ("xmin:xmax:xip,...", as pg_snapshot prints it), and reports
+// whether it is one: the snapshot is checked as Postgres checks its input
+// (0 < xmin <= xmax, the ids in progress ascending, in [xmin, xmax)), so
+// that a malformed cursor lists everything instead of failing the
+// statement.
+func parseRevokeCursor(cursor string) (epoch, snap string, ok bool) {
+	epoch, snap, ok = strings.Cut(cursor, "/")
+	if !ok || epoch == "" {
+		return "", "", false
+	}
+	parts := strings.Split(snap, ":")
+	if len(parts) != 3 {
+		return "", "", false
+	}
+	xmin, err1 := strconv.ParseUint(parts[0], 10, 64)
+	xmax, err2 := strconv.ParseUint(parts[1], 10, 64)
+	if err1 != nil || err2 != nil || xmin == 0 || xmax < xmin {
+		return "", "", false
+	}
+	if parts[2] != "" {
+		last := uint64(0)
+		for _, f := range strings.Split(parts[2], ",") {
+			x, err := strconv.ParseUint(f, 10, 64)
+			if err != nil || x < xmin || x >= xmax || x <= last {
+				return "", "", false
+			}
+			last = x
+		}
+	}
+	return epoch, snap, true
 }
 
 // Prune deletes the namespace's records that expired at or before the
