@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/stem-go/stem"
 	"github.com/stem-go/stem/internal/systemtest"
 	"github.com/stem-go/stem/internal/testutil"
@@ -154,4 +156,62 @@ func BenchmarkIdlePickup(b *testing.B) {
 	env := benchEnvelopes("idle", 1)[0]
 	env.Queue = "idle"
 	stemdrivertest.BenchIdlePickup(b, benchBroker(b, u), benchBroker(b, u), env)
+}
+
+// BenchmarkRevokeResync measures a worker's periodic revoke re-sync with
+// nothing changed, over 100,000 stored records of its namespace: List
+// reads and decodes them all; ListChanges from the cursor of the previous
+// re-sync reads the (namespace, xid) index from the cursor's snapshot on,
+// and finds nothing.
+func BenchmarkRevokeResync(b *testing.B) {
+	const total = 100_000
+	u := testutil.PostgresSchema(b)
+	ctx := context.Background()
+	ns := "bench"
+	rs := opened[*stempostgres.Revokes](b)(stempostgres.OpenRevokes(ctx, u, stemdriver.Options{Namespace: ns, Logger: quiet()}))
+	recs := make([]stemtype.RevokeRecord, total)
+	at := time.Now().UTC()
+	for i := range recs {
+		recs[i] = stemtype.RevokeRecord{Namespace: ns, TaskID: fmt.Sprintf("task-%06d", i), Version: 1, IssuedAt: at,
+			Terminate: true, Reason: "bench", ExpiresAt: at.Add(24 * time.Hour)}
+	}
+	for start := 0; start < total; start += 5000 {
+		if _, err := rs.Upsert(ctx, recs[start:start+5000]...); err != nil {
+			b.Fatal(err)
+		}
+	}
+	// Statistics, as autovacuum would have them on a table this size.
+	conn, err := pgx.Connect(ctx, u)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	schema, err := stempostgres.SchemaFromURL(u)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "VACUUM ANALYZE "+pgx.Identifier{schema, "stem_revokes"}.Sanitize()); err != nil {
+		b.Fatal(err)
+	}
+	b.Run("List", func(b *testing.B) {
+		for b.Loop() {
+			got, err := rs.List(ctx, ns)
+			if err != nil || len(got) != total {
+				b.Fatalf("List = %d records, %v; want %d", len(got), err, total)
+			}
+		}
+	})
+	b.Run("ListChanges", func(b *testing.B) {
+		_, cur, err := rs.ListChanges(ctx, ns, "")
+		if err != nil {
+			b.Fatal(err)
+		}
+		for b.Loop() {
+			got, next, err := rs.ListChanges(ctx, ns, cur)
+			if err != nil || len(got) != 0 {
+				b.Fatalf("ListChanges = %d records, %v; want none", len(got), err)
+			}
+			cur = next
+		}
+	})
 }
