@@ -27,6 +27,6 @@ func TestConformance(t *testing.T) {
 		Control: func(t *testing.T, ns string) stemdriver.ControlTransport {
 			return opened[*Control](t)(OpenControl(ctx, u, testOpts(ns)))
 		},
-		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true, FinalGet: true},
+		Capabilities: stemdrivertest.Capabilities{ConditionalPut: true, FinalGet: true, RevokeChanges: true},
 	})
 }

@@ -96,8 +96,13 @@
 //
 // The schema is versioned with PRAGMA user_version and migrated by the
 // library in one IMMEDIATE transaction, so several processes opening a new
-// file at once create it once. Every table has a namespace column:
-// namespaces in one file never mix. All times are ns since the Unix epoch.
+// file at once create it once, and a migration keeps every row. Version 1
+// is the first schema; version 2 adds stem_revoke_tombstones; version 3
+// adds the change sequence of revoke records (their seq column and
+// stem_revoke_changes) and indexes of revoke records and tombstones by
+// namespace and expiry. Every table but stem_revoke_changes has a
+// namespace column: namespaces in one file never mix. All times are ns
+// since the Unix epoch.
 //
 //	stem_tasks         one row per message: namespace, queue, priority,
 //	                   sort_at (publish stamp, or NotBefore when delayed),
@@ -106,7 +111,13 @@
 //	                   task_id, body (the envelope's JSON)
 //	stem_dead_letters  dead-lettered messages: raw body, reason, time
 //	stem_results       one row per task: state, final flag, body, expires_at
-//	stem_revokes       one row per namespace and task: version, expires_at, body
+//	stem_revokes       one row per namespace and task: version, expires_at,
+//	                   body, seq (its last write's number in the change
+//	                   sequence; 0 for rows from before version 3)
+//	stem_revoke_tombstones  the version of each pruned revoke record, and
+//	                   when the tombstone expires
+//	stem_revoke_changes  one row: the change sequence's counter (the last
+//	                   seq given) and the file's epoch (random, drawn once)
 //	stem_control       control messages: seq, namespace, target ('*' for all),
 //	                   body, created_at
 //	stem_replies       control replies: seq, namespace, request_id, body
@@ -143,6 +154,28 @@
 // leaves in stem_revoke_tombstones the version of each record it deletes,
 // for stemdriver.RevokeTombstoneRetention, so that a late upsert of the
 // record does not bring it back (schema version 2).
+//
+// The revoke store lists changes (stemdriver.RevokeChangeLister, a
+// worker's periodic re-sync), so that a re-sync with nothing changed
+// reads the counter's row and probes the index of (namespace, seq), however
+// many records the file holds, instead of reading every record (schema
+// version 3). Each record an upsert
+// stores takes the next number of the file's one counter, read and written
+// in the upsert's transaction: a write transaction holds the file's write
+// lock from BEGIN to COMMIT, so numbers are distinct across processes and
+// follow commit order. ListChanges reads the counter and the records
+// numbered after its cursor in one read transaction (one snapshot), and
+// returns the counter as the next cursor, "EPOCH:SEQ": whatever commits
+// after that snapshot has a higher number. A cursor of another epoch (of
+// another file, or of this path's file before it was deleted and created
+// again), one past the counter, or one it cannot read lists every record,
+// as "" does. The Prune of each re-sync finds what expired by the index of
+// (namespace, expires_at), so it too reads no record when none expired.
+// Measured on a 2-core VM over 100,000 records of a namespace
+// (BenchmarkRevokeResync), a re-sync with nothing changed: List 0.48-0.57 s,
+// ListChanges 27-37 µs; the Prune 22 µs, against 53-58 ms, holding the
+// write lock, without the expiry index.
+//
 // Control messages are rows that each subscription reads after its cursor
 // (the highest seq when it subscribed), so a subscription sees exactly the
 // messages published after Subscribe returned; a slow subscriber is held

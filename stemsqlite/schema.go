@@ -12,7 +12,7 @@ import (
 // schemaVersion is the schema this code writes, kept in PRAGMA
 // user_version. A file at a higher version was written by a newer stem and
 // is refused.
-const schemaVersion = 2
+const schemaVersion = 3
 
 // migrations[i] takes a file from user_version i to i+1.
 var migrations = []string{
@@ -103,6 +103,32 @@ CREATE TABLE stem_revoke_tombstones (
 	expires_at INTEGER NOT NULL, -- ns; the prune's now + stemdriver.RevokeTombstoneRetention
 	PRIMARY KEY (namespace, task_id)
 );
+`,
+	// 2 -> 3: the change sequence of revoke records, so that a worker's
+	// re-sync reads only what changed since its last (Revokes.ListChanges).
+	// Every write of a record sets its seq from the file's one counter,
+	// in the write transaction: writers hold the file's write lock from
+	// BEGIN to COMMIT, so sequence order is commit order. The epoch, drawn
+	// once here, tells a cursor of this file from one of another file (or
+	// of this path's file before it was deleted and created again). Rows a
+	// version 2 file holds keep seq 0, before every change: no cursor of
+	// the new epoch can predate them, since the first listing of an epoch
+	// reads every record, so they need no number of their own (and the
+	// migration rewrites no row: adding a column with a default does not).
+	// The expiry indexes let a re-sync's Prune, which runs with every
+	// re-sync, find what expired without reading every record either.
+	`
+ALTER TABLE stem_revokes ADD COLUMN seq INTEGER NOT NULL DEFAULT 0; -- the record's last write in the change sequence
+CREATE INDEX stem_revokes_changes ON stem_revokes (namespace, seq);
+CREATE INDEX stem_revokes_expiry ON stem_revokes (namespace, expires_at) WHERE expires_at > 0;
+CREATE INDEX stem_revoke_tombstones_expiry ON stem_revoke_tombstones (namespace, expires_at);
+
+CREATE TABLE stem_revoke_changes (
+	id    INTEGER PRIMARY KEY CHECK (id = 1), -- one row
+	epoch TEXT    NOT NULL, -- random, drawn when the row is created
+	seq   INTEGER NOT NULL  -- the last seq given to a revoke record
+);
+INSERT INTO stem_revoke_changes (id, epoch, seq) VALUES (1, lower(hex(randomblob(16))), 0);
 `,
 }
 

@@ -260,8 +260,8 @@ func TestConcurrentOpensOfNewFileMigrateOnce(t *testing.T) {
 	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil || v != schemaVersion {
 		t.Fatalf("user_version = %d, %v; want %d", v, err, schemaVersion)
 	}
-	if err := db.QueryRow("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name LIKE 'stem_%'").Scan(&tables); err != nil || tables != 8 {
-		t.Fatalf("%d stem tables, %v; want 8", tables, err)
+	if err := db.QueryRow("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name LIKE 'stem_%'").Scan(&tables); err != nil || tables != 9 {
+		t.Fatalf("%d stem tables, %v; want 9", tables, err)
 	}
 }
 
@@ -741,49 +741,5 @@ func TestWriteLockAcrossHandles(t *testing.T) {
 	}
 	if d, err := a.broker.Depth(ctx, "q"); err != nil || d != 1 {
 		t.Fatalf("depth %d, %v", d, err)
-	}
-}
-
-// A file of schema version 1 (before revoke tombstones) is migrated to the
-// current version on open, its revoke records kept, and the tombstones
-// work on it.
-func TestVersion1FileGainsRevokeTombstones(t *testing.T) {
-	ctx := testCtx(t)
-	u, path := tempURL(t, "v1.db")
-	rs, err := OpenRevokes(ctx, u, testOpts("x"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	old := stemtype.RevokeRecord{Namespace: "x", TaskID: "a", Version: 7, IssuedAt: now, ExpiresAt: now.Add(-time.Minute)}
-	if _, err := rs.Upsert(ctx, old); err != nil {
-		t.Fatal(err)
-	}
-	if err := rs.Close(); err != nil {
-		t.Fatal(err)
-	}
-	db, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.Exec("DROP TABLE stem_revoke_tombstones; PRAGMA user_version = 1"); err != nil {
-		t.Fatal(err)
-	}
-	_ = db.Close()
-	rs, err = OpenRevokes(ctx, u, testOpts("x"))
-	if err != nil {
-		t.Fatalf("open of a version 1 file: %v", err)
-	}
-	defer rs.Close()
-	if recs, err := rs.List(ctx, "x"); err != nil || len(recs) != 1 || recs[0].Version != 7 {
-		t.Fatalf("records after the migration = %v, %v; want a@7", recs, err)
-	}
-	if n, err := rs.Prune(ctx, "x", now); err != nil || n != 1 {
-		t.Fatalf("Prune = %d, %v; want 1", n, err)
-	}
-	late := old
-	late.Version, late.ExpiresAt = 6, now.Add(time.Hour)
-	if out, err := rs.Upsert(ctx, late); err != nil || out[0].Version != 0 {
-		t.Fatalf("late Upsert after the prune = %v, %v; want it ignored (version 0)", out, err)
 	}
 }
