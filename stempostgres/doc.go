@@ -83,11 +83,16 @@
 // server, of one since promoted or recovered to a point in time (which
 // may give again the transaction ids it never received), or of a
 // re-created schema, like "" or one that does not parse, lists every
-// record; so does every listing on a standby. A transaction left open for long (anywhere on the server) does
-// not make a listing miss anything, but makes each one read the index
-// entries written since it began. This needs PostgreSQL 13 or later
-// (xid8, pg_current_snapshot), and no privilege beyond SELECT on
-// stem_revokes.
+// record; so does every listing on a standby. A transaction left open for
+// long (anywhere on the server) does not make a listing miss anything, but
+// makes each one read the index entries written since it began. This needs
+// PostgreSQL 13 or later (xid8, pg_current_snapshot), and no privilege
+// beyond SELECT on stem_revokes and the EXECUTE on pg_control_system,
+// pg_walfile_name, pg_current_wal_insert_lsn, pg_is_in_recovery and
+// pg_current_snapshot that every user has by default. A server that
+// refuses the listing (one that lacks those functions, or revoked EXECUTE
+// on them) gets every record read at each re-sync instead, as before
+// schema version 6, with a warning logged once.
 //
 // A role that may not create tables (a producer's, a worker's) opens a
 // schema migrated beforehand without running any DDL; docs/security.md

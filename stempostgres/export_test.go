@@ -53,3 +53,12 @@ func PoolForTest(c stemdriver.ControlTransport) *pgxpool.Pool { return c.(*Contr
 // SetLoseReplyForTest makes each claim of b that committed fail as if its
 // reply had been lost, while lose returns true.
 func SetLoseReplyForTest(b *Broker, lose func() bool) { b.loseReply = lose }
+
+// RefuseChangeListingForTest makes the server refuse rs's change listing
+// statements, as a server that does not offer a function they call would
+// (a real error from the server: the function does not exist).
+func RefuseChangeListingForTest(rs *Revokes) {
+	refused := `SELECT pg_catalog.stem_no_such_function($1::text, $2::text)`
+	rs.s.q.listRevokesAt = refused
+	rs.s.q.revokeChanges = `SELECT pg_catalog.stem_no_such_function($1::text, $2::text, $3::text, $4::text)`
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"maps"
 	"slices"
 	"strconv"
@@ -258,5 +259,38 @@ func TestRevokeChangesForeignCursors(t *testing.T) {
 		if got, _ := changes(ctx, t, rs, ns, next); len(got) != 0 {
 			t.Fatalf("the cursor returned for %q lists %v again", cursor, got)
 		}
+	}
+}
+
+// A server that refuses the change listing's statement (one without a
+// function it calls, or that does not let the worker's user execute it)
+// still has its revokes read, whole, at every re-sync, with a warning
+// logged once, rather than a re-sync that fails for ever.
+func TestRevokeChangesRefusedFallBackToList(t *testing.T) {
+	t.Parallel()
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	ns := "refused"
+	logs := &testutil.SyncBuffer{}
+	logger := slog.New(slog.NewTextHandler(logs, nil))
+	rs := opened[*stempostgres.Revokes](t)(stempostgres.OpenRevokes(ctx, u, stemdriver.Options{Namespace: ns, Logger: logger}))
+	if _, err := rs.Upsert(ctx, revokeRec(ns, "task-a", 1, "a"), revokeRec(ns, "task-b", 1, "b")); err != nil {
+		t.Fatal(err)
+	}
+	_, cursor := changes(ctx, t, rs, ns, "")
+	stempostgres.RefuseChangeListingForTest(rs)
+	all := map[string]string{"task-a": "v1 a", "task-b": "v1 b"}
+	got, next := changes(ctx, t, rs, ns, cursor)
+	wantListed(t, "a listing the server refused, from a cursor", got, all)
+	got, _ = changes(ctx, t, rs, ns, next)
+	wantListed(t, "the listing after it", got, all)
+	if n := strings.Count(logs.String(), "refused the change listing"); n != 1 {
+		t.Errorf("the refusal was logged %d times, want once:\n%s", n, logs.String())
+	}
+	if err := rs.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := rs.ListChanges(ctx, ns, next); err == nil {
+		t.Error("ListChanges on a closed store: no error")
 	}
 }

@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/stem-go/stem/stemdriver"
 	"github.com/stem-go/stem/stemtype"
@@ -23,6 +25,9 @@ import (
 // safe for concurrent use.
 type Revokes struct {
 	role
+	// changesRefused is set once the server refused the change listing
+	// (see ListChanges), so that it is logged once.
+	changesRefused atomic.Bool
 }
 
 var (
@@ -247,19 +252,52 @@ func (s *Revokes) decode(namespace string, v int64, body []byte) (stemtype.Revok
 // recovery since, the schema dropped and created again), one whose
 // snapshot is ahead of the server's, one it cannot read, or any cursor on
 // a standby, it lists every record, with a cursor of the same statement's
-// snapshot.
+// snapshot. A server that refuses the listing's statement (a function it
+// lacks, or that the user may not execute) gets every record read with
+// List, and a warning logged once.
 func (s *Revokes) ListChanges(ctx context.Context, namespace, cursor string) ([]stemtype.RevokeRecord, string, error) {
 	if err := s.checkOpen(); err != nil {
 		return nil, "", err
 	}
 	if epoch, snap, ok := parseRevokeCursor(cursor); ok {
 		recs, next, applied, err := s.listAt(ctx, namespace, s.s.q.revokeChanges, s.s.q.revokesTable, epoch, snap)
-		if err != nil || applied {
-			return recs, next, err
+		if err == nil && applied {
+			return recs, next, nil
+		}
+		if err != nil && !refusedStatement(err) {
+			return nil, "", err
 		}
 	}
 	recs, next, _, err := s.listAt(ctx, namespace, s.s.q.listRevokesAt, s.s.q.revokesTable)
-	return recs, next, err
+	if err == nil || !refusedStatement(err) {
+		return recs, next, err
+	}
+	// The server refused the listing's own statement: a server that does
+	// not offer, or does not let this user execute, a function the epoch
+	// or the snapshot needs (pg_control_system, pg_walfile_name,
+	// pg_current_snapshot: a hardened or a Postgres-compatible server).
+	// Its revokes are then read whole, as before change listing, rather
+	// than not at all.
+	if s.changesRefused.CompareAndSwap(false, true) {
+		s.log.Warn("stem: postgres revokes: the server refused the change listing; reading every record at each re-sync instead",
+			"namespace", namespace, "error", err.Error())
+	}
+	recs, err = s.List(ctx, namespace)
+	if err != nil {
+		return nil, "", err
+	}
+	return recs, wholeCursor, nil
+}
+
+// wholeCursor is the cursor ListChanges returns when it read every record
+// with List: no cursor of a listing, so the next call lists everything too.
+const wholeCursor = "whole"
+
+// refusedStatement reports whether err is the server refusing a statement
+// (an SQL error: a missing function, a privilege), not a lost connection.
+func refusedStatement(err error) bool {
+	var pe *pgconn.PgError
+	return errors.As(err, &pe) && !strings.HasPrefix(pe.Code, "08") && !strings.HasPrefix(pe.Code, "57")
 }
 
 // listAt runs sql, listRevokesAt or revokeChanges, with namespace then
