@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/redis/go-redis/v9"
 	"github.com/stem-go/stem/internal/testutil"
 )
 
@@ -326,5 +328,28 @@ func TestParseServerCPU(t *testing.T) {
 		if _, err := parseServerCPU(bad); err == nil {
 			t.Errorf("parseServerCPU(%q): no error", bad)
 		}
+	}
+}
+
+// TestEnqueueWithoutInfo: a Redis user the server refuses INFO still gets
+// the one-by-one enqueue's figure, without the server's CPU.
+func TestEnqueueWithoutInfo(t *testing.T) {
+	u := testutil.NeedRedis(t)
+	opt, err := redis.ParseURL(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	admin := redis.NewClient(opt)
+	defer admin.Close()
+	ctx := context.Background()
+	user := fmt.Sprintf("peers-noinfo-%d", time.Now().UnixNano())
+	if err := admin.Do(ctx, "ACL", "SETUSER", user, "on", ">pw", "~*", "&*", "+@all", "-info").Err(); err != nil {
+		t.Fatalf("create ACL user: %v", err)
+	}
+	t.Cleanup(func() { admin.Do(context.Background(), "ACL", "DELUSER", user) })
+	noInfo := fmt.Sprintf("redis://%s:pw@%s/%d", user, opt.Addr, opt.DB)
+	f := runJSON(t, "-system", "stem", "-url", noInfo, "-scenario", "enqueue", "-tasks", "60", "-concurrency", "4")
+	if f.EnqueuePerSec <= 0 || f.ClientCPUUs <= 0 || f.ServerCPUUs != 0 {
+		t.Errorf("enqueue figure %+v: want a rate and the client's CPU, and no server CPU", f)
 	}
 }
