@@ -100,7 +100,9 @@
 // is the first schema; version 2 adds stem_revoke_tombstones; version 3
 // adds the change sequence of revoke records (their seq column and
 // stem_revoke_changes) and indexes of revoke records and tombstones by
-// namespace and expiry. Every table but stem_revoke_changes has a
+// namespace and expiry; version 4 adds the triggers that number a write of
+// a revoke record made without a number (by a stem of version 2 still
+// running, or by hand). Every table but stem_revoke_changes has a
 // namespace column: namespaces in one file never mix. All times are ns
 // since the Unix epoch.
 //

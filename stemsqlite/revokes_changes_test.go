@@ -128,8 +128,8 @@ func TestVersion2FileMigratesToChangeSequence(t *testing.T) {
 	rawFileAt(t, path, 2, a, b, c)
 
 	rs := opened[*Revokes](t)(OpenRevokes(ctx, u, testOpts("x")))
-	if v := userVersion(t, path); v != 3 {
-		t.Fatalf("schema version after the open = %d; want 3", v)
+	if v := userVersion(t, path); v != schemaVersion {
+		t.Fatalf("schema version after the open = %d; want %d", v, schemaVersion)
 	}
 	recs, err := rs.List(ctx, "x")
 	if err != nil {
@@ -445,5 +445,63 @@ func TestRevokeResyncStatementsUseIndexes(t *testing.T) {
 		if !slices.ContainsFunc(plan, func(d string) bool { return strings.Contains(d, "INDEX "+c.index+" ") }) {
 			t.Errorf("%s: the plan does not use the index %s: %q", c.name, c.index, plan)
 		}
+	}
+}
+
+// A record written the way a stem of schema version 2 writes it (no seq:
+// an older process still running while a newer one migrated the file, as
+// in a rolling upgrade), an insert and an update, is listed by the next
+// ListChanges like any other change, and once only.
+func TestRevokeChangesOfAnOlderWriterAreListed(t *testing.T) {
+	ctx := testCtx(t)
+	u, path := tempURL(t, "older.db")
+	rs := opened[*Revokes](t)(OpenRevokes(ctx, u, testOpts("x")))
+	now := time.Now()
+	a := stemtype.RevokeRecord{Namespace: "x", TaskID: "a", Version: 1, IssuedAt: now}
+	if _, err := rs.Upsert(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	_, cur := changes(ctx, t, rs, "x", "")
+
+	db, err := sql.Open("sqlite", path+"?_pragma=busy_timeout(10000)")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	older := func(r stemtype.RevokeRecord) {
+		t.Helper()
+		body, err := json.Marshal(r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Version 2's statement, word for word: it names no seq.
+		if _, err := db.Exec(`INSERT INTO stem_revokes (namespace, task_id, version, expires_at, body)
+VALUES (?1, ?2, ?3, ?4, ?5)
+ON CONFLICT (namespace, task_id) DO UPDATE SET
+	version = excluded.version, expires_at = excluded.expires_at, body = excluded.body`,
+			r.Namespace, r.TaskID, r.Version, nanos(r.ExpiresAt), body); err != nil {
+			t.Fatal(err)
+		}
+	}
+	older(stemtype.RevokeRecord{Namespace: "x", TaskID: "b", Version: 5, IssuedAt: now})
+	older(stemtype.RevokeRecord{Namespace: "x", TaskID: "a", Version: 2, IssuedAt: now})
+	got, next := changes(ctx, t, rs, "x", cur)
+	wantVersions(t, "changes written by an older stem", got, "a@2", "b@5")
+	got, next = changes(ctx, t, rs, "x", next)
+	wantVersions(t, "changes after them", got)
+
+	// This stem's own writes are numbered once, not again by the older
+	// writers' trigger.
+	if _, err := rs.Upsert(ctx, stemtype.RevokeRecord{Namespace: "x", TaskID: "b", Version: 6, IssuedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = changes(ctx, t, rs, "x", next)
+	wantVersions(t, "changes after this stem's upsert", got, "b@6")
+	var seqs, distinct, counter int64
+	if err := db.QueryRow(`SELECT count(seq), count(DISTINCT seq), (SELECT seq FROM stem_revoke_changes) FROM stem_revokes`).Scan(&seqs, &distinct, &counter); err != nil {
+		t.Fatal(err)
+	}
+	if seqs != 2 || distinct != 2 || counter != 4 {
+		t.Errorf("%d rows with %d distinct seqs, counter %d; want 2 rows, 2 seqs, counter 4 (four writes)", seqs, distinct, counter)
 	}
 }

@@ -12,7 +12,7 @@ import (
 // schemaVersion is the schema this code writes, kept in PRAGMA
 // user_version. A file at a higher version was written by a newer stem and
 // is refused.
-const schemaVersion = 3
+const schemaVersion = 4
 
 // migrations[i] takes a file from user_version i to i+1.
 var migrations = []string{
@@ -129,6 +129,30 @@ CREATE TABLE stem_revoke_changes (
 	seq   INTEGER NOT NULL  -- the last seq given to a revoke record
 );
 INSERT INTO stem_revoke_changes (id, epoch, seq) VALUES (1, lower(hex(randomblob(16))), 0);
+`,
+	// 3 -> 4: a write of a revoke record by a writer that does not number
+	// it (a stem of schema version 2 still running while a newer one
+	// migrated the file, in a rolling upgrade; a hand-written statement)
+	// is numbered by a trigger, so that ListChanges lists it like any
+	// other. Such a writer leaves seq as it was: 0 on an insert, the old
+	// number on an update of the record. This stem's own writes set seq
+	// from the counter, always above the number a row held, and fire
+	// neither trigger. The trigger's own update of seq fires neither
+	// either (an update of seq alone, and SQLite runs no trigger from its
+	// own). With the counter's row deleted by hand, seq is left as it was.
+	`
+CREATE TRIGGER stem_revokes_number_insert AFTER INSERT ON stem_revokes WHEN NEW.seq = 0
+BEGIN
+	UPDATE stem_revoke_changes SET seq = seq + 1 WHERE id = 1;
+	UPDATE stem_revokes SET seq = coalesce((SELECT seq FROM stem_revoke_changes WHERE id = 1), seq)
+	WHERE namespace = NEW.namespace AND task_id = NEW.task_id;
+END;
+CREATE TRIGGER stem_revokes_number_update AFTER UPDATE OF version, expires_at, body ON stem_revokes WHEN NEW.seq = OLD.seq
+BEGIN
+	UPDATE stem_revoke_changes SET seq = seq + 1 WHERE id = 1;
+	UPDATE stem_revokes SET seq = coalesce((SELECT seq FROM stem_revoke_changes WHERE id = 1), seq)
+	WHERE namespace = NEW.namespace AND task_id = NEW.task_id;
+END;
 `,
 }
 
