@@ -34,8 +34,10 @@
 // Migrate does the same alone, and SQL prints the statements for those who
 // run migrations themselves. The version table is stem_migrations.
 // Version 2 (byte-order key columns) rebuilds every index of stem's tables
-// and version 3 builds the new claim index, and version 6 the revoke
-// table's change index, each under a lock that blocks the tables' writers
+// and version 3 builds the new claim index, version 6 the revoke
+// table's change index, and version 7 the indexes of revoke records and
+// tombstones by expiry (so that the prune of every re-sync reads only what
+// expired), each under a lock that blocks the tables' writers
 // while it works: on a deployment with millions of
 // results, run stem migrate at a quiet moment, before the rollout. A
 // worker of an older stem keeps running on a migrated schema (its claims

@@ -62,3 +62,11 @@ func RefuseChangeListingForTest(rs *Revokes) {
 	rs.s.q.listRevokesAt = refused
 	rs.s.q.revokeChanges = `SELECT pg_catalog.stem_no_such_function($1::text, $2::text, $3::text, $4::text)`
 }
+
+// PruneSQLForTest returns the statements of Revokes.Prune of schema: the
+// records' ($1 namespace, $2 tombstone retention in µs) and the
+// tombstones' ($1 namespace).
+func PruneSQLForTest(schema string) (records, tombstones string) {
+	q := newQueries(schema)
+	return q.pruneRevokes, q.pruneTombstones
+}

@@ -294,3 +294,46 @@ func TestRevokeChangesRefusedFallBackToList(t *testing.T) {
 		t.Error("ListChanges on a closed store: no error")
 	}
 }
+
+// A re-sync's prune finds what expired by the indexes of revoke records and
+// tombstones by namespace and expiry, not by reading every record of the
+// namespace (a million, on every worker, every 30 s).
+func TestRevokePruneUsesExpiryIndexes(t *testing.T) {
+	t.Parallel()
+	u := testutil.PostgresSchema(t)
+	ctx := boundCtx(t)
+	schema := schemaOf(t, u)
+	revokes := pgx.Identifier{schema, "stem_revokes"}.Sanitize()
+	tombs := pgx.Identifier{schema, "stem_revoke_tombstones"}.Sanitize()
+	admin := planDB(t, ctx, u,
+		`INSERT INTO `+revokes+` (namespace, task_id, version, body, expires_at)
+SELECT 'ns', 'task-' || i, 1, '{}', now() + interval '1 day' FROM generate_series(1, 20000) i`,
+		`INSERT INTO `+tombs+` (namespace, task_id, version, expires_at)
+SELECT 'ns', 'task-' || i, 1, now() + interval '1 day' FROM generate_series(1, 20000) i`,
+		"ANALYZE "+revokes, "ANALYZE "+tombs)
+	records, tombstones := stempostgres.PruneSQLForTest(schema)
+	for _, tc := range []struct {
+		what, stmt, table, index string
+		args                     []any
+	}{
+		{"prune of records", records, "stem_revokes", "stem_revokes_expiry", []any{"ns", int64(86_400_000_000)}},
+		{"prune of tombstones", tombstones, "stem_revoke_tombstones", "stem_revoke_tombstones_expiry", []any{"ns"}},
+	} {
+		var root []struct {
+			Plan planNode `json:"Plan"`
+		}
+		if err := json.Unmarshal(explain(t, ctx, admin, tc.what, tc.stmt, tc.args...), &root); err != nil || len(root) != 1 {
+			t.Fatalf("%s: plan: %v", tc.what, err)
+		}
+		var nodes []string
+		seqScan, indexUsed := false, false
+		root[0].Plan.walk(func(n planNode) {
+			nodes = append(nodes, strings.TrimSpace(n.NodeType+" "+n.RelationName+" "+n.IndexName))
+			seqScan = seqScan || (n.NodeType == "Seq Scan" && n.RelationName == tc.table)
+			indexUsed = indexUsed || n.IndexName == tc.index
+		})
+		if seqScan || !indexUsed {
+			t.Errorf("%s: plan %q; want %s read by index %s, with no sequential scan", tc.what, nodes, tc.table, tc.index)
+		}
+	}
+}
