@@ -332,3 +332,57 @@ func TestRevokeChangesAfterKeysLost(t *testing.T) {
 		t.Errorf("the cursor %q was not replaced by one of the new sequence", next)
 	}
 }
+
+// TestRevokeChangesCursorPastTheSequence: a cursor whose number is past the
+// sequence of its own epoch (a replica promoted after a failover that lost
+// the last increments: the epoch key came across, the last numbers did not)
+// lists every record, not only those numbered above it, which the
+// sequence would give again to new changes.
+func TestRevokeChangesCursorPastTheSequence(t *testing.T) {
+	ns := newNS(t)
+	rs := openTestRevokes(t)
+	ctx := testCtx(t)
+	rec := func(id string) stemtype.RevokeRecord {
+		return stemtype.RevokeRecord{Namespace: ns, TaskID: id, Version: 1, IssuedAt: time.Now().UTC()}
+	}
+	for i := range 5 {
+		if _, err := rs.Upsert(ctx, rec(fmt.Sprintf("old-%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, cursor, err := rs.ListChanges(ctx, ns, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The failover: the replica never received the last two upserts
+	// (old-3 and old-4, numbers 4 and 5), so its sequence is at 3.
+	k := newRevokeKeys(ns)
+	raw := rawClient(t)
+	if err := raw.HDel(ctx, k.records, "old-3", "old-4").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.ZRem(ctx, k.changes, "old-3", "old-4").Err(); err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.HSet(ctx, k.seq, "seq", 3).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rs.Upsert(ctx, rec("new-1")); err != nil {
+		t.Fatal(err)
+	}
+	got, next, err := rs.ListChanges(ctx, ns, cursor)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, r := range got {
+		ids = append(ids, r.TaskID)
+	}
+	slices.Sort(ids)
+	if !slices.Equal(ids, []string{"new-1", "old-0", "old-1", "old-2"}) {
+		t.Errorf("changes since a cursor past the sequence = %v, want every record (new-1 among them)", ids)
+	}
+	if got, _, err := rs.ListChanges(ctx, ns, next); err != nil || len(got) != 0 {
+		t.Errorf("changes since the cursor that listing returned = %d records, %v; want none", len(got), err)
+	}
+}

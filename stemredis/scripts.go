@@ -659,17 +659,21 @@ return {#ids, #old}
 
 // revokeChangesScript reads one page of the records upserted after a
 // sequence number, with the sequence's epoch, so that a cursor of a lost
-// sequence is told apart. It stops at ARGV[3] changes.
+// sequence is told apart. A cursor past the sequence counts as one of
+// another epoch: the sequence lost its last numbers (a replica promoted
+// after a failover) and will give them again. It stops at ARGV[3]
+// changes.
 //
 // KEYS[1] records, KEYS[2] changes, KEYS[3] seq
 // ARGV[1] epoch of the cursor, ARGV[2] its sequence number, ARGV[3] limit
 // Returns {epoch, or the empty string when there is none} when the epoch differs from
-// ARGV[1]; otherwise {epoch, changes read, sequence number of the last
+// ARGV[1] or ARGV[2] is past the sequence; otherwise {epoch, changes read, sequence number of the last
 // read (ARGV[2] when none), then task id and record JSON of each change
 // whose record is stored}.
 var revokeChangesScript = newScript(`
 local epoch = redis.call('HGET', KEYS[3], 'epoch') or ''
 if epoch ~= ARGV[1] then return {epoch} end
+if tonumber(ARGV[2]) > tonumber(redis.call('HGET', KEYS[3], 'seq') or '0') then return {epoch} end
 local got = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[2], '+inf', 'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[3]))
 local out = {epoch, tostring(#got / 2), ARGV[2]}
 if #got == 0 then return out end
