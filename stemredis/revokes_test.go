@@ -1,6 +1,7 @@
 package stemredis
 
 import (
+	"context"
 	"fmt"
 	"maps"
 	"math"
@@ -288,12 +289,12 @@ func TestRevokeUpsertOverCorruptStoredVersion(t *testing.T) {
 	}
 }
 
-// TestRevokeChangesAfterKeysLost: a worker's cursor outlives the keys it
-// counted (a FLUSHDB, a restart without persistence); the sequence then
-// starts again from 1 under a new epoch, and the old cursor, whose number
-// is higher than the new sequence's, must list every record, not miss
-// those numbered at or below it.
-func TestRevokeChangesAfterKeysLost(t *testing.T) {
+// fiveRevokesListed stores the records old-0 to old-4 (numbers 1 to 5 of
+// the change sequence) in a new namespace and returns it, the store, a
+// context, a maker of records of the namespace and the cursor of a listing
+// of them all.
+func fiveRevokesListed(t *testing.T) (string, *Revokes, context.Context, func(id string) stemtype.RevokeRecord, string) {
+	t.Helper()
 	ns := newNS(t)
 	rs := openTestRevokes(t)
 	ctx := testCtx(t)
@@ -309,6 +310,16 @@ func TestRevokeChangesAfterKeysLost(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ns, rs, ctx, rec, cursor
+}
+
+// TestRevokeChangesAfterKeysLost: a worker's cursor outlives the keys it
+// counted (a FLUSHDB, a restart without persistence); the sequence then
+// starts again from 1 under a new epoch, and the old cursor, whose number
+// is higher than the new sequence's, must list every record, not miss
+// those numbered at or below it.
+func TestRevokeChangesAfterKeysLost(t *testing.T) {
+	ns, rs, ctx, rec, cursor := fiveRevokesListed(t)
 	k := newRevokeKeys(ns)
 	if err := rawClient(t).Del(ctx, k.records, k.expiry, k.changes, k.seq).Err(); err != nil {
 		t.Fatal(err)
@@ -339,21 +350,7 @@ func TestRevokeChangesAfterKeysLost(t *testing.T) {
 // lists every record, not only those numbered above it, which the
 // sequence would give again to new changes.
 func TestRevokeChangesCursorPastTheSequence(t *testing.T) {
-	ns := newNS(t)
-	rs := openTestRevokes(t)
-	ctx := testCtx(t)
-	rec := func(id string) stemtype.RevokeRecord {
-		return stemtype.RevokeRecord{Namespace: ns, TaskID: id, Version: 1, IssuedAt: time.Now().UTC()}
-	}
-	for i := range 5 {
-		if _, err := rs.Upsert(ctx, rec(fmt.Sprintf("old-%d", i))); err != nil {
-			t.Fatal(err)
-		}
-	}
-	_, cursor, err := rs.ListChanges(ctx, ns, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns, rs, ctx, rec, cursor := fiveRevokesListed(t)
 	// The failover: the replica never received the last two upserts
 	// (old-3 and old-4, numbers 4 and 5), so its sequence is at 3.
 	k := newRevokeKeys(ns)
