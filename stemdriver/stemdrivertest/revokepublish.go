@@ -64,7 +64,8 @@ func testRevokePublishWithheld(t *testing.T, p revokePair) {
 	c, rp, rs, ns := p.c, p.rp, p.rs, p.ns
 	ctx := testContext(t)
 	w1 := mustSubscribe(ctx, t, c, "w1")
-	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)}, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)})
+	held := fullRevoke(ns, "task-1", 500)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{held}, []stemtype.RevokeRecord{held})
 	recs := []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 100), fullRevoke(ns, "task-2", 101)}
 	stored, published, err := rp.UpsertPublish(ctx, rs, recs, nil, []byte("stale"))
 	if err != nil || published {
@@ -96,7 +97,8 @@ func testRevokePublishOneWithheld(t *testing.T, p revokePair) {
 	c, rp, rs, ns := p.c, p.rp, p.rs, p.ns
 	ctx := testContext(t)
 	w1 := mustSubscribe(ctx, t, c, "w1")
-	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)}, []stemtype.RevokeRecord{fullRevoke(ns, "task-1", 500)})
+	held := fullRevoke(ns, "task-1", 500)
+	mustUpsert(ctx, t, rs, []stemtype.RevokeRecord{held}, []stemtype.RevokeRecord{held})
 	rec := fullRevoke(ns, "task-1", 100)
 	stored, published, err := rp.UpsertPublish(ctx, rs, []stemtype.RevokeRecord{rec}, nil, []byte("stale"))
 	if err != nil || published {

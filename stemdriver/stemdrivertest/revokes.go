@@ -99,7 +99,8 @@ func testRevokesChangesListedSinceCursor(t *testing.T, open opener[stemdriver.Re
 	// Another namespace's writes do not show.
 	other := ns + "-other"
 	others := open(t, other)
-	mustUpsert(ctx, t, others, []stemtype.RevokeRecord{fullRevoke(other, "task-a", 10)}, []stemtype.RevokeRecord{fullRevoke(other, "task-a", 10)})
+	theirs := fullRevoke(other, "task-a", 10)
+	mustUpsert(ctx, t, others, []stemtype.RevokeRecord{theirs}, []stemtype.RevokeRecord{theirs})
 	none, cur2 = mustChanges(ctx, t, rs, ns, cur2)
 	assertEqual(t, "changes after another namespace's upsert", none, []stemtype.RevokeRecord(nil))
 
