@@ -129,7 +129,7 @@ func testPanicStormLeavesWorkerWhole(t *testing.T, h Harness) {
 	}
 
 	// Alive: it answers a ping and runs the next task.
-	r, err := d.ctl.Ping(ctx, stem.Target{Timeout: time.Second})
+	r, err := d.ctl.Ping(ctx, stem.Target{Timeout: waitBound}) // returns at its reply
 	if err != nil || len(r.Replies) != 1 {
 		t.Fatalf("ping after the storm: %v, %+v", err, r)
 	}
