@@ -327,6 +327,19 @@ func TestRevokeChangesAfterKeysLost(t *testing.T) {
 	if _, err := rs.Upsert(ctx, rec("new-1"), rec("new-2")); err != nil {
 		t.Fatal(err)
 	}
+	ids, next := changedIDs(ctx, t, rs, ns, cursor)
+	if !slices.Equal(ids, []string{"new-1", "new-2"}) {
+		t.Errorf("changes since a cursor of the lost sequence = %v, want both new records", ids)
+	}
+	if next == cursor {
+		t.Errorf("the cursor %q was not replaced by one of the new sequence", next)
+	}
+}
+
+// changedIDs lists the changes of ns since cursor and returns their task
+// ids, sorted, and the next cursor.
+func changedIDs(ctx context.Context, t *testing.T, rs *Revokes, ns, cursor string) ([]string, string) {
+	t.Helper()
 	got, next, err := rs.ListChanges(ctx, ns, cursor)
 	if err != nil {
 		t.Fatal(err)
@@ -336,12 +349,7 @@ func TestRevokeChangesAfterKeysLost(t *testing.T) {
 		ids = append(ids, r.TaskID)
 	}
 	slices.Sort(ids)
-	if !slices.Equal(ids, []string{"new-1", "new-2"}) {
-		t.Errorf("changes since a cursor of the lost sequence = %v, want both new records", ids)
-	}
-	if next == cursor {
-		t.Errorf("the cursor %q was not replaced by one of the new sequence", next)
-	}
+	return ids, next
 }
 
 // TestRevokeChangesCursorPastTheSequence: a cursor whose number is past the
@@ -367,15 +375,7 @@ func TestRevokeChangesCursorPastTheSequence(t *testing.T) {
 	if _, err := rs.Upsert(ctx, rec("new-1")); err != nil {
 		t.Fatal(err)
 	}
-	got, next, err := rs.ListChanges(ctx, ns, cursor)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ids []string
-	for _, r := range got {
-		ids = append(ids, r.TaskID)
-	}
-	slices.Sort(ids)
+	ids, next := changedIDs(ctx, t, rs, ns, cursor)
 	if !slices.Equal(ids, []string{"new-1", "old-0", "old-1", "old-2"}) {
 		t.Errorf("changes since a cursor past the sequence = %v, want every record (new-1 among them)", ids)
 	}
